@@ -1,0 +1,200 @@
+"""The producer API: enqueue create-video jobs, read their records, wait for them, cancel."""
+
+from __future__ import annotations
+
+import builtins
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+
+from producer.catalog import Catalog, load_catalog
+from producer.celery_client import producer_app
+from producer.contract import (
+    TASK_CANCEL,
+    TASK_SUBMIT,
+    JobRecord,
+    JobStatus,
+    utcnow,
+)
+from producer.jobstore import JobStore
+from producer.request import InvalidRequestError, VideoRequest, resolve
+from producer.settings import Settings, get_settings
+
+
+class UnknownJobError(KeyError):
+    """No job has this id."""
+
+    def __init__(self, job_ids: Sequence[str]) -> None:
+        self.job_ids = list(job_ids)
+        super().__init__(f"unknown job id(s): {', '.join(job_ids)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WaitTimeoutError(TimeoutError):
+    """`wait` gave up; `jobs` holds the records as they were then."""
+
+    def __init__(self, jobs: list[JobRecord]) -> None:
+        self.jobs = jobs
+        pending = [j.id for j in jobs if not j.status.is_final]
+        super().__init__(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
+
+
+class EnqueueError(RuntimeError):
+    """The broker did not take the message; no job was left behind."""
+
+
+class VideoQueue:
+    """Entry point for producers.
+
+    >>> vq = VideoQueue()
+    >>> job = vq.submit(VideoRequest(prompt="a red fox in snow", duration=5))
+    >>> vq.wait([job.id], timeout=600)
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: JobStore | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.store = store or JobStore.from_url(self.settings.redis_url)
+        self.catalog = catalog or load_catalog()
+
+    def prepare(self, request: VideoRequest) -> JobRecord:
+        """Validate `request` and build its job record without storing or sending anything."""
+        if not isinstance(request, VideoRequest):
+            raise InvalidRequestError({"request": "must be a VideoRequest"})
+        params = resolve(request, self.catalog, self.settings.default_provider)
+        if params["seed"] is None:
+            # A seed of our own makes the job reproducible and lets a worker recognise its
+            # provider task after a crash between the create call and recording its id.
+            params["seed"] = secrets.randbelow(2**31)
+        spec = self.catalog.models[params["model"]]
+        tokens = spec.tokens(params["resolution"], params["ratio"], params["duration"])
+        estimate = spec.usd_for_tokens(tokens, audio=params["audio"], service_tier=params["service_tier"])
+        now = utcnow()
+        return JobRecord(
+            id=str(uuid.uuid4()),
+            status=JobStatus.QUEUED,
+            provider=params["provider"],
+            model=params["model"],
+            request=params,
+            cost_estimate_usd=estimate,
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timedelta(seconds=self.settings.job_deadline_s),
+        )
+
+    def submit(self, request: VideoRequest) -> JobRecord:
+        """Validate, store and enqueue one job. Raises InvalidRequestError before any write."""
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Iterable[VideoRequest]) -> list[JobRecord]:
+        """Validate every request first; if any is bad nothing is stored or enqueued
+        (InvalidRequestError names the item). Then store all records and enqueue them."""
+        records: list[JobRecord] = []
+        problems: dict[str, str] = {}
+        for index, request in enumerate(requests):
+            try:
+                records.append(self.prepare(request))
+            except InvalidRequestError as exc:
+                for field, message in exc.problems.items():
+                    problems[f"[{index}].{field}"] = message
+        if problems:
+            raise InvalidRequestError(problems)
+        self.store.create_many(records)
+        self._send(records)
+        return records
+
+    def _send(self, records: list[JobRecord]) -> None:
+        app = producer_app(self.settings.effective_broker_url)
+        sent = 0
+        try:
+            with app.producer_or_acquire() as producer:
+                for record in records:
+                    app.send_task(TASK_SUBMIT, args=[record.id], producer=producer)
+                    sent += 1
+        except Exception as exc:
+            # Jobs without a message would never move: withdraw them so the caller can retry.
+            for record in records[sent:]:
+                self.store.delete(record.id)
+            raise EnqueueError(
+                f"broker refused the job messages ({type(exc).__name__}); {sent} of {len(records)} enqueued"
+            ) from exc
+
+    def get(self, job_id: str) -> JobRecord:
+        """The current record of a job; UnknownJobError if there is none."""
+        return self.get_many([job_id])[0]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """Current records, in order; UnknownJobError naming every unknown id."""
+        records = self.store.get_many(list(job_ids))
+        unknown = [j for j, r in zip(job_ids, records, strict=True) if r is None]
+        if unknown:
+            raise UnknownJobError(unknown)
+        return [r for r in records if r is not None]
+
+    def list(self, status: JobStatus | str | None = None, limit: int = 50) -> list[JobRecord]:
+        """Recent jobs, newest first, optionally only those in `status`."""
+        return self.store.list(JobStatus(status) if status else None, limit)
+
+    def wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 1.0,
+        on_update: Callable[[builtins.list[JobRecord]], None] | None = None,
+    ) -> builtins.list[JobRecord]:
+        """Block until every job is final and return their records (in order).
+
+        Raises UnknownJobError for unknown ids (before waiting) and WaitTimeoutError when
+        `timeout` seconds pass first. `on_update` is called with the records on every check.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            records = self.get_many(job_ids)
+            if on_update:
+                on_update(records)
+            if all(r.status.is_final for r in records):
+                return records
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(records)
+            pause = poll_interval
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job. One not yet at the provider ends `cancelled` at once; one already
+        there is marked `cancel_requested` and a worker cancels it at the provider (or
+        discards its result if the provider can no longer stop it). Final jobs stay as
+        they are."""
+        self.get(job_id)
+        cancelled = self.store.transition(
+            job_id,
+            {JobStatus.QUEUED},
+            JobStatus.CANCELLED,
+            cancel_requested=True,
+        )
+        if cancelled is not None:
+            return cancelled
+
+        def request_cancel(record: JobRecord) -> JobRecord | None:
+            if record.status.is_final or record.cancel_requested:
+                return None
+            record.cancel_requested = True
+            return record
+
+        requested = self.store.update(job_id, request_cancel)
+        if requested is not None:
+            app = producer_app(self.settings.effective_broker_url)
+            app.send_task(TASK_CANCEL, args=[job_id])
+            return requested
+        return self.get(job_id)

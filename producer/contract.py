@@ -1,0 +1,118 @@
+"""The contract between producers and workers: job statuses, error codes, task and queue
+names, and the job record both sides read and write."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its lifecycle (see DESIGN.md)."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        """True for statuses a job never leaves."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+ACTIVE_STATUSES = frozenset(JobStatus) - FINAL_STATUSES
+
+
+class ErrorCode(StrEnum):
+    """Our error classes; each provider's errors map onto these."""
+
+    INVALID_REQUEST = "invalid_request"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM = "upstream"
+    TIMEOUT = "timeout"
+    CONTENT_FILTERED = "content_filtered"
+    STORAGE = "storage"
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
+    SUBMIT_UNCERTAIN = "submit_uncertain"
+
+
+# Task names are the wire contract: producers send by name and never import worker code.
+TASK_SUBMIT = "videoqueue.submit"
+TASK_POLL = "videoqueue.poll"
+TASK_STORE = "videoqueue.store"
+TASK_CANCEL = "videoqueue.cancel"
+
+QUEUE_SUBMIT = "vq.submit"
+QUEUE_POLL = "vq.poll"
+QUEUE_STORE = "vq.store"
+
+
+Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+"""A dollar amount: exact in Python, a plain number in JSON."""
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock job records use."""
+    return datetime.now(UTC)
+
+
+class JobError(BaseModel):
+    """Why a job ended badly: our error class plus the provider's own code and message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: ErrorCode
+    message: str
+    provider_code: str | None = None
+
+
+class JobRecord(BaseModel):
+    """One job as the job store holds it. Holds no secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: JobStatus
+    provider: str
+    model: str
+    request: dict[str, Any]
+    provider_task_id: str | None = None
+    provider_status: str | None = None
+    attempts: int = 0
+    cost_estimate_usd: Usd
+    cost_usd: Usd | None = None
+    billed_units: int | None = None
+    output_uri: str | None = None
+    manifest_uri: str | None = None
+    video_url: str | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    poll_seq: int = 0
+    poll_errors: int = 0
+    store_attempts: int = 0
+    submit_intent_at: datetime | None = None
+    submit_lease_until: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None = None
+    provider_done_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline_at: datetime
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data for CLI and API users."""
+        return self.model_dump(mode="json", exclude={"submit_lease_until", "poll_seq"})

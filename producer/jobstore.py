@@ -1,0 +1,171 @@
+"""The job store: one JSON record per job in Redis, indexed by status and creation time.
+
+Every change is a compare-and-set (WATCH/MULTI/EXEC): the caller's function sees the
+current record and returns the new one, or None to leave it alone. A task that runs twice
+therefore finds the record already moved on and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+
+from producer.contract import JobRecord, JobStatus, utcnow
+
+KEY_PREFIX = "vq:"
+MAX_HISTORY = 50
+
+Mutation = Callable[[JobRecord], JobRecord | None]
+
+
+def job_key(job_id: str) -> str:
+    """Redis key of one job record."""
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def _all_index() -> str:
+    return f"{KEY_PREFIX}jobs:all"
+
+
+def _status_index(status: JobStatus | str) -> str:
+    return f"{KEY_PREFIX}jobs:status:{status}"
+
+
+class JobExistsError(RuntimeError):
+    """A job with this id is already stored."""
+
+
+class JobStore:
+    """Reads and compare-and-set writes of job records."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> JobStore:
+        """A store on the Redis at `url`."""
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    def create(self, record: JobRecord) -> None:
+        """Store a new record; raises JobExistsError if the id is taken."""
+        key = job_key(record.id)
+        score = record.created_at.timestamp()
+
+        def write(pipe: Any) -> None:
+            if pipe.exists(key):
+                raise JobExistsError(record.id)
+            pipe.multi()
+            pipe.set(key, record.model_dump_json())
+            pipe.zadd(_all_index(), {record.id: score})
+            pipe.zadd(_status_index(record.status), {record.id: score})
+
+        self.redis.transaction(write, key)
+
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        """Store several new records in one transaction: all or none."""
+        keys = [job_key(r.id) for r in records]
+
+        def write(pipe: Any) -> None:
+            taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
+            if taken:
+                raise JobExistsError(", ".join(taken))
+            pipe.multi()
+            for record, key in zip(records, keys, strict=True):
+                score = record.created_at.timestamp()
+                pipe.set(key, record.model_dump_json())
+                pipe.zadd(_all_index(), {record.id: score})
+                pipe.zadd(_status_index(record.status), {record.id: score})
+
+        if records:
+            self.redis.transaction(write, *keys)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a record and its index entries (used only to undo a failed enqueue)."""
+        pipe = self.redis.pipeline()
+        pipe.delete(job_key(job_id))
+        pipe.zrem(_all_index(), job_id)
+        for status in JobStatus:
+            pipe.zrem(_status_index(status), job_id)
+        pipe.execute()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record of `job_id`, or None."""
+        raw: str | None = self.redis.get(job_key(job_id))  # type: ignore[assignment]
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records in the order of `job_ids`; None where unknown."""
+        if not job_ids:
+            return []
+        raws: list[str | None] = self.redis.mget([job_key(j) for j in job_ids])  # type: ignore[assignment]
+        return [JobRecord.model_validate_json(r) if r else None for r in raws]
+
+    def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
+        """Newest first, optionally only those in `status`."""
+        index = _status_index(status) if status else _all_index()
+        ids: list[str] = self.redis.zrevrange(index, 0, max(limit, 1) - 1)  # type: ignore[assignment]
+        return [r for r in self.get_many(ids) if r is not None]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status."""
+        pipe = self.redis.pipeline()
+        for status in JobStatus:
+            pipe.zcard(_status_index(status))
+        return dict(zip([s.value for s in JobStatus], pipe.execute(), strict=True))
+
+    def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:
+        """Compare-and-set: apply `mutate` to the current record and store what it returns.
+
+        Returns the stored record, or None when the job is unknown or `mutate` declined.
+        """
+        key = job_key(job_id)
+        result: list[JobRecord | None] = [None]
+
+        def write(pipe: Any) -> None:
+            result[0] = None
+            raw = pipe.get(key)
+            if not raw:
+                return
+            current = JobRecord.model_validate_json(raw)
+            changed = mutate(current.model_copy(deep=True))
+            if changed is None:
+                return
+            now = utcnow()
+            changed.updated_at = now
+            if changed.status != current.status:
+                changed.history = [
+                    *changed.history[-(MAX_HISTORY - 1) :],
+                    {"at": now.isoformat(), "from": current.status, "to": changed.status},
+                ]
+            pipe.multi()
+            pipe.set(key, changed.model_dump_json())
+            if changed.status != current.status:
+                score = current.created_at.timestamp()
+                pipe.zrem(_status_index(current.status), job_id)
+                pipe.zadd(_status_index(changed.status), {job_id: score})
+            result[0] = changed
+
+        self.redis.transaction(write, key)
+        return result[0]
+
+    def transition(
+        self,
+        job_id: str,
+        allowed_from: Iterable[JobStatus],
+        to: JobStatus,
+        **changes: Any,
+    ) -> JobRecord | None:
+        """Move a job to `to` only if it is now in one of `allowed_from`, setting `changes`."""
+        allowed = frozenset(allowed_from)
+
+        def mutate(record: JobRecord) -> JobRecord | None:
+            if record.status not in allowed:
+                return None
+            updated = record.model_copy(update={**changes, "status": to})
+            if to.is_final and updated.finished_at is None:
+                updated.finished_at = utcnow()
+            return updated
+
+        return self.update(job_id, mutate)

@@ -1,0 +1,171 @@
+"""What a user asks for (`VideoRequest`) and its check against the model catalog.
+
+A request is checked twice: its own shape by pydantic (types, unknown fields, prompt
+limits), then against the chosen model's capabilities by `resolve`. Both raise
+`InvalidRequestError`, which names each bad field, before anything is stored or sent.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from producer.catalog import Catalog, ModelSpec
+
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**32 - 1
+MAX_TAGS = 20
+
+
+class InvalidRequestError(ValueError):
+    """A request that cannot be enqueued. `problems` maps each field to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        self.problems = problems
+        detail = "; ".join(f"{field}: {msg}" for field, msg in problems.items())
+        super().__init__(f"invalid video request: {detail}")
+
+
+class VideoRequest(BaseModel):
+    """One create-video job as a user describes it. Unset fields take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    prompt: str
+    provider: str | None = None
+    model: str | None = None
+    duration: int | None = None
+    resolution: str | None = None
+    ratio: str | None = None
+    audio: bool | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    service_tier: Literal["default", "flex"] | None = None
+    image_url: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_is_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}")
+        for char in value:
+            if char not in "\n\t" and unicodedata.category(char) in {"Cc", "Cs", "Co", "Cn"}:
+                raise ValueError(f"contains a control or non-text character {char!r}")
+        return value
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_are_short(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        for tag in value:
+            if not tag or len(tag) > 64 or any(c.isspace() for c in tag):
+                raise ValueError(f"tag {tag!r} must be 1-64 characters without spaces")
+        return value
+
+    @classmethod
+    def parse(cls, data: Any) -> VideoRequest:
+        """Build a request from loose data (a dict or JSON text), raising
+        `InvalidRequestError` with one message per bad field."""
+        try:
+            if isinstance(data, str | bytes):
+                return cls.model_validate_json(data)
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidRequestError(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "request"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling)"
+        problems.setdefault(field, message.removeprefix("Value error, "))
+    return problems
+
+
+def build_request(**fields: Any) -> VideoRequest:
+    """`VideoRequest(**fields)` raising `InvalidRequestError` instead of pydantic's error."""
+    return VideoRequest.parse(fields)
+
+
+def resolve(request: VideoRequest, catalog: Catalog, default_provider: str) -> dict[str, Any]:
+    """Fill in defaults from the chosen model and check the request against what that model
+    supports. Returns the full set of parameters a worker needs."""
+    problems: dict[str, str] = {}
+    provider = request.provider or default_provider
+    if provider not in catalog.providers():
+        raise InvalidRequestError(
+            {"provider": f"unknown provider {provider!r}; known: {', '.join(catalog.providers())}"}
+        )
+    model_id = request.model or catalog.default_model(provider)
+    spec: ModelSpec | None = catalog.get(model_id) if model_id else None
+    if spec is None:
+        known = ", ".join(sorted(m for m, s in catalog.models.items() if s.provider == provider))
+        raise InvalidRequestError({"model": f"unknown model {model_id!r}; known: {known}"})
+    if spec.provider != provider:
+        raise InvalidRequestError({"model": f"{spec.id} is a {spec.provider} model, not {provider}"})
+
+    duration = request.duration if request.duration is not None else _default_duration(spec)
+    resolution = request.resolution or ("720p" if "720p" in spec.resolutions else spec.resolutions[0])
+    ratio = request.ratio or ("16:9" if "16:9" in spec.ratios else spec.ratios[0])
+    audio = request.audio if request.audio is not None else spec.audio
+    tier = request.service_tier or "default"
+
+    if duration not in spec.durations:
+        problems["duration"] = f"{duration} s is not supported by {spec.id}; choose one of {_list(spec.durations)}"
+    if resolution not in spec.resolutions:
+        problems["resolution"] = (
+            f"{resolution!r} is not supported by {spec.id}; choose one of {_list(spec.resolutions)}"
+        )
+    if ratio not in spec.ratios:
+        problems["ratio"] = f"{ratio!r} is not supported by {spec.id}; choose one of {_list(spec.ratios)}"
+    if audio and not spec.audio:
+        problems["audio"] = f"{spec.id} does not generate audio"
+    if tier not in spec.service_tiers:
+        problems["service_tier"] = f"{tier!r} is not offered for {spec.id}"
+    if request.image_url and "first_frame" not in spec.image_roles:
+        problems["image_url"] = f"{spec.id} does not take a first-frame image"
+    if problems:
+        raise InvalidRequestError(problems)
+
+    return {
+        "prompt": request.prompt,
+        "provider": provider,
+        "model": spec.id,
+        "duration": duration,
+        "resolution": resolution,
+        "ratio": ratio,
+        "audio": audio,
+        "seed": request.seed,
+        "service_tier": tier,
+        "image_url": request.image_url,
+        "tags": list(request.tags),
+    }
+
+
+def _default_duration(spec: ModelSpec) -> int:
+    return 5 if 5 in spec.durations else spec.durations[0]
+
+
+def _list(values: tuple[Any, ...]) -> str:
+    return ", ".join(str(v) for v in values)

@@ -1,0 +1,100 @@
+"""One settings object for producers and workers, read from the environment and `.env`.
+
+Secrets are `SecretStr`: they print as `**********` and must be unwrapped on purpose
+with `.get_secret_value()` at the single place that hands them to an SDK.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
+
+ProviderName = Literal["byteplus", "veo"]
+
+
+class Settings(BaseSettings):
+    """Every knob of videoqueue. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Job store, and the Celery broker unless BROKER_URL is set.",
+    )
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to REDIS_URL.")
+    storage_url: str = Field(
+        default="file://./videos",
+        description="Where videos go: file://PATH or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, moto).")
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_region: str = "us-east-1"
+
+    byteplus_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("BYTEPLUS_API_KEY", "ARK_API_KEY")
+    )
+    byteplus_base_url: str = BYTEPLUS_DEFAULT_BASE_URL
+
+    default_provider: ProviderName = "byteplus"
+    job_deadline_s: float = Field(
+        default=7200.0,
+        gt=0,
+        description="A job not finished this long after enqueue ends `expired`.",
+    )
+
+    poll_initial_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="First poll delay; default: the model's expected render time.",
+    )
+    poll_min_s: float = Field(default=2.0, gt=0)
+    poll_max_s: float = Field(default=60.0, gt=0)
+    poll_backoff: float = Field(default=1.5, ge=1.0)
+    poll_jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+
+    submit_max_attempts: int = Field(
+        default=6, ge=1, description="Provider create attempts for upstream/timeout errors."
+    )
+    poll_max_errors: int = Field(default=30, ge=1, description="Consecutive failed status calls before a job fails.")
+    store_max_attempts: int = Field(default=8, ge=1)
+    retry_base_s: float = Field(default=2.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    submit_lease_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="How long a submit attempt may hold a job before another may take over.",
+    )
+
+    provider_timeout_s: float = Field(default=30.0, gt=0)
+    download_timeout_s: float = Field(default=60.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("STORAGE_URL must start with file:// or s3://")
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker Celery connects to."""
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once."""
+    return Settings()

@@ -1,0 +1,29 @@
+"""The JSON manifest stored next to each video: the job record as it ended, with its
+cost, so what a job produced and cost survives the loss of Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from producer.contract import JobRecord
+
+MANIFEST_VERSION = 1
+
+
+def build_manifest(job: JobRecord, video_bytes: int) -> dict[str, Any]:
+    """The manifest of a finished job."""
+    record = job.public_dict()
+    record.pop("video_url", None)  # a short-lived provider URL, useless once stored
+    record.pop("history", None)
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "job_id": job.id,
+        "video": {"uri": job.output_uri, "bytes": video_bytes, "content_type": "video/mp4"},
+        "cost": {
+            "estimate_usd": float(job.cost_estimate_usd),
+            "actual_usd": float(job.cost_usd) if job.cost_usd is not None else None,
+            "billed_units": job.billed_units,
+            "unit": "token",
+        },
+        "job": record,
+    }

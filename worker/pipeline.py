@@ -1,0 +1,478 @@
+"""The job lifecycle as the worker runs it: submit, poll, store and cancel.
+
+Each step reads the job record, does at most one provider or storage action, and moves
+the record on with a compare-and-set. A step that runs twice (at-least-once delivery)
+finds the record already moved and does nothing, or repeats an action that is harmless
+to repeat (a status call, an upload of the same bytes to the same key).
+
+Steps never sleep: what must happen later is sent as a new message with a countdown
+through the `Dispatcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from producer.catalog import Catalog
+from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from producer.jobstore import JobStore
+from producer.settings import Settings
+from worker.manifest import build_manifest
+from worker.providers.base import Provider, ProviderError, TaskState, TaskStatus
+from worker.schedule import poll_delay, retry_delay
+from worker.storage import Storage, StorageError, VideoCheckError
+
+log = logging.getLogger("videoqueue.pipeline")
+
+ACTIVE_AT_PROVIDER = frozenset({JobStatus.RUNNING})
+
+
+class Dispatcher(Protocol):
+    """Sends the next step of a job as a message, after `countdown` seconds."""
+
+    def submit(self, job_id: str, countdown: float) -> None: ...
+
+    def poll(self, job_id: str, seq: int, countdown: float) -> None: ...
+
+    def store(self, job_id: str, countdown: float) -> None: ...
+
+
+class StoreRetry(Exception):
+    """The store step should run again after `countdown` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+class Pipeline:
+    """The steps of a job, wired to a job store, providers, storage and a dispatcher."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        catalog: Catalog,
+        providers: Callable[[str], Provider],
+        storage: Callable[[], Storage],
+        dispatch: Dispatcher,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.providers = providers
+        self.storage = storage
+        self.dispatch = dispatch
+        self.rng = rng or random.Random()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _fail(self, job_id: str, code: ErrorCode, message: str, provider_code: str | None = None) -> JobRecord | None:
+        log.warning("job failed", extra={"job_id": job_id, "error_code": code.value})
+        return self.store.transition(
+            job_id,
+            ACTIVE_STATUSES,
+            JobStatus.FAILED,
+            error=JobError(code=code, message=message, provider_code=provider_code),
+            submit_lease_until=None,
+        )
+
+    def _expire(self, job: JobRecord, reason: str) -> None:
+        if job.provider_task_id and job.status in ACTIVE_AT_PROVIDER:
+            self._try_cancel_at_provider(job)
+        self.store.transition(
+            job.id,
+            {JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.RUNNING},
+            JobStatus.EXPIRED,
+            error=JobError(code=ErrorCode.DEADLINE, message=reason),
+            submit_lease_until=None,
+        )
+        log.info("job expired", extra={"job_id": job.id})
+
+    def _try_cancel_at_provider(self, job: JobRecord) -> bool:
+        assert job.provider_task_id is not None
+        try:
+            return self.providers(job.provider).cancel(job.provider_task_id)
+        except ProviderError as exc:
+            log.warning(
+                "provider cancel failed",
+                extra={"job_id": job.id, "error_code": exc.code.value},
+            )
+            return False
+
+    def _seconds_to_deadline(self, job: JobRecord) -> float:
+        return (job.deadline_at - utcnow()).total_seconds()
+
+    def _actual_cost(self, job: JobRecord, billed_units: int) -> Any:
+        spec = self.catalog.models[job.model]
+        return spec.usd_for_tokens(
+            billed_units, audio=bool(job.request["audio"]), service_tier=job.request["service_tier"]
+        )
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, job_id: str) -> None:
+        """Create the provider task of a job, exactly once, then start polling."""
+        job = self.store.get(job_id)
+        if job is None or job.status.is_final:
+            return
+        if job.provider_task_id:
+            # A redelivered submit after the create was recorded: make sure polling runs.
+            # Duplicate poll messages collapse on poll_seq.
+            if job.status is JobStatus.RUNNING:
+                self.dispatch.poll(job.id, job.poll_seq, countdown=1.0)
+            return
+        now = utcnow()
+        if now >= job.deadline_at:
+            self._expire(job, "deadline passed before the job reached the provider")
+            return
+        if job.cancel_requested and job.status is JobStatus.QUEUED:
+            self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
+            return
+        if job.status is JobStatus.SUBMITTING and job.submit_lease_until and job.submit_lease_until > now:
+            # Another worker is in the middle of the create call. Look again when its
+            # lease ends, in case it died.
+            wait = (job.submit_lease_until - now).total_seconds() + 1.0
+            self.dispatch.submit(job.id, countdown=wait)
+            return
+
+        uncertain_since = job.submit_intent_at if job.status is JobStatus.SUBMITTING else None
+        lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
+        claimed = self.store.update(job.id, _claim(now, lease_until))
+        if claimed is None:
+            return
+        recorded = self._create_once(claimed, uncertain_since, lease_until)
+        if recorded is None:
+            return
+        if recorded.cancel_requested:
+            self.cancel(job.id)
+            return
+        spec = self.catalog.models[recorded.model]
+        delay = poll_delay(1, spec.expected_render_s, self.settings, self.rng, self._seconds_to_deadline(recorded))
+        self.dispatch.poll(job.id, 1, countdown=delay)
+
+    def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
+        """Create (or, after an interrupted attempt, find) the provider task and record its
+        id. Returns the running record, or None when there is nothing more to do now."""
+        provider = self.providers(job.provider)
+        task_id: str | None = None
+        try:
+            if uncertain_since is not None:
+                # An earlier attempt may have created the task and died before recording it.
+                task_id = provider.find_created(job, uncertain_since)
+                if task_id:
+                    log.info("found task of an interrupted create", extra={"job_id": job.id})
+            if task_id is None:
+                self.store.update(job.id, _count_attempt)
+                task_id = provider.create(job)
+        except ProviderError as exc:
+            self._submit_failed(job, exc)
+            return None
+
+        def record_task(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.SUBMITTING or record.submit_lease_until != lease_until:
+                return None
+            record.status = JobStatus.RUNNING
+            record.provider_task_id = task_id
+            record.provider_status = "queued"
+            record.submitted_at = utcnow()
+            record.submit_lease_until = None
+            record.poll_seq = 1
+            return record
+
+        recorded = self.store.update(job.id, record_task)
+        if recorded is None:
+            # Someone took the job over while our create ran (our lease ran out). Unless
+            # they recorded this very task, stop it so it is not paid for twice.
+            log.error("lost the submit lease during create", extra={"job_id": job.id})
+            current = self.store.get(job.id)
+            if current is None or current.provider_task_id != task_id:
+                try:
+                    provider.cancel(task_id)
+                except ProviderError:
+                    log.exception("could not cancel orphaned provider task", extra={"job_id": job.id})
+            return None
+        log.info("provider task created", extra={"job_id": job.id, "provider_task_id": task_id})
+        return recorded
+
+    def _submit_failed(self, job: JobRecord, exc: ProviderError) -> None:
+        extra = {"job_id": job.id, "error_code": exc.code.value}
+        if not exc.retryable:
+            self._fail(job.id, exc.code, exc.message, exc.provider_code)
+            return
+        attempts = (self.store.get(job.id) or job).attempts
+        if exc.code is not ErrorCode.RATE_LIMITED and attempts >= self.settings.submit_max_attempts:
+            self._fail(
+                job.id,
+                exc.code,
+                f"gave up after {attempts} attempts: {exc.message}",
+                exc.provider_code,
+            )
+            return
+        uncertain = exc.code is ErrorCode.TIMEOUT and exc.request_sent
+        delay = retry_delay(max(attempts, 1), self.settings, self.rng, exc.retry_after)
+
+        def release(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.SUBMITTING or record.provider_task_id:
+                return None
+            if uncertain:
+                # The create may have reached the provider: keep the intent so the next
+                # attempt looks the task up before creating another; free the lease now.
+                record.submit_lease_until = utcnow()
+            else:
+                record.status = JobStatus.QUEUED
+                record.submit_lease_until = None
+                record.submit_intent_at = None
+            return record
+
+        if self.store.update(job.id, release) is not None:
+            log.info("submit will be retried", extra={**extra, "countdown": round(delay, 1)})
+            self.dispatch.submit(job.id, countdown=delay)
+
+    # -------------------------------------------------------------------- poll
+
+    def poll(self, job_id: str, seq: int) -> None:
+        """One status call for a running job; then re-schedule, or move on."""
+        job = self.store.get(job_id)
+        if job is None or job.status.is_final or seq < job.poll_seq:
+            return
+        if job.status is JobStatus.DOWNLOADING:
+            # Redelivery of the poll that saw the provider finish: make sure store runs.
+            if seq == job.poll_seq:
+                self.dispatch.store(job.id, countdown=0)
+            return
+        task_id = job.provider_task_id
+        if job.status is not JobStatus.RUNNING or not task_id:
+            return
+        if utcnow() >= job.deadline_at:
+            self._expire(job, f"not finished within JOB_DEADLINE_S ({self.settings.job_deadline_s:g} s)")
+            return
+        if job.cancel_requested and job.provider_status != "cancel_requested":
+            if self._cancel_running(job):
+                return
+            job = self.store.get(job_id) or job
+
+        provider = self.providers(job.provider)
+        try:
+            state = provider.get(task_id)
+        except ProviderError as exc:
+            self._poll_failed(job, seq, exc)
+            return
+
+        if state.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+            delay = poll_delay(seq + 1, 0.0, self.settings, self.rng, self._seconds_to_deadline(job))
+            self._next_poll(job, seq, delay, state.provider_status, reset_errors=True)
+        elif state.status is TaskStatus.SUCCEEDED:
+            self._provider_succeeded(job, state)
+        elif state.status is TaskStatus.FAILED:
+            self._fail(
+                job.id,
+                state.error_code or ErrorCode.UPSTREAM,
+                state.error_message or "provider reported failure",
+                state.provider_error_code,
+            )
+        elif state.status is TaskStatus.CANCELLED:
+            self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled")
+        elif state.status is TaskStatus.EXPIRED:
+            self.store.transition(
+                job.id,
+                {JobStatus.RUNNING},
+                JobStatus.EXPIRED,
+                provider_status="expired",
+                error=JobError(code=ErrorCode.DEADLINE, message="the provider expired the task"),
+            )
+
+    def _next_poll(
+        self,
+        job: JobRecord,
+        seq: int,
+        delay: float,
+        provider_status: str | None,
+        *,
+        reset_errors: bool,
+    ) -> None:
+        # Send first, then record: a crash in between leaves a duplicate message (which
+        # poll_seq makes harmless), never a job with no message.
+        self.dispatch.poll(job.id, seq + 1, countdown=delay)
+
+        def advance(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.RUNNING or record.poll_seq > seq:
+                return None
+            record.poll_seq = seq + 1
+            if provider_status and record.provider_status != "cancel_requested":
+                record.provider_status = provider_status
+            record.poll_errors = 0 if reset_errors else record.poll_errors + 1
+            return record
+
+        self.store.update(job.id, advance)
+
+    def _poll_failed(self, job: JobRecord, seq: int, exc: ProviderError) -> None:
+        if not exc.retryable:
+            self._fail(job.id, exc.code, exc.message, exc.provider_code)
+            return
+        errors = job.poll_errors + (0 if exc.code is ErrorCode.RATE_LIMITED else 1)
+        if errors >= self.settings.poll_max_errors:
+            self._fail(
+                job.id,
+                exc.code,
+                f"status calls failed {errors} times: {exc.message}",
+                exc.provider_code,
+            )
+            return
+        delay = retry_delay(max(errors, 1), self.settings, self.rng, exc.retry_after)
+        delay = min(delay, max(self._seconds_to_deadline(job), 0.0) + 0.5)
+        self._next_poll(
+            job,
+            seq,
+            delay,
+            None,
+            reset_errors=exc.code is ErrorCode.RATE_LIMITED and job.poll_errors == 0,
+        )
+
+    def _provider_succeeded(self, job: JobRecord, state: TaskState) -> None:
+        billed = state.billed_units or 0
+        cost = self._actual_cost(job, billed)
+        done_at = utcnow()
+        if job.cancel_requested:
+            # Too late to stop at the provider: it charged us, but the user no longer
+            # wants the video. Record the cost once, store nothing.
+            self.store.transition(
+                job.id,
+                {JobStatus.RUNNING},
+                JobStatus.CANCELLED,
+                billed_units=billed,
+                cost_usd=cost,
+                provider_status="succeeded",
+                provider_done_at=done_at,
+            )
+            return
+        moved = self.store.transition(
+            job.id,
+            {JobStatus.RUNNING},
+            JobStatus.DOWNLOADING,
+            video_url=state.video_url,
+            billed_units=billed,
+            cost_usd=cost,
+            provider_status="succeeded",
+            provider_done_at=done_at,
+        )
+        if moved is not None:
+            self.dispatch.store(job.id, countdown=0)
+
+    # ------------------------------------------------------------------- store
+
+    def store_video(self, job_id: str) -> None:
+        """Stream the finished video into storage, write its manifest, mark the job done.
+
+        Raises StoreRetry when the step should run again later."""
+        job = self.store.get(job_id)
+        if job is None or job.status is not JobStatus.DOWNLOADING:
+            return
+        if job.cancel_requested:
+            self.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.CANCELLED)
+            return
+        attempt = job.store_attempts + 1
+        self.store.update(job.id, _count_store_attempt)
+        storage = self.storage()
+        provider = self.providers(job.provider)
+        video_key = f"{job.id}.mp4"
+        try:
+            with provider.open_video(job) as stream:
+                stored = storage.put_video(video_key, stream.chunks, stream.size)
+            finished_at = utcnow()
+            final = job.model_copy(
+                update={
+                    "status": JobStatus.SUCCEEDED,
+                    "output_uri": stored.uri,
+                    "manifest_uri": storage.uri(f"{job.id}.json"),
+                    "finished_at": finished_at,
+                    "store_attempts": attempt,
+                }
+            )
+            storage.put_json(f"{job.id}.json", build_manifest(final, stored.size))
+        except ProviderError as exc:
+            if exc.retryable:
+                self._store_retry(job, attempt, f"download failed: {exc.message}")
+            else:
+                self._fail(job.id, exc.code, f"could not download the video: {exc.message}")
+            return
+        except (StorageError, VideoCheckError) as exc:
+            self._store_retry(job, attempt, f"{type(exc).__name__}: {exc}")
+            return
+
+        self.store.transition(
+            job.id,
+            {JobStatus.DOWNLOADING},
+            JobStatus.SUCCEEDED,
+            output_uri=stored.uri,
+            manifest_uri=final.manifest_uri,
+            finished_at=finished_at,
+        )
+        log.info("video stored", extra={"job_id": job.id, "uri": stored.uri, "bytes": stored.size})
+
+    def _store_retry(self, job: JobRecord, attempt: int, reason: str) -> None:
+        if attempt >= self.settings.store_max_attempts:
+            self._fail(job.id, ErrorCode.STORAGE, f"gave up after {attempt} attempts: {reason}")
+            return
+        raise StoreRetry(retry_delay(attempt, self.settings, self.rng), reason)
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, job_id: str) -> None:
+        """Carry out a cancel the producer asked for."""
+        job = self.store.get(job_id)
+        if job is None or job.status.is_final or not job.cancel_requested:
+            return
+        if job.status is JobStatus.QUEUED:
+            self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
+        elif job.status is JobStatus.RUNNING:
+            self._cancel_running(job)
+        # SUBMITTING: the submit step cancels right after its create is recorded.
+        # DOWNLOADING: the store step sees the flag and stores nothing.
+
+    def _cancel_running(self, job: JobRecord) -> bool:
+        """Cancel at the provider. True if the job is now cancelled."""
+        if self._try_cancel_at_provider(job):
+            done = self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled")
+            return done is not None
+
+        def mark(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.RUNNING:
+                return None
+            record.provider_status = "cancel_requested"
+            return record
+
+        self.store.update(job.id, mark)
+        return False
+
+
+def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:
+    """A mutation that takes a job for one create attempt, unless someone else holds it."""
+
+    def claim(record: JobRecord) -> JobRecord | None:
+        if record.status not in (JobStatus.QUEUED, JobStatus.SUBMITTING) or record.provider_task_id:
+            return None
+        if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
+            return None
+        record.status = JobStatus.SUBMITTING
+        record.submit_lease_until = lease_until
+        record.submit_intent_at = now
+        return record
+
+    return claim
+
+
+def _count_attempt(record: JobRecord) -> JobRecord:
+    record.attempts += 1
+    return record
+
+
+def _count_store_attempt(record: JobRecord) -> JobRecord:
+    record.store_attempts += 1
+    return record

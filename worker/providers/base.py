@@ -1,0 +1,103 @@
+"""The one small interface every provider adapter implements, and the error and status
+types adapters map the provider's own onto."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from producer.contract import ErrorCode, JobRecord
+
+RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM, ErrorCode.TIMEOUT})
+
+
+class ProviderError(Exception):
+    """A provider call failed, classified into one of our error codes.
+
+    `request_sent` is False only when the request provably never reached the provider
+    (connection refused, connect timeout): only then is a failed create safe to repeat
+    blindly.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        provider_code: str | None = None,
+        retry_after: float | None = None,
+        request_sent: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.provider_code = provider_code
+        self.retry_after = retry_after
+        self.request_sent = request_sent
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again later."""
+        return self.code in RETRYABLE
+
+
+class TaskStatus(StrEnum):
+    """A provider task's status, in our words."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What one status call told us about a provider task."""
+
+    status: TaskStatus
+    provider_status: str
+    video_url: str | None = None
+    billed_units: int | None = None
+    error_code: ErrorCode | None = None
+    error_message: str | None = None
+    provider_error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoStream:
+    """An open video: chunks to read once, and the size the source announced."""
+
+    chunks: Iterator[bytes]
+    size: int | None
+
+
+class Provider(Protocol):
+    """A video generation service as the pipeline sees it."""
+
+    name: str
+
+    def create(self, job: JobRecord) -> str:
+        """Start a provider task for `job` and return its id. Never retried inside."""
+        ...
+
+    def find_created(self, job: JobRecord, since: datetime) -> str | None:
+        """After an uncertain create, the id of the task that create made, if any."""
+        ...
+
+    def get(self, task_id: str) -> TaskState:
+        """One status call."""
+        ...
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel at the provider. True if it stopped; False if it is too late to stop."""
+        ...
+
+    def open_video(self, job: JobRecord) -> AbstractContextManager[VideoStream]:
+        """Open the finished video of `job` for streaming."""
+        ...

@@ -1,0 +1,239 @@
+"""BytePlus ModelArk (Seedance) through the official Ark SDK.
+
+The SDK retries 408/409/429/5xx and timeouts on its own, POSTs included, which would
+create duplicate paid tasks; the client here is built with `max_retries=0` and our
+pipeline decides every retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from byteplussdkarkruntime import Ark
+from byteplussdkarkruntime._exceptions import (
+    ArkAPIConnectionError,
+    ArkAPIError,
+    ArkAPIResponseValidationError,
+    ArkAPIStatusError,
+    ArkAPITimeoutError,
+)
+
+from producer.catalog import load_catalog
+from producer.contract import ErrorCode, JobRecord
+from producer.settings import Settings
+from worker.download import stream_url
+from worker.providers.base import ProviderError, TaskState, TaskStatus, VideoStream
+
+_STATUSES = {
+    "queued": TaskStatus.QUEUED,
+    "running": TaskStatus.RUNNING,
+    "succeeded": TaskStatus.SUCCEEDED,
+    "failed": TaskStatus.FAILED,
+    "cancelled": TaskStatus.CANCELLED,
+    "expired": TaskStatus.EXPIRED,
+}
+# How far back to look for a task an interrupted create may have made.
+_LOOKUP_SLACK = timedelta(minutes=2)
+_LOOKUP_PAGE_SIZE = 100
+_LOOKUP_MAX_PAGES = 5
+
+
+def classify_failure_code(provider_code: str | None) -> ErrorCode:
+    """Our error class for the `error.code` of a failed ModelArk task."""
+    code = provider_code or ""
+    if "Sensitive" in code or "Risk" in code or "Policy" in code:
+        return ErrorCode.CONTENT_FILTERED
+    if code.startswith("InvalidParameter") or code.startswith("MissingParameter"):
+        return ErrorCode.INVALID_REQUEST
+    return ErrorCode.UPSTREAM
+
+
+def map_ark_error(exc: ArkAPIError, *, creating: bool = False) -> ProviderError:
+    """Map an Ark SDK exception onto our error classes."""
+    provider_code = getattr(exc, "code", None)
+    message = _error_message(exc)
+    if isinstance(exc, ArkAPITimeoutError | ArkAPIConnectionError):
+        cause = exc.__cause__
+        not_sent = isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)
+        return ProviderError(
+            ErrorCode.TIMEOUT,
+            f"ModelArk unreachable: {message}",
+            request_sent=not not_sent,
+        )
+    if isinstance(exc, ArkAPIResponseValidationError):
+        return ProviderError(ErrorCode.UPSTREAM, f"ModelArk sent an unexpected body: {message}")
+    if isinstance(exc, ArkAPIStatusError):
+        status = exc.status_code
+        if status == 429:
+            return ProviderError(
+                ErrorCode.RATE_LIMITED,
+                message,
+                provider_code=provider_code,
+                retry_after=_retry_after(exc.response),
+            )
+        if status in (400, 422):
+            return ProviderError(
+                classify_failure_code(provider_code)
+                if provider_code and "Sensitive" in provider_code
+                else ErrorCode.INVALID_REQUEST,
+                message,
+                provider_code=provider_code,
+            )
+        if status in (401, 403):
+            return ProviderError(ErrorCode.AUTH, message, provider_code=provider_code)
+        if status == 404:
+            # On create a 404 means the model or endpoint does not exist: a bad request.
+            code = ErrorCode.INVALID_REQUEST if creating else ErrorCode.NOT_FOUND
+            return ProviderError(code, message, provider_code=provider_code)
+        return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+    return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+
+
+def _error_message(exc: ArkAPIError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _has_audio(model: str) -> bool:
+    spec = load_catalog().get(model)
+    return bool(spec and spec.audio)
+
+
+def build_content(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `content` array of a create call: the prompt, then any first-frame image."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": request["prompt"]}]
+    if request.get("image_url"):
+        content.append({"type": "image_url", "image_url": {"url": request["image_url"]}, "role": "first_frame"})
+    return content
+
+
+def task_state(task: Any) -> TaskState:
+    """Our view of a ModelArk task object."""
+    raw_status = str(getattr(task, "status", "") or "")
+    status = _STATUSES.get(raw_status)
+    if status is None:
+        raise ProviderError(ErrorCode.UPSTREAM, f"ModelArk returned unknown status {raw_status!r}")
+    video_url = None
+    billed = None
+    if status is TaskStatus.SUCCEEDED:
+        content = getattr(task, "content", None)
+        video_url = getattr(content, "video_url", None)
+        usage = getattr(task, "usage", None)
+        billed = getattr(usage, "completion_tokens", None)
+        if not video_url or not isinstance(billed, int):
+            raise ProviderError(ErrorCode.UPSTREAM, "ModelArk reported success without video_url or usage")
+    error_code = error_message = provider_code = None
+    if status is TaskStatus.FAILED:
+        error = getattr(task, "error", None)
+        provider_code = getattr(error, "code", None) or "Unknown"
+        error_message = getattr(error, "message", None) or "task failed at ModelArk"
+        error_code = classify_failure_code(provider_code)
+    return TaskState(
+        status=status,
+        provider_status=raw_status,
+        video_url=video_url,
+        billed_units=billed,
+        error_code=error_code,
+        error_message=error_message,
+        provider_error_code=provider_code,
+    )
+
+
+class BytePlusProvider:
+    """Seedance on ModelArk."""
+
+    name = "byteplus"
+
+    def __init__(self, settings: Settings, http: httpx.Client) -> None:
+        if settings.byteplus_api_key is None:
+            raise ProviderError(ErrorCode.AUTH, "BYTEPLUS_API_KEY is not set")
+        self._client = Ark(
+            base_url=settings.byteplus_base_url,
+            api_key=settings.byteplus_api_key.get_secret_value(),
+            max_retries=0,
+            timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
+        )
+        self._http = http
+
+    def create(self, job: JobRecord) -> str:
+        request = job.request
+        try:
+            created = self._client.content_generation.tasks.create(
+                model=job.model,
+                content=build_content(request),
+                duration=request["duration"],
+                resolution=request["resolution"],
+                ratio=request["ratio"],
+                # Only audio-capable models know the flag; the others reject it.
+                generate_audio=request["audio"] if _has_audio(job.model) else None,
+                seed=request["seed"],
+                service_tier=request["service_tier"],
+            )
+        except ArkAPIError as exc:
+            raise map_ark_error(exc, creating=True) from exc
+        task_id = getattr(created, "id", None)
+        if not task_id:
+            raise ProviderError(ErrorCode.UPSTREAM, "ModelArk create returned no task id")
+        return str(task_id)
+
+    def find_created(self, job: JobRecord, since: datetime) -> str | None:
+        request = job.request
+        cutoff = (since - _LOOKUP_SLACK).timestamp()
+        tasks = self._client.content_generation.tasks
+        for page in range(1, _LOOKUP_MAX_PAGES + 1):
+            try:
+                listing = tasks.list(page_num=page, page_size=_LOOKUP_PAGE_SIZE, model=job.model)
+            except ArkAPIError as exc:
+                raise map_ark_error(exc) from exc
+            items = list(getattr(listing, "items", None) or [])
+            for item in items:
+                if (
+                    getattr(item, "seed", None) == request["seed"]
+                    and getattr(item, "duration", None) == request["duration"]
+                    and getattr(item, "ratio", None) == request["ratio"]
+                    and getattr(item, "resolution", None) == request["resolution"]
+                    and (getattr(item, "created_at", 0) or 0) >= cutoff
+                ):
+                    return str(item.id)
+            if not items or min((getattr(i, "created_at", 0) or 0) for i in items) < cutoff:
+                return None
+        return None
+
+    def get(self, task_id: str) -> TaskState:
+        try:
+            task = self._client.content_generation.tasks.get(task_id=task_id)
+        except ArkAPIError as exc:
+            raise map_ark_error(exc) from exc
+        return task_state(task)
+
+    def cancel(self, task_id: str) -> bool:
+        try:
+            self._client.content_generation.tasks.delete(task_id)
+        except ArkAPIStatusError as exc:
+            if exc.status_code in (400, 409):
+                return False  # running tasks cannot be cancelled; the result will be discarded
+            raise map_ark_error(exc) from exc
+        except ArkAPIError as exc:
+            raise map_ark_error(exc) from exc
+        return True
+
+    @contextmanager
+    def open_video(self, job: JobRecord) -> Iterator[VideoStream]:
+        if not job.video_url:
+            raise ProviderError(ErrorCode.UPSTREAM, "job has no video URL")
+        with stream_url(self._http, job.video_url) as stream:
+            yield stream

@@ -1,0 +1,117 @@
+"""Storage in S3 or MinIO through boto3's managed transfer: large videos go up as a
+multipart upload streamed from the source, with a bounded number of parts in memory, and
+an upload that fails is aborted, so no partial object appears under the key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from producer.settings import Settings
+from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+PART_BYTES = 8 * 1024 * 1024
+
+
+class IteratorReader:
+    """A read()-able file over an iterator of chunks, as upload_fileobj wants."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self._done = False
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            try:
+                self._buffer.extend(next(self._chunks))
+            except StopIteration:
+                self._done = True
+        if size < 0 or size >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+        self.bytes_read += len(data)
+        return data
+
+
+class S3Storage:
+    """Videos and manifests under `s3://bucket/prefix/`."""
+
+    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        secret = settings.aws_secret_access_key
+        key_id = settings.aws_access_key_id
+        self.client: S3Client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.aws_region,
+            aws_access_key_id=key_id.get_secret_value() if key_id else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=PART_BYTES,
+            multipart_chunksize=PART_BYTES,
+            max_concurrency=4,
+            use_threads=True,
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def size(self, key: str) -> int | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StorageError(f"S3 head failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 unreachable: {exc}") from exc
+        return int(head["ContentLength"])
+
+    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
+        reader = IteratorReader(checked_chunks(chunks, expected_size))
+        try:
+            self.client.upload_fileobj(
+                reader,  # type: ignore[arg-type]
+                self.bucket,
+                self._key(key),
+                ExtraArgs={"ContentType": "video/mp4"},
+                Config=self.transfer,
+            )
+        except VideoCheckError:
+            raise
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 upload of {self.uri(key)} failed: {exc}") from exc
+        return StoredObject(uri=self.uri(key), size=reader.bytes_read)
+
+    def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, ContentType="application/json")
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 write of {self.uri(key)} failed: {exc}") from exc
+        return StoredObject(uri=self.uri(key), size=len(body))

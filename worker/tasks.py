@@ -1,0 +1,91 @@
+"""Celery tasks: thin wrappers that hand a job id to the pipeline. Arguments are the job
+id (and the poll sequence number), never a prompt or a key."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+
+from producer.catalog import load_catalog
+from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from producer.jobstore import JobStore
+from producer.settings import get_settings
+from worker import logs
+from worker.app import app
+from worker.pipeline import Pipeline, StoreRetry
+from worker.providers import get_provider, reset_providers
+from worker.storage import Storage, open_storage
+
+
+class CeleryDispatcher:
+    """Sends pipeline steps as Celery messages with a countdown."""
+
+    def submit(self, job_id: str, countdown: float) -> None:
+        submit.apply_async((job_id,), countdown=countdown)
+
+    def poll(self, job_id: str, seq: int, countdown: float) -> None:
+        poll.apply_async((job_id, seq), countdown=countdown)
+
+    def store(self, job_id: str, countdown: float) -> None:
+        store.apply_async((job_id,), countdown=countdown)
+
+
+@lru_cache(maxsize=1)
+def _storage() -> Storage:
+    return open_storage(get_settings())
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> Pipeline:
+    """The pipeline of this worker process."""
+    settings = get_settings()
+    return Pipeline(
+        settings=settings,
+        store=JobStore.from_url(settings.redis_url),
+        catalog=load_catalog(),
+        providers=lambda name: get_provider(name, settings),
+        storage=_storage,
+        dispatch=CeleryDispatcher(),
+    )
+
+
+@worker_process_init.connect
+def _fresh_clients(**_: Any) -> None:
+    # Connections must not be shared across the fork of a prefork pool child.
+    pipeline.cache_clear()
+    _storage.cache_clear()
+    reset_providers()
+    logs.configure(get_settings().log_level)
+
+
+logs.configure(get_settings().log_level)
+
+
+@app.task(name=TASK_SUBMIT, bind=True)
+def submit(self: Task[Any, Any], job_id: str) -> None:
+    """Create the provider task of a job (once), then schedule its first poll."""
+    pipeline().submit(job_id)
+
+
+@app.task(name=TASK_POLL, bind=True)
+def poll(self: Task[Any, Any], job_id: str, seq: int) -> None:
+    """One status call; re-schedules itself with a countdown until the provider is done."""
+    pipeline().poll(job_id, seq)
+
+
+@app.task(name=TASK_STORE, bind=True, max_retries=None)
+def store(self: Task[Any, Any], job_id: str) -> None:
+    """Stream the video into storage, write the manifest, mark the job succeeded."""
+    try:
+        pipeline().store_video(job_id)
+    except StoreRetry as retry:
+        raise self.retry(countdown=retry.countdown, exc=retry) from None
+
+
+@app.task(name=TASK_CANCEL, bind=True)
+def cancel(self: Task[Any, Any], job_id: str) -> None:
+    """Cancel a job at the provider, as the producer asked."""
+    pipeline().cancel(job_id)
