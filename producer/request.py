@@ -44,7 +44,7 @@ class VideoRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     service_tier: Literal["default", "flex"] | None = None
     image_url: str | None = None
-    tags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = Field(default=(), strict=False)
 
     @field_validator("prompt")
     @classmethod

@@ -1,0 +1,244 @@
+"""The `videoqueue` command line: submit, status, wait, cancel and list jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producer.api import EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.contract import JobRecord, JobStatus
+from producer.request import InvalidRequestError, VideoRequest
+
+app = typer.Typer(
+    help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _job_table(records: list[JobRecord]) -> Table:
+    table = Table("id", "status", "provider", "model", "cost est.", "cost", "output / error")
+    for r in records:
+        detail = r.output_uri or (f"{r.error.code}: {r.error.message}" if r.error else "")
+        table.add_row(
+            r.id,
+            r.status.value,
+            r.provider,
+            r.model,
+            f"${r.cost_estimate_usd:.4f}",
+            f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-",
+            detail,
+        )
+    return table
+
+
+def read_jsonl(path: Path) -> list[VideoRequest]:
+    """Requests from a JSON-lines file; InvalidRequestError names every bad line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError({"file": f"cannot read {path}: {exc}"}) from exc
+    requests: list[VideoRequest] = []
+    problems: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems[f"line {number}"] = f"not valid JSON ({exc.msg})"
+            continue
+        if not isinstance(data, dict):
+            problems[f"line {number}"] = "must be a JSON object"
+            continue
+        try:
+            requests.append(VideoRequest.parse(data))
+        except InvalidRequestError as exc:
+            for field, message in exc.problems.items():
+                problems[f"line {number}: {field}"] = message
+    if problems:
+        raise InvalidRequestError(problems)
+    if not requests:
+        raise InvalidRequestError({"file": f"{path} holds no requests"})
+    return requests
+
+
+@app.command()
+def submit(  # noqa: PLR0917 - typer maps each parameter to an option
+    prompt: Annotated[str | None, typer.Argument(help="What the video should show.")] = None,
+    provider: Annotated[str | None, typer.Option(help="byteplus or veo (default: DEFAULT_PROVIDER).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: the provider's default).")] = None,
+    duration: Annotated[int | None, typer.Option(help="Seconds of video.")] = None,
+    resolution: Annotated[str | None, typer.Option(help="480p, 720p, 1080p, ...")] = None,
+    ratio: Annotated[str | None, typer.Option(help="Aspect ratio such as 16:9 or 9:16.")] = None,
+    audio: Annotated[bool | None, typer.Option("--audio/--no-audio", help="Generate sound.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible output.")] = None,
+    service_tier: Annotated[str | None, typer.Option(help="default or flex (cheaper, slower).")] = None,
+    image_url: Annotated[str | None, typer.Option(help="First-frame image URL.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag for cost reports; repeatable.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+) -> None:
+    """Enqueue one job (PROMPT) or one job per line of --file; print the job ids."""
+    vq = VideoQueue()
+    try:
+        if file is not None:
+            if prompt is not None:
+                raise _fail("give a PROMPT or --file, not both")
+            requests = read_jsonl(file)
+        elif prompt is None:
+            raise _fail("give a PROMPT or --file")
+        else:
+            fields: dict[str, Any] = {
+                "prompt": prompt,
+                "provider": provider,
+                "model": model,
+                "duration": duration,
+                "resolution": resolution,
+                "ratio": ratio,
+                "audio": audio,
+                "seed": seed,
+                "service_tier": service_tier,
+                "image_url": image_url,
+            }
+            if tag:
+                fields["tags"] = tuple(tag)
+            requests = [VideoRequest.parse({k: v for k, v in fields.items() if v is not None})]
+        records = vq.submit_many(requests)
+    except InvalidRequestError as exc:
+        for field, message in exc.problems.items():
+            err.print(f"[red]invalid[/red] {field}: {message}", highlight=False)
+        raise _fail("nothing was enqueued") from None
+    except EnqueueError as exc:
+        raise _fail(str(exc), code=1) from None
+    if as_json:
+        _print_json([r.public_dict() for r in records] if file else records[0].public_dict())
+    else:
+        for record in records:
+            sys.stdout.write(record.id + "\n")
+
+
+@app.command()
+def status(
+    job_ids: Annotated[list[str], typer.Argument(help="Job ids.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+) -> None:
+    """Show the current record of each job."""
+    try:
+        records = VideoQueue().get_many(job_ids)
+    except UnknownJobError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json([r.public_dict() for r in records] if len(records) > 1 else records[0].public_dict())
+    else:
+        out.print(_job_table(records))
+
+
+@app.command()
+def wait(
+    job_ids: Annotated[list[str], typer.Argument(help="Job ids.")],
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print final records as JSON.")] = False,
+) -> None:
+    """Wait until every job is final. Exit code 0 only if all succeeded."""
+    vq = VideoQueue()
+    try:
+        vq.get_many(job_ids)
+    except UnknownJobError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        if err.is_terminal and not as_json:
+            records = _wait_with_bar(vq, job_ids, timeout)
+        else:
+            records = _wait_plain(vq, job_ids, timeout)
+    except WaitTimeoutError as exc:
+        records = exc.jobs
+        err.print(f"[yellow]timeout:[/yellow] {exc}", highlight=False)
+    if as_json:
+        _print_json([r.public_dict() for r in records])
+    else:
+        out.print(_job_table(records))
+    if not all(r.status is JobStatus.SUCCEEDED for r in records):
+        raise typer.Exit(1)
+
+
+def _wait_plain(vq: VideoQueue, job_ids: list[str], timeout: float | None) -> list[JobRecord]:
+    seen: dict[str, JobStatus] = {}
+
+    def report(records: list[JobRecord]) -> None:
+        for r in records:
+            if seen.get(r.id) is not r.status:
+                seen[r.id] = r.status
+                err.print(f"{r.id} {r.status.value}", highlight=False)
+
+    return vq.wait(job_ids, timeout, on_update=report)
+
+
+def _wait_with_bar(vq: VideoQueue, job_ids: list[str], timeout: float | None) -> list[JobRecord]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        bar = progress.add_task("waiting", total=len(job_ids))
+
+        def report(records: list[JobRecord]) -> None:
+            counts: dict[str, int] = {}
+            for r in records:
+                counts[r.status.value] = counts.get(r.status.value, 0) + 1
+            summary = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            progress.update(bar, completed=sum(r.status.is_final for r in records), description=summary)
+
+        return vq.wait(job_ids, timeout, on_update=report)
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a job (at the provider too, where it can still be stopped)."""
+    try:
+        record = VideoQueue().cancel(job_id)
+    except UnknownJobError as exc:
+        raise _fail(str(exc)) from None
+    state = "cancel requested" if not record.status.is_final else record.status.value
+    sys.stdout.write(f"{record.id} {state}\n")
+
+
+@app.command()
+def jobs(
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only jobs in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+) -> None:
+    """List recent jobs."""
+    if status_filter is not None and status_filter not in {s.value for s in JobStatus}:
+        raise _fail(f"unknown status {status_filter!r}; one of {', '.join(s.value for s in JobStatus)}")
+    records = VideoQueue().list(status_filter, limit)
+    if as_json:
+        _print_json([r.public_dict() for r in records])
+    else:
+        out.print(_job_table(records))
+
+
+def main() -> None:
+    """Entry point of the `videoqueue` console script."""
+    app()

@@ -1,0 +1,69 @@
+"""The Starlette application: ModelArk API, video files and ``/_sim`` control endpoints."""
+
+from __future__ import annotations
+
+from json import JSONDecodeError
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from simulator.ark import ArkSim, ark_routes
+from simulator.config import SimConfig
+from simulator.mp4 import video_response
+
+
+def create_app(config: SimConfig | None = None) -> Starlette:
+    """Build a simulator app; its state lives in ``app.state.sim`` (an ArkSim)."""
+    sim = ArkSim(config or SimConfig())
+
+    async def video(request: Request) -> Response:
+        sim.advance()
+        task = sim.tasks.get(request.path_params["task_id"])
+        if task is None or task.status != "succeeded":
+            return JSONResponse({"error": {"code": "NoSuchKey"}}, status_code=404)
+        if request.method == "GET":
+            sim.counters["video_downloads_total"] += 1
+        return video_response(sim.config.video_pad_bytes)
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(sim.stats())
+
+    async def reset(request: Request) -> Response:
+        sim.reset()
+        return JSONResponse({})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def get_config(request: Request) -> Response:
+        return JSONResponse(sim.config.public_dict())
+
+    async def set_config(request: Request) -> Response:
+        try:
+            changes = await request.json()
+        except (JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse({"error": "body is not valid JSON"}, status_code=400)
+        if not isinstance(changes, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+        try:
+            new = sim.update_config(changes)
+        except ValidationError as err:
+            detail = err.errors(include_url=False, include_input=False, include_context=False)
+            return JSONResponse({"error": detail}, status_code=400)
+        return JSONResponse(new.public_dict())
+
+    routes: list[BaseRoute] = [
+        Mount("/api/v3", routes=ark_routes(sim)),
+        Route("/files/{task_id}.mp4", video, methods=["GET"]),
+        Route("/_sim/stats", stats, methods=["GET"]),
+        Route("/_sim/reset", reset, methods=["POST"]),
+        Route("/_sim/health", health, methods=["GET"]),
+        Route("/_sim/config", get_config, methods=["GET"]),
+        Route("/_sim/config", set_config, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sim = sim
+    return app

@@ -1,0 +1,57 @@
+"""Runtime configuration of the simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Smallest payload of a valid MP4 `free` box: its 8-byte header.
+_MIN_PAD = 8
+
+
+class SimConfig(BaseModel):
+    """Tunable behaviour of the simulator; every field can be changed at run time."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    latency: float = Field(default=3.0, ge=0)
+    latency_jitter: float = Field(default=0.0, ge=0)
+    concurrency_per_model: int = Field(default=10, ge=1)
+    video_pad_bytes: int = Field(default=0, ge=0)
+    api_key: str | None = None
+    create_429_rate: float = Field(default=0.0, ge=0, le=1)
+    create_5xx_rate: float = Field(default=0.0, ge=0, le=1)
+    get_5xx_rate: float = Field(default=0.0, ge=0, le=1)
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    expire_rate: float = Field(default=0.0, ge=0, le=1)
+    seed: int | None = None
+    public_url: str | None = None
+
+    @field_validator("video_pad_bytes")
+    @classmethod
+    def _pad_fits_a_box(cls, value: int) -> int:
+        if 0 < value < _MIN_PAD:
+            raise ValueError(f"must be 0 or at least {_MIN_PAD} (the free box header)")
+        return value
+
+    @field_validator("api_key", "public_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def public_dict(self) -> dict[str, Any]:
+        """Return the config as JSON-ready data with the API key masked."""
+        data = self.model_dump()
+        if data["api_key"] is not None:
+            data["api_key"] = "***"
+        return data
+
+    def updated(self, changes: dict[str, Any]) -> SimConfig:
+        """Return a validated copy with ``changes`` applied (raises ValidationError)."""
+        return SimConfig.model_validate({**self.model_dump(), **changes})

@@ -1,0 +1,20 @@
+"""Unit tests run on built-in defaults, whatever the environment or a `.env` file says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from producer.settings import Settings, get_settings
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("ARK_API_KEY", raising=False)
+    monkeypatch.setitem(Settings.model_config, "env_file", None)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
