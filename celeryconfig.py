@@ -6,7 +6,7 @@ that dies mid-task leaves the message to be delivered again, and the task's
 compare-and-set on the job record makes the second run harmless.
 """
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from producer.contract import (
     QUEUE_POLL,
@@ -36,7 +36,9 @@ enable_utc = True
 
 # Separate queues so a slow download never delays a poll, and a burst of submits never
 # starves either. A worker started without -Q consumes all three.
-task_queues = (Queue(QUEUE_SUBMIT), Queue(QUEUE_POLL), Queue(QUEUE_STORE))
+task_queues = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
+)
 task_default_queue = QUEUE_SUBMIT
 task_routes = {
     TASK_SUBMIT: {"queue": QUEUE_SUBMIT},
@@ -69,3 +71,5 @@ broker_transport_options = {
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
+# Our log lines carry their own format (worker/logs.py); do not re-wrap them as WARNINGs.
+worker_redirect_stdouts = False

@@ -108,6 +108,11 @@ class VideoQueue:
                     problems[f"[{index}].{field}"] = message
         if problems:
             raise InvalidRequestError(problems)
+        return self.enqueue(records)
+
+    def enqueue(self, records: builtins.list[JobRecord]) -> builtins.list[JobRecord]:
+        """Store and send records made by `prepare`: all stored in one transaction, then
+        one message each. Returns them."""
         self.store.create_many(records)
         self._send(records)
         return records

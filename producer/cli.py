@@ -34,6 +34,20 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _show(records: list[JobRecord]) -> None:
+    """A table on a terminal; tab-separated lines (whole values, easy to grep) otherwise."""
+    if out.is_terminal:
+        out.print(_job_table(records))
+        return
+    sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
+    for r in records:
+        detail = r.output_uri or (f"{r.error.code}: {r.error.message}" if r.error else "")
+        cost = "" if r.cost_usd is None else str(r.cost_usd)
+        sys.stdout.write(
+            f"{r.id}\t{r.status.value}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n"
+        )
+
+
 def _job_table(records: list[JobRecord]) -> Table:
     table = Table("id", "status", "provider", "model", "cost est.", "cost", "output / error")
     for r in records:
@@ -50,13 +64,14 @@ def _job_table(records: list[JobRecord]) -> Table:
     return table
 
 
-def read_jsonl(path: Path) -> list[VideoRequest]:
-    """Requests from a JSON-lines file; InvalidRequestError names every bad line."""
+def read_jsonl(path: Path) -> tuple[list[tuple[int, VideoRequest]], dict[str, str]]:
+    """Requests from a JSON-lines file with their line numbers, and the problems of the
+    lines that are not requests. Blank lines are skipped."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequestError({"file": f"cannot read {path}: {exc}"}) from exc
-    requests: list[VideoRequest] = []
+    requests: list[tuple[int, VideoRequest]] = []
     problems: dict[str, str] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -70,15 +85,28 @@ def read_jsonl(path: Path) -> list[VideoRequest]:
             problems[f"line {number}"] = "must be a JSON object"
             continue
         try:
-            requests.append(VideoRequest.parse(data))
+            requests.append((number, VideoRequest.parse(data)))
         except InvalidRequestError as exc:
             for field, message in exc.problems.items():
                 problems[f"line {number}: {field}"] = message
+    if not requests and not problems:
+        problems["file"] = f"{path} holds no requests"
+    return requests, problems
+
+
+def _prepare_all(vq: VideoQueue, requests: list[tuple[int, VideoRequest]], problems: dict[str, str]) -> list[JobRecord]:
+    """Job records for every request, or InvalidRequestError with every problem found."""
+    records: list[JobRecord] = []
+    problems = dict(problems)
+    for number, request in requests:
+        try:
+            records.append(vq.prepare(request))
+        except InvalidRequestError as exc:
+            prefix = f"line {number}: " if number else ""
+            problems.update({f"{prefix}{field}": message for field, message in exc.problems.items()})
     if problems:
         raise InvalidRequestError(problems)
-    if not requests:
-        raise InvalidRequestError({"file": f"{path} holds no requests"})
-    return requests
+    return records
 
 
 @app.command()
@@ -103,7 +131,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         if file is not None:
             if prompt is not None:
                 raise _fail("give a PROMPT or --file, not both")
-            requests = read_jsonl(file)
+            requests, problems = read_jsonl(file)
         elif prompt is None:
             raise _fail("give a PROMPT or --file")
         else:
@@ -121,8 +149,9 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
             }
             if tag:
                 fields["tags"] = tuple(tag)
-            requests = [VideoRequest.parse({k: v for k, v in fields.items() if v is not None})]
-        records = vq.submit_many(requests)
+            requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
+            problems = {}
+        records = vq.enqueue(_prepare_all(vq, requests, problems))
     except InvalidRequestError as exc:
         for field, message in exc.problems.items():
             err.print(f"[red]invalid[/red] {field}: {message}", highlight=False)
@@ -149,7 +178,7 @@ def status(
     if as_json:
         _print_json([r.public_dict() for r in records] if len(records) > 1 else records[0].public_dict())
     else:
-        out.print(_job_table(records))
+        _show(records)
 
 
 @app.command()
@@ -175,7 +204,7 @@ def wait(
     if as_json:
         _print_json([r.public_dict() for r in records])
     else:
-        out.print(_job_table(records))
+        _show(records)
     if not all(r.status is JobStatus.SUCCEEDED for r in records):
         raise typer.Exit(1)
 
@@ -236,7 +265,7 @@ def jobs(
     if as_json:
         _print_json([r.public_dict() for r in records])
     else:
-        out.print(_job_table(records))
+        _show(records)
 
 
 def main() -> None:

@@ -92,6 +92,8 @@ class JobRecord(BaseModel):
     provider_task_id: str | None = None
     provider_status: str | None = None
     attempts: int = 0
+    submit_errors: int = 0
+    submit_rate_limits: int = 0
     cost_estimate_usd: Usd
     cost_usd: Usd | None = None
     billed_units: int | None = None

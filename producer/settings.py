@@ -81,6 +81,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("byteplus_api_key", "aws_access_key_id", "aws_secret_access_key", "poll_initial_s", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str) -> str:

@@ -168,12 +168,18 @@ class Pipeline:
                 task_id = provider.find_created(job, uncertain_since)
                 if task_id:
                     log.info("found task of an interrupted create", extra={"job_id": job.id})
-            if task_id is None:
+        except ProviderError as exc:
+            # Still unknown whether a task exists: keep the intent, look again next time.
+            self._submit_failed(job, exc, lease_until, still_uncertain=True)
+            return None
+        if task_id is None:
+            try:
                 self.store.update(job.id, _count_attempt)
                 task_id = provider.create(job)
-        except ProviderError as exc:
-            self._submit_failed(job, exc)
-            return None
+            except ProviderError as exc:
+                sent = exc.code is ErrorCode.TIMEOUT and exc.request_sent
+                self._submit_failed(job, exc, lease_until, still_uncertain=sent)
+                return None
 
         def record_task(record: JobRecord) -> JobRecord | None:
             if record.status is not JobStatus.SUBMITTING or record.submit_lease_until != lease_until:
@@ -183,6 +189,7 @@ class Pipeline:
             record.provider_status = "queued"
             record.submitted_at = utcnow()
             record.submit_lease_until = None
+            record.submit_intent_at = None
             record.poll_seq = 1
             return record
 
@@ -201,27 +208,30 @@ class Pipeline:
         log.info("provider task created", extra={"job_id": job.id, "provider_task_id": task_id})
         return recorded
 
-    def _submit_failed(self, job: JobRecord, exc: ProviderError) -> None:
+    def _submit_failed(
+        self, job: JobRecord, exc: ProviderError, lease_until: datetime, *, still_uncertain: bool
+    ) -> None:
+        """Decide what a failed create (or lookup) means: fail the job, or release it for a
+        retry. Only the attempt that still holds the lease may change the record."""
         extra = {"job_id": job.id, "error_code": exc.code.value}
         if not exc.retryable:
             self._fail(job.id, exc.code, exc.message, exc.provider_code)
             return
-        attempts = (self.store.get(job.id) or job).attempts
-        if exc.code is not ErrorCode.RATE_LIMITED and attempts >= self.settings.submit_max_attempts:
-            self._fail(
-                job.id,
-                exc.code,
-                f"gave up after {attempts} attempts: {exc.message}",
-                exc.provider_code,
-            )
-            return
-        uncertain = exc.code is ErrorCode.TIMEOUT and exc.request_sent
-        delay = retry_delay(max(attempts, 1), self.settings, self.rng, exc.retry_after)
+        rate_limited = exc.code is ErrorCode.RATE_LIMITED
+        decision: dict[str, float | bool] = {}
 
         def release(record: JobRecord) -> JobRecord | None:
-            if record.status is not JobStatus.SUBMITTING or record.provider_task_id:
+            if record.status is not JobStatus.SUBMITTING or record.submit_lease_until != lease_until:
                 return None
-            if uncertain:
+            if rate_limited:
+                # A 429 is the provider asking us to wait, not a failure of the job.
+                record.submit_rate_limits += 1
+            else:
+                record.submit_errors += 1
+            if record.submit_errors >= self.settings.submit_max_attempts:
+                decision["give_up"] = True
+                return None
+            if still_uncertain:
                 # The create may have reached the provider: keep the intent so the next
                 # attempt looks the task up before creating another; free the lease now.
                 record.submit_lease_until = utcnow()
@@ -229,9 +239,20 @@ class Pipeline:
                 record.status = JobStatus.QUEUED
                 record.submit_lease_until = None
                 record.submit_intent_at = None
+            decision["backoff"] = record.submit_rate_limits if rate_limited else record.submit_errors
             return record
 
-        if self.store.update(job.id, release) is not None:
+        released = self.store.update(job.id, release)
+        if decision.get("give_up"):
+            self._fail(
+                job.id,
+                exc.code,
+                f"gave up after {self.settings.submit_max_attempts} failed attempts: {exc.message}",
+                exc.provider_code,
+            )
+            return
+        if released is not None:
+            delay = retry_delay(int(decision["backoff"]), self.settings, self.rng, exc.retry_after)
             log.info("submit will be retried", extra={**extra, "countdown": round(delay, 1)})
             self.dispatch.submit(job.id, countdown=delay)
 
@@ -267,7 +288,7 @@ class Pipeline:
 
         if state.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
             delay = poll_delay(seq + 1, 0.0, self.settings, self.rng, self._seconds_to_deadline(job))
-            self._next_poll(job, seq, delay, state.provider_status, reset_errors=True)
+            self._next_poll(job, seq, delay, state.provider_status, poll_errors=0)
         elif state.status is TaskStatus.SUCCEEDED:
             self._provider_succeeded(job, state)
         elif state.status is TaskStatus.FAILED:
@@ -295,7 +316,7 @@ class Pipeline:
         delay: float,
         provider_status: str | None,
         *,
-        reset_errors: bool,
+        poll_errors: int,
     ) -> None:
         # Send first, then record: a crash in between leaves a duplicate message (which
         # poll_seq makes harmless), never a job with no message.
@@ -307,7 +328,7 @@ class Pipeline:
             record.poll_seq = seq + 1
             if provider_status and record.provider_status != "cancel_requested":
                 record.provider_status = provider_status
-            record.poll_errors = 0 if reset_errors else record.poll_errors + 1
+            record.poll_errors = poll_errors
             return record
 
         self.store.update(job.id, advance)
@@ -316,6 +337,7 @@ class Pipeline:
         if not exc.retryable:
             self._fail(job.id, exc.code, exc.message, exc.provider_code)
             return
+        # A 429 asks us to wait; it does not count towards giving up.
         errors = job.poll_errors + (0 if exc.code is ErrorCode.RATE_LIMITED else 1)
         if errors >= self.settings.poll_max_errors:
             self._fail(
@@ -327,17 +349,11 @@ class Pipeline:
             return
         delay = retry_delay(max(errors, 1), self.settings, self.rng, exc.retry_after)
         delay = min(delay, max(self._seconds_to_deadline(job), 0.0) + 0.5)
-        self._next_poll(
-            job,
-            seq,
-            delay,
-            None,
-            reset_errors=exc.code is ErrorCode.RATE_LIMITED and job.poll_errors == 0,
-        )
+        self._next_poll(job, seq, delay, None, poll_errors=errors)
 
     def _provider_succeeded(self, job: JobRecord, state: TaskState) -> None:
-        billed = state.billed_units or 0
-        cost = self._actual_cost(job, billed)
+        billed = state.billed_units
+        cost = self._actual_cost(job, billed) if billed is not None else None
         done_at = utcnow()
         if job.cancel_requested:
             # Too late to stop at the provider: it charged us, but the user no longer
@@ -460,9 +476,11 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
             return None
         if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
             return None
+        if record.status is JobStatus.QUEUED or record.submit_intent_at is None:
+            record.submit_intent_at = now
+        # else: keep the earliest unresolved intent, so the lookup window covers it.
         record.status = JobStatus.SUBMITTING
         record.submit_lease_until = lease_until
-        record.submit_intent_at = now
         return record
 
     return claim

@@ -41,6 +41,8 @@ class LocalStorage:
             raise StorageError(f"cannot write under {target.parent}: {exc}") from exc
         size = 0
         try:
+            # mkstemp makes the file owner-only; stored videos are meant to be shared.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
                     out.write(chunk)

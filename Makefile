@@ -1,0 +1,49 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck unit integration redis worker simulator clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Start a local Redis when none answers at REDIS_URL (installing it if the machine has none).
+redis: $(STAMP)
+	@$(BIN)/python -c 'import os, redis; redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1).ping()' 2>/dev/null \
+	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
+	     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; sleep 1; }
+
+demo: $(STAMP) redis
+	$(BIN)/python -m simulator.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) redis
+	$(BIN)/pytest tests/integration
+
+test: lint typecheck redis
+	$(BIN)/pytest
+
+# Conveniences for running a fleet by hand.
+worker: $(STAMP)
+	$(BIN)/celery -A worker worker --loglevel=INFO
+
+simulator: $(STAMP)
+	$(BIN)/python -m simulator --port 8000
+
+clean:
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

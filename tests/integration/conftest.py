@@ -1,0 +1,186 @@
+"""Real parts for integration tests: Redis, the simulator over HTTP, moto's S3 server
+over HTTP and `celery worker` processes. Nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import redis
+
+from producer import Settings, VideoQueue
+from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, start_worker
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = os.environ.get("VQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+SIM_KEY = "sim-test-key-0d9c1e"
+
+
+@dataclass
+class Simulator:
+    """The running simulator and its control endpoints."""
+
+    url: str
+    process: ManagedProcess
+
+    @property
+    def ark_base_url(self) -> str:
+        return f"{self.url}/api/v3"
+
+    def stats(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/_sim/stats", timeout=5)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def configure(self, **config: Any) -> None:
+        httpx.post(f"{self.url}/_sim/config", json=config, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.url}/_sim/reset", timeout=5).raise_for_status()
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.ark_base_url}/contents/generations/tasks/{task_id}",
+            headers={"Authorization": f"Bearer {SIM_KEY}"},
+            timeout=5,
+        )
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server."""
+
+    endpoint: str
+    process: ManagedProcess
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing-secret",
+        )
+
+    def new_bucket(self) -> str:
+        name = f"vq-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def simulator(log_dir: Path) -> Iterator[Simulator]:
+    port = free_port()
+    env = {**os.environ, "SIM_API_KEY": SIM_KEY}
+    proc = start_simulator(port, log_dir, ["--latency", "1.0"], env=env)
+    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(log_dir: Path) -> Iterator[S3Server]:
+    port = free_port()
+    proc = start_moto(port, log_dir)
+    yield S3Server(endpoint=f"http://127.0.0.1:{port}", process=proc)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.ping()
+    return client
+
+
+@dataclass
+class Stack:
+    """One test's system: a clean Redis database, the shared simulator, its workers."""
+
+    simulator: Simulator
+    redis: redis.Redis
+    log_dir: Path
+    storage_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[ManagedProcess] = field(default_factory=list)
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "REDIS_URL": REDIS_URL,
+            "BYTEPLUS_BASE_URL": self.simulator.ark_base_url,
+            "BYTEPLUS_API_KEY": SIM_KEY,
+            "STORAGE_URL": self.storage_url,
+            "POLL_INITIAL_S": "1",
+            "POLL_MIN_S": "0.5",
+            "POLL_MAX_S": "2",
+            "RETRY_BASE_S": "0.5",
+            "RETRY_MAX_S": "4",
+            "LOG_LEVEL": "INFO",
+        }
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def start_worker(self, concurrency: int = 2, **env: str) -> ManagedProcess:
+        name = f"w{len(self.workers) + 1}-{uuid.uuid4().hex[:6]}"
+        proc = start_worker(name, self.env(**env), self.log_dir, concurrency=concurrency)
+        self.workers.append(proc)
+        return proc
+
+    def queue(self, **settings: Any) -> VideoQueue:
+        return VideoQueue(Settings(redis_url=REDIS_URL, _env_file=None, **settings))
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@pytest.fixture
+def local_stack(simulator: Simulator, redis_client: redis.Redis, log_dir: Path, tmp_path: Path) -> Iterator[Stack]:
+    redis_client.flushdb()
+    simulator.reset()
+    simulator.configure(latency=1.0, concurrency_per_model=50, video_pad_bytes=0)
+    stack = Stack(simulator, redis_client, log_dir, storage_url=f"file://{tmp_path / 'videos'}")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def s3_stack(
+    simulator: Simulator, redis_client: redis.Redis, log_dir: Path, s3_server: S3Server
+) -> Iterator[tuple[Stack, S3Server, str]]:
+    redis_client.flushdb()
+    simulator.reset()
+    simulator.configure(latency=1.0, concurrency_per_model=50, video_pad_bytes=0)
+    bucket = s3_server.new_bucket()
+    stack = Stack(
+        simulator,
+        redis_client,
+        log_dir,
+        storage_url=f"s3://{bucket}/renders",
+        extra_env={
+            "S3_ENDPOINT_URL": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing-secret",
+            "AWS_REGION": "us-east-1",
+        },
+    )
+    yield stack, s3_server, bucket
+    stack.stop()

@@ -1,0 +1,242 @@
+"""The job store: records, indexes and compare-and-set writes, on an in-process fake Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import fakeredis
+import pytest
+
+from producer.contract import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from producer.jobstore import JobExistsError, JobStore, job_key
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def make_record(job_id: str, *, minutes: int = 0, status: JobStatus = JobStatus.QUEUED) -> JobRecord:
+    created = T0 + timedelta(minutes=minutes)
+    return JobRecord(
+        id=job_id,
+        status=status,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request={"prompt": "a red fox in snow", "audio": True, "service_tier": "default"},
+        cost_estimate_usd=Decimal("0.123456"),
+        created_at=created,
+        updated_at=created,
+        deadline_at=created + timedelta(hours=2),
+    )
+
+
+@pytest.fixture
+def redis_client() -> Any:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+@pytest.fixture
+def store(redis_client: Any) -> JobStore:
+    return JobStore(redis_client)
+
+
+def raw(redis_client: Any, job_id: str) -> str | None:
+    value: str | None = redis_client.get(job_key(job_id))
+    return value
+
+
+def status_members(redis_client: Any, status: JobStatus) -> set[str]:
+    return set(redis_client.zrange(f"vq:jobs:status:{status}", 0, -1))
+
+
+def test_create_then_get_returns_an_equal_record(store: JobStore) -> None:
+    record = make_record("a")
+    store.create(record)
+    got = store.get("a")
+    assert got == record
+    assert got is not None and got.cost_estimate_usd == Decimal("0.123456")
+
+
+def test_get_unknown_is_none(store: JobStore) -> None:
+    assert store.get("nope") is None
+
+
+def test_get_many_keeps_order_and_gives_none_for_unknown(store: JobStore) -> None:
+    store.create(make_record("a"))
+    store.create(make_record("b", minutes=1))
+    got = store.get_many(["b", "zz", "a"])
+    assert [r.id if r else None for r in got] == ["b", None, "a"]
+    assert store.get_many([]) == []
+
+
+def test_create_of_an_existing_id_raises_and_changes_nothing(store: JobStore, redis_client: Any) -> None:
+    store.create(make_record("a"))
+    before = raw(redis_client, "a")
+    clash = make_record("a", minutes=5, status=JobStatus.RUNNING)
+    with pytest.raises(JobExistsError):
+        store.create(clash)
+    assert raw(redis_client, "a") == before
+    assert status_members(redis_client, JobStatus.RUNNING) == set()
+    assert status_members(redis_client, JobStatus.QUEUED) == {"a"}
+    assert redis_client.zscore("vq:jobs:all", "a") == T0.timestamp()
+
+
+def test_create_many_stores_all(store: JobStore) -> None:
+    store.create_many([make_record("a"), make_record("b", minutes=1), make_record("c", minutes=2)])
+    assert [r.id for r in store.list()] == ["c", "b", "a"]
+    store.create_many([])  # nothing to do, no error
+
+
+def test_create_many_is_all_or_nothing(store: JobStore, redis_client: Any) -> None:
+    store.create(make_record("b"))
+    before = raw(redis_client, "b")
+    with pytest.raises(JobExistsError, match="b"):
+        store.create_many([make_record("a", minutes=1), make_record("b", minutes=2), make_record("c", minutes=3)])
+    assert store.get("a") is None
+    assert store.get("c") is None
+    assert raw(redis_client, "b") == before
+    assert [r.id for r in store.list()] == ["b"]
+    assert store.count_by_status()["queued"] == 1
+
+
+def test_list_is_newest_first_limited_and_filtered_by_status(store: JobStore) -> None:
+    # Created out of order on purpose: the index orders by created_at, not insertion.
+    store.create(make_record("mid", minutes=5))
+    store.create(make_record("old", minutes=1))
+    store.create(make_record("new", minutes=9, status=JobStatus.RUNNING))
+    store.create(make_record("newest", minutes=10))
+    assert [r.id for r in store.list()] == ["newest", "new", "mid", "old"]
+    assert [r.id for r in store.list(limit=2)] == ["newest", "new"]
+    assert [r.id for r in store.list(JobStatus.QUEUED)] == ["newest", "mid", "old"]
+    assert [r.id for r in store.list(JobStatus.RUNNING)] == ["new"]
+    assert store.list(JobStatus.FAILED) == []
+
+
+def test_count_by_status_follows_transitions(store: JobStore) -> None:
+    store.create_many([make_record("a"), make_record("b", minutes=1), make_record("c", minutes=2)])
+    counts = store.count_by_status()
+    assert set(counts) == {s.value for s in JobStatus}
+    assert counts["queued"] == 3 and sum(counts.values()) == 3
+    store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+    store.transition("b", {JobStatus.QUEUED}, JobStatus.FAILED)
+    counts = store.count_by_status()
+    assert (counts["queued"], counts["submitting"], counts["failed"]) == (1, 1, 1)
+    assert sum(counts.values()) == 3
+    assert [r.id for r in store.list(JobStatus.QUEUED)] == ["c"]
+    assert [r.id for r in store.list(JobStatus.SUBMITTING)] == ["a"]
+
+
+def test_transition_is_compare_and_set(store: JobStore, redis_client: Any) -> None:
+    store.create(make_record("a"))
+    before = utcnow()
+    moved = store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING, attempts=1)
+    assert moved is not None
+    assert moved.status is JobStatus.SUBMITTING and moved.attempts == 1
+    assert before <= moved.updated_at <= utcnow()
+    assert moved.finished_at is None
+    assert store.get("a") == moved
+    after_first = raw(redis_client, "a")
+
+    again = store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING, attempts=2)
+    assert again is None
+    assert raw(redis_client, "a") == after_first
+
+
+def test_transition_of_unknown_job_is_none(store: JobStore) -> None:
+    assert store.transition("ghost", {JobStatus.QUEUED}, JobStatus.RUNNING) is None
+    assert store.get("ghost") is None
+
+
+def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> None:
+    store.create(make_record("a"))
+    running = store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    assert running is not None and running.finished_at is None
+    before = utcnow()
+    failed = store.transition(
+        "a",
+        {JobStatus.RUNNING},
+        JobStatus.FAILED,
+        error=JobError(code=ErrorCode.UPSTREAM, message="boom"),
+    )
+    assert failed is not None
+    assert failed.finished_at is not None and before <= failed.finished_at <= utcnow()
+    assert failed.updated_at >= failed.finished_at
+    assert failed.error == JobError(code=ErrorCode.UPSTREAM, message="boom")
+    # A final job does not move again.
+    assert store.transition("a", {JobStatus.RUNNING}, JobStatus.SUCCEEDED) is None
+    assert store.get("a") == failed
+
+
+def test_transition_keeps_an_explicit_finished_at(store: JobStore) -> None:
+    store.create(make_record("a"))
+    when = T0 + timedelta(minutes=3)
+    done = store.transition("a", {JobStatus.QUEUED}, JobStatus.CANCELLED, finished_at=when)
+    assert done is not None and done.finished_at == when
+
+
+def test_history_gets_one_entry_per_status_change(store: JobStore) -> None:
+    store.create(make_record("a"))
+    store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+
+    def bump(record: JobRecord) -> JobRecord:
+        record.attempts += 1
+        return record
+
+    store.update("a", bump)  # same status: no history entry
+    store.transition("a", {JobStatus.SUBMITTING}, JobStatus.RUNNING)
+    store.transition("a", {JobStatus.SUBMITTING}, JobStatus.RUNNING)  # declined: no entry
+    record = store.get("a")
+    assert record is not None
+    assert [(h["from"], h["to"]) for h in record.history] == [("queued", "submitting"), ("submitting", "running")]
+    assert [h["at"] for h in record.history] == sorted(h["at"] for h in record.history)
+    assert all(datetime.fromisoformat(h["at"]) <= record.updated_at for h in record.history)
+    assert record.attempts == 1
+
+
+def test_update_applies_the_mutation_and_moves_updated_at(store: JobStore) -> None:
+    store.create(make_record("a"))
+
+    def set_status(record: JobRecord) -> JobRecord:
+        record.provider_status = "running"
+        return record
+
+    before = utcnow()
+    updated = store.update("a", set_status)
+    assert updated is not None and updated.provider_status == "running"
+    assert before <= updated.updated_at <= utcnow()
+    assert store.get("a") == updated
+    assert updated.history == []
+
+
+def test_update_that_declines_returns_none_and_changes_nothing(store: JobStore, redis_client: Any) -> None:
+    store.create(make_record("a"))
+    before = raw(redis_client, "a")
+    seen: list[JobRecord] = []
+
+    def decline(record: JobRecord) -> JobRecord | None:
+        record.attempts = 99  # a mutation that edits its copy, then declines
+        seen.append(record)
+        return None
+
+    assert store.update("a", decline) is None
+    assert len(seen) == 1
+    assert raw(redis_client, "a") == before
+    assert store.update("ghost", decline) is None
+    assert len(seen) == 1  # not called for an unknown job
+
+
+def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -> None:
+    store.create(make_record("a"))
+    store.create(make_record("b", minutes=1))
+    store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    store.delete("a")
+    assert store.get("a") is None
+    assert [r.id for r in store.list()] == ["b"]
+    assert redis_client.zscore("vq:jobs:all", "a") is None
+    for status in JobStatus:
+        assert "a" not in status_members(redis_client, status)
+    counts = store.count_by_status()
+    assert counts["running"] == 0 and counts["queued"] == 1
+    # The id can be used again.
+    store.create(make_record("a", minutes=2))
+    assert [r.id for r in store.list()] == ["a", "b"]

@@ -1,0 +1,870 @@
+"""The job lifecycle (submit, poll, store, cancel) against a scripted provider, a fake Redis,
+a local storage folder and a dispatcher that records what would be sent."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+
+from producer.api import VideoQueue
+from producer.catalog import load_catalog
+from producer.contract import ErrorCode, JobRecord, JobStatus, utcnow
+from producer.jobstore import JobStore
+from producer.request import VideoRequest
+from producer.settings import Settings
+from worker.pipeline import Pipeline, StoreRetry
+from worker.providers.base import ProviderError, TaskState, TaskStatus, VideoStream
+from worker.storage import Storage
+from worker.storage.local import LocalStorage
+
+VIDEO = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 500
+MODEL = "seedance-1-5-pro-251215"  # $2.4 per million tokens with audio, half that on flex
+
+
+@dataclass
+class FakeProvider:
+    """A Provider whose answers are scripted and whose calls are recorded."""
+
+    name: str = "byteplus"
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+    create_results: list[str | ProviderError] = field(default_factory=list)
+    get_results: list[TaskState | ProviderError] = field(default_factory=list)
+    cancel_results: list[bool | ProviderError] = field(default_factory=list)
+    found: str | None = None
+    find_errors: list[ProviderError] = field(default_factory=list)
+    video: bytes = field(default=VIDEO, repr=False)
+    on_create: Callable[[], None] | None = None
+    created: int = 0
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def create(self, job: JobRecord) -> str:
+        self.calls.append(("create", job.id))
+        if self.on_create is not None:
+            hook, self.on_create = self.on_create, None
+            hook()
+        result = self.create_results.pop(0) if self.create_results else None
+        if isinstance(result, ProviderError):
+            raise result
+        self.created += 1
+        return result or f"task-{self.created}"
+
+    def find_created(self, job: JobRecord, since: datetime) -> str | None:
+        self.calls.append(("find_created", since))
+        if self.find_errors:
+            raise self.find_errors.pop(0)
+        return self.found
+
+    def get(self, task_id: str) -> TaskState:
+        self.calls.append(("get", task_id))
+        result = self.get_results.pop(0)
+        if isinstance(result, ProviderError):
+            raise result
+        return result
+
+    def cancel(self, task_id: str) -> bool:
+        self.calls.append(("cancel", task_id))
+        result = self.cancel_results.pop(0) if self.cancel_results else True
+        if isinstance(result, ProviderError):
+            raise result
+        return result
+
+    def open_video(self, job: JobRecord) -> AbstractContextManager[VideoStream]:
+        self.calls.append(("open_video", job.id))
+        data = self.video
+
+        @contextmanager
+        def opened() -> Iterator[VideoStream]:
+            yield VideoStream(chunks=iter([data[i : i + 100] for i in range(0, len(data), 100)]), size=len(data))
+
+        return opened()
+
+
+@dataclass
+class RecordingDispatcher:
+    """Records (kind, job_id, seq, countdown) instead of sending messages."""
+
+    sent: list[tuple[str, str, int | None, float]] = field(default_factory=list)
+
+    def submit(self, job_id: str, countdown: float) -> None:
+        self.sent.append(("submit", job_id, None, countdown))
+
+    def poll(self, job_id: str, seq: int, countdown: float) -> None:
+        self.sent.append(("poll", job_id, seq, countdown))
+
+    def store(self, job_id: str, countdown: float) -> None:
+        self.sent.append(("store", job_id, None, countdown))
+
+    def take(self) -> list[tuple[str, str, int | None, float]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "poll_initial_s": 5,
+        "poll_min_s": 2,
+        "poll_max_s": 60,
+        "poll_backoff": 1.5,
+        "poll_jitter": 0.0,
+        "retry_base_s": 2,
+        "retry_max_s": 300,
+        "submit_max_attempts": 3,
+        "poll_max_errors": 3,
+        "store_max_attempts": 3,
+        "submit_lease_s": 180,
+        "job_deadline_s": 3600,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Env:
+    """One pipeline and everything around it."""
+
+    def __init__(self, tmp_path: Path, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(fakeredis.FakeRedis(decode_responses=True))
+        self.catalog = load_catalog()
+        self.provider = FakeProvider()
+        self.dispatch = RecordingDispatcher()
+        self.root = tmp_path / "videos"
+        self.storage: Storage = LocalStorage(self.root)
+        self.pipeline = Pipeline(
+            settings=settings,
+            store=self.store,
+            catalog=self.catalog,
+            providers=self._provider,
+            storage=lambda: self.storage,
+            dispatch=self.dispatch,
+            rng=random.Random(42),
+        )
+
+    def _provider(self, name: str) -> FakeProvider:
+        assert name == "byteplus"
+        return self.provider
+
+    def new_job(self, *, service_tier: str = "default", **changes: Any) -> str:
+        vq = VideoQueue(self.settings, store=self.store, catalog=self.catalog)
+        record = vq.prepare(VideoRequest(prompt="a red fox in snow", audio=True, service_tier=service_tier))  # type: ignore[arg-type]
+        if changes:
+            record = record.model_copy(update=changes)
+        self.store.create(record)
+        return record.id
+
+    def job(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        assert record is not None
+        return record
+
+    def raw(self, job_id: str) -> str:
+        value: str = self.store.redis.get(f"vq:job:{job_id}")  # type: ignore[assignment]
+        return value
+
+    def running_job(self) -> str:
+        """A job that has been submitted: running at the provider as task-1, poll 1 sent."""
+        job_id = self.new_job()
+        self.pipeline.submit(job_id)
+        assert self.job(job_id).status is JobStatus.RUNNING
+        self.dispatch.take()
+        self.provider.calls.clear()
+        return job_id
+
+    def downloading_job(self, billed: int = 1_000_000) -> str:
+        job_id = self.running_job()
+        self.provider.get_results.append(succeeded(billed))
+        self.pipeline.poll(job_id, 1)
+        assert self.job(job_id).status is JobStatus.DOWNLOADING
+        self.dispatch.take()
+        self.provider.calls.clear()
+        return job_id
+
+    def stored_files(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir())
+
+
+def state(status: TaskStatus, provider_status: str | None = None, **kw: Any) -> TaskState:
+    return TaskState(status=status, provider_status=provider_status or status.value, **kw)
+
+
+def succeeded(billed: int = 1_000_000) -> TaskState:
+    return state(TaskStatus.SUCCEEDED, video_url="https://cdn.example/v.mp4", billed_units=billed)
+
+
+def error(code: ErrorCode, message: str = "boom", **kw: Any) -> ProviderError:
+    return ProviderError(code, message, **kw)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path, make_settings())
+
+
+# -------------------------------------------------------------------------- submit
+
+
+def test_submit_creates_once_and_schedules_the_first_poll(env: Env) -> None:
+    job_id = env.new_job()
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("create", job_id)]
+    assert env.dispatch.sent == [("poll", job_id, 1, 5.0)]
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING
+    assert job.provider_task_id == "task-1"
+    assert job.provider_status == "queued"
+    assert job.poll_seq == 1
+    assert job.attempts == 1
+    assert job.submit_lease_until is None
+    assert job.submitted_at is not None
+    assert [(h["from"], h["to"]) for h in job.history] == [("queued", "submitting"), ("submitting", "running")]
+
+
+def test_first_poll_countdown_is_near_poll_initial_s_with_jitter(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(poll_initial_s=5, poll_jitter=0.2))
+    job_id = env.new_job()
+    env.pipeline.submit(job_id)
+    [(kind, _, seq, countdown)] = env.dispatch.sent
+    assert (kind, seq) == ("poll", 1)
+    assert 4.0 <= countdown <= 6.0
+
+
+def test_submit_twice_never_creates_a_second_task(env: Env) -> None:
+    job_id = env.new_job()
+    env.pipeline.submit(job_id)
+    after_first = env.job(job_id)
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create"]
+    assert env.dispatch.sent == [("poll", job_id, 1, 5.0), ("poll", job_id, 1, 1.0)]
+    assert env.job(job_id).provider_task_id == after_first.provider_task_id == "task-1"
+
+
+def test_submit_with_a_recorded_task_id_goes_straight_to_polling(env: Env) -> None:
+    job_id = env.new_job(status=JobStatus.RUNNING, provider_task_id="existing", poll_seq=4)
+    before = env.raw(job_id)
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == []
+    assert env.dispatch.sent == [("poll", job_id, 4, 1.0)]
+    assert env.raw(job_id) == before
+
+
+def test_submit_of_unknown_or_final_job_does_nothing(env: Env) -> None:
+    job_id = env.new_job(status=JobStatus.FAILED)
+    env.pipeline.submit(job_id)
+    env.pipeline.submit("no-such-job")
+    assert env.provider.calls == []
+    assert env.dispatch.sent == []
+
+
+def test_a_live_submit_lease_makes_a_second_submit_reschedule(env: Env) -> None:
+    job_id = env.new_job()
+    # While the first worker's create call is in flight, a redelivered submit arrives.
+    env.provider.on_create = lambda: env.pipeline.submit(job_id)
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create"]
+    [(kind, jid, seq, countdown), first_poll] = env.dispatch.sent
+    assert (kind, jid, seq) == ("submit", job_id, None)
+    assert 179 <= countdown <= 181.5  # when the lease (180 s) runs out, plus a second
+    assert first_poll == ("poll", job_id, 1, 5.0)
+    assert env.job(job_id).provider_task_id == "task-1"
+
+
+def test_a_live_lease_from_another_worker(env: Env) -> None:
+    now = utcnow()
+    job_id = env.new_job(
+        status=JobStatus.SUBMITTING,
+        submit_intent_at=now - timedelta(seconds=10),
+        submit_lease_until=now + timedelta(seconds=60),
+    )
+    before = env.raw(job_id)
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == []
+    [(kind, _, _, countdown)] = env.dispatch.sent
+    assert kind == "submit" and 59 <= countdown <= 61.5
+    assert env.raw(job_id) == before
+
+
+def test_uncertain_earlier_attempt_looks_the_task_up_first(env: Env) -> None:
+    intent = utcnow() - timedelta(minutes=5)
+    job_id = env.new_job(
+        status=JobStatus.SUBMITTING,
+        attempts=1,
+        submit_intent_at=intent,
+        submit_lease_until=intent + timedelta(seconds=180),
+    )
+    env.provider.found = "task-found"
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("find_created", intent)]
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING
+    assert job.provider_task_id == "task-found"
+    assert job.attempts == 1  # no new create attempt
+    assert env.dispatch.sent == [("poll", job_id, 1, 5.0)]
+
+
+def test_uncertain_earlier_attempt_that_made_nothing_creates(env: Env) -> None:
+    intent = utcnow() - timedelta(minutes=5)
+    job_id = env.new_job(status=JobStatus.SUBMITTING, submit_intent_at=intent, submit_lease_until=intent)
+    env.provider.found = None
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("find_created", intent), ("create", job_id)]
+    assert env.job(job_id).provider_task_id == "task-1"
+
+
+def test_rate_limited_create_requeues_and_honours_retry_after(env: Env) -> None:
+    job_id = env.new_job()
+    for _ in range(10):  # far more than submit_max_attempts (3)
+        env.provider.create_results.append(error(ErrorCode.RATE_LIMITED, "slow down", retry_after=30))
+        env.pipeline.submit(job_id)
+        job = env.job(job_id)
+        assert job.status is JobStatus.QUEUED
+        assert job.error is None
+        assert job.submit_intent_at is None and job.submit_lease_until is None
+        [(kind, jid, _, countdown)] = env.dispatch.take()
+        assert (kind, jid) == ("submit", job_id)
+        assert 30 <= countdown <= 300
+    env.pipeline.submit(job_id)
+    assert env.provider.names().count("create") == 11
+    assert env.job(job_id).status is JobStatus.RUNNING
+    assert env.dispatch.sent == [("poll", job_id, 1, 5.0)]
+
+
+def test_upstream_errors_fail_the_job_after_submit_max_attempts(env: Env) -> None:
+    job_id = env.new_job()
+    for attempt in (1, 2):
+        env.provider.create_results.append(error(ErrorCode.UPSTREAM, "502 bad gateway", provider_code="502"))
+        env.pipeline.submit(job_id)
+        assert env.job(job_id).status is JobStatus.QUEUED
+        [(kind, _, _, countdown)] = env.dispatch.take()
+        ceiling = 2 * 2 ** (attempt - 1)
+        assert kind == "submit" and ceiling / 2 <= countdown <= ceiling
+    env.provider.create_results.append(error(ErrorCode.UPSTREAM, "502 bad gateway", provider_code="502"))
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code is ErrorCode.UPSTREAM
+    assert job.error.provider_code == "502"
+    assert job.error.message == "gave up after 3 failed attempts: 502 bad gateway"
+    assert job.attempts == 3
+    assert job.finished_at is not None
+    assert env.dispatch.sent == []
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create"] * 3
+
+
+@pytest.mark.parametrize("code", [ErrorCode.INVALID_REQUEST, ErrorCode.AUTH, ErrorCode.CONTENT_FILTERED])
+def test_non_retryable_create_errors_fail_at_once(env: Env, code: ErrorCode) -> None:
+    job_id = env.new_job()
+    env.provider.create_results.append(
+        error(code, "The parameter `duration` specified in the request is not valid", provider_code="InvalidParameter")
+    )
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code is code
+    assert job.error.message == "The parameter `duration` specified in the request is not valid"
+    assert job.error.provider_code == "InvalidParameter"
+    assert job.submit_lease_until is None
+    assert env.dispatch.sent == []
+    assert env.provider.names() == ["create"]
+
+
+def test_read_timeout_keeps_the_intent_so_the_next_submit_looks_up(env: Env) -> None:
+    job_id = env.new_job()
+    env.provider.create_results.append(error(ErrorCode.TIMEOUT, "read timed out", request_sent=True))
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUBMITTING
+    assert job.submit_intent_at is not None
+    assert job.submit_lease_until is not None and job.submit_lease_until <= utcnow()
+    intent = job.submit_intent_at
+    [(kind, _, _, _)] = env.dispatch.take()
+    assert kind == "submit"
+
+    env.provider.found = "task-made-by-the-timed-out-call"
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("create", job_id), ("find_created", intent)]
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING
+    assert job.provider_task_id == "task-made-by-the-timed-out-call"
+    assert env.dispatch.sent == [("poll", job_id, 1, 5.0)]
+
+
+def test_connect_timeout_is_safe_to_retry_blindly(env: Env) -> None:
+    job_id = env.new_job()
+    env.provider.create_results.append(error(ErrorCode.TIMEOUT, "connection refused", request_sent=False))
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.QUEUED and job.submit_intent_at is None
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create", "create"]  # no lookup needed
+
+
+def test_submit_after_the_deadline_expires_without_creating(env: Env) -> None:
+    job_id = env.new_job(deadline_at=utcnow() - timedelta(seconds=1))
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.EXPIRED
+    assert job.error is not None and job.error.code is ErrorCode.DEADLINE
+    assert env.provider.calls == []
+    assert env.dispatch.sent == []
+
+
+def test_submit_of_a_cancel_requested_queued_job_cancels(env: Env) -> None:
+    job_id = env.new_job(cancel_requested=True)
+    env.pipeline.submit(job_id)
+    assert env.job(job_id).status is JobStatus.CANCELLED
+    assert env.provider.calls == []
+
+
+def test_cancel_requested_during_create_cancels_right_after(env: Env) -> None:
+    job_id = env.new_job()
+
+    def user_cancels() -> None:
+        env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+
+    env.provider.on_create = user_cancels
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("create", job_id), ("cancel", "task-1")]
+    assert env.job(job_id).status is JobStatus.CANCELLED
+    assert env.dispatch.sent == []
+
+
+# ---------------------------------------------------------------------------- poll
+
+
+def test_poll_while_running_schedules_the_next_poll(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results += [state(TaskStatus.QUEUED, "queued"), state(TaskStatus.RUNNING, "running")]
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.take() == [("poll", job_id, 2, 2.0)]  # POLL_MIN_S
+    job = env.job(job_id)
+    assert (job.poll_seq, job.provider_status, job.status) == (2, "queued", JobStatus.RUNNING)
+    env.pipeline.poll(job_id, 2)
+    assert env.dispatch.take() == [("poll", job_id, 3, 3.0)]  # x POLL_BACKOFF
+    job = env.job(job_id)
+    assert (job.poll_seq, job.provider_status) == (3, "running")
+    assert env.provider.calls == [("get", "task-1"), ("get", "task-1")]
+
+
+def test_a_stale_poll_does_nothing(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 1)
+    env.dispatch.take()
+    before = env.raw(job_id)
+    env.pipeline.poll(job_id, 1)  # redelivered: poll_seq is 2 now
+    assert env.provider.calls == [("get", "task-1")]
+    assert env.dispatch.sent == []
+    assert env.raw(job_id) == before
+
+
+def test_concurrent_duplicate_polls_advance_the_record_once(env: Env) -> None:
+    job_id = env.running_job()
+
+    class Reentrant(FakeProvider):
+        def get(self, task_id: str) -> TaskState:
+            if len(self.calls) == 0:
+                # The duplicate runs while the first is between its read and its write.
+                self.calls.append(("get", task_id))
+                env.pipeline.poll(job_id, 1)
+                return state(TaskStatus.RUNNING)
+            return super().get(task_id)
+
+    env.provider = Reentrant(get_results=[state(TaskStatus.RUNNING)])
+    env.pipeline.poll(job_id, 1)
+    assert env.job(job_id).poll_seq == 2
+    # Both sent poll 2; the second of those will find itself stale.
+    assert [s[:3] for s in env.dispatch.take()] == [("poll", job_id, 2), ("poll", job_id, 2)]
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 2)
+    env.pipeline.poll(job_id, 2)
+    assert env.job(job_id).poll_seq == 3
+    assert [s[:3] for s in env.dispatch.sent] == [("poll", job_id, 3)]
+
+
+def test_poll_on_success_records_cost_and_sends_store(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(succeeded(billed=1_234_567))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is JobStatus.DOWNLOADING
+    assert job.billed_units == 1_234_567
+    spec = env.catalog.models[MODEL]
+    assert job.cost_usd == spec.usd_for_tokens(1_234_567, audio=True, service_tier="default")
+    assert job.cost_usd == Decimal("2.962961")  # 1.234567 M tokens x $2.4
+    assert job.video_url == "https://cdn.example/v.mp4"
+    assert job.provider_status == "succeeded"
+    assert job.provider_done_at is not None
+    assert env.dispatch.sent == [("store", job_id, None, 0)]
+
+
+def test_flex_tier_cost(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings())
+    job_id = env.new_job(service_tier="flex")
+    env.pipeline.submit(job_id)
+    env.provider.get_results.append(succeeded(billed=1_000_000))
+    env.pipeline.poll(job_id, 1)
+    assert env.job(job_id).cost_usd == Decimal("1.2")
+
+
+def test_redelivered_poll_after_success_resends_store_only(env: Env) -> None:
+    job_id = env.downloading_job()
+    before = env.raw(job_id)
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.sent == [("store", job_id, None, 0)]
+    assert env.provider.calls == []
+    assert env.raw(job_id) == before
+
+
+def test_provider_failure_fails_the_job_with_both_codes(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(
+        state(
+            TaskStatus.FAILED,
+            "failed",
+            error_code=ErrorCode.CONTENT_FILTERED,
+            error_message="The request failed because the output video may contain sensitive information.",
+            provider_error_code="OutputVideoSensitiveContentDetected",
+        )
+    )
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code is ErrorCode.CONTENT_FILTERED
+    assert job.error.provider_code == "OutputVideoSensitiveContentDetected"
+    assert job.error.message.startswith("The request failed because the output video")
+    assert env.dispatch.sent == []
+
+
+def test_provider_failure_without_details_is_upstream(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.FAILED))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.error is not None
+    assert (job.error.code, job.error.message) == (ErrorCode.UPSTREAM, "provider reported failure")
+
+
+def test_provider_cancelled_task(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.CANCELLED))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert (job.status, job.provider_status, job.error) == (JobStatus.CANCELLED, "cancelled", None)
+    assert job.finished_at is not None
+    assert env.dispatch.sent == []
+
+
+def test_provider_expired_task(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.EXPIRED))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert (job.status, job.provider_status) == (JobStatus.EXPIRED, "expired")
+    assert job.error is not None and job.error.code is ErrorCode.DEADLINE
+    assert env.dispatch.sent == []
+
+
+def test_deadline_passed_at_poll_expires_and_cancels_at_provider(env: Env) -> None:
+    job_id = env.running_job()
+    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": utcnow() - timedelta(seconds=1)}))
+    env.provider.cancel_results.append(False)  # even when the provider cannot stop it
+    env.pipeline.poll(job_id, 1)
+    assert env.provider.calls == [("cancel", "task-1")]
+    job = env.job(job_id)
+    assert job.status is JobStatus.EXPIRED
+    assert job.error is not None and job.error.code is ErrorCode.DEADLINE
+    assert "JOB_DEADLINE_S" in job.error.message
+    assert env.dispatch.sent == []
+
+
+def test_deadline_expiry_survives_a_failing_provider_cancel(env: Env) -> None:
+    job_id = env.running_job()
+    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": utcnow() - timedelta(seconds=1)}))
+    env.provider.cancel_results.append(error(ErrorCode.UPSTREAM))
+    env.pipeline.poll(job_id, 1)
+    assert env.job(job_id).status is JobStatus.EXPIRED
+
+
+def test_poll_errors_reschedule_then_fail_after_poll_max_errors(env: Env) -> None:
+    job_id = env.running_job()
+    for seq in (1, 2):
+        env.provider.get_results.append(error(ErrorCode.UPSTREAM, "503 service unavailable", provider_code="503"))
+        env.pipeline.poll(job_id, seq)
+        job = env.job(job_id)
+        assert (job.status, job.poll_errors, job.poll_seq) == (JobStatus.RUNNING, seq, seq + 1)
+        [(kind, _, next_seq, countdown)] = env.dispatch.take()
+        ceiling = 2 * 2 ** (seq - 1)
+        assert (kind, next_seq) == ("poll", seq + 1)
+        assert ceiling / 2 <= countdown <= ceiling
+    env.provider.get_results.append(error(ErrorCode.UPSTREAM, "503 service unavailable", provider_code="503"))
+    env.pipeline.poll(job_id, 3)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.code is ErrorCode.UPSTREAM
+    assert job.error.message == "status calls failed 3 times: 503 service unavailable"
+    assert job.error.provider_code == "503"
+    assert env.dispatch.sent == []
+
+
+def test_a_good_status_call_resets_poll_errors(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results += [error(ErrorCode.UPSTREAM), error(ErrorCode.TIMEOUT), state(TaskStatus.RUNNING)]
+    for seq in (1, 2, 3):
+        env.pipeline.poll(job_id, seq)
+    assert env.job(job_id).poll_errors == 0
+    for seq in (4, 5):
+        env.provider.get_results.append(error(ErrorCode.UPSTREAM))
+        env.pipeline.poll(job_id, seq)
+    assert env.job(job_id).status is JobStatus.RUNNING
+
+
+def test_rate_limited_polls_do_not_fail_the_job(env: Env) -> None:
+    job_id = env.running_job()
+    for seq in range(1, 11):
+        env.provider.get_results.append(error(ErrorCode.RATE_LIMITED, "429", retry_after=20))
+        env.pipeline.poll(job_id, seq)
+        [(_, _, _, countdown)] = env.dispatch.take()
+        assert countdown >= 20
+    job = env.job(job_id)
+    assert (job.status, job.poll_errors, job.poll_seq) == (JobStatus.RUNNING, 0, 11)
+
+
+def test_not_found_at_poll_fails_at_once(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(error(ErrorCode.NOT_FOUND, "task not found", provider_code="ResourceNotFound"))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and job.error.code is ErrorCode.NOT_FOUND
+    assert env.dispatch.sent == []
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_store_video_writes_video_and_manifest_and_succeeds(env: Env) -> None:
+    job_id = env.downloading_job(billed=1_000_000)
+    env.pipeline.store_video(job_id)
+    video = env.root / f"{job_id}.mp4"
+    manifest_path = env.root / f"{job_id}.json"
+    assert env.stored_files() == sorted([f"{job_id}.json", f"{job_id}.mp4"])
+    assert video.read_bytes() == VIDEO
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.output_uri == video.resolve().as_uri()
+    assert job.manifest_uri == manifest_path.resolve().as_uri()
+    assert job.cost_usd == Decimal("2.4")
+    assert job.store_attempts == 1
+    assert job.finished_at is not None
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["job_id"] == job_id
+    assert manifest["video"] == {"uri": job.output_uri, "bytes": len(VIDEO), "content_type": "video/mp4"}
+    assert manifest["cost"]["actual_usd"] == 2.4
+    assert manifest["cost"]["billed_units"] == 1_000_000
+    assert manifest["cost"]["estimate_usd"] == float(job.cost_estimate_usd)
+    assert manifest["job"]["id"] == job_id
+    assert manifest["job"]["status"] == "succeeded"
+    assert manifest["job"]["cost_usd"] == 2.4
+    assert "video_url" not in manifest["job"]
+    assert env.provider.calls == [("open_video", job_id)]
+
+
+def test_store_video_twice_changes_nothing_the_second_time(env: Env) -> None:
+    job_id = env.downloading_job()
+    env.pipeline.store_video(job_id)
+    before = env.raw(job_id)
+    mtime = (env.root / f"{job_id}.mp4").stat().st_mtime_ns
+    env.pipeline.store_video(job_id)
+    assert env.raw(job_id) == before
+    assert (env.root / f"{job_id}.mp4").stat().st_mtime_ns == mtime
+    assert env.provider.names() == ["open_video"]
+
+
+def test_storage_error_asks_for_a_retry_and_keeps_downloading(env: Env, tmp_path: Path) -> None:
+    job_id = env.downloading_job()
+    not_a_dir = tmp_path / "blocked"
+    not_a_dir.write_bytes(b"")
+    env.storage = LocalStorage(not_a_dir)
+    with pytest.raises(StoreRetry) as raised:
+        env.pipeline.store_video(job_id)
+    assert 1 <= raised.value.countdown <= 2
+    assert "StorageError" in str(raised.value)
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts, job.output_uri) == (JobStatus.DOWNLOADING, 1, None)
+
+    env.storage = LocalStorage(env.root)  # storage is back
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.SUCCEEDED, 2)
+
+
+def test_store_gives_up_after_store_max_attempts(env: Env, tmp_path: Path) -> None:
+    job_id = env.downloading_job()
+    env.provider.video = b"<html>link expired</html>"
+    for _ in (1, 2):
+        with pytest.raises(StoreRetry):
+            env.pipeline.store_video(job_id)
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and job.error.code is ErrorCode.STORAGE
+    assert job.error.message.startswith("gave up after 3 attempts: VideoCheckError")
+    assert env.stored_files() == []
+
+
+def test_store_of_a_cancel_requested_job_stores_nothing(env: Env) -> None:
+    job_id = env.downloading_job()
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.CANCELLED
+    assert env.provider.calls == []
+    assert env.stored_files() == []
+
+
+# -------------------------------------------------------------------------- cancel
+
+
+def request_cancel(env: Env, job_id: str) -> None:
+    """What VideoQueue.cancel records before it sends the cancel task."""
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+
+
+def test_cancel_of_a_queued_job(env: Env) -> None:
+    job_id = env.new_job()
+    request_cancel(env, job_id)
+    env.pipeline.cancel(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.finished_at is not None
+    assert env.provider.calls == []
+    env.pipeline.submit(job_id)  # the submit message still in the queue
+    assert env.provider.calls == []
+
+
+def test_cancel_without_a_request_does_nothing(env: Env) -> None:
+    job_id = env.new_job()
+    env.pipeline.cancel(job_id)
+    assert env.job(job_id).status is JobStatus.QUEUED
+
+
+def test_cancel_of_a_running_job_the_provider_stops(env: Env) -> None:
+    job_id = env.running_job()
+    request_cancel(env, job_id)
+    env.provider.cancel_results.append(True)
+    env.pipeline.cancel(job_id)
+    assert env.provider.calls == [("cancel", "task-1")]
+    job = env.job(job_id)
+    assert (job.status, job.provider_status) == (JobStatus.CANCELLED, "cancelled")
+    env.pipeline.poll(job_id, 1)  # the pending poll finds the job final
+    assert env.provider.names() == ["cancel"]
+
+
+def test_cancel_too_late_to_stop_discards_the_result_but_records_the_cost(env: Env) -> None:
+    job_id = env.running_job()
+    request_cancel(env, job_id)
+    env.provider.cancel_results.append(False)
+    env.pipeline.cancel(job_id)
+    job = env.job(job_id)
+    assert (job.status, job.provider_status) == (JobStatus.RUNNING, "cancel_requested")
+
+    env.provider.get_results += [state(TaskStatus.RUNNING, "running"), succeeded(billed=500_000)]
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert (job.status, job.provider_status) == (JobStatus.RUNNING, "cancel_requested")
+    env.pipeline.poll(job_id, 2)
+    assert env.provider.names() == ["cancel", "get", "get"]  # no second cancel attempt
+    job = env.job(job_id)
+    assert job.status is JobStatus.CANCELLED
+    assert job.billed_units == 500_000
+    assert job.cost_usd == Decimal("1.2")
+    assert job.output_uri is None
+    assert [s[0] for s in env.dispatch.sent] == ["poll"]  # never a store
+    assert env.stored_files() == []
+
+
+def test_poll_carries_out_a_pending_cancel(env: Env) -> None:
+    job_id = env.running_job()
+    request_cancel(env, job_id)  # the cancel message has not run yet
+    env.provider.cancel_results.append(True)
+    env.pipeline.poll(job_id, 1)
+    assert env.provider.calls == [("cancel", "task-1")]
+    assert env.job(job_id).status is JobStatus.CANCELLED
+    assert env.dispatch.sent == []
+
+
+# ------------------------------------------------ regressions found in review
+
+
+def test_rate_limits_do_not_use_up_the_submit_attempts(env: Env) -> None:
+    job_id = env.new_job()
+    for _ in range(5):
+        env.provider.create_results.append(error(ErrorCode.RATE_LIMITED, "slow down", retry_after=1))
+        env.pipeline.submit(job_id)
+    env.provider.create_results.append(error(ErrorCode.UPSTREAM, "502 bad gateway"))
+    env.pipeline.submit(job_id)
+    # One upstream failure out of submit_max_attempts=3: the job must be retried, not failed.
+    assert env.job(job_id).status is JobStatus.QUEUED
+
+
+def test_a_failed_lookup_keeps_the_uncertain_intent(env: Env) -> None:
+    job_id = env.new_job()
+    env.provider.create_results.append(error(ErrorCode.TIMEOUT, "read timed out", request_sent=True))
+    env.pipeline.submit(job_id)  # the create may have reached the provider
+    env.provider.find_errors.append(error(ErrorCode.UPSTREAM, "503 on list tasks"))
+    env.pipeline.submit(job_id)  # the lookup fails
+    env.provider.found = "task-made-by-the-timed-out-call"
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create", "find_created", "find_created"]
+    assert env.job(job_id).provider_task_id == "task-made-by-the-timed-out-call"
+
+
+def test_rate_limited_polls_after_an_error_do_not_count(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(error(ErrorCode.UPSTREAM, "503"))
+    env.pipeline.poll(job_id, 1)
+    for seq in range(2, 8):
+        env.provider.get_results.append(error(ErrorCode.RATE_LIMITED, "429"))
+        env.pipeline.poll(job_id, seq)
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING
+    assert job.poll_errors == 1
+
+
+def test_a_late_failure_of_an_expired_attempt_does_not_clobber_the_new_owner(env: Env) -> None:
+    now = utcnow()
+    # Worker A claimed the job long ago; its lease has run out while its create call hangs.
+    job_id = env.new_job(
+        status=JobStatus.SUBMITTING,
+        submit_intent_at=now - timedelta(minutes=10),
+        submit_lease_until=now - timedelta(minutes=7),
+        attempts=1,
+    )
+    a_view = env.job(job_id)
+
+    def a_create_returns_429() -> None:
+        a_lease = now - timedelta(minutes=7)
+        env.pipeline._submit_failed(a_view, error(ErrorCode.RATE_LIMITED, "slow down"), a_lease, still_uncertain=False)
+
+    env.provider.on_create = a_create_returns_429  # runs while worker B's create is in flight
+    env.pipeline.submit(job_id)  # worker B takes over
+    assert "cancel" not in env.provider.names()
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING
+    assert job.provider_task_id == "task-1"

@@ -1,0 +1,339 @@
+"""Storage: the MP4 check, the local folder backend and the S3 backend (moto, in process)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from moto import mock_aws
+
+from producer.settings import Settings
+from worker.storage import StorageError, VideoCheckError, checked_chunks
+from worker.storage.local import LocalStorage
+from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage
+
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom"
+VIDEO = MP4_HEAD + bytes(range(256)) * 4
+MIB = 1024 * 1024
+
+
+def split(data: bytes, sizes: list[int]) -> Iterator[bytes]:
+    """`data` in chunks of the given sizes, cycling; the last chunk takes what is left."""
+    pos = 0
+    index = 0
+    while pos < len(data):
+        size = sizes[index % len(sizes)]
+        yield data[pos : pos + size]
+        pos += size
+        index += 1
+
+
+def failing_after(data: bytes, chunk: int, fail_at: int) -> Iterator[bytes]:
+    """Yields `data` in `chunk`-byte pieces and raises once `fail_at` bytes are out."""
+    sent = 0
+    for start in range(0, len(data), chunk):
+        if sent >= fail_at:
+            raise ConnectionError("download interrupted")
+        piece = data[start : start + chunk]
+        sent += len(piece)
+        yield piece
+
+
+# ------------------------------------------------------------------ checked_chunks
+
+
+@pytest.mark.parametrize("box", [b"ftyp", b"moov", b"mdat", b"free"])
+def test_check_accepts_mp4_box_types(box: bytes) -> None:
+    data = b"\x00\x00\x00\x18" + box + b"rest-of-file"
+    assert b"".join(checked_chunks(iter([data]), len(data))) == data
+
+
+def test_check_passes_chunks_through_unchanged() -> None:
+    chunks = [VIDEO[:5], b"", VIDEO[5:300], VIDEO[300:]]
+    assert list(checked_chunks(iter(chunks), len(VIDEO))) == [VIDEO[:5], VIDEO[5:300], VIDEO[300:]]
+
+
+def test_check_accepts_unknown_size() -> None:
+    assert b"".join(checked_chunks(iter([VIDEO]), None)) == VIDEO
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [1, 2, 3], [3, 1], [7, 1]])
+def test_check_accepts_a_header_split_across_tiny_chunks(sizes: list[int]) -> None:
+    assert b"".join(checked_chunks(split(VIDEO, sizes), len(VIDEO))) == VIDEO
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [1, 2, 3], [100]])
+def test_check_rejects_non_mp4_bytes(sizes: list[int]) -> None:
+    html = b"<html><body>403 Forbidden</body></html>" * 3
+    with pytest.raises(VideoCheckError, match="not an MP4"):
+        b"".join(checked_chunks(split(html, sizes), len(html)))
+
+
+def test_check_rejects_before_passing_on_more_than_the_header() -> None:
+    out = checked_chunks(split(b"GIF89a-not-a-video-at-all", [4]), None)
+    assert next(out) == b"GIF8"  # fewer than 8 bytes seen: nothing to judge yet
+    with pytest.raises(VideoCheckError, match="not an MP4"):
+        next(out)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00\x00\x18fty"])
+@pytest.mark.parametrize("sizes", [[1], [3], [50]])
+def test_check_rejects_too_short_data(data: bytes, sizes: list[int]) -> None:
+    with pytest.raises(VideoCheckError, match="too short"):
+        b"".join(checked_chunks(split(data, sizes), None))
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [64]])
+def test_check_rejects_fewer_bytes_than_announced(sizes: list[int]) -> None:
+    with pytest.raises(VideoCheckError, match=f"got {len(VIDEO)} bytes, expected {len(VIDEO) + 1}"):
+        b"".join(checked_chunks(split(VIDEO, sizes), len(VIDEO) + 1))
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [64]])
+def test_check_rejects_more_bytes_than_announced(sizes: list[int]) -> None:
+    with pytest.raises(VideoCheckError, match=f"more bytes than the announced {len(VIDEO) - 1}"):
+        b"".join(checked_chunks(split(VIDEO, sizes), len(VIDEO) - 1))
+
+
+def test_check_stops_at_the_first_byte_too_many() -> None:
+    passed: list[bytes] = []
+    with pytest.raises(VideoCheckError):
+        for chunk in checked_chunks(split(VIDEO, [100]), 250):
+            passed.append(chunk)
+    assert sum(len(c) for c in passed) == 200
+
+
+# ---------------------------------------------------------------------- LocalStorage
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_local_put_video_writes_the_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    stored = storage.put_video("a/b/job.mp4", split(VIDEO, [3, 100]), len(VIDEO))
+    target = tmp_path / "a" / "b" / "job.mp4"
+    assert target.read_bytes() == VIDEO
+    assert stored.size == len(VIDEO)
+    assert stored.uri == target.resolve().as_uri() == storage.uri("a/b/job.mp4")
+    assert files_under(tmp_path) == ["a/b/job.mp4"]
+
+
+def test_local_put_video_replaces_an_existing_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put_video("job.mp4", iter([VIDEO]), None)
+    newer = MP4_HEAD + b"second version"
+    storage.put_video("job.mp4", iter([newer]), len(newer))
+    assert (tmp_path / "job.mp4").read_bytes() == newer
+    assert files_under(tmp_path) == ["job.mp4"]
+
+
+def test_local_put_video_leaves_nothing_when_the_source_fails(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(ConnectionError):
+        storage.put_video("job.mp4", failing_after(VIDEO, 100, 300), len(VIDEO))
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected_size"),
+    [
+        (b"<html>not a video</html>", None),
+        (VIDEO, len(VIDEO) + 10),
+        (VIDEO, len(VIDEO) - 10),
+        (b"\x00\x00", None),
+    ],
+)
+def test_local_put_video_leaves_nothing_when_the_check_fails(
+    tmp_path: Path, data: bytes, expected_size: int | None
+) -> None:
+    storage = LocalStorage(tmp_path)
+    with pytest.raises(VideoCheckError):
+        storage.put_video("job.mp4", split(data, [7]), expected_size)
+    assert files_under(tmp_path) == []
+    assert storage.size("job.mp4") is None
+
+
+def test_local_failed_put_leaves_an_existing_good_file_untouched(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    with pytest.raises(VideoCheckError):
+        storage.put_video("job.mp4", iter([MP4_HEAD + b"short"]), len(VIDEO))
+    with pytest.raises(ConnectionError):
+        storage.put_video("job.mp4", failing_after(VIDEO, 50, 100), len(VIDEO))
+    assert (tmp_path / "job.mp4").read_bytes() == VIDEO
+    assert files_under(tmp_path) == ["job.mp4"]
+
+
+def test_local_put_json_and_size(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    data = {"job_id": "j1", "cost": {"actual_usd": 1.25}, "ok": True}
+    stored = storage.put_json("j1.json", data)
+    path = tmp_path / "j1.json"
+    assert json.loads(path.read_text()) == data
+    assert stored.size == path.stat().st_size == storage.size("j1.json")
+    assert stored.uri == path.resolve().as_uri()
+    assert storage.size("missing.json") is None
+
+
+@pytest.mark.parametrize("key", ["../escape.mp4", "a/../../escape.mp4", "/etc/passwd", "", "."])
+def test_local_refuses_keys_outside_the_root(tmp_path: Path, key: str) -> None:
+    root = tmp_path / "root"
+    storage = LocalStorage(root)
+    with pytest.raises(ValueError, match="escapes the storage root"):
+        storage.put_video(key, iter([VIDEO]), None)
+    with pytest.raises(ValueError, match="escapes the storage root"):
+        storage.put_json(key, {"x": 1})
+    with pytest.raises(ValueError, match="escapes the storage root"):
+        storage.uri(key)
+    assert files_under(tmp_path) == []
+
+
+def test_local_refuses_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    storage = LocalStorage(root)
+    with pytest.raises(ValueError, match="escapes the storage root"):
+        storage.put_json("link/x.json", {"x": 1})
+    assert list(outside.iterdir()) == []
+
+
+def test_local_unwritable_root_is_a_storage_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_bytes(b"x")
+    storage = LocalStorage(not_a_dir)
+    with pytest.raises(StorageError):
+        storage.put_video("job.mp4", iter([VIDEO]), None)
+
+
+# ------------------------------------------------------------------------- S3 (moto)
+
+BUCKET = "videos"
+
+
+@pytest.fixture(scope="module")
+def _aws() -> Iterator[None]:
+    # One mocked AWS for the module (starting it is the slow part); each test gets a fresh bucket.
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def s3(_aws: None) -> Iterator[S3Storage]:
+    settings = Settings(aws_access_key_id="test", aws_secret_access_key="test", aws_region="us-east-1")
+    storage = S3Storage(BUCKET, "/runs/", settings)
+    storage.client.create_bucket(Bucket=BUCKET)
+    yield storage
+    for page in storage.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            storage.client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    for upload in storage.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+        storage.client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    storage.client.delete_bucket(Bucket=BUCKET)
+
+
+def big_video(size: int) -> bytes:
+    pattern = bytes(range(251))  # a prime length, so every part differs
+    body = (pattern * (size // len(pattern) + 1))[: size - len(MP4_HEAD)]
+    return MP4_HEAD + body
+
+
+def in_mib_chunks(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), MIB):
+        yield data[start : start + MIB]
+
+
+def test_s3_multipart_upload_arrives_intact(s3: S3Storage) -> None:
+    data = big_video(PART_BYTES + MIB + 123)
+    stored = s3.put_video("job.mp4", in_mib_chunks(data), len(data))
+    assert stored.uri == "s3://videos/runs/job.mp4"
+    assert stored.size == len(data)
+    obj = s3.client.get_object(Bucket=BUCKET, Key="runs/job.mp4")
+    assert obj["Body"].read() == data
+    assert obj["ContentType"] == "video/mp4"
+    assert obj["ETag"].strip('"').endswith("-2")  # really went up in two parts
+    assert s3.size("job.mp4") == len(data)
+
+
+def test_s3_small_upload_and_json(s3: S3Storage) -> None:
+    stored = s3.put_video("small.mp4", split(VIDEO, [3]), len(VIDEO))
+    assert stored.size == len(VIDEO)
+    assert s3.client.get_object(Bucket=BUCKET, Key="runs/small.mp4")["Body"].read() == VIDEO
+    manifest = s3.put_json("small.json", {"job_id": "small", "bytes": len(VIDEO)})
+    assert manifest.uri == "s3://videos/runs/small.json"
+    body = s3.client.get_object(Bucket=BUCKET, Key="runs/small.json")["Body"].read()
+    assert json.loads(body) == {"job_id": "small", "bytes": len(VIDEO)}
+    assert manifest.size == len(body)
+    assert s3.size("missing.mp4") is None
+
+
+def test_s3_failed_check_in_a_multipart_upload_leaves_no_object(s3: S3Storage) -> None:
+    data = big_video(PART_BYTES + 2 * MIB)
+    with pytest.raises(VideoCheckError):
+        s3.put_video("job.mp4", in_mib_chunks(data), len(data) + 1)
+    assert s3.size("job.mp4") is None
+    assert s3.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_s3_failed_check_of_a_small_file_leaves_no_object(s3: S3Storage) -> None:
+    with pytest.raises(VideoCheckError):
+        s3.put_video("job.mp4", iter([b"<html>expired link</html>"]), None)
+    assert s3.size("job.mp4") is None
+    assert s3.client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+
+
+def test_s3_missing_bucket_is_a_storage_error(s3: S3Storage) -> None:
+    other = S3Storage("no-such-bucket", "", Settings(aws_access_key_id="test", aws_secret_access_key="test"))
+    with pytest.raises(StorageError):
+        other.put_json("x.json", {"x": 1})
+    assert other.uri("x.json") == "s3://no-such-bucket/x.json"
+
+
+# ---------------------------------------------------------------------- IteratorReader
+
+
+def test_reader_read_n_spans_and_splits_chunks() -> None:
+    reader = IteratorReader(iter([b"abcde", b"fg", b"", b"hij"]))
+    assert reader.read(3) == b"abc"
+    assert reader.read(4) == b"defg"  # rest of one chunk plus all of the next
+    assert reader.read(0) == b""
+    assert reader.read(2) == b"hi"  # an empty chunk is not the end
+    assert reader.read(100) == b"j"  # short read at the end
+    assert reader.read(5) == b""
+    assert reader.read() == b""
+    assert reader.bytes_read == 10
+
+
+def test_reader_read_all() -> None:
+    reader = IteratorReader(iter([b"ab", b"cd", b"ef"]))
+    assert reader.read(1) == b"a"
+    assert reader.read() == b"bcdef"
+    assert reader.read(-1) == b""
+    assert reader.bytes_read == 6
+
+
+def test_reader_pulls_only_what_it_needs() -> None:
+    pulled: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for i in range(10):
+            pulled.append(i)
+            yield b"x" * 4
+
+    reader = IteratorReader(source())
+    assert reader.read(6) == b"x" * 6
+    assert pulled == [0, 1]
+    assert reader.read(2) == b"xx"
+    assert pulled == [0, 1]  # served from the buffer
+
+
+def test_reader_passes_source_errors_on() -> None:
+    reader = IteratorReader(checked_chunks(iter([b"not a video file"]), None))
+    with pytest.raises(VideoCheckError):
+        reader.read(4)
