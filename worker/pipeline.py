@@ -160,9 +160,9 @@ class Pipeline:
     def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
         """Create (or, after an interrupted attempt, find) the provider task and record its
         id. Returns the running record, or None when there is nothing more to do now."""
-        provider = self.providers(job.provider)
         task_id: str | None = None
         try:
+            provider = self.providers(job.provider)
             if uncertain_since is not None:
                 # An earlier attempt may have created the task and died before recording it.
                 task_id = provider.find_created(job, uncertain_since)
@@ -279,9 +279,8 @@ class Pipeline:
                 return
             job = self.store.get(job_id) or job
 
-        provider = self.providers(job.provider)
         try:
-            state = provider.get(task_id)
+            state = self.providers(job.provider).get(task_id)
         except ProviderError as exc:
             self._poll_failed(job, seq, exc)
             return
@@ -396,10 +395,9 @@ class Pipeline:
         attempt = job.store_attempts + 1
         self.store.update(job.id, _count_store_attempt)
         storage = self.storage()
-        provider = self.providers(job.provider)
         video_key = f"{job.id}.mp4"
         try:
-            with provider.open_video(job) as stream:
+            with self.providers(job.provider).open_video(job) as stream:
                 stored = storage.put_video(video_key, stream.chunks, stream.size)
             finished_at = utcnow()
             final = job.model_copy(

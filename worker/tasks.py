@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init
+from redis.exceptions import RedisError
 
 from producer.catalog import load_catalog
 from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
@@ -64,19 +65,30 @@ def _fresh_clients(**_: Any) -> None:
 logs.configure(get_settings().log_level)
 
 
-@app.task(name=TASK_SUBMIT, bind=True)
+# The job store is unreachable (Redis restarting, network blip): try again with backoff
+# instead of acknowledging a message whose effect was never recorded.
+_STORE_RETRY: dict[str, Any] = {
+    "autoretry_for": (RedisError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+@app.task(name=TASK_SUBMIT, bind=True, **_STORE_RETRY)
 def submit(self: Task[Any, Any], job_id: str) -> None:
     """Create the provider task of a job (once), then schedule its first poll."""
     pipeline().submit(job_id)
 
 
-@app.task(name=TASK_POLL, bind=True)
+@app.task(name=TASK_POLL, bind=True, **_STORE_RETRY)
 def poll(self: Task[Any, Any], job_id: str, seq: int) -> None:
     """One status call; re-schedules itself with a countdown until the provider is done."""
     pipeline().poll(job_id, seq)
 
 
-@app.task(name=TASK_STORE, bind=True, max_retries=None)
+@app.task(name=TASK_STORE, bind=True, **_STORE_RETRY)
 def store(self: Task[Any, Any], job_id: str) -> None:
     """Stream the video into storage, write the manifest, mark the job succeeded."""
     try:
@@ -85,7 +97,7 @@ def store(self: Task[Any, Any], job_id: str) -> None:
         raise self.retry(countdown=retry.countdown, exc=retry) from None
 
 
-@app.task(name=TASK_CANCEL, bind=True)
+@app.task(name=TASK_CANCEL, bind=True, **_STORE_RETRY)
 def cancel(self: Task[Any, Any], job_id: str) -> None:
     """Cancel a job at the provider, as the producer asked."""
     pipeline().cancel(job_id)

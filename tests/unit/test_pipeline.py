@@ -868,3 +868,20 @@ def test_a_late_failure_of_an_expired_attempt_does_not_clobber_the_new_owner(env
     job = env.job(job_id)
     assert job.status is JobStatus.RUNNING
     assert job.provider_task_id == "task-1"
+
+
+def test_a_provider_that_cannot_be_built_fails_the_job_instead_of_stranding_it(env: Env) -> None:
+    job_id = env.new_job()
+
+    def no_key(name: str) -> FakeProvider:
+        raise ProviderError(ErrorCode.AUTH, "BYTEPLUS_API_KEY is not set")
+
+    env.pipeline.providers = no_key
+    env.pipeline.submit(job_id)
+
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and (job.error.code, job.error.message) == (
+        ErrorCode.AUTH,
+        "BYTEPLUS_API_KEY is not set",
+    )
