@@ -399,6 +399,10 @@ class Pipeline:
         try:
             with self.providers(job.provider).open_video(job) as stream:
                 stored = storage.put_video(video_key, stream.chunks, stream.size)
+            # Read back what the backend holds, not what we think we sent.
+            held = storage.size(video_key)
+            if held != stored.size:
+                raise VideoCheckError(f"storage holds {held} bytes at {stored.uri}, we wrote {stored.size}")
             finished_at = utcnow()
             final = job.model_copy(
                 update={

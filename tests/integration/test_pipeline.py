@@ -207,3 +207,19 @@ def test_a_job_is_one_message_on_the_submit_queue_carrying_only_its_id(local_sta
     assert body[0] == [job.id] and body[1] == {}
     assert message["headers"]["task"] == "videoqueue.submit"
     assert secret_prompt not in raw
+
+
+def test_a_create_that_times_out_after_reaching_the_provider_is_looked_up_not_repeated(local_stack: Stack) -> None:
+    # The provider creates the task at once but answers after 3 s; our client gives up
+    # after 1 s. Whether the task exists is unknown: the next attempt must find it.
+    local_stack.start_worker(PROVIDER_TIMEOUT_S="1")
+    vq = local_stack.queue()
+    prompt = "slow answer [sim:slowcreate=3]"
+    job = vq.submit(VideoRequest(prompt=prompt))
+
+    done = vq.wait([job.id], timeout=60)[0]
+
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert local_stack.simulator.stats()["creates_by_prompt"] == {prompt: 1}
+    assert done.attempts == 1  # one create call; the second attempt was a lookup
+    assert done.submit_errors == 1
