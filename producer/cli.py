@@ -49,13 +49,18 @@ def _show(records: list[JobRecord]) -> None:
 
 
 def _job_table(records: list[JobRecord]) -> Table:
-    table = Table("id", "status", "provider", "model", "cost est.", "cost", "output / error")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    table.add_column("est.", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("output / error", overflow="fold")
     for r in records:
         detail = r.output_uri or (f"{r.error.code}: {r.error.message}" if r.error else "")
         table.add_row(
             r.id,
             r.status.value,
-            r.provider,
             r.model,
             f"${r.cost_estimate_usd:.4f}",
             f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-",
