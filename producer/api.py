@@ -7,6 +7,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from producer.catalog import Catalog, load_catalog
@@ -18,6 +19,7 @@ from producer.contract import (
     JobStatus,
     utcnow,
 )
+from producer.images import ImageFile
 from producer.jobstore import JobStore
 from producer.request import InvalidRequestError, VideoRequest, resolve
 from producer.settings import Settings, get_settings
@@ -47,6 +49,14 @@ class EnqueueError(RuntimeError):
     """The broker did not take the message; no job was left behind."""
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A validated job not yet stored: its record and the local images it carries."""
+
+    record: JobRecord
+    images: dict[str, ImageFile] = field(default_factory=dict)
+
+
 class VideoQueue:
     """Entry point for producers.
 
@@ -66,20 +76,18 @@ class VideoQueue:
         self.store = store or JobStore.from_url(self.settings.redis_url)
         self.catalog = catalog or load_catalog()
 
-    def prepare(self, request: VideoRequest) -> JobRecord:
-        """Validate `request` and build its job record without storing or sending anything."""
+    def prepare(self, request: VideoRequest) -> PreparedJob:
+        """Validate `request` and build its job without storing or sending anything."""
         if not isinstance(request, VideoRequest):
             raise InvalidRequestError({"request": "must be a VideoRequest"})
-        params = resolve(request, self.catalog, self.settings.default_provider)
+        params, images = resolve(request, self.catalog, self.settings.default_provider)
         if params["seed"] is None:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.
             params["seed"] = secrets.randbelow(2**31)
-        spec = self.catalog.models[params["model"]]
-        tokens = spec.tokens(params["resolution"], params["ratio"], params["duration"])
-        estimate = spec.usd_for_tokens(tokens, audio=params["audio"], service_tier=params["service_tier"])
+        _, estimate = self.catalog.models[params["model"]].estimate(params)
         now = utcnow()
-        return JobRecord(
+        record = JobRecord(
             id=str(uuid.uuid4()),
             status=JobStatus.QUEUED,
             provider=params["provider"],
@@ -90,6 +98,7 @@ class VideoQueue:
             updated_at=now,
             deadline_at=now + timedelta(seconds=self.settings.job_deadline_s),
         )
+        return PreparedJob(record, images)
 
     def submit(self, request: VideoRequest) -> JobRecord:
         """Validate, store and enqueue one job. Raises InvalidRequestError before any write."""
@@ -98,22 +107,23 @@ class VideoQueue:
     def submit_many(self, requests: Iterable[VideoRequest]) -> list[JobRecord]:
         """Validate every request first; if any is bad nothing is stored or enqueued
         (InvalidRequestError names the item). Then store all records and enqueue them."""
-        records: list[JobRecord] = []
+        jobs: list[PreparedJob] = []
         problems: dict[str, str] = {}
         for index, request in enumerate(requests):
             try:
-                records.append(self.prepare(request))
+                jobs.append(self.prepare(request))
             except InvalidRequestError as exc:
                 for field, message in exc.problems.items():
                     problems[f"[{index}].{field}"] = message
         if problems:
             raise InvalidRequestError(problems)
-        return self.enqueue(records)
+        return self.enqueue(jobs)
 
-    def enqueue(self, records: builtins.list[JobRecord]) -> builtins.list[JobRecord]:
-        """Store and send records made by `prepare`: all stored in one transaction, then
-        one message each. Returns them."""
-        self.store.create_many(records)
+    def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
+        """Store and send jobs made by `prepare`: all stored in one transaction, then one
+        message each. Returns their records."""
+        records = [job.record for job in jobs]
+        self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images})
         self._send(records)
         return records
 

@@ -1,5 +1,5 @@
 """The model catalog: capabilities and list prices of every supported model, loaded from
-`models.toml` (data, not code), plus the token and price rules that turn a request into
+`models.toml` (data, not code), plus the rules that turn a request into billed units and
 dollars. Producers validate and estimate with it; workers bill with it."""
 
 from __future__ import annotations
@@ -13,19 +13,38 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 USD_QUANTUM = Decimal("0.000001")
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
 
-class Price(BaseModel):
-    """List price of one model."""
+class AudioPrice(BaseModel):
+    """A per-unit price with and without generated sound."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    unit: Literal["token"]
-    usd_per_million_audio: Decimal
-    usd_per_million_silent: Decimal
+    audio: Decimal
+    silent: Decimal
+
+
+class Price(BaseModel):
+    """List price of one model: per million tokens, or per generated second by resolution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unit: Literal["token", "second"]
+    usd_per_million_audio: Decimal | None = None
+    usd_per_million_silent: Decimal | None = None
+    usd_per_second: dict[str, AudioPrice] | None = None
     flex_multiplier: Decimal = Decimal(1)
     source: str
     as_of: str
+
+    @model_validator(mode="after")
+    def _unit_has_its_prices(self) -> Price:
+        if self.unit == "token" and (self.usd_per_million_audio is None or self.usd_per_million_silent is None):
+            raise ValueError("token prices need usd_per_million_audio and usd_per_million_silent")
+        if self.unit == "second" and not self.usd_per_second:
+            raise ValueError("second prices need usd_per_second by resolution")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -44,20 +63,32 @@ class ModelSpec(BaseModel):
     image_roles: tuple[str, ...]
     service_tiers: tuple[str, ...]
     fps: int
-    pixels: dict[str, dict[str, tuple[int, int]]]
+    pixels: dict[str, dict[str, tuple[int, int]]] | None = None
     expected_render_s: float = Field(gt=0)
+    negative_prompt: bool = False
+    person_generation: tuple[str, ...] = ()
+    max_image_bytes: int = MAX_IMAGE_BYTES
     price: Price
 
     @model_validator(mode="after")
-    def _pixels_cover_capabilities(self) -> ModelSpec:
-        for resolution in self.resolutions:
-            missing = set(self.ratios) - set(self.pixels.get(resolution, {}))
+    def _prices_cover_capabilities(self) -> ModelSpec:
+        if self.price.unit == "token":
+            if self.pixels is None:
+                raise ValueError(f"{self.id}: a token-priced model needs a pixel table")
+            for resolution in self.resolutions:
+                missing = set(self.ratios) - set(self.pixels.get(resolution, {}))
+                if missing:
+                    raise ValueError(f"{self.id}: no pixel size for {resolution} {sorted(missing)}")
+        else:
+            missing = set(self.resolutions) - set(self.price.usd_per_second or {})
             if missing:
-                raise ValueError(f"{self.id}: no pixel size for {resolution} {sorted(missing)}")
+                raise ValueError(f"{self.id}: no per-second price for {sorted(missing)}")
         return self
 
     def frame_size(self, resolution: str, ratio: str) -> tuple[int, int]:
-        """Width and height in pixels of the output for a resolution and ratio."""
+        """Width and height in pixels of a token-priced model's output."""
+        if self.pixels is None:
+            raise ValueError(f"{self.id} has no pixel table")
         return self.pixels[resolution][ratio]
 
     def tokens(self, resolution: str, ratio: str, duration: int) -> int:
@@ -66,12 +97,36 @@ class ModelSpec(BaseModel):
         frames = self.fps * duration + 1
         return width * height * frames // 1024
 
-    def usd_for_tokens(self, tokens: int, *, audio: bool, service_tier: str) -> Decimal:
-        """Dollar cost of `tokens` under this model's price, rounded to a micro-dollar."""
-        per_million = self.price.usd_per_million_audio if audio else self.price.usd_per_million_silent
+    def billed_units(self, resolution: str, ratio: str, duration: int) -> int:
+        """What the provider will bill for one clip, in this model's unit."""
+        return self.tokens(resolution, ratio, duration) if self.price.unit == "token" else duration
+
+    def usd(self, units: int, *, audio: bool, service_tier: str, resolution: str) -> Decimal:
+        """Dollar cost of `units` billed units, rounded to a micro-dollar."""
+        price = self.price
+        if price.unit == "token":
+            per_million = price.usd_per_million_audio if audio else price.usd_per_million_silent
+            assert per_million is not None
+            amount = Decimal(units) * per_million / Decimal(1_000_000)
+        else:
+            assert price.usd_per_second is not None
+            rate = price.usd_per_second[resolution]
+            amount = Decimal(units) * (rate.audio if audio else rate.silent)
         if service_tier == "flex":
-            per_million *= self.price.flex_multiplier
-        return (Decimal(tokens) * per_million / Decimal(1_000_000)).quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
+            amount *= price.flex_multiplier
+        return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_UP)
+
+    def usd_for_tokens(self, tokens: int, *, audio: bool, service_tier: str) -> Decimal:
+        """Dollar cost of `tokens` for a token-priced model."""
+        return self.usd(tokens, audio=audio, service_tier=service_tier, resolution="")
+
+    def estimate(self, params: dict[str, Any]) -> tuple[int, Decimal]:
+        """Billed units and dollars a resolved request will cost."""
+        units = self.billed_units(params["resolution"], params["ratio"], params["duration"])
+        cost = self.usd(
+            units, audio=params["audio"], service_tier=params["service_tier"], resolution=params["resolution"]
+        )
+        return units, cost
 
 
 class Catalog(BaseModel):
@@ -101,10 +156,18 @@ def parse_catalog(raw: dict[str, Any]) -> Catalog:
     models: dict[str, ModelSpec] = {}
     for model_id, entry in raw.get("models", {}).items():
         fields = dict(entry)
-        table_name = fields.pop("pixels")
-        if table_name not in tables:
+        table_name = fields.pop("pixels", None)
+        if table_name is not None and table_name not in tables:
             raise ValueError(f"{model_id}: unknown pixel table {table_name!r}")
-        models[model_id] = ModelSpec(id=model_id, pixels=tables[table_name], **fields)
+        pixels = tables[table_name] if table_name is not None else None
+        models[model_id] = ModelSpec(id=model_id, pixels=pixels, **fields)
+    defaults: dict[str, list[str]] = {}
+    for spec in models.values():
+        if spec.default_for_provider:
+            defaults.setdefault(spec.provider, []).append(spec.id)
+    for provider, ids in defaults.items():
+        if len(ids) > 1:
+            raise ValueError(f"provider {provider} has several default models: {ids}")
     return Catalog(models=models)
 
 

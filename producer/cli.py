@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from producer.api import EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.api import EnqueueError, PreparedJob, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.catalog import ModelSpec, load_catalog
 from producer.contract import JobRecord, JobStatus
 from producer.request import InvalidRequestError, VideoRequest
 
@@ -99,9 +101,11 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, VideoRequest]], dict[str, st
     return requests, problems
 
 
-def _prepare_all(vq: VideoQueue, requests: list[tuple[int, VideoRequest]], problems: dict[str, str]) -> list[JobRecord]:
-    """Job records for every request, or InvalidRequestError with every problem found."""
-    records: list[JobRecord] = []
+def _prepare_all(
+    vq: VideoQueue, requests: list[tuple[int, VideoRequest]], problems: dict[str, str]
+) -> list[PreparedJob]:
+    """Prepared jobs for every request, or InvalidRequestError with every problem found."""
+    records: list[PreparedJob] = []
     problems = dict(problems)
     for number, request in requests:
         try:
@@ -126,6 +130,11 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible output.")] = None,
     service_tier: Annotated[str | None, typer.Option(help="default or flex (cheaper, slower).")] = None,
     image_url: Annotated[str | None, typer.Option(help="First-frame image URL.")] = None,
+    image_file: Annotated[str | None, typer.Option(help="First-frame image file (PNG, JPEG, WebP).")] = None,
+    last_frame_url: Annotated[str | None, typer.Option(help="Last-frame image URL.")] = None,
+    last_frame_file: Annotated[str | None, typer.Option(help="Last-frame image file.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="What to keep out (Veo).")] = None,
+    person_generation: Annotated[str | None, typer.Option(help="allow_adult or dont_allow (Veo).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag for cost reports; repeatable.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
@@ -151,6 +160,11 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 "seed": seed,
                 "service_tier": service_tier,
                 "image_url": image_url,
+                "image_file": image_file,
+                "last_frame_url": last_frame_url,
+                "last_frame_file": last_frame_file,
+                "negative_prompt": negative_prompt,
+                "person_generation": person_generation,
             }
             if tag:
                 fields["tags"] = tuple(tag)
@@ -271,6 +285,49 @@ def jobs(
         _print_json([r.public_dict() for r in records])
     else:
         _show(records)
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
+    """The capability and price table: what each model accepts and what it costs."""
+    catalog = load_catalog()
+    if as_json:
+        _print_json({m: spec.model_dump(mode="json") for m, spec in catalog.models.items()})
+        return
+    for spec in catalog.models.values():
+        default = ", default" if spec.default_for_provider else ""
+        facts = [
+            spec.label,
+            f"{_ranges(spec.durations)} s",
+            ", ".join(spec.resolutions),
+            ", ".join(spec.ratios),
+            "audio" if spec.audio else "no audio",
+            f"images: {', '.join(spec.image_roles) or 'none'}",
+            f"tiers: {', '.join(spec.service_tiers)}",
+        ]
+        sys.stdout.write(f"{spec.id} ({spec.provider}{default})\n")
+        sys.stdout.write(f"  {' | '.join(facts)}\n")
+        sys.stdout.write(f"  price: {_price_text(spec)}\n")
+        sys.stdout.write(f"  source: {spec.price.source} (as of {spec.price.as_of})\n")
+
+
+def _ranges(values: tuple[int, ...]) -> str:
+    steps = {b - a for a, b in itertools.pairwise(values)}
+    if len(values) > 2 and steps == {1}:
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def _price_text(spec: ModelSpec) -> str:
+    price = spec.price
+    if price.unit == "token":
+        text = f"${price.usd_per_million_audio}/M tokens with audio, ${price.usd_per_million_silent}/M without"
+    else:
+        rates = price.usd_per_second or {}
+        text = "; ".join(f"{res} ${r.audio}/s (${r.silent}/s silent)" for res, r in rates.items())
+    if price.flex_multiplier != 1:
+        text += f"; flex x{price.flex_multiplier}"
+    return text
 
 
 def main() -> None:

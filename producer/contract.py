@@ -94,6 +94,7 @@ class JobRecord(BaseModel):
     attempts: int = 0
     submit_errors: int = 0
     submit_rate_limits: int = 0
+    uncertain_creates: int = 0
     cost_estimate_usd: Usd
     cost_usd: Usd | None = None
     billed_units: int | None = None

@@ -7,12 +7,15 @@ therefore finds the record already moved on and changes nothing.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
 
 from producer.contract import JobRecord, JobStatus, utcnow
+from producer.images import ImageFile
 
 KEY_PREFIX = "vq:"
 MAX_HISTORY = 50
@@ -23,6 +26,15 @@ Mutation = Callable[[JobRecord], JobRecord | None]
 def job_key(job_id: str) -> str:
     """Redis key of one job record."""
     return f"{KEY_PREFIX}job:{job_id}"
+
+
+def input_key(job_id: str, role: str) -> str:
+    """Redis key of an input image a producer uploaded for a job."""
+    return f"{KEY_PREFIX}input:{job_id}:{role}"
+
+
+# Inputs outlive the job's deadline by this much, then Redis forgets them.
+INPUT_GRACE_S = 86400
 
 
 def _all_index() -> str:
@@ -63,9 +75,10 @@ class JobStore:
 
         self.redis.transaction(write, key)
 
-    def create_many(self, records: Sequence[JobRecord]) -> None:
-        """Store several new records in one transaction: all or none."""
+    def create_many(self, records: Sequence[JobRecord], inputs: dict[str, dict[str, ImageFile]] | None = None) -> None:
+        """Store several new records, and their input images, in one transaction: all or none."""
         keys = [job_key(r.id) for r in records]
+        inputs = inputs or {}
 
         def write(pipe: Any) -> None:
             taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
@@ -77,14 +90,30 @@ class JobStore:
                 pipe.set(key, record.model_dump_json())
                 pipe.zadd(_all_index(), {record.id: score})
                 pipe.zadd(_status_index(record.status), {record.id: score})
+                ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
+                for role, image in inputs.get(record.id, {}).items():
+                    blob = {
+                        "name": image.name,
+                        "mime_type": image.mime_type,
+                        "data": base64.b64encode(image.data).decode(),
+                    }
+                    pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
             self.redis.transaction(write, *keys)
 
+    def get_input(self, job_id: str, role: str) -> ImageFile | None:
+        """An input image stored with the job, or None."""
+        raw: str | None = self.redis.get(input_key(job_id, role))  # type: ignore[assignment]
+        if not raw:
+            return None
+        blob = json.loads(raw)
+        return ImageFile(name=blob["name"], mime_type=blob["mime_type"], data=base64.b64decode(blob["data"]))
+
     def delete(self, job_id: str) -> None:
         """Remove a record and its index entries (used only to undo a failed enqueue)."""
         pipe = self.redis.pipeline()
-        pipe.delete(job_key(job_id))
+        pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:
             pipe.zrem(_status_index(status), job_id)

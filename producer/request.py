@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from producer.catalog import Catalog, ModelSpec
+from producer.images import ImageFile, read_image_file
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
@@ -44,6 +45,11 @@ class VideoRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     service_tier: Literal["default", "flex"] | None = None
     image_url: str | None = None
+    image_file: str | None = None
+    last_frame_url: str | None = None
+    last_frame_file: str | None = None
+    negative_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    person_generation: str | None = None
     tags: tuple[str, ...] = Field(default=(), strict=False)
 
     @field_validator("prompt")
@@ -58,7 +64,7 @@ class VideoRequest(BaseModel):
                 raise ValueError(f"contains a control or non-text character {char!r}")
         return value
 
-    @field_validator("image_url")
+    @field_validator("image_url", "last_frame_url")
     @classmethod
     def _image_url_is_http(cls, value: str | None) -> str | None:
         if value is None:
@@ -108,9 +114,12 @@ def build_request(**fields: Any) -> VideoRequest:
     return VideoRequest.parse(fields)
 
 
-def resolve(request: VideoRequest, catalog: Catalog, default_provider: str) -> dict[str, Any]:
+def resolve(
+    request: VideoRequest, catalog: Catalog, default_provider: str
+) -> tuple[dict[str, Any], dict[str, ImageFile]]:
     """Fill in defaults from the chosen model and check the request against what that model
-    supports. Returns the full set of parameters a worker needs."""
+    supports. Returns the full set of parameters a worker needs, and the local image files
+    (read and checked) by role."""
     problems: dict[str, str] = {}
     provider = request.provider or default_provider
     if provider not in catalog.providers():
@@ -143,12 +152,18 @@ def resolve(request: VideoRequest, catalog: Catalog, default_provider: str) -> d
         problems["audio"] = f"{spec.id} does not generate audio"
     if tier not in spec.service_tiers:
         problems["service_tier"] = f"{tier!r} is not offered for {spec.id}"
-    if request.image_url and "first_frame" not in spec.image_roles:
-        problems["image_url"] = f"{spec.id} does not take a first-frame image"
+    if request.negative_prompt is not None and not spec.negative_prompt:
+        problems["negative_prompt"] = f"{spec.id} does not take a negative prompt"
+    if request.person_generation is not None and request.person_generation not in spec.person_generation:
+        allowed = _list(spec.person_generation) if spec.person_generation else "nothing (not supported)"
+        problems["person_generation"] = (
+            f"{request.person_generation!r} is not allowed for {spec.id}; allowed: {allowed}"
+        )
+    images, files = _images(request, spec, problems)
     if problems:
         raise InvalidRequestError(problems)
 
-    return {
+    params = {
         "prompt": request.prompt,
         "provider": provider,
         "model": spec.id,
@@ -158,9 +173,56 @@ def resolve(request: VideoRequest, catalog: Catalog, default_provider: str) -> d
         "audio": audio,
         "seed": request.seed,
         "service_tier": tier,
-        "image_url": request.image_url,
+        "images": images,
+        "negative_prompt": request.negative_prompt,
+        "person_generation": request.person_generation,
         "tags": list(request.tags),
     }
+    return params, files
+
+
+_ROLE_FIELDS = {
+    "first_frame": ("image_url", "image_file"),
+    "last_frame": ("last_frame_url", "last_frame_file"),
+}
+
+
+def _images(
+    request: VideoRequest, spec: ModelSpec, problems: dict[str, str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, ImageFile]]:
+    """Image inputs by role: a URL is passed on as it is; a local file is read and checked."""
+    images: dict[str, dict[str, Any]] = {}
+    files: dict[str, ImageFile] = {}
+    for role, (url_field, file_field) in _ROLE_FIELDS.items():
+        url, path = getattr(request, url_field), getattr(request, file_field)
+        if url is None and path is None:
+            continue
+        if url is not None and path is not None:
+            problems[file_field] = f"give {url_field} or {file_field}, not both"
+            continue
+        if role not in spec.image_roles:
+            problems[url_field if url else file_field] = f"{spec.id} does not take a {role.replace('_', ' ')} image"
+            continue
+        if url is not None:
+            images[role] = {"url": url}
+            continue
+        try:
+            image = read_image_file(path, spec.max_image_bytes)
+        except ValueError as exc:
+            problems[file_field] = str(exc)
+            continue
+        files[role] = image
+        images[role] = {
+            "file": image.name,
+            "mime_type": image.mime_type,
+            "bytes": len(image.data),
+            "sha256": image.sha256,
+        }
+    if "last_frame" in images and "first_frame" not in images and not problems:
+        problems["last_frame_url" if request.last_frame_url else "last_frame_file"] = (
+            "a last frame needs a first frame (image_url or image_file)"
+        )
+    return images, files
 
 
 def _default_duration(spec: ModelSpec) -> int:

@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     )
     byteplus_base_url: str = BYTEPLUS_DEFAULT_BASE_URL
 
+    google_api_key: SecretStr | None = Field(
+        default=None, description="Vertex AI express mode key; else project + location + ADC."
+    )
+    google_cloud_project: str | None = None
+    google_cloud_location: str = "us-central1"
+    veo_base_url: str | None = Field(default=None, description="Override of the Vertex AI endpoint.")
+    veo_output_gcs_uri: str | None = Field(
+        default=None, description="gs://bucket/prefix for Veo to write into (needs Google credentials)."
+    )
+
     default_provider: ProviderName = "byteplus"
     job_deadline_s: float = Field(
         default=7200.0,
@@ -81,7 +91,17 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("byteplus_api_key", "aws_access_key_id", "aws_secret_access_key", "poll_initial_s", mode="before")
+    @field_validator(
+        "byteplus_api_key",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "google_api_key",
+        "google_cloud_project",
+        "veo_base_url",
+        "veo_output_gcs_uri",
+        "poll_initial_s",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

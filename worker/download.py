@@ -14,25 +14,42 @@ CHUNK_BYTES = 1024 * 1024
 
 
 @contextmanager
-def stream_url(client: httpx.Client, url: str) -> Iterator[VideoStream]:
+def stream_url(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> Iterator[VideoStream]:
     """Open `url` for streaming; HTTP and network failures become ProviderError."""
     try:
-        with client.stream("GET", url) as response:
+        with client.stream("GET", url, headers=headers) as response:
             if response.status_code >= 500 or response.status_code == 429:
-                raise ProviderError(ErrorCode.UPSTREAM, f"video download answered HTTP {response.status_code}")
+                raise ProviderError(ErrorCode.UPSTREAM, f"download answered HTTP {response.status_code}")
             if response.status_code >= 400:
                 raise ProviderError(
                     ErrorCode.NOT_FOUND,
-                    f"video URL answered HTTP {response.status_code} (expired or removed)",
+                    f"URL answered HTTP {response.status_code} (expired, removed or not allowed)",
                 )
             length = response.headers.get("content-length")
             size = int(length) if length and length.isdigit() else None
             yield VideoStream(chunks=_chunks(response), size=size)
     except httpx.TimeoutException as exc:
-        raise ProviderError(ErrorCode.TIMEOUT, f"video download timed out: {exc!r}") from exc
+        raise ProviderError(ErrorCode.TIMEOUT, f"download timed out: {exc!r}") from exc
     except httpx.HTTPError as exc:
-        raise ProviderError(ErrorCode.TIMEOUT, f"video download broke: {exc!r}") from exc
+        raise ProviderError(ErrorCode.TIMEOUT, f"download broke: {exc!r}") from exc
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
     yield from response.iter_bytes(CHUNK_BYTES)
+
+
+def fetch_image(client: httpx.Client, url: str, max_bytes: int) -> tuple[bytes, str]:
+    """Download an input image (for providers that take bytes, not URLs), refusing more
+    than `max_bytes` and anything that is not a PNG, JPEG or WebP image."""
+    from producer.images import sniff_image_type
+
+    data = bytearray()
+    with stream_url(client, url) as stream:
+        for chunk in stream.chunks:
+            data.extend(chunk)
+            if len(data) > max_bytes:
+                raise ProviderError(ErrorCode.INVALID_REQUEST, f"image at {url} is over {max_bytes} bytes")
+    mime = sniff_image_type(bytes(data[:16]))
+    if mime is None:
+        raise ProviderError(ErrorCode.INVALID_REQUEST, f"{url} is not a PNG, JPEG or WebP image")
+    return bytes(data), mime

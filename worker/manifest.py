@@ -10,8 +10,8 @@ from producer.contract import JobRecord
 MANIFEST_VERSION = 1
 
 
-def build_manifest(job: JobRecord, video_bytes: int) -> dict[str, Any]:
-    """The manifest of a finished job."""
+def build_manifest(job: JobRecord, video_bytes: int, unit: str) -> dict[str, Any]:
+    """The manifest of a finished job; `unit` is what billed_units count (token, second)."""
     record = job.public_dict()
     record.pop("video_url", None)  # a short-lived provider URL, useless once stored
     record.pop("history", None)
@@ -23,7 +23,7 @@ def build_manifest(job: JobRecord, video_bytes: int) -> dict[str, Any]:
             "estimate_usd": float(job.cost_estimate_usd),
             "actual_usd": float(job.cost_usd) if job.cost_usd is not None else None,
             "billed_units": job.billed_units,
-            "unit": "token",
+            "unit": unit,
         },
         "job": record,
     }

@@ -15,14 +15,15 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from decimal import Decimal
+from typing import Protocol
 
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
 from producer.settings import Settings
 from worker.manifest import build_manifest
-from worker.providers.base import Provider, ProviderError, TaskState, TaskStatus
+from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
 from worker.schedule import poll_delay, retry_delay
 from worker.storage import Storage, StorageError, VideoCheckError
 
@@ -109,11 +110,27 @@ class Pipeline:
     def _seconds_to_deadline(self, job: JobRecord) -> float:
         return (job.deadline_at - utcnow()).total_seconds()
 
-    def _actual_cost(self, job: JobRecord, billed_units: int) -> Any:
-        spec = self.catalog.models[job.model]
-        return spec.usd_for_tokens(
-            billed_units, audio=bool(job.request["audio"]), service_tier=job.request["service_tier"]
+    def _actual_cost(self, job: JobRecord, billed_units: int) -> Decimal:
+        request = job.request
+        return self.catalog.models[job.model].usd(
+            billed_units,
+            audio=bool(request["audio"]),
+            service_tier=request["service_tier"],
+            resolution=request["resolution"],
         )
+
+    def _images(self, job: JobRecord) -> dict[str, ImageInput]:
+        """The job's input images by role; ProviderError if an uploaded one is gone."""
+        images: dict[str, ImageInput] = {}
+        for role, source in (job.request.get("images") or {}).items():
+            if "url" in source:
+                images[role] = ImageInput(url=source["url"])
+                continue
+            stored = self.store.get_input(job.id, role)
+            if stored is None:
+                raise ProviderError(ErrorCode.INVALID_REQUEST, f"the uploaded {role} image is no longer stored")
+            images[role] = ImageInput(data=stored.data, mime_type=stored.mime_type)
+        return images
 
     # ------------------------------------------------------------------ submit
 
@@ -168,6 +185,12 @@ class Pipeline:
                 task_id = provider.find_created(job, uncertain_since)
                 if task_id:
                     log.info("found task of an interrupted create", extra={"job_id": job.id})
+                else:
+                    # Nothing found (or the provider cannot be asked): create again, and
+                    # count it, since a lost answer may still mean a second paid task.
+                    self.store.update(job.id, _count_uncertain_create)
+                    log.warning("re-creating after an uncertain create", extra={"job_id": job.id})
+            images = self._images(job)
         except ProviderError as exc:
             # Still unknown whether a task exists: keep the intent, look again next time.
             self._submit_failed(job, exc, lease_until, still_uncertain=True)
@@ -175,7 +198,7 @@ class Pipeline:
         if task_id is None:
             try:
                 self.store.update(job.id, _count_attempt)
-                task_id = provider.create(job)
+                task_id = provider.create(job, images)
             except ProviderError as exc:
                 sent = exc.code is ErrorCode.TIMEOUT and exc.request_sent
                 self._submit_failed(job, exc, lease_until, still_uncertain=sent)
@@ -280,7 +303,7 @@ class Pipeline:
             job = self.store.get(job_id) or job
 
         try:
-            state = self.providers(job.provider).get(task_id)
+            state = self.providers(job.provider).get(job)
         except ProviderError as exc:
             self._poll_failed(job, seq, exc)
             return
@@ -413,7 +436,8 @@ class Pipeline:
                     "store_attempts": attempt,
                 }
             )
-            storage.put_json(f"{job.id}.json", build_manifest(final, stored.size))
+            unit = self.catalog.models[job.model].price.unit
+            storage.put_json(f"{job.id}.json", build_manifest(final, stored.size, unit))
         except ProviderError as exc:
             if exc.retryable:
                 self._store_retry(job, attempt, f"download failed: {exc.message}")
@@ -486,6 +510,11 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
         return record
 
     return claim
+
+
+def _count_uncertain_create(record: JobRecord) -> JobRecord:
+    record.uncertain_creates += 1
+    return record
 
 
 def _count_attempt(record: JobRecord) -> JobRecord:

@@ -20,7 +20,7 @@ from byteplussdkarkruntime._exceptions import (
 )
 
 from producer.contract import ErrorCode
-from worker.providers.base import ProviderError, TaskStatus
+from worker.providers.base import ImageInput, ProviderError, TaskStatus
 from worker.providers.byteplus import build_content, map_ark_error, task_state
 
 REQUEST = httpx.Request("POST", "http://sim/api/v3/contents/generations/tasks")
@@ -129,8 +129,17 @@ def test_unknown_status_is_upstream() -> None:
         task_state(_task("pondering"))
 
 
-def test_content_has_prompt_then_first_frame() -> None:
-    assert build_content({"prompt": "p", "image_url": "https://i/x.png"}) == [
+def test_content_has_prompt_then_frames_by_url_or_data_uri() -> None:
+    images = {
+        "last_frame": ImageInput(data=b"\x89PNG\r\n\x1a\nxx", mime_type="image/png"),
+        "first_frame": ImageInput(url="https://i/x.png"),
+    }
+    assert build_content({"prompt": "p"}, images) == [
         {"type": "text", "text": "p"},
         {"type": "image_url", "image_url": {"url": "https://i/x.png"}, "role": "first_frame"},
+        {
+            "type": "image_url",
+            "image_url": {"url": "data:image/png;base64,iVBORw0KGgp4eA=="},
+            "role": "last_frame",
+        },
     ]

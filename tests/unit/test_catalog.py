@@ -70,3 +70,67 @@ def test_catalog_rejects_a_model_without_pixel_sizes() -> None:
 
 def test_default_model_per_provider() -> None:
     assert load_catalog().default_model("byteplus") == SEEDANCE_15
+
+
+@pytest.mark.parametrize(
+    ("model", "resolution", "audio", "duration", "expected"),
+    [
+        ("veo-3.1-generate-001", "1080p", True, 8, Decimal("3.20")),
+        ("veo-3.1-generate-001", "720p", False, 8, Decimal("1.60")),
+        ("veo-3.1-generate-001", "4k", True, 4, Decimal("2.40")),
+        ("veo-3.1-fast-generate-001", "720p", True, 6, Decimal("0.60")),
+        ("veo-3.1-fast-generate-001", "1080p", True, 8, Decimal("0.96")),
+    ],
+)
+def test_veo_bills_seconds_by_resolution_and_audio(
+    model: str, resolution: str, audio: bool, duration: int, expected: Decimal
+) -> None:
+    spec = load_catalog().models[model]
+    params = {
+        "resolution": resolution,
+        "ratio": "16:9",
+        "duration": duration,
+        "audio": audio,
+        "service_tier": "default",
+    }
+    assert spec.estimate(params) == (duration, expected)
+
+
+def test_a_second_priced_model_needs_a_price_for_every_resolution() -> None:
+    raw = {
+        "models": {
+            "v": {
+                "provider": "p",
+                "label": "V",
+                "durations": [4],
+                "resolutions": ["720p", "4k"],
+                "ratios": ["16:9"],
+                "audio": True,
+                "image_roles": [],
+                "service_tiers": ["default"],
+                "fps": 24,
+                "expected_render_s": 10,
+                "price": {
+                    "unit": "second",
+                    "usd_per_second": {"720p": {"audio": 1, "silent": 1}},
+                    "source": "https://example.invalid",
+                    "as_of": "2026-01-01",
+                },
+            }
+        }
+    }
+    with pytest.raises(ValueError, match=r"no per-second price for \['4k'\]"):
+        parse_catalog(raw)
+
+
+def test_the_catalog_has_the_models_users_ask_for() -> None:
+    catalog = load_catalog()
+    assert {
+        "seedance-1-5-pro-251215",
+        "seedance-1-0-pro-250528",
+        "seedance-1-0-pro-fast-251015",
+        "veo-3.1-generate-001",
+        "veo-3.1-fast-generate-001",
+    } <= set(catalog.models)
+    assert catalog.default_model("veo") == "veo-3.1-fast-generate-001"
+    assert catalog.providers() == ["byteplus", "veo"]

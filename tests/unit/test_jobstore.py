@@ -10,7 +10,8 @@ import fakeredis
 import pytest
 
 from producer.contract import ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobExistsError, JobStore, job_key
+from producer.images import ImageFile
+from producer.jobstore import JobExistsError, JobStore, input_key, job_key
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -240,3 +241,16 @@ def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -
     # The id can be used again.
     store.create(make_record("a", minutes=2))
     assert [r.id for r in store.list()] == ["a", "b"]
+
+
+def test_input_images_travel_with_the_jobs_and_expire_after_the_deadline(store: JobStore, redis_client: Any) -> None:
+    record = make_record("with-image")
+    image = ImageFile(name="a.png", mime_type="image/png", data=b"\x89PNG\r\n\x1a\n\x00\xff binary")
+    store.create_many([record], {"with-image": {"first_frame": image}})
+    assert store.get_input("with-image", "first_frame") == image
+    assert store.get_input("with-image", "last_frame") is None
+    ttl = redis_client.ttl(input_key("with-image", "first_frame"))
+    lifetime = (record.deadline_at - record.created_at).total_seconds()
+    assert lifetime + 86000 < ttl <= lifetime + 86400
+    store.delete("with-image")
+    assert store.get_input("with-image", "first_frame") is None

@@ -23,7 +23,7 @@ from producer.jobstore import JobStore
 from producer.request import VideoRequest
 from producer.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
-from worker.providers.base import ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
 from worker.storage import Storage
 from worker.storage.local import LocalStorage
 
@@ -45,12 +45,14 @@ class FakeProvider:
     video: bytes = field(default=VIDEO, repr=False)
     on_create: Callable[[], None] | None = None
     created: int = 0
+    images: dict[str, ImageInput] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [name for name, _ in self.calls]
 
-    def create(self, job: JobRecord) -> str:
+    def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
         self.calls.append(("create", job.id))
+        self.images = images
         if self.on_create is not None:
             hook, self.on_create = self.on_create, None
             hook()
@@ -66,8 +68,8 @@ class FakeProvider:
             raise self.find_errors.pop(0)
         return self.found
 
-    def get(self, task_id: str) -> TaskState:
-        self.calls.append(("get", task_id))
+    def get(self, job: JobRecord) -> TaskState:
+        self.calls.append(("get", job.provider_task_id))
         result = self.get_results.pop(0)
         if isinstance(result, ProviderError):
             raise result
@@ -157,7 +159,7 @@ class Env:
 
     def new_job(self, *, service_tier: str = "default", **changes: Any) -> str:
         vq = VideoQueue(self.settings, store=self.store, catalog=self.catalog)
-        record = vq.prepare(VideoRequest(prompt="a red fox in snow", audio=True, service_tier=service_tier))  # type: ignore[arg-type]
+        record = vq.prepare(VideoRequest(prompt="a red fox in snow", audio=True, service_tier=service_tier)).record  # type: ignore[arg-type]
         if changes:
             record = record.model_copy(update=changes)
         self.store.create(record)
@@ -477,13 +479,13 @@ def test_concurrent_duplicate_polls_advance_the_record_once(env: Env) -> None:
     job_id = env.running_job()
 
     class Reentrant(FakeProvider):
-        def get(self, task_id: str) -> TaskState:
+        def get(self, job: JobRecord) -> TaskState:
             if len(self.calls) == 0:
                 # The duplicate runs while the first is between its read and its write.
-                self.calls.append(("get", task_id))
+                self.calls.append(("get", job.provider_task_id))
                 env.pipeline.poll(job_id, 1)
                 return state(TaskStatus.RUNNING)
-            return super().get(task_id)
+            return super().get(job)
 
     env.provider = Reentrant(get_results=[state(TaskStatus.RUNNING)])
     env.pipeline.poll(job_id, 1)
@@ -884,4 +886,38 @@ def test_a_provider_that_cannot_be_built_fails_the_job_instead_of_stranding_it(e
     assert job.error is not None and (job.error.code, job.error.message) == (
         ErrorCode.AUTH,
         "BYTEPLUS_API_KEY is not set",
+    )
+
+
+def test_uploaded_and_linked_images_reach_the_provider(env: Env, tmp_path: Path) -> None:
+    image = tmp_path / "first.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
+    vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
+    job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image), last_frame_url="https://x/l.png"))
+    env.store.create_many([job.record], {job.record.id: job.images})
+
+    env.pipeline.submit(job.record.id)
+
+    assert env.provider.images == {
+        "first_frame": ImageInput(data=image.read_bytes(), mime_type="image/png"),
+        "last_frame": ImageInput(url="https://x/l.png"),
+    }
+    assert env.job(job.record.id).status is JobStatus.RUNNING
+
+
+def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(env: Env, tmp_path: Path) -> None:
+    image = tmp_path / "first.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
+    vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
+    job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image)))
+    env.store.create(job.record)  # the image itself never stored (or expired)
+
+    env.pipeline.submit(job.record.id)
+
+    failed = env.job(job.record.id)
+    assert failed.status is JobStatus.FAILED and "create" not in env.provider.names()
+    assert failed.error is not None
+    assert (failed.error.code, failed.error.message) == (
+        ErrorCode.INVALID_REQUEST,
+        "the uploaded first_frame image is no longer stored",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -14,7 +16,7 @@ from producer.request import resolve
 
 
 def _resolve(**fields: Any) -> dict[str, Any]:
-    return resolve(VideoRequest.parse(fields), load_catalog(), "byteplus")
+    return resolve(VideoRequest.parse(fields), load_catalog(), "byteplus")[0]
 
 
 def _problems(**fields: Any) -> dict[str, str]:
@@ -35,7 +37,9 @@ def test_defaults_follow_the_product_brief() -> None:
         "audio": True,
         "seed": None,
         "service_tier": "default",
-        "image_url": None,
+        "images": {},
+        "negative_prompt": None,
+        "person_generation": None,
         "tags": [],
     }
 
@@ -109,7 +113,76 @@ def test_bad_item_in_a_batch_stores_and_sends_nothing() -> None:
 def test_prepare_estimates_cost_and_picks_a_seed() -> None:
     redis = fakeredis.FakeRedis(decode_responses=True)
     vq = VideoQueue(Settings(job_deadline_s=60), store=JobStore(redis))
-    record = vq.prepare(VideoRequest(prompt="fox", duration=5))
+    record = vq.prepare(VideoRequest(prompt="fox", duration=5)).record
     assert str(record.cost_estimate_usd) == "0.249163"
     assert isinstance(record.request["seed"], int)
     assert (record.deadline_at - record.created_at).total_seconds() == 60
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
+WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 64
+
+
+@pytest.mark.parametrize(("data", "mime"), [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp")])
+def test_a_local_image_is_read_checked_and_described(tmp_path: Path, data: bytes, mime: str) -> None:
+    path = tmp_path / "frame.img"
+    path.write_bytes(data)
+    params, files = resolve(VideoRequest(prompt="ok", image_file=str(path)), load_catalog(), "byteplus")
+    assert files["first_frame"].data == data and files["first_frame"].mime_type == mime
+    assert params["images"] == {
+        "first_frame": {
+            "file": "frame.img",
+            "mime_type": mime,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    }
+
+
+def test_image_urls_pass_through_by_role() -> None:
+    params = _resolve(prompt="ok", image_url="https://x/a.png", last_frame_url="https://x/b.png")
+    assert params["images"] == {"first_frame": {"url": "https://x/a.png"}, "last_frame": {"url": "https://x/b.png"}}
+
+
+def _file_problems(tmp_path: Path, data: bytes | None, **fields: Any) -> dict[str, str]:
+    path = tmp_path / "in.png"
+    if data is not None:
+        path.write_bytes(data)
+    return _problems(prompt="ok", image_file=str(path), **fields)
+
+
+def test_image_file_errors_name_the_field(tmp_path: Path) -> None:
+    assert "not a readable file" in _file_problems(tmp_path, None)["image_file"]
+    assert "is empty" in _file_problems(tmp_path, b"")["image_file"]
+    assert "not a PNG, JPEG or WebP" in _file_problems(tmp_path, b"GIF89a" + b"0" * 20)["image_file"]
+    big = PNG + b"\x00" * (10 * 1024 * 1024)
+    assert "the limit is 10485760" in _file_problems(tmp_path, big)["image_file"]
+    both = _file_problems(tmp_path, PNG, image_url="https://x/a.png")
+    assert both["image_file"] == "give image_url or image_file, not both"
+
+
+def test_last_frame_needs_a_first_frame_and_a_model_that_takes_it() -> None:
+    assert "needs a first frame" in _problems(prompt="ok", last_frame_url="https://x/b.png")["last_frame_url"]
+    problems = _problems(
+        prompt="ok", model="seedance-1-0-pro-fast-251015", image_url="https://x/a", last_frame_url="https://x/b"
+    )
+    assert problems == {"last_frame_url": "seedance-1-0-pro-fast-251015 does not take a last frame image"}
+
+
+def test_veo_defaults_and_its_own_limits() -> None:
+    params = resolve(VideoRequest(prompt="ok", provider="veo"), load_catalog(), "byteplus")[0]
+    assert (params["model"], params["duration"], params["resolution"], params["ratio"], params["audio"]) == (
+        "veo-3.1-fast-generate-001",
+        4,
+        "720p",
+        "16:9",
+        True,
+    )
+    veo = {"prompt": "ok", "provider": "veo"}
+    assert "5 s is not supported" in _problems(**veo, duration=5)["duration"]
+    assert "'1:1' is not supported" in _problems(**veo, ratio="1:1")["ratio"]
+    assert "allowed: allow_adult, dont_allow" in _problems(**veo, person_generation="allow_all")["person_generation"]
+    assert _resolve(prompt="ok", provider="veo", resolution="4k", negative_prompt="blur")["negative_prompt"] == "blur"
+    assert "does not take a negative prompt" in _problems(prompt="ok", negative_prompt="blur")["negative_prompt"]
+    assert "is a veo model, not byteplus" in _problems(prompt="ok", model="veo-3.1-generate-001")["model"]

@@ -8,9 +8,10 @@ import httpx
 
 from producer.contract import ErrorCode
 from producer.settings import Settings
-from worker.providers.base import Provider, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus, VideoStream
 
 __all__ = [
+    "ImageInput",
     "Provider",
     "ProviderError",
     "TaskState",
@@ -47,6 +48,10 @@ def get_provider(name: str, settings: Settings) -> Provider:
         from worker.providers.byteplus import BytePlusProvider
 
         provider = BytePlusProvider(settings, http)
+    elif name == "veo":
+        from worker.providers.veo import VeoProvider
+
+        provider = VeoProvider(settings, http)
     else:
         raise ProviderError(ErrorCode.INVALID_REQUEST, f"no adapter for provider {name!r}")
     with _lock:

@@ -3,6 +3,7 @@ types adapters map the provider's own onto."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -70,6 +71,20 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class ImageInput:
+    """An input image for one role: a URL to pass on, or bytes the producer uploaded."""
+
+    url: str | None = None
+    data: bytes | None = None
+    mime_type: str | None = None
+
+    def data_uri(self) -> str:
+        """`data:<mime>;base64,...` for providers that take inline images in JSON."""
+        assert self.data is not None and self.mime_type is not None
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
+
+
+@dataclass(frozen=True)
 class VideoStream:
     """An open video: chunks to read once, and the size the source announced."""
 
@@ -82,16 +97,17 @@ class Provider(Protocol):
 
     name: str
 
-    def create(self, job: JobRecord) -> str:
-        """Start a provider task for `job` and return its id. Never retried inside."""
+    def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
+        """Start a provider task for `job` (with its input images by role) and return its
+        id. Never retried inside."""
         ...
 
     def find_created(self, job: JobRecord, since: datetime) -> str | None:
         """After an uncertain create, the id of the task that create made, if any."""
         ...
 
-    def get(self, task_id: str) -> TaskState:
-        """One status call."""
+    def get(self, job: JobRecord) -> TaskState:
+        """One status call for the provider task of `job`."""
         ...
 
     def cancel(self, task_id: str) -> bool:

@@ -26,7 +26,7 @@ from producer.catalog import load_catalog
 from producer.contract import ErrorCode, JobRecord
 from producer.settings import Settings
 from worker.download import stream_url
-from worker.providers.base import ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
 
 _STATUSES = {
     "queued": TaskStatus.QUEUED,
@@ -113,11 +113,15 @@ def _has_audio(model: str) -> bool:
     return bool(spec and spec.audio)
 
 
-def build_content(request: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `content` array of a create call: the prompt, then any first-frame image."""
+def build_content(request: dict[str, Any], images: dict[str, ImageInput]) -> list[dict[str, Any]]:
+    """The `content` array of a create call: the prompt, then the images by role (a URL
+    as given, an uploaded file as a data URI)."""
     content: list[dict[str, Any]] = [{"type": "text", "text": request["prompt"]}]
-    if request.get("image_url"):
-        content.append({"type": "image_url", "image_url": {"url": request["image_url"]}, "role": "first_frame"})
+    for role in ("first_frame", "last_frame"):
+        image = images.get(role)
+        if image is not None:
+            url = image.url or image.data_uri()
+            content.append({"type": "image_url", "image_url": {"url": url}, "role": role})
     return content
 
 
@@ -169,12 +173,12 @@ class BytePlusProvider:
         )
         self._http = http
 
-    def create(self, job: JobRecord) -> str:
+    def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
         request = job.request
         try:
             created = self._client.content_generation.tasks.create(
                 model=job.model,
-                content=build_content(request),
+                content=build_content(request, images),
                 duration=request["duration"],
                 resolution=request["resolution"],
                 ratio=request["ratio"],
@@ -213,9 +217,9 @@ class BytePlusProvider:
                 return None
         return None
 
-    def get(self, task_id: str) -> TaskState:
+    def get(self, job: JobRecord) -> TaskState:
         try:
-            task = self._client.content_generation.tasks.get(task_id=task_id)
+            task = self._client.content_generation.tasks.get(task_id=job.provider_task_id)
         except ArkAPIError as exc:
             raise map_ark_error(exc) from exc
         return task_state(task)

@@ -1,0 +1,218 @@
+"""Google Veo on Vertex AI through the official google-genai SDK.
+
+Vertex mode only: the 3.x SDK refuses `generate_videos` in API-key Gemini mode. Two ways
+in: express mode with GOOGLE_API_KEY, or GOOGLE_CLOUD_PROJECT + GOOGLE_CLOUD_LOCATION with
+application default credentials. The operation name is all we keep between polls.
+
+The SDK's HTTP retries are off (`retry_options=None`); our pipeline decides every retry.
+One `genai.Client` per process: a collected client closes the connection that calls made
+through it still use, so the adapter (held for the life of the process) owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from producer.catalog import MAX_IMAGE_BYTES
+from producer.contract import ErrorCode, JobRecord
+from producer.settings import Settings
+from worker.download import CHUNK_BYTES, fetch_image
+from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.gcs import stream_gcs
+
+INLINE = "inline"
+
+# google.rpc.Code values an operation can end with.
+_GRPC_CODES = {
+    3: ErrorCode.INVALID_REQUEST,  # INVALID_ARGUMENT
+    5: ErrorCode.NOT_FOUND,
+    7: ErrorCode.AUTH,  # PERMISSION_DENIED
+    16: ErrorCode.AUTH,  # UNAUTHENTICATED
+    9: ErrorCode.INVALID_REQUEST,  # FAILED_PRECONDITION
+    11: ErrorCode.INVALID_REQUEST,  # OUT_OF_RANGE
+}
+_GRPC_DEADLINE_EXCEEDED = 4
+_SAFETY_WORDS = ("responsible ai", "safety", "violate", "policy", "sensitive")
+
+
+def map_genai_error(exc: Exception, *, creating: bool = False) -> ProviderError:
+    """Map an SDK or transport exception onto our error classes."""
+    if isinstance(exc, genai_errors.APIError):
+        status = int(exc.code or 0)
+        message = exc.message or str(exc)
+        provider_code = exc.status or str(status)
+        if status == 429:
+            return ProviderError(ErrorCode.RATE_LIMITED, message, provider_code=provider_code)
+        if status in (400, 422):
+            lowered = message.lower()
+            code = ErrorCode.CONTENT_FILTERED if any(w in lowered for w in _SAFETY_WORDS) else ErrorCode.INVALID_REQUEST
+            return ProviderError(code, message, provider_code=provider_code)
+        if status in (401, 403):
+            return ProviderError(ErrorCode.AUTH, message, provider_code=provider_code)
+        if status == 404:
+            code = ErrorCode.INVALID_REQUEST if creating else ErrorCode.NOT_FOUND
+            return ProviderError(code, message, provider_code=provider_code)
+        return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ProviderError(ErrorCode.TIMEOUT, f"Vertex AI unreachable: {exc!r}", request_sent=False)
+    if isinstance(exc, httpx.HTTPError):
+        return ProviderError(ErrorCode.TIMEOUT, f"Vertex AI call broke: {exc!r}")
+    return ProviderError(ErrorCode.UPSTREAM, f"Vertex AI answered something unexpected: {exc!r}")
+
+
+def operation_state(op: Any, duration_s: int) -> TaskState:
+    """Our view of a GenerateVideosOperation (billing: seconds generated)."""
+    if not getattr(op, "done", False):
+        return TaskState(status=TaskStatus.RUNNING, provider_status="running")
+    error = getattr(op, "error", None)
+    if error:
+        grpc_code = int(error.get("code", 0) or 0)
+        message = str(error.get("message") or "operation failed")
+        if grpc_code == _GRPC_DEADLINE_EXCEEDED:
+            return TaskState(status=TaskStatus.EXPIRED, provider_status="deadline_exceeded", error_message=message)
+        return TaskState(
+            status=TaskStatus.FAILED,
+            provider_status="failed",
+            error_code=_GRPC_CODES.get(grpc_code, ErrorCode.UPSTREAM),
+            error_message=message,
+            provider_error_code=str(grpc_code),
+        )
+    response = getattr(op, "response", None)
+    videos = list(getattr(response, "generated_videos", None) or [])
+    filtered = int(getattr(response, "rai_media_filtered_count", 0) or 0)
+    if not videos:
+        if filtered:
+            reasons = "; ".join(getattr(response, "rai_media_filtered_reasons", None) or []) or "no reason given"
+            return TaskState(
+                status=TaskStatus.FAILED,
+                provider_status="filtered",
+                error_code=ErrorCode.CONTENT_FILTERED,
+                error_message=f"Veo filtered {filtered} video(s): {reasons}",
+                provider_error_code="RAI_MEDIA_FILTERED",
+            )
+        return TaskState(
+            status=TaskStatus.FAILED,
+            provider_status="empty",
+            error_code=ErrorCode.UPSTREAM,
+            error_message="Veo finished without a video",
+        )
+    video = videos[0].video
+    uri = getattr(video, "uri", None)
+    if not uri and not getattr(video, "video_bytes", None):
+        raise ProviderError(ErrorCode.UPSTREAM, "Veo returned a video with neither bytes nor a URI")
+    return TaskState(
+        status=TaskStatus.SUCCEEDED,
+        provider_status="succeeded",
+        video_url=uri or INLINE,
+        billed_units=duration_s * len(videos),
+    )
+
+
+class VeoProvider:
+    """Veo on Vertex AI."""
+
+    name = "veo"
+
+    def __init__(self, settings: Settings, http: httpx.Client) -> None:
+        options = types.HttpOptions(
+            base_url=settings.veo_base_url,
+            timeout=int(settings.provider_timeout_s * 1000),
+            retry_options=None,
+        )
+        if settings.google_api_key is not None:
+            self._client = genai.Client(
+                vertexai=True, api_key=settings.google_api_key.get_secret_value(), http_options=options
+            )
+        elif settings.google_cloud_project:
+            self._client = genai.Client(
+                vertexai=True,
+                project=settings.google_cloud_project,
+                location=settings.google_cloud_location,
+                http_options=options,
+            )
+        else:
+            raise ProviderError(
+                ErrorCode.AUTH, "set GOOGLE_API_KEY (express mode) or GOOGLE_CLOUD_PROJECT + GOOGLE_CLOUD_LOCATION"
+            )
+        self._http = http
+        self._output_gcs_uri = settings.veo_output_gcs_uri
+
+    def _image(self, image: ImageInput) -> types.Image:
+        if image.data is not None:
+            return types.Image(image_bytes=image.data, mime_type=image.mime_type)
+        assert image.url is not None
+        if image.url.startswith("gs://"):
+            return types.Image(gcs_uri=image.url)
+        data, mime = fetch_image(self._http, image.url, MAX_IMAGE_BYTES)
+        return types.Image(image_bytes=data, mime_type=mime)
+
+    def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
+        request = job.request
+        first = images.get("first_frame")
+        last = images.get("last_frame")
+        config = types.GenerateVideosConfig(
+            number_of_videos=1,
+            duration_seconds=request["duration"],
+            aspect_ratio=request["ratio"],
+            resolution=request["resolution"],
+            generate_audio=request["audio"],
+            seed=request["seed"],
+            negative_prompt=request.get("negative_prompt"),
+            person_generation=request.get("person_generation"),
+            last_frame=self._image(last) if last else None,
+            output_gcs_uri=self._output_gcs_uri,
+        )
+        source = types.GenerateVideosSource(prompt=request["prompt"], image=self._image(first) if first else None)
+        try:
+            operation = self._client.models.generate_videos(model=job.model, source=source, config=config)
+        except Exception as exc:  # the SDK raises its own, httpx's and pydantic's errors
+            raise map_genai_error(exc, creating=True) from exc
+        if not operation.name:
+            raise ProviderError(ErrorCode.UPSTREAM, "Vertex AI returned an operation without a name")
+        return operation.name
+
+    def find_created(self, job: JobRecord, since: datetime) -> str | None:
+        # Vertex AI cannot list predictLongRunning operations: nothing to look up.
+        return None
+
+    def _operation(self, name: str) -> Any:
+        try:
+            operation = types.GenerateVideosOperation.model_validate({"name": name})
+            return self._client.operations.get(operation)
+        except Exception as exc:
+            raise map_genai_error(exc) from exc
+
+    def get(self, job: JobRecord) -> TaskState:
+        assert job.provider_task_id is not None
+        return operation_state(self._operation(job.provider_task_id), int(job.request["duration"]))
+
+    def cancel(self, task_id: str) -> bool:
+        # predictLongRunning operations cannot be cancelled through the API.
+        return False
+
+    @contextmanager
+    def open_video(self, job: JobRecord) -> Iterator[VideoStream]:
+        if job.video_url and job.video_url.startswith("gs://"):
+            with stream_gcs(self._http, job.video_url) as stream:
+                yield stream
+            return
+        if not job.provider_task_id:
+            raise ProviderError(ErrorCode.UPSTREAM, "job has no operation name")
+        # Inline results live in the operation; fetch it again rather than keep bytes in Redis.
+        state_op = self._operation(job.provider_task_id)
+        videos = list(getattr(getattr(state_op, "response", None), "generated_videos", None) or [])
+        data = getattr(videos[0].video, "video_bytes", None) if videos else None
+        if not data:
+            raise ProviderError(ErrorCode.UPSTREAM, "the finished operation no longer carries the video")
+        view = memoryview(data)
+        yield VideoStream(
+            chunks=(bytes(view[i : i + CHUNK_BYTES]) for i in range(0, len(view), CHUNK_BYTES)), size=len(data)
+        )
