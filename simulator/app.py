@@ -1,4 +1,5 @@
-"""The Starlette application: ModelArk API, video files and ``/_sim`` control endpoints."""
+"""The Starlette application: ModelArk and Vertex AI Veo APIs, video files and ``/_sim``
+control endpoints."""
 
 from __future__ import annotations
 
@@ -10,19 +11,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from simulator.ark import ArkSim, ark_routes
+from simulator.ark import ArkSim, Task, ark_routes
 from simulator.config import SimConfig
 from simulator.mp4 import video_response
+from simulator.vertex import vertex_routes
 
 
 def create_app(config: SimConfig | None = None) -> Starlette:
-    """Build a simulator app; its state lives in ``app.state.sim`` (an ArkSim)."""
+    """Build a simulator app; its state lives in ``app.state.sim``, an ArkSim whose
+    scheduler the Vertex AI routes share."""
     sim = ArkSim(config or SimConfig())
 
     async def video(request: Request) -> Response:
         sim.advance()
         task = sim.tasks.get(request.path_params["task_id"])
-        if task is None or task.status != "succeeded":
+        if not isinstance(task, Task) or task.status != "succeeded":
             return JSONResponse({"error": {"code": "NoSuchKey"}}, status_code=404)
         if request.method == "GET":
             sim.counters["video_downloads_total"] += 1
@@ -57,6 +60,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
 
     routes: list[BaseRoute] = [
         Mount("/api/v3", routes=ark_routes(sim)),
+        *vertex_routes(sim),
         Route("/files/{task_id}.mp4", video, methods=["GET"]),
         Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),

@@ -1,19 +1,9 @@
-"""In-memory ModelArk content-generation tasks and the ``/api/v3`` routes serving them.
-
-The task lifecycle is evaluated lazily: every request first replays, in time order, all
-start/finish/expire events due up to "now". Transitions therefore happen at their exact
-times (a queued task starts the instant a slot frees) without a background ticker, and
-the single asyncio thread never sees a half-updated state.
-"""
+"""In-memory ModelArk content-generation tasks and the ``/api/v3`` routes serving them."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import random
-import time
 import uuid
-from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,39 +14,34 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from simulator.config import SimConfig
-from simulator.validation import (
-    STATUSES,
-    ApiError,
-    TaskSpec,
-    completion_tokens,
-    invalid,
-    parse_create,
-)
+from simulator.scheduler import STATUSES, Job, Scheduler
+from simulator.validation import ApiError, TaskSpec, completion_tokens, invalid, parse_create
 
-ACTIVE = ("queued", "running")
 MAX_PAGE_SIZE = 500
 INTERNAL_ERROR = "The service encountered an unexpected internal error."
+# The failure of a bare [sim:fail] marker.
+DEFAULT_FAIL_CODE = "OutputVideoSensitiveContentDetected"
 
-# Heap event kinds; at equal times a finish wins over an expiry.
-_FINISH, _EXPIRE = 0, 1
 
-
-@dataclass
-class Task:
+@dataclass(kw_only=True)
+class Task(Job[TaskSpec]):
     """One content-generation task and its simulated fate."""
 
-    id: str
-    spec: TaskSpec
-    created: float
-    updated: float
     seed: int
     tokens: int
-    status: str = "queued"
-    run_end: float | None = None
-    outcome: str = "succeeded"
-    error: dict[str, str] | None = None
-    gets: int = 0
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """The error object of a failed task, else None."""
+        if self.status != "failed":
+            return None
+        markers = self.spec.markers
+        if not markers.fail:
+            return {"code": "InternalServiceError", "message": INTERNAL_ERROR}
+        code = markers.fail_code or DEFAULT_FAIL_CODE
+        if code == DEFAULT_FAIL_CODE:
+            return {"code": code, "message": "The generated video may contain sensitive content."}
+        return {"code": code, "message": f"Simulated failure: {code}"}
 
     def to_json(self, public_base: str) -> dict[str, Any]:
         """Render the task like GET /contents/generations/tasks/{id} does."""
@@ -84,109 +69,13 @@ class Task:
         return data
 
 
-class ArkSim:
-    """Task store, scheduler, fault injection and counters of the emulated service."""
-
-    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.time) -> None:
-        self.config = config
-        self._clock = clock
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every task and counter; reseed the random source."""
-        self.rng = random.Random(self.config.seed)
-        self.tasks: dict[str, Task] = {}
-        self._events: list[tuple[float, int, int, str]] = []
-        self._fifo: defaultdict[str, deque[str]] = defaultdict(deque)
-        self._running: Counter[str] = Counter()
-        self._seq = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.counters: Counter[str] = Counter()
-        self.creates_by_prompt: Counter[str] = Counter()
-        self.attempts_by_prompt: Counter[str] = Counter()
-
-    def update_config(self, changes: dict[str, Any]) -> SimConfig:
-        """Apply config changes (raises pydantic.ValidationError) and reschedule."""
-        self.advance()
-        self.config = self.config.updated(changes)
-        if "seed" in changes:
-            self.rng = random.Random(self.config.seed)
-        now = self._clock()
-        for model in list(self._fifo):
-            self._fill(model, now)
-        return self.config
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def advance(self) -> float:
-        """Apply every transition due up to now; return now."""
-        now = self._clock()
-        while self._events and self._events[0][0] <= now:
-            at, kind, _, task_id = heapq.heappop(self._events)
-            task = self.tasks.get(task_id)
-            if task is None:
-                continue
-            if kind == _FINISH and task.status == "running" and task.run_end == at:
-                self._settle(task, at, task.outcome)
-            elif kind == _EXPIRE and task.status in ACTIVE:
-                self._settle(task, at, "expired")
-        return now
-
-    def _push(self, at: float, kind: int, task_id: str) -> None:
-        self._seq += 1
-        heapq.heappush(self._events, (at, kind, self._seq, task_id))
-
-    def _fill(self, model: str, now: float) -> None:
-        queue = self._fifo[model]
-        while queue and self._running[model] < self.config.concurrency_per_model:
-            task = self.tasks.get(queue.popleft())
-            if task is not None and task.status == "queued":
-                self._start(task, now)
-
-    def _start(self, task: Task, now: float) -> None:
-        cfg, markers = self.config, task.spec.markers
-        if markers.latency is not None:
-            latency = markers.latency
-        else:
-            latency = cfg.latency + self.rng.uniform(0, cfg.latency_jitter)
-        if markers.fail_code is not None:
-            code = markers.fail_code
-            message = (
-                "The generated video may contain sensitive content."
-                if code == "OutputVideoSensitiveContentDetected"
-                else f"Simulated failure: {code}"
-            )
-            task.outcome, task.error = "failed", {"code": code, "message": message}
-        elif markers.expire:
-            task.outcome = "expired"
-        elif cfg.fail_rate and self.rng.random() < cfg.fail_rate:
-            task.outcome = "failed"
-            task.error = {"code": "InternalServiceError", "message": INTERNAL_ERROR}
-        elif cfg.expire_rate and self.rng.random() < cfg.expire_rate:
-            task.outcome = "expired"
-        task.status, task.updated, task.run_end = "running", now, now + latency
-        self._running[task.spec.model] += 1
-        self._push(task.run_end, _FINISH, task.id)
-
-    def _settle(self, task: Task, at: float, status: str) -> None:
-        was_running = task.status == "running"
-        task.status, task.updated = status, at
-        if status != "failed":
-            task.error = None
-        self.in_flight -= 1
-        if was_running:
-            self._running[task.spec.model] -= 1
-            self._fill(task.spec.model, at)
-
-    # -- operations ------------------------------------------------------------------------
+class ArkSim(Scheduler):
+    """The shared scheduler plus the ModelArk task operations."""
 
     def check_create_faults(self, spec: TaskSpec) -> None:
         """Raise the injected 429/500 for this create attempt, if any (no task is created)."""
-        self.attempts_by_prompt[spec.prompt] += 1
-        attempt = self.attempts_by_prompt[spec.prompt]
-        cfg, markers = self.config, spec.markers
-        if attempt <= markers.create429 or (cfg.create_429_rate and self.rng.random() < cfg.create_429_rate):
+        fault = self.create_fault(spec.prompt, spec.markers)
+        if fault == 429:
             raise ApiError(
                 429,
                 "RateLimitExceeded.EndpointRPMExceeded",
@@ -194,9 +83,7 @@ class ArkSim:
                 type_="TooManyRequests",
                 headers={"Retry-After": "1"},
             )
-        if attempt <= markers.create429 + markers.create500 or (
-            cfg.create_5xx_rate and self.rng.random() < cfg.create_5xx_rate
-        ):
+        if fault is not None:
             raise internal_error()
 
     def create(self, spec: TaskSpec) -> Task:
@@ -205,16 +92,8 @@ class ArkSim:
         task_id = self._new_id(now)
         seed = spec.seed if spec.seed is not None else self.rng.randint(0, 2**31 - 1)
         tokens = completion_tokens(spec.resolution, spec.ratio, spec.duration)
-        task = Task(task_id, spec, now, now, seed, tokens)
-        self.tasks[task_id] = task
-        self.counters["creates_total"] += 1
-        self.creates_by_prompt[spec.prompt] += 1
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        self._push(now + spec.execution_expires_after, _EXPIRE, task_id)
-        if not spec.markers.hold:
-            self._fifo[spec.model].append(task_id)
-            self._fill(spec.model, now)
+        task = Task(id=task_id, spec=spec, created=now, updated=now, seed=seed, tokens=tokens)
+        self.admit(task, spec.execution_expires_after)
         return task
 
     def _new_id(self, now: float) -> str:
@@ -224,11 +103,15 @@ class ArkSim:
             if task_id not in self.tasks:
                 return task_id
 
+    def ark_tasks(self) -> list[Task]:
+        """Return the ModelArk tasks in creation order (other providers' jobs left out)."""
+        return [task for task in self.tasks.values() if isinstance(task, Task)]
+
     def get(self, task_id: str) -> Task:
         """Return a task, or raise the 404 ResourceNotFound error."""
         self.advance()
         task = self.tasks.get(task_id)
-        if task is None:
+        if not isinstance(task, Task):
             message = f"The specified task {task_id} is not found."
             raise ApiError(404, "ResourceNotFound", message, type_="NotFound", param="task_id")
         return task
@@ -245,29 +128,9 @@ class ArkSim:
                 param="task_id",
             )
         if task.status == "queued":
-            task.status, task.updated = "cancelled", self._clock()
-            self.in_flight -= 1
+            self.cancel(task)
         else:
-            del self.tasks[task_id]
-
-    def stats(self) -> dict[str, Any]:
-        """Return the counters exposed at /_sim/stats."""
-        self.advance()
-        by_status = dict.fromkeys(STATUSES, 0)
-        for task in self.tasks.values():
-            by_status[task.status] += 1
-        return {
-            "creates_total": self.counters["creates_total"],
-            "create_attempts_total": self.counters["create_attempts_total"],
-            "creates_by_prompt": dict(self.creates_by_prompt),
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "by_status": by_status,
-            "gets_total": self.counters["gets_total"],
-            "lists_total": self.counters["lists_total"],
-            "deletes_total": self.counters["deletes_total"],
-            "video_downloads_total": self.counters["video_downloads_total"],
-        }
+            self.forget(task_id)
 
 
 def internal_error() -> ApiError:
@@ -344,9 +207,7 @@ def ark_routes(sim: ArkSim) -> list[Route]:
     async def get_task(request: Request) -> Response:
         sim.counters["gets_total"] += 1
         task = sim.get(request.path_params["task_id"])
-        task.gets += 1
-        rate = sim.config.get_5xx_rate
-        if task.gets <= task.spec.markers.get500 or (rate and sim.rng.random() < rate):
+        if sim.poll_fault(task):
             raise internal_error()
         return JSONResponse(task.to_json(public_base(sim, request)))
 
@@ -364,7 +225,7 @@ def ark_routes(sim: ArkSim) -> list[Route]:
         sim.advance()
         matches = [
             task
-            for task in reversed(sim.tasks.values())
+            for task in reversed(sim.ark_tasks())
             if (status is None or task.status == status)
             and (model is None or task.spec.model == model)
             and (tier is None or task.spec.service_tier == tier)

@@ -20,6 +20,7 @@ class SimConfig(BaseModel):
     concurrency_per_model: int = Field(default=10, ge=1)
     video_pad_bytes: int = Field(default=0, ge=0)
     api_key: str | None = None
+    google_api_key: str | None = None
     create_429_rate: float = Field(default=0.0, ge=0, le=1)
     create_5xx_rate: float = Field(default=0.0, ge=0, le=1)
     get_5xx_rate: float = Field(default=0.0, ge=0, le=1)
@@ -35,7 +36,7 @@ class SimConfig(BaseModel):
             raise ValueError(f"must be 0 or at least {_MIN_PAD} (the free box header)")
         return value
 
-    @field_validator("api_key", "public_url")
+    @field_validator("api_key", "google_api_key", "public_url")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
@@ -46,10 +47,11 @@ class SimConfig(BaseModel):
         return value.rstrip("/") if value else value
 
     def public_dict(self) -> dict[str, Any]:
-        """Return the config as JSON-ready data with the API key masked."""
+        """Return the config as JSON-ready data with the API keys masked."""
         data = self.model_dump()
-        if data["api_key"] is not None:
-            data["api_key"] = "***"
+        for key in ("api_key", "google_api_key"):
+            if data[key] is not None:
+                data[key] = "***"
         return data
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:

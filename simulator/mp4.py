@@ -37,6 +37,14 @@ def free_box_header(box_size: int) -> bytes:
     return struct.pack(">I4sQ", 1, b"free", box_size)
 
 
+def padded_video(pad_bytes: int) -> bytes:
+    """Return the whole served file at once, for APIs that answer videos inline."""
+    if pad_bytes <= 0:
+        return sample_bytes()
+    header = free_box_header(pad_bytes)
+    return sample_bytes() + header + bytes(pad_bytes - len(header))
+
+
 async def iter_video(pad_bytes: int) -> AsyncIterator[bytes]:
     """Yield the sample video followed by ``pad_bytes`` of `free` box, in 64 KiB chunks."""
     data = sample_bytes()

@@ -1,13 +1,13 @@
-"""Model rules, request validation, token accounting and prompt markers of the Ark emulator."""
+"""Model rules, request validation and token accounting of the ModelArk emulator."""
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.responses import JSONResponse
+
+from simulator.markers import MarkerError, Markers, parse_markers
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,6 @@ RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")
 SERVICE_TIERS = ("default", "flex")
 IMAGE_ROLES = ("first_frame", "last_frame")
 IMAGE_URL_PREFIXES = ("http://", "https://", "data:image/")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
 MAX_EXPIRES_AFTER = 259200
 FPS = 24
 
@@ -106,57 +105,6 @@ def invalid(param: str, detail: str) -> ApiError:
     """Return a 400 InvalidParameter error naming ``param``."""
     message = f"The parameter `{param}` specified in the request is not valid: {detail}."
     return ApiError(400, "InvalidParameter", message, type_="BadRequest", param=param)
-
-
-@dataclass(frozen=True)
-class Markers:
-    """Fault-injection directives found in a prompt, e.g. ``[sim:fail]``."""
-
-    fail_code: str | None = None
-    expire: bool = False
-    latency: float | None = None
-    hold: bool = False
-    create429: int = 0
-    create500: int = 0
-    get500: int = 0
-    slowcreate: float = 0.0
-
-
-DEFAULT_FAIL_CODE = "OutputVideoSensitiveContentDetected"
-_MARKER_RE = re.compile(r"\[sim:([a-z0-9]+)(?:=([^\]]*))?\]")
-_CODE_RE = re.compile(r"[A-Za-z0-9_.]+")
-_FLAGS = ("expire", "hold")
-_COUNTS = ("create429", "create500", "get500")
-_SECONDS = ("latency", "slowcreate")
-
-
-def parse_markers(text: str) -> Markers:
-    """Parse every ``[sim:name]`` / ``[sim:name=value]`` marker in ``text``."""
-    found: dict[str, Any] = {}
-    for match in _MARKER_RE.finditer(text):
-        name, value = match.group(1), match.group(2)
-        found.update(_parse_marker(name, value, match.group(0)))
-    return Markers(**found)
-
-
-def _parse_marker(name: str, value: str | None, raw: str) -> dict[str, Any]:
-    try:
-        if name == "fail":
-            if value is None:
-                return {"fail_code": DEFAULT_FAIL_CODE}
-            if _CODE_RE.fullmatch(value):
-                return {"fail_code": value}
-        elif name in _FLAGS and value is None:
-            return {name: True}
-        elif name in _COUNTS and value is not None and int(value) >= 0:
-            return {name: int(value)}
-        elif name in _SECONDS and value is not None:
-            seconds = float(value)
-            if math.isfinite(seconds) and seconds >= 0:
-                return {name: seconds}
-    except ValueError:
-        pass
-    raise invalid("content", f"unknown or malformed simulator marker {raw}")
 
 
 @dataclass(frozen=True)
@@ -260,6 +208,10 @@ def parse_create(body: Any) -> TaskSpec:
     seed: int | None = _opt(body, "seed", int, None)
     if seed is not None and not -1 <= seed <= 2**32 - 1:
         raise invalid("seed", f"{seed} is outside -1..4294967295")
+    try:
+        markers = parse_markers(prompt)
+    except MarkerError as err:
+        raise invalid("content", str(err)) from None
     return TaskSpec(
         model=model,
         prompt=prompt,
@@ -271,5 +223,5 @@ def parse_create(body: Any) -> TaskSpec:
         execution_expires_after=expires,
         seed=None if seed == -1 else seed,
         images=images,
-        markers=parse_markers(prompt),
+        markers=markers,
     )

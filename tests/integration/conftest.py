@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 REDIS_URL = os.environ.get("VQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 SIM_KEY = "sim-test-key-0d9c1e"
+SIM_GOOGLE_KEY = "sim-google-key-5b7a20"
 
 
 @dataclass
@@ -88,7 +89,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def simulator(log_dir: Path) -> Iterator[Simulator]:
     port = free_port()
-    env = {**os.environ, "SIM_API_KEY": SIM_KEY}
+    env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
     proc = start_simulator(port, log_dir, ["--latency", "1.0"], env=env)
     yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
     proc.stop()
@@ -126,6 +127,8 @@ class Stack:
             "REDIS_URL": REDIS_URL,
             "BYTEPLUS_BASE_URL": self.simulator.ark_base_url,
             "BYTEPLUS_API_KEY": SIM_KEY,
+            "GOOGLE_API_KEY": SIM_GOOGLE_KEY,
+            "VEO_BASE_URL": f"{self.simulator.url}/",
             "STORAGE_URL": self.storage_url,
             "POLL_INITIAL_S": "1",
             "POLL_MIN_S": "0.5",

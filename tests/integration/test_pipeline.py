@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +224,22 @@ def test_a_create_that_times_out_after_reaching_the_provider_is_looked_up_not_re
     assert local_stack.simulator.stats()["creates_by_prompt"] == {prompt: 1}
     assert done.attempts == 1  # one create call; the second attempt was a lookup
     assert done.submit_errors == 1
+
+
+def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack, tmp_path: Path) -> None:
+    local_stack.start_worker()
+    vq = local_stack.queue()
+    first = tmp_path / "first.jpg"
+    first.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    jobs = vq.submit_many(
+        [
+            VideoRequest(prompt="from a url", image_url="https://images.example/first.png"),
+            VideoRequest(prompt="from a file", image_file=str(first), last_frame_url="https://images.example/l.png"),
+        ]
+    )
+
+    done = vq.wait([j.id for j in jobs], timeout=60)
+
+    assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
+    assert done[1].request["images"]["first_frame"]["mime_type"] == "image/jpeg"
+    assert local_stack.redis.exists(f"vq:input:{done[1].id}:first_frame") == 1
