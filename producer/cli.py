@@ -324,7 +324,7 @@ def _price_text(spec: ModelSpec) -> str:
         text = f"${price.usd_per_million_audio}/M tokens with audio, ${price.usd_per_million_silent}/M without"
     else:
         rates = price.usd_per_second or {}
-        text = "; ".join(f"{res} ${r.audio}/s (${r.silent}/s silent)" for res, r in rates.items())
+        text = "; ".join(f"{res} ${r.audio:.2f}/s (${r.silent:.2f}/s silent)" for res, r in rates.items())
     if price.flex_multiplier != 1:
         text += f"; flex x{price.flex_multiplier}"
     return text

@@ -123,3 +123,22 @@ def test_cancel_from_the_cli(local_stack: Stack) -> None:
     result = run(local_stack, "cancel", job_id)
     assert result.returncode == 0 and job_id in result.stdout
     assert vq.wait([job_id], timeout=30)[0].status.value == "cancelled"
+
+
+def test_veo_from_the_cli_and_the_model_table(local_stack: Stack) -> None:
+    local_stack.start_worker()
+    submitted = run(local_stack, "submit", "a veo fox", "--provider", "veo", "--duration", "6", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    waited = run(local_stack, "wait", job_id, "--timeout", "60", "--json")
+    assert waited.returncode == 0, waited.stderr
+    final = json.loads(waited.stdout)[0]
+    assert (final["model"], final["billed_units"], final["cost_usd"]) == ("veo-3.1-fast-generate-001", 6, 0.6)
+
+    table = run(local_stack, "models")
+    assert table.returncode == 0
+    for model in ("seedance-1-5-pro-251215", "seedance-1-0-pro-fast-251015", "veo-3.1-generate-001"):
+        assert model in table.stdout
+    assert "720p $0.10/s ($0.08/s silent)" in table.stdout
+    as_json = json.loads(run(local_stack, "models", "--json").stdout)
+    assert as_json["veo-3.1-generate-001"]["price"]["usd_per_second"]["4k"] == {"audio": "0.6", "silent": "0.4"}
