@@ -4,17 +4,22 @@ Imports no provider SDK and no boto3, so producers install only celery and pydan
 """
 
 from producer.api import EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.budget import BudgetExceededError
 from producer.contract import ErrorCode, JobError, JobRecord, JobStatus
+from producer.ledger import CostRow, LedgerEntry
 from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import Settings
 
 __all__ = [
+    "BudgetExceededError",
+    "CostRow",
     "EnqueueError",
     "ErrorCode",
     "InvalidRequestError",
     "JobError",
     "JobRecord",
     "JobStatus",
+    "LedgerEntry",
     "Settings",
     "UnknownJobError",
     "VideoQueue",

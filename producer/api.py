@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 
 from producer.catalog import Catalog, load_catalog
 from producer.celery_client import producer_app
@@ -21,6 +21,7 @@ from producer.contract import (
 )
 from producer.images import ImageFile
 from producer.jobstore import JobStore
+from producer.ledger import CostRow, GroupBy, Ledger
 from producer.request import InvalidRequestError, VideoRequest, resolve
 from producer.settings import Settings, get_settings
 
@@ -74,7 +75,8 @@ class VideoQueue:
     ) -> None:
         self.settings = settings or get_settings()
         self.store = store or JobStore.from_url(self.settings.redis_url)
-        self.catalog = catalog or load_catalog()
+        self.catalog = catalog or load_catalog(self.settings.pricing_file)
+        self.budget = self.settings.budget_policy()
 
     def prepare(self, request: VideoRequest) -> PreparedJob:
         """Validate `request` and build its job without storing or sending anything."""
@@ -85,7 +87,8 @@ class VideoQueue:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.
             params["seed"] = secrets.randbelow(2**31)
-        _, estimate = self.catalog.models[params["model"]].estimate(params)
+        spec = self.catalog.models[params["model"]]
+        _, estimate = spec.estimate(params)
         now = utcnow()
         record = JobRecord(
             id=str(uuid.uuid4()),
@@ -94,10 +97,13 @@ class VideoQueue:
             model=params["model"],
             request=params,
             cost_estimate_usd=estimate,
+            billed_unit=spec.price.unit,
             created_at=now,
             updated_at=now,
             deadline_at=now + timedelta(seconds=self.settings.job_deadline_s),
         )
+        if self.budget is not None:
+            record.budget_keys = self.budget.keys_for(record)
         return PreparedJob(record, images)
 
     def submit(self, request: VideoRequest) -> JobRecord:
@@ -123,7 +129,7 @@ class VideoQueue:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
         message each. Returns their records."""
         records = [job.record for job in jobs]
-        self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images})
+        self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images}, self.budget)
         self._send(records)
         return records
 
@@ -142,6 +148,17 @@ class VideoQueue:
             raise EnqueueError(
                 f"broker refused the job messages ({type(exc).__name__}); {sent} of {len(records)} enqueued"
             ) from exc
+
+    def costs(
+        self,
+        by: GroupBy = "day",
+        since: date | None = None,
+        until: date | None = None,
+        **filters: str | None,
+    ) -> builtins.list[CostRow]:
+        """What was spent, grouped by day, month, provider, model, tag or status, with
+        estimate and actual side by side; filters: provider, model, tag, status."""
+        return Ledger(self.store.redis).report(by, since, until, **filters)
 
     def get(self, job_id: str) -> JobRecord:
         """The current record of a job; UnknownJobError if there is none."""

@@ -171,8 +171,27 @@ def parse_catalog(raw: dict[str, Any]) -> Catalog:
     return Catalog(models=models)
 
 
-@lru_cache(maxsize=1)
-def load_catalog() -> Catalog:
-    """The catalog shipped with the package."""
+def merge_override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it: new models are added; for a known model each
+    top-level field given replaces the shipped one (so a `price` table replaces the whole
+    price, source and date included)."""
+    merged = {**base, "pixel_tables": {**base.get("pixel_tables", {}), **override.get("pixel_tables", {})}}
+    models = {name: dict(entry) for name, entry in base.get("models", {}).items()}
+    for name, entry in override.get("models", {}).items():
+        models[name] = {**models.get(name, {}), **entry}
+    merged["models"] = models
+    return merged
+
+
+@lru_cache(maxsize=4)
+def load_catalog(pricing_file: str | None = None) -> Catalog:
+    """The catalog shipped with the package, with PRICING_FILE's overrides when given."""
     text = resources.files("producer").joinpath("models.toml").read_text(encoding="utf-8")
-    return parse_catalog(tomllib.loads(text))
+    raw = tomllib.loads(text)
+    if pricing_file:
+        try:
+            with open(pricing_file, "rb") as handle:
+                raw = merge_override(raw, tomllib.load(handle))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read PRICING_FILE {pricing_file}: {exc}") from exc
+    return parse_catalog(raw)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,9 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from producer.api import EnqueueError, PreparedJob, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.contract import JobRecord, JobStatus
+from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
+from producer.settings import get_settings
 
 app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
@@ -175,6 +180,8 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         for field, message in exc.problems.items():
             err.print(f"[red]invalid[/red] {field}: {message}", highlight=False)
         raise _fail("nothing was enqueued") from None
+    except BudgetExceededError as exc:
+        raise _fail(str(exc)) from None
     except EnqueueError as exc:
         raise _fail(str(exc), code=1) from None
     if as_json:
@@ -290,7 +297,7 @@ def jobs(
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
     """The capability and price table: what each model accepts and what it costs."""
-    catalog = load_catalog()
+    catalog = load_catalog(get_settings().pricing_file)
     if as_json:
         _print_json({m: spec.model_dump(mode="json") for m, spec in catalog.models.items()})
         return
@@ -328,6 +335,70 @@ def _price_text(spec: ModelSpec) -> str:
     if price.flex_multiplier != 1:
         text += f"; flex x{price.flex_multiplier}"
     return text
+
+
+costs_app = typer.Typer(help="What jobs cost: reports from the ledger, and its rebuild from storage.")
+app.add_typer(costs_app, name="costs")
+
+DAY = ["%Y-%m-%d"]
+
+
+@costs_app.callback(invoke_without_command=True)
+def costs(  # noqa: PLR0917 - typer maps each parameter to an option
+    ctx: typer.Context,
+    since: Annotated[datetime | None, typer.Option(formats=DAY, help="First UTC day (YYYY-MM-DD).")] = None,
+    until: Annotated[datetime | None, typer.Option(formats=DAY, help="Last UTC day, inclusive.")] = None,
+    by: Annotated[str, typer.Option(help="day, month, provider, model, tag or status.")] = "day",
+    provider: Annotated[str | None, typer.Option(help="Only this provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only jobs with this tag.")] = None,
+    status_filter: Annotated[str | None, typer.Option("--status", help="Only jobs that ended so.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+) -> None:
+    """Job counts, estimated and actual totals and their difference, per group."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if by not in GROUPS:
+        raise _fail(f"--by must be one of {', '.join(GROUPS)}")
+    if as_json and as_csv:
+        raise _fail("give --json or --csv, not both")
+    rows = VideoQueue().costs(
+        by,  # type: ignore[arg-type]
+        since.date() if since else None,
+        until.date() if until else None,
+        provider=provider,
+        model=model,
+        tag=tag,
+        status=status_filter,
+    )
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in rows])
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([by, "jobs", "estimate_usd", "actual_usd", "difference_usd"])
+        for r in rows:
+            amounts = (f"{v:.6f}" for v in (r.estimate_usd, r.actual_usd, r.difference_usd))
+            writer.writerow([r.group, r.jobs, *amounts])
+    else:
+        table = Table(by, "jobs", "estimate", "actual", "difference")
+        for r in rows:
+            table.add_row(
+                r.group, str(r.jobs), f"${r.estimate_usd:.4f}", f"${r.actual_usd:.4f}", f"${r.difference_usd:+.4f}"
+            )
+        out.print(table)
+
+
+@costs_app.command("rebuild")
+def costs_rebuild() -> None:
+    """Rebuild the ledger from the manifests in storage (after Redis lost it). Needs the
+    worker install (it reads storage)."""
+    try:
+        from worker.ledger_rebuild import rebuild_ledger
+    except ImportError as exc:
+        raise _fail(f"costs rebuild needs the worker install (boto3): {exc}") from None
+    count = rebuild_ledger(get_settings())
+    sys.stdout.write(f"ledger rebuilt from storage: {count} entries\n")
 
 
 def main() -> None:

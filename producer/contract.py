@@ -98,6 +98,8 @@ class JobRecord(BaseModel):
     cost_estimate_usd: Usd
     cost_usd: Usd | None = None
     billed_units: int | None = None
+    billed_unit: str = "token"
+    budget_keys: list[str] = Field(default_factory=list)
     output_uri: str | None = None
     manifest_uri: str | None = None
     video_url: str | None = None

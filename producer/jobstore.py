@@ -14,8 +14,10 @@ from typing import Any
 
 import redis
 
+from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
+from producer.ledger import LedgerEntry, write_entry
 
 KEY_PREFIX = "vq:"
 MAX_HISTORY = 50
@@ -75,16 +77,26 @@ class JobStore:
 
         self.redis.transaction(write, key)
 
-    def create_many(self, records: Sequence[JobRecord], inputs: dict[str, dict[str, ImageFile]] | None = None) -> None:
-        """Store several new records, and their input images, in one transaction: all or none."""
+    def create_many(
+        self,
+        records: Sequence[JobRecord],
+        inputs: dict[str, dict[str, ImageFile]] | None = None,
+        budget: BudgetPolicy | None = None,
+    ) -> None:
+        """Store several new records, their input images and their budget reservations in
+        one transaction: all or none. Raises BudgetExceededError when a cap would be crossed."""
         keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
+        budget_keys = sorted({k for r in records for k in r.budget_keys})
 
         def write(pipe: Any) -> None:
             taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
             if taken:
                 raise JobExistsError(", ".join(taken))
-            pipe.multi()
+            if budget is not None and budget_keys:
+                check_and_reserve(pipe, budget, records)  # issues MULTI
+            else:
+                pipe.multi()
             for record, key in zip(records, keys, strict=True):
                 score = record.created_at.timestamp()
                 pipe.set(key, record.model_dump_json())
@@ -100,7 +112,7 @@ class JobStore:
                     pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
-            self.redis.transaction(write, *keys)
+            self.redis.transaction(write, *keys, *budget_keys)
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
         """An input image stored with the job, or None."""
@@ -111,8 +123,12 @@ class JobStore:
         return ImageFile(name=blob["name"], mime_type=blob["mime_type"], data=base64.b64decode(blob["data"]))
 
     def delete(self, job_id: str) -> None:
-        """Remove a record and its index entries (used only to undo a failed enqueue)."""
+        """Remove a record, its inputs, index entries and budget reservation (used only to
+        undo a failed enqueue)."""
+        record = self.get(job_id)
         pipe = self.redis.pipeline()
+        if record is not None and not record.status.is_final:
+            settle(pipe, record.model_copy(update={"cost_usd": None}))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:
@@ -163,6 +179,8 @@ class JobStore:
                 return
             now = utcnow()
             changed.updated_at = now
+            if changed.status.is_final and changed.finished_at is None:
+                changed.finished_at = now
             if changed.status != current.status:
                 changed.history = [
                     *changed.history[-(MAX_HISTORY - 1) :],
@@ -170,6 +188,12 @@ class JobStore:
                 ]
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
+            if changed.status.is_final and not current.status.is_final:
+                # Settle in the same transaction as the final move: once, never twice.
+                entry = LedgerEntry.for_job(changed)
+                if entry is not None:
+                    write_entry(pipe, entry)
+                settle(pipe, changed)
             if changed.status != current.status:
                 score = current.created_at.timestamp()
                 pipe.zrem(_status_index(current.status), job_id)

@@ -6,11 +6,14 @@ with `.get_secret_value()` at the single place that hands them to an SDK.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producer.budget import BudgetPolicy
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -89,6 +92,15 @@ class Settings(BaseSettings):
     provider_timeout_s: float = Field(default=30.0, gt=0)
     download_timeout_s: float = Field(default=60.0, gt=0)
 
+    budget_daily_usd: Decimal | None = Field(default=None, gt=0, description="Cap on spend per UTC day.")
+    budget_monthly_usd: Decimal | None = Field(default=None, gt=0, description="Cap on spend per month.")
+    budget_tags_usd: dict[str, Decimal] = Field(
+        default_factory=dict, description='Caps per tag, as JSON: {"campaign-a": 50}.'
+    )
+    pricing_file: str | None = Field(
+        default=None, description="TOML file overriding prices (and capabilities) of models.toml."
+    )
+
     log_level: str = "INFO"
 
     @field_validator(
@@ -100,6 +112,9 @@ class Settings(BaseSettings):
         "veo_base_url",
         "veo_output_gcs_uri",
         "poll_initial_s",
+        "budget_daily_usd",
+        "budget_monthly_usd",
+        "pricing_file",
         mode="before",
     )
     @classmethod
@@ -112,6 +127,12 @@ class Settings(BaseSettings):
         if not value.startswith(("file://", "s3://")):
             raise ValueError("STORAGE_URL must start with file:// or s3://")
         return value
+
+    def budget_policy(self) -> BudgetPolicy | None:
+        """The caps in force, or None when no budget is set."""
+        if self.budget_daily_usd is None and self.budget_monthly_usd is None and not self.budget_tags_usd:
+            return None
+        return BudgetPolicy(self.budget_daily_usd, self.budget_monthly_usd, dict(self.budget_tags_usd))
 
     @property
     def effective_broker_url(self) -> str:

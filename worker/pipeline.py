@@ -376,20 +376,8 @@ class Pipeline:
     def _provider_succeeded(self, job: JobRecord, state: TaskState) -> None:
         billed = state.billed_units
         cost = self._actual_cost(job, billed) if billed is not None else None
-        done_at = utcnow()
-        if job.cancel_requested:
-            # Too late to stop at the provider: it charged us, but the user no longer
-            # wants the video. Record the cost once, store nothing.
-            self.store.transition(
-                job.id,
-                {JobStatus.RUNNING},
-                JobStatus.CANCELLED,
-                billed_units=billed,
-                cost_usd=cost,
-                provider_status="succeeded",
-                provider_done_at=done_at,
-            )
-            return
+        # Even a job cancelled meanwhile goes to the store step: the provider charged for
+        # it, so its cost is recorded and a manifest (without video) keeps the record.
         moved = self.store.transition(
             job.id,
             {JobStatus.RUNNING},
@@ -398,7 +386,7 @@ class Pipeline:
             billed_units=billed,
             cost_usd=cost,
             provider_status="succeeded",
-            provider_done_at=done_at,
+            provider_done_at=utcnow(),
         )
         if moved is not None:
             self.dispatch.store(job.id, countdown=0)
@@ -413,7 +401,8 @@ class Pipeline:
         if job is None or job.status is not JobStatus.DOWNLOADING:
             return
         if job.cancel_requested:
-            self.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.CANCELLED)
+            # Charged but no longer wanted: keep the cost, store no video.
+            self._finish_without_video(job, JobStatus.CANCELLED, None)
             return
         attempt = job.store_attempts + 1
         self.store.update(job.id, _count_store_attempt)
@@ -436,13 +425,13 @@ class Pipeline:
                     "store_attempts": attempt,
                 }
             )
-            unit = self.catalog.models[job.model].price.unit
-            storage.put_json(f"{job.id}.json", build_manifest(final, stored.size, unit))
+            storage.put_json(f"{job.id}.json", build_manifest(final, stored.size))
         except ProviderError as exc:
             if exc.retryable:
                 self._store_retry(job, attempt, f"download failed: {exc.message}")
             else:
-                self._fail(job.id, exc.code, f"could not download the video: {exc.message}")
+                error = JobError(code=exc.code, message=f"could not download the video: {exc.message}")
+                self._finish_without_video(job, JobStatus.FAILED, error)
             return
         except (StorageError, VideoCheckError) as exc:
             self._store_retry(job, attempt, f"{type(exc).__name__}: {exc}")
@@ -460,9 +449,31 @@ class Pipeline:
 
     def _store_retry(self, job: JobRecord, attempt: int, reason: str) -> None:
         if attempt >= self.settings.store_max_attempts:
-            self._fail(job.id, ErrorCode.STORAGE, f"gave up after {attempt} attempts: {reason}")
+            error = JobError(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
+            self._finish_without_video(job, JobStatus.FAILED, error)
             return
         raise StoreRetry(retry_delay(attempt, self.settings, self.rng), reason)
+
+    def _finish_without_video(self, job: JobRecord, status: JobStatus, error: JobError | None) -> None:
+        """End a job the provider charged for without storing its video. The manifest still
+        goes to storage (best effort), so the cost survives the loss of Redis."""
+        finished_at = utcnow()
+        manifest_uri = None
+        if job.cost_usd is not None:
+            final = job.model_copy(update={"status": status, "error": error, "finished_at": finished_at})
+            try:
+                storage = self.storage()
+                manifest_uri = storage.put_json(f"{job.id}.json", build_manifest(final, None)).uri
+            except (StorageError, OSError) as exc:
+                log.warning("manifest not written", extra={"job_id": job.id, "reason": str(exc)})
+        self.store.transition(
+            job.id,
+            {JobStatus.DOWNLOADING},
+            status,
+            error=error,
+            finished_at=finished_at,
+            manifest_uri=manifest_uri,
+        )
 
     # ------------------------------------------------------------------ cancel
 

@@ -46,7 +46,7 @@ def pipeline() -> Pipeline:
     return Pipeline(
         settings=settings,
         store=JobStore.from_url(settings.redis_url),
-        catalog=load_catalog(),
+        catalog=load_catalog(settings.pricing_file),
         providers=lambda name: get_provider(name, settings),
         storage=_storage,
         dispatch=CeleryDispatcher(),

@@ -141,6 +141,10 @@ class Stack:
         env.update(overrides)
         return env
 
+    def keys(self, pattern: str) -> list[str]:
+        found: list[str] = self.redis.keys(pattern)  # type: ignore[assignment]
+        return sorted(found)
+
     def start_worker(self, concurrency: int = 2, **env: str) -> ManagedProcess:
         name = f"w{len(self.workers) + 1}-{uuid.uuid4().hex[:6]}"
         proc = start_worker(name, self.env(**env), self.log_dir, concurrency=concurrency)

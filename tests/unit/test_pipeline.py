@@ -20,6 +20,7 @@ from producer.api import VideoQueue
 from producer.catalog import load_catalog
 from producer.contract import ErrorCode, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
+from producer.ledger import Ledger, LedgerEntry
 from producer.request import VideoRequest
 from producer.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
@@ -729,7 +730,13 @@ def test_store_gives_up_after_store_max_attempts(env: Env, tmp_path: Path) -> No
     assert job.status is JobStatus.FAILED
     assert job.error is not None and job.error.code is ErrorCode.STORAGE
     assert job.error.message.startswith("gave up after 3 attempts: VideoCheckError")
-    assert env.stored_files() == []
+    # No video, but the provider charged: the manifest keeps the cost for the ledger.
+    assert env.stored_files() == [f"{job_id}.json"]
+    manifest = json.loads((env.root / f"{job_id}.json").read_text())
+    assert manifest["video"] is None
+    assert manifest["ledger"]["status"] == "failed"
+    assert manifest["ledger"]["actual_usd"] == float(job.cost_usd or 0) > 0
+    assert job.manifest_uri == (env.root / f"{job_id}.json").resolve().as_uri()
 
 
 def test_store_of_a_cancel_requested_job_stores_nothing(env: Env) -> None:
@@ -738,7 +745,7 @@ def test_store_of_a_cancel_requested_job_stores_nothing(env: Env) -> None:
     env.pipeline.store_video(job_id)
     assert env.job(job_id).status is JobStatus.CANCELLED
     assert env.provider.calls == []
-    assert env.stored_files() == []
+    assert env.stored_files() == [f"{job_id}.json"]  # the charged cost, no video
 
 
 # -------------------------------------------------------------------------- cancel
@@ -792,13 +799,15 @@ def test_cancel_too_late_to_stop_discards_the_result_but_records_the_cost(env: E
     assert (job.status, job.provider_status) == (JobStatus.RUNNING, "cancel_requested")
     env.pipeline.poll(job_id, 2)
     assert env.provider.names() == ["cancel", "get", "get"]  # no second cancel attempt
+    assert [s[0] for s in env.dispatch.take()] == ["poll", "store"]
+    env.pipeline.store_video(job_id)
     job = env.job(job_id)
     assert job.status is JobStatus.CANCELLED
     assert job.billed_units == 500_000
     assert job.cost_usd == Decimal("1.2")
     assert job.output_uri is None
-    assert [s[0] for s in env.dispatch.sent] == ["poll"]  # never a store
-    assert env.stored_files() == []
+    assert "open_video" not in env.provider.names()
+    assert env.stored_files() == [f"{job_id}.json"]  # the cost is kept, no video
 
 
 def test_poll_carries_out_a_pending_cancel(env: Env) -> None:
@@ -921,3 +930,15 @@ def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(env: Env, tmp_path
         ErrorCode.INVALID_REQUEST,
         "the uploaded first_frame image is no longer stored",
     )
+
+
+def test_one_ledger_entry_per_job_when_store_runs_twice_and_it_matches_the_manifest(env: Env) -> None:
+    job_id = env.downloading_job(billed=103818)
+    env.pipeline.store_video(job_id)
+    env.pipeline.store_video(job_id)  # redelivered
+    env.store.transition(job_id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)  # a late duplicate settle
+    entries = Ledger(env.store.redis).entries()
+    assert [e.job_id for e in entries] == [job_id]
+    assert entries[0].actual_usd == env.job(job_id).cost_usd == Decimal("0.249163")
+    manifest = json.loads((env.root / f"{job_id}.json").read_text())
+    assert LedgerEntry.model_validate(manifest["ledger"]) == entries[0]

@@ -45,6 +45,10 @@ class Storage(Protocol):
         """Size of the object at `key`, or None if there is none."""
         ...
 
+    def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every `*.json` document under this backend's root, with its key."""
+        ...
+
 
 def checked_chunks(chunks: Iterator[bytes], expected_size: int | None) -> Iterator[bytes]:
     """Pass chunks through while checking the MP4 signature (a known box type at offset 4)

@@ -32,6 +32,15 @@ class LocalStorage:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
 
+    def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                yield path.name, json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StorageError(f"cannot read {path}: {exc}") from exc
+
     def _write_atomic(self, key: str, chunks: Iterator[bytes]) -> StoredObject:
         target = self._path(key)
         try:

@@ -92,6 +92,19 @@ class S3Storage:
             raise StorageError(f"S3 unreachable: {exc}") from exc
         return int(head["ContentLength"])
 
+    def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if key.endswith(".json") and "/" not in key[len(prefix) :]:
+                        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                        yield key[len(prefix) :], json.loads(body)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"S3 listing of {self.uri('')} failed: {exc}") from exc
+
     def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
         reader = IteratorReader(checked_chunks(chunks, expected_size))
         try:
