@@ -337,6 +337,19 @@ def _price_text(spec: ModelSpec) -> str:
     return text
 
 
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9808,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Serve job-level Prometheus metrics for the whole fleet (jobs by status, provider
+    and model; cost in USD; render and store times; budgets)."""
+    from producer.metrics import serve
+
+    sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")
+    serve(get_settings().redis_url, port, host)
+
+
 costs_app = typer.Typer(help="What jobs cost: reports from the ledger, and its rebuild from storage.")
 app.add_typer(costs_app, name="costs")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from producer import stats
 from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
@@ -74,6 +75,7 @@ class JobStore:
             pipe.set(key, record.model_dump_json())
             pipe.zadd(_all_index(), {record.id: score})
             pipe.zadd(_status_index(record.status), {record.id: score})
+            stats.on_create(pipe, record)
 
         self.redis.transaction(write, key)
 
@@ -102,6 +104,7 @@ class JobStore:
                 pipe.set(key, record.model_dump_json())
                 pipe.zadd(_all_index(), {record.id: score})
                 pipe.zadd(_status_index(record.status), {record.id: score})
+                stats.on_create(pipe, record)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
                 for role, image in inputs.get(record.id, {}).items():
                     blob = {
@@ -129,6 +132,7 @@ class JobStore:
         pipe = self.redis.pipeline()
         if record is not None and not record.status.is_final:
             settle(pipe, record.model_copy(update={"cost_usd": None}))
+            pipe.hincrby(stats.JOBS_KEY, stats.jobs_field(record.status.value, record.provider, record.model), -1)
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:
@@ -195,6 +199,7 @@ class JobStore:
                     write_entry(pipe, entry)
                 settle(pipe, changed)
             if changed.status != current.status:
+                stats.on_status_change(pipe, current, changed)
                 score = current.created_at.timestamp()
                 pipe.zrem(_status_index(current.status), job_id)
                 pipe.zadd(_status_index(changed.status), {job_id: score})

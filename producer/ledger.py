@@ -16,6 +16,8 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from producer import stats
+from producer.budget import to_micro
 from producer.contract import JobRecord, Usd
 
 KEY_PREFIX = "vq:ledger:"
@@ -141,9 +143,10 @@ class Ledger:
         pipe = self.redis.pipeline(transaction=True)
         for job_id in old:
             pipe.delete(entry_key(job_id))
-        pipe.delete(INDEX_KEY)
+        pipe.delete(INDEX_KEY, stats.COST_KEY)
         for entry in entries:
             write_entry(pipe, entry)
+            stats.add_cost(pipe, entry.provider, entry.model, to_micro(entry.estimate_usd), to_micro(entry.actual_usd))
         pipe.execute()
         return len(entries)
 

@@ -1,0 +1,61 @@
+"""Fleet-wide job statistics kept in Redis, updated in the same transactions that change
+job records, so they are exact for any number of workers and cheap to read: jobs by
+status, provider and model; money by provider and model; how long renders and uploads
+took, as histogram buckets. `videoqueue metrics` exports them to Prometheus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from producer.budget import to_micro
+from producer.contract import JobRecord
+
+JOBS_KEY = "vq:stats:jobs"
+COST_KEY = "vq:stats:cost"
+RENDER_KEY = "vq:stats:render_seconds"
+STORE_KEY = "vq:stats:store_seconds"
+
+# Upper bounds (seconds) of the duration histograms.
+RENDER_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200)
+STORE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300)
+
+
+def jobs_field(status: str, provider: str, model: str) -> str:
+    """Field of JOBS_KEY counting jobs in one status of one model."""
+    return f"{status}|{provider}|{model}"
+
+
+def on_create(pipe: Any, record: JobRecord) -> None:
+    """Count a new job."""
+    pipe.hincrby(JOBS_KEY, jobs_field(record.status.value, record.provider, record.model), 1)
+
+
+def on_status_change(pipe: Any, before: JobRecord, after: JobRecord) -> None:
+    """Move a job from one status count to another; record durations and money once it ends."""
+    pipe.hincrby(JOBS_KEY, jobs_field(before.status.value, before.provider, before.model), -1)
+    pipe.hincrby(JOBS_KEY, jobs_field(after.status.value, after.provider, after.model), 1)
+    if not after.status.is_final or before.status.is_final:
+        return
+    if after.cost_usd is not None:
+        add_cost(pipe, after.provider, after.model, to_micro(after.cost_estimate_usd), to_micro(after.cost_usd))
+    if after.submitted_at and after.provider_done_at:
+        _observe(pipe, RENDER_KEY, RENDER_BUCKETS, after, (after.provider_done_at - after.submitted_at).total_seconds())
+    if after.provider_done_at and after.finished_at and after.output_uri:
+        _observe(pipe, STORE_KEY, STORE_BUCKETS, after, (after.finished_at - after.provider_done_at).total_seconds())
+
+
+def add_cost(pipe: Any, provider: str, model: str, estimate_micro: int, actual_micro: int) -> None:
+    """Add one settled job's money to the per-model totals."""
+    pipe.hincrby(COST_KEY, f"actual|{provider}|{model}", actual_micro)
+    pipe.hincrby(COST_KEY, f"estimate|{provider}|{model}", estimate_micro)
+    pipe.hincrby(COST_KEY, f"jobs|{provider}|{model}", 1)
+
+
+def _observe(pipe: Any, key: str, buckets: tuple[float, ...], job: JobRecord, seconds: float) -> None:
+    label = f"{job.provider}|{job.model}"
+    seconds = max(seconds, 0.0)
+    for bound in buckets:
+        if seconds <= bound:
+            pipe.hincrby(key, f"le={bound}|{label}", 1)
+    pipe.hincrby(key, f"le=+Inf|{label}", 1)
+    pipe.hincrbyfloat(key, f"sum|{label}", seconds)
