@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import Any
 
 from producer.catalog import Catalog, load_catalog
 from producer.celery_client import producer_app
@@ -20,10 +21,11 @@ from producer.contract import (
     utcnow,
 )
 from producer.images import ImageFile
-from producer.jobstore import JobStore
+from producer.jobstore import DuplicateClientJobIdError, JobStore
 from producer.ledger import CostRow, GroupBy, Ledger
 from producer.request import InvalidRequestError, VideoRequest, resolve
 from producer.settings import Settings, get_settings
+from producer.urlcheck import check_image_url
 
 
 class UnknownJobError(KeyError):
@@ -77,12 +79,14 @@ class VideoQueue:
         self.store = store or JobStore.from_url(self.settings.redis_url)
         self.catalog = catalog or load_catalog(self.settings.pricing_file)
         self.budget = self.settings.budget_policy()
+        self._reachable: set[str] = set()
 
     def prepare(self, request: VideoRequest) -> PreparedJob:
         """Validate `request` and build its job without storing or sending anything."""
         if not isinstance(request, VideoRequest):
             raise InvalidRequestError({"request": "must be a VideoRequest"})
         params, images = resolve(request, self.catalog, self.settings.default_provider)
+        self._check_urls(params)
         if params["seed"] is None:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.
@@ -106,9 +110,25 @@ class VideoQueue:
             record.budget_keys = self.budget.keys_for(record)
         return PreparedJob(record, images)
 
+    def _check_urls(self, params: dict[str, Any]) -> None:
+        if not self.settings.check_image_urls:
+            return
+        problems: dict[str, str] = {}
+        for role, source in params["images"].items():
+            url = source.get("url")
+            if url and url not in self._reachable:
+                why = check_image_url(url)
+                if why:
+                    field = "image_url" if role == "first_frame" else "last_frame_url"
+                    problems[field] = f"{url} {why}"
+                else:
+                    self._reachable.add(url)
+        if problems:
+            raise InvalidRequestError(problems)
+
     def submit(self, request: VideoRequest) -> JobRecord:
         """Validate, store and enqueue one job. Raises InvalidRequestError before any write."""
-        return self.submit_many([request])[0]
+        return self.enqueue([self.prepare(request)])[0]
 
     def submit_many(self, requests: Iterable[VideoRequest]) -> list[JobRecord]:
         """Validate every request first; if any is bad nothing is stored or enqueued
@@ -121,6 +141,13 @@ class VideoQueue:
             except InvalidRequestError as exc:
                 for field, message in exc.problems.items():
                     problems[f"[{index}].{field}"] = message
+        seen: dict[str, int] = {}
+        for index, job in enumerate(jobs):
+            client_id = job.record.request.get("client_job_id")
+            if client_id is not None and client_id in seen:
+                problems[f"[{index}].client_job_id"] = f"{client_id!r} repeats item [{seen[client_id]}]"
+            elif client_id is not None:
+                seen[client_id] = index
         if problems:
             raise InvalidRequestError(problems)
         return self.enqueue(jobs)
@@ -129,7 +156,10 @@ class VideoQueue:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
         message each. Returns their records."""
         records = [job.record for job in jobs]
-        self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images}, self.budget)
+        try:
+            self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images}, self.budget)
+        except DuplicateClientJobIdError as exc:
+            raise InvalidRequestError({"client_job_id": str(exc)}) from None
         self._send(records)
         return records
 

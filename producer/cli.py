@@ -141,6 +141,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     negative_prompt: Annotated[str | None, typer.Option(help="What to keep out (Veo).")] = None,
     person_generation: Annotated[str | None, typer.Option(help="allow_adult or dont_allow (Veo).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag for cost reports; repeatable.")] = None,
+    client_job_id: Annotated[str | None, typer.Option(help="Your own unique id for this job.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
 ) -> None:
@@ -170,6 +171,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 "last_frame_file": last_frame_file,
                 "negative_prompt": negative_prompt,
                 "person_generation": person_generation,
+                "client_job_id": client_job_id,
             }
             if tag:
                 fields["tags"] = tuple(tag)

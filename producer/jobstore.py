@@ -52,6 +52,22 @@ class JobExistsError(RuntimeError):
     """A job with this id is already stored."""
 
 
+class DuplicateClientJobIdError(ValueError):
+    """A job with this client job id was already submitted."""
+
+    def __init__(self, client_job_id: str, job_id: str) -> None:
+        self.client_job_id, self.job_id = client_job_id, job_id
+        super().__init__(f"client job id {client_job_id!r} was already used by job {job_id}")
+
+
+def client_key(client_job_id: str) -> str:
+    """Redis key mapping a producer's own job id to ours."""
+    return f"{KEY_PREFIX}client:{client_job_id}"
+
+
+CLIENT_ID_TTL_S = 90 * 86400
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
@@ -90,11 +106,17 @@ class JobStore:
         keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
+        client_ids = {r.request["client_job_id"]: r.id for r in records if r.request.get("client_job_id")}
+        client_keys = [client_key(c) for c in client_ids]
 
         def write(pipe: Any) -> None:
             taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
             if taken:
                 raise JobExistsError(", ".join(taken))
+            for client_id in client_ids:
+                existing = pipe.get(client_key(client_id))
+                if existing:
+                    raise DuplicateClientJobIdError(client_id, existing)
             if budget is not None and budget_keys:
                 check_and_reserve(pipe, budget, records)  # issues MULTI
             else:
@@ -105,6 +127,8 @@ class JobStore:
                 pipe.zadd(_all_index(), {record.id: score})
                 pipe.zadd(_status_index(record.status), {record.id: score})
                 stats.on_create(pipe, record)
+                if record.request.get("client_job_id"):
+                    pipe.set(client_key(record.request["client_job_id"]), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
                 for role, image in inputs.get(record.id, {}).items():
                     blob = {
@@ -115,7 +139,7 @@ class JobStore:
                     pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
-            self.redis.transaction(write, *keys, *budget_keys)
+            self.redis.transaction(write, *keys, *budget_keys, *client_keys)
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
         """An input image stored with the job, or None."""
@@ -133,6 +157,8 @@ class JobStore:
         if record is not None and not record.status.is_final:
             settle(pipe, record.model_copy(update={"cost_usd": None}))
             pipe.hincrby(stats.JOBS_KEY, stats.jobs_field(record.status.value, record.provider, record.model), -1)
+            if record.request.get("client_job_id"):
+                pipe.delete(client_key(record.request["client_job_id"]))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:

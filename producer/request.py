@@ -51,6 +51,7 @@ class VideoRequest(BaseModel):
     negative_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     person_generation: str | None = None
     tags: tuple[str, ...] = Field(default=(), strict=False)
+    client_job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
     @field_validator("prompt")
     @classmethod
@@ -177,6 +178,7 @@ def resolve(
         "negative_prompt": request.negative_prompt,
         "person_generation": request.person_generation,
         "tags": list(request.tags),
+        "client_job_id": request.client_job_id,
     }
     return params, files
 

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
         default=None, description="TOML file overriding prices (and capabilities) of models.toml."
     )
 
+    check_image_urls: bool = Field(default=True, description="Check at submit that image URLs answer like images.")
+
     log_level: str = "INFO"
 
     @field_validator(

@@ -16,6 +16,12 @@ from simulator.config import SimConfig
 from simulator.mp4 import video_response
 from simulator.vertex import vertex_routes
 
+# The 8-byte PNG signature, an IHDR chunk of a 1x1 image, and IEND: enough to sniff as PNG.
+SAMPLE_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
 
 def create_app(config: SimConfig | None = None) -> Starlette:
     """Build a simulator app; its state lives in ``app.state.sim``, an ArkSim whose
@@ -30,6 +36,10 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         if request.method == "GET":
             sim.counters["video_downloads_total"] += 1
         return video_response(sim.config.video_pad_bytes)
+
+    async def image(request: Request) -> Response:
+        # A stand-in for the images users link to as first or last frames.
+        return Response(SAMPLE_PNG, media_type="image/png")
 
     async def stats(request: Request) -> Response:
         return JSONResponse(sim.stats())
@@ -62,6 +72,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Mount("/api/v3", routes=ark_routes(sim)),
         *vertex_routes(sim),
         Route("/files/{task_id}.mp4", video, methods=["GET"]),
+        Route("/_sim/image.png", image, methods=["GET", "HEAD"]),
         Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/health", health, methods=["GET"]),

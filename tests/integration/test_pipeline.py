@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from producer import ErrorCode, JobStatus, VideoRequest
+from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.catalog import load_catalog
 from producer.celery_client import producer_app
 from producer.contract import TASK_SUBMIT
@@ -231,10 +231,11 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
     vq = local_stack.queue()
     first = tmp_path / "first.jpg"
     first.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    image = f"{local_stack.simulator.url}/_sim/image.png"  # checked for reachability at submit
     jobs = vq.submit_many(
         [
-            VideoRequest(prompt="from a url", image_url="https://images.example/first.png"),
-            VideoRequest(prompt="from a file", image_file=str(first), last_frame_url="https://images.example/l.png"),
+            VideoRequest(prompt="from a url", image_url=image),
+            VideoRequest(prompt="from a file", image_file=str(first), last_frame_url=image),
         ]
     )
 
@@ -243,3 +244,6 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
     assert done[1].request["images"]["first_frame"]["mime_type"] == "image/jpeg"
     assert local_stack.redis.exists(f"vq:input:{done[1].id}:first_frame") == 1
+    with pytest.raises(InvalidRequestError) as info:
+        vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))
+    assert "answers HTTP 404" in info.value.problems["image_url"]

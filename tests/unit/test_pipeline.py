@@ -117,6 +117,7 @@ class RecordingDispatcher:
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "poll_initial_s": 5,
+        "check_image_urls": False,
         "poll_min_s": 2,
         "poll_max_s": 60,
         "poll_backoff": 1.5,

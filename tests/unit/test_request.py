@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ def test_defaults_follow_the_product_brief() -> None:
         "negative_prompt": None,
         "person_generation": None,
         "tags": [],
+        "client_job_id": None,
     }
 
 
@@ -186,3 +190,70 @@ def test_veo_defaults_and_its_own_limits() -> None:
     assert _resolve(prompt="ok", provider="veo", resolution="4k", negative_prompt="blur")["negative_prompt"] == "blur"
     assert "does not take a negative prompt" in _problems(prompt="ok", negative_prompt="blur")["negative_prompt"]
     assert "is a veo model, not byteplus" in _problems(prompt="ok", model="veo-3.1-generate-001")["model"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        routes = {"/ok.png": (200, "image/png"), "/page": (200, "text/html"), "/gone.png": (404, "text/plain")}
+        if self.path == "/nohead.png":
+            self.send_response(405)
+            self.end_headers()
+            return
+        status, kind = routes.get(self.path, (404, "text/plain"))
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(206 if self.path == "/nohead.png" else 404)
+        self.send_header("Content-Type", "image/jpeg")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_image_urls_are_checked_before_anything_is_stored(image_server: str) -> None:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    vq = VideoQueue(Settings(), store=JobStore(redis))
+    assert vq.prepare(VideoRequest(prompt="ok", image_url=f"{image_server}/ok.png")).record
+    assert vq.prepare(VideoRequest(prompt="ok", image_url=f"{image_server}/nohead.png")).record
+    for path, why in [("/gone.png", "answers HTTP 404"), ("/page", "answers text/html, not an image")]:
+        with pytest.raises(InvalidRequestError) as info:
+            vq.submit(VideoRequest(prompt="x", image_url=f"{image_server}{path}"))
+        assert info.value.problems == {"image_url": f"{image_server}{path} {why}"}
+    with pytest.raises(InvalidRequestError) as info:
+        vq.submit(
+            VideoRequest(prompt="x", image_url="http://127.0.0.1:9/closed.png", last_frame_url="http://x.invalid/a.png")
+        )
+    assert "is unreachable" in info.value.problems["image_url"]
+    assert "is unreachable" in info.value.problems["last_frame_url"]
+    assert redis.keys("*") == []
+
+
+def test_client_job_ids_are_unique() -> None:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    vq = VideoQueue(Settings(), store=JobStore(redis))
+    first = vq.prepare(VideoRequest(prompt="a", client_job_id="order-17/clip-1".replace("/", "-")))
+    vq.store.create_many([first.record])
+    with pytest.raises(InvalidRequestError) as info:
+        vq.enqueue([vq.prepare(VideoRequest(prompt="b", client_job_id="order-17-clip-1"))])
+    assert info.value.problems["client_job_id"] == (
+        f"client job id 'order-17-clip-1' was already used by job {first.record.id}"
+    )
+    with pytest.raises(InvalidRequestError) as info:
+        vq.submit_many([VideoRequest(prompt="c", client_job_id="x1"), VideoRequest(prompt="d", client_job_id="x1")])
+    assert info.value.problems == {"[1].client_job_id": "'x1' repeats item [0]"}
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse({"prompt": "e", "client_job_id": "has space"})
+    assert "client_job_id" in info.value.problems
+    assert redis.keys("vq:client:*") == ["vq:client:order-17-clip-1"]
