@@ -3,8 +3,13 @@
 Everything here is chosen for at-least-once delivery of idempotent tasks: a message is
 acknowledged only after its task has recorded its effect in the job store, so a worker
 that dies mid-task leaves the message to be delivered again, and the task's
-compare-and-set on the job record makes the second run harmless.
+compare-and-set on the job record makes the second run harmless. The broker alone does
+not guarantee progress (a countdown message held by a killed worker can vanish for the
+visibility timeout, or for good if a crash falls between two steps); the job store's
+recovery sweep (producer/recovery.py) does.
 """
+
+from typing import Any
 
 from kombu import Exchange, Queue
 
@@ -22,7 +27,12 @@ from producer.settings import get_settings
 _settings = get_settings()
 
 broker_url = _settings.effective_broker_url
+_AMQP = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+# Keep trying to reach the broker, at start-up and after losing it, for as long as it
+# takes: a worker that gives up is a worker somebody has to restart by hand.
 broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
 
 # No result backend: the job store is the one place results and statuses live.
 task_ignore_result = True
@@ -34,11 +44,24 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-# Separate queues so a slow download never delays a poll, and a burst of submits never
-# starves either. A worker started without -Q consumes all three.
-task_queues = tuple(
-    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
-)
+_QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
+if _AMQP:
+    # RabbitMQ: quorum queues (replicated, durable) with Celery's native delayed delivery,
+    # so a countdown message waits in the broker, not in a worker's memory, and a killed
+    # worker strands nothing. Native delayed delivery routes through topic exchanges.
+    task_queues = tuple(
+        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+        for name in _QUEUES
+    )
+    task_default_queue_type = "quorum"
+    task_default_exchange_type = "topic"
+    worker_detect_quorum_queues = True
+    broker_transport_options: dict[str, Any] = {"confirm_publish": True}
+else:
+    # Separate queues so a slow download never delays a poll, and a burst of submits never
+    # starves either. A worker started without -Q consumes all three.
+    task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in _QUEUES)
+
 task_default_queue = QUEUE_SUBMIT
 task_routes = {
     TASK_SUBMIT: {"queue": QUEUE_SUBMIT},
@@ -48,25 +71,44 @@ task_routes = {
 }
 
 # Ack after the task ran: every task is idempotent, so redelivery is safe and a crash
-# loses nothing. A pool child killed mid-task (OOM, kill -9) is treated the same way.
+# loses nothing. A pool child killed mid-task (OOM, kill -9) is treated the same way:
+# its message goes back to the queue instead of being acknowledged as failed.
 task_acks_late = True
 task_reject_on_worker_lost = True
 # One message at a time per pool slot: a long store task must not sit on prefetched
 # submits that another worker could run now. Countdown (ETA) messages are not limited by
-# this; kombu raises the prefetch count for them.
+# this (Celery raises the prefetch count for them)...
 worker_prefetch_multiplier = 1
+# ...so this bounds them instead: past it, a worker stops taking messages and leaves
+# them to the rest of the fleet (a held message costs about a kilobyte).
+worker_eta_task_limit = 5000
 
-# A countdown message is held unacknowledged by one worker until due. Redis hands it to
-# another worker only after visibility_timeout, so it must exceed the longest countdown we
-# schedule (RETRY_MAX_S, default 300 s) plus the longest task (a store of a large video,
-# bounded by task_time_limit below); otherwise a healthy held message is redelivered and
-# runs twice (harmless, but wasted). It is also the recovery time after a worker dies.
-_LONGEST_COUNTDOWN_S = max(_settings.retry_max_s, _settings.poll_max_s)
-task_time_limit = 1800
-task_soft_time_limit = 1500
-broker_transport_options = {
-    "visibility_timeout": int(_LONGEST_COUNTDOWN_S + task_time_limit + 60),
-}
+# The longest a task may run: a store of a large video. The soft limit raises inside the
+# task (the store step then retries); the hard one kills the pool child.
+task_soft_time_limit = int(_settings.store_busy_s)
+task_time_limit = int(_settings.store_busy_s) + 300
+
+if not _AMQP:
+    # Redis keeps a delivered, unacknowledged message in its `unacked` hash and hands it to
+    # another worker only after `visibility_timeout`. A countdown message is delivered at
+    # once and held, unacknowledged, until due; if the timeout were shorter than the
+    # longest countdown plus the longest task, healthy held messages would be delivered a
+    # second time. So: longest countdown (RETRY_MAX_S, POLL_MAX_S, a submit lease) plus
+    # the hard time limit, plus a minute. It is also how long the broker itself takes to
+    # notice a dead worker; the job-store sweep (RECOVER_AFTER_S) usually acts first.
+    _LONGEST_COUNTDOWN_S = max(_settings.retry_max_s, _settings.poll_max_s, _settings.submit_lease_s)
+    broker_transport_options = {
+        "visibility_timeout": int(_LONGEST_COUNTDOWN_S + task_time_limit + 60),
+        # Look for messages to restore every minute (6 x 10 s), not every 100 s.
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 6,
+    }
+
+# A rolling restart (SIGTERM) first lets running tasks finish for a few seconds, then
+# hands every message the worker holds, countdown messages included, back to the queue at
+# once, instead of leaving them to the visibility timeout. Idle workers do the same.
+worker_soft_shutdown_timeout = 15.0
+worker_enable_soft_shutdown_on_idle = True
 
 worker_send_task_events = True
 task_send_sent_event = True

@@ -18,6 +18,7 @@ from rich.table import Table
 from producer.api import EnqueueError, PreparedJob, UnknownJobError, VideoQueue, WaitTimeoutError
 from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
+from producer.celery_client import producer_app
 from producer.contract import JobRecord, JobStatus
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
@@ -350,6 +351,31 @@ def metrics(
 
     sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")
     serve(get_settings().redis_url, port, host)
+
+
+@app.command()
+def recover(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be recovered.")] = False,
+    after: Annotated[float | None, typer.Option(help="Overdue by this many seconds (default RECOVER_AFTER_S).")] = None,
+) -> None:
+    """Put jobs stranded by a crash back on their way (each worker also does this every
+    SWEEP_INTERVAL_S)."""
+    from producer.recovery import recover_stranded
+
+    vq = VideoQueue()
+    app_ = producer_app(vq.settings.effective_broker_url)
+
+    def send(name: str, args: list[Any]) -> None:
+        app_.send_task(name, args=args)
+
+    report = recover_stranded(
+        vq.store, send, after if after is not None else vq.settings.recover_after_s, dry_run=dry_run
+    )
+    verb = "would recover" if dry_run else "recovered"
+    by_status = ", ".join(f"{n} {status}" for status, n in sorted(report.recovered.items())) or "none"
+    sys.stdout.write(f"examined {report.examined} overdue jobs; {verb} {report.total} ({by_status})\n")
+    for job_id in report.job_ids:
+        sys.stdout.write(f"{job_id}\n")
 
 
 costs_app = typer.Typer(help="What jobs cost: reports from the ledger, and its rebuild from storage.")

@@ -109,6 +109,8 @@ class JobRecord(BaseModel):
     poll_errors: int = 0
     store_attempts: int = 0
     submit_intent_at: datetime | None = None
+    next_due_at: datetime | None = None
+    recoveries: int = 0
     submit_lease_until: datetime | None = None
     created_at: datetime
     updated_at: datetime

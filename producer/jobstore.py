@@ -8,6 +8,7 @@ therefore finds the record already moved on and changes nothing.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
 from producer.ledger import LedgerEntry, write_entry
+from producer.limits import slot_key
 
 KEY_PREFIX = "vq:"
 MAX_HISTORY = 50
@@ -38,6 +40,10 @@ def input_key(job_id: str, role: str) -> str:
 
 # Inputs outlive the job's deadline by this much, then Redis forgets them.
 INPUT_GRACE_S = 86400
+
+
+DUE_INDEX = f"{KEY_PREFIX}jobs:due"
+"""Active jobs scored by when their next step is due: what the recovery sweep reads."""
 
 
 def _all_index() -> str:
@@ -91,6 +97,7 @@ class JobStore:
             pipe.set(key, record.model_dump_json())
             pipe.zadd(_all_index(), {record.id: score})
             pipe.zadd(_status_index(record.status), {record.id: score})
+            pipe.zadd(DUE_INDEX, {record.id: score})
             stats.on_create(pipe, record)
 
         self.redis.transaction(write, key)
@@ -127,6 +134,7 @@ class JobStore:
                 pipe.zadd(_all_index(), {record.id: score})
                 pipe.zadd(_status_index(record.status), {record.id: score})
                 stats.on_create(pipe, record)
+                pipe.zadd(DUE_INDEX, {record.id: score})
                 if record.request.get("client_job_id"):
                     pipe.set(client_key(record.request["client_job_id"]), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
@@ -160,6 +168,7 @@ class JobStore:
             if record.request.get("client_job_id"):
                 pipe.delete(client_key(record.request["client_job_id"]))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
+        pipe.zrem(DUE_INDEX, job_id)
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:
             pipe.zrem(_status_index(status), job_id)
@@ -182,6 +191,11 @@ class JobStore:
         index = _status_index(status) if status else _all_index()
         ids: list[str] = self.redis.zrevrange(index, 0, max(limit, 1) - 1)  # type: ignore[assignment]
         return [r for r in self.get_many(ids) if r is not None]
+
+    def due_before(self, when: float, limit: int = 1000) -> builtins.list[str]:
+        """Ids of active jobs whose next step was due before `when` (epoch seconds)."""
+        ids: builtins.list[str] = self.redis.zrangebyscore(DUE_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
+        return ids
 
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""
@@ -224,6 +238,10 @@ class JobStore:
                 if entry is not None:
                     write_entry(pipe, entry)
                 settle(pipe, changed)
+                pipe.zrem(DUE_INDEX, job_id)
+                pipe.zrem(slot_key(changed.provider, changed.model), job_id)
+            elif changed.next_due_at != current.next_due_at and changed.next_due_at is not None:
+                pipe.zadd(DUE_INDEX, {job_id: changed.next_due_at.timestamp()})
             if changed.status != current.status:
                 stats.on_status_change(pipe, current, changed)
                 score = current.created_at.timestamp()

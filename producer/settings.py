@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producer.budget import BudgetPolicy
+from producer.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -89,6 +90,29 @@ class Settings(BaseSettings):
         description="How long a submit attempt may hold a job before another may take over.",
     )
 
+    max_in_flight_per_model: int = Field(
+        default=100, ge=1, description="Provider tasks in flight per model, across the fleet."
+    )
+    creates_per_minute_per_model: int = Field(
+        default=120, ge=1, description="Create requests per minute per model, across the fleet."
+    )
+    model_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description='Per-model overrides, JSON: {"<model>": {"max_in_flight": 20, "creates_per_minute": 50}}.',
+    )
+    slot_lease_s: float = Field(
+        default=900.0, gt=0, description="An in-flight slot not renewed by a poll for this long is freed."
+    )
+    recover_after_s: float = Field(
+        default=300.0, gt=0, description="A job this far past its next step's due time is put back on its way."
+    )
+    store_busy_s: float = Field(
+        default=1500.0, gt=0, description="How long one store attempt may take before the sweep retries it."
+    )
+    sweep_interval_s: float = Field(
+        default=60.0, ge=0, description="How often a worker looks for stranded jobs (0: never)."
+    )
+
     provider_timeout_s: float = Field(default=30.0, gt=0)
     download_timeout_s: float = Field(default=60.0, gt=0)
 
@@ -135,6 +159,18 @@ class Settings(BaseSettings):
         if self.budget_daily_usd is None and self.budget_monthly_usd is None and not self.budget_tags_usd:
             return None
         return BudgetPolicy(self.budget_daily_usd, self.budget_monthly_usd, dict(self.budget_tags_usd))
+
+    def provider_limits(self) -> tuple[ModelLimits, dict[str, ModelLimits]]:
+        """Default per-model limits and the per-model overrides."""
+        default = ModelLimits(self.max_in_flight_per_model, self.creates_per_minute_per_model)
+        overrides = {
+            model: ModelLimits(
+                values.get("max_in_flight", default.max_in_flight),
+                values.get("creates_per_minute", default.creates_per_minute),
+            )
+            for model, values in self.model_limits.items()
+        }
+        return default, overrides
 
     @property
     def effective_broker_url(self) -> str:

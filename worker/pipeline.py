@@ -21,6 +21,7 @@ from typing import Protocol
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
+from producer.limits import ProviderLimits
 from producer.settings import Settings
 from worker.manifest import build_manifest
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
@@ -40,6 +41,38 @@ class Dispatcher(Protocol):
     def poll(self, job_id: str, seq: int, countdown: float) -> None: ...
 
     def store(self, job_id: str, countdown: float) -> None: ...
+
+
+class DueTracking:
+    """Sends through another dispatcher and records when the job's next step is due, so
+    the recovery sweep can tell a job that lost its message from one that is waiting."""
+
+    def __init__(self, inner: Dispatcher, jobs: JobStore) -> None:
+        self.inner = inner
+        self.jobs = jobs
+
+    def _due(self, job_id: str, countdown: float) -> None:
+        due = utcnow() + timedelta(seconds=countdown)
+
+        def mark(record: JobRecord) -> JobRecord | None:
+            if record.status.is_final:
+                return None
+            record.next_due_at = due
+            return record
+
+        self.jobs.update(job_id, mark)
+
+    def submit(self, job_id: str, countdown: float) -> None:
+        self.inner.submit(job_id, countdown)
+        self._due(job_id, countdown)
+
+    def poll(self, job_id: str, seq: int, countdown: float) -> None:
+        self.inner.poll(job_id, seq, countdown)
+        self._due(job_id, countdown)
+
+    def store(self, job_id: str, countdown: float) -> None:
+        self.inner.store(job_id, countdown)
+        self._due(job_id, countdown)
 
 
 class StoreRetry(Exception):
@@ -62,6 +95,7 @@ class Pipeline:
         providers: Callable[[str], Provider],
         storage: Callable[[], Storage],
         dispatch: Dispatcher,
+        limits: ProviderLimits | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -69,7 +103,8 @@ class Pipeline:
         self.catalog = catalog
         self.providers = providers
         self.storage = storage
-        self.dispatch = dispatch
+        self.dispatch: Dispatcher = DueTracking(dispatch, store)
+        self.limits = limits
         self.rng = rng or random.Random()
 
     # ----------------------------------------------------------------- helpers
@@ -158,6 +193,13 @@ class Pipeline:
             wait = (job.submit_lease_until - now).total_seconds() + 1.0
             self.dispatch.submit(job.id, countdown=wait)
             return
+
+        if self.limits is not None:
+            wait = self.limits.acquire(job.provider, job.model, job.id)
+            if wait > 0:
+                # No slot, no create token or a fleet-wide back-off: ask again later.
+                self.dispatch.submit(job.id, countdown=wait * self.rng.uniform(1.0, 1.25))
+                return
 
         uncertain_since = job.submit_intent_at if job.status is JobStatus.SUBMITTING else None
         lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
@@ -266,6 +308,12 @@ class Pipeline:
             return record
 
         released = self.store.update(job.id, release)
+        if self.limits is not None:
+            if rate_limited:
+                back_off = exc.retry_after or retry_delay(1, self.settings, self.rng)
+                self.limits.back_off(job.provider, job.model, back_off)
+            if not still_uncertain:
+                self.limits.release(job.provider, job.model, job.id)
         if decision.get("give_up"):
             self._fail(
                 job.id,
@@ -302,6 +350,8 @@ class Pipeline:
                 return
             job = self.store.get(job_id) or job
 
+        if self.limits is not None:
+            self.limits.renew(job.provider, job.model, job.id)
         try:
             state = self.providers(job.provider).get(job)
         except ProviderError as exc:
@@ -405,7 +455,14 @@ class Pipeline:
             self._finish_without_video(job, JobStatus.CANCELLED, None)
             return
         attempt = job.store_attempts + 1
-        self.store.update(job.id, _count_store_attempt)
+        busy_until = utcnow() + timedelta(seconds=self.settings.store_busy_s)
+
+        def start_attempt(record: JobRecord) -> JobRecord | None:
+            record.store_attempts += 1
+            record.next_due_at = busy_until  # the sweep leaves a transfer in progress alone
+            return record
+
+        self.store.update(job.id, start_attempt)
         storage = self.storage()
         video_key = f"{job.id}.mp4"
         try:
@@ -518,6 +575,7 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
         # else: keep the earliest unresolved intent, so the lookup window covers it.
         record.status = JobStatus.SUBMITTING
         record.submit_lease_until = lease_until
+        record.next_due_at = lease_until
         return record
 
     return claim
@@ -530,9 +588,4 @@ def _count_uncertain_create(record: JobRecord) -> JobRecord:
 
 def _count_attempt(record: JobRecord) -> JobRecord:
     record.attempts += 1
-    return record
-
-
-def _count_store_attempt(record: JobRecord) -> JobRecord:
-    record.store_attempts += 1
     return record

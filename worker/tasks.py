@@ -7,18 +7,20 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from redis.exceptions import RedisError
 
 from producer.catalog import load_catalog
 from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from producer.jobstore import JobStore
+from producer.limits import ProviderLimits
 from producer.settings import get_settings
 from worker import logs
 from worker.app import app
 from worker.pipeline import Pipeline, StoreRetry
 from worker.providers import get_provider, reset_providers
 from worker.storage import Storage, open_storage
+from worker.sweep import start_sweeper
 
 
 class CeleryDispatcher:
@@ -43,13 +45,16 @@ def _storage() -> Storage:
 def pipeline() -> Pipeline:
     """The pipeline of this worker process."""
     settings = get_settings()
+    store = JobStore.from_url(settings.redis_url)
+    defaults, overrides = settings.provider_limits()
     return Pipeline(
         settings=settings,
-        store=JobStore.from_url(settings.redis_url),
+        store=store,
         catalog=load_catalog(settings.pricing_file),
         providers=lambda name: get_provider(name, settings),
         storage=_storage,
         dispatch=CeleryDispatcher(),
+        limits=ProviderLimits(store.redis, defaults, overrides, settings.slot_lease_s),
     )
 
 
@@ -63,6 +68,12 @@ def _fresh_clients(**_: Any) -> None:
 
 
 logs.configure(get_settings().log_level)
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    # In the worker's main process only: pool children never see worker_ready.
+    start_sweeper(app, get_settings())
 
 
 # The job store is unreachable (Redis restarting, network blip): try again with backoff

@@ -136,6 +136,9 @@ class Stack:
             "RETRY_BASE_S": "0.5",
             "RETRY_MAX_S": "4",
             "LOG_LEVEL": "INFO",
+            # The fleet-wide limits get their own tests; elsewhere they must not pace jobs.
+            "MAX_IN_FLIGHT_PER_MODEL": "100000",
+            "CREATES_PER_MINUTE_PER_MODEL": "100000",
         }
         env.update(self.extra_env)
         env.update(overrides)

@@ -1,0 +1,87 @@
+"""Putting stranded jobs back on their way.
+
+Every step that schedules a job's next message records when it is due
+(`next_due_at`, indexed in Redis). A job whose next step is overdue by RECOVER_AFTER_S
+lost its message: a worker died holding it, or crashed between recording a step and
+sending the next. The sweep re-sends the message its status calls for. The claim on a
+stranded job is a compare-and-set, so concurrent sweeps (every worker runs one, and
+`videoqueue recover` can run anywhere) recover each stall once; a message that turns up
+after all is harmless, since every step is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from producer.contract import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
+from producer.jobstore import JobStore
+
+Send = Callable[[str, list[Any]], None]
+
+
+@dataclass
+class RecoveryReport:
+    """What one sweep did."""
+
+    examined: int = 0
+    recovered: dict[str, int] = field(default_factory=dict)
+    job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Jobs put back on their way."""
+        return sum(self.recovered.values())
+
+
+def _message_for(record: JobRecord) -> tuple[str, list[Any]]:
+    if record.status in (JobStatus.QUEUED, JobStatus.SUBMITTING):
+        return TASK_SUBMIT, [record.id]
+    if record.status is JobStatus.RUNNING:
+        return TASK_POLL, [record.id, record.poll_seq]
+    return TASK_STORE, [record.id]
+
+
+def recover_stranded(
+    store: JobStore,
+    send: Send,
+    recover_after_s: float,
+    *,
+    now: datetime | None = None,
+    limit: int = 1000,
+    dry_run: bool = False,
+) -> RecoveryReport:
+    """Find active jobs overdue by `recover_after_s` and re-send their next step."""
+    now = now or utcnow()
+    threshold = now - timedelta(seconds=recover_after_s)
+    report = RecoveryReport()
+    for job_id in store.due_before(threshold.timestamp(), limit):
+        report.examined += 1
+
+        def claim(record: JobRecord) -> JobRecord | None:
+            if record.status.is_final:
+                return None
+            due = record.next_due_at or record.updated_at
+            if due > threshold:
+                return None
+            if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
+                return None  # a create is in progress; its lease protects it
+            record.recoveries += 1
+            record.next_due_at = now
+            return record
+
+        if dry_run:
+            record = store.get(job_id)
+            claimed = claim(record) if record else None
+        else:
+            claimed = store.update(job_id, claim)
+        if claimed is None:
+            continue
+        if not dry_run:
+            name, args = _message_for(claimed)
+            send(name, args)
+        report.recovered[claimed.status.value] = report.recovered.get(claimed.status.value, 0) + 1
+        report.job_ids.append(job_id)
+    return report
