@@ -23,6 +23,19 @@ pytestmark = pytest.mark.integration
 REDIS_URL = os.environ.get("VQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
 SIM_KEY = "sim-test-key-0d9c1e"
 SIM_GOOGLE_KEY = "sim-google-key-5b7a20"
+# What every test starts from: whatever an earlier test set is undone.
+CLEAN_SIMULATOR: dict[str, Any] = {
+    "latency": 1.0,
+    "latency_jitter": 0.0,
+    "concurrency_per_model": 50,
+    "video_pad_bytes": 0,
+    "create_429_rate": 0.0,
+    "create_5xx_rate": 0.0,
+    "get_5xx_rate": 0.0,
+    "fail_rate": 0.0,
+    "expire_rate": 0.0,
+    "seed": None,
+}
 
 
 @dataclass
@@ -166,7 +179,7 @@ class Stack:
 def local_stack(simulator: Simulator, redis_client: redis.Redis, log_dir: Path, tmp_path: Path) -> Iterator[Stack]:
     redis_client.flushdb()
     simulator.reset()
-    simulator.configure(latency=1.0, concurrency_per_model=50, video_pad_bytes=0)
+    simulator.configure(**CLEAN_SIMULATOR)
     stack = Stack(simulator, redis_client, log_dir, storage_url=f"file://{tmp_path / 'videos'}")
     yield stack
     stack.stop()
@@ -178,7 +191,7 @@ def s3_stack(
 ) -> Iterator[tuple[Stack, S3Server, str]]:
     redis_client.flushdb()
     simulator.reset()
-    simulator.configure(latency=1.0, concurrency_per_model=50, video_pad_bytes=0)
+    simulator.configure(**CLEAN_SIMULATOR)
     bucket = s3_server.new_bucket()
     stack = Stack(
         simulator,

@@ -1,0 +1,128 @@
+"""Fleet-wide provider limits against a real Redis, and through real workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from producer import JobStatus, VideoRequest
+from producer.limits import ModelLimits, ProviderLimits
+from tests.integration.conftest import REDIS_URL, Stack
+
+pytestmark = pytest.mark.integration
+
+MODEL = "seedance-1-5-pro-251215"
+
+
+@pytest.fixture
+def client() -> Any:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.flushdb()
+    return client
+
+
+def limits(client: Any, in_flight: int = 3, rpm: int = 1000, lease_s: float = 60) -> ProviderLimits:
+    return ProviderLimits(client, ModelLimits(in_flight, rpm), {}, lease_s)
+
+
+def test_slots_cap_jobs_in_flight_and_come_back_on_release(client: Any) -> None:
+    lim = limits(client)
+    assert [lim.acquire("byteplus", MODEL, f"j{i}") for i in range(3)] == [0, 0, 0]
+    assert lim.acquire("byteplus", MODEL, "j3") > 0
+    assert lim.acquire("byteplus", MODEL, "j1") == 0  # a job that holds a slot may ask again
+    assert lim.acquire("veo", "veo-3.1-fast-generate-001", "v0") == 0  # other models are separate
+    lim.release("byteplus", MODEL, "j0")
+    assert lim.acquire("byteplus", MODEL, "j3") == 0
+    assert lim.in_flight("byteplus", MODEL) == 3
+
+
+def test_the_slot_of_a_job_nobody_polls_expires(client: Any) -> None:
+    lim = limits(client, in_flight=1, lease_s=0.5)
+    assert lim.acquire("byteplus", MODEL, "dead-worker-job") == 0
+    assert lim.acquire("byteplus", MODEL, "next") > 0
+    time.sleep(0.6)
+    assert lim.acquire("byteplus", MODEL, "next") == 0
+
+
+def test_renewed_slots_do_not_expire(client: Any) -> None:
+    lim = limits(client, in_flight=1, lease_s=0.5)
+    assert lim.acquire("byteplus", MODEL, "alive") == 0
+    for _ in range(3):
+        time.sleep(0.3)
+        lim.renew("byteplus", MODEL, "alive")
+    assert lim.acquire("byteplus", MODEL, "next") > 0
+
+
+def test_creates_per_minute(client: Any) -> None:
+    lim = limits(client, in_flight=100, rpm=5)
+    assert [lim.acquire("byteplus", MODEL, f"j{i}") for i in range(5)] == [0] * 5
+    wait = lim.acquire("byteplus", MODEL, "j5")
+    assert 55 < wait <= 60
+
+
+def test_a_429_backs_off_the_whole_fleet_for_that_model_only(client: Any) -> None:
+    lim = limits(client, in_flight=100)
+    lim.back_off("byteplus", MODEL, 7)
+    lim.back_off("byteplus", MODEL, 2)  # a shorter back-off never shortens a longer one
+    assert 6 < lim.acquire("byteplus", MODEL, "any") <= 7
+    assert lim.acquire("byteplus", "seedance-1-0-pro-250528", "other") == 0
+
+
+def test_concurrent_workers_never_take_more_slots_than_the_cap(client: Any) -> None:
+    granted: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(20)
+
+    def worker(n: int) -> None:
+        lim = limits(redis.Redis.from_url(REDIS_URL, decode_responses=True), in_flight=5)
+        start.wait()
+        for i in range(5):
+            if lim.acquire("byteplus", MODEL, f"w{n}-{i}") == 0:
+                with lock:
+                    granted.append(f"w{n}-{i}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(granted) == 5
+
+
+def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stack: Stack) -> None:
+    local_stack.simulator.configure(latency=1.0, concurrency_per_model=1000)
+    local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
+    local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
+    vq = local_stack.queue()
+    jobs = vq.submit_many([VideoRequest(prompt=f"capped {i}") for i in range(20)])
+
+    done = vq.wait([j.id for j in jobs], timeout=180)
+
+    stats = local_stack.simulator.stats()
+    print(f"limits: max_in_flight={stats['max_in_flight']} creates={stats['creates_total']}")
+    assert all(j.status is JobStatus.SUCCEEDED for j in done)
+    assert stats["max_in_flight"] <= 4
+    assert stats["creates_total"] == 20
+    assert (
+        local_stack.keys("vq:limits:slots:*") == [] or local_stack.redis.zcard(f"vq:limits:slots:byteplus:{MODEL}") == 0
+    )  # every final job gave its slot back
+
+
+def test_provider_429s_slow_the_fleet_down_without_failing_a_job(local_stack: Stack) -> None:
+    local_stack.simulator.configure(latency=0.5, create_429_rate=0.3, seed=7)
+    local_stack.start_worker(concurrency=4)
+    vq = local_stack.queue()
+    jobs = vq.submit_many([VideoRequest(prompt=f"busy provider {i}") for i in range(20)])
+
+    done = vq.wait([j.id for j in jobs], timeout=180)
+
+    stats = local_stack.simulator.stats()
+    rate_limited = sum(j.submit_rate_limits for j in done)
+    print(f"429s: {stats['create_attempts_total'] - stats['creates_total']} answered, {rate_limited} recorded")
+    assert all(j.status is JobStatus.SUCCEEDED for j in done)
+    assert set(stats["creates_by_prompt"].values()) == {1}
+    assert rate_limited > 0
