@@ -11,8 +11,6 @@ recovery sweep (producer/recovery.py) does.
 
 from typing import Any
 
-from kombu import Exchange, Queue
-
 from producer.contract import (
     QUEUE_POLL,
     QUEUE_STORE,
@@ -22,12 +20,14 @@ from producer.contract import (
     TASK_STORE,
     TASK_SUBMIT,
 )
+from producer.queues import is_amqp
+from producer.queues import task_queues as _task_queues
 from producer.settings import get_settings
 
 _settings = get_settings()
 
 broker_url = _settings.effective_broker_url
-_AMQP = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+_AMQP = is_amqp(broker_url)
 
 # Keep trying to reach the broker, at start-up and after losing it, for as long as it
 # takes: a worker that gives up is a worker somebody has to restart by hand.
@@ -44,23 +44,17 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-_QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
+# Separate queues so a slow download never delays a poll, and a burst of submits never
+# starves either. A worker started without -Q consumes all three.
+task_queues = _task_queues(broker_url)
 if _AMQP:
     # RabbitMQ: quorum queues (replicated, durable) with Celery's native delayed delivery,
     # so a countdown message waits in the broker, not in a worker's memory, and a killed
     # worker strands nothing. Native delayed delivery routes through topic exchanges.
-    task_queues = tuple(
-        Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
-        for name in _QUEUES
-    )
     task_default_queue_type = "quorum"
     task_default_exchange_type = "topic"
     worker_detect_quorum_queues = True
     broker_transport_options: dict[str, Any] = {"confirm_publish": True}
-else:
-    # Separate queues so a slow download never delays a poll, and a burst of submits never
-    # starves either. A worker started without -Q consumes all three.
-    task_queues = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in _QUEUES)
 
 task_default_queue = QUEUE_SUBMIT
 task_routes = {

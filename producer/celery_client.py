@@ -7,11 +7,20 @@ from functools import lru_cache
 
 from celery import Celery
 
+from producer.queues import is_amqp, task_queues
+
 
 @lru_cache(maxsize=8)
 def producer_app(broker_url: str) -> Celery:
     """A Celery app that sends to `broker_url` with the shared settings of celeryconfig."""
     app = Celery("videoqueue-producer")
     app.config_from_object("celeryconfig")
-    app.conf.update(broker_url=broker_url)
+    # The queues must be declared as the workers on this broker declare them.
+    app.conf.update(broker_url=broker_url, task_queues=task_queues(broker_url))
+    if is_amqp(broker_url):
+        app.conf.update(
+            task_default_queue_type="quorum",
+            task_default_exchange_type="topic",
+            broker_transport_options={"confirm_publish": True},
+        )
     return app

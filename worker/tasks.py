@@ -27,13 +27,19 @@ class CeleryDispatcher:
     """Sends pipeline steps as Celery messages with a countdown."""
 
     def submit(self, job_id: str, countdown: float) -> None:
-        submit.apply_async((job_id,), countdown=countdown)
+        submit.apply_async((job_id,), **_when(countdown))
 
     def poll(self, job_id: str, seq: int, countdown: float) -> None:
-        poll.apply_async((job_id, seq), countdown=countdown)
+        poll.apply_async((job_id, seq), **_when(countdown))
 
     def store(self, job_id: str, countdown: float) -> None:
-        store.apply_async((job_id,), countdown=countdown)
+        store.apply_async((job_id,), **_when(countdown))
+
+
+def _when(countdown: float) -> dict[str, float]:
+    """Send now, or after at least a second: RabbitMQ's native delayed delivery counts in
+    whole seconds and refuses a countdown that rounds down to zero."""
+    return {"countdown": max(1.0, countdown)} if countdown > 0 else {}
 
 
 @lru_cache(maxsize=1)
