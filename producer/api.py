@@ -156,6 +156,10 @@ class VideoQueue:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
         message each. Returns their records."""
         records = [job.record for job in jobs]
+        client_ids: builtins.list[str] = [r.request["client_job_id"] for r in records if r.request.get("client_job_id")]
+        repeated = sorted({c for c in client_ids if client_ids.count(c) > 1})
+        if repeated:
+            raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
         try:
             self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images}, self.budget)
         except DuplicateClientJobIdError as exc:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,7 +35,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -119,6 +120,15 @@ def _prepare_all(
         except InvalidRequestError as exc:
             prefix = f"line {number}: " if number else ""
             problems.update({f"{prefix}{field}": message for field, message in exc.problems.items()})
+    seen: dict[str, int] = {}
+    for number, request in requests:
+        if request.client_job_id is None:
+            continue
+        if request.client_job_id in seen:
+            where = f"line {number}: " if number else ""
+            problems[f"{where}client_job_id"] = f"{request.client_job_id!r} repeats line {seen[request.client_job_id]}"
+        else:
+            seen[request.client_job_id] = number
     if problems:
         raise InvalidRequestError(problems)
     return records
@@ -181,7 +191,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         records = vq.enqueue(_prepare_all(vq, requests, problems))
     except InvalidRequestError as exc:
         for field, message in exc.problems.items():
-            err.print(f"[red]invalid[/red] {field}: {message}", highlight=False)
+            err.print(f"[red]invalid[/red] {escape(field)}: {escape(message)}", highlight=False)
         raise _fail("nothing was enqueued") from None
     except BudgetExceededError as exc:
         raise _fail(str(exc)) from None
@@ -229,7 +239,7 @@ def wait(
             records = _wait_plain(vq, job_ids, timeout)
     except WaitTimeoutError as exc:
         records = exc.jobs
-        err.print(f"[yellow]timeout:[/yellow] {exc}", highlight=False)
+        err.print(f"[yellow]timeout:[/yellow] {escape(str(exc))}", highlight=False)
     if as_json:
         _print_json([r.public_dict() for r in records])
     else:

@@ -48,14 +48,16 @@ class VideoRequest(BaseModel):
     image_file: str | None = None
     last_frame_url: str | None = None
     last_frame_file: str | None = None
-    negative_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = None
     person_generation: str | None = None
     tags: tuple[str, ...] = Field(default=(), strict=False)
     client_job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
-    def _prompt_is_text(cls, value: str) -> str:
+    def _prompt_is_text(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
             raise ValueError("must not be empty")
         if len(value) > MAX_PROMPT_CHARS:
@@ -63,6 +65,10 @@ class VideoRequest(BaseModel):
         for char in value:
             if char not in "\n\t" and unicodedata.category(char) in {"Cc", "Cs", "Co", "Cn"}:
                 raise ValueError(f"contains a control or non-text character {char!r}")
+        # Letters, marks, numbers, punctuation or symbols: zero-width and format characters
+        # alone are as empty as spaces.
+        if not any(unicodedata.category(c)[0] in "LMNPS" for c in value):
+            raise ValueError("must contain visible text")
         return value
 
     @field_validator("image_url", "last_frame_url")
@@ -75,6 +81,9 @@ class VideoRequest(BaseModel):
             raise ValueError("must be an http:// or https:// URL with a host")
         if any(c.isspace() for c in value):
             raise ValueError("must not contain whitespace")
+        if parts.username is not None or parts.password is not None:
+            # It would be stored in the job record and shown to everyone who reads it.
+            raise ValueError("must not contain a user name or password")
         return value
 
     @field_validator("tags")
@@ -83,8 +92,8 @@ class VideoRequest(BaseModel):
         if len(value) > MAX_TAGS:
             raise ValueError(f"at most {MAX_TAGS} tags")
         for tag in value:
-            if not tag or len(tag) > 64 or any(c.isspace() for c in tag):
-                raise ValueError(f"tag {tag!r} must be 1-64 characters without spaces")
+            if not tag or len(tag) > 64 or not tag.isprintable() or any(c.isspace() for c in tag):
+                raise ValueError(f"tag {tag!r} must be 1-64 printable characters without spaces")
         return value
 
     @classmethod
