@@ -46,6 +46,30 @@ class ProviderError(Exception):
         return self.code in RETRYABLE
 
 
+def error_for_status(
+    status: int,
+    message: str,
+    provider_code: str | None,
+    *,
+    creating: bool = False,
+    content_filtered: bool = False,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """Our error for an HTTP error status from a provider API (DESIGN.md's table)."""
+    if status == 429:
+        return ProviderError(ErrorCode.RATE_LIMITED, message, provider_code=provider_code, retry_after=retry_after)
+    if status in (400, 422):
+        code = ErrorCode.CONTENT_FILTERED if content_filtered else ErrorCode.INVALID_REQUEST
+        return ProviderError(code, message, provider_code=provider_code)
+    if status in (401, 403):
+        return ProviderError(ErrorCode.AUTH, message, provider_code=provider_code)
+    if status == 404:
+        # On create a 404 means the model or endpoint does not exist: a bad request.
+        code = ErrorCode.INVALID_REQUEST if creating else ErrorCode.NOT_FOUND
+        return ProviderError(code, message, provider_code=provider_code)
+    return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+
+
 class TaskStatus(StrEnum):
     """A provider task's status, in our words."""
 

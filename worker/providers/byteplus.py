@@ -26,7 +26,14 @@ from producer.catalog import load_catalog
 from producer.contract import ErrorCode, JobRecord
 from producer.settings import Settings
 from worker.download import stream_url
-from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import (
+    ImageInput,
+    ProviderError,
+    TaskState,
+    TaskStatus,
+    VideoStream,
+    error_for_status,
+)
 
 _STATUSES = {
     "queued": TaskStatus.QUEUED,
@@ -67,29 +74,15 @@ def map_ark_error(exc: ArkAPIError, *, creating: bool = False) -> ProviderError:
     if isinstance(exc, ArkAPIResponseValidationError):
         return ProviderError(ErrorCode.UPSTREAM, f"ModelArk sent an unexpected body: {message}")
     if isinstance(exc, ArkAPIStatusError):
-        status = exc.status_code
-        if status == 429:
-            return ProviderError(
-                ErrorCode.RATE_LIMITED,
-                message,
-                provider_code=provider_code,
-                retry_after=_retry_after(exc.response),
-            )
-        if status in (400, 422):
-            return ProviderError(
-                classify_failure_code(provider_code)
-                if provider_code and "Sensitive" in provider_code
-                else ErrorCode.INVALID_REQUEST,
-                message,
-                provider_code=provider_code,
-            )
-        if status in (401, 403):
-            return ProviderError(ErrorCode.AUTH, message, provider_code=provider_code)
-        if status == 404:
-            # On create a 404 means the model or endpoint does not exist: a bad request.
-            code = ErrorCode.INVALID_REQUEST if creating else ErrorCode.NOT_FOUND
-            return ProviderError(code, message, provider_code=provider_code)
-        return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+        return error_for_status(
+            exc.status_code,
+            message,
+            provider_code,
+            creating=creating,
+            content_filtered=bool(provider_code and "Sensitive" in provider_code),
+            retry_after=_retry_after(exc.response),
+        )
+    return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
     return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
 
 

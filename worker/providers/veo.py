@@ -25,7 +25,14 @@ from producer.catalog import MAX_IMAGE_BYTES
 from producer.contract import ErrorCode, JobRecord
 from producer.settings import Settings
 from worker.download import CHUNK_BYTES, fetch_image
-from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import (
+    ImageInput,
+    ProviderError,
+    TaskState,
+    TaskStatus,
+    VideoStream,
+    error_for_status,
+)
 from worker.providers.gcs import stream_gcs
 
 INLINE = "inline"
@@ -49,18 +56,8 @@ def map_genai_error(exc: Exception, *, creating: bool = False) -> ProviderError:
         status = int(exc.code or 0)
         message = exc.message or str(exc)
         provider_code = exc.status or str(status)
-        if status == 429:
-            return ProviderError(ErrorCode.RATE_LIMITED, message, provider_code=provider_code)
-        if status in (400, 422):
-            lowered = message.lower()
-            code = ErrorCode.CONTENT_FILTERED if any(w in lowered for w in _SAFETY_WORDS) else ErrorCode.INVALID_REQUEST
-            return ProviderError(code, message, provider_code=provider_code)
-        if status in (401, 403):
-            return ProviderError(ErrorCode.AUTH, message, provider_code=provider_code)
-        if status == 404:
-            code = ErrorCode.INVALID_REQUEST if creating else ErrorCode.NOT_FOUND
-            return ProviderError(code, message, provider_code=provider_code)
-        return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
+        filtered = any(word in message.lower() for word in _SAFETY_WORDS)
+        return error_for_status(status, message, provider_code, creating=creating, content_filtered=filtered)
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return ProviderError(ErrorCode.TIMEOUT, f"Vertex AI unreachable: {exc!r}", request_sent=False)
     if isinstance(exc, httpx.HTTPError):
