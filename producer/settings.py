@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     check_image_urls: bool = Field(default=True, description="Check at submit that image URLs answer like images.")
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Worker log lines: text (key=value) or json (one object per line)."
+    )
 
     @field_validator(
         "byteplus_api_key",
@@ -146,6 +149,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("storage_url")
     @classmethod

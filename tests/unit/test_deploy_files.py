@@ -1,0 +1,485 @@
+"""The production files, checked by construction: docker-compose.yml, docker-compose.sim.yml,
+the Dockerfile and .dockerignore. No Docker engine is needed; tests/integration/
+test_deploy_commands.py runs the image's commands for real."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
+from simulator.__main__ import parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SIM_OVERRIDE = ROOT / "docker-compose.sim.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|BASIC_AUTH|ACCESS_KEY", re.IGNORECASE)
+# ${NAME}, ${NAME:?message} or ${NAME?message}: a value that must come from outside, no default.
+REQUIRED_VAR = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(?::?\?[^}]*)?\}$")
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class Reset:
+    """Compose's `!reset` tag: drop the value the base file gave."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML with compose's custom tags."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.load(path.read_text(), Loader=ComposeLoader)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose["services"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def sim() -> dict[str, Any]:
+    return load(SIM_OVERRIDE)
+
+
+def default_of(value: str) -> str:
+    """The value compose uses when the variable is unset: `${X:-3m}` -> `3m`."""
+    match = re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*:-([^}]*)\}", value)
+    return match.group(1) if match else value
+
+
+def seconds(duration: str) -> int:
+    match = DURATION.fullmatch(duration)
+    assert match and duration, f"not a compose duration: {duration!r}"
+    hours, minutes, secs = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + secs
+
+
+def as_argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def healthcheck_argv(check: dict[str, Any]) -> list[str]:
+    test = check["test"]
+    if isinstance(test, str):
+        return ["sh", "-c", test]
+    kind, *argv = test
+    assert kind in {"CMD", "CMD-SHELL"}, test
+    return ["sh", "-c", argv[0]] if kind == "CMD-SHELL" else argv
+
+
+# -- Dockerfile ---------------------------------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    found: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        found.append((keyword.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends in a continuation"
+    return found
+
+
+def exec_form(arguments: str) -> list[str]:
+    argv = json.loads(arguments)
+    assert isinstance(argv, list) and all(isinstance(a, str) for a in argv), arguments
+    return argv
+
+
+def dockerfile_cmd() -> list[str]:
+    [cmd] = [args for keyword, args in instructions() if keyword == "CMD"]
+    return exec_form(cmd)
+
+
+def dockerfile_healthcheck() -> list[str]:
+    [check] = [args for keyword, args in instructions() if keyword == "HEALTHCHECK"]
+    options, _, command = check.partition("CMD ")
+    assert "--timeout=" in options and "--interval=" in options
+    return exec_form(command)
+
+
+def shell_script(argv: list[str]) -> str:
+    assert argv[:2] == ["sh", "-c"], argv
+    return argv[2]
+
+
+def test_one_slim_python_image_run_as_an_unprivileged_user() -> None:
+    steps = instructions()
+    assert [args for keyword, args in steps if keyword == "FROM"] == ["python:3.11-slim"]
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users, "the image must not run as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    keywords = [keyword for keyword, _ in steps]
+    # Everything after USER runs unprivileged; no RUN needs root after it.
+    assert "RUN" not in keywords[keywords.index("USER") :]
+
+
+def test_dependencies_are_a_layer_of_their_own_before_the_source() -> None:
+    steps = instructions()
+    copies = [(i, args) for i, (keyword, args) in enumerate(steps) if keyword == "COPY"]
+    [(first_copy, first)] = copies[:1]
+    assert first.split() == ["pyproject.toml", "./"]
+    source_at = next(i for i, args in copies if args.split()[0] == ".")
+    dependency_install = [
+        i for i, (keyword, args) in enumerate(steps) if keyword == "RUN" and "pip install" in args and i < source_at
+    ]
+    assert dependency_install and first_copy < dependency_install[0] < source_at
+    after = [args for keyword, args in steps[source_at:] if keyword == "RUN"]
+    assert any("pip install --no-deps ." in args for args in after), "the source goes in without its dependencies"
+
+
+def test_no_secret_is_baked_into_the_image() -> None:
+    for keyword, args in instructions():
+        if keyword in {"ENV", "ARG"}:
+            assert not SECRET_NAME.search(args), f"{keyword} {args}"
+    ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
+    assert {".env", ".env.*", ".git", ".venv"} <= ignored
+    assert "README.md" not in ignored, "pyproject.toml's readme is needed to build the package"
+
+
+def test_the_worker_healthcheck_pings_its_own_node() -> None:
+    cmd = shell_script(dockerfile_cmd())
+    check = shell_script(dockerfile_healthcheck())
+    node_name = re.search(r"--hostname=(\S+)@%h", cmd)
+    assert node_name, "each worker replica must be named after its container hostname (%h)"
+    assert "celery -A worker inspect ping" in check
+    destination = re.search(r"--destination (\S+)@\$\{HOSTNAME", check)
+    assert destination and destination.group(1) == node_name.group(1), "CMD and HEALTHCHECK name the node alike"
+    assert "${WORKER_NAME:-" in node_name.group(1)
+    assert re.search(r"--timeout \d+", check)
+
+
+def test_the_default_command_is_a_worker_started_with_exec() -> None:
+    cmd = shell_script(dockerfile_cmd())
+    assert cmd.startswith("exec celery -A worker worker "), "celery must be the process that gets SIGTERM"
+
+
+# -- docker-compose.yml -------------------------------------------------------------------------
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert redis["image"].split(":")[0] == "redis" and redis["image"].split(":")[1].startswith("7")
+    argv = as_argv(redis["command"])
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in redis["volumes"]
+    assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
+
+
+def test_minio_and_its_bucket(services: dict[str, dict[str, Any]]) -> None:
+    minio = services["minio"]
+    assert "minio-data:/data" in minio["volumes"]
+    assert healthcheck_argv(minio["healthcheck"]) == ["mc", "ready", "local"]
+    init = services["minio-init"]
+    assert "minio/mc" in init["image"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    script = " ".join(as_argv(init["command"]))
+    assert "mc mb --ignore-existing" in script and "$$MINIO_BUCKET" in script
+    assert init["restart"] == "no"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    used = {
+        volume.split(":")[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith((".", "/"))
+    }
+    assert used == {"redis-data", "minio-data", "flower-data"}
+    assert used <= set(compose["volumes"])
+
+
+def test_workers_scale_with_unique_node_names(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    for fixed in ("container_name", "hostname", "ports"):
+        assert fixed not in worker, f"{fixed} would stop `--scale worker=N`"
+    # The worker runs the image's CMD, which names the node after the container (%h).
+    if "command" in worker:
+        assert "@%h" in " ".join(as_argv(worker["command"]))
+    else:
+        assert "--hostname=${WORKER_NAME:-worker}@%h" in shell_script(dockerfile_cmd())
+    assert worker["environment"]["WORKER_NAME"] == "${WORKER_NAME:-worker}"
+    assert "healthcheck" not in worker, "the image's healthcheck (inspect ping of this node) applies"
+
+
+def test_workers_start_after_redis_and_the_bucket(services: dict[str, dict[str, Any]]) -> None:
+    depends = services["worker"]["depends_on"]
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_workers_have_time_for_a_warm_shutdown(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+    grace = seconds(default_of(worker["stop_grace_period"]))
+    # Long enough to finish a provider call (PROVIDER_TIMEOUT_S, 30 s) or a typical upload,
+    # and hand the held countdown messages back; Docker's default of 10 s is not.
+    assert grace >= 60
+    assert worker.get("init") is True
+
+
+def test_workers_read_dot_env_and_use_the_stacks_redis_and_minio(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    assert worker["env_file"] == [{"path": ".env", "required": False}]
+    env = worker["environment"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["BROKER_URL"] == ""
+    assert env["STORAGE_URL"].startswith("s3://") and default_of(env["STORAGE_URL"]).startswith("s3://")
+    assert env["S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"].startswith("${MINIO_ROOT_USER")
+    assert env["AWS_SECRET_ACCESS_KEY"].startswith("${MINIO_ROOT_PASSWORD")
+
+
+def test_flower_has_basic_auth_from_the_environment_and_persistent_state(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    flower = services["flower"]
+    argv = as_argv(flower["command"])
+    assert argv[:4] == ["celery", "-A", "worker", "flower"]
+    assert "--persistent=True" in argv
+    db = next(a.split("=", 1)[1] for a in argv if a.startswith("--db="))
+    assert db.startswith("/data/") and "flower-data:/data" in flower["volumes"]
+    assert "--port=5555" in argv and flower["ports"] == ["${FLOWER_PORT:-5555}:5555"]
+    assert not any(a.startswith("--basic-auth") or a.startswith("--basic_auth") for a in argv)
+    auth = flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert REQUIRED_VAR.match(auth), "Flower must never start without a login"
+    assert "env_file" not in flower, "Flower needs no provider key"
+    assert "/healthcheck" in " ".join(healthcheck_argv(flower["healthcheck"]))
+
+
+def test_flower_options_exist() -> None:
+    """Every option given to Flower is one Flower defines, and FLOWER_BASIC_AUTH maps onto
+    its basic_auth option (Flower reads FLOWER_<option> variables)."""
+    import flower.options  # noqa: F401 - defines the options
+    from tornado.options import options
+
+    known = set(options._options)
+    argv = as_argv(load(COMPOSE)["services"]["flower"]["command"])
+    for arg in argv[4:]:
+        name = arg.removeprefix("--").split("=")[0].replace("_", "-")
+        assert name in known, arg
+    assert "basic-auth" in known
+    assert "flower" in {ep.name for ep in entry_points(group="celery.commands")}
+
+
+def test_the_simulator_runs_only_under_the_sim_profile(services: dict[str, dict[str, Any]]) -> None:
+    assert services["simulator"]["profiles"] == ["sim"]
+    for name, service in services.items():
+        if name != "simulator":
+            assert "profiles" not in service, name
+            assert "simulator" not in service.get("depends_on", {}), name
+    argv = as_argv(services["simulator"]["command"])
+    assert argv[:3] == ["python", "-m", "simulator"]
+    args = parse_args(argv[3:])
+    assert (args.host, args.port, args.public_url) == ("0.0.0.0", 8000, "http://simulator:8000")
+    assert "_sim/health" in " ".join(healthcheck_argv(services["simulator"]["healthcheck"]))
+
+
+def test_the_sim_override_points_the_workers_at_the_simulator(sim: dict[str, Any]) -> None:
+    services = sim["services"]
+    assert isinstance(services["simulator"]["profiles"], Reset), "the override turns the simulator on"
+    env = services["worker"]["environment"]
+    assert env["BYTEPLUS_BASE_URL"] == "http://simulator:8000/api/v3"
+    assert env["VEO_BASE_URL"] == "http://simulator:8000/"
+    assert env["BYTEPLUS_API_KEY"] and env["GOOGLE_API_KEY"], "the simulator wants some key"
+    assert env["GOOGLE_CLOUD_PROJECT"] == "" and env["VEO_OUTPUT_GCS_URI"] == ""
+    assert services["worker"]["depends_on"]["simulator"]["condition"] == "service_healthy"
+
+
+def test_every_service_but_the_one_shot_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if name == "minio-init":
+            continue
+        check = service.get("healthcheck")
+        if check is None:
+            assert service.get("build"), f"{name} has no healthcheck"  # the image's HEALTHCHECK
+        else:
+            assert not check.get("disable"), name
+            assert healthcheck_argv(check)
+
+
+def compose_texts() -> Iterator[tuple[Path, str]]:
+    """Each compose file without its comment lines (compose interpolates no comment)."""
+    for path in (COMPOSE, SIM_OVERRIDE):
+        lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        yield path, "\n".join(lines)
+
+
+def test_every_variable_is_documented_in_env_example() -> None:
+    documented = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+    used = {name for _, text in compose_texts() for name in VARIABLE.findall(text)}
+    assert used, "the compose files use variables"
+    assert used <= documented, f"not in .env.example: {sorted(used - documented)}"
+
+
+def environments(data: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for service_name, service in data.get("services", {}).items():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) for item in env)
+        for key, value in env.items():
+            yield service_name, key, "" if value is None else str(value)
+
+
+def test_no_literal_secret_values(compose: dict[str, Any], sim: dict[str, Any]) -> None:
+    for service, key, value in environments(compose):
+        if SECRET_NAME.search(key) and value:
+            assert REQUIRED_VAR.match(value), f"{service}.{key} must come from the environment, with no default"
+    for service, key, value in environments(sim):
+        if SECRET_NAME.search(key):
+            assert value in {"", "simulator"}, f"{service}.{key}: only the simulator's dummy key belongs here"
+    for path, text in compose_texts():
+        for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):?-([^}]*)\}", text):
+            assert not SECRET_NAME.search(name), f"{path.name}: {name} has a default ({default!r})"
+
+
+# -- commands name modules that exist ---------------------------------------------------------
+
+
+def all_commands(services: dict[str, dict[str, Any]]) -> Iterator[list[str]]:
+    yield shlex.split(shell_script(dockerfile_cmd()).replace("exec ", "", 1))
+    yield shlex.split(shell_script(dockerfile_healthcheck()))
+    for service in services.values():
+        if "command" in service and service.get("build"):
+            yield as_argv(service["command"])
+        if "healthcheck" in service and service.get("build"):
+            yield healthcheck_argv(service["healthcheck"])
+
+
+def test_commands_reference_modules_that_exist(services: dict[str, dict[str, Any]]) -> None:
+    apps: set[str] = set()
+    modules: set[str] = set()
+    cli_commands: set[str] = set()
+    for argv in all_commands(services):
+        if argv[0] == "videoqueue":
+            cli_commands.add(argv[1])
+        if argv[0] == "celery":
+            app = argv[argv.index("-A") + 1] if "-A" in argv else None
+            assert app, argv
+            apps.add(app)
+        if argv[0] == "python" and argv[1] == "-m":
+            modules.add(argv[2])
+    assert apps == {"worker"}
+    assert modules == {"simulator"}
+    for module in apps | modules:
+        assert importlib.util.find_spec(module) is not None, module
+    assert importlib.util.find_spec("simulator.__main__") is not None
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("videoqueue") == "producer.cli:main"
+    import typer
+
+    from producer.cli import app as cli_app
+
+    subcommands = set(getattr(typer.main.get_command(cli_app), "commands", {}))
+    assert cli_commands and cli_commands <= subcommands, cli_commands
+    from worker.app import app as celery_app
+
+    queues = {queue.name for queue in celery_app.conf.task_queues}
+    assert queues == {QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE}
+
+
+# -- the real tools, where they are installed ------------------------------------------------
+
+
+def compose_command() -> list[str] | None:
+    """Docker Compose v2: $VQ_DOCKER_COMPOSE, `docker-compose` or the `docker compose` plugin."""
+    candidates: list[list[str]] = []
+    if os.environ.get("VQ_DOCKER_COMPOSE"):
+        candidates.append([os.environ["VQ_DOCKER_COMPOSE"]])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    for command in candidates:
+        try:
+            version = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30, check=False)
+        except OSError:
+            continue
+        if version.returncode == 0 and re.search(r"\bv?2\.", version.stdout):
+            return command
+    return None
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.sim.yml"]])
+def test_docker_compose_config_accepts_the_files(files: list[str]) -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("Docker Compose v2 is not installed (set VQ_DOCKER_COMPOSE to its binary)")
+    env = {
+        **os.environ,
+        "FLOWER_BASIC_AUTH": "admin:test-password",
+        "MINIO_ROOT_USER": "videoqueue",
+        "MINIO_ROOT_PASSWORD": "test-password",
+    }
+    # No .env of the developer's: only the variables given here count.
+    args = ["--env-file", os.devnull, *(arg for name in files for arg in ("-f", name))]
+    result = subprocess.run(
+        [*command, *args, "config", "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    missing = {k: v for k, v in env.items() if k != "FLOWER_BASIC_AUTH"}
+    refused = subprocess.run(
+        [*command, *args, "config", "--quiet"],
+        cwd=ROOT,
+        env=missing,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
+
+
+def test_hadolint_accepts_the_dockerfile() -> None:
+    hadolint = os.environ.get("VQ_HADOLINT") or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (set VQ_HADOLINT to its binary)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

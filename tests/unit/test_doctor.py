@@ -1,0 +1,131 @@
+"""The doctor's report, verdict and CLI glue, without any server (tests/integration/
+test_doctor.py runs the checks against real ones)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from producer.cli_ops import register
+from producer.settings import Settings
+from worker import doctor
+from worker.doctor import Check, DoctorReport, Status
+
+
+def report(*statuses: Status) -> DoctorReport:
+    return DoctorReport(tuple(Check(f"check{i}", s, f"detail {i}") for i, s in enumerate(statuses)))
+
+
+def test_verdicts() -> None:
+    assert report(Status.OK, Status.OK).verdict == "ready: all 2 checks ok"
+    assert report(Status.OK, Status.WARN).verdict == "ready, with 1 warning(s) (check1)"
+    failed = report(Status.FAIL, Status.WARN, Status.FAIL)
+    assert failed.verdict == "NOT READY: 2 check(s) failed (check0, check2)"
+    assert not failed.ok and report(Status.WARN).ok
+
+
+def test_text_and_json_forms() -> None:
+    r = report(Status.OK, Status.FAIL)
+    assert r.to_text().splitlines() == ["ok    check0  detail 0", "fail  check1  detail 1", f"verdict: {r.verdict}"]
+    data = json.loads(r.to_json())
+    assert data == {
+        "ok": False,
+        "verdict": r.verdict,
+        "checks": [
+            {"name": "check0", "status": "ok", "detail": "detail 0"},
+            {"name": "check1", "status": "fail", "detail": "detail 1"},
+        ],
+    }
+
+
+def test_urls_lose_their_credentials() -> None:
+    assert doctor.safe_url("redis://:hunter2@redis:6379/0") == "redis://redis:6379/0 (with credentials)"
+    assert (
+        doctor.safe_url("https://user:pw@ark.example.com/api/v3") == "https://ark.example.com/api/v3 (with credentials)"
+    )
+    assert doctor.safe_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+
+
+def test_a_crashing_check_is_a_failed_check_and_its_message_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(settings: Settings) -> Check:
+        raise RuntimeError("Authorization: Bearer sk-xxx went wrong")
+
+    for name in ("check_redis", "check_storage", "check_byteplus", "check_veo"):
+        monkeypatch.setattr(doctor, name, boom)
+    monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: Check("workers", Status.OK, "fine"))
+    result = doctor.run_doctor(Settings(_env_file=None))
+    assert [c.status for c in result.checks] == [Status.FAIL] * 4 + [Status.OK]
+    assert "check crashed: RuntimeError" in result.checks[0].detail
+    assert "sk-xxx" not in result.to_json()
+
+
+def test_the_broker_is_checked_only_when_it_is_another_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = Check("x", Status.OK, "fine")
+    for name in ("check_redis", "check_broker", "check_storage", "check_byteplus", "check_veo"):
+        monkeypatch.setattr(doctor, name, lambda settings, name=name: Check(name.removeprefix("check_"), Status.OK, ""))
+    monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: ok)
+    same = doctor.run_doctor(Settings(_env_file=None))
+    other = doctor.run_doctor(Settings(_env_file=None, broker_url="redis://elsewhere:6379/0"))
+    assert "broker" not in [c.name for c in same.checks]
+    assert "broker" in [c.name for c in other.checks]
+
+
+def test_local_storage_probe_is_written_read_and_removed(tmp_path: Path) -> None:
+    check = doctor.check_storage(Settings(_env_file=None, storage_url=f"file://{tmp_path / 'videos'}"))
+    assert check.status is Status.OK, check.detail
+    assert not list(tmp_path.rglob("*.json")) and not (tmp_path / "videos" / "_doctor").exists()
+
+
+def test_unwritable_local_storage_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    check = doctor.check_storage(Settings(_env_file=None, storage_url=f"file://{blocker}/videos"))
+    assert check.status is Status.FAIL and "cannot write" in check.detail
+
+
+def test_unset_keys_of_other_providers_are_fine() -> None:
+    settings = Settings(_env_file=None, default_provider="byteplus")
+    assert doctor.check_veo(settings).status is Status.OK
+    assert doctor.check_byteplus(settings).status is Status.WARN
+
+
+def cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """A group, as the videoqueue CLI is."""
+
+    register(app)
+    return app
+
+
+def test_the_command_explains_a_missing_worker_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "worker.doctor", None)  # as if the worker side were not installed
+    result = CliRunner().invoke(cli(), ["doctor"])
+    assert result.exit_code == 2
+    assert "needs the worker's dependencies" in result.output and "worker.doctor" in result.output
+
+
+def test_the_command_prints_the_report_and_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome = {"status": Status.OK}
+    monkeypatch.setattr(
+        doctor, "run_doctor", lambda settings: DoctorReport((Check("redis", outcome["status"], "redis 7"),))
+    )
+    ok = CliRunner().invoke(cli(), ["doctor", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["checks"][0]["detail"] == "redis 7"
+    outcome["status"] = Status.FAIL
+    failed = CliRunner().invoke(cli(), ["doctor"])
+    assert failed.exit_code == 1 and failed.stdout.startswith("fail  redis  redis 7")
+
+
+def test_invalid_settings_are_reported_without_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_URL", "ftp://secret-host/x")
+    result = CliRunner().invoke(cli(), ["doctor"])
+    assert result.exit_code == 2 and "invalid settings: storage_url" in result.output
+    assert "secret-host" not in result.output
