@@ -93,28 +93,50 @@ _STORE_RETRY: dict[str, Any] = {
 }
 
 
+def job_summary(job_id: str) -> dict[str, Any]:
+    """What a task returns, for Flower's task view: where the job stands after the step
+    (its status and provider task id; never the prompt, never a key)."""
+    record = pipeline().store.get(job_id)
+    if record is None:
+        return {"job_id": job_id, "status": "unknown"}
+    summary: dict[str, Any] = {
+        "job_id": job_id,
+        "status": record.status.value,
+        "provider": record.provider,
+        "provider_task_id": record.provider_task_id,
+        "provider_status": record.provider_status,
+    }
+    if record.error is not None:
+        summary["error"] = record.error.code.value
+    return summary
+
+
 @app.task(name=TASK_SUBMIT, bind=True, **_STORE_RETRY)
-def submit(self: Task[Any, Any], job_id: str) -> None:
+def submit(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Create the provider task of a job (once), then schedule its first poll."""
     pipeline().submit(job_id)
+    return job_summary(job_id)
 
 
 @app.task(name=TASK_POLL, bind=True, **_STORE_RETRY)
-def poll(self: Task[Any, Any], job_id: str, seq: int) -> None:
+def poll(self: Task[Any, Any], job_id: str, seq: int) -> dict[str, Any]:
     """One status call; re-schedules itself with a countdown until the provider is done."""
     pipeline().poll(job_id, seq)
+    return job_summary(job_id)
 
 
 @app.task(name=TASK_STORE, bind=True, **_STORE_RETRY)
-def store(self: Task[Any, Any], job_id: str) -> None:
+def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Stream the video into storage, write the manifest, mark the job succeeded."""
     try:
         pipeline().store_video(job_id)
     except StoreRetry as retry:
         raise self.retry(countdown=retry.countdown, exc=retry) from None
+    return job_summary(job_id)
 
 
 @app.task(name=TASK_CANCEL, bind=True, **_STORE_RETRY)
-def cancel(self: Task[Any, Any], job_id: str) -> None:
+def cancel(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Cancel a job at the provider, as the producer asked."""
     pipeline().cancel(job_id)
+    return job_summary(job_id)
