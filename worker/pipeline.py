@@ -256,6 +256,9 @@ class Pipeline:
             record.submit_lease_until = None
             record.submit_intent_at = None
             record.poll_seq = 1
+            # The first poll is due now-ish, not when the create lease would have ended:
+            # a crash before it is sent is recovered after RECOVER_AFTER_S.
+            record.next_due_at = utcnow()
             return record
 
         recorded = self.store.update(job.id, record_task)

@@ -19,6 +19,7 @@ from producer.settings import Settings
 
 log = logging.getLogger("videoqueue.sweep")
 LOCK_KEY = "vq:sweep:lock"
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
@@ -31,7 +32,12 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     def send(name: str, args: list[Any]) -> None:
         app.send_task(name, args=args)
 
-    report = recover_stranded(store, send, settings.recover_after_s)
+    try:
+        report = recover_stranded(store, send, settings.recover_after_s)
+    finally:
+        # Let the next sweep (ours or another worker's) run on time; the lock's expiry only
+        # covers a sweeper that dies holding it.
+        store.redis.eval(_RELEASE, 1, LOCK_KEY, token)
     if report.total:
         log.warning(
             "recovered stranded jobs",

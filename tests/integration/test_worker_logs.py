@@ -11,7 +11,7 @@ import pytest
 
 from producer import VideoRequest
 from tests.integration.conftest import SIM_KEY, Stack
-from tests.integration.helpers import wait_status
+from tests.integration.helpers import wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +24,8 @@ def test_json_logs_carry_the_job_id_on_every_line_about_the_job(local_stack: Sta
     vq = local_stack.queue()
     job = vq.submit(VideoRequest(prompt="a fox in json"))
     wait_status(vq, job.id, {"succeeded"})
+    # The job is done before the store task's own "succeeded in" line is written.
+    wait_for(lambda: worker.log_text().count(" succeeded in ") >= 3, 20, "the three task lines")
     text = worker.log_text()
     entries: list[dict[str, Any]] = []
     for line in text.splitlines():
@@ -52,6 +54,7 @@ def test_text_logs_carry_the_job_id_too(local_stack: Stack) -> None:
     vq = local_stack.queue()
     job = vq.submit(VideoRequest(prompt="a fox in text"))
     wait_status(vq, job.id, {"succeeded"})
+    wait_for(lambda: worker.log_text().count(" succeeded in ") >= 3, 20, "the three task lines")
     lines = [line for line in worker.log_text().splitlines() if "Task videoqueue." in line]
     assert lines
     for line in lines:
