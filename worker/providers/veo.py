@@ -37,6 +37,18 @@ from worker.providers.gcs import stream_gcs
 
 INLINE = "inline"
 
+# google-genai sends through httpx2 (a fork of httpx under its own name) when it is
+# installed, through httpx otherwise: transport errors can come from either.
+_NOT_SENT: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+_TRANSPORT: tuple[type[Exception], ...] = (httpx.HTTPError,)
+try:
+    import httpx2
+
+    _NOT_SENT += (httpx2.ConnectError, httpx2.ConnectTimeout)
+    _TRANSPORT += (httpx2.HTTPError,)
+except ImportError:  # pragma: no cover - depends on the google-genai release
+    pass
+
 # google.rpc.Code values an operation can end with.
 _GRPC_CODES = {
     3: ErrorCode.INVALID_REQUEST,  # INVALID_ARGUMENT
@@ -58,9 +70,9 @@ def map_genai_error(exc: Exception, *, creating: bool = False) -> ProviderError:
         provider_code = exc.status or str(status)
         filtered = any(word in message.lower() for word in _SAFETY_WORDS)
         return error_for_status(status, message, provider_code, creating=creating, content_filtered=filtered)
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+    if isinstance(exc, _NOT_SENT):
         return ProviderError(ErrorCode.TIMEOUT, f"Vertex AI unreachable: {exc!r}", request_sent=False)
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, _TRANSPORT):
         return ProviderError(ErrorCode.TIMEOUT, f"Vertex AI call broke: {exc!r}")
     return ProviderError(ErrorCode.UPSTREAM, f"Vertex AI answered something unexpected: {exc!r}")
 

@@ -3,14 +3,23 @@ renamed into place, so a reader never sees half a video."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from worker.storage.base import StorageError, StoredObject, checked_chunks
+
+
+def _disk(call: Callable[..., Any], *args: Any) -> Any:
+    """A filesystem call whose failure (disk full, temp file gone) is worth a retry."""
+    try:
+        return call(*args)
+    except OSError as exc:
+        raise StorageError(f"local storage: {exc}") from exc
 
 
 class LocalStorage:
@@ -54,14 +63,20 @@ class LocalStorage:
             os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
-                    out.write(chunk)
+                    _disk(out.write, chunk)
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, target)
+                _disk(out.flush)
+                _disk(os.fsync, out.fileno())
+            _disk(os.replace, tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
+        # The key now holds a whole file. Temp files of other writes of it are leftovers of
+        # a worker killed mid-write (SIGKILL, OOM), or of a duplicate whose rename will now
+        # fail and retry into a job already done: either way not needed.
+        for leftover in target.parent.glob(f".{target.name}.*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         return StoredObject(uri=target.as_uri(), size=size)
 
     def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:

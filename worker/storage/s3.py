@@ -105,9 +105,18 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"S3 listing of {self.uri('')} failed: {exc}") from exc
 
+    def _abort_open_uploads(self, key: str) -> None:
+        """Abort multipart uploads of `key` left open by an earlier attempt (S3 was down
+        when boto3 tried to abort, or the worker died): their parts are billed and hidden."""
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(key))
+        for upload in listing.get("Uploads", []):
+            if upload.get("Key") == self._key(key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
     def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
         reader = IteratorReader(checked_chunks(chunks, expected_size))
         try:
+            self._abort_open_uploads(key)
             self.client.upload_fileobj(
                 reader,  # type: ignore[arg-type]
                 self.bucket,
