@@ -54,7 +54,7 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # api_key=..., "apiKey": "...", BYTEPLUS_API_KEY=..., aws_secret_access_key=..., password=...
     (
         re.compile(
-            r"(?i)([\w-]*(?:api[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret"
+            r"(?i)((?:api[_-]?key|access[_-]?token|refresh[_-]?token|client[_-]?secret"
             r"|secret[_-]?access[_-]?key|secret[_-]?key|password|passwd)['\"]?\s*[:=]\s*['\"]?)" + _VALUE
         ),
         rf"\1{REDACTED}",
@@ -65,11 +65,17 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # user:password@ in URLs (redis://:pw@host, https://user:pw@host).
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)"), rf"\1{REDACTED}\2"),
 )
+# Every secret pattern needs one of these; most log lines have none and skip the patterns.
+_TRIGGER = re.compile(
+    r"(?i)authorization|bearer|api[_-]?key|token|secret|passw|key=|AIza|://",
+)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def redact(text: str) -> str:
     """`text` with every credential-looking value replaced by [REDACTED]."""
+    if not _TRIGGER.search(text):
+        return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
