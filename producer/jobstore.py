@@ -197,6 +197,19 @@ class JobStore:
         ids: builtins.list[str] = self.redis.zrangebyscore(DUE_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
         return ids
 
+    def due_at(self, job_id: str) -> float | None:
+        """When the job's next step is due (epoch seconds), or None if it is not indexed."""
+        score: float | None = self.redis.zscore(DUE_INDEX, job_id)  # type: ignore[assignment]
+        return score
+
+    def mark_due(self, job_id: str, when: float) -> None:
+        """Record in the due index that the job's next step was sent, due at `when`.
+
+        One command instead of a compare-and-set of the record: this runs after every
+        message a step sends. XX: a job that went final meanwhile (and left the index in
+        its final transaction) is not put back."""
+        self.redis.zadd(DUE_INDEX, {job_id: when}, xx=True)
+
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""
         pipe = self.redis.pipeline()

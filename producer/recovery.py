@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from producer.contract import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
@@ -63,7 +63,10 @@ def recover_stranded(
         def claim(record: JobRecord) -> JobRecord | None:
             if record.status.is_final:
                 return None
-            due = record.next_due_at or record.updated_at
+            # The index holds the latest due time (workers update only the index when they
+            # send a step); the record's may be older.
+            score = store.due_at(record.id)
+            due = datetime.fromtimestamp(score, UTC) if score is not None else record.next_due_at or record.updated_at
             if due > threshold:
                 return None
             if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
