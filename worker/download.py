@@ -10,6 +10,7 @@ import httpx
 from producer.contract import ErrorCode
 from worker.providers.base import ProviderError, VideoStream
 
+# Slices of a video that is already in memory (Veo's inline bytes).
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -35,7 +36,9 @@ def stream_url(client: httpx.Client, url: str, headers: dict[str, str] | None = 
 
 
 def _chunks(response: httpx.Response) -> Iterator[bytes]:
-    yield from response.iter_bytes(CHUNK_BYTES)
+    # Chunks as they come off the socket (at most 64 KiB): re-chunking them to a fixed
+    # size would copy every byte twice into fresh buffers, for nothing the consumers need.
+    yield from response.iter_bytes()
 
 
 def fetch_image(client: httpx.Client, url: str, max_bytes: int) -> tuple[bytes, str]:

@@ -310,6 +310,16 @@ def test_reader_read_n_spans_and_splits_chunks() -> None:
     assert reader.bytes_read == 10
 
 
+def test_reader_serves_a_long_leftover_over_several_reads() -> None:
+    reader = IteratorReader(iter([b"abcdefgh", b"ij"]))
+    assert reader.read(1) == b"a"
+    assert reader.read(2) == b"bc"
+    assert reader.read(3) == b"def"
+    assert reader.read(4) == b"ghij"
+    assert reader.read(1) == b""
+    assert reader.bytes_read == 10
+
+
 def test_reader_read_all() -> None:
     reader = IteratorReader(iter([b"ab", b"cd", b"ef"]))
     assert reader.read(1) == b"a"

@@ -23,26 +23,38 @@ PART_BYTES = 8 * 1024 * 1024
 
 
 class IteratorReader:
-    """A read()-able file over an iterator of chunks, as upload_fileobj wants."""
+    """A read()-able file over an iterator of chunks, as upload_fileobj wants.
+
+    A part is joined once from the chunks it spans; only a chunk that straddles two
+    parts is split."""
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._done = False
         self.bytes_read = 0
 
     def read(self, size: int = -1) -> bytes:
-        while not self._done and (size < 0 or len(self._buffer) < size):
+        while not self._done and (size < 0 or self._pending_bytes < size):
             try:
-                self._buffer.extend(next(self._chunks))
+                chunk = next(self._chunks)
             except StopIteration:
                 self._done = True
-        if size < 0 or size >= len(self._buffer):
-            data = bytes(self._buffer)
-            self._buffer.clear()
+                break
+            self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
+        if size < 0 or self._pending_bytes <= size:
+            data = b"".join(self._pending)
+            self._pending = []
         else:
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
+            # Only the last chunk can reach past `size`: the loop stopped once it did.
+            last = self._pending[-1]
+            cut = len(last) - (self._pending_bytes - size)
+            self._pending[-1] = last[:cut]
+            data = b"".join(self._pending)
+            self._pending = [last[cut:]]
+        self._pending_bytes -= len(data)
         self.bytes_read += len(data)
         return data
 
@@ -74,6 +86,9 @@ class S3Storage:
             max_concurrency=4,
             use_threads=True,
         )
+        # A stream is read ahead into parts while others upload; boto3's default of ten
+        # parts held (80 MiB) adds memory but no speed over the four in flight plus two.
+        self.transfer.max_in_memory_upload_chunks = 6
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
