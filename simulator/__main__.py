@@ -25,7 +25,11 @@ log = logging.getLogger("simulator")
 _CONFIG_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("latency", float, "seconds a task runs (default 3.0)"),
     ("latency-jitter", float, "extra run time drawn from uniform(0, S) (default 0)"),
+    ("latency-profile", str, "fixed (latency + jitter) or realistic (lognormal per model; simulator/latency.py)"),
+    ("latency-sigma", float, "spread (lognormal sigma) of the realistic profile (default 0.12)"),
+    ("latency-scale", float, "factor on realistic render times, e.g. 0.1 for quick runs (default 1)"),
     ("concurrency-per-model", int, "tasks of one model running at once (default 10)"),
+    ("api-delay", float, "seconds added to every provider API call (default 0)"),
     ("video-pad-bytes", int, "size of a free box appended to each video (default 0)"),
     ("api-key", str, "the only accepted ModelArk Bearer key (default: any non-empty key)"),
     ("google-api-key", str, "the only accepted Vertex AI express-mode API key (default: any non-empty key)"),

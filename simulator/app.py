@@ -3,6 +3,7 @@ control endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 from json import JSONDecodeError
 
 from pydantic import ValidationError
@@ -10,10 +11,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from simulator.ark import ArkSim, Task, ark_routes
 from simulator.config import SimConfig
 from simulator.mp4 import video_response
+from simulator.timeline import timeline_routes
 from simulator.vertex import vertex_routes
 
 # The 8-byte PNG signature, an IHDR chunk of a 1x1 image, and IEND: enough to sniff as PNG.
@@ -21,6 +24,21 @@ SAMPLE_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
+
+
+class ApiDelay:
+    """ASGI middleware: waits `api_delay` seconds before every provider API call (not
+    the /_sim control endpoints, not video files)."""
+
+    def __init__(self, app: ASGIApp, sim: ArkSim) -> None:
+        self.app = app
+        self.sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        delay = self.sim.config.api_delay
+        if delay and scope["type"] == "http" and not scope["path"].startswith(("/_sim", "/files/")):
+            await asyncio.sleep(delay)
+        await self.app(scope, receive, send)
 
 
 def create_app(config: SimConfig | None = None) -> Starlette:
@@ -78,7 +96,9 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/_sim/health", health, methods=["GET"]),
         Route("/_sim/config", get_config, methods=["GET"]),
         Route("/_sim/config", set_config, methods=["POST"]),
+        *timeline_routes(sim),
     ]
     app = Starlette(routes=routes)
+    app.add_middleware(ApiDelay, sim=sim)
     app.state.sim = sim
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,7 +17,15 @@ class SimConfig(BaseModel):
 
     latency: float = Field(default=3.0, ge=0)
     latency_jitter: float = Field(default=0.0, ge=0)
+    # "fixed": latency + uniform(0, latency_jitter); "realistic": lognormal per model,
+    # scaled by duration and resolution (simulator/latency.py), times latency_scale.
+    latency_profile: Literal["fixed", "realistic"] = "fixed"
+    latency_sigma: float = Field(default=0.12, ge=0)
+    latency_scale: float = Field(default=1.0, gt=0)
     concurrency_per_model: int = Field(default=10, ge=1)
+    # Seconds added to every provider API call: a real one crosses the internet and the
+    # provider's gateway (typically 0.1-0.5 s), which is what a worker pool waits on.
+    api_delay: float = Field(default=0.0, ge=0)
     video_pad_bytes: int = Field(default=0, ge=0)
     api_key: str | None = None
     google_api_key: str | None = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from simulator.config import SimConfig
+from simulator.latency import draw_render_s
 from simulator.markers import Markers
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
@@ -44,6 +45,14 @@ class JobSpec(Protocol):
     def markers(self) -> Markers:
         """The fault-injection markers found in the prompt."""
 
+    @property
+    def duration(self) -> int:
+        """Seconds of video asked for (the realistic latency profile scales with it)."""
+
+    @property
+    def resolution(self) -> str:
+        """The resolution asked for, e.g. "720p"."""
+
 
 SpecT = TypeVar("SpecT", bound=JobSpec)
 
@@ -63,6 +72,11 @@ class Job(Generic[SpecT]):
     run_end: float | None = None
     outcome: str = "succeeded"
     gets: int = 0
+
+    @property
+    def public_id(self) -> str:
+        """The id clients know the job by (a Veo operation's full name)."""
+        return self.id
 
 
 class Scheduler:
@@ -86,6 +100,8 @@ class Scheduler:
         self.counters: Counter[str] = Counter()
         self.creates_by_prompt: Counter[str] = Counter()
         self.attempts_by_prompt: Counter[str] = Counter()
+        # When each job left the active statuses, by public id; kept after a DELETE.
+        self.finished_at: dict[str, float] = {}
 
     def update_config(self, changes: dict[str, Any]) -> SimConfig:
         """Apply config changes (raises pydantic.ValidationError) and reschedule."""
@@ -135,6 +151,7 @@ class Scheduler:
         """Cancel a queued job (it keeps its place in the store)."""
         job.status, job.updated = "cancelled", self._clock()
         self.in_flight -= 1
+        self.finished_at[job.public_id] = job.updated
 
     def forget(self, job_id: str) -> None:
         """Drop a finished job from the store."""
@@ -156,7 +173,8 @@ class Scheduler:
         if markers.latency is not None:
             latency = markers.latency
         else:
-            latency = cfg.latency + self.rng.uniform(0, cfg.latency_jitter)
+            spec = job.spec
+            latency = draw_render_s(cfg, spec.model, spec.duration, spec.resolution, self.rng)
         if markers.fail:
             job.outcome = "failed"
         elif markers.expire:
@@ -173,6 +191,7 @@ class Scheduler:
         was_running = job.status == "running"
         job.status, job.updated = status, at
         self.in_flight -= 1
+        self.finished_at[job.public_id] = at
         if was_running:
             self._running[job.spec.model] -= 1
             self._fill(job.spec.model, at)
@@ -197,6 +216,15 @@ class Scheduler:
         job.gets += 1
         rate = self.config.get_5xx_rate
         return job.gets <= job.spec.markers.get500 or bool(rate and self.rng.random() < rate)
+
+    def finished(self) -> dict[str, float]:
+        """Unix time at which each finished job finished, by the id its client knows."""
+        self.advance()
+        return dict(self.finished_at)
+
+    def status_calls(self) -> dict[str, int]:
+        """Status calls (answered or faulted) each stored job received, by public id."""
+        return {job.public_id: job.gets for job in self.tasks.values()}
 
     def stats(self) -> dict[str, Any]:
         """Return the counters exposed at /_sim/stats."""

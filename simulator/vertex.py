@@ -62,6 +62,11 @@ class Operation(Job[VeoSpec]):
 
     name: str
 
+    @property
+    def public_id(self) -> str:
+        """Clients know an operation by its full resource name."""
+        return self.name
+
     def error(self) -> dict[str, Any] | None:
         """The google.rpc.Status of a finished operation that failed, else None.
 

@@ -376,3 +376,18 @@ def test_cli_options_fall_back_to_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert args.port == 9999
     assert (config.latency, config.create_429_rate) == (1.5, 0.25)
     assert (config.concurrency_per_model, config.api_key) == (3, "k")
+
+
+def test_api_delay_slows_provider_calls_but_not_control_endpoints(http: httpx.Client, ark: Any) -> None:
+    set_config(http, api_delay=0.3)
+    try:
+        started = time.monotonic()
+        ark.content_generation.tasks.list()
+        api_seconds = time.monotonic() - started
+        started = time.monotonic()
+        http.get("/_sim/stats").raise_for_status()
+        control_seconds = time.monotonic() - started
+    finally:
+        set_config(http, api_delay=0)
+    assert api_seconds >= 0.3
+    assert control_seconds < 0.3

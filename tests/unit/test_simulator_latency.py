@@ -1,0 +1,92 @@
+"""The simulator's latency profiles and the /_sim endpoints that time each task."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from simulator import SimConfig, create_app
+from simulator.__main__ import config_from_args, parse_args
+from simulator.ark import ArkSim
+from simulator.latency import draw_render_s, median_render_s
+from simulator.validation import parse_create
+
+PRO_15 = "seedance-1-5-pro-251215"
+VEO_FAST = "veo-3.1-fast-generate-001"
+
+
+def test_realistic_medians_scale_with_duration_and_resolution() -> None:
+    assert median_render_s(PRO_15, 5, "720p") == 45.0
+    assert median_render_s(VEO_FAST, 5, "720p") == 40.0
+    assert median_render_s(PRO_15, 10, "720p") == pytest.approx(45.0 * 1.7)
+    assert median_render_s(PRO_15, 5, "1080p") > median_render_s(PRO_15, 5, "720p") > median_render_s(PRO_15, 5, "480p")
+    assert median_render_s("some-new-model", 5, "720p") == 45.0
+
+
+def test_realistic_draws_are_lognormal_around_the_median() -> None:
+    config = SimConfig(latency_profile="realistic", latency_sigma=0.12)
+    rng = random.Random(1)
+    draws = [draw_render_s(config, PRO_15, 5, "720p", rng) for _ in range(4000)]
+    logs = [math.log(d) for d in draws]
+    assert statistics.median(draws) == pytest.approx(45.0, rel=0.02)
+    assert statistics.stdev(logs) == pytest.approx(0.12, rel=0.05)
+    scaled = SimConfig(latency_profile="realistic", latency_sigma=0.0, latency_scale=0.1)
+    assert draw_render_s(scaled, PRO_15, 5, "720p", rng) == pytest.approx(4.5)
+
+
+def test_fixed_profile_is_latency_plus_jitter() -> None:
+    config = SimConfig(latency=2.0, latency_jitter=1.0)
+    rng = random.Random(2)
+    draws = [draw_render_s(config, PRO_15, 5, "720p", rng) for _ in range(200)]
+    assert 2.0 <= min(draws) < max(draws) <= 3.0
+
+
+def test_scheduler_uses_the_profile_and_markers_still_win() -> None:
+    now = [1000.0]
+    config = SimConfig(latency_profile="realistic", latency_sigma=0.0, concurrency_per_model=5)
+    sim = ArkSim(config, clock=lambda: now[0])
+    plain = sim.create(parse_create({"model": PRO_15, "content": [{"type": "text", "text": "x"}]}))
+    marked = sim.create(parse_create({"model": PRO_15, "content": [{"type": "text", "text": "x [sim:latency=2]"}]}))
+    assert plain.run_end == pytest.approx(1045.0)
+    assert marked.run_end == pytest.approx(1002.0)
+
+
+def test_finished_and_polls_endpoints_cover_both_providers() -> None:
+    client = TestClient(create_app(SimConfig(latency=0.0)))
+    started = time.time()
+    ark_id = client.post(
+        "/api/v3/contents/generations/tasks",
+        json={"model": PRO_15, "content": [{"type": "text", "text": "a fox"}]},
+        headers={"Authorization": "Bearer k"},
+    ).json()["id"]
+    op_name = client.post(
+        f"/v1beta1/publishers/google/models/{VEO_FAST}:predictLongRunning",
+        json={"instances": [{"prompt": "a fox"}]},
+        headers={"x-goog-api-key": "k"},
+    ).json()["name"]
+    for _ in range(2):
+        client.get(f"/api/v3/contents/generations/tasks/{ark_id}", headers={"Authorization": "Bearer k"})
+    client.post(
+        f"/v1beta1/publishers/google/models/{VEO_FAST}:fetchPredictOperation",
+        json={"operationName": op_name},
+        headers={"x-goog-api-key": "k"},
+    )
+    finished = client.get("/_sim/finished").json()
+    assert set(finished) == {ark_id, op_name}
+    assert all(started - 1 <= at <= time.time() for at in finished.values())
+    assert client.get("/_sim/polls").json() == {ark_id: 2, op_name: 1}
+    client.post("/_sim/reset")
+    assert client.get("/_sim/finished").json() == {}
+
+
+def test_latency_profile_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_LATENCY_PROFILE", "realistic")
+    config = config_from_args(parse_args(["--latency-sigma", "0.25", "--latency-scale", "0.1"]))
+    assert (config.latency_profile, config.latency_sigma, config.latency_scale) == ("realistic", 0.25, 0.1)
+    with pytest.raises(ValueError, match="latency_profile"):
+        SimConfig(latency_profile="slow")
