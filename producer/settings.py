@@ -76,6 +76,48 @@ class Settings(BaseSettings):
     poll_max_s: float = Field(default=60.0, gt=0)
     poll_backoff: float = Field(default=1.5, ge=1.0)
     poll_jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    poll_schedule: Literal["learned", "backoff"] = Field(
+        default="learned",
+        description=(
+            "learned: poll densely inside the window where past jobs of the same kind finished "
+            "(falls back to backoff until POLL_HISTORY_MIN of them are known); backoff: always "
+            "the first poll at the expected render time, then POLL_MIN_S growing by POLL_BACKOFF."
+        ),
+    )
+    poll_interval_s: float = Field(
+        default=3.0,
+        gt=0,
+        description=(
+            "Poll interval inside the learned window. 3 s sees a job about 1.5 s after it finishes "
+            "(p95 about 3 s) for about 3.5 polls per job, and still under 6 polls if render times "
+            "spread twice as wide as we assume; 2 s costs a poll more per job for 0.5 s, 5 s puts the "
+            "p95 near 5 s (bench/detection.py, docs/benchmarks.md)."
+        ),
+    )
+    poll_window_low_q: float = Field(
+        default=0.10,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "The first poll comes at this quantile of past render times. 0.10 rather than lower: the "
+            "few jobs done before it are seen a little late, and every other job saves polls."
+        ),
+    )
+    poll_window_high_q: float = Field(
+        default=0.97,
+        gt=0.0,
+        le=1.0,
+        description="Dense polling lasts until this quantile of past render times, then backs off.",
+    )
+    poll_history_size: int = Field(
+        default=200, ge=1, description="Render times kept per provider, model, resolution, duration and tier."
+    )
+    poll_history_min: int = Field(
+        default=10, ge=2, description="Render times needed before the learned window replaces the backoff schedule."
+    )
+    poll_history_cache_s: float = Field(
+        default=30.0, ge=0, description="How long a worker process reuses the render times it read from Redis."
+    )
 
     submit_max_attempts: int = Field(
         default=6, ge=1, description="Provider create attempts for upstream/timeout errors."

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
@@ -25,7 +27,8 @@ from producer.limits import ProviderLimits
 from producer.settings import Settings
 from worker.manifest import build_manifest
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
-from worker.schedule import poll_delay, retry_delay
+from worker.render_history import RenderHistory
+from worker.schedule import poll_delay, render_window, retry_delay, window_poll_delay
 from worker.storage import Storage, StorageError, VideoCheckError
 
 log = logging.getLogger("videoqueue.pipeline")
@@ -52,15 +55,7 @@ class DueTracking:
         self.jobs = jobs
 
     def _due(self, job_id: str, countdown: float) -> None:
-        due = utcnow() + timedelta(seconds=countdown)
-
-        def mark(record: JobRecord) -> JobRecord | None:
-            if record.status.is_final:
-                return None
-            record.next_due_at = due
-            return record
-
-        self.jobs.update(job_id, mark)
+        self.jobs.mark_due(job_id, (utcnow() + timedelta(seconds=countdown)).timestamp())
 
     def submit(self, job_id: str, countdown: float) -> None:
         self.inner.submit(job_id, countdown)
@@ -96,6 +91,7 @@ class Pipeline:
         storage: Callable[[], Storage],
         dispatch: Dispatcher,
         limits: ProviderLimits | None = None,
+        history: RenderHistory | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -105,6 +101,7 @@ class Pipeline:
         self.storage = storage
         self.dispatch: Dispatcher = DueTracking(dispatch, store)
         self.limits = limits
+        self.history = history
         self.rng = rng or random.Random()
 
     # ----------------------------------------------------------------- helpers
@@ -144,6 +141,42 @@ class Pipeline:
 
     def _seconds_to_deadline(self, job: JobRecord) -> float:
         return (job.deadline_at - utcnow()).total_seconds()
+
+    def _poll_countdown(self, job: JobRecord, poll_number: int) -> float:
+        """Seconds until poll number `poll_number`: the learned window when enough render
+        times of this kind of job are known, else the backoff schedule."""
+        to_deadline = self._seconds_to_deadline(job)
+        window = None
+        if self.history is not None and self.settings.poll_schedule == "learned" and job.submitted_at:
+            try:
+                window = render_window(self.history.render_times(job), self.settings)
+            except RedisError:
+                log.warning("render history unreadable: backoff schedule", extra={"job_id": job.id})
+        if window is None:
+            expected = self.catalog.models[job.model].expected_render_s if poll_number <= 1 else 0.0
+            return poll_delay(poll_number, expected, self.settings, self.rng, to_deadline)
+        assert job.submitted_at is not None
+        elapsed = (utcnow() - job.submitted_at).total_seconds()
+        return window_poll_delay(elapsed, window, self.settings, self.rng, to_deadline)
+
+    def _remember_render_time(self, job: JobRecord, state: TaskState, detected_at: datetime) -> None:
+        """Add the render time of a job that just succeeded to the history (best effort)."""
+        if self.history is None or job.submitted_at is None:
+            return
+        # The previous poll (or the submit) found the task unfinished and last changed the
+        # record: the task finished between then and now. A provider-reported finish time
+        # is used when it falls in that span (clocks differ); else the midpoint.
+        last_seen_running = max(job.updated_at, job.submitted_at)
+        finished = state.finished_at
+        precise = True
+        if finished is None or not last_seen_running <= finished <= detected_at:
+            finished = last_seen_running + (detected_at - last_seen_running) / 2
+            span_s = (detected_at - last_seen_running).total_seconds()
+            precise = span_s <= 2 * self.settings.poll_interval_s
+        try:
+            self.history.add(job, (finished - job.submitted_at).total_seconds(), precise=precise)
+        except RedisError:
+            log.warning("render time not recorded", extra={"job_id": job.id})
 
     def _actual_cost(self, job: JobRecord, billed_units: int) -> Decimal:
         request = job.request
@@ -212,9 +245,7 @@ class Pipeline:
         if recorded.cancel_requested:
             self.cancel(job.id)
             return
-        spec = self.catalog.models[recorded.model]
-        delay = poll_delay(1, spec.expected_render_s, self.settings, self.rng, self._seconds_to_deadline(recorded))
-        self.dispatch.poll(job.id, 1, countdown=delay)
+        self.dispatch.poll(job.id, 1, countdown=self._poll_countdown(recorded, 1))
 
     def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
         """Create (or, after an interrupted attempt, find) the provider task and record its
@@ -362,7 +393,7 @@ class Pipeline:
             return
 
         if state.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-            delay = poll_delay(seq + 1, 0.0, self.settings, self.rng, self._seconds_to_deadline(job))
+            delay = self._poll_countdown(job, seq + 1)
             self._next_poll(job, seq, delay, state.provider_status, poll_errors=0)
         elif state.status is TaskStatus.SUCCEEDED:
             self._provider_succeeded(job, state)
@@ -429,6 +460,7 @@ class Pipeline:
     def _provider_succeeded(self, job: JobRecord, state: TaskState) -> None:
         billed = state.billed_units
         cost = self._actual_cost(job, billed) if billed is not None else None
+        detected_at = utcnow()
         # Even a job cancelled meanwhile goes to the store step: the provider charged for
         # it, so its cost is recorded and a manifest (without video) keeps the record.
         moved = self.store.transition(
@@ -439,10 +471,12 @@ class Pipeline:
             billed_units=billed,
             cost_usd=cost,
             provider_status="succeeded",
-            provider_done_at=utcnow(),
+            provider_done_at=detected_at,
         )
         if moved is not None:
             self.dispatch.store(job.id, countdown=0)
+            # Only the poll that made the move records the sample: a duplicate adds none.
+            self._remember_render_time(job, state, detected_at)
 
     # ------------------------------------------------------------------- store
 

@@ -1,9 +1,22 @@
 """When to look again: the poll schedule and the retry backoff. Pure functions of their
-inputs (plus a random source for jitter), so they are tested without a clock."""
+inputs (plus a random source for jitter), so they are tested without a clock.
+
+Two poll schedules:
+
+- the backoff schedule, for a kind of job we have not seen often enough: first poll at
+  the model's expected render time, then growing intervals;
+- the learned window, once POLL_HISTORY_MIN render times of the same kind of job are
+  known (worker/render_history.py): the first poll at a low quantile of them, then one
+  every POLL_INTERVAL_S until a high quantile has passed, then backing off. Renders of
+  one kind of clip take much the same time, so almost every job finishes inside the
+  window and is seen within POLL_INTERVAL_S of finishing, without polls before it.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from producer.settings import Settings
 
@@ -30,10 +43,67 @@ def poll_delay(
         base = settings.poll_initial_s or min(expected_render_s, settings.poll_max_s)
     else:
         base = min(settings.poll_max_s, settings.poll_min_s * settings.poll_backoff ** (poll_number - 2))
-    delay = _jittered(base, settings.poll_jitter, rng)
+    return _bounded(_jittered(base, settings.poll_jitter, rng), seconds_to_deadline)
+
+
+def _bounded(delay: float, seconds_to_deadline: float | None) -> float:
     if seconds_to_deadline is not None:
         delay = min(delay, max(seconds_to_deadline, 0.0) + 0.5)
     return max(0.5, delay)
+
+
+@dataclass(frozen=True)
+class RenderWindow:
+    """Seconds after submit between which a job of one kind almost always finishes."""
+
+    start_s: float
+    end_s: float
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted, non-empty values, interpolating linearly."""
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def render_window(render_times: Sequence[float], settings: Settings) -> RenderWindow | None:
+    """The window of the observed render times, or None with fewer than POLL_HISTORY_MIN."""
+    if len(render_times) < settings.poll_history_min:
+        return None
+    ordered = sorted(render_times)
+    return RenderWindow(
+        quantile(ordered, settings.poll_window_low_q),
+        quantile(ordered, settings.poll_window_high_q),
+    )
+
+
+def window_poll_delay(
+    elapsed_s: float,
+    window: RenderWindow,
+    settings: Settings,
+    rng: random.Random,
+    seconds_to_deadline: float | None = None,
+) -> float:
+    """Seconds until the next poll of a job submitted `elapsed_s` ago, under the learned
+    window: wait for the window to open, poll every POLL_INTERVAL_S inside it, and past
+    its end let the time overdue grow by POLL_BACKOFF per poll (capped at POLL_MAX_S).
+
+    Jitter is +-POLL_JITTER of one interval, not of the whole wait: a batch still spreads
+    out, and the first poll still lands at the window's start, not seconds around it.
+    """
+    interval = settings.poll_interval_s
+    spread = settings.poll_jitter * interval
+    if elapsed_s < window.start_s:
+        delay = window.start_s - elapsed_s + rng.uniform(-spread, spread)
+    elif elapsed_s < window.end_s:
+        delay = interval + rng.uniform(-spread, spread)
+    else:
+        overdue = elapsed_s - window.end_s
+        base = max(interval, (settings.poll_backoff - 1.0) * overdue)
+        delay = _jittered(min(base, settings.poll_max_s), settings.poll_jitter, rng)
+    return _bounded(delay, seconds_to_deadline)
 
 
 def retry_delay(

@@ -19,6 +19,7 @@ from worker import logs
 from worker.app import app
 from worker.pipeline import Pipeline, StoreRetry
 from worker.providers import get_provider, reset_providers
+from worker.render_history import RenderHistory
 from worker.storage import Storage, open_storage
 from worker.sweep import start_sweeper
 
@@ -61,6 +62,12 @@ def pipeline() -> Pipeline:
         storage=_storage,
         dispatch=CeleryDispatcher(),
         limits=ProviderLimits(store.redis, defaults, overrides, settings.slot_lease_s),
+        history=RenderHistory(
+            store.redis,
+            size=settings.poll_history_size,
+            cache_s=settings.poll_history_cache_s,
+            min_samples=settings.poll_history_min,
+        ),
     )
 
 

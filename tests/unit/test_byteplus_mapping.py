@@ -100,6 +100,18 @@ def test_succeeded_carries_url_and_tokens() -> None:
     assert (state.status, state.video_url, state.billed_units) == (TaskStatus.SUCCEEDED, "http://v/1.mp4", 103818)
 
 
+def test_succeeded_carries_the_finish_time_to_the_middle_of_its_second() -> None:
+    done = _task(
+        "succeeded",
+        content=SimpleNamespace(video_url="http://v/1.mp4"),
+        usage=SimpleNamespace(completion_tokens=1),
+        updated_at=1_790_000_000,
+    )
+    finished = task_state(done).finished_at
+    assert finished is not None and finished.timestamp() == 1_790_000_000.5
+    assert task_state(_task("running", updated_at=1_790_000_000)).finished_at is None
+
+
 def test_succeeded_without_usage_is_an_upstream_error() -> None:
     with pytest.raises(ProviderError) as info:
         task_state(_task("succeeded", content=SimpleNamespace(video_url="http://v"), usage=None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from producer.settings import Settings
-from worker.schedule import poll_delay, retry_delay
+from worker.schedule import RenderWindow, poll_delay, quantile, render_window, retry_delay, window_poll_delay
 
 
 def _settings(**overrides: float) -> Settings:
@@ -47,3 +47,57 @@ def test_retry_delay_grows_is_capped_and_honours_retry_after() -> None:
     assert 15 <= retry_delay(20, settings, rng) <= 30
     assert retry_delay(1, settings, rng, retry_after=12) == 12
     assert retry_delay(1, settings, rng, retry_after=999) == 30
+
+
+def _window_settings(**overrides: float) -> Settings:
+    values: dict[str, float] = {
+        "poll_interval_s": 3,
+        "poll_jitter": 0.0,
+        "poll_backoff": 1.5,
+        "poll_max_s": 60,
+        "poll_history_min": 10,
+        "poll_window_low_q": 0.1,
+        "poll_window_high_q": 0.9,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_quantile_interpolates_between_samples() -> None:
+    assert quantile([10.0], 0.5) == 10.0
+    assert quantile([10.0, 20.0], 0.25) == 12.5
+    assert quantile([1.0, 2.0, 3.0, 4.0, 5.0], 1.0) == 5.0
+
+
+def test_no_window_until_enough_render_times_are_known() -> None:
+    settings = _window_settings()
+    assert render_window([40.0] * 9, settings) is None
+    window = render_window([float(s) for s in range(40, 51)], settings)  # 40..50
+    assert window == RenderWindow(41.0, 49.0)
+
+
+def test_learned_window_waits_polls_densely_then_backs_off() -> None:
+    settings, rng = _window_settings(), random.Random(1)
+    window = RenderWindow(40.0, 50.0)
+    assert window_poll_delay(0.0, window, settings, rng) == 40.0  # first poll: the window opens
+    assert window_poll_delay(40.0, window, settings, rng) == 3.0  # inside: every POLL_INTERVAL_S
+    assert window_poll_delay(49.0, window, settings, rng) == 3.0
+    assert window_poll_delay(52.0, window, settings, rng) == 3.0  # just past: not less than the interval
+    assert window_poll_delay(70.0, window, settings, rng) == 10.0  # overdue 20 s grows by half
+    assert window_poll_delay(500.0, window, settings, rng) == 60.0  # capped at POLL_MAX_S
+
+
+def test_learned_window_jitter_is_a_share_of_one_interval() -> None:
+    settings, rng = _window_settings(poll_jitter=0.2), random.Random(3)
+    window = RenderWindow(40.0, 50.0)
+    firsts = [window_poll_delay(0.0, window, settings, rng) for _ in range(200)]
+    assert 39.4 <= min(firsts) < max(firsts) <= 40.6
+    inside = [window_poll_delay(45.0, window, settings, rng) for _ in range(200)]
+    assert 2.4 <= min(inside) < max(inside) <= 3.6
+
+
+def test_learned_window_honours_the_deadline() -> None:
+    settings, rng = _window_settings(), random.Random(1)
+    window = RenderWindow(40.0, 50.0)
+    assert window_poll_delay(0.0, window, settings, rng, seconds_to_deadline=10) == 10.5
+    assert window_poll_delay(45.0, window, settings, rng, seconds_to_deadline=-1) == 0.5

@@ -92,6 +92,8 @@ class TaskState:
     error_code: ErrorCode | None = None
     error_message: str | None = None
     provider_error_code: str | None = None
+    # When the provider says the task finished, if it says (ModelArk does, Vertex AI not).
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)

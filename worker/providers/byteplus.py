@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -133,6 +133,12 @@ def task_state(task: Any) -> TaskState:
         billed = getattr(usage, "completion_tokens", None)
         if not video_url or not isinstance(billed, int):
             raise ProviderError(ErrorCode.UPSTREAM, "ModelArk reported success without video_url or usage")
+    finished_at = None
+    if status is TaskStatus.SUCCEEDED:
+        updated = getattr(task, "updated_at", None)
+        if isinstance(updated, int) and updated > 0:
+            # Whole seconds: the middle of the second is the best guess of the moment.
+            finished_at = datetime.fromtimestamp(updated + 0.5, UTC)
     error_code = error_message = provider_code = None
     if status is TaskStatus.FAILED:
         error = getattr(task, "error", None)
@@ -147,6 +153,7 @@ def task_state(task: Any) -> TaskState:
         error_code=error_code,
         error_message=error_message,
         provider_error_code=provider_code,
+        finished_at=finished_at,
     )
 
 
