@@ -53,5 +53,7 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 \
 
 # A worker consuming every queue. `exec` makes celery the process that receives SIGTERM
 # (warm shutdown: finish running tasks, hand held countdown messages back to Redis).
-# WORKER_CONCURRENCY (default: one per CPU) and WORKER_QUEUES (default: all) are optional.
-CMD ["sh", "-c", "exec celery -A worker worker --loglevel=${LOG_LEVEL:-INFO} --hostname=${WORKER_NAME:-worker}@%h ${WORKER_CONCURRENCY:+--concurrency=$WORKER_CONCURRENCY} ${WORKER_QUEUES:+--queues=$WORKER_QUEUES}"]
+# WORKER_POOL (default: prefork), WORKER_CONCURRENCY (default: one per CPU) and
+# WORKER_QUEUES (default: all) are optional; docker-compose.yml runs submits and polls on a
+# thread pool and stores on prefork (docs/benchmarks.md, "Which pool").
+CMD ["sh", "-c", "exec celery -A worker worker --loglevel=${LOG_LEVEL:-INFO} --hostname=${WORKER_NAME:-worker}@%h ${WORKER_POOL:+--pool=$WORKER_POOL} ${WORKER_CONCURRENCY:+--concurrency=$WORKER_CONCURRENCY} ${WORKER_QUEUES:+--queues=$WORKER_QUEUES}"]

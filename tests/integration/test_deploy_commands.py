@@ -15,6 +15,8 @@ import httpx
 import pytest
 from celery import Celery
 
+from producer import VideoRequest
+from producer.contract import JobStatus
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
 from tests.integration.conftest import REDIS_URL, Stack
 from tests.unit.test_deploy_files import (
@@ -66,6 +68,37 @@ def test_without_worker_name_the_default_node_name_matches_too(local_stack: Stac
     proc = start_image_worker(local_stack, env, "image-default")
     assert f"worker@{socket.gethostname()} ready." in proc.log_text()
     assert healthcheck(env).returncode == 0
+
+
+def test_the_compose_split_threads_for_polls_prefork_for_stores_runs_jobs(local_stack: Stack) -> None:
+    """docker-compose.yml's two kinds of worker, as the image's command starts them: submits
+    and polls on a thread pool, stores on prefork. Every job succeeds, created once."""
+    compose = load(COMPOSE)["services"]
+    kinds = {}
+    for service in ("worker", "store-worker"):
+        env = compose[service]["environment"]
+        kinds[service] = {
+            "WORKER_NAME": f"{service}-{uuid.uuid4().hex[:6]}",
+            "WORKER_QUEUES": env["WORKER_QUEUES"],
+            "WORKER_POOL": env["WORKER_POOL"].removeprefix("${WORKER_POOL:-").removesuffix("}"),
+            "WORKER_CONCURRENCY": "8" if service == "worker" else "1",
+        }
+    assert kinds["worker"]["WORKER_POOL"] == "threads"
+    banners = {"worker": ".> concurrency: 8 (thread)", "store-worker": ".> concurrency: 1 (prefork)"}
+    for service, extra in kinds.items():
+        proc = start_image_worker(local_stack, container_env(local_stack, **extra), service)
+        assert banners[service] in proc.log_text()
+    local_stack.simulator.configure(latency=2.0)
+    records = local_stack.queue().submit_many([VideoRequest(prompt=f"split {i}") for i in range(24)])
+    done = local_stack.queue().wait([r.id for r in records], timeout=120, poll_interval=0.5)
+    assert [r.status for r in done] == [JobStatus.SUCCEEDED] * 24
+    stats = local_stack.simulator.stats()
+    assert stats["creates_total"] == 24 and stats["max_in_flight"] > 8, "more jobs in flight than slots"
+    logs = {service: proc.log_text() for service, proc in zip(kinds, local_stack.workers, strict=True)}
+    # Each ran only its own queues' tasks (the banner lists every registered task; these
+    # are the lines of tasks received).
+    assert "Task videoqueue.poll[" in logs["worker"] and "Task videoqueue.store[" not in logs["worker"]
+    assert "Task videoqueue.store[" in logs["store-worker"] and "Task videoqueue.poll[" not in logs["store-worker"]
 
 
 def test_sigterm_hands_held_countdown_messages_back(local_stack: Stack) -> None:

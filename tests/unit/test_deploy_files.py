@@ -231,27 +231,44 @@ def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str,
     assert used <= set(compose["volumes"])
 
 
-def test_workers_scale_with_unique_node_names(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
+WORKERS = {"worker": "${WORKER_NAME:-worker}", "store-worker": "${STORE_WORKER_NAME:-store}"}
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_scale_with_unique_node_names(services: dict[str, dict[str, Any]], name: str) -> None:
+    worker = services[name]
     for fixed in ("container_name", "hostname", "ports"):
-        assert fixed not in worker, f"{fixed} would stop `--scale worker=N`"
+        assert fixed not in worker, f"{fixed} would stop `--scale {name}=N`"
     # The worker runs the image's CMD, which names the node after the container (%h).
-    if "command" in worker:
-        assert "@%h" in " ".join(as_argv(worker["command"]))
-    else:
-        assert "--hostname=${WORKER_NAME:-worker}@%h" in shell_script(dockerfile_cmd())
-    assert worker["environment"]["WORKER_NAME"] == "${WORKER_NAME:-worker}"
+    assert "command" not in worker
+    assert "--hostname=${WORKER_NAME:-worker}@%h" in shell_script(dockerfile_cmd())
+    assert worker["environment"]["WORKER_NAME"] == WORKERS[name]
     assert "healthcheck" not in worker, "the image's healthcheck (inspect ping of this node) applies"
 
 
-def test_workers_start_after_redis_and_the_bucket(services: dict[str, dict[str, Any]]) -> None:
-    depends = services["worker"]["depends_on"]
+def test_the_two_kinds_of_worker_share_the_queues_out(services: dict[str, dict[str, Any]]) -> None:
+    """Submits and polls on a thread pool, stores on prefork: every queue has a consumer,
+    and no queue has two kinds."""
+    io, store = services["worker"]["environment"], services["store-worker"]["environment"]
+    assert default_of(io["WORKER_POOL"]) == "threads" and int(default_of(io["WORKER_CONCURRENCY"])) >= 8
+    assert store["WORKER_POOL"] == "prefork"
+    io_queues, store_queues = set(io["WORKER_QUEUES"].split(",")), set(store["WORKER_QUEUES"].split(","))
+    assert io_queues == {QUEUE_SUBMIT, QUEUE_POLL}
+    assert store_queues == {QUEUE_STORE}
+    assert "${WORKER_POOL:+--pool=$WORKER_POOL}" in shell_script(dockerfile_cmd())
+    assert "${WORKER_QUEUES:+--queues=$WORKER_QUEUES}" in shell_script(dockerfile_cmd())
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_start_after_redis_and_the_bucket(services: dict[str, dict[str, Any]], name: str) -> None:
+    depends = services[name]["depends_on"]
     assert depends["redis"]["condition"] == "service_healthy"
     assert depends["minio-init"]["condition"] == "service_completed_successfully"
 
 
-def test_workers_have_time_for_a_warm_shutdown(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_have_time_for_a_warm_shutdown(services: dict[str, dict[str, Any]], name: str) -> None:
+    worker = services[name]
     assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
     grace = seconds(default_of(worker["stop_grace_period"]))
     # Long enough to finish a provider call (PROVIDER_TIMEOUT_S, 30 s) or a typical upload,
@@ -260,8 +277,11 @@ def test_workers_have_time_for_a_warm_shutdown(services: dict[str, dict[str, Any
     assert worker.get("init") is True
 
 
-def test_workers_read_dot_env_and_use_the_stacks_redis_and_minio(services: dict[str, dict[str, Any]]) -> None:
-    worker = services["worker"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_read_dot_env_and_use_the_stacks_redis_and_minio(
+    services: dict[str, dict[str, Any]], name: str
+) -> None:
+    worker = services[name]
     assert worker["env_file"] == [{"path": ".env", "required": False}]
     env = worker["environment"]
     assert env["REDIS_URL"] == "redis://redis:6379/0"
@@ -317,15 +337,16 @@ def test_the_simulator_runs_only_under_the_sim_profile(services: dict[str, dict[
     assert "_sim/health" in " ".join(healthcheck_argv(services["simulator"]["healthcheck"]))
 
 
-def test_the_sim_override_points_the_workers_at_the_simulator(sim: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", WORKERS)
+def test_the_sim_override_points_the_workers_at_the_simulator(sim: dict[str, Any], name: str) -> None:
     services = sim["services"]
     assert isinstance(services["simulator"]["profiles"], Reset), "the override turns the simulator on"
-    env = services["worker"]["environment"]
+    env = services[name]["environment"]
     assert env["BYTEPLUS_BASE_URL"] == "http://simulator:8000/api/v3"
     assert env["VEO_BASE_URL"] == "http://simulator:8000/"
     assert env["BYTEPLUS_API_KEY"] and env["GOOGLE_API_KEY"], "the simulator wants some key"
     assert env["GOOGLE_CLOUD_PROJECT"] == "" and env["VEO_OUTPUT_GCS_URI"] == ""
-    assert services["worker"]["depends_on"]["simulator"]["condition"] == "service_healthy"
+    assert services[name]["depends_on"]["simulator"]["condition"] == "service_healthy"
 
 
 def test_every_service_but_the_one_shot_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
