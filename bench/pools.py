@@ -23,6 +23,7 @@ FLEETS = (
     Fleet(1, 2, "prefork"),
     Fleet(1, 8, "prefork"),
     Fleet(1, 32, "threads"),
+    Fleet(1, 64, "threads"),
     Fleet(1, 64, "gevent"),
 )
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -54,3 +55,50 @@ def _command_lines() -> list[tuple[int, str]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return lines
+
+
+def _run_quick(scenario: str, results: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", scenario, "--quick", "--results", str(results)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document: dict[str, Any] = json.loads((results / f"{scenario}.json").read_text())
+    assert document["scenario"] == scenario and document["quick"] is True
+    return document
+
+
+@pytest.mark.timeout(300)
+def test_quick_pools_run_every_pool_to_the_end(tmp_path: Path) -> None:
+    rows = _run_quick("pools", tmp_path)["rows"]
+    assert {row["pool"].split(" x ")[1].split("(")[0] for row in rows} == {"prefork", "threads", "gevent"}
+    for row in rows:
+        assert row["succeeded"] == row["jobs"], row
+        assert row["worker_rss_mib"] > 0 and row["worker_cpu_ms_per_job"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_quick_transfer_measures_ours_and_the_references(tmp_path: Path) -> None:
+    rows = {row["case"]: row for row in _run_quick("transfer", tmp_path)["rows"]}
+    ours = [rows["videoqueue store -> S3"], rows["videoqueue store -> local folder"]]
+    reference = rows["reference: boto3 upload_fileobj -> S3"]
+    for row in [*ours, reference]:
+        assert row["bytes"] == 32 * 2**20, row
+        assert row["mib_per_s"] > 0 and row["peak_rss_growth_mib"] >= 0
+    assert all(row["ratio_to_reference"] > 0 for row in ours)
+
+
+@pytest.mark.timeout(300)
+def test_quick_detection_measures_and_models_the_schedules(tmp_path: Path) -> None:
+    rows = _run_quick("detection", tmp_path)["rows"]
+    measured = [row for row in rows if row.get("method") == "measured"]
+    modelled = [row for row in rows if row.get("method") == "model"]
+    assert measured and modelled
+    for row in measured:
+        assert row["jobs"] > 0, row
+        assert row["detect_p50_s"] <= row["detect_p95_s"]
+        assert row["polls_per_job"] >= 1
