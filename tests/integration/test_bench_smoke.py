@@ -21,17 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(300)
 def test_quick_overhead_run_writes_its_measurements(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.process_iter()}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "overhead", "--quick", "--results", str(tmp_path)],
-        cwd=ROOT,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    document = json.loads((tmp_path / "overhead.json").read_text())
-    assert document["scenario"] == "overhead"
+    document = _run_quick("overhead", tmp_path)
     assert document["machine"]["cpus"] >= 1
     jobs = document["jobs"]
     assert jobs["succeeded"] == jobs["jobs"] == 100
