@@ -17,12 +17,10 @@ import redis
 
 from bench.apps import DONE_KEY
 from bench.apps import app as bench_app
-from bench.harness import BenchStack
-from producer import VideoRequest
+from bench.harness import BenchStack, enqueue
 
 SLOTS = 4
 BASELINE_POLL_S = 2.0
-ENQUEUE_BATCH = 500
 
 
 def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
@@ -58,9 +56,7 @@ def _videoqueue(stack: BenchStack, jobs: int) -> dict[str, Any]:
     stack.start_workers(1, concurrency=SLOTS, env=env)
     producer = stack.producer(env)
     cpu0, started = stack.workers_cpu_seconds(), time.monotonic()
-    for first in range(0, jobs, ENQUEUE_BATCH):
-        count = min(ENQUEUE_BATCH, jobs - first)
-        producer.submit_many([VideoRequest(prompt=f"capacity {first + i}") for i in range(count)])
+    enqueue(producer, jobs, "capacity")
     done = stack.wait_final(jobs, 3600, interval=0.5)
     cpu = stack.workers_cpu_seconds() - cpu0
     counts, sim = stack.counts(), stack.sim_stats()

@@ -5,17 +5,14 @@ through submit -> poll -> store; and the same workers draining no-op tasks."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from bench.apps import DONE_KEY
 from bench.apps import app as bench_app
-from bench.harness import BenchStack, redis_counters
-from producer import VideoRequest
-
-ENQUEUE_BATCH = 500
+from bench.harness import BenchStack, enqueue, redis_counters
 
 
 @dataclass
@@ -46,9 +43,7 @@ def drain_jobs(stack: BenchStack, jobs: int, fleet: Fleet, timeout: float = 1800
     producer = stack.producer(env)
     store0, broker0 = redis_counters(stack.store_url), redis_counters(stack.broker_url)
     started = time.monotonic()
-    for first in range(0, jobs, ENQUEUE_BATCH):
-        count = min(ENQUEUE_BATCH, jobs - first)
-        producer.submit_many([VideoRequest(prompt=f"overhead {first + i}") for i in range(count)])
+    enqueue(producer, jobs, "overhead")
     enqueue_s = time.monotonic() - started
     store_q, broker_q = redis_counters(stack.store_url), redis_counters(stack.broker_url)
 
@@ -133,8 +128,3 @@ def drain_noops(stack: BenchStack, tasks: int, fleet: Fleet, timeout: float = 60
         "worker_cpu_ms_per_task": round((cpu1 - cpu0) / tasks * 1000, 2),
         "broker_cmds_per_task": round(_delta(broker1, broker0, "commands") / tasks, 1),
     }
-
-
-def fleet_dict(fleet: Fleet) -> dict[str, Any]:
-    """The fleet as JSON data."""
-    return asdict(fleet)

@@ -8,12 +8,9 @@ and the simulator's own counters. Nothing of ours is patched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,8 +19,9 @@ import httpx
 import psutil
 import redis
 
-from producer import Settings, VideoQueue
+from producer import Settings, VideoQueue, VideoRequest
 from producer.contract import JobStatus
+from producer.jobstore import JobStore
 from simulator.stack import ManagedProcess, _bin, free_port, start_moto, start_simulator, wait_until
 
 KEY = "bench-key"
@@ -71,21 +69,42 @@ def redis_counters(url: str) -> dict[str, float]:
     return out
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its (living) descendants."""
+def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its (living) descendants."""
     total = 0.0
-    for proc in procs:
+    for proc in _tree(pid):
         try:
             times = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
         total += times.user + times.system
     return total
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its (living) descendants, in MiB."""
+    total = 0
+    for proc in _tree(pid):
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+def enqueue(producer: VideoQueue, count: int, prompt: str, batch: int = 500) -> None:
+    """Submit `count` default jobs named `prompt N`, `batch` per submit_many call."""
+    for first in range(0, count, batch):
+        size = min(batch, count - first)
+        producer.submit_many([VideoRequest(prompt=f"{prompt} {first + i}") for i in range(size)])
 
 
 class BenchStack:
@@ -100,6 +119,7 @@ class BenchStack:
         self.workers: list[ManagedProcess] = []
         self._worker_seq = 0
         store, self.store_url = start_redis("redis-store", self.logs)
+        self.jobs = JobStore.from_url(self.store_url)
         broker, self.broker_url = start_redis("redis-broker", self.logs)
         self._procs += [store, broker]
         port = free_port()
@@ -247,14 +267,14 @@ class BenchStack:
 
     def counts(self) -> dict[str, int]:
         """Jobs by status, from the job store's index."""
-        return _counts(self.store_url)
+        return self.jobs.count_by_status()
 
     def wait_final(self, expected: int, timeout: float, interval: float = 0.2) -> float:
         """Wait until `expected` jobs are final; returns the time.monotonic() it saw that.
         TimeoutError (with the counts by status) after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            counts = _counts(self.store_url)
+            counts = self.counts()
             if sum(counts.get(status, 0) for status in FINAL) >= expected:
                 return time.monotonic()
             if time.monotonic() > deadline:
@@ -263,34 +283,3 @@ class BenchStack:
             if dead:
                 raise RuntimeError(f"workers exited: {dead}")
             time.sleep(interval)
-
-
-def _counts(store_url: str) -> dict[str, int]:
-    from producer.jobstore import JobStore
-
-    return JobStore.from_url(store_url).count_by_status()
-
-
-@contextmanager
-def sampled_peak(sample: Any, interval: float = 0.05) -> Iterator[dict[str, float]]:
-    """Run `sample()` (returning a number) in a background thread every `interval` s while
-    the block runs; the yielded dict holds the peak seen under "peak"."""
-    import threading
-
-    result = {"peak": 0.0}
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            # A sample that fails (the process is gone) is skipped.
-            with contextlib.suppress(Exception):
-                result["peak"] = max(result["peak"], float(sample()))
-            stop.wait(interval)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        stop.set()
-        thread.join()

@@ -11,11 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psutil
-
 from bench.drain import Fleet
-from bench.harness import BenchStack
-from producer import VideoRequest
+from bench.harness import BenchStack, enqueue, tree_rss_mib
 
 API_DELAY_S = 0.2
 RENDER_S = 5.0
@@ -42,23 +39,18 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
     }
 
 
-def _rss_mib(pid: int) -> float:
-    root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
-
-
 def _one(stack: BenchStack, jobs: int, fleet: Fleet) -> dict[str, Any]:
     stack.stop_workers()
     stack.flush()
     stack.sim_reset()
     env = stack.env(poll_initial_s=RENDER_S)
     producer = stack.producer(env)
-    producer.submit_many([VideoRequest(prompt=f"pool {i}") for i in range(jobs)])
+    enqueue(producer, jobs, "pool")
     workers = stack.start_workers(fleet.nodes, concurrency=fleet.concurrency, pool=fleet.pool, env=env)
     cpu0, started = stack.workers_cpu_seconds(), time.monotonic()
     done = stack.wait_final(jobs, 3600, interval=0.5)
     cpu = stack.workers_cpu_seconds() - cpu0
-    rss = sum(_rss_mib(w.proc.pid) for w in workers)
+    rss = sum(tree_rss_mib(w.proc.pid) for w in workers)
     counts = stack.counts()
     stack.stop_workers()
     seconds = done - started
