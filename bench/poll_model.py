@@ -63,7 +63,7 @@ def simulate_job(
         if window is not None:
             delay = window_poll_delay(elapsed, window, settings, rng)
         else:
-            delay = poll_delay(number, kind.expected_render_s if number == 1 else 0.0, settings, rng)
+            delay = poll_delay(elapsed, settings, rng, first=number == 1)
         # Celery sends countdowns under a second as one second (worker/tasks.py, `_when`).
         elapsed += max(1.0, delay)
         polls = number

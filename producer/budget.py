@@ -4,7 +4,8 @@ fleet through Redis.
 A job's estimate is reserved when it is enqueued, in the same transaction that stores
 it (so concurrent producers cannot overshoot a cap), and settled when the job reaches a
 final status, in the transaction that moves it there: the reservation is released and
-the actual cost (zero if the provider charged nothing) is added as spent. A job counts
+the actual cost (zero if the provider charged nothing; with the estimate of any task
+the job may have been billed for but does not use) is added as spent. A job counts
 against the day and month it was submitted in.
 """
 
@@ -105,7 +106,8 @@ def settle(pipe: Any, record: JobRecord) -> None:
     """Queue, on a MULTI pipeline, the release of a final job's reservation and the
     addition of what it actually cost."""
     estimate = to_micro(record.cost_estimate_usd)
-    actual = to_micro(record.cost_usd) if record.cost_usd is not None else 0
+    charged = record.charged_usd
+    actual = to_micro(charged) if charged is not None else 0
     for key in record.budget_keys:
         pipe.hincrby(key, "reserved", -estimate)
         if actual:

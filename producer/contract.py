@@ -97,6 +97,10 @@ class JobRecord(BaseModel):
     uncertain_creates: int = 0
     cost_estimate_usd: Usd
     cost_usd: Usd | None = None
+    # Estimated cost of provider tasks made for this job that it does not use and that may
+    # have been billed: a create whose answer was lost and which could not be found again
+    # (Vertex AI cannot list operations), or a duplicate that could not be cancelled.
+    uncertain_cost_usd: Usd | None = None
     billed_units: int | None = None
     billed_unit: str = "token"
     budget_keys: list[str] = Field(default_factory=list)
@@ -118,7 +122,20 @@ class JobRecord(BaseModel):
     provider_done_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime
+    # When a status call at or after the deadline found the provider task still active (it
+    # could not be stopped, so it is followed to its end and billed) or already finished.
+    past_deadline_at: datetime | None = None
+    # What happened that a status alone does not say, in words for people.
+    notes: list[str] = Field(default_factory=list)
     history: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def charged_usd(self) -> Decimal | None:
+        """What the provider charged for this job: the billed cost of its task plus the
+        estimate of tasks it may have been billed for but does not use; None if neither."""
+        if self.cost_usd is None and self.uncertain_cost_usd is None:
+            return None
+        return (self.cost_usd or Decimal(0)) + (self.uncertain_cost_usd or Decimal(0))
 
     def public_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data for CLI and API users."""

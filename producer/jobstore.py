@@ -74,6 +74,24 @@ def client_key(client_job_id: str) -> str:
 CLIENT_ID_TTL_S = 90 * 86400
 
 
+def task_claim_key(provider: str, task_id: str) -> str:
+    """Redis key naming the one job a provider task belongs to."""
+    return f"{KEY_PREFIX}task:{provider}:{task_id}"
+
+
+# A claim must outlast every lookup that could see its task: lookups search from a job's
+# first create intent, which is at most its deadline old.
+TASK_CLAIM_TTL_S = 7 * 86400
+
+
+class TaskClaimedError(RuntimeError):
+    """The provider task a job would record already belongs to another job."""
+
+    def __init__(self, task_id: str, owner: str) -> None:
+        self.task_id, self.owner = task_id, owner
+        super().__init__(f"provider task {task_id} already belongs to job {owner}")
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
@@ -210,6 +228,13 @@ class JobStore:
         its final transaction) is not put back."""
         self.redis.zadd(DUE_INDEX, {job_id: when}, xx=True)
 
+    def task_owners(self, provider: str, task_ids: Sequence[str]) -> dict[str, str]:
+        """The job each of `task_ids` was recorded by, for those recorded at all."""
+        if not task_ids:
+            return {}
+        owners: list[str | None] = self.redis.mget([task_claim_key(provider, t) for t in task_ids])  # type: ignore[assignment]
+        return {t: o for t, o in zip(task_ids, owners, strict=True) if o}
+
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status."""
         pipe = self.redis.pipeline()
@@ -221,6 +246,8 @@ class JobStore:
         """Compare-and-set: apply `mutate` to the current record and store what it returns.
 
         Returns the stored record, or None when the job is unknown or `mutate` declined.
+        A record that takes a provider task id claims the task for this job in the same
+        transaction; raises TaskClaimedError when another job holds it.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
@@ -234,6 +261,13 @@ class JobStore:
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
                 return
+            new_task = changed.provider_task_id if changed.provider_task_id != current.provider_task_id else None
+            if new_task:
+                claim = task_claim_key(changed.provider, new_task)
+                pipe.watch(claim)
+                owner = pipe.get(claim)
+                if owner and owner != job_id:
+                    raise TaskClaimedError(new_task, owner)
             now = utcnow()
             changed.updated_at = now
             if changed.status.is_final and changed.finished_at is None:
@@ -245,6 +279,8 @@ class JobStore:
                 ]
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
+            if new_task:
+                pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
             if changed.status.is_final and not current.status.is_final:
                 # Settle in the same transaction as the final move: once, never twice.
                 entry = LedgerEntry.for_job(changed)

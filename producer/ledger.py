@@ -49,6 +49,9 @@ class LedgerEntry(BaseModel):
     actual_usd: Usd
     billed_units: int | None
     unit: str
+    # The part of actual_usd that is an estimate: tasks the job may have been billed for
+    # but does not use (see JobRecord.uncertain_cost_usd).
+    uncertain_usd: Usd = Decimal(0)
 
     @property
     def day(self) -> str:
@@ -58,7 +61,8 @@ class LedgerEntry(BaseModel):
     @classmethod
     def for_job(cls, record: JobRecord) -> LedgerEntry | None:
         """The entry of a finished job, or None when the provider charged nothing."""
-        if record.cost_usd is None or not record.status.is_final:
+        charged = record.charged_usd
+        if charged is None or not record.status.is_final:
             return None
         return cls(
             job_id=record.id,
@@ -68,9 +72,10 @@ class LedgerEntry(BaseModel):
             tags=tuple(record.request.get("tags") or ()),
             settled_at=record.finished_at or record.updated_at,
             estimate_usd=record.cost_estimate_usd,
-            actual_usd=record.cost_usd,
+            actual_usd=charged,
             billed_units=record.billed_units,
             unit=record.billed_unit,
+            uncertain_usd=record.uncertain_cost_usd or Decimal(0),
         )
 
 

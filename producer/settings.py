@@ -64,24 +64,38 @@ class Settings(BaseSettings):
     job_deadline_s: float = Field(
         default=7200.0,
         gt=0,
-        description="A job not finished this long after enqueue ends `expired`.",
+        description=(
+            "At this long after enqueue a job is stopped: one last status call, then it ends the way "
+            "the provider says; a task still queued is cancelled and the job ends `expired`; one "
+            "already rendering (no longer cancellable) is followed to its end and billed."
+        ),
     )
 
     poll_initial_s: float | None = Field(
         default=None,
         gt=0,
-        description="First poll delay; default: the model's expected render time.",
+        description="First poll delay on the cold schedule; default: POLL_MIN_S.",
     )
-    poll_min_s: float = Field(default=2.0, gt=0)
-    poll_max_s: float = Field(default=60.0, gt=0)
-    poll_backoff: float = Field(default=1.5, ge=1.0)
+    poll_min_s: float = Field(
+        default=2.0, gt=0, description="Cold schedule: the first poll, and the least interval between polls."
+    )
+    poll_max_s: float = Field(default=60.0, gt=0, description="The longest interval between two polls.")
+    poll_backoff: float = Field(
+        default=1.2,
+        ge=1.0,
+        description=(
+            "Cold schedule: each interval is POLL_MIN_S plus (POLL_BACKOFF - 1) of the time already "
+            "waited, so a job is seen at most POLL_MIN_S + 20% of its render time after it ends; past "
+            "the learned window, the time overdue grows by this factor per poll."
+        ),
+    )
     poll_jitter: float = Field(default=0.2, ge=0.0, le=1.0)
     poll_schedule: Literal["learned", "backoff"] = Field(
         default="learned",
         description=(
             "learned: poll densely inside the window where past jobs of the same kind finished "
-            "(falls back to backoff until POLL_HISTORY_MIN of them are known); backoff: always "
-            "the first poll at the expected render time, then POLL_MIN_S growing by POLL_BACKOFF."
+            "(the cold schedule until POLL_HISTORY_MIN of them are known); backoff: always the cold "
+            "schedule (first poll after POLL_MIN_S, intervals growing with the time waited)."
         ),
     )
     poll_interval_s: float = Field(
@@ -153,6 +167,16 @@ class Settings(BaseSettings):
     )
     sweep_interval_s: float = Field(
         default=60.0, ge=0, description="How often a worker looks for stranded jobs (0: never)."
+    )
+
+    follow_past_deadline_s: float = Field(
+        default=172800.0,
+        gt=0,
+        description=(
+            "A provider task still rendering at the job's deadline that cannot be cancelled is "
+            "followed to its end (it is billed), for at most this long after the deadline: 48 h, "
+            "ModelArk's default task expiry."
+        ),
     )
 
     provider_timeout_s: float = Field(default=30.0, gt=0)

@@ -36,8 +36,9 @@ def on_status_change(pipe: Any, before: JobRecord, after: JobRecord) -> None:
     pipe.hincrby(JOBS_KEY, jobs_field(after.status.value, after.provider, after.model), 1)
     if not after.status.is_final or before.status.is_final:
         return
-    if after.cost_usd is not None:
-        add_cost(pipe, after.provider, after.model, to_micro(after.cost_estimate_usd), to_micro(after.cost_usd))
+    charged = after.charged_usd
+    if charged is not None:
+        add_cost(pipe, after.provider, after.model, to_micro(after.cost_estimate_usd), to_micro(charged))
     if after.submitted_at and after.provider_done_at:
         _observe(pipe, RENDER_KEY, RENDER_BUCKETS, after, (after.provider_done_at - after.submitted_at).total_seconds())
     if after.provider_done_at and after.finished_at and after.output_uri:

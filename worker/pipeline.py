@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
+from producer.jobstore import JobStore, TaskClaimedError
 from producer.limits import ProviderLimits
 from producer.settings import Settings
 from worker.manifest import build_manifest
@@ -116,27 +116,23 @@ class Pipeline:
             submit_lease_until=None,
         )
 
-    def _expire(self, job: JobRecord, reason: str) -> None:
-        if job.provider_task_id and job.status in ACTIVE_AT_PROVIDER:
-            self._try_cancel_at_provider(job)
+    def _expire_unsent(self, job: JobRecord) -> None:
+        """End a job whose create never reached the provider (nothing there to wait for)."""
         self.store.transition(
             job.id,
-            {JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.RUNNING},
+            {JobStatus.QUEUED, JobStatus.SUBMITTING},
             JobStatus.EXPIRED,
-            error=JobError(code=ErrorCode.DEADLINE, message=reason),
+            error=JobError(code=ErrorCode.DEADLINE, message="deadline passed before the job reached the provider"),
             submit_lease_until=None,
         )
         log.info("job expired", extra={"job_id": job.id})
 
-    def _try_cancel_at_provider(self, job: JobRecord) -> bool:
-        assert job.provider_task_id is not None
+    def _cancel_if_queued(self, provider: Provider, job: JobRecord, task_id: str) -> bool:
+        """Cancel a task the provider has not started. True if it stopped."""
         try:
-            return self.providers(job.provider).cancel(job.provider_task_id)
+            return provider.cancel(task_id)
         except ProviderError as exc:
-            log.warning(
-                "provider cancel failed",
-                extra={"job_id": job.id, "error_code": exc.code.value},
-            )
+            log.warning("provider cancel failed", extra={"job_id": job.id, "error_code": exc.code.value})
             return False
 
     def _seconds_to_deadline(self, job: JobRecord) -> float:
@@ -144,19 +140,17 @@ class Pipeline:
 
     def _poll_countdown(self, job: JobRecord, poll_number: int) -> float:
         """Seconds until poll number `poll_number`: the learned window when enough render
-        times of this kind of job are known, else the backoff schedule."""
+        times of this kind of job are known, else the cold schedule."""
         to_deadline = self._seconds_to_deadline(job)
+        elapsed = (utcnow() - job.submitted_at).total_seconds() if job.submitted_at else 0.0
         window = None
         if self.history is not None and self.settings.poll_schedule == "learned" and job.submitted_at:
             try:
                 window = render_window(self.history.render_times(job), self.settings)
             except RedisError:
-                log.warning("render history unreadable: backoff schedule", extra={"job_id": job.id})
+                log.warning("render history unreadable: cold schedule", extra={"job_id": job.id})
         if window is None:
-            expected = self.catalog.models[job.model].expected_render_s if poll_number <= 1 else 0.0
-            return poll_delay(poll_number, expected, self.settings, self.rng, to_deadline)
-        assert job.submitted_at is not None
-        elapsed = (utcnow() - job.submitted_at).total_seconds()
+            return poll_delay(elapsed, self.settings, self.rng, to_deadline, first=poll_number <= 1)
         return window_poll_delay(elapsed, window, self.settings, self.rng, to_deadline)
 
     def _remember_render_time(self, job: JobRecord, state: TaskState, detected_at: datetime) -> None:
@@ -214,9 +208,6 @@ class Pipeline:
                 self.dispatch.poll(job.id, job.poll_seq, countdown=1.0)
             return
         now = utcnow()
-        if now >= job.deadline_at:
-            self._expire(job, "deadline passed before the job reached the provider")
-            return
         if job.cancel_requested and job.status is JobStatus.QUEUED:
             self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
             return
@@ -225,6 +216,9 @@ class Pipeline:
             # lease ends, in case it died.
             wait = (job.submit_lease_until - now).total_seconds() + 1.0
             self.dispatch.submit(job.id, countdown=wait)
+            return
+        if now >= job.deadline_at:
+            self._submit_deadline(job, now)
             return
 
         if self.limits is not None:
@@ -240,42 +234,75 @@ class Pipeline:
         if claimed is None:
             return
         recorded = self._create_once(claimed, uncertain_since, lease_until)
-        if recorded is None:
-            return
-        if recorded.cancel_requested:
-            self.cancel(job.id)
-            return
-        self.dispatch.poll(job.id, 1, countdown=self._poll_countdown(recorded, 1))
+        if recorded is not None:
+            self._start_polling(recorded)
 
-    def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
-        """Create (or, after an interrupted attempt, find) the provider task and record its
-        id. Returns the running record, or None when there is nothing more to do now."""
-        task_id: str | None = None
+    def _start_polling(self, recorded: JobRecord) -> None:
+        if recorded.cancel_requested or utcnow() >= recorded.deadline_at:
+            self._check(recorded, seq=None)  # stops it at once if the provider still can
+            recorded = self.store.get(recorded.id) or recorded
+            if recorded.status is not JobStatus.RUNNING:
+                return
+        self.dispatch.poll(recorded.id, 1, countdown=self._poll_countdown(recorded, 1))
+
+    def _submit_deadline(self, job: JobRecord, now: datetime) -> None:
+        """The deadline came before a task was recorded. A job whose create never left us
+        expires; one with an uncertain create gets one last lookup first, since the
+        provider may be rendering it: a task found is followed like any other."""
+        if job.status is JobStatus.QUEUED or job.submit_intent_at is None:
+            self._expire_unsent(job)
+            return
+        lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
+        claimed = self.store.update(job.id, _claim(now, lease_until))
+        if claimed is None:
+            return
+        recorded = self._settle_uncertain(claimed, lease_until)
+        if recorded is not None:
+            self._start_polling(recorded)
+            return
+        self.store.transition(
+            job.id,
+            {JobStatus.SUBMITTING},
+            JobStatus.EXPIRED,
+            error=JobError(code=ErrorCode.DEADLINE, message="deadline passed before a provider task was recorded"),
+            submit_lease_until=None,
+        )
+
+    def _settle_uncertain(self, job: JobRecord, lease_until: datetime) -> JobRecord | None:
+        """Last word on an uncertain create before the job gives up on creating: adopt
+        the task it made if the provider shows it, else charge its estimate when the
+        provider cannot tell. Returns the running record when a task was adopted."""
+        assert job.submit_intent_at is not None
         try:
             provider = self.providers(job.provider)
-            if uncertain_since is not None:
-                # An earlier attempt may have created the task and died before recording it.
-                task_id = provider.find_created(job, uncertain_since)
-                if task_id:
-                    log.info("found task of an interrupted create", extra={"job_id": job.id})
-                else:
-                    # Nothing found (or the provider cannot be asked): create again, and
-                    # count it, since a lost answer may still mean a second paid task.
-                    self.store.update(job.id, _count_uncertain_create)
-                    log.warning("re-creating after an uncertain create", extra={"job_id": job.id})
-            images = self._images(job)
+            task_id, certain = self._find_own_task(provider, job, job.submit_intent_at)
         except ProviderError as exc:
-            # Still unknown whether a task exists: keep the intent, look again next time.
-            self._submit_failed(job, exc, lease_until, still_uncertain=True)
-            return None
-        if task_id is None:
+            log.warning("last lookup failed", extra={"job_id": job.id, "error_code": exc.code.value})
+            task_id, certain = None, False
+        if task_id is not None:
             try:
-                self.store.update(job.id, _count_attempt)
-                task_id = provider.create(job, images)
-            except ProviderError as exc:
-                sent = exc.code is ErrorCode.TIMEOUT and exc.request_sent
-                self._submit_failed(job, exc, lease_until, still_uncertain=sent)
-                return None
+                return self._record_task(job.id, task_id, lease_until)
+            except TaskClaimedError:
+                task_id, certain = None, False
+        if not certain:
+            self.store.update(job.id, _charge_uncertain("a create whose answer was lost may have made a task"))
+        return None
+
+    def _find_own_task(self, provider: Provider, job: JobRecord, since: datetime) -> tuple[str | None, bool]:
+        """(the task an interrupted create made or None, whether that answer is certain).
+
+        Only a candidate no other job has recorded is ours; more than one such candidate,
+        or a listing that could not be read whole, is an answer we cannot be sure of."""
+        lookup = provider.find_created(job, since)
+        owners = self.store.task_owners(job.provider, lookup.candidates)
+        free = [t for t in lookup.candidates if owners.get(t, job.id) == job.id]
+        if len(free) == 1:
+            return free[0], True
+        return None, lookup.complete and not free
+
+    def _record_task(self, job_id: str, task_id: str, lease_until: datetime) -> JobRecord | None:
+        """Record the job's provider task, if our submit still holds the job. Raises
+        TaskClaimedError when the task already belongs to another job."""
 
         def record_task(record: JobRecord) -> JobRecord | None:
             if record.status is not JobStatus.SUBMITTING or record.submit_lease_until != lease_until:
@@ -292,17 +319,60 @@ class Pipeline:
             record.next_due_at = utcnow()
             return record
 
-        recorded = self.store.update(job.id, record_task)
+        return self.store.update(job_id, record_task)
+
+    def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
+        """Create (or, after an interrupted attempt, find) the provider task and record its
+        id. Returns the running record, or None when there is nothing more to do now."""
+        task_id: str | None = None
+        try:
+            provider = self.providers(job.provider)
+            if uncertain_since is not None:
+                # An earlier attempt may have created the task and died before recording it.
+                task_id, certain = self._find_own_task(provider, job, uncertain_since)
+                if task_id:
+                    log.info("found task of an interrupted create", extra={"job_id": job.id})
+                elif certain:
+                    log.info("interrupted create made no task: creating", extra={"job_id": job.id})
+                else:
+                    # The provider cannot tell: the lost create may be a paid task we will
+                    # never see. Count it and charge its estimate, then create again.
+                    self.store.update(job.id, _charge_uncertain("a create whose answer was lost may have made a task"))
+                    log.warning("re-creating after an uncertain create", extra={"job_id": job.id})
+            images = self._images(job)
+        except ProviderError as exc:
+            # Still unknown whether a task exists: keep the intent, look again next time.
+            self._submit_failed(job, exc, lease_until, still_uncertain=True)
+            return None
+        if task_id is None:
+            try:
+                self.store.update(job.id, _count_attempt)
+                task_id = provider.create(job, images)
+            except ProviderError as exc:
+                sent = exc.code is ErrorCode.TIMEOUT and exc.request_sent
+                self._submit_failed(job, exc, lease_until, still_uncertain=sent)
+                return None
+
+        try:
+            recorded = self._record_task(job.id, task_id, lease_until)
+        except TaskClaimedError as exc:
+            # Another job's lookup adopted this very task (identical requests): it is in
+            # use. Ours may still exist: keep the intent and look again.
+            log.warning("task adopted by another job", extra={"job_id": job.id, "owner": exc.owner})
+            released = self.store.update(job.id, _release_uncertain(lease_until))
+            if released is not None:
+                self.dispatch.submit(job.id, countdown=retry_delay(1, self.settings, self.rng))
+            return None
         if recorded is None:
             # Someone took the job over while our create ran (our lease ran out). Unless
-            # they recorded this very task, stop it so it is not paid for twice.
+            # they recorded this very task, it is a duplicate: stop it if it has not
+            # started, else it will be billed, so charge it to the job.
             log.error("lost the submit lease during create", extra={"job_id": job.id})
             current = self.store.get(job.id)
             if current is None or current.provider_task_id != task_id:
-                try:
-                    provider.cancel(task_id)
-                except ProviderError:
-                    log.exception("could not cancel orphaned provider task", extra={"job_id": job.id})
+                owner = self.store.task_owners(job.provider, [task_id]).get(task_id)
+                if owner is None and not self._cancel_if_queued(provider, job, task_id):
+                    self.store.update(job.id, _charge_uncertain(f"duplicate task {task_id} could not be cancelled"))
             return None
         log.info("provider task created", extra={"job_id": job.id, "provider_task_id": task_id})
         return recorded
@@ -314,7 +384,7 @@ class Pipeline:
         retry. Only the attempt that still holds the lease may change the record."""
         extra = {"job_id": job.id, "error_code": exc.code.value}
         if not exc.retryable:
-            self._fail(job.id, exc.code, exc.message, exc.provider_code)
+            self._give_up_submit(job, exc, lease_until, exc.message, uncertain=still_uncertain)
             return
         rate_limited = exc.code is ErrorCode.RATE_LIMITED
         decision: dict[str, float | bool] = {}
@@ -346,20 +416,29 @@ class Pipeline:
             if rate_limited:
                 back_off = exc.retry_after or retry_delay(1, self.settings, self.rng)
                 self.limits.back_off(job.provider, job.model, back_off)
-            if not still_uncertain:
+            if not still_uncertain and not decision.get("give_up"):
                 self.limits.release(job.provider, job.model, job.id)
         if decision.get("give_up"):
-            self._fail(
-                job.id,
-                exc.code,
-                f"gave up after {self.settings.submit_max_attempts} failed attempts: {exc.message}",
-                exc.provider_code,
-            )
+            message = f"gave up after {self.settings.submit_max_attempts} failed attempts: {exc.message}"
+            self._give_up_submit(job, exc, lease_until, message, uncertain=still_uncertain)
             return
         if released is not None:
             delay = retry_delay(int(decision["backoff"]), self.settings, self.rng, exc.retry_after)
             log.info("submit will be retried", extra={**extra, "countdown": round(delay, 1)})
             self.dispatch.submit(job.id, countdown=delay)
+
+    def _give_up_submit(
+        self, job: JobRecord, exc: ProviderError, lease_until: datetime, message: str, *, uncertain: bool
+    ) -> None:
+        """Fail a job whose create cannot succeed, unless an uncertain create made a task
+        after all: one last lookup first, and a task found is followed instead."""
+        current = self.store.get(job.id)
+        if uncertain and current is not None and current.submit_intent_at is not None:
+            recorded = self._settle_uncertain(current, lease_until)
+            if recorded is not None:
+                self._start_polling(recorded)
+                return
+        self._fail(job.id, exc.code, message, exc.provider_code)
 
     # -------------------------------------------------------------------- poll
 
@@ -373,30 +452,40 @@ class Pipeline:
             if seq == job.poll_seq:
                 self.dispatch.store(job.id, countdown=0)
             return
-        task_id = job.provider_task_id
-        if job.status is not JobStatus.RUNNING or not task_id:
+        if job.status is not JobStatus.RUNNING or not job.provider_task_id:
             return
-        if utcnow() >= job.deadline_at:
-            self._expire(job, f"not finished within JOB_DEADLINE_S ({self.settings.job_deadline_s:g} s)")
-            return
-        if job.cancel_requested and job.provider_status != "cancel_requested":
-            if self._cancel_running(job):
-                return
-            job = self.store.get(job_id) or job
+        self._check(job, seq)
 
+    def _check(self, job: JobRecord, seq: int | None) -> None:
+        """Ask the provider where the job's task stands and act on it: the only way a job
+        at the provider ends. `seq` None: a check outside the poll chain (a cancel), which
+        schedules no poll.
+
+        At the deadline, or when the producer cancelled, the status call comes first: a
+        task that finished is stored or failed the way the provider says; one still queued
+        is cancelled there; one already rendering cannot be stopped, will be billed, and
+        is followed to its end."""
         if self.limits is not None:
             self.limits.renew(job.provider, job.model, job.id)
+        provider = self.providers(job.provider)
         try:
-            state = self.providers(job.provider).get(job)
+            state = provider.get(job)
         except ProviderError as exc:
-            self._poll_failed(job, seq, exc)
+            if seq is not None:
+                self._poll_failed(job, seq, exc)
             return
-
+        now = utcnow()
         if state.status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
-            delay = self._poll_countdown(job, seq + 1)
-            self._next_poll(job, seq, delay, state.provider_status, poll_errors=0)
-        elif state.status is TaskStatus.SUCCEEDED:
-            self._provider_succeeded(job, state)
+            if self._stop(provider, job, state, now):
+                return
+            if seq is not None:
+                job = self.store.get(job.id) or job
+                delay = self._poll_countdown(job, seq + 1)
+                self._next_poll(job, seq, delay, state.provider_status, poll_errors=0)
+            return
+        late = now >= job.deadline_at
+        if state.status is TaskStatus.SUCCEEDED:
+            self._provider_succeeded(job, state, late=late)
         elif state.status is TaskStatus.FAILED:
             self._fail(
                 job.id,
@@ -412,8 +501,59 @@ class Pipeline:
                 {JobStatus.RUNNING},
                 JobStatus.EXPIRED,
                 provider_status="expired",
-                error=JobError(code=ErrorCode.DEADLINE, message="the provider expired the task"),
+                error=JobError(
+                    code=ErrorCode.DEADLINE,
+                    message=state.error_message or "the provider expired the task",
+                    provider_code=state.provider_error_code,
+                ),
             )
+
+    def _stop(self, provider: Provider, job: JobRecord, state: TaskState, now: datetime) -> bool:
+        """Stop a task still at the provider when the deadline has come or the producer
+        cancelled. True if the job ended; False if it goes on being followed."""
+        at_deadline = now >= job.deadline_at
+        if not (at_deadline or job.cancel_requested):
+            return False
+        assert job.provider_task_id is not None
+        if state.status is TaskStatus.QUEUED and self._cancel_if_queued(provider, job, job.provider_task_id):
+            if job.cancel_requested:
+                done = self.store.transition(
+                    job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled"
+                )
+            else:
+                done = self.store.transition(
+                    job.id,
+                    {JobStatus.RUNNING},
+                    JobStatus.EXPIRED,
+                    provider_status="cancelled",
+                    error=JobError(
+                        code=ErrorCode.DEADLINE,
+                        message=(
+                            f"not started at the provider within JOB_DEADLINE_S "
+                            f"({self.settings.job_deadline_s:g} s); cancelled there, nothing billed"
+                        ),
+                    ),
+                )
+            log.info("provider task cancelled", extra={"job_id": job.id})
+            return done is not None
+        if at_deadline and (now - job.deadline_at).total_seconds() >= self.settings.follow_past_deadline_s:
+            # Only a provider that never ends its tasks gets here (ModelArk expires them).
+            self.store.transition(
+                job.id,
+                {JobStatus.RUNNING},
+                JobStatus.EXPIRED,
+                provider_status=state.provider_status,
+                error=JobError(
+                    code=ErrorCode.DEADLINE,
+                    message=(
+                        f"still {state.provider_status} at the provider FOLLOW_PAST_DEADLINE_S "
+                        f"({self.settings.follow_past_deadline_s:g} s) after the deadline"
+                    ),
+                ),
+            )
+            return True
+        self.store.update(job.id, _note_unstoppable(at_deadline, now, state.provider_status, self.settings))
+        return False
 
     def _next_poll(
         self,
@@ -432,7 +572,7 @@ class Pipeline:
             if record.status is not JobStatus.RUNNING or record.poll_seq > seq:
                 return None
             record.poll_seq = seq + 1
-            if provider_status and record.provider_status != "cancel_requested":
+            if provider_status:
                 record.provider_status = provider_status
             record.poll_errors = poll_errors
             return record
@@ -454,15 +594,26 @@ class Pipeline:
             )
             return
         delay = retry_delay(max(errors, 1), self.settings, self.rng, exc.retry_after)
-        delay = min(delay, max(self._seconds_to_deadline(job), 0.0) + 0.5)
+        to_deadline = self._seconds_to_deadline(job)
+        if to_deadline > 0:
+            delay = min(delay, to_deadline + 0.5)
         self._next_poll(job, seq, delay, None, poll_errors=errors)
 
-    def _provider_succeeded(self, job: JobRecord, state: TaskState) -> None:
+    def _provider_succeeded(self, job: JobRecord, state: TaskState, *, late: bool) -> None:
         billed = state.billed_units
         cost = self._actual_cost(job, billed) if billed is not None else None
         detected_at = utcnow()
+        changes: dict[str, object] = {}
+        if late:
+            finished = state.finished_at or detected_at
+            when = "after" if finished >= job.deadline_at else "before"
+            changes["past_deadline_at"] = job.past_deadline_at or detected_at
+            changes["notes"] = [
+                *job.notes,
+                f"finished at the provider {when} the deadline and was billed: stored like any other",
+            ]
         # Even a job cancelled meanwhile goes to the store step: the provider charged for
-        # it, so its cost is recorded and a manifest (without video) keeps the record.
+        # it, so its video is kept and its cost recorded.
         moved = self.store.transition(
             job.id,
             {JobStatus.RUNNING},
@@ -472,6 +623,7 @@ class Pipeline:
             cost_usd=cost,
             provider_status="succeeded",
             provider_done_at=detected_at,
+            **changes,
         )
         if moved is not None:
             self.dispatch.store(job.id, countdown=0)
@@ -487,10 +639,9 @@ class Pipeline:
         job = self.store.get(job_id)
         if job is None or job.status is not JobStatus.DOWNLOADING:
             return
-        if job.cancel_requested:
-            # Charged but no longer wanted: keep the cost, store no video.
-            self._finish_without_video(job, JobStatus.CANCELLED, None)
-            return
+        # A job cancelled after the provider finished is stored all the same: the video was
+        # paid for. It ends `cancelled`, with its video.
+        final_status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.SUCCEEDED
         attempt = job.store_attempts + 1
         busy_until = utcnow() + timedelta(seconds=self.settings.store_busy_s)
 
@@ -512,7 +663,7 @@ class Pipeline:
             finished_at = utcnow()
             final = job.model_copy(
                 update={
-                    "status": JobStatus.SUCCEEDED,
+                    "status": final_status,
                     "output_uri": stored.uri,
                     "manifest_uri": storage.uri(f"{job.id}.json"),
                     "finished_at": finished_at,
@@ -534,7 +685,7 @@ class Pipeline:
         self.store.transition(
             job.id,
             {JobStatus.DOWNLOADING},
-            JobStatus.SUCCEEDED,
+            final_status,
             output_uri=stored.uri,
             manifest_uri=final.manifest_uri,
             finished_at=finished_at,
@@ -578,25 +729,12 @@ class Pipeline:
             return
         if job.status is JobStatus.QUEUED:
             self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
-        elif job.status is JobStatus.RUNNING:
-            self._cancel_running(job)
-        # SUBMITTING: the submit step cancels right after its create is recorded.
-        # DOWNLOADING: the store step sees the flag and stores nothing.
-
-    def _cancel_running(self, job: JobRecord) -> bool:
-        """Cancel at the provider. True if the job is now cancelled."""
-        if self._try_cancel_at_provider(job):
-            done = self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled")
-            return done is not None
-
-        def mark(record: JobRecord) -> JobRecord | None:
-            if record.status is not JobStatus.RUNNING:
-                return None
-            record.provider_status = "cancel_requested"
-            return record
-
-        self.store.update(job.id, mark)
-        return False
+        elif job.status is JobStatus.RUNNING and job.provider_task_id:
+            # Status first: a finished task is stored, a queued one cancelled, a rendering
+            # one followed (its poll chain goes on; each poll tries again).
+            self._check(job, seq=None)
+        # SUBMITTING: the submit step checks right after its create is recorded.
+        # DOWNLOADING: the video is paid for; the store step keeps it and ends `cancelled`.
 
 
 def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:
@@ -618,9 +756,59 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
     return claim
 
 
-def _count_uncertain_create(record: JobRecord) -> JobRecord:
-    record.uncertain_creates += 1
-    return record
+def _charge_uncertain(why: str) -> Callable[[JobRecord], JobRecord | None]:
+    """Count a provider task the job may be billed for but will not use, and charge its
+    estimate (the ledger and budgets take it when the job ends)."""
+
+    def charge(record: JobRecord) -> JobRecord | None:
+        if record.status.is_final:
+            log.error("uncertain task not charged: job already final", extra={"job_id": record.id})
+            return None
+        record.uncertain_creates += 1
+        record.uncertain_cost_usd = (record.uncertain_cost_usd or Decimal(0)) + record.cost_estimate_usd
+        record.notes = [*record.notes, f"{why}; charged at its estimate ${record.cost_estimate_usd:.4f}"]
+        return record
+
+    return charge
+
+
+def _release_uncertain(lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:
+    """Free our submit lease but keep the create intent, so the next attempt looks first."""
+
+    def release(record: JobRecord) -> JobRecord | None:
+        if record.status is not JobStatus.SUBMITTING or record.submit_lease_until != lease_until:
+            return None
+        record.submit_lease_until = utcnow()
+        return record
+
+    return release
+
+
+def _note_unstoppable(
+    at_deadline: bool, now: datetime, provider_status: str, settings: Settings
+) -> Callable[[JobRecord], JobRecord | None]:
+    """Say once in the record that a task which should stop cannot, and is followed."""
+
+    def note(record: JobRecord) -> JobRecord | None:
+        if record.status is not JobStatus.RUNNING:
+            return None
+        notes = list(record.notes)
+        if at_deadline and record.past_deadline_at is None:
+            record.past_deadline_at = now
+            notes.append(
+                f"{provider_status} at the provider at the deadline (JOB_DEADLINE_S {settings.job_deadline_s:g} s):"
+                " it cannot be cancelled there and will be billed, so it is followed to its end"
+            )
+        cancel_note = "cancel requested while the provider was rendering: it will be billed; the video is kept"
+        if record.cancel_requested and cancel_note not in notes:
+            notes.append(cancel_note)
+        if notes == record.notes and record.provider_status == provider_status:
+            return None
+        record.notes = notes
+        record.provider_status = provider_status
+        return record
+
+    return note
 
 
 def _count_attempt(record: JobRecord) -> JobRecord:

@@ -3,8 +3,9 @@ inputs (plus a random source for jitter), so they are tested without a clock.
 
 Two poll schedules:
 
-- the backoff schedule, for a kind of job we have not seen often enough: first poll at
-  the model's expected render time, then growing intervals;
+- the cold schedule, for a kind of job we have not seen often enough: the first poll
+  after a couple of seconds, then intervals that grow with the time already waited, so
+  a fast failure is seen in seconds and a slow render costs few polls;
 - the learned window, once POLL_HISTORY_MIN render times of the same kind of job are
   known (worker/render_history.py): the first poll at a low quantile of them, then one
   every POLL_INTERVAL_S until a high quantile has passed, then backing off. Renders of
@@ -26,29 +27,36 @@ def _jittered(delay: float, jitter: float, rng: random.Random) -> float:
 
 
 def poll_delay(
-    poll_number: int,
-    expected_render_s: float,
+    elapsed_s: float,
     settings: Settings,
     rng: random.Random,
     seconds_to_deadline: float | None = None,
+    *,
+    first: bool = False,
 ) -> float:
-    """Seconds until poll number `poll_number` (1 = the first after submit).
+    """Seconds until the next poll of a job submitted `elapsed_s` ago, on the cold
+    schedule (no render times of its kind known yet, or POLL_SCHEDULE=backoff).
 
-    The first poll comes near the model's expected render time (or POLL_INITIAL_S); later
-    ones start at POLL_MIN_S and grow by POLL_BACKOFF up to POLL_MAX_S, with +-POLL_JITTER
-    so a batch submitted together does not poll in lockstep. Never later than the job's
-    deadline, so expiry is noticed on time.
+    The first poll comes after POLL_INITIAL_S (default POLL_MIN_S, 2 s), so a task that
+    fails at once or a very fast model is seen within seconds. Each later interval is
+    POLL_MIN_S plus (POLL_BACKOFF - 1) of the time already waited, up to POLL_MAX_S: a
+    job that finishes at any time T is seen at most about POLL_MIN_S + 0.2 T later
+    (POLL_BACKOFF 1.2), for about 15 polls to 2 minutes. +-POLL_JITTER spreads a batch.
+    Never later than the job's deadline (while it is ahead), so it is looked at then.
     """
-    if poll_number <= 1:
-        base = settings.poll_initial_s or min(expected_render_s, settings.poll_max_s)
+    if first:
+        base = settings.poll_initial_s or settings.poll_min_s
     else:
-        base = min(settings.poll_max_s, settings.poll_min_s * settings.poll_backoff ** (poll_number - 2))
+        base = settings.poll_min_s + (settings.poll_backoff - 1.0) * max(elapsed_s, 0.0)
+    base = min(base, settings.poll_max_s)
     return _bounded(_jittered(base, settings.poll_jitter, rng), seconds_to_deadline)
 
 
 def _bounded(delay: float, seconds_to_deadline: float | None) -> float:
-    if seconds_to_deadline is not None:
-        delay = min(delay, max(seconds_to_deadline, 0.0) + 0.5)
+    # Past the deadline the last status call has been made; the provider task, still
+    # running and unstoppable, is followed on the ordinary cadence.
+    if seconds_to_deadline is not None and seconds_to_deadline > 0:
+        delay = min(delay, seconds_to_deadline + 0.5)
     return max(0.5, delay)
 
 

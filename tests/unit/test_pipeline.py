@@ -24,7 +24,7 @@ from producer.ledger import Ledger, LedgerEntry
 from producer.request import VideoRequest
 from producer.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
-from worker.providers.base import ImageInput, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers.base import ImageInput, Lookup, ProviderError, TaskState, TaskStatus, VideoStream
 from worker.storage import Storage
 from worker.storage.local import LocalStorage
 
@@ -42,6 +42,10 @@ class FakeProvider:
     get_results: list[TaskState | ProviderError] = field(default_factory=list)
     cancel_results: list[bool | ProviderError] = field(default_factory=list)
     found: str | None = None
+    # More tasks the listing shows as matching (identical requests), and whether the
+    # listing could be read whole (False: the provider cannot tell, as Vertex AI).
+    also_found: tuple[str, ...] = ()
+    lookup_complete: bool = True
     find_errors: list[ProviderError] = field(default_factory=list)
     video: bytes = field(default=VIDEO, repr=False)
     on_create: Callable[[], None] | None = None
@@ -63,11 +67,12 @@ class FakeProvider:
         self.created += 1
         return result or f"task-{self.created}"
 
-    def find_created(self, job: JobRecord, since: datetime) -> str | None:
+    def find_created(self, job: JobRecord, since: datetime) -> Lookup:
         self.calls.append(("find_created", since))
         if self.find_errors:
             raise self.find_errors.pop(0)
-        return self.found
+        found = (self.found,) if self.found else ()
+        return Lookup(candidates=found + self.also_found, complete=self.lookup_complete)
 
     def get(self, job: JobRecord) -> TaskState:
         self.calls.append(("get", job.provider_task_id))
@@ -446,8 +451,10 @@ def test_cancel_requested_during_create_cancels_right_after(env: Env) -> None:
         env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
 
     env.provider.on_create = user_cancels
+    env.provider.get_results.append(state(TaskStatus.QUEUED))
     env.pipeline.submit(job_id)
-    assert env.provider.calls == [("create", job_id), ("cancel", "task-1")]
+    # Status first: only a task that has not started is cancelled.
+    assert env.provider.calls == [("create", job_id), ("get", "task-1"), ("cancel", "task-1")]
     assert env.job(job_id).status is JobStatus.CANCELLED
     assert env.dispatch.sent == []
 
@@ -459,11 +466,15 @@ def test_poll_while_running_schedules_the_next_poll(env: Env) -> None:
     job_id = env.running_job()
     env.provider.get_results += [state(TaskStatus.QUEUED, "queued"), state(TaskStatus.RUNNING, "running")]
     env.pipeline.poll(job_id, 1)
-    assert env.dispatch.take() == [("poll", job_id, 2, 2.0)]  # POLL_MIN_S
+    [(kind, _, seq, countdown)] = env.dispatch.take()
+    assert (kind, seq) == ("poll", 2) and countdown == pytest.approx(2.0, abs=0.01)  # POLL_MIN_S
     job = env.job(job_id)
     assert (job.poll_seq, job.provider_status, job.status) == (2, "queued", JobStatus.RUNNING)
+    # 10 s after submit the interval has grown by (POLL_BACKOFF - 1) of the time waited.
+    env.store.update(job_id, lambda r: r.model_copy(update={"submitted_at": utcnow() - timedelta(seconds=10)}))
     env.pipeline.poll(job_id, 2)
-    assert env.dispatch.take() == [("poll", job_id, 3, 3.0)]  # x POLL_BACKOFF
+    [(kind, _, seq, countdown)] = env.dispatch.take()
+    assert (kind, seq) == ("poll", 3) and countdown == pytest.approx(7.0, abs=0.01)  # 2 + 0.5 x 10
     job = env.job(job_id)
     assert (job.poll_seq, job.provider_status) == (3, "running")
     assert env.provider.calls == [("get", "task-1"), ("get", "task-1")]
@@ -589,25 +600,115 @@ def test_provider_expired_task(env: Env) -> None:
     assert env.dispatch.sent == []
 
 
-def test_deadline_passed_at_poll_expires_and_cancels_at_provider(env: Env) -> None:
+def past_deadline(env: Env, job_id: str, seconds: float = 1) -> None:
+    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": utcnow() - timedelta(seconds=seconds)}))
+
+
+def test_at_the_deadline_a_task_still_queued_is_cancelled_and_the_job_expires(env: Env) -> None:
     job_id = env.running_job()
-    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": utcnow() - timedelta(seconds=1)}))
-    env.provider.cancel_results.append(False)  # even when the provider cannot stop it
+    past_deadline(env, job_id)
+    env.provider.get_results.append(state(TaskStatus.QUEUED))
     env.pipeline.poll(job_id, 1)
-    assert env.provider.calls == [("cancel", "task-1")]
+    assert env.provider.calls == [("get", "task-1"), ("cancel", "task-1")]
     job = env.job(job_id)
     assert job.status is JobStatus.EXPIRED
     assert job.error is not None and job.error.code is ErrorCode.DEADLINE
-    assert "JOB_DEADLINE_S" in job.error.message
+    assert "JOB_DEADLINE_S" in job.error.message and "nothing billed" in job.error.message
+    assert job.charged_usd is None
     assert env.dispatch.sent == []
 
 
-def test_deadline_expiry_survives_a_failing_provider_cancel(env: Env) -> None:
+def test_at_the_deadline_a_rendering_task_is_followed_to_its_end_and_billed(env: Env) -> None:
     job_id = env.running_job()
-    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": utcnow() - timedelta(seconds=1)}))
-    env.provider.cancel_results.append(error(ErrorCode.UPSTREAM))
+    past_deadline(env, job_id)
+    env.provider.get_results += [state(TaskStatus.RUNNING), state(TaskStatus.RUNNING), succeeded(500_000)]
     env.pipeline.poll(job_id, 1)
+    assert env.provider.names() == ["get"]  # never a cancel (ModelArk: DELETE deletes results)
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.past_deadline_at is not None
+    assert any("followed to its end" in note for note in job.notes)
+    [(kind, _, seq, countdown)] = env.dispatch.take()
+    assert (kind, seq) == ("poll", 2) and countdown >= 2.0  # the ordinary cadence, not 0.5 s
+    env.pipeline.poll(job_id, 2)
+    assert len(env.job(job_id).notes) == 1  # said once
+    env.dispatch.take()
+    env.pipeline.poll(job_id, 3)
+    assert [s[0] for s in env.dispatch.take()] == ["store"]
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.output_uri is not None
+    assert job.cost_usd == Decimal("1.2")
+    assert env.provider.names() == ["get", "get", "get", "open_video"]
+    entry = Ledger(env.store.redis).entry(job_id)
+    assert entry is not None and entry.actual_usd == Decimal("1.2")
+
+
+def test_a_task_that_succeeded_before_a_late_first_poll_is_stored_and_billed(env: Env) -> None:
+    job_id = env.running_job()
+    past_deadline(env, job_id, seconds=30)
+    env.provider.get_results.append(succeeded(500_000))
+    env.pipeline.poll(job_id, 1)
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.output_uri is not None
+    assert job.past_deadline_at is not None and any("billed" in n for n in job.notes)
+    assert "cancel" not in env.provider.names()
+
+
+@pytest.mark.parametrize(
+    ("task", "status", "code"),
+    [
+        (
+            state(
+                TaskStatus.FAILED,
+                error_code=ErrorCode.CONTENT_FILTERED,
+                error_message="sensitive",
+                provider_error_code="OutputVideoSensitiveContentDetected",
+            ),
+            JobStatus.FAILED,
+            ErrorCode.CONTENT_FILTERED,
+        ),
+        (state(TaskStatus.EXPIRED), JobStatus.EXPIRED, ErrorCode.DEADLINE),
+        (state(TaskStatus.CANCELLED), JobStatus.CANCELLED, None),
+    ],
+)
+def test_at_the_deadline_a_task_that_ended_ends_the_job_the_way_the_provider_says(
+    env: Env, task: TaskState, status: JobStatus, code: ErrorCode | None
+) -> None:
+    job_id = env.running_job()
+    past_deadline(env, job_id)
+    env.provider.get_results.append(task)
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is status
+    assert (job.error.code if job.error else None) is code
+    if task.provider_error_code:
+        assert job.error is not None and job.error.provider_code == task.provider_error_code
+    assert env.provider.names() == ["get"]
+
+
+def test_past_follow_past_deadline_s_a_task_that_never_ends_expires(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(follow_past_deadline_s=60))
+    job_id = env.running_job()
+    past_deadline(env, job_id, seconds=61)
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is JobStatus.EXPIRED and job.error is not None
+    assert "FOLLOW_PAST_DEADLINE_S" in job.error.message
+
+
+def test_a_failing_cancel_at_the_deadline_leaves_the_job_followed_and_tried_again(env: Env) -> None:
+    job_id = env.running_job()
+    past_deadline(env, job_id)
+    env.provider.get_results += [state(TaskStatus.QUEUED), state(TaskStatus.QUEUED)]
+    env.provider.cancel_results += [error(ErrorCode.UPSTREAM), True]
+    env.pipeline.poll(job_id, 1)
+    assert env.job(job_id).status is JobStatus.RUNNING
+    [(kind, _, seq, _)] = env.dispatch.take()
+    env.pipeline.poll(job_id, seq)  # type: ignore[arg-type]
     assert env.job(job_id).status is JobStatus.EXPIRED
+    assert env.provider.names() == ["get", "cancel", "get", "cancel"]
 
 
 def test_poll_errors_reschedule_then_fail_after_poll_max_errors(env: Env) -> None:
@@ -744,13 +845,13 @@ def test_store_gives_up_after_store_max_attempts(env: Env, tmp_path: Path) -> No
     assert job.manifest_uri == (env.root / f"{job_id}.json").resolve().as_uri()
 
 
-def test_store_of_a_cancel_requested_job_stores_nothing(env: Env) -> None:
+def test_store_of_a_cancel_requested_job_keeps_the_paid_video(env: Env) -> None:
     job_id = env.downloading_job()
     env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
     env.pipeline.store_video(job_id)
-    assert env.job(job_id).status is JobStatus.CANCELLED
-    assert env.provider.calls == []
-    assert env.stored_files() == [f"{job_id}.json"]  # the charged cost, no video
+    job = env.job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.output_uri is not None
+    assert env.stored_files() == [f"{job_id}.json", f"{job_id}.mp4"]
 
 
 # -------------------------------------------------------------------------- cancel
@@ -778,49 +879,60 @@ def test_cancel_without_a_request_does_nothing(env: Env) -> None:
     assert env.job(job_id).status is JobStatus.QUEUED
 
 
-def test_cancel_of_a_running_job_the_provider_stops(env: Env) -> None:
+def test_cancel_of_a_queued_task_the_provider_stops(env: Env) -> None:
     job_id = env.running_job()
     request_cancel(env, job_id)
-    env.provider.cancel_results.append(True)
+    env.provider.get_results.append(state(TaskStatus.QUEUED))
     env.pipeline.cancel(job_id)
-    assert env.provider.calls == [("cancel", "task-1")]
+    assert env.provider.calls == [("get", "task-1"), ("cancel", "task-1")]
     job = env.job(job_id)
     assert (job.status, job.provider_status) == (JobStatus.CANCELLED, "cancelled")
     env.pipeline.poll(job_id, 1)  # the pending poll finds the job final
-    assert env.provider.names() == ["cancel"]
+    assert env.provider.names() == ["get", "cancel"]
 
 
-def test_cancel_too_late_to_stop_discards_the_result_but_records_the_cost(env: Env) -> None:
+def test_cancel_of_a_task_that_already_finished_stores_it_and_never_deletes_it(env: Env) -> None:
     job_id = env.running_job()
     request_cancel(env, job_id)
-    env.provider.cancel_results.append(False)
+    env.provider.get_results.append(succeeded(500_000))
+    env.pipeline.cancel(job_id)
+    assert env.provider.names() == ["get"]
+    assert [s[0] for s in env.dispatch.take()] == ["store"]
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.CANCELLED and job.output_uri is not None and job.cost_usd == Decimal("1.2")
+
+
+def test_cancel_of_a_rendering_task_follows_it_and_keeps_the_paid_video(env: Env) -> None:
+    job_id = env.running_job()
+    request_cancel(env, job_id)
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
     env.pipeline.cancel(job_id)
     job = env.job(job_id)
-    assert (job.status, job.provider_status) == (JobStatus.RUNNING, "cancel_requested")
+    assert (job.status, job.provider_status) == (JobStatus.RUNNING, "running")
+    assert any("cancel requested" in n for n in job.notes)
 
-    env.provider.get_results += [state(TaskStatus.RUNNING, "running"), succeeded(billed=500_000)]
+    env.provider.get_results += [state(TaskStatus.RUNNING), succeeded(billed=500_000)]
     env.pipeline.poll(job_id, 1)
-    job = env.job(job_id)
-    assert (job.status, job.provider_status) == (JobStatus.RUNNING, "cancel_requested")
+    assert env.job(job_id).status is JobStatus.RUNNING
     env.pipeline.poll(job_id, 2)
-    assert env.provider.names() == ["cancel", "get", "get"]  # no second cancel attempt
+    assert env.provider.names() == ["get", "get", "get"]  # a rendering task is never cancelled
     assert [s[0] for s in env.dispatch.take()] == ["poll", "store"]
     env.pipeline.store_video(job_id)
     job = env.job(job_id)
     assert job.status is JobStatus.CANCELLED
     assert job.billed_units == 500_000
     assert job.cost_usd == Decimal("1.2")
-    assert job.output_uri is None
-    assert "open_video" not in env.provider.names()
-    assert env.stored_files() == [f"{job_id}.json"]  # the cost is kept, no video
+    assert job.output_uri is not None
+    assert env.stored_files() == [f"{job_id}.json", f"{job_id}.mp4"]
 
 
 def test_poll_carries_out_a_pending_cancel(env: Env) -> None:
     job_id = env.running_job()
     request_cancel(env, job_id)  # the cancel message has not run yet
-    env.provider.cancel_results.append(True)
+    env.provider.get_results.append(state(TaskStatus.QUEUED))
     env.pipeline.poll(job_id, 1)
-    assert env.provider.calls == [("cancel", "task-1")]
+    assert env.provider.calls == [("get", "task-1"), ("cancel", "task-1")]
     assert env.job(job_id).status is JobStatus.CANCELLED
     assert env.dispatch.sent == []
 

@@ -4,39 +4,63 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from producer.settings import Settings
 from worker.schedule import RenderWindow, poll_delay, quantile, render_window, retry_delay, window_poll_delay
 
 
 def _settings(**overrides: float) -> Settings:
-    return Settings(poll_min_s=2, poll_max_s=60, poll_backoff=2, poll_jitter=0.0, **overrides)  # type: ignore[arg-type]
+    return Settings(poll_min_s=2, poll_max_s=60, poll_backoff=1.2, poll_jitter=0.0, **overrides)  # type: ignore[arg-type]
 
 
-def test_first_poll_is_near_the_expected_render_time() -> None:
+def test_first_poll_comes_after_poll_min_s_or_poll_initial_s() -> None:
     rng = random.Random(1)
-    assert poll_delay(1, 45, _settings(), rng) == 45
-    assert poll_delay(1, 600, _settings(), rng) == 60  # capped
-    assert poll_delay(1, 45, _settings(poll_initial_s=3), rng) == 3
+    assert poll_delay(0, _settings(), rng, first=True) == 2
+    assert poll_delay(0, _settings(poll_initial_s=3), rng, first=True) == 3
 
 
-def test_later_polls_back_off_exponentially_to_the_cap() -> None:
+def test_later_intervals_grow_with_the_time_waited_up_to_the_cap() -> None:
     rng = random.Random(1)
-    delays = [poll_delay(n, 45, _settings(), rng) for n in range(2, 10)]
-    assert delays == [2, 4, 8, 16, 32, 60, 60, 60]
+    assert poll_delay(10, _settings(), rng) == pytest.approx(4)  # 2 + 0.2 x 10
+    assert poll_delay(100, _settings(), rng) == pytest.approx(22)
+    assert poll_delay(1000, _settings(), rng) == 60  # capped
+
+
+def _poll_times(settings: Settings, rng: random.Random, until: float) -> list[float]:
+    times = [poll_delay(0, settings, rng, first=True)]
+    while times[-1] < until:
+        times.append(times[-1] + poll_delay(times[-1], settings, rng))
+    return times
+
+
+def test_cold_schedule_sees_any_ending_within_a_quarter_of_its_time_plus_3_s() -> None:
+    """The figure issue 11 asks for: with the defaults, whatever the jitter, a task that
+    ends at T (a failure at 1 s, a render of 3 s or of 2 minutes) is polled by 1.25 T + 3 s,
+    with 1, 2, 8 and about 15 polls for 1, 3, 30 and 120 s."""
+    settings = Settings(_env_file=None)
+    for seed in range(50):
+        times = _poll_times(settings, random.Random(seed), 400)
+        for end in [0.1, 1, 3, 7.5, 30, 59, 120, 250]:
+            seen = next(t for t in times if t >= end)
+            assert seen - end <= 0.25 * end + 3, (seed, end, seen)
+    nominal = _poll_times(Settings(_env_file=None, poll_jitter=0), random.Random(0), 120)
+    assert [sum(1 for t in nominal if t < end) + 1 for end in (1, 3, 30, 120)] == [1, 2, 8, 15]
 
 
 def test_jitter_stays_within_bounds() -> None:
     rng = random.Random(7)
     settings = Settings(poll_min_s=10, poll_max_s=10, poll_jitter=0.2)
-    delays = {poll_delay(5, 0, settings, rng) for _ in range(200)}
+    delays = {poll_delay(5, settings, rng) for _ in range(200)}
     assert min(delays) >= 8 and max(delays) <= 12
     assert len(delays) > 100  # really random, not one value
 
 
-def test_poll_never_lands_after_the_deadline() -> None:
+def test_poll_lands_at_the_deadline_and_keeps_its_cadence_past_it() -> None:
     rng = random.Random(1)
-    assert poll_delay(9, 0, _settings(), rng, seconds_to_deadline=3) == 3.5
-    assert poll_delay(9, 0, _settings(), rng, seconds_to_deadline=-10) == 0.5
+    assert poll_delay(100, _settings(), rng, seconds_to_deadline=3) == 3.5
+    # Past the deadline the task is followed on the ordinary cadence, not every 0.5 s.
+    assert poll_delay(100, _settings(), rng, seconds_to_deadline=-10) == pytest.approx(22)
 
 
 def test_retry_delay_grows_is_capped_and_honours_retry_after() -> None:
@@ -100,4 +124,4 @@ def test_learned_window_honours_the_deadline() -> None:
     settings, rng = _window_settings(), random.Random(1)
     window = RenderWindow(40.0, 50.0)
     assert window_poll_delay(0.0, window, settings, rng, seconds_to_deadline=10) == 10.5
-    assert window_poll_delay(45.0, window, settings, rng, seconds_to_deadline=-1) == 0.5
+    assert window_poll_delay(45.0, window, settings, rng, seconds_to_deadline=-1) == 3.0  # past it: cadence

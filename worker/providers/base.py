@@ -97,6 +97,20 @@ class TaskState:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """What a provider's task listing says about the task an interrupted create may have
+    made.
+
+    `candidates`: ids of tasks that match the job's request in every field the listing
+    carries, oldest first. `complete`: the listing covered the whole time window and
+    every task in it could be compared, so no candidate means no task was created.
+    """
+
+    candidates: tuple[str, ...] = ()
+    complete: bool = True
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """An input image for one role: a URL to pass on, or bytes the producer uploaded."""
 
@@ -128,8 +142,9 @@ class Provider(Protocol):
         id. Never retried inside."""
         ...
 
-    def find_created(self, job: JobRecord, since: datetime) -> str | None:
-        """After an uncertain create, the id of the task that create made, if any."""
+    def find_created(self, job: JobRecord, since: datetime) -> Lookup:
+        """After an uncertain create (the first at `since`), the tasks it may have made.
+        Lookup(complete=False) when the provider cannot be asked."""
         ...
 
     def get(self, job: JobRecord) -> TaskState:
@@ -137,7 +152,9 @@ class Provider(Protocol):
         ...
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel at the provider. True if it stopped; False if it is too late to stop."""
+        """Cancel a task that has not started rendering. True if it stopped; False if it
+        cannot be stopped (already rendering, or finished: a finished task is never
+        deleted, its result may not be stored yet)."""
         ...
 
     def open_video(self, job: JobRecord) -> AbstractContextManager[VideoStream]:

@@ -7,6 +7,7 @@ pipeline decides every retry.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from producer.settings import Settings
 from worker.download import stream_url
 from worker.providers.base import (
     ImageInput,
+    Lookup,
     ProviderError,
     TaskState,
     TaskStatus,
@@ -43,10 +45,27 @@ _STATUSES = {
     "cancelled": TaskStatus.CANCELLED,
     "expired": TaskStatus.EXPIRED,
 }
-# How far back to look for a task an interrupted create may have made.
+# How far back to look for a task an interrupted create may have made (clock skew).
 _LOOKUP_SLACK = timedelta(minutes=2)
-_LOOKUP_PAGE_SIZE = 100
-_LOOKUP_MAX_PAGES = 5
+# ModelArk's largest page; the listing is read page by page, newest first, until it
+# passes the start of the window. Past this many pages the lookup says it cannot tell.
+_LOOKUP_PAGE_SIZE = 500
+_LOOKUP_MAX_PAGES = 200
+# ModelArk expires a task this long after creation by default (48 h); allowed 3600-259200 s.
+_EXPIRES_AFTER_S = 172800
+_TAG_SPAN_S = 3600
+
+
+def expires_after_tag(job_id: str) -> int:
+    """The `execution_expires_after` a job's tasks are created with: ModelArk's default
+    48 h plus 0-3599 s taken from the job id.
+
+    A listing echoes every parameter of a task but not its prompt or images, so two jobs
+    with identical parameters and a fixed seed would look alike; this value, echoed too,
+    tells them apart (two such jobs collide once in 3,600, and then the lookup says it
+    cannot tell rather than guess)."""
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return _EXPIRES_AFTER_S + int.from_bytes(digest[:4], "big") % _TAG_SPAN_S
 
 
 def classify_failure_code(provider_code: str | None) -> ErrorCode:
@@ -82,7 +101,6 @@ def map_ark_error(exc: ArkAPIError, *, creating: bool = False) -> ProviderError:
             content_filtered=bool(provider_code and "Sensitive" in provider_code),
             retry_after=_retry_after(exc.response),
         )
-    return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
     return ProviderError(ErrorCode.UPSTREAM, message, provider_code=provider_code)
 
 
@@ -186,6 +204,7 @@ class BytePlusProvider:
                 generate_audio=request["audio"] if _has_audio(job.model) else None,
                 seed=request["seed"],
                 service_tier=request["service_tier"],
+                execution_expires_after=expires_after_tag(job.id),
             )
         except ArkAPIError as exc:
             raise map_ark_error(exc, creating=True) from exc
@@ -194,28 +213,58 @@ class BytePlusProvider:
             raise ProviderError(ErrorCode.UPSTREAM, "ModelArk create returned no task id")
         return str(task_id)
 
-    def find_created(self, job: JobRecord, since: datetime) -> str | None:
-        request = job.request
+    def find_created(self, job: JobRecord, since: datetime) -> Lookup:
+        """Tasks of this model created since `since` (less a slack for clock skew) whose
+        echoed fields all equal the job's request: seed, duration, ratio, resolution,
+        service tier, audio and the job's `execution_expires_after` tag. The listing
+        carries neither prompt nor images; the tag stands in for them. A task in the
+        window with a field missing cannot be compared: the lookup is then incomplete."""
         cutoff = (since - _LOOKUP_SLACK).timestamp()
+        expected = self._echoed(job)
         tasks = self._client.content_generation.tasks
+        found: list[tuple[int, str]] = []
+        complete = True
         for page in range(1, _LOOKUP_MAX_PAGES + 1):
             try:
-                listing = tasks.list(page_num=page, page_size=_LOOKUP_PAGE_SIZE, model=job.model)
+                listing = tasks.list(
+                    page_num=page,
+                    page_size=_LOOKUP_PAGE_SIZE,
+                    model=job.model,
+                    service_tier=job.request["service_tier"],
+                )
             except ArkAPIError as exc:
                 raise map_ark_error(exc) from exc
             items = list(getattr(listing, "items", None) or [])
-            for item in items:
-                if (
-                    getattr(item, "seed", None) == request["seed"]
-                    and getattr(item, "duration", None) == request["duration"]
-                    and getattr(item, "ratio", None) == request["ratio"]
-                    and getattr(item, "resolution", None) == request["resolution"]
-                    and (getattr(item, "created_at", 0) or 0) >= cutoff
-                ):
-                    return str(item.id)
-            if not items or min((getattr(i, "created_at", 0) or 0) for i in items) < cutoff:
-                return None
-        return None
+            created = [int(getattr(item, "created_at", 0) or 0) for item in items]
+            for item, at in zip(items, created, strict=True):
+                if at < cutoff:
+                    continue
+                echoed = {name: getattr(item, name, None) for name in expected}
+                if any(value is None for value in echoed.values()):
+                    complete = False
+                elif echoed == expected:
+                    found.append((at, str(item.id)))
+            if len(items) < _LOOKUP_PAGE_SIZE or min(created) < cutoff:
+                break
+        else:
+            complete = False  # the window holds more tasks than we read
+        return Lookup(candidates=tuple(task_id for _, task_id in sorted(found)), complete=complete)
+
+    def _echoed(self, job: JobRecord) -> dict[str, Any]:
+        """The fields a listed task echoes, as this job's create sent them."""
+        request = job.request
+        echoed: dict[str, Any] = {
+            "seed": request["seed"],
+            "duration": request["duration"],
+            "resolution": request["resolution"],
+            "service_tier": request["service_tier"],
+            "execution_expires_after": expires_after_tag(job.id),
+        }
+        if request["ratio"] != "adaptive":  # ModelArk reports the ratio it chose
+            echoed["ratio"] = request["ratio"]
+        if _has_audio(job.model):
+            echoed["generate_audio"] = request["audio"]
+        return echoed
 
     def get(self, job: JobRecord) -> TaskState:
         try:
@@ -225,11 +274,19 @@ class BytePlusProvider:
         return task_state(task)
 
     def cancel(self, task_id: str) -> bool:
+        # DELETE cancels a queued task, is refused for a running one, and *deletes* a
+        # finished one with its result: so look first, and delete only what is queued.
+        try:
+            task = self._client.content_generation.tasks.get(task_id=task_id)
+        except ArkAPIError as exc:
+            raise map_ark_error(exc) from exc
+        if getattr(task, "status", None) != "queued":
+            return False
         try:
             self._client.content_generation.tasks.delete(task_id)
         except ArkAPIStatusError as exc:
             if exc.status_code in (400, 409):
-                return False  # running tasks cannot be cancelled; the result will be discarded
+                return False  # it started rendering meanwhile
             raise map_ark_error(exc) from exc
         except ArkAPIError as exc:
             raise map_ark_error(exc) from exc

@@ -27,6 +27,7 @@ from producer.settings import Settings
 from worker.download import CHUNK_BYTES, fetch_image
 from worker.providers.base import (
     ImageInput,
+    Lookup,
     ProviderError,
     TaskState,
     TaskStatus,
@@ -188,9 +189,9 @@ class VeoProvider:
             raise ProviderError(ErrorCode.UPSTREAM, "Vertex AI returned an operation without a name")
         return operation.name
 
-    def find_created(self, job: JobRecord, since: datetime) -> str | None:
-        # Vertex AI cannot list predictLongRunning operations: nothing to look up.
-        return None
+    def find_created(self, job: JobRecord, since: datetime) -> Lookup:
+        # Vertex AI cannot list predictLongRunning operations: we cannot tell.
+        return Lookup(complete=False)
 
     def _operation(self, name: str) -> Any:
         try:
