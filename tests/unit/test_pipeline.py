@@ -1059,3 +1059,137 @@ def test_one_ledger_entry_per_job_when_store_runs_twice_and_it_matches_the_manif
     assert entries[0].actual_usd == env.job(job_id).cost_usd == Decimal("0.249163")
     manifest = json.loads((env.root / f"{job_id}.json").read_text())
     assert LedgerEntry.model_validate(manifest["ledger"]) == entries[0]
+
+
+# ------------------------------- lost create answers: lookups that never guess (issue 11)
+
+
+def uncertain_job(env: Env, **changes: Any) -> tuple[str, datetime]:
+    """A job whose last create may have reached the provider (its answer was lost)."""
+    intent = utcnow() - timedelta(minutes=5)
+    job_id = env.new_job(
+        status=JobStatus.SUBMITTING, attempts=1, submit_intent_at=intent, submit_lease_until=intent, **changes
+    )
+    return job_id, intent
+
+
+def test_a_lookup_skips_tasks_other_jobs_recorded(env: Env) -> None:
+    other = env.running_job()  # recorded task-1
+    assert env.job(other).provider_task_id == "task-1"
+    job_id, _ = uncertain_job(env)
+    env.provider.found = "task-1"  # identical request: the listing shows the other job's task
+    env.provider.also_found = ("task-mine",)
+    env.pipeline.submit(job_id)
+    assert env.job(job_id).provider_task_id == "task-mine"
+    assert env.store.task_owners("byteplus", ["task-1", "task-mine"]) == {"task-1": other, "task-mine": job_id}
+
+
+@pytest.mark.parametrize("case", ["two candidates", "listing incomplete"])
+def test_a_lookup_that_cannot_tell_counts_and_charges_the_create_and_creates_again(env: Env, case: str) -> None:
+    job_id, intent = uncertain_job(env)
+    if case == "two candidates":
+        env.provider.found, env.provider.also_found = "task-a", ("task-b",)
+    else:
+        env.provider.lookup_complete = False
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("find_created", intent), ("create", job_id)]
+    job = env.job(job_id)
+    assert job.provider_task_id == "task-1" and job.uncertain_creates == 1
+    assert job.uncertain_cost_usd == job.cost_estimate_usd
+    assert any("charged at its estimate" in n for n in job.notes)
+
+
+def test_a_complete_listing_without_the_task_creates_without_a_charge(env: Env) -> None:
+    job_id, _ = uncertain_job(env)
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.provider_task_id == "task-1"
+    assert (job.uncertain_creates, job.uncertain_cost_usd) == (0, None)
+
+
+def test_an_uncertain_charge_reaches_the_ledger_and_the_budget_once(env: Env) -> None:
+    env.settings = make_settings(budget_daily_usd=100)
+    job_id, _ = uncertain_job(env)
+    record = env.job(job_id)
+    day_key = f"vq:budget:day:{record.created_at.date().isoformat()}"
+    env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [day_key]}))
+    env.store.redis.hset(day_key, "reserved", 1_200_000)
+    env.provider.lookup_complete = False  # as Vertex AI: operations cannot be listed
+    env.pipeline.submit(job_id)
+    env.provider.get_results.append(succeeded(500_000))
+    env.pipeline.poll(job_id, 1)
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.cost_usd == Decimal("1.2") and job.uncertain_cost_usd == job.cost_estimate_usd
+    entry = Ledger(env.store.redis).entry(job_id)
+    assert entry is not None
+    assert entry.actual_usd == Decimal("1.2") + job.cost_estimate_usd
+    assert entry.uncertain_usd == job.cost_estimate_usd
+    spent = int(env.store.redis.hget(day_key, "spent"))  # type: ignore[arg-type]
+    assert Decimal(spent) / 1_000_000 == entry.actual_usd
+
+
+def test_at_the_deadline_an_uncertain_create_gets_a_last_lookup_and_its_task_is_followed(env: Env) -> None:
+    job_id, intent = uncertain_job(env, deadline_at=utcnow() - timedelta(seconds=1))
+    env.provider.found = "task-found"
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.submit(job_id)
+    assert env.provider.calls == [("find_created", intent), ("get", "task-found")]
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.provider_task_id == "task-found"
+    assert job.past_deadline_at is not None
+    assert [s[0] for s in env.dispatch.sent] == ["poll"]
+
+
+@pytest.mark.parametrize(("complete", "charged"), [(True, False), (False, True)])
+def test_at_the_deadline_an_uncertain_create_with_no_task_found_expires(
+    env: Env, complete: bool, charged: bool
+) -> None:
+    job_id, _ = uncertain_job(env, deadline_at=utcnow() - timedelta(seconds=1))
+    env.provider.lookup_complete = complete
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.EXPIRED and "create" not in env.provider.names()
+    assert (job.uncertain_cost_usd is not None) is charged
+    assert (Ledger(env.store.redis).entry(job_id) is not None) is charged
+
+
+def test_a_submit_that_gives_up_after_an_uncertain_create_looks_once_more(env: Env) -> None:
+    job_id, _ = uncertain_job(env, submit_errors=2)  # one more failure gives up (3 attempts)
+    env.provider.find_errors.append(error(ErrorCode.UPSTREAM, "listing broke"))
+    env.provider.found = "task-found"
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.provider_task_id == "task-found"
+    assert env.provider.names() == ["find_created", "find_created"]
+
+
+def test_a_duplicate_made_after_a_lost_lease_is_cancelled_or_charged(env: Env) -> None:
+    job_id = env.new_job()
+
+    def another_worker_takes_over() -> None:
+        env.store.update(job_id, lambda r: r.model_copy(update={"submit_lease_until": utcnow() + timedelta(hours=1)}))
+
+    env.provider.on_create = another_worker_takes_over
+    env.provider.cancel_results.append(False)  # already rendering
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create", "cancel"]
+    job = env.job(job_id)
+    assert job.provider_task_id is None
+    assert job.uncertain_cost_usd == job.cost_estimate_usd
+
+
+def test_a_task_adopted_by_another_job_is_left_alone_and_the_job_looks_again(env: Env) -> None:
+    job_id = env.new_job()
+    other = env.new_job()
+
+    def other_job_adopts_it() -> None:
+        env.store.redis.set("vq:task:byteplus:task-1", other)
+
+    env.provider.on_create = other_job_adopts_it
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["create"]  # no cancel of a task in use
+    job = env.job(job_id)
+    assert job.status is JobStatus.SUBMITTING and job.submit_intent_at is not None
+    assert [s[0] for s in env.dispatch.sent] == ["submit"]
