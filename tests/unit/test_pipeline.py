@@ -705,7 +705,7 @@ def test_a_failing_cancel_at_the_deadline_leaves_the_job_followed_and_tried_agai
     env.provider.cancel_results += [error(ErrorCode.UPSTREAM), True]
     env.pipeline.poll(job_id, 1)
     assert env.job(job_id).status is JobStatus.RUNNING
-    [(kind, _, seq, _)] = env.dispatch.take()
+    [(_, _, seq, _)] = env.dispatch.take()
     env.pipeline.poll(job_id, seq)  # type: ignore[arg-type]
     assert env.job(job_id).status is JobStatus.EXPIRED
     assert env.provider.names() == ["get", "cancel", "get", "cancel"]
