@@ -30,7 +30,7 @@ LATE_FIRST_POLL = {"POLL_INITIAL_S": "30", "POLL_MAX_S": "60", "JOB_DEADLINE_S":
 
 
 def _late_worker(stack: Stack) -> None:
-    stack.start_worker(**LATE_FIRST_POLL)
+    stack.start_worker(2, **LATE_FIRST_POLL)
 
 
 def test_a_task_that_succeeded_before_the_deadline_but_was_polled_after_it_is_stored_and_billed(

@@ -1113,7 +1113,7 @@ def test_an_uncertain_charge_reaches_the_ledger_and_the_budget_once(env: Env) ->
     record = env.job(job_id)
     day_key = f"vq:budget:day:{record.created_at.date().isoformat()}"
     env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [day_key]}))
-    env.store.redis.hset(day_key, "reserved", 1_200_000)
+    env.store.redis.hset(day_key, "reserved", "1200000")
     env.provider.lookup_complete = False  # as Vertex AI: operations cannot be listed
     env.pipeline.submit(job_id)
     env.provider.get_results.append(succeeded(500_000))
