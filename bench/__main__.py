@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "scaleout": ("bench.scaleout", False),
     "pools": ("bench.pools", False),
     "detection": ("bench.detection", False),
+    "cold": ("bench.cold", False),
     "transfer": ("bench.transfer", True),
 }
 RESULTS = Path(__file__).parent / "results"

@@ -92,3 +92,13 @@ def test_quick_detection_measures_and_models_the_schedules(tmp_path: Path) -> No
         assert row["jobs"] > 0, row
         assert row["detect_p50_s"] <= row["detect_p95_s"]
         assert row["polls_per_job"] >= 1
+
+
+@pytest.mark.timeout(300)
+def test_quick_cold_fleet_sees_every_kind_end(tmp_path: Path) -> None:
+    rows = {row["kind"]: row for row in _run_quick("cold", tmp_path)["rows"]}
+    assert rows["fails at 1 s"]["statuses"] == "failed"
+    assert rows["renders 3 s"]["statuses"] == "succeeded"
+    assert rows["all"]["expired_though_ended_before_deadline"] == 0
+    for row in rows.values():
+        assert row["jobs"] > 0 and row["status_calls_per_job"] >= 1, row
