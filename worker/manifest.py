@@ -28,7 +28,6 @@ def build_manifest(job: JobRecord, video_bytes: int | None) -> dict[str, Any]:
         "cost": {
             "estimate_usd": float(job.cost_estimate_usd),
             "actual_usd": float(job.cost_usd) if job.cost_usd is not None else None,
-            "uncertain_usd": float(job.uncertain_cost_usd) if job.uncertain_cost_usd is not None else None,
             "billed_units": job.billed_units,
             "unit": job.billed_unit,
         },
