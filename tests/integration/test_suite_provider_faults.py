@@ -21,7 +21,7 @@ timeout after SUBMIT_MAX_ATTEMPTS=4. Retries are bounded (create attempts other 
 429s <= SUBMIT_MAX_ATTEMPTS) and no job fails for a 429. Seedance jobs are created exactly
 once each (a lost answer is found again by listing tasks); for Veo, where it cannot be,
 every create but the recorded one is counted in the job's `uncertain_creates` (and charged), and reported.
-The ledger holds one entry per succeeded job and none for the others.
+The ledger holds one entry per succeeded or charged job and none for the others.
 
 Run: VQ_TEST_REDIS_URL=redis://127.0.0.1:6379/9 .venv/bin/pytest -q -s tests/integration/test_suite_provider_faults.py
 """
