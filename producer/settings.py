@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         description="Where videos go: file://PATH or s3://bucket/prefix.",
     )
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, moto).")
+    s3_checksums: Literal["when_required", "when_supported"] | None = Field(
+        default=None,
+        description=(
+            "When boto3 adds CRC checksum headers to uploads (x-amz-checksum-*, "
+            "x-amz-sdk-checksum-algorithm) and validates them on downloads: when_supported (boto3's "
+            "default since 1.36) or when_required. Default: when_required with S3_ENDPOINT_URL (many "
+            "S3-compatible stores refuse those headers with 400 InvalidArgument), when_supported for AWS."
+        ),
+    )
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_region: str = "us-east-1"
@@ -192,7 +201,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "s3_checksums", mode="before")
     @classmethod
     def _lower_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -221,6 +230,13 @@ class Settings(BaseSettings):
             for model, values in self.model_limits.items()
         }
         return default, overrides
+
+    @property
+    def effective_s3_checksums(self) -> Literal["when_required", "when_supported"]:
+        """S3_CHECKSUMS, or its default: when_required for an S3-compatible endpoint."""
+        if self.s3_checksums is not None:
+            return self.s3_checksums
+        return "when_required" if self.s3_endpoint_url else "when_supported"
 
     @property
     def effective_broker_url(self) -> str:
