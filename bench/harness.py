@@ -30,6 +30,17 @@ S3_BUCKET = "videoqueue-bench"
 FINAL = tuple(status.value for status in JobStatus if status.is_final)
 
 
+def bench_s3_settings(endpoint: str) -> Settings:
+    """Settings for the bench's moto S3 (the same credentials the workers get)."""
+    return Settings(
+        _env_file=None,
+        s3_endpoint_url=endpoint,
+        aws_region="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+
+
 def start_redis(name: str, log_dir: Path) -> tuple[ManagedProcess, str]:
     """A throw-away redis-server on a free port, no persistence; returns it and its URL."""
     port = free_port()
@@ -132,15 +143,9 @@ class BenchStack:
             moto_port = free_port()
             self._procs.append(start_moto(moto_port, self.logs))
             self.s3_endpoint = f"http://127.0.0.1:{moto_port}"
-            import boto3
+            from worker.storage.s3 import s3_client
 
-            boto3.client(
-                "s3",
-                endpoint_url=self.s3_endpoint,
-                region_name="us-east-1",
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-            ).create_bucket(Bucket=S3_BUCKET)
+            s3_client(bench_s3_settings(self.s3_endpoint)).create_bucket(Bucket=S3_BUCKET)
 
     def __enter__(self) -> BenchStack:
         return self

@@ -21,15 +21,15 @@ import subprocess
 import sys
 from typing import Any
 
-import boto3
 import psutil
 
-from bench.harness import S3_BUCKET, BenchStack
+from bench.harness import S3_BUCKET, BenchStack, bench_s3_settings
 from bench.transfer_reference import MIB, proc_status_kib, reset_peak
 from producer import VideoRequest
 from producer.contract import TASK_STORE, JobRecord, JobStatus
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, wait_until
+from worker.storage.s3 import s3_client
 
 FULL_BYTES = 1024 * MIB
 QUICK_BYTES = 32 * MIB
@@ -189,13 +189,8 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
 
 def _empty_bucket(stack: BenchStack) -> None:
     """Drop the stored videos, a GiB each in moto's memory."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
+    assert stack.s3_endpoint is not None
+    client = s3_client(bench_s3_settings(stack.s3_endpoint))
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET):
         for item in page.get("Contents", []):
             client.delete_object(Bucket=S3_BUCKET, Key=item["Key"])

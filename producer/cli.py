@@ -24,7 +24,7 @@ from producer.cli_ops import register as register_ops
 from producer.contract import JobRecord, JobStatus
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
-from producer.settings import get_settings
+from producer.settings import InvalidSettingsError, get_settings
 
 app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
@@ -457,5 +457,10 @@ register_ops(app)
 
 
 def main() -> None:
-    """Entry point of the `videoqueue` console script."""
-    app()
+    """Entry point of the `videoqueue` console script. Unusable settings end it with one
+    line naming the variable and exit status 2, whatever the command."""
+    try:
+        app()
+    except InvalidSettingsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)

@@ -12,9 +12,8 @@ import sys
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from producer.settings import get_settings
+from producer.settings import InvalidSettingsError, get_settings
 
 WORKER_MISSING = (
     "`videoqueue doctor` runs the worker's checks and needs the worker's dependencies "
@@ -35,9 +34,8 @@ def doctor(
         raise typer.Exit(2) from None
     try:
         settings = get_settings()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        sys.stderr.write(f"error: invalid settings: {problems}\n")
+    except InvalidSettingsError as exc:
+        sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(2) from None
     report = run_doctor(settings)
     if as_json:

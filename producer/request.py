@@ -7,6 +7,7 @@ limits), then against the chosen model's capabilities by `resolve`. Both raise
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,6 +20,60 @@ from producer.images import ImageFile, read_image_file
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
 MAX_TAGS = 20
+
+# Older ModelArk integrations wrote generation parameters into the prompt text
+# (`--dur 10 --rt 9:16 --rs 1080p --wm true`); ModelArk warns against mixing them with the
+# request fields we send, so such a prompt is refused, naming what to use instead.
+# Each flag maps to its request field, or None where videoqueue has none.
+_PROMPT_PARAMETERS: dict[str, str | None] = {
+    "duration": "duration",
+    "dur": "duration",
+    "ratio": "ratio",
+    "rt": "ratio",
+    "resolution": "resolution",
+    "rs": "resolution",
+    "seed": "seed",
+    "fps": None,
+    "framespersecond": None,
+    "camerafixed": None,
+    "cf": None,
+    "watermark": None,
+    "wm": None,
+}
+_NO_FIELD_WHAT = {
+    "fps": "frame rate",
+    "framespersecond": "frame rate",
+    "camerafixed": "fixed camera",
+    "cf": "fixed camera",
+    "watermark": "watermark",
+    "wm": "watermark",
+}
+# `--name value` or `--name=value` as whole words, with a value such parameters take (a
+# number, a ratio, a resolution, true/false, adaptive/keep_ratio): "well--known", "wait --
+# what?" or "a --seed of doubt" are ordinary text.
+_PROMPT_PARAMETER_RE = re.compile(
+    r"(?<![\w-])--(" + "|".join(sorted(_PROMPT_PARAMETERS, key=len, reverse=True)) + r")"
+    r"(?:\s*=\s*|\s+)"
+    r"(-?\d+(?:\.\d+)?(?::\d+)?p?|\d+k|true|false|adaptive|keep_ratio)(?![\w-]|[:.]\d)",
+    re.IGNORECASE,
+)
+
+
+def prompt_parameter_problems(prompt: str) -> list[str]:
+    """What is wrong with each ModelArk-style `--parameter value` in `prompt` (empty if none)."""
+    problems = []
+    for match in _PROMPT_PARAMETER_RE.finditer(prompt):
+        name = match.group(1).lower()
+        field = _PROMPT_PARAMETERS[name]
+        said = f"prompt carries {match.group(0)}"
+        if field is not None:
+            problems.append(f"{said}: use the request field {field} instead")
+        else:
+            problems.append(
+                f"{said}: videoqueue has no request field for the {_NO_FIELD_WHAT[name]} (the provider's default "
+                "applies); remove it from the prompt"
+            )
+    return problems
 
 
 class InvalidRequestError(ValueError):
@@ -69,6 +124,14 @@ class VideoRequest(BaseModel):
         # alone are as empty as spaces.
         if not any(unicodedata.category(c)[0] in "LMNPS" for c in value):
             raise ValueError("must contain visible text")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_no_parameters(cls, value: str) -> str:
+        problems = prompt_parameter_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @field_validator("image_url", "last_frame_url")
@@ -150,6 +213,10 @@ def resolve(
     audio = request.audio if request.audio is not None else spec.audio
     tier = request.service_tier or "default"
 
+    # Checked by the model's validator too; again here for a request built without validation.
+    parameters = prompt_parameter_problems(request.prompt)
+    if parameters:
+        problems["prompt"] = "; ".join(parameters)
     if duration not in spec.durations:
         problems["duration"] = f"{duration} s is not supported by {spec.id}; choose one of {_list(spec.durations)}"
     if resolution not in spec.resolutions:

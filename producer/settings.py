@@ -6,12 +6,13 @@ with `.get_secret_value()` at the single place that hands them to an SDK.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from producer.budget import BudgetPolicy
 from producer.limits import ModelLimits
@@ -29,6 +30,11 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
+        # An empty value means unset, for every setting: `S3_ENDPOINT_URL=` in .env or
+        # `${S3_ENDPOINT_URL:-}` in compose. This covers the environment and .env, before
+        # JSON settings (MODEL_LIMITS, BUDGET_TAGS_USD) are parsed; `_empty_is_unset` below
+        # applies the same rule to values passed in code.
+        env_ignore_empty=True,
     )
 
     redis_url: str = Field(
@@ -41,6 +47,15 @@ class Settings(BaseSettings):
         description="Where videos go: file://PATH or s3://bucket/prefix.",
     )
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, moto).")
+    s3_checksums: Literal["when_required", "when_supported"] | None = Field(
+        default=None,
+        description=(
+            "When boto3 adds CRC checksum headers to uploads (x-amz-checksum-*, "
+            "x-amz-sdk-checksum-algorithm) and validates them on downloads: when_supported (boto3's "
+            "default since 1.36) or when_required. Default: when_required with S3_ENDPOINT_URL (many "
+            "S3-compatible stores refuse those headers with 400 InvalidArgument), when_supported for AWS."
+        ),
+    )
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_region: str = "us-east-1"
@@ -198,25 +213,15 @@ class Settings(BaseSettings):
         default="text", description="Worker log lines: text (key=value) or json (one object per line)."
     )
 
-    @field_validator(
-        "byteplus_api_key",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "google_api_key",
-        "google_cloud_project",
-        "veo_base_url",
-        "veo_output_gcs_uri",
-        "poll_initial_s",
-        "budget_daily_usd",
-        "budget_monthly_usd",
-        "pricing_file",
-        mode="before",
-    )
+    @model_validator(mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value
+    def _empty_is_unset(cls, data: Any) -> Any:
+        # The same rule as env_ignore_empty, for every field given in code (Settings(x="")).
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
 
-    @field_validator("log_format", mode="before")
+    @field_validator("log_format", "s3_checksums", mode="before")
     @classmethod
     def _lower_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -247,12 +252,65 @@ class Settings(BaseSettings):
         return default, overrides
 
     @property
+    def effective_s3_checksums(self) -> Literal["when_required", "when_supported"]:
+        """S3_CHECKSUMS, or its default: when_required for an S3-compatible endpoint."""
+        if self.s3_checksums is not None:
+            return self.s3_checksums
+        return "when_required" if self.s3_endpoint_url else "when_supported"
+
+    @property
     def effective_broker_url(self) -> str:
         """The broker Celery connects to."""
         return self.broker_url or self.redis_url
 
 
+class InvalidSettingsError(ValueError):
+    """Settings that cannot be used; the message is one line naming each variable at fault
+    and what it expects (never a secret's value)."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0].upper()
+    return field.upper()
+
+
+def _expects(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is None or not info.description:
+        return ""
+    return f" ({info.description.rstrip('.')})"
+
+
+def describe_invalid(exc: ValidationError | SettingsError) -> str:
+    """One line naming each setting at fault and what it expects."""
+    if isinstance(exc, SettingsError):
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else ""
+        name = env_name(field) if field else "a setting"
+        return f"invalid setting {name}: not valid JSON{_expects(field)}"
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        field = next((f for f in Settings.model_fields if env_name(f).lower() == field.lower()), field)
+        message = error["msg"].removeprefix("Value error, ")
+        # No value is shown: URLs carry passwords, keys are secrets.
+        problems.append(f"{env_name(field) if field else 'settings'}: {message}{_expects(field)}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and .env; InvalidSettingsError (one line) if unusable."""
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise InvalidSettingsError(describe_invalid(exc)) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings of this process, read once."""
-    return Settings()
+    """Settings of this process, read once; InvalidSettingsError if they are unusable."""
+    return load_settings()

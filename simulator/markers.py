@@ -33,11 +33,12 @@ class Markers:
     create500: int = 0
     get500: int = 0
     slowcreate: float = 0.0
+    reasonsonly: bool = False
 
 
 _MARKER_RE = re.compile(r"\[sim:([a-z0-9]+)(?:=([^\]]*))?\]")
 _CODE_RE = re.compile(r"[A-Za-z0-9_.]+")
-_FLAGS = ("expire", "hold")
+_FLAGS = ("expire", "hold", "reasonsonly")
 _COUNTS = ("create429", "create500", "get500")
 _SECONDS = ("latency", "slowcreate")
 

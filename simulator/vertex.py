@@ -98,6 +98,10 @@ class Operation(Job[VeoSpec]):
                 "raiMediaFilteredCount": self.spec.sample_count,
                 "raiMediaFilteredReasons": [RAI_REASON],
             }
+            if self.spec.markers.reasonsonly:
+                # `[sim:fail] [sim:reasonsonly]`: the reasons without a count, as Vertex AI
+                # has answered (issue 12).
+                del data["response"]["raiMediaFilteredCount"]
         else:
             data["response"] = {"@type": RESPONSE_TYPE, "raiMediaFilteredCount": 0, "videos": self._videos(pad_bytes)}
         return data

@@ -3,7 +3,8 @@ with a one-line detail, and the report ends with a verdict.
 
 - redis: reachable, its version, and whether it keeps what it holds (AOF on, no eviction)
 - broker: reachable (only when BROKER_URL names another server than REDIS_URL)
-- storage: a probe object written, read back and deleted through the configured backend
+- storage: a probe object written, read back and deleted through the configured backend (with
+  the workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
 - provider byteplus / veo: the configured credentials, tried with one cheap authenticated call
 - workers: which workers answer, and whether every queue has a consumer
 
@@ -203,16 +204,24 @@ def check_storage(settings: Settings) -> Check:
     try:
         body = _read_back(storage, key)
     except Exception as exc:  # noqa: BLE001 - local I/O or S3 errors alike
-        return Check(name, Status.FAIL, f"wrote {where} but cannot read it back: {exc}")
+        return Check(name, Status.FAIL, f"wrote {where} but cannot read it back: {exc}{_checksum_hint(exc, settings)}")
     if body is not None and json.loads(body) != probe:
         return Check(name, Status.FAIL, f"read back something else than was written to {where}")
     try:
         deleted = _delete(storage, key)
     except Exception as exc:  # noqa: BLE001
-        return Check(name, Status.WARN, f"wrote and read back {where}, but cannot delete it: {exc}")
+        hint = _checksum_hint(exc, settings)
+        return Check(name, Status.WARN, f"wrote and read back {where}, but cannot delete it: {exc}{hint}")
     if not deleted:
         return Check(name, Status.WARN, f"wrote {where}; this backend offers no read-back or delete, remove it by hand")
     return Check(name, Status.OK, f"wrote, read back and deleted a probe under {settings.storage_url}")
+
+
+def _checksum_hint(exc: BaseException, settings: Settings) -> str:
+    """The setting to change when S3 refused boto3's checksum headers (else empty)."""
+    from worker.storage.s3 import checksum_hint
+
+    return checksum_hint(exc, settings.effective_s3_checksums)
 
 
 def _local_path(uri: str) -> Path:

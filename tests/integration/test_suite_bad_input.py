@@ -187,6 +187,35 @@ def cases(inp: Inputs) -> list[Case]:
         Case("prompt not a string", "prompt", "Input should be a valid string", ({"prompt": 42},)),
         Case("prompt as a list", "prompt", "Input should be a valid string", ({"prompt": ["a", "fox"]},)),
         Case("prompt missing", "prompt", "Field required", ({"duration": 5},)),
+        # ModelArk parameters written into the prompt (issue 12): refused, naming the field to use.
+        Case(
+            "prompt with ModelArk short parameters",
+            "prompt",
+            "prompt carries --dur 10: use the request field duration instead",
+            ({"prompt": f"{fox} --dur 10 --rt 9:16 --rs 1080p"},),
+            (f"{fox} --dur 10 --rt 9:16 --rs 1080p",),
+        ),
+        Case(
+            "prompt with ModelArk long parameters",
+            "prompt",
+            "prompt carries --resolution 720p: use the request field resolution instead",
+            ({"prompt": f"{fox} --duration 5 --ratio 16:9 --resolution 720p --seed 7"},),
+            (f"{fox} --duration 5 --ratio 16:9 --resolution 720p --seed 7",),
+        ),
+        Case(
+            "prompt with a watermark parameter",
+            "prompt",
+            "prompt carries --wm true: videoqueue has no request field for the watermark",
+            ({"prompt": f"{fox} --wm true"},),
+            (f"{fox} --wm true",),
+        ),
+        Case(
+            "prompt with camerafixed and fps parameters",
+            "prompt",
+            "prompt carries --camerafixed false: videoqueue has no request field for the fixed camera",
+            ({"prompt": f"{fox} --camerafixed false --fps 24"},),
+            (f"{fox} --camerafixed false --fps 24",),
+        ),
         # ---- shape of the other fields
         Case(
             "unknown field (typo)",

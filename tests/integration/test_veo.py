@@ -89,10 +89,12 @@ def test_veo_into_s3(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) -> N
         assert manifest["cost"]["actual_usd"] == float(job.cost_usd or 0) == 0.4  # 4 s x $0.10 at 720p with audio
 
 
-def test_a_safety_filtered_veo_result_fails_with_content_filtered(local_stack: Stack) -> None:
+@pytest.mark.parametrize("prompt", ["unsafe [sim:fail]", "unsafe [sim:fail] [sim:reasonsonly]"])
+def test_a_safety_filtered_veo_result_fails_with_content_filtered(local_stack: Stack, prompt: str) -> None:
+    # The second form sends the filter's reasons without raiMediaFilteredCount (issue 12).
     local_stack.start_worker()
     vq = local_stack.queue()
-    job = vq.submit(VideoRequest(prompt="unsafe [sim:fail]", provider="veo"))
+    job = vq.submit(VideoRequest(prompt=prompt, provider="veo"))
 
     done = vq.wait([job.id], timeout=60)[0]
 

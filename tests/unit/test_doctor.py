@@ -127,5 +127,5 @@ def test_the_command_prints_the_report_and_sets_the_exit_code(monkeypatch: pytes
 def test_invalid_settings_are_reported_without_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STORAGE_URL", "ftp://secret-host/x")
     result = CliRunner().invoke(cli(), ["doctor"])
-    assert result.exit_code == 2 and "invalid settings: storage_url" in result.output
+    assert result.exit_code == 2 and "error: invalid setting STORAGE_URL: STORAGE_URL must start with" in result.output
     assert "secret-host" not in result.output

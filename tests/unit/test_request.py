@@ -257,3 +257,78 @@ def test_client_job_ids_are_unique() -> None:
         VideoRequest.parse({"prompt": "e", "client_job_id": "has space"})
     assert "client_job_id" in info.value.problems
     assert redis.keys("vq:client:*") == ["vq:client:order-17-clip-1"]
+
+
+# ---------------------------------------------------- parameters written into the prompt (issue 12)
+
+
+@pytest.mark.parametrize(
+    ("flag", "field"),
+    [
+        ("--dur 10", "duration"),
+        ("--duration 5", "duration"),
+        ("--duration=8", "duration"),
+        ("--rt 9:16", "ratio"),
+        ("--ratio 16:9", "ratio"),
+        ("--ratio adaptive", "ratio"),
+        ("--rs 1080p", "resolution"),
+        ("--resolution 720p", "resolution"),
+        ("--RS 480P", "resolution"),
+        ("--seed 42", "seed"),
+        ("--seed -1", "seed"),
+    ],
+)
+def test_prompt_parameters_with_a_request_field_are_refused_naming_it(flag: str, field: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse({"prompt": f"a red fox in snow {flag}"})
+    assert info.value.problems == {"prompt": f"prompt carries {flag}: use the request field {field} instead"}
+
+
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [
+        ("--wm true", "watermark"),
+        ("--watermark false", "watermark"),
+        ("--cf false", "fixed camera"),
+        ("--camerafixed true", "fixed camera"),
+        ("--fps 24", "frame rate"),
+    ],
+)
+def test_prompt_parameters_without_a_request_field_say_so(flag: str, what: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse({"prompt": f"{flag} a red fox in snow"})
+    message = info.value.problems["prompt"]
+    assert message.startswith(f"prompt carries {flag}: videoqueue has no request field for the {what}")
+    assert "remove it from the prompt" in message
+
+
+def test_every_parameter_of_a_prompt_is_named_at_once() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse({"prompt": "a fox --dur 10 --rt 9:16 --rs 1080p --wm true"})
+    message = info.value.problems["prompt"]
+    for flag in ("--dur 10", "--rt 9:16", "--rs 1080p", "--wm true"):
+        assert f"prompt carries {flag}:" in message
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a well--known street -- at night",
+        "wait -- what? --- the end",
+        "a --seed of doubt",
+        "the --durable and --ratios words, --dur10 glued",
+        "em dash--dur 10 inside a word",
+        "--",
+        "fox --duration of the storm",
+    ],
+)
+def test_ordinary_text_with_dashes_is_accepted(prompt: str) -> None:
+    assert VideoRequest.parse({"prompt": prompt}).prompt == prompt
+
+
+def test_prompt_parameters_are_refused_before_anything_is_stored() -> None:
+    server = fakeredis.FakeRedis()
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(server))
+    with pytest.raises(InvalidRequestError):
+        vq.submit(VideoRequest.model_construct(prompt="a fox --dur 10"))
+    assert server.keys("*") == []

@@ -201,6 +201,14 @@ def test_fail_marker_is_the_safety_filter(express: genai.Client, http: httpx.Cli
     assert stats(http)["by_status"]["failed"] == 1
 
 
+def test_reasonsonly_marker_sends_the_filter_reasons_without_a_count(express: genai.Client) -> None:
+    operation = wait_done(express, generate(express, "[sim:fail] [sim:reasonsonly] nsfw"))
+    assert operation.error is None and operation.response is not None
+    assert operation.response.generated_videos is None
+    assert operation.response.rai_media_filtered_count is None
+    assert operation.response.rai_media_filtered_reasons == [RAI_REASON]
+
+
 def test_fail_code_and_expire_markers_end_with_an_error(project: genai.Client) -> None:
     failed = generate(project, "[sim:fail=INTERNAL]")
     quota = generate(project, "[sim:fail=RESOURCE_EXHAUSTED] [sim:latency=0.05]")

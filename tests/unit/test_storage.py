@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from producer.settings import Settings
 from worker.storage import StorageError, VideoCheckError, checked_chunks
 from worker.storage.local import LocalStorage
-from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage
+from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage, s3_client, storage_error
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom"
 VIDEO = MP4_HEAD + bytes(range(256)) * 4
@@ -347,3 +349,38 @@ def test_reader_passes_source_errors_on() -> None:
     reader = IteratorReader(checked_chunks(iter([b"not a video file"]), None))
     with pytest.raises(VideoCheckError):
         reader.read(4)
+
+
+# ------------------------------------------------------------- S3_CHECKSUMS (issue 12)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "setting", "expected"),
+    [
+        (None, None, "when_supported"),  # AWS: the SDK's own default
+        ("http://127.0.0.1:9000", None, "when_required"),  # S3-compatible: headers only where required
+        ("http://127.0.0.1:9000", "when_supported", "when_supported"),
+        (None, "when_required", "when_required"),
+        ("http://127.0.0.1:9000", "WHEN_SUPPORTED", "when_supported"),
+    ],
+)
+def test_every_s3_client_gets_the_checksum_setting(endpoint: str | None, setting: str | None, expected: str) -> None:
+    values: dict[str, Any] = {"s3_endpoint_url": endpoint, "s3_checksums": setting}
+    settings = Settings.model_validate(
+        {"aws_access_key_id": "t", "aws_secret_access_key": "t", **{k: v for k, v in values.items() if v}}
+    )
+    assert settings.effective_s3_checksums == expected
+    for client in (s3_client(settings), S3Storage("b", "", settings).client):
+        config: Any = client.meta.config
+        assert config.request_checksum_calculation == expected
+        assert config.response_checksum_validation == expected
+
+
+def test_a_refusal_of_the_checksum_headers_names_the_setting() -> None:
+    refused = ClientError(
+        {"Error": {"Code": "InvalidArgument", "Message": "Unsupported header 'x-amz-checksum-crc32' received"}},
+        "PutObject",
+    )
+    other = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+    assert "set S3_CHECKSUMS=when_required" in str(storage_error("S3 write", refused, "when_supported"))
+    assert "S3_CHECKSUMS" not in str(storage_error("S3 write", other, "when_supported"))

@@ -80,6 +80,18 @@ def test_safety_filter_is_content_filtered_with_the_reasons() -> None:
     assert state.error_message == "Veo filtered 1 video(s): may violate Responsible AI practices"
 
 
+@pytest.mark.parametrize("count", [None, 0])
+def test_filter_reasons_without_a_count_are_content_filtered(count: int | None) -> None:
+    # Issue 12: a done operation with raiMediaFilteredReasons and no raiMediaFilteredCount.
+    response = SimpleNamespace(
+        generated_videos=None, rai_media_filtered_count=count, rai_media_filtered_reasons=["unsafe: violence"]
+    )
+    state = operation_state(_op(response=response), 8)
+    assert (state.status, state.error_code) == (TaskStatus.FAILED, ErrorCode.CONTENT_FILTERED)
+    assert state.provider_error_code == "RAI_MEDIA_FILTERED"
+    assert state.error_message == "Veo filtered the video: unsafe: violence"
+
+
 @pytest.mark.parametrize(
     ("code", "status", "ours"),
     [

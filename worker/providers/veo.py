@@ -98,14 +98,18 @@ def operation_state(op: Any, duration_s: int) -> TaskState:
     response = getattr(op, "response", None)
     videos = list(getattr(response, "generated_videos", None) or [])
     filtered = int(getattr(response, "rai_media_filtered_count", 0) or 0)
+    reasons = [str(r) for r in getattr(response, "rai_media_filtered_reasons", None) or [] if r]
     if not videos:
-        if filtered:
-            reasons = "; ".join(getattr(response, "rai_media_filtered_reasons", None) or []) or "no reason given"
+        # Either sign is the safety filter: Vertex AI has been seen to send the reasons
+        # without a count (the count is optional in the response), and the reasons are
+        # what tells the user why.
+        if filtered or reasons:
+            what = f"{filtered} video(s)" if filtered else "the video"
             return TaskState(
                 status=TaskStatus.FAILED,
                 provider_status="filtered",
                 error_code=ErrorCode.CONTENT_FILTERED,
-                error_message=f"Veo filtered {filtered} video(s): {reasons}",
+                error_message=f"Veo filtered {what}: {'; '.join(reasons) or 'no reason given'}",
                 provider_error_code="RAI_MEDIA_FILTERED",
             )
         return TaskState(

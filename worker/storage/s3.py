@@ -20,6 +20,63 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_BYTES = 8 * 1024 * 1024
+CHECKSUM_SETTING = "S3_CHECKSUMS"
+
+
+def s3_client(settings: Settings) -> S3Client:
+    """The one way videoqueue builds an S3 client (store, doctor, costs rebuild, bench), so
+    every client sends the same headers to the same endpoint.
+
+    S3_CHECKSUMS decides whether boto3 (1.36+) adds its CRC checksum headers to every upload
+    and validates them on downloads; several S3-compatible stores answer those headers with
+    400 InvalidArgument "Unsupported header"."""
+    secret = settings.aws_secret_access_key
+    key_id = settings.aws_access_key_id
+    checksums = settings.effective_s3_checksums
+    client: S3Client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.aws_region,
+        aws_access_key_id=key_id.get_secret_value() if key_id else None,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=60,
+            s3={"addressing_style": "path"},
+            request_checksum_calculation=checksums,
+            response_checksum_validation=checksums,
+        ),
+    )
+    return client
+
+
+def refuses_checksum_headers(exc: BaseException) -> bool:
+    """True when S3 refused a request for its checksum headers (B2, OVH, Qumulo and others
+    answer 400 InvalidArgument "Unsupported header 'x-amz-checksum-crc32' ...")."""
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    message = str(error.get("Message", "")).lower()
+    return error.get("Code") in {"InvalidArgument", "InvalidRequest", "NotImplemented"} and (
+        "unsupported header" in message or "checksum" in message
+    )
+
+
+def storage_error(what: str, exc: BotoCoreError | ClientError, settings_checksums: str) -> StorageError:
+    """A StorageError for a failed S3 call; one refused for its checksum headers names the
+    setting that turns them off."""
+    return StorageError(f"{what} failed: {exc}{checksum_hint(exc, settings_checksums)}")
+
+
+def checksum_hint(exc: BaseException, checksums: str) -> str:
+    """What to change when S3 refused boto3's checksum headers (else empty)."""
+    if not refuses_checksum_headers(exc):
+        return ""
+    return (
+        f"; this store refuses boto3's checksum headers ({CHECKSUM_SETTING}={checksums}): "
+        f"set {CHECKSUM_SETTING}=when_required"
+    )
 
 
 class IteratorReader:
@@ -65,21 +122,8 @@ class S3Storage:
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        secret = settings.aws_secret_access_key
-        key_id = settings.aws_access_key_id
-        self.client: S3Client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.aws_region,
-            aws_access_key_id=key_id.get_secret_value() if key_id else None,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 3},
-                connect_timeout=5,
-                read_timeout=60,
-                s3={"addressing_style": "path"},
-            ),
-        )
+        self.checksums = settings.effective_s3_checksums
+        self.client = s3_client(settings)
         self.transfer = TransferConfig(
             multipart_threshold=PART_BYTES,
             multipart_chunksize=PART_BYTES,
@@ -102,7 +146,7 @@ class S3Storage:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise StorageError(f"S3 head failed: {exc}") from exc
+            raise storage_error("S3 head", exc, self.checksums) from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 unreachable: {exc}") from exc
         return int(head["ContentLength"])
@@ -118,7 +162,7 @@ class S3Storage:
                         body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
                         yield key[len(prefix) :], json.loads(body)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"S3 listing of {self.uri('')} failed: {exc}") from exc
+            raise storage_error(f"S3 listing of {self.uri('')}", exc, self.checksums) from exc
 
     def _abort_open_uploads(self, key: str) -> None:
         """Abort multipart uploads of `key` left open by an earlier attempt (S3 was down
@@ -142,7 +186,7 @@ class S3Storage:
         except VideoCheckError:
             raise
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"S3 upload of {self.uri(key)} failed: {exc}") from exc
+            raise storage_error(f"S3 upload of {self.uri(key)}", exc, self.checksums) from exc
         return StoredObject(uri=self.uri(key), size=reader.bytes_read)
 
     def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:
@@ -150,5 +194,5 @@ class S3Storage:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, ContentType="application/json")
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"S3 write of {self.uri(key)} failed: {exc}") from exc
+            raise storage_error(f"S3 write of {self.uri(key)}", exc, self.checksums) from exc
         return StoredObject(uri=self.uri(key), size=len(body))

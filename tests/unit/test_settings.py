@@ -1,0 +1,81 @@
+"""One rule for empty settings, and one clear line for unusable ones (issue 12)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from producer.settings import InvalidSettingsError, Settings, env_name, load_settings
+
+FIELDS = sorted(Settings.model_fields)
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for field in FIELDS:
+        monkeypatch.delenv(env_name(field), raising=False)
+    monkeypatch.delenv("ARK_API_KEY", raising=False)
+
+
+def defaults() -> Settings:
+    return Settings(_env_file=None)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_environment_variable_is_unset(field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No field of the model is required, so an empty value must take the default.
+    assert not Settings.model_fields[field].is_required()
+    monkeypatch.setenv(env_name(field), "")
+    assert getattr(Settings(_env_file=None), field) == getattr(defaults(), field)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_dotenv_line_is_unset(field: str, tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"{env_name(field)}=\n")
+    assert getattr(Settings(_env_file=env_file), field) == getattr(defaults(), field)
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_value_given_in_code_is_unset(field: str) -> None:
+    assert getattr(Settings.model_validate({field: ""}), field) == getattr(defaults(), field)
+
+
+def test_an_empty_endpoint_gives_boto3_none() -> None:
+    # Before: '' reached boto3, which raised ValueError: Invalid endpoint.
+    settings = Settings(_env_file=None, s3_endpoint_url="")
+    assert settings.s3_endpoint_url is None
+    assert settings.effective_s3_checksums == "when_supported"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MODEL_LIMITS", "nope", "invalid setting MODEL_LIMITS: not valid JSON (Per-model overrides, JSON:"),
+        ("BUDGET_TAGS_USD", "{", "invalid setting BUDGET_TAGS_USD: not valid JSON (Caps per tag"),
+        ("POLL_MIN_S", "abc", "invalid setting POLL_MIN_S: Input should be a valid number"),
+        ("STORAGE_URL", "ftp://x", "invalid setting STORAGE_URL: STORAGE_URL must start with file://"),
+        ("S3_CHECKSUMS", "always", "invalid setting S3_CHECKSUMS: Input should be 'when_required' or"),
+        ("JOB_DEADLINE_S", "-1", "invalid setting JOB_DEADLINE_S: Input should be greater than 0"),
+    ],
+)
+def test_an_unusable_value_is_one_line_naming_the_variable(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_a_secret_value_is_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BYTEPLUS_API_KEY", "sk-secret-value-123")
+    monkeypatch.setenv("POLL_MIN_S", "abc")
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    assert "sk-secret-value-123" not in str(info.value)
