@@ -36,7 +36,7 @@ from producer.settings import Settings
 SIGMA = 0.12
 WIDE_SIGMA = 0.25
 
-OLD_DEFAULT: dict[str, Any] = {"poll_schedule": "backoff"}
+COLD: dict[str, Any] = {"poll_schedule": "backoff"}
 FIXED_2S: dict[str, Any] = {
     "poll_schedule": "backoff",
     "poll_initial_s": 2,
@@ -52,9 +52,9 @@ def _learned(interval: float) -> dict[str, Any]:
 
 def _measured_cases(quick: bool) -> list[tuple[str, dict[str, object], float]]:
     if quick:
-        return [("backoff (old default)", OLD_DEFAULT, SIGMA), ("learned 1 s", _learned(1), SIGMA)]
+        return [("cold schedule (POLL_SCHEDULE=backoff)", COLD, SIGMA), ("learned 1 s", _learned(1), SIGMA)]
     return [
-        ("backoff (old default)", OLD_DEFAULT, SIGMA),
+        ("cold schedule (POLL_SCHEDULE=backoff)", COLD, SIGMA),
         ("fixed 2 s", FIXED_2S, SIGMA),
         ("learned 2 s", _learned(2), SIGMA),
         ("learned 3 s (default)", _learned(3), SIGMA),
@@ -185,7 +185,9 @@ def _model_rows(quick: bool) -> list[dict[str, Any]]:
     base: dict[str, Any] = {"_env_file": None}
     rows = []
     for sigma in (SIGMA,) if quick else (SIGMA, WIDE_SIGMA):
-        rows.append(model_row("backoff (old default)", Settings(**base, **OLD_DEFAULT), sigma=sigma, jobs=jobs))
+        rows.append(
+            model_row("cold schedule (POLL_SCHEDULE=backoff)", Settings(**base, **COLD), sigma=sigma, jobs=jobs)
+        )
         rows.append(model_row("fixed 2 s", Settings(**base, **FIXED_2S), sigma=sigma, jobs=jobs))
         windows = ((0.10, 0.97),) if quick else ((0.10, 0.97), (0.03, 0.97), (0.05, 0.95), (0.01, 0.99))
         for low, high in windows:
