@@ -496,17 +496,19 @@ class Pipeline:
         elif state.status is TaskStatus.CANCELLED:
             self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled")
         elif state.status is TaskStatus.EXPIRED:
-            self.store.transition(
-                job.id,
-                {JobStatus.RUNNING},
-                JobStatus.EXPIRED,
-                provider_status="expired",
-                error=JobError(
-                    code=ErrorCode.DEADLINE,
-                    message=state.error_message or "the provider expired the task",
-                    provider_code=state.provider_error_code,
-                ),
-            )
+            message = state.error_message or "the provider expired the task"
+            self._expire_running(job, "expired", message, state.provider_error_code)
+
+    def _expire_running(
+        self, job: JobRecord, provider_status: str, message: str, provider_code: str | None = None
+    ) -> JobRecord | None:
+        return self.store.transition(
+            job.id,
+            {JobStatus.RUNNING},
+            JobStatus.EXPIRED,
+            provider_status=provider_status,
+            error=JobError(code=ErrorCode.DEADLINE, message=message, provider_code=provider_code),
+        )
 
     def _stop(self, provider: Provider, job: JobRecord, state: TaskState, now: datetime) -> bool:
         """Stop a task still at the provider when the deadline has come or the producer
@@ -521,35 +523,21 @@ class Pipeline:
                     job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled"
                 )
             else:
-                done = self.store.transition(
-                    job.id,
-                    {JobStatus.RUNNING},
-                    JobStatus.EXPIRED,
-                    provider_status="cancelled",
-                    error=JobError(
-                        code=ErrorCode.DEADLINE,
-                        message=(
-                            f"not started at the provider within JOB_DEADLINE_S "
-                            f"({self.settings.job_deadline_s:g} s); cancelled there, nothing billed"
-                        ),
-                    ),
+                done = self._expire_running(
+                    job,
+                    "cancelled",
+                    f"not started at the provider within JOB_DEADLINE_S ({self.settings.job_deadline_s:g} s);"
+                    " cancelled there, nothing billed",
                 )
             log.info("provider task cancelled", extra={"job_id": job.id})
             return done is not None
         if at_deadline and (now - job.deadline_at).total_seconds() >= self.settings.follow_past_deadline_s:
             # Only a provider that never ends its tasks gets here (ModelArk expires them).
-            self.store.transition(
-                job.id,
-                {JobStatus.RUNNING},
-                JobStatus.EXPIRED,
-                provider_status=state.provider_status,
-                error=JobError(
-                    code=ErrorCode.DEADLINE,
-                    message=(
-                        f"still {state.provider_status} at the provider FOLLOW_PAST_DEADLINE_S "
-                        f"({self.settings.follow_past_deadline_s:g} s) after the deadline"
-                    ),
-                ),
+            self._expire_running(
+                job,
+                state.provider_status,
+                f"still {state.provider_status} at the provider FOLLOW_PAST_DEADLINE_S "
+                f"({self.settings.follow_past_deadline_s:g} s) after the deadline",
             )
             return True
         self.store.update(job.id, _note_unstoppable(at_deadline, now, state.provider_status, self.settings))
