@@ -69,27 +69,25 @@ def test_a_task_that_failed_fast_ends_failed_with_the_provider_code(local_stack:
     assert local_stack.simulator.stats()["deletes_total"] == 0
 
 
-def test_a_veo_result_removed_by_the_safety_filter_ends_content_filtered(local_stack: Stack) -> None:
+@pytest.mark.parametrize(
+    ("markers", "code", "provider_code"),
+    [
+        ("[sim:fail]", ErrorCode.CONTENT_FILTERED, "RAI_MEDIA_FILTERED"),  # the safety filter
+        ("[sim:fail=INVALID_ARGUMENT]", ErrorCode.INVALID_REQUEST, "3"),  # a failed operation
+    ],
+)
+def test_a_veo_operation_that_ended_badly_ends_failed_not_expired(
+    local_stack: Stack, markers: str, code: ErrorCode, provider_code: str
+) -> None:
     _late_worker(local_stack)
     vq = local_stack.queue(job_deadline_s=DEADLINE_S)
-    job = vq.submit(VideoRequest(prompt="filtered [sim:fail] [sim:latency=1]", provider="veo", duration=4))
+    job = vq.submit(VideoRequest(prompt=f"veo {markers} [sim:latency=1]", provider="veo", duration=4))
 
     done = vq.wait([job.id], timeout=40)[0]
 
     assert done.status is JobStatus.FAILED
-    assert done.error is not None and done.error.code is ErrorCode.CONTENT_FILTERED
-    assert done.error.provider_code == "RAI_MEDIA_FILTERED"
-
-
-def test_a_veo_operation_that_failed_ends_failed_not_expired(local_stack: Stack) -> None:
-    _late_worker(local_stack)
-    vq = local_stack.queue(job_deadline_s=DEADLINE_S)
-    job = vq.submit(VideoRequest(prompt="bad [sim:fail=INVALID_ARGUMENT] [sim:latency=1]", provider="veo", duration=4))
-
-    done = vq.wait([job.id], timeout=40)[0]
-
-    assert done.status is JobStatus.FAILED
-    assert done.error is not None and done.error.code is ErrorCode.INVALID_REQUEST
+    assert done.error is not None and done.error.code is code
+    assert done.error.provider_code == provider_code
 
 
 def test_a_task_still_queued_at_the_deadline_is_cancelled_at_the_provider_and_expires(local_stack: Stack) -> None:
