@@ -60,6 +60,19 @@ QUEUE_POLL = "vq.poll"
 QUEUE_STORE = "vq.store"
 
 
+# How long a provider keeps a finished video where the store step can fetch it again, in
+# seconds from the finish; None: no documented limit. The store step records the end of
+# it (`result_expires_at`) on a job it could not store; `videoqueue store retry` refuses
+# once it has passed.
+# - byteplus: the `video_url` of a finished ModelArk task is valid for 24 hours from the
+#   finish (ModelArk's task API reference; issue 12 relies on the same figure). We count
+#   from when a poll saw the task finished (`provider_done_at`), a little after the real
+#   finish, so an hour of margin is taken off.
+# - veo: the video is fetched again from the operation (its name is `provider_task_id`)
+#   or from our own gs:// bucket; Vertex AI documents no retention for either, so the
+#   attempt is made and the provider's answer decides.
+RESULT_TTL_S: dict[str, float | None] = {"byteplus": 24 * 3600.0 - 3600.0, "veo": None}
+
 Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 """A dollar amount: exact in Python, a plain number in JSON."""
 
@@ -108,6 +121,8 @@ class JobRecord(BaseModel):
     poll_seq: int = 0
     poll_errors: int = 0
     store_attempts: int = 0
+    store_lease_until: datetime | None = None
+    store_retries: int = 0
     submit_intent_at: datetime | None = None
     next_due_at: datetime | None = None
     recoveries: int = 0
@@ -117,9 +132,11 @@ class JobRecord(BaseModel):
     submitted_at: datetime | None = None
     provider_done_at: datetime | None = None
     finished_at: datetime | None = None
+    settled_at: datetime | None = None
+    result_expires_at: datetime | None = None
     deadline_at: datetime
     history: list[dict[str, Any]] = Field(default_factory=list)
 
     def public_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data for CLI and API users."""
-        return self.model_dump(mode="json", exclude={"submit_lease_until", "poll_seq"})
+        return self.model_dump(mode="json", exclude={"submit_lease_until", "store_lease_until", "poll_seq"})
