@@ -123,6 +123,7 @@ class JobRecord(BaseModel):
     store_attempts: int = 0
     store_lease_until: datetime | None = None
     store_retries: int = 0
+    store_retried_at: datetime | None = None
     submit_intent_at: datetime | None = None
     next_due_at: datetime | None = None
     recoveries: int = 0
@@ -136,6 +137,19 @@ class JobRecord(BaseModel):
     result_expires_at: datetime | None = None
     deadline_at: datetime
     history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def store_retry_refusal(self, now: datetime) -> str | None:
+        """Why `videoqueue store retry` cannot store this job again, or None if it can: it
+        failed in the store step and the provider still holds its video."""
+        if self.status is not JobStatus.FAILED:
+            return f"it is {self.status.value}, not failed"
+        if not self.history or self.history[-1].get("from") != JobStatus.DOWNLOADING:
+            return "it did not fail in storage (it never had a video to store)"
+        if self.result_expires_at is not None and now >= self.result_expires_at:
+            return f"the provider's video expired at {self.result_expires_at.isoformat(timespec='seconds')}"
+        if not self.video_url and not self.provider_task_id:
+            return "the record holds no place to fetch the video from"
+        return None
 
     def public_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data for CLI and API users."""

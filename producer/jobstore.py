@@ -283,7 +283,7 @@ class JobStore:
                     {"at": now.isoformat(), "from": current.status, "to": changed.status},
                 ]
             if settles:
-                changed.settled_at = now
+                changed.settled_at = changed.finished_at  # the ledger entry's settled_at
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
             if ends:

@@ -613,8 +613,12 @@ class Pipeline:
         return self.store.update(job.id, start_attempt)
 
     def _store_deadline(self, job: JobRecord) -> datetime:
-        started = job.provider_done_at or job.updated_at
-        return started + timedelta(seconds=self.settings.store_deadline_s)
+        """STORE_DEADLINE_S after the provider's finish (or after `videoqueue store retry`),
+        and never past the time the provider keeps the video."""
+        started = job.store_retried_at or job.provider_done_at or job.updated_at
+        deadline = started + timedelta(seconds=self.settings.store_deadline_s)
+        expires = _result_expiry(job)
+        return min(deadline, expires) if expires is not None else deadline
 
     def _log_store_failure(self, job: JobRecord, attempt: int, exc: BaseException) -> None:
         log.warning(
@@ -660,10 +664,7 @@ class Pipeline:
 
         With `attempt`, only if no later store attempt has started."""
         finished_at = utcnow()
-        expires_at = None
-        ttl = RESULT_TTL_S.get(job.provider)
-        if status is JobStatus.FAILED and ttl is not None and job.provider_done_at is not None:
-            expires_at = job.provider_done_at + timedelta(seconds=ttl)
+        expires_at = _result_expiry(job) if status is JobStatus.FAILED else None
         manifest_uri = None
         if job.cost_usd is not None:
             final = job.model_copy(update={"status": status, "error": error, "finished_at": finished_at})
@@ -726,6 +727,14 @@ class Pipeline:
 
         self.store.update(job.id, mark)
         return False
+
+
+def _result_expiry(job: JobRecord) -> datetime | None:
+    """Until when the provider holds the job's video (RESULT_TTL_S), or None if unknown."""
+    ttl = RESULT_TTL_S.get(job.provider)
+    if ttl is None or job.provider_done_at is None:
+        return None
+    return job.provider_done_at + timedelta(seconds=ttl)
 
 
 def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:

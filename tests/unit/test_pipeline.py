@@ -972,6 +972,82 @@ def test_store_retries_and_the_store_lease_never_run_past_the_store_deadline(tmp
     assert due is not None and due <= (done + timedelta(seconds=601)).timestamp()
 
 
+def _failed_in_storage(env: Env, budget_key: str = "vq:budget:test") -> str:
+    job_id = env.downloading_job()
+    env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [budget_key]}))
+    real_storage = env.storage
+    env.storage = BrokenStorage(real_storage, "put_video", ValueError("bucket does not exist"))
+    for _ in (1, 2):
+        with pytest.raises(StoreRetry):
+            env.pipeline.store_video(job_id)
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.FAILED
+    env.storage = real_storage
+    return job_id
+
+
+def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(env: Env) -> None:
+    from producer.api import reopen_for_store
+    from producer.budget import to_micro
+    from producer.stats import COST_KEY
+
+    job_id = _failed_in_storage(env)
+    failed = env.job(job_id)
+    assert failed.settled_at is not None
+    settled = env.store.redis.hgetall("vq:budget:test")
+    cost_stats = env.store.redis.hgetall(COST_KEY)
+    assert settled == {"reserved": str(-to_micro(failed.cost_estimate_usd)), "spent": str(to_micro(failed.cost_usd))}
+
+    reopened = reopen_for_store(env.store, job_id)
+    assert (reopened.status, reopened.store_attempts, reopened.store_retries) == (JobStatus.DOWNLOADING, 0, 1)
+    assert reopened.error is None and env.store.due_at(job_id) is not None
+    env.pipeline.store_video(job_id)  # what the store task the CLI sends does
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.SUCCEEDED, 1)
+    assert env.stored_files() == sorted([f"{job_id}.json", f"{job_id}.mp4"])
+    [entry] = Ledger(env.store.redis).entries()
+    assert (entry.job_id, entry.status, entry.actual_usd) == (job_id, "succeeded", failed.cost_usd)
+    assert entry.settled_at == failed.settled_at  # the day it was paid for stays
+    assert env.store.redis.hgetall("vq:budget:test") == settled  # budgets not settled twice
+    assert env.store.redis.hgetall(COST_KEY) == cost_stats
+    assert job.settled_at == failed.settled_at
+
+
+def test_store_retry_starts_a_fresh_store_deadline(tmp_path: Path) -> None:
+    from producer.api import reopen_for_store
+
+    env = Env(tmp_path, make_settings(store_deadline_s=600))
+    job_id = _failed_in_storage(env)
+    # It failed long ago (past STORE_DEADLINE_S), but the provider still holds the video.
+    done = utcnow() - timedelta(hours=2)
+    env.store.update(job_id, lambda r: r.model_copy(update={"provider_done_at": done}))
+    reopen_for_store(env.store, job_id)
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_store_retry_refuses_an_expired_video_and_a_job_that_did_not_fail_in_storage(env: Env) -> None:
+    from producer.api import StoreRetryRefusedError, reopen_for_store
+
+    job_id = _failed_in_storage(env)
+    expired = utcnow() - timedelta(seconds=1)
+    env.store.update(job_id, lambda r: r.model_copy(update={"result_expires_at": expired}))
+    with pytest.raises(StoreRetryRefusedError, match="expired"):
+        reopen_for_store(env.store, job_id)
+    assert env.job(job_id).status is JobStatus.FAILED
+
+    running = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.FAILED, error_code=ErrorCode.CONTENT_FILTERED))
+    env.pipeline.poll(running, 1)
+    assert env.job(running).status is JobStatus.FAILED
+    with pytest.raises(StoreRetryRefusedError, match="did not fail in storage"):
+        reopen_for_store(env.store, running)
+    stored = env.downloading_job()
+    env.pipeline.store_video(stored)
+    with pytest.raises(StoreRetryRefusedError, match="succeeded, not failed"):
+        reopen_for_store(env.store, stored)
+
+
 # -------------------------------------------------------------------------- cancel
 
 
