@@ -993,7 +993,7 @@ def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(e
 
     job_id = _failed_in_storage(env)
     failed = env.job(job_id)
-    assert failed.settled_at is not None
+    assert failed.settled_at is not None and failed.cost_usd is not None
     settled = env.store.redis.hgetall("vq:budget:test")
     cost_stats = env.store.redis.hgetall(COST_KEY)
     assert settled == {"reserved": str(-to_micro(failed.cost_estimate_usd)), "spent": str(to_micro(failed.cost_usd))}
