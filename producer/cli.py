@@ -406,6 +406,8 @@ def recover(
     verb = "would recover" if dry_run else "recovered"
     by_status = ", ".join(f"{n} {status}" for status, n in sorted(report.recovered.items())) or "none"
     sys.stdout.write(f"examined {report.examined} overdue jobs; {verb} {report.total} ({by_status})\n")
+    if report.unparked:
+        sys.stdout.write(f"sent {len(report.unparked)} parked steps now due\n")
     for job_id in report.job_ids:
         sys.stdout.write(f"{job_id}\n")
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
@@ -19,7 +21,7 @@ from producer.ledger import Ledger
 from producer.queues import broker_timing
 from producer.settings import Settings
 from tests.integration.conftest import S3Server, Stack
-from tests.integration.helpers import wait_status
+from tests.integration.helpers import wait_for, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +68,46 @@ def test_a_store_slower_than_its_time_limit_ends_after_store_max_attempts(local_
         f"\nstore-time-limit: 1 job, failed/storage after {done.store_attempts} attempts "
         f"(STORE_MAX_ATTEMPTS=3), video downloaded {downloads}x, "
         f"ended {(done.finished_at - done.provider_done_at).total_seconds():.1f} s after the provider's finish"  # type: ignore[operator]
+    )
+
+
+def test_store_attempts_killed_mid_transfer_are_counted_and_end_the_job(local_stack: Stack) -> None:
+    """An attempt that never returns (its pool process killed, as by the kernel's OOM
+    killer) counts: the count is taken when it starts, and the attempt that would exceed
+    STORE_MAX_ATTEMPTS ends the job instead of downloading again."""
+    local_stack.simulator.configure(video_trickle_s=60.0)
+    worker = local_stack.start_worker(
+        concurrency=1,
+        STORE_BUSY_S="12",
+        STORE_MAX_ATTEMPTS="2",
+        SWEEP_INTERVAL_S="1",
+        RECOVER_AFTER_S="1",
+        LOG_FORMAT="text",
+    )
+    vq = local_stack.queue()
+    job = vq.submit(VideoRequest(prompt="a fox whose store keeps being killed"))
+    started = time.monotonic()
+    for attempt in (1, 2):
+        wait_for(
+            lambda n=attempt: local_stack.simulator.stats()["video_downloads_total"] == n,  # type: ignore[misc]
+            60,
+            f"download {attempt}",
+        )
+        assert vq.get(job.id).store_attempts == attempt
+        for child in psutil.Process(worker.proc.pid).children(recursive=True):
+            child.kill()
+
+    done = wait_status(vq, job.id, {"succeeded", "failed", "cancelled", "expired"}, timeout=60)
+
+    assert done.status is JobStatus.FAILED, done
+    assert done.error is not None and done.error.code is ErrorCode.STORAGE
+    assert "never finished" in done.error.message, done.error.message
+    assert done.store_attempts == 2
+    downloads = local_stack.simulator.stats()["video_downloads_total"]
+    assert downloads == 2, downloads
+    print(
+        f"\nstore-killed: 2 attempts killed mid-transfer, failed/storage without a third download "
+        f"(downloads {downloads}), {time.monotonic() - started:.0f} s"
     )
 
 
