@@ -20,11 +20,12 @@ from producer.contract import (
     TASK_STORE,
     TASK_SUBMIT,
 )
-from producer.queues import is_amqp
+from producer.queues import broker_timing, is_amqp
 from producer.queues import task_queues as _task_queues
 from producer.settings import get_settings
 
 _settings = get_settings()
+_timing = broker_timing(_settings)
 
 broker_url = _settings.effective_broker_url
 _AMQP = is_amqp(broker_url)
@@ -78,9 +79,11 @@ worker_prefetch_multiplier = 1
 worker_eta_task_limit = 5000
 
 # The longest a task may run: a store of a large video. The soft limit raises inside the
-# task (the store step then retries); the hard one kills the pool child.
-task_soft_time_limit = int(_settings.store_busy_s)
-task_time_limit = int(_settings.store_busy_s) + 300
+# task (the store step counts a failed attempt); the hard one kills the pool child (the
+# attempt was counted when it started). Both from producer.queues.broker_timing, which
+# also bounds every countdown the pipeline schedules.
+task_soft_time_limit = _timing.soft_time_limit_s
+task_time_limit = _timing.time_limit_s
 
 if not _AMQP:
     # Redis keeps a delivered, unacknowledged message in its `unacked` hash and hands it to
@@ -88,11 +91,12 @@ if not _AMQP:
     # once and held, unacknowledged, until due; if the timeout were shorter than the
     # longest countdown plus the longest task, healthy held messages would be delivered a
     # second time. So: longest countdown (RETRY_MAX_S, POLL_MAX_S, a submit lease) plus
-    # the hard time limit, plus a minute. It is also how long the broker itself takes to
-    # notice a dead worker; the job-store sweep (RECOVER_AFTER_S) usually acts first.
-    _LONGEST_COUNTDOWN_S = max(_settings.retry_max_s, _settings.poll_max_s, _settings.submit_lease_s)
+    # the hard time limit, plus a minute (producer.queues.broker_timing); the pipeline
+    # never sends a longer countdown (longer waits are parked in the job store). It is
+    # also how long the broker itself takes to notice a dead worker; the job-store sweep
+    # (RECOVER_AFTER_S) usually acts first.
     broker_transport_options = {
-        "visibility_timeout": int(_LONGEST_COUNTDOWN_S + task_time_limit + 60),
+        "visibility_timeout": _timing.visibility_timeout_s,
         # Look for messages to restore every minute (6 x 10 s), not every 100 s.
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 6,

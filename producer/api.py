@@ -15,6 +15,7 @@ from producer.catalog import Catalog, load_catalog
 from producer.celery_client import producer_app
 from producer.contract import (
     TASK_CANCEL,
+    TASK_STORE,
     TASK_SUBMIT,
     JobRecord,
     JobStatus,
@@ -37,6 +38,10 @@ class UnknownJobError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StoreRetryRefusedError(ValueError):
+    """A job that cannot be stored again (`VideoQueue.store_retry`)."""
 
 
 class WaitTimeoutError(TimeoutError):
@@ -237,6 +242,16 @@ class VideoQueue:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             time.sleep(pause)
 
+    def store_retry(self, job_id: str) -> JobRecord:
+        """Store again a job the store step gave up on, while the provider still holds its
+        video (`reopen_for_store`), and send the store task. Raises UnknownJobError, or
+        StoreRetryRefusedError when it cannot be stored again."""
+        self.get(job_id)
+        reopened = reopen_for_store(self.store, job_id)
+        app = producer_app(self.settings.effective_broker_url)
+        app.send_task(TASK_STORE, args=[job_id])
+        return reopened
+
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job. One not yet at the provider ends `cancelled` at once; one already
         there is marked `cancel_requested` and a worker cancels it at the provider (or
@@ -264,3 +279,32 @@ class VideoQueue:
             app.send_task(TASK_CANCEL, args=[job_id])
             return requested
         return self.get(job_id)
+
+
+def reopen_for_store(store: JobStore, job_id: str) -> JobRecord:
+    """Move a job that failed in storage back to `downloading` with a fresh
+    STORE_MAX_ATTEMPTS and STORE_DEADLINE_S (counted from now). Its cost was settled when it
+    failed and is not settled again when it ends. Raises StoreRetryRefusedError when it did
+    not fail in storage or the provider no longer holds its video."""
+    now = utcnow()
+    refused: list[str] = []
+
+    def reopen(record: JobRecord) -> JobRecord | None:
+        why = record.store_retry_refusal(now)
+        if why is not None:
+            refused.append(why)
+            return None
+        record.status = JobStatus.DOWNLOADING
+        record.store_attempts = 0
+        record.store_lease_until = None
+        record.store_retries += 1
+        record.store_retried_at = now
+        record.error = None
+        record.finished_at = None
+        record.next_due_at = now
+        return record
+
+    reopened = store.update(job_id, reopen)
+    if reopened is None:
+        raise StoreRetryRefusedError(f"{job_id}: cannot store again: {refused[-1] if refused else 'unknown job'}")
+    return reopened

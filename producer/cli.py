@@ -16,12 +16,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from producer.api import EnqueueError, PreparedJob, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.api import (
+    EnqueueError,
+    PreparedJob,
+    StoreRetryRefusedError,
+    UnknownJobError,
+    VideoQueue,
+    WaitTimeoutError,
+)
 from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
 from producer.cli_ops import register as register_ops
-from producer.contract import JobRecord, JobStatus
+from producer.contract import JobRecord, JobStatus, utcnow
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import InvalidSettingsError, get_settings
@@ -44,6 +51,20 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _detail(r: JobRecord) -> str:
+    """Where the video went, or why there is none; for a job that failed in storage, until
+    when `videoqueue store retry` can still store it."""
+    if r.output_uri:
+        return r.output_uri
+    if r.error is None:
+        return ""
+    text = f"{r.error.code}: {r.error.message}"
+    if r.store_retry_refusal(utcnow()) is None:
+        until = r.result_expires_at.isoformat(timespec="seconds") if r.result_expires_at else "the provider forgets it"
+        text += f" (videoqueue store retry possible until {until})"
+    return text
+
+
 def _show(records: list[JobRecord]) -> None:
     """A table on a terminal; tab-separated lines (whole values, easy to grep) otherwise."""
     if out.is_terminal:
@@ -51,7 +72,7 @@ def _show(records: list[JobRecord]) -> None:
         return
     sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
     for r in records:
-        detail = r.output_uri or (f"{r.error.code}: {r.error.message}" if r.error else "")
+        detail = _detail(r)
         cost = "" if r.cost_usd is None else str(r.cost_usd)
         sys.stdout.write(
             f"{r.id}\t{r.status.value}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n"
@@ -67,7 +88,7 @@ def _job_table(records: list[JobRecord]) -> Table:
     table.add_column("cost", justify="right", no_wrap=True)
     table.add_column("output / error", overflow="fold")
     for r in records:
-        detail = r.output_uri or (f"{r.error.code}: {r.error.message}" if r.error else "")
+        detail = _detail(r)
         table.add_row(
             r.id,
             r.status.value,
@@ -385,8 +406,33 @@ def recover(
     verb = "would recover" if dry_run else "recovered"
     by_status = ", ".join(f"{n} {status}" for status, n in sorted(report.recovered.items())) or "none"
     sys.stdout.write(f"examined {report.examined} overdue jobs; {verb} {report.total} ({by_status})\n")
+    if report.unparked:
+        sys.stdout.write(f"sent {len(report.unparked)} parked steps now due\n")
     for job_id in report.job_ids:
         sys.stdout.write(f"{job_id}\n")
+
+
+store_app = typer.Typer(help="The store step: store again what it gave up on.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("retry")
+def store_retry(job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]) -> None:
+    """Store again jobs that failed in storage, while the provider still holds their video
+    (ModelArk: 24 h from the finish): each goes back to `downloading` with a fresh
+    STORE_MAX_ATTEMPTS and the store task is sent. Exit code 2 if any was refused."""
+    vq = VideoQueue()
+    refused = 0
+    for job_id in job_ids:
+        try:
+            record = vq.store_retry(job_id)
+        except (UnknownJobError, StoreRetryRefusedError) as exc:
+            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+            refused += 1
+            continue
+        sys.stdout.write(f"{record.id} {record.status.value} (store sent, retry {record.store_retries})\n")
+    if refused:
+        raise typer.Exit(2)
 
 
 costs_app = typer.Typer(help="What jobs cost: reports from the ledger, and its rebuild from storage.")

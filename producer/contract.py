@@ -60,6 +60,19 @@ QUEUE_POLL = "vq.poll"
 QUEUE_STORE = "vq.store"
 
 
+# How long a provider keeps a finished video where the store step can fetch it again, in
+# seconds from the finish; None: no documented limit. The store step records the end of
+# it (`result_expires_at`) on a job it could not store; `videoqueue store retry` refuses
+# once it has passed.
+# - byteplus: the `video_url` of a finished ModelArk task is valid for 24 hours from the
+#   finish (ModelArk's task API reference; issue 12 relies on the same figure). We count
+#   from when a poll saw the task finished (`provider_done_at`), a little after the real
+#   finish, so an hour of margin is taken off.
+# - veo: the video is fetched again from the operation (its name is `provider_task_id`)
+#   or from our own gs:// bucket; Vertex AI documents no retention for either, so the
+#   attempt is made and the provider's answer decides.
+RESULT_TTL_S: dict[str, float | None] = {"byteplus": 24 * 3600.0 - 3600.0, "veo": None}
+
 Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 """A dollar amount: exact in Python, a plain number in JSON."""
 
@@ -112,6 +125,9 @@ class JobRecord(BaseModel):
     poll_seq: int = 0
     poll_errors: int = 0
     store_attempts: int = 0
+    store_lease_until: datetime | None = None
+    store_retries: int = 0
+    store_retried_at: datetime | None = None
     submit_intent_at: datetime | None = None
     next_due_at: datetime | None = None
     recoveries: int = 0
@@ -121,6 +137,8 @@ class JobRecord(BaseModel):
     submitted_at: datetime | None = None
     provider_done_at: datetime | None = None
     finished_at: datetime | None = None
+    settled_at: datetime | None = None
+    result_expires_at: datetime | None = None
     deadline_at: datetime
     # When a status call at or after the deadline found the provider task still active (it
     # could not be stopped, so it is followed to its end and billed) or already finished.
@@ -137,6 +155,19 @@ class JobRecord(BaseModel):
             return None
         return (self.cost_usd or Decimal(0)) + (self.uncertain_cost_usd or Decimal(0))
 
+    def store_retry_refusal(self, now: datetime) -> str | None:
+        """Why `videoqueue store retry` cannot store this job again, or None if it can: it
+        failed in the store step and the provider still holds its video."""
+        if self.status is not JobStatus.FAILED:
+            return f"it is {self.status.value}, not failed"
+        if not self.history or self.history[-1].get("from") != JobStatus.DOWNLOADING:
+            return "it did not fail in storage (it never had a video to store)"
+        if self.result_expires_at is not None and now >= self.result_expires_at:
+            return f"the provider's video expired at {self.result_expires_at.isoformat(timespec='seconds')}"
+        if not self.video_url and not self.provider_task_id:
+            return "the record holds no place to fetch the video from"
+        return None
+
     def public_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data for CLI and API users."""
-        return self.model_dump(mode="json", exclude={"submit_lease_until", "poll_seq"})
+        return self.model_dump(mode="json", exclude={"submit_lease_until", "store_lease_until", "poll_seq"})

@@ -19,7 +19,7 @@ from producer import stats
 from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
-from producer.ledger import LedgerEntry, write_entry
+from producer.ledger import LedgerEntry, entry_key, write_entry
 from producer.limits import slot_key
 
 KEY_PREFIX = "vq:"
@@ -44,6 +44,10 @@ INPUT_GRACE_S = 86400
 
 DUE_INDEX = f"{KEY_PREFIX}jobs:due"
 """Active jobs scored by when their next step is due: what the recovery sweep reads."""
+
+PARKED_INDEX = f"{KEY_PREFIX}jobs:parked"
+"""Jobs whose next step waits longer than a countdown may (a long Retry-After, a fleet-wide
+back-off): no message was sent; the sweep sends it when due. Scored like DUE_INDEX."""
 
 
 def _all_index() -> str:
@@ -90,6 +94,20 @@ class TaskClaimedError(RuntimeError):
     def __init__(self, task_id: str, owner: str) -> None:
         self.task_id, self.owner = task_id, owner
         super().__init__(f"provider task {task_id} already belongs to job {owner}")
+
+
+def _new_task(pipe: Any, current: JobRecord, changed: JobRecord) -> str | None:
+    """The provider task id a change records, if it records one; inside a WATCHed
+    transaction, before MULTI: raises TaskClaimedError when another job holds it."""
+    task_id = changed.provider_task_id
+    if not task_id or task_id == current.provider_task_id:
+        return None
+    claim = task_claim_key(changed.provider, task_id)
+    pipe.watch(claim)
+    owner = pipe.get(claim)
+    if owner and owner != changed.id:
+        raise TaskClaimedError(task_id, owner)
+    return task_id
 
 
 class JobStore:
@@ -187,6 +205,7 @@ class JobStore:
                 pipe.delete(client_key(record.request["client_job_id"]))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(DUE_INDEX, job_id)
+        pipe.zrem(PARKED_INDEX, job_id)
         pipe.zrem(_all_index(), job_id)
         for status in JobStatus:
             pipe.zrem(_status_index(status), job_id)
@@ -226,7 +245,36 @@ class JobStore:
         One command instead of a compare-and-set of the record: this runs after every
         message a step sends. XX: a job that went final meanwhile (and left the index in
         its final transaction) is not put back."""
-        self.redis.zadd(DUE_INDEX, {job_id: when}, xx=True)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(DUE_INDEX, {job_id: when}, xx=True)
+        pipe.zrem(PARKED_INDEX, job_id)  # a message is on its way: nothing is parked
+        pipe.execute()
+
+    def park(self, job_id: str, when: float) -> None:
+        """Record that the job's next step is due at `when` but was not sent (the wait is
+        longer than a countdown may be): the sweep sends it then (`unpark_due`)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(DUE_INDEX, {job_id: when}, xx=True)
+        pipe.zadd(PARKED_INDEX, {job_id: when})
+        pipe.execute()
+
+    def parked_at(self, job_id: str) -> float | None:
+        """When the job's parked step is due, or None if nothing is parked."""
+        score: float | None = self.redis.zscore(PARKED_INDEX, job_id)  # type: ignore[assignment]
+        return score
+
+    def next_parked_at(self) -> float | None:
+        """When the earliest parked step is due, or None if nothing is parked."""
+        first: list[tuple[str, float]] = self.redis.zrange(PARKED_INDEX, 0, 0, withscores=True)  # type: ignore[assignment]
+        return first[0][1] if first else None
+
+    def unpark_due(self, when: float, limit: int = 1000) -> builtins.list[str]:
+        """Take the jobs whose parked step is due by `when` out of the parked index and
+        return their ids: each id is returned to one caller only, who sends the step."""
+        ids: builtins.list[str] = self.redis.zrangebyscore(PARKED_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
+        # ZREM answers 1 to one caller only. A job parked again meanwhile, for later, loses
+        # that entry and runs early: its step then finds it must still wait, and parks again.
+        return [job_id for job_id in ids if self.redis.zrem(PARKED_INDEX, job_id)]
 
     def task_owners(self, provider: str, task_ids: Sequence[str]) -> dict[str, str]:
         """The job each of `task_ids` was recorded by, for those recorded at all."""
@@ -261,13 +309,12 @@ class JobStore:
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
                 return
-            new_task = changed.provider_task_id if changed.provider_task_id != current.provider_task_id else None
-            if new_task:
-                claim = task_claim_key(changed.provider, new_task)
-                pipe.watch(claim)
-                owner = pipe.get(claim)
-                if owner and owner != job_id:
-                    raise TaskClaimedError(new_task, owner)
+            new_task = _new_task(pipe, current, changed)
+            ends = changed.status.is_final and not current.status.is_final
+            # A job the store step gave up on can be stored again (`videoqueue store retry`)
+            # and end a second time: its cost was settled at the first end, never again.
+            settles = ends and current.settled_at is None
+            earlier_entry = pipe.get(entry_key(job_id)) if ends and not settles else None
             now = utcnow()
             changed.updated_at = now
             if changed.status.is_final and changed.finished_at is None:
@@ -277,17 +324,28 @@ class JobStore:
                     *changed.history[-(MAX_HISTORY - 1) :],
                     {"at": now.isoformat(), "from": current.status, "to": changed.status},
                 ]
+            if settles:
+                changed.settled_at = changed.finished_at  # the ledger entry's settled_at
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
-            if changed.status.is_final and not current.status.is_final:
-                # Settle in the same transaction as the final move: once, never twice.
-                entry = LedgerEntry.for_job(changed)
-                if entry is not None:
-                    write_entry(pipe, entry)
-                settle(pipe, changed)
+            if ends:
+                if settles:
+                    # Settle in the same transaction as the final move: once, never twice.
+                    entry = LedgerEntry.for_job(changed)
+                    if entry is not None:
+                        write_entry(pipe, entry)
+                    settle(pipe, changed)
+                elif earlier_entry:
+                    # Settled before: the entry keeps its amount and day, only the status
+                    # the job ended in now changes.
+                    restated = LedgerEntry.model_validate_json(earlier_entry).model_copy(
+                        update={"status": changed.status.value}
+                    )
+                    pipe.set(entry_key(job_id), restated.model_dump_json())
                 pipe.zrem(DUE_INDEX, job_id)
+                pipe.zrem(PARKED_INDEX, job_id)
                 pipe.zrem(slot_key(changed.provider, changed.model), job_id)
             elif changed.next_due_at != current.next_due_at and changed.next_due_at is not None:
                 pipe.zadd(DUE_INDEX, {job_id: changed.next_due_at.timestamp()})

@@ -1,5 +1,9 @@
 """Putting stranded jobs back on their way.
 
+A step that must wait longer than a message's countdown may (producer.queues.broker_timing)
+sends nothing: it parks the job (`JobStore.park`, a separate index), and the sweep sends
+the step as soon as it is due: a parked wait is not a lost message.
+
 Every step that schedules a job's next message records when it is due
 (`next_due_at`, indexed in Redis). A job whose next step is overdue by RECOVER_AFTER_S
 lost its message: a worker died holding it, or crashed between recording a step and
@@ -29,6 +33,7 @@ class RecoveryReport:
     examined: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
     job_ids: list[str] = field(default_factory=list)
+    unparked: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -53,10 +58,13 @@ def recover_stranded(
     limit: int = 1000,
     dry_run: bool = False,
 ) -> RecoveryReport:
-    """Find active jobs overdue by `recover_after_s` and re-send their next step."""
+    """Send the steps parked in the job store that are now due, then find active jobs
+    overdue by `recover_after_s` and re-send their next step."""
     now = now or utcnow()
-    threshold = now - timedelta(seconds=recover_after_s)
     report = RecoveryReport()
+    if not dry_run:
+        send_parked(store, send, now=now, limit=limit, report=report)
+    threshold = now - timedelta(seconds=recover_after_s)
     for job_id in store.due_before(threshold.timestamp(), limit):
         report.examined += 1
 
@@ -87,4 +95,27 @@ def recover_stranded(
             send(name, args)
         report.recovered[claimed.status.value] = report.recovered.get(claimed.status.value, 0) + 1
         report.job_ids.append(job_id)
+    return report
+
+
+def send_parked(
+    store: JobStore,
+    send: Send,
+    *,
+    now: datetime | None = None,
+    limit: int = 1000,
+    report: RecoveryReport | None = None,
+) -> RecoveryReport:
+    """Send the next step of every job whose parked wait is over. Taking a job out of the
+    parked index is atomic, so concurrent sweeps send each step once; the due index keeps
+    the due time, so a message lost after this is recovered like any other."""
+    now = now or utcnow()
+    report = report or RecoveryReport()
+    for job_id in store.unpark_due(now.timestamp(), limit):
+        record = store.get(job_id)
+        if record is None or record.status.is_final:
+            continue
+        name, args = _message_for(record)
+        send(name, args)
+        report.unparked.append(job_id)
     return report

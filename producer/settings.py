@@ -180,6 +180,15 @@ class Settings(BaseSettings):
     store_busy_s: float = Field(
         default=1500.0, gt=0, description="How long one store attempt may take before the sweep retries it."
     )
+    store_deadline_s: float = Field(
+        default=21600.0,
+        gt=0,
+        description=(
+            "A job not stored this long after the provider finished it ends `failed` (storage), "
+            "whatever attempts are left; `videoqueue store retry` can store it again while the "
+            "provider still holds the video (ModelArk: 24 h)."
+        ),
+    )
     sweep_interval_s: float = Field(
         default=60.0, ge=0, description="How often a worker looks for stranded jobs (0: never)."
     )

@@ -53,7 +53,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
             return JSONResponse({"error": {"code": "NoSuchKey"}}, status_code=404)
         if request.method == "GET":
             sim.counters["video_downloads_total"] += 1
-        return video_response(sim.config.video_pad_bytes)
+        return video_response(sim.config.video_pad_bytes, sim.config.video_trickle_s)
 
     async def image(request: Request) -> Response:
         # A stand-in for the images users link to as first or last frames.

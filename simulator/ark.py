@@ -81,7 +81,7 @@ class ArkSim(Scheduler):
                 "RateLimitExceeded.EndpointRPMExceeded",
                 "The request has exceeded the RPM rate limit of the endpoint. Please try again later.",
                 type_="TooManyRequests",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": f"{self.config.retry_after_s:g}"},
             )
         if fault is not None:
             raise internal_error()

@@ -27,9 +27,14 @@ class SimConfig(BaseModel):
     # provider's gateway (typically 0.1-0.5 s), which is what a worker pool waits on.
     api_delay: float = Field(default=0.0, ge=0)
     video_pad_bytes: int = Field(default=0, ge=0)
+    # Seconds a video download takes: the body is sent in small pieces spread over this
+    # time, like a slow or congested video host (0: as fast as the network goes).
+    video_trickle_s: float = Field(default=0.0, ge=0)
     api_key: str | None = None
     google_api_key: str | None = None
     create_429_rate: float = Field(default=0.0, ge=0, le=1)
+    # The Retry-After header (seconds) of a ModelArk 429.
+    retry_after_s: float = Field(default=1.0, ge=0)
     create_5xx_rate: float = Field(default=0.0, ge=0, le=1)
     get_5xx_rate: float = Field(default=0.0, ge=0, le=1)
     fail_rate: float = Field(default=0.0, ge=0, le=1)

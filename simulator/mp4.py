@@ -6,6 +6,7 @@ multi-gigabyte downloads never sit in memory.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import AsyncIterator
 from functools import cache
@@ -61,10 +62,26 @@ async def iter_video(pad_bytes: int) -> AsyncIterator[bytes]:
         remaining -= size
 
 
-def video_response(pad_bytes: int) -> StreamingResponse:
-    """Build a streaming ``video/mp4`` response with an exact Content-Length."""
+TRICKLE_PIECE = 4 * 1024
+
+
+async def trickled(chunks: AsyncIterator[bytes], total: int, seconds: float) -> AsyncIterator[bytes]:
+    """Yield ``chunks`` re-cut into small pieces, spread evenly over ``seconds``."""
+    pause = seconds / max(1, -(-total // TRICKLE_PIECE))
+    async for chunk in chunks:
+        for start in range(0, len(chunk), TRICKLE_PIECE):
+            await asyncio.sleep(pause)
+            yield chunk[start : start + TRICKLE_PIECE]
+
+
+def video_response(pad_bytes: int, trickle_s: float = 0.0) -> StreamingResponse:
+    """Build a streaming ``video/mp4`` response with an exact Content-Length, sent over
+    ``trickle_s`` seconds if that is set."""
+    body = iter_video(pad_bytes)
+    if trickle_s > 0:
+        body = trickled(body, video_size(pad_bytes), trickle_s)
     return StreamingResponse(
-        iter_video(pad_bytes),
+        body,
         media_type="video/mp4",
         headers={"Content-Length": str(video_size(pad_bytes)), "Accept-Ranges": "none"},
     )

@@ -21,15 +21,16 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from producer.catalog import Catalog
-from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from producer.contract import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore, TaskClaimedError
 from producer.limits import ProviderLimits
+from producer.queues import broker_timing
 from producer.settings import Settings
 from worker.manifest import build_manifest
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
 from worker.render_history import RenderHistory
 from worker.schedule import poll_delay, render_window, retry_delay, window_poll_delay
-from worker.storage import Storage, StorageError, VideoCheckError
+from worker.storage import Storage, VideoCheckError
 
 log = logging.getLogger("videoqueue.pipeline")
 
@@ -48,26 +49,41 @@ class Dispatcher(Protocol):
 
 class DueTracking:
     """Sends through another dispatcher and records when the job's next step is due, so
-    the recovery sweep can tell a job that lost its message from one that is waiting."""
+    the recovery sweep can tell a job that lost its message from one that is waiting.
 
-    def __init__(self, inner: Dispatcher, jobs: JobStore) -> None:
+    Every countdown a step schedules passes here, and here it is bounded: a submit never
+    waits past the job's deadline (it then runs at the deadline, and ends the job), and no
+    message is sent with a countdown longer than the broker holds one safely
+    (`BrokerTiming.max_countdown_s`; on Redis a longer one would be delivered a second time
+    once the visibility timeout passed). A longer wait is parked in the job store instead
+    (due index plus parked index) and the sweep sends the step when it is due."""
+
+    def __init__(self, inner: Dispatcher, jobs: JobStore, settings: Settings) -> None:
         self.inner = inner
         self.jobs = jobs
+        self.max_countdown_s = broker_timing(settings).max_countdown_s
 
-    def _due(self, job_id: str, countdown: float) -> None:
-        self.jobs.mark_due(job_id, (utcnow() + timedelta(seconds=countdown)).timestamp())
+    def _send(self, job_id: str, countdown: float, send: Callable[[float], None]) -> None:
+        due = (utcnow() + timedelta(seconds=countdown)).timestamp()
+        if countdown > self.max_countdown_s:
+            self.jobs.park(job_id, due)
+            log.info("wait parked in the job store", extra={"job_id": job_id, "countdown": round(countdown, 1)})
+            return
+        send(countdown)
+        self.jobs.mark_due(job_id, due)
 
     def submit(self, job_id: str, countdown: float) -> None:
-        self.inner.submit(job_id, countdown)
-        self._due(job_id, countdown)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            # Before the provider has the task, no wait runs past the deadline.
+            countdown = min(countdown, max((job.deadline_at - utcnow()).total_seconds(), 0.0) + 0.5)
+        self._send(job_id, countdown, lambda c: self.inner.submit(job_id, c))
 
     def poll(self, job_id: str, seq: int, countdown: float) -> None:
-        self.inner.poll(job_id, seq, countdown)
-        self._due(job_id, countdown)
+        self._send(job_id, countdown, lambda c: self.inner.poll(job_id, seq, c))
 
     def store(self, job_id: str, countdown: float) -> None:
-        self.inner.store(job_id, countdown)
-        self._due(job_id, countdown)
+        self._send(job_id, countdown, lambda c: self.inner.store(job_id, c))
 
 
 class StoreRetry(Exception):
@@ -99,7 +115,7 @@ class Pipeline:
         self.catalog = catalog
         self.providers = providers
         self.storage = storage
-        self.dispatch: Dispatcher = DueTracking(dispatch, store)
+        self.dispatch = DueTracking(dispatch, store, settings)
         self.limits = limits
         self.history = history
         self.rng = rng or random.Random()
@@ -423,7 +439,7 @@ class Pipeline:
             self._give_up_submit(job, exc, lease_until, message, uncertain=still_uncertain)
             return
         if released is not None:
-            delay = retry_delay(int(decision["backoff"]), self.settings, self.rng, exc.retry_after)
+            delay = max(retry_delay(int(decision["backoff"]), self.settings, self.rng), exc.retry_after or 0.0)
             log.info("submit will be retried", extra={**extra, "countdown": round(delay, 1)})
             self.dispatch.submit(job.id, countdown=delay)
 
@@ -623,6 +639,14 @@ class Pipeline:
     def store_video(self, job_id: str) -> None:
         """Stream the finished video into storage, write its manifest, mark the job done.
 
+        Every attempt is counted when it starts, so one that never returns (a killed pool
+        child, a hard time limit) counts too; every failure inside an attempt counts and
+        is logged with its class; after STORE_MAX_ATTEMPTS, or STORE_DEADLINE_S after the
+        provider's finish, the job ends `failed` (storage) with where the video can still
+        be fetched (`videoqueue store retry`). An attempt holds a lease of STORE_BUSY_S;
+        one that outlives it is superseded, and its late result is discarded (the record
+        moves only for the attempt number it started with).
+
         Raises StoreRetry when the step should run again later."""
         job = self.store.get(job_id)
         if job is None or job.status is not JobStatus.DOWNLOADING:
@@ -630,18 +654,13 @@ class Pipeline:
         # A job cancelled after the provider finished is stored all the same: the video was
         # paid for. It ends `cancelled`, with its video.
         final_status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.SUCCEEDED
-        attempt = job.store_attempts + 1
-        busy_until = utcnow() + timedelta(seconds=self.settings.store_busy_s)
-
-        def start_attempt(record: JobRecord) -> JobRecord | None:
-            record.store_attempts += 1
-            record.next_due_at = busy_until  # the sweep leaves a transfer in progress alone
-            return record
-
-        self.store.update(job.id, start_attempt)
-        storage = self.storage()
+        started = self._start_store_attempt(job)
+        if started is None:
+            return
+        job, attempt = started, started.store_attempts
         video_key = f"{job.id}.mp4"
         try:
+            storage = self.storage()
             with self.providers(job.provider).open_video(job) as stream:
                 stored = storage.put_video(video_key, stream.chunks, stream.size)
             # Read back what the backend holds, not what we think we sent.
@@ -655,58 +674,169 @@ class Pipeline:
                     "output_uri": stored.uri,
                     "manifest_uri": storage.uri(f"{job.id}.json"),
                     "finished_at": finished_at,
-                    "store_attempts": attempt,
+                    "store_lease_until": None,
                 }
             )
             storage.put_json(f"{job.id}.json", build_manifest(final, stored.size))
+        except RedisError:
+            raise  # the job store is unreachable: the task retries; the attempt is counted
         except ProviderError as exc:
+            self._log_store_failure(job, attempt, exc)
             if exc.retryable:
                 self._store_retry(job, attempt, f"download failed: {exc.message}")
             else:
                 error = JobError(code=exc.code, message=f"could not download the video: {exc.message}")
-                self._finish_without_video(job, JobStatus.FAILED, error)
+                self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
             return
-        except (StorageError, VideoCheckError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure of an attempt counts (storage, check, time limit, bug)
+            self._log_store_failure(job, attempt, exc)
             self._store_retry(job, attempt, f"{type(exc).__name__}: {exc}")
             return
 
-        self.store.transition(
-            job.id,
-            {JobStatus.DOWNLOADING},
-            final_status,
-            output_uri=stored.uri,
-            manifest_uri=final.manifest_uri,
-            finished_at=finished_at,
-        )
+        def succeed(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.DOWNLOADING or record.store_attempts != attempt:
+                return None
+            return record.model_copy(
+                update={
+                    "status": final_status,
+                    "output_uri": stored.uri,
+                    "manifest_uri": final.manifest_uri,
+                    "finished_at": finished_at,
+                    "store_lease_until": None,
+                    "error": None,
+                    "result_expires_at": None,
+                }
+            )
+
+        if self.store.update(job.id, succeed) is None:
+            log.warning(
+                "store attempt superseded: its result is discarded", extra={"job_id": job.id, "attempt": attempt}
+            )
+            return
         log.info("video stored", extra={"job_id": job.id, "uri": stored.uri, "bytes": stored.size})
+
+    def _start_store_attempt(self, job: JobRecord) -> JobRecord | None:
+        """Count a new store attempt and take the store lease, or decide there is none to
+        make now: the job is past its store deadline or out of attempts (it ends), or an
+        attempt holds the lease (look again when it ends). Returns the record as the
+        attempt starts it."""
+        now = utcnow()
+        store_deadline = self._store_deadline(job)
+        if now >= store_deadline:
+            reason = f"not stored within STORE_DEADLINE_S ({self.settings.store_deadline_s:g} s) of the finish"
+            self._give_up_storing(job, job.store_attempts, reason)
+            return None
+        if job.store_lease_until is not None and job.store_lease_until > now:
+            # An attempt is in progress (this is a duplicate message): look again when its
+            # lease ends, in case it never returns.
+            wait = (min(job.store_lease_until, store_deadline) - now).total_seconds() + 1.0
+            self.dispatch.store(job.id, countdown=wait)
+            return None
+        if job.store_attempts >= self.settings.store_max_attempts:
+            # The last attempt started and never reported back (killed, over its time
+            # limit): one more would exceed the limit.
+            reason = f"the last of {job.store_attempts} attempts never finished (killed or over its time limit)"
+            self._give_up_storing(job, job.store_attempts, reason)
+            return None
+        attempt = job.store_attempts + 1
+        busy_until = now + timedelta(seconds=self.settings.store_busy_s)
+
+        def start_attempt(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.DOWNLOADING or record.store_attempts != job.store_attempts:
+                return None  # another attempt started meanwhile
+            record.store_attempts = attempt
+            record.store_lease_until = busy_until
+            record.next_due_at = min(busy_until, store_deadline)  # the sweep leaves it alone until then
+            return record
+
+        return self.store.update(job.id, start_attempt)
+
+    def _store_deadline(self, job: JobRecord) -> datetime:
+        """STORE_DEADLINE_S after the provider's finish (or after `videoqueue store retry`),
+        and never past the time the provider keeps the video."""
+        started = job.store_retried_at or job.provider_done_at or job.updated_at
+        deadline = started + timedelta(seconds=self.settings.store_deadline_s)
+        expires = _result_expiry(job)
+        return min(deadline, expires) if expires is not None else deadline
+
+    def _log_store_failure(self, job: JobRecord, attempt: int, exc: BaseException) -> None:
+        log.warning(
+            "store attempt failed",
+            extra={
+                "job_id": job.id,
+                "attempt": attempt,
+                "error_class": type(exc).__name__,
+                "reason": str(exc)[:300],
+            },
+        )
+
+    def _give_up_storing(self, job: JobRecord, attempt: int, reason: str) -> None:
+        error = JobError(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
+        self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
 
     def _store_retry(self, job: JobRecord, attempt: int, reason: str) -> None:
         if attempt >= self.settings.store_max_attempts:
-            error = JobError(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
-            self._finish_without_video(job, JobStatus.FAILED, error)
+            self._give_up_storing(job, attempt, reason)
             return
-        raise StoreRetry(retry_delay(attempt, self.settings, self.rng), reason)
+        to_deadline = (self._store_deadline(job) - utcnow()).total_seconds()
+        countdown = min(
+            retry_delay(attempt, self.settings, self.rng), max(to_deadline, 0.0) + 0.5, self.dispatch.max_countdown_s
+        )
+        due_at = utcnow() + timedelta(seconds=countdown)
 
-    def _finish_without_video(self, job: JobRecord, status: JobStatus, error: JobError | None) -> None:
+        def release(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.DOWNLOADING or record.store_attempts != attempt:
+                return None  # superseded by a later attempt: its outcome decides
+            record.store_lease_until = None
+            record.next_due_at = due_at
+            return record
+
+        if self.store.update(job.id, release) is not None:
+            raise StoreRetry(countdown, reason)
+
+    def _finish_without_video(
+        self, job: JobRecord, status: JobStatus, error: JobError | None, *, attempt: int | None = None
+    ) -> None:
         """End a job the provider charged for without storing its video. The manifest still
-        goes to storage (best effort), so the cost survives the loss of Redis."""
+        goes to storage (best effort), so the cost survives the loss of Redis. A failed
+        job keeps where its video can be fetched again, and until when.
+
+        With `attempt`, only if no later store attempt has started."""
         finished_at = utcnow()
+        expires_at = _result_expiry(job) if status is JobStatus.FAILED else None
         manifest_uri = None
         if job.cost_usd is not None:
             final = job.model_copy(update={"status": status, "error": error, "finished_at": finished_at})
             try:
                 storage = self.storage()
                 manifest_uri = storage.put_json(f"{job.id}.json", build_manifest(final, None)).uri
-            except (StorageError, OSError) as exc:
-                log.warning("manifest not written", extra={"job_id": job.id, "reason": str(exc)})
-        self.store.transition(
-            job.id,
-            {JobStatus.DOWNLOADING},
-            status,
-            error=error,
-            finished_at=finished_at,
-            manifest_uri=manifest_uri,
-        )
+            except Exception as exc:  # noqa: BLE001 - best effort: the job must end whatever storage does
+                log.warning(
+                    "manifest not written",
+                    extra={"job_id": job.id, "error_class": type(exc).__name__, "reason": str(exc)[:300]},
+                )
+
+        def finish(record: JobRecord) -> JobRecord | None:
+            if record.status is not JobStatus.DOWNLOADING:
+                return None
+            if attempt is not None and record.store_attempts != attempt:
+                return None
+            return record.model_copy(
+                update={
+                    "status": status,
+                    "error": error,
+                    "finished_at": finished_at,
+                    "manifest_uri": manifest_uri,
+                    "store_lease_until": None,
+                    "result_expires_at": expires_at,
+                }
+            )
+
+        if self.store.update(job.id, finish) is not None and error is not None:
+            log.warning(
+                "job failed in the store step",
+                extra={"job_id": job.id, "error_code": error.code.value, "attempts": job.store_attempts},
+            )
 
     # ------------------------------------------------------------------ cancel
 
@@ -723,6 +853,14 @@ class Pipeline:
             self._check(job, seq=None)
         # SUBMITTING: the submit step checks right after its create is recorded.
         # DOWNLOADING: the video is paid for; the store step keeps it and ends `cancelled`.
+
+
+def _result_expiry(job: JobRecord) -> datetime | None:
+    """Until when the provider holds the job's video (RESULT_TTL_S), or None if unknown."""
+    ttl = RESULT_TTL_S.get(job.provider)
+    if ttl is None or job.provider_done_at is None:
+        return None
+    return job.provider_done_at + timedelta(seconds=ttl)
 
 
 def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -38,12 +39,29 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         # Let the next sweep (ours or another worker's) run on time; the lock's expiry only
         # covers a sweeper that dies holding it.
         store.redis.eval(_RELEASE, 1, LOCK_KEY, token)
+    if report.unparked:
+        log.info(
+            "sent parked steps now due",
+            extra={"count": len(report.unparked), "job_ids": ",".join(report.unparked[:20])},
+        )
     if report.total:
         log.warning(
             "recovered stranded jobs",
             extra={"count": report.total, "by_status": report.recovered, "job_ids": ",".join(report.job_ids[:20])},
         )
     return report.total
+
+
+def _next_wait(store: JobStore, interval_s: float) -> float:
+    """Seconds to the next sweep: SWEEP_INTERVAL_S, or sooner when a parked step falls due
+    before then (at least a second apart)."""
+    try:
+        parked = store.next_parked_at()
+    except RedisError:
+        return interval_s
+    if parked is None:
+        return interval_s
+    return min(interval_s, max(1.0, parked - time.time()))
 
 
 def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
@@ -54,7 +72,7 @@ def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(settings.sweep_interval_s):
+        while not stop.wait(_next_wait(store, settings.sweep_interval_s)):
             try:
                 sweep_once(app, store, settings)
             except RedisError as exc:

@@ -14,6 +14,7 @@ from producer.catalog import load_catalog
 from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from producer.jobstore import JobStore
 from producer.limits import ProviderLimits
+from producer.queues import broker_timing
 from producer.settings import get_settings
 from worker import logs
 from worker.app import app
@@ -138,7 +139,10 @@ def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     try:
         pipeline().store_video(job_id)
     except StoreRetry as retry:
-        raise self.retry(countdown=retry.countdown, exc=retry) from None
+        # The same bound as every countdown the pipeline sends (its DueTracking): never
+        # longer than the broker holds a message safely.
+        countdown = min(retry.countdown, broker_timing(get_settings()).max_countdown_s)
+        raise self.retry(countdown=countdown, exc=retry) from None
     return job_summary(job_id)
 
 

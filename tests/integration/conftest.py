@@ -29,6 +29,8 @@ CLEAN_SIMULATOR: dict[str, Any] = {
     "latency_jitter": 0.0,
     "concurrency_per_model": 50,
     "video_pad_bytes": 0,
+    "video_trickle_s": 0.0,
+    "retry_after_s": 1.0,
     "create_429_rate": 0.0,
     "create_5xx_rate": 0.0,
     "get_5xx_rate": 0.0,

@@ -854,6 +854,301 @@ def test_store_of_a_cancel_requested_job_keeps_the_paid_video(env: Env) -> None:
     assert env.stored_files() == [f"{job_id}.json", f"{job_id}.mp4"]
 
 
+@dataclass
+class BrokenStorage:
+    """Local storage that raises `error` at one step: "put_video" (the upload), "size"
+    (the read-back) or "put_json" (the manifest)."""
+
+    inner: Storage
+    step: str
+    error: BaseException
+
+    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> Any:
+        if self.step == "put_video":
+            raise self.error
+        return self.inner.put_video(key, chunks, expected_size)
+
+    def put_json(self, key: str, data: dict[str, Any]) -> Any:
+        if self.step == "put_json":
+            raise self.error
+        return self.inner.put_json(key, data)
+
+    def uri(self, key: str) -> str:
+        return self.inner.uri(key)
+
+    def size(self, key: str) -> int | None:
+        if self.step == "size":
+            raise self.error
+        return self.inner.size(key)
+
+    def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return self.inner.iter_json()
+
+
+def failing_video(error: BaseException) -> Callable[[JobRecord], AbstractContextManager[VideoStream]]:
+    """An open_video whose stream breaks with `error` after the first chunk."""
+
+    def open_video(job: JobRecord) -> AbstractContextManager[VideoStream]:
+        def chunks() -> Iterator[bytes]:
+            yield VIDEO[:100]
+            raise error
+
+        @contextmanager
+        def opened() -> Iterator[VideoStream]:
+            yield VideoStream(chunks=chunks(), size=len(VIDEO))
+
+        return opened()
+
+    return open_video
+
+
+def _open_storage_fails(env: Env) -> None:
+    def open_storage() -> Storage:
+        # What opening S3 with S3_ENDPOINT_URL='' did: botocore's ValueError.
+        raise ValueError("Invalid endpoint: ")
+
+    env.pipeline.storage = open_storage
+
+
+def _download_breaks(env: Env) -> None:
+    env.provider.open_video = failing_video(error(ErrorCode.TIMEOUT, "download broke"))  # type: ignore[method-assign,assignment]
+
+
+def _soft_time_limit(env: Env) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    env.provider.open_video = failing_video(SoftTimeLimitExceeded())  # type: ignore[method-assign,assignment]
+
+
+def _unexpected(env: Env) -> None:
+    env.provider.open_video = failing_video(KeyError("surprise"))  # type: ignore[method-assign,assignment]
+
+
+def _storage_step(step: str) -> Callable[[Env], None]:
+    def broken(env: Env) -> None:
+        from worker.storage import StorageError
+
+        env.storage = BrokenStorage(env.storage, step, StorageError(f"{step} refused"))
+
+    return broken
+
+
+STORE_FAULTS: dict[str, tuple[Callable[[Env], None], str]] = {
+    "opening the storage": (_open_storage_fails, "ValueError"),
+    "download": (_download_breaks, "ProviderError"),
+    "upload": (_storage_step("put_video"), "StorageError"),
+    "read-back": (_storage_step("size"), "StorageError"),
+    "manifest": (_storage_step("put_json"), "StorageError"),
+    "soft time limit": (_soft_time_limit, "SoftTimeLimitExceeded"),
+    "unexpected": (_unexpected, "KeyError"),
+}
+
+
+@pytest.mark.parametrize("fault", list(STORE_FAULTS))
+def test_every_store_failure_counts_as_an_attempt_and_ends_the_job_after_the_limit(
+    env: Env, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = env.downloading_job()
+    breaks, error_class = STORE_FAULTS[fault]
+    breaks(env)
+    caplog.set_level("WARNING", logger="videoqueue.pipeline")
+    for attempt in (1, 2):
+        with pytest.raises(StoreRetry):
+            env.pipeline.store_video(job_id)
+        job = env.job(job_id)
+        assert (job.status, job.store_attempts, job.store_lease_until) == (JobStatus.DOWNLOADING, attempt, None)
+    env.pipeline.store_video(job_id)  # attempt 3 of STORE_MAX_ATTEMPTS=3
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED and job.store_attempts == 3
+    assert job.error is not None and job.error.code is ErrorCode.STORAGE
+    assert job.error.message.startswith("gave up after 3 attempts")
+    failures = [r for r in caplog.records if r.getMessage() == "store attempt failed"]
+    assert [(r.attempt, r.error_class) for r in failures] == [(1, error_class), (2, error_class), (3, error_class)]  # type: ignore[attr-defined]
+    # Paid for: the cost is settled once, and the record keeps where the video still is.
+    assert len(Ledger(env.store.redis).entries()) == 1
+    assert job.video_url == "https://cdn.example/v.mp4"
+    assert job.result_expires_at is not None and job.provider_done_at is not None
+    assert job.result_expires_at - job.provider_done_at == timedelta(hours=23)
+
+
+def test_an_attempt_over_the_limit_ends_the_job_without_downloading(env: Env) -> None:
+    job_id = env.downloading_job()
+    # Three attempts started and none reported back (killed, over the hard time limit).
+    env.store.update(job_id, lambda r: r.model_copy(update={"store_attempts": 3, "store_lease_until": None}))
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED and job.store_attempts == 3
+    assert job.error is not None and job.error.code is ErrorCode.STORAGE
+    assert "never finished" in job.error.message
+    assert env.provider.calls == []  # no fourth download
+    assert env.stored_files() == [f"{job_id}.json"]
+
+
+def test_an_attempt_that_never_returns_is_counted_when_it_starts(env: Env) -> None:
+    job_id = env.downloading_job()
+    env.provider.open_video = failing_video(SystemExit(9))  # type: ignore[method-assign,assignment]  # the child dies
+    with pytest.raises(SystemExit):
+        env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.DOWNLOADING, 1)
+    assert job.store_lease_until is not None and job.store_lease_until > utcnow()
+
+
+def test_a_store_message_during_a_live_attempt_waits_for_its_lease(env: Env) -> None:
+    job_id = env.downloading_job()
+    lease = utcnow() + timedelta(seconds=100)
+    env.store.update(job_id, lambda r: r.model_copy(update={"store_attempts": 1, "store_lease_until": lease}))
+    env.pipeline.store_video(job_id)  # a duplicate message
+    assert env.provider.calls == []
+    [(kind, _, _, countdown)] = env.dispatch.take()
+    assert kind == "store" and 99 <= countdown <= 101.5
+    assert env.job(job_id).store_attempts == 1
+
+
+def test_an_over_long_attempt_is_superseded_and_its_late_result_discarded(env: Env) -> None:
+    job_id = env.downloading_job()
+    original_open = env.provider.open_video
+
+    def slow_first_attempt(job: JobRecord) -> AbstractContextManager[VideoStream]:
+        def chunks() -> Iterator[bytes]:
+            yield VIDEO[:100]
+            # The attempt outlives its lease (thread pool: no time limit); the sweep sends
+            # the store again and a second attempt stores the video and ends the job.
+            env.store.update(job_id, lambda r: r.model_copy(update={"store_lease_until": utcnow()}))
+            env.provider.open_video = original_open  # type: ignore[method-assign]
+            env.pipeline.store_video(job_id)
+            yield VIDEO[100:]
+
+        @contextmanager
+        def opened() -> Iterator[VideoStream]:
+            yield VideoStream(chunks=chunks(), size=len(VIDEO))
+
+        return opened()
+
+    env.provider.open_video = slow_first_attempt  # type: ignore[method-assign]
+    env.pipeline.store_video(job_id)  # attempt 1 returns late, after attempt 2 finished the job
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.SUCCEEDED, 2)
+    ends = [h for h in job.history if h["to"] == "succeeded"]
+    assert len(ends) == 1
+    assert len(Ledger(env.store.redis).entries()) == 1
+
+
+def test_a_late_failure_of_a_superseded_attempt_changes_nothing(env: Env) -> None:
+    job_id = env.downloading_job()
+
+    def superseded_then_fails(job: JobRecord) -> AbstractContextManager[VideoStream]:
+        env.store.update(job_id, lambda r: r.model_copy(update={"store_attempts": 2}))  # attempt 2 started
+        return failing_video(KeyError("late"))(job)
+
+    env.provider.open_video = superseded_then_fails  # type: ignore[method-assign]
+    env.pipeline.store_video(job_id)  # no StoreRetry: attempt 2 decides
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.DOWNLOADING, 2)
+
+
+def test_a_job_past_its_store_deadline_ends_without_downloading(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(store_deadline_s=600))
+    job_id = env.downloading_job()
+    done = utcnow() - timedelta(seconds=601)
+    env.store.update(job_id, lambda r: r.model_copy(update={"provider_done_at": done}))
+    env.pipeline.store_video(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and job.error.code is ErrorCode.STORAGE
+    assert "STORE_DEADLINE_S" in job.error.message
+    assert env.provider.calls == []
+
+
+def test_store_retries_and_the_store_lease_never_run_past_the_store_deadline(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(store_deadline_s=600, store_busy_s=1500, retry_base_s=100))
+    job_id = env.downloading_job()
+    done = utcnow() - timedelta(seconds=590)
+    env.store.update(job_id, lambda r: r.model_copy(update={"provider_done_at": done}))
+    env.provider.open_video = failing_video(KeyError("x"))  # type: ignore[method-assign,assignment]
+    with pytest.raises(StoreRetry) as raised:
+        env.pipeline.store_video(job_id)
+    assert raised.value.countdown <= 10.5
+    due = env.store.due_at(job_id)
+    assert due is not None and due <= (done + timedelta(seconds=601)).timestamp()
+
+
+def _failed_in_storage(env: Env, budget_key: str = "vq:budget:test") -> str:
+    job_id = env.downloading_job()
+    env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [budget_key]}))
+    real_storage = env.storage
+    env.storage = BrokenStorage(real_storage, "put_video", ValueError("bucket does not exist"))
+    for _ in (1, 2):
+        with pytest.raises(StoreRetry):
+            env.pipeline.store_video(job_id)
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.FAILED
+    env.storage = real_storage
+    return job_id
+
+
+def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(env: Env) -> None:
+    from producer.api import reopen_for_store
+    from producer.budget import to_micro
+    from producer.stats import COST_KEY
+
+    job_id = _failed_in_storage(env)
+    failed = env.job(job_id)
+    assert failed.settled_at is not None and failed.cost_usd is not None
+    settled = env.store.redis.hgetall("vq:budget:test")
+    cost_stats = env.store.redis.hgetall(COST_KEY)
+    assert settled == {"reserved": str(-to_micro(failed.cost_estimate_usd)), "spent": str(to_micro(failed.cost_usd))}
+
+    reopened = reopen_for_store(env.store, job_id)
+    assert (reopened.status, reopened.store_attempts, reopened.store_retries) == (JobStatus.DOWNLOADING, 0, 1)
+    assert reopened.error is None and env.store.due_at(job_id) is not None
+    env.pipeline.store_video(job_id)  # what the store task the CLI sends does
+    job = env.job(job_id)
+    assert (job.status, job.store_attempts) == (JobStatus.SUCCEEDED, 1)
+    assert env.stored_files() == sorted([f"{job_id}.json", f"{job_id}.mp4"])
+    [entry] = Ledger(env.store.redis).entries()
+    assert (entry.job_id, entry.status, entry.actual_usd) == (job_id, "succeeded", failed.cost_usd)
+    assert entry.settled_at == failed.settled_at  # the day it was paid for stays
+    assert env.store.redis.hgetall("vq:budget:test") == settled  # budgets not settled twice
+    assert env.store.redis.hgetall(COST_KEY) == cost_stats
+    assert job.settled_at == failed.settled_at
+
+
+def test_store_retry_starts_a_fresh_store_deadline(tmp_path: Path) -> None:
+    from producer.api import reopen_for_store
+
+    env = Env(tmp_path, make_settings(store_deadline_s=600))
+    job_id = _failed_in_storage(env)
+    # It failed long ago (past STORE_DEADLINE_S), but the provider still holds the video.
+    done = utcnow() - timedelta(hours=2)
+    env.store.update(job_id, lambda r: r.model_copy(update={"provider_done_at": done}))
+    reopen_for_store(env.store, job_id)
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_store_retry_refuses_an_expired_video_and_a_job_that_did_not_fail_in_storage(env: Env) -> None:
+    from producer.api import StoreRetryRefusedError, reopen_for_store
+
+    job_id = _failed_in_storage(env)
+    expired = utcnow() - timedelta(seconds=1)
+    env.store.update(job_id, lambda r: r.model_copy(update={"result_expires_at": expired}))
+    with pytest.raises(StoreRetryRefusedError, match="expired"):
+        reopen_for_store(env.store, job_id)
+    assert env.job(job_id).status is JobStatus.FAILED
+
+    running = env.running_job()
+    env.provider.get_results.append(state(TaskStatus.FAILED, error_code=ErrorCode.CONTENT_FILTERED))
+    env.pipeline.poll(running, 1)
+    assert env.job(running).status is JobStatus.FAILED
+    with pytest.raises(StoreRetryRefusedError, match="did not fail in storage"):
+        reopen_for_store(env.store, running)
+    stored = env.downloading_job()
+    env.pipeline.store_video(stored)
+    with pytest.raises(StoreRetryRefusedError, match="succeeded, not failed"):
+        reopen_for_store(env.store, stored)
+
+
 # -------------------------------------------------------------------------- cancel
 
 

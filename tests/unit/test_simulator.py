@@ -273,6 +273,23 @@ def test_create429_marker_then_success(ark: Any, http: httpx.Client) -> None:
     assert (current["creates_total"], current["create_attempts_total"]) == (1, 2)
 
 
+def test_retry_after_of_a_429_is_configurable(ark: Any, http: httpx.Client) -> None:
+    set_config(http, retry_after_s=500)
+    with pytest.raises(ArkRateLimitError) as err:
+        create(ark, "busy [sim:create429=1]")
+    assert err.value.response.headers["retry-after"] == "500"
+
+
+def test_video_trickle_spreads_the_download_over_the_set_time(ark: Any, http: httpx.Client) -> None:
+    set_config(http, latency=0.0, video_trickle_s=1.0)
+    task, _ = wait_for(ark, create(ark), "succeeded")
+    started = time.monotonic()
+    body = http.get(f"/files/{task.id}.mp4", timeout=10).content
+    took = time.monotonic() - started
+    assert body == sample_bytes()
+    assert 0.9 <= took < 3.0
+
+
 def test_get500_marker(ark: Any) -> None:
     task_id = create(ark, "flaky [sim:get500=1]")
     with pytest.raises(ArkInternalServerError) as err:
