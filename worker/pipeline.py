@@ -74,9 +74,11 @@ class DueTracking:
 
     def submit(self, job_id: str, countdown: float) -> None:
         job = self.jobs.get(job_id)
-        if job is not None:
-            # Before the provider has the task, no wait runs past the deadline.
-            countdown = min(countdown, max((job.deadline_at - utcnow()).total_seconds(), 0.0) + 0.5)
+        to_deadline = (job.deadline_at - utcnow()).total_seconds() if job is not None else 0.0
+        if to_deadline > 0:
+            # Before the provider has the task, no wait runs past the deadline. Past it,
+            # only a create in progress is waited for (its lease), not in a tight loop.
+            countdown = min(countdown, to_deadline + 0.5)
         self._send(job_id, countdown, lambda c: self.inner.submit(job_id, c))
 
     def poll(self, job_id: str, seq: int, countdown: float) -> None:
