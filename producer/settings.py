@@ -148,6 +148,15 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long a worker process reuses the render times it read from Redis."
     )
 
+    uncertain_creates_max: int = Field(
+        default=2,
+        ge=1,
+        description=(
+            "Creates whose answers were lost and that the provider cannot show again (Vertex AI "
+            "lists no operations) a job may pay for before it fails `submit_uncertain` instead of "
+            "creating yet another paid task."
+        ),
+    )
     submit_max_attempts: int = Field(
         default=6, ge=1, description="Provider create attempts for upstream/timeout errors."
     )
@@ -240,6 +249,21 @@ class Settings(BaseSettings):
     def _storage_scheme(cls, value: str) -> str:
         if not value.startswith(("file://", "s3://")):
             raise ValueError("STORAGE_URL must start with file:// or s3://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        schemes = ("redis://", "rediss://", "unix://", "amqp://", "amqps://", "pyamqp://")
+        if value is not None and not value.startswith(schemes):
+            raise ValueError("BROKER_URL must start with redis://, rediss://, unix://, amqp:// or amqps://")
         return value
 
     def budget_policy(self) -> BudgetPolicy | None:

@@ -354,8 +354,21 @@ class Pipeline:
                     log.info("interrupted create made no task: creating", extra={"job_id": job.id})
                 else:
                     # The provider cannot tell: the lost create may be a paid task we will
-                    # never see. Count it and charge its estimate, then create again.
-                    self.store.update(job.id, _charge_uncertain("a create whose answer was lost may have made a task"))
+                    # never see. Count it and charge its estimate; create again only while
+                    # UNCERTAIN_CREATES_MAX allows, so a timeout shorter than the provider's
+                    # answer does not buy render after render nobody can fetch.
+                    charged = self.store.update(
+                        job.id, _charge_uncertain("a create whose answer was lost may have made a task")
+                    )
+                    if charged is not None and charged.uncertain_creates >= self.settings.uncertain_creates_max:
+                        self._fail(
+                            job.id,
+                            ErrorCode.SUBMIT_UNCERTAIN,
+                            f"{charged.uncertain_creates} creates whose answers were lost cannot be found at the "
+                            f"provider (UNCERTAIN_CREATES_MAX {self.settings.uncertain_creates_max}); "
+                            "not creating another",
+                        )
+                        return None
                     log.warning("re-creating after an uncertain create", extra={"job_id": job.id})
             images = self._images(job)
         except ProviderError as exc:
@@ -432,7 +445,9 @@ class Pipeline:
         released = self.store.update(job.id, release)
         if self.limits is not None:
             if rate_limited:
-                back_off = exc.retry_after or retry_delay(1, self.settings, self.rng)
+                # Every job of the model waits this long: a Retry-After is honoured up to
+                # RETRY_MAX_S, so one odd answer cannot halt the model for a day.
+                back_off = min(exc.retry_after or retry_delay(1, self.settings, self.rng), self.settings.retry_max_s)
                 self.limits.back_off(job.provider, job.model, back_off)
             if not still_uncertain and not decision.get("give_up"):
                 self.limits.release(job.provider, job.model, job.id)
@@ -544,7 +559,7 @@ class Pipeline:
                 done = self._expire_running(
                     job,
                     "cancelled",
-                    f"not started at the provider within JOB_DEADLINE_S ({self.settings.job_deadline_s:g} s);"
+                    f"not started at the provider within its deadline ({_deadline_s(job):g} s after enqueue);"
                     " cancelled there, nothing billed",
                 )
             log.info("provider task cancelled", extra={"job_id": job.id})
@@ -924,7 +939,7 @@ def _note_unstoppable(
         if at_deadline and record.past_deadline_at is None:
             record.past_deadline_at = now
             notes.append(
-                f"{provider_status} at the provider at the deadline (JOB_DEADLINE_S {settings.job_deadline_s:g} s):"
+                f"{provider_status} at the provider at its deadline ({_deadline_s(record):g} s after enqueue):"
                 " it cannot be cancelled there and will be billed, so it is followed to its end"
             )
         cancel_note = "cancel requested while the provider was rendering: it will be billed; the video is kept"
@@ -937,6 +952,11 @@ def _note_unstoppable(
         return record
 
     return note
+
+
+def _deadline_s(job: JobRecord) -> float:
+    """The job's own deadline in seconds after enqueue (its producer's JOB_DEADLINE_S)."""
+    return round((job.deadline_at - job.created_at).total_seconds(), 1)
 
 
 def _count_attempt(record: JobRecord) -> JobRecord:

@@ -21,6 +21,7 @@ from producer.catalog import load_catalog
 from producer.contract import ErrorCode, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
 from producer.ledger import Ledger, LedgerEntry
+from producer.limits import ProviderLimits
 from producer.request import VideoRequest
 from producer.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
@@ -613,7 +614,7 @@ def test_at_the_deadline_a_task_still_queued_is_cancelled_and_the_job_expires(en
     job = env.job(job_id)
     assert job.status is JobStatus.EXPIRED
     assert job.error is not None and job.error.code is ErrorCode.DEADLINE
-    assert "JOB_DEADLINE_S" in job.error.message and "nothing billed" in job.error.message
+    assert "within its deadline (" in job.error.message and "nothing billed" in job.error.message
     assert job.charged_usd is None
     assert env.dispatch.sent == []
 
@@ -1488,3 +1489,60 @@ def test_a_task_adopted_by_another_job_is_left_alone_and_the_job_looks_again(env
     job = env.job(job_id)
     assert job.status is JobStatus.SUBMITTING and job.submit_intent_at is not None
     assert [s[0] for s in env.dispatch.sent] == ["submit"]
+
+
+def test_creates_the_provider_cannot_show_again_stop_at_uncertain_creates_max(env: Env) -> None:
+    """Vertex AI lists no operations: every lost create answer may be a paid render nobody
+    can fetch. The job stops buying more after UNCERTAIN_CREATES_MAX (2) of them."""
+    job_id, _ = uncertain_job(env)
+    env.provider.lookup_complete = False
+    env.provider.create_results.append(error(ErrorCode.TIMEOUT, "read timed out"))  # answer lost again
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["find_created", "create"]
+    env.store.update(job_id, lambda r: r.model_copy(update={"submit_lease_until": utcnow()}))
+    env.pipeline.submit(job_id)
+    assert env.provider.names() == ["find_created", "create", "find_created"]  # no third create
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.code is ErrorCode.SUBMIT_UNCERTAIN and "UNCERTAIN_CREATES_MAX" in job.error.message
+    assert job.uncertain_creates == 2 and job.uncertain_cost_usd == 2 * job.cost_estimate_usd
+    entry = Ledger(env.store.redis).entry(job_id)
+    assert entry is not None and entry.uncertain_usd == 2 * job.cost_estimate_usd
+
+
+class RecordingLimits(ProviderLimits):
+    """Fleet limits that always admit and record the back-offs asked for (their Lua
+    scripts are tested against a real Redis in tests/integration/test_limits.py)."""
+
+    def __init__(self) -> None:
+        self.back_offs: list[float] = []
+
+    def acquire(self, provider: str, model: str, job_id: str) -> float:
+        return 0.0
+
+    def release(self, provider: str, model: str, job_id: str) -> None:
+        pass
+
+    def renew(self, provider: str, model: str, job_id: str) -> None:
+        pass
+
+    def back_off(self, provider: str, model: str, seconds: float) -> None:
+        self.back_offs.append(seconds)
+
+
+def test_a_long_retry_after_backs_the_model_off_for_at_most_retry_max_s(env: Env) -> None:
+    limits = RecordingLimits()
+    pipeline = Pipeline(
+        settings=env.settings,
+        store=env.store,
+        catalog=env.catalog,
+        providers=env._provider,
+        storage=lambda: env.storage,
+        dispatch=env.dispatch,
+        limits=limits,
+        rng=random.Random(1),
+    )
+    job_id = env.new_job()
+    env.provider.create_results.append(error(ErrorCode.RATE_LIMITED, "slow down", retry_after=86400))
+    pipeline.submit(job_id)
+    assert limits.back_offs == [env.settings.retry_max_s]  # 300 s, not a day

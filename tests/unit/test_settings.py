@@ -58,6 +58,8 @@ def test_an_empty_endpoint_gives_boto3_none() -> None:
         ("STORAGE_URL", "ftp://x", "invalid setting STORAGE_URL: STORAGE_URL must start with file://"),
         ("S3_CHECKSUMS", "always", "invalid setting S3_CHECKSUMS: Input should be 'when_required' or"),
         ("JOB_DEADLINE_S", "-1", "invalid setting JOB_DEADLINE_S: Input should be greater than 0"),
+        ("REDIS_URL", "notaurl", "invalid setting REDIS_URL: REDIS_URL must start with redis://"),
+        ("BROKER_URL", "bogus://x", "invalid setting BROKER_URL: BROKER_URL must start with redis://"),
     ],
 )
 def test_an_unusable_value_is_one_line_naming_the_variable(
