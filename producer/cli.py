@@ -240,6 +240,11 @@ def status(
         _print_json([r.public_dict() for r in records] if len(records) > 1 else records[0].public_dict())
     else:
         _show(records)
+        # What a status alone does not say (followed past its deadline, charged for a lost
+        # create, ...): on stderr, so the lines on stdout keep their shape for scripts.
+        for record in records:
+            for note in record.notes:
+                err.print(f"note {record.id}: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -10,7 +10,10 @@ provider, on a cold fleet (no render history).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,6 +124,16 @@ def test_a_task_rendering_at_the_deadline_is_followed_to_its_end_stored_and_bill
     [entry] = Ledger(local_stack.redis).entries()
     assert entry.actual_usd == done.cost_usd
     assert local_stack.simulator.stats()["deletes_total"] == 0
+    status = subprocess.run(
+        [str(Path(sys.executable).with_name("videoqueue")), "status", job.id],
+        env=local_stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0 and "succeeded" in status.stdout
+    assert f"note {job.id}:" in status.stderr and "followed to its end" in status.stderr
 
 
 def test_identical_requests_with_a_fixed_seed_and_lost_create_answers_each_get_their_own_task(
