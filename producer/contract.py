@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its lifecycle (see DESIGN.md)."""
+    """Where a job is in its lifecycle (README.md shows the states; docs/reliability.md the paths that end one)."""
 
     QUEUED = "queued"
     SUBMITTING = "submitting"

@@ -55,7 +55,7 @@ def error_for_status(
     content_filtered: bool = False,
     retry_after: float | None = None,
 ) -> ProviderError:
-    """Our error for an HTTP error status from a provider API (DESIGN.md's table)."""
+    """Our error for an HTTP error status from a provider API (one table for every adapter)."""
     if status == 429:
         return ProviderError(ErrorCode.RATE_LIMITED, message, provider_code=provider_code, retry_after=retry_after)
     if status in (400, 422):
