@@ -512,7 +512,6 @@ class Pipeline:
             if self._stop(provider, job, state, now):
                 return
             if seq is not None:
-                job = self.store.get(job.id) or job
                 delay = self._poll_countdown(job, seq + 1)
                 self._next_poll(job, seq, delay, state.provider_status, poll_errors=0)
             return
