@@ -70,6 +70,11 @@ task_routes = {
 # its message goes back to the queue instead of being acknowledged as failed.
 task_acks_late = True
 task_reject_on_worker_lost = True
+# A task that raised is acknowledged, never redelivered: the tasks retry Redis errors
+# themselves (autoretry), and JobFailed (worker/outcome.py) is raised only after the job
+# store recorded the job's end, so a second delivery would have nothing to do. (Celery's
+# default, set here because the Failed count in Flower depends on it.)
+task_acks_on_failure = True
 # One message at a time per pool slot: a long store task must not sit on prefetched
 # submits that another worker could run now. Countdown (ETA) messages are not limited by
 # this (Celery raises the prefetch count for them)...
@@ -108,6 +113,9 @@ if not _AMQP:
 worker_soft_shutdown_timeout = 15.0
 worker_enable_soft_shutdown_on_idle = True
 
+# Task events for Flower: each task's arguments (a job id), its result (where the job
+# stands: worker/outcome.py) and, for the step that ended a job failed or expired, FAILURE
+# with the job's error. No result backend is needed for any of it.
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False

@@ -1,8 +1,14 @@
 """Celery tasks: thin wrappers that hand a job id to the pipeline. Arguments are the job
-id (and the poll sequence number), never a prompt or a key."""
+id (and the poll sequence number), never a prompt or a key.
+
+Each returns where its job stands after the step (`worker.outcome.summary`: status, next
+step, cost), which Flower shows as the task's result; the run of a step that ends its job
+`failed` or `expired` raises `JobFailed` instead, after the job store recorded the end, so
+Flower shows that task as FAILURE with the job's error."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -11,13 +17,14 @@ from celery.signals import worker_process_init, worker_ready
 from redis.exceptions import RedisError
 
 from producer.catalog import load_catalog
-from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
 from producer.jobstore import JobStore
 from producer.limits import ProviderLimits
 from producer.queues import broker_timing
 from producer.settings import get_settings
 from worker import logs
 from worker.app import app
+from worker.outcome import JobFailed, ended_by_step, summary
 from worker.pipeline import Pipeline, StoreRetry
 from worker.providers import get_provider, reset_providers
 from worker.render_history import RenderHistory
@@ -101,41 +108,40 @@ _STORE_RETRY: dict[str, Any] = {
 }
 
 
-def job_summary(job_id: str) -> dict[str, Any]:
-    """What a task returns, for Flower's task view: where the job stands after the step
-    (its status and provider task id; never the prompt, never a key)."""
+def _finish(job_id: str, started: datetime) -> dict[str, Any]:
+    """What the task returns for Flower (`outcome.summary`); raises JobFailed if this run
+    of the step ended the job failed or expired (the job store already recorded it)."""
     record = pipeline().store.get(job_id)
-    if record is None:
-        return {"job_id": job_id, "status": "unknown"}
-    summary: dict[str, Any] = {
-        "job_id": job_id,
-        "status": record.status.value,
-        "provider": record.provider,
-        "provider_task_id": record.provider_task_id,
-        "provider_status": record.provider_status,
-    }
-    if record.error is not None:
-        summary["error"] = record.error.code.value
-    return summary
+    failed = ended_by_step(record, started)
+    if failed is not None:
+        raise failed
+    return summary(job_id, record)
 
 
-@app.task(name=TASK_SUBMIT, bind=True, **_STORE_RETRY)
+# JobFailed is an expected end, not a fault: Celery logs it as one INFO line, no traceback.
+_TASK: dict[str, Any] = {"bind": True, "throws": (JobFailed,), **_STORE_RETRY}
+
+
+@app.task(name=TASK_SUBMIT, **_TASK)
 def submit(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Create the provider task of a job (once), then schedule its first poll."""
+    started = utcnow()
     pipeline().submit(job_id)
-    return job_summary(job_id)
+    return _finish(job_id, started)
 
 
-@app.task(name=TASK_POLL, bind=True, **_STORE_RETRY)
+@app.task(name=TASK_POLL, **_TASK)
 def poll(self: Task[Any, Any], job_id: str, seq: int) -> dict[str, Any]:
     """One status call; re-schedules itself with a countdown until the provider is done."""
+    started = utcnow()
     pipeline().poll(job_id, seq)
-    return job_summary(job_id)
+    return _finish(job_id, started)
 
 
-@app.task(name=TASK_STORE, bind=True, **_STORE_RETRY)
+@app.task(name=TASK_STORE, **_TASK)
 def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Stream the video into storage, write the manifest, mark the job succeeded."""
+    started = utcnow()
     try:
         pipeline().store_video(job_id)
     except StoreRetry as retry:
@@ -143,11 +149,12 @@ def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
         # longer than the broker holds a message safely.
         countdown = min(retry.countdown, broker_timing(get_settings()).max_countdown_s)
         raise self.retry(countdown=countdown, exc=retry) from None
-    return job_summary(job_id)
+    return _finish(job_id, started)
 
 
-@app.task(name=TASK_CANCEL, bind=True, **_STORE_RETRY)
+@app.task(name=TASK_CANCEL, **_TASK)
 def cancel(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Cancel a job at the provider, as the producer asked."""
+    started = utcnow()
     pipeline().cancel(job_id)
-    return job_summary(job_id)
+    return _finish(job_id, started)
