@@ -54,3 +54,14 @@ simulator: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+# Flower, the Celery dashboard, on this machine only (127.0.0.1:FLOWER_PORT, default 5555),
+# with the columns that tell about jobs (each task's job id, and its job's status and cost
+# as the result). Flower 2.x serves its API only behind a login: it reads
+# FLOWER_BASIC_AUTH=user:password from the environment itself, so the password is never
+# on a command line. The README's Flower command is the same.
+FLOWER_COLUMNS := name,uuid,state,args,result,exception,received,runtime,worker
+.PHONY: flower
+flower: $(STAMP)
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "make flower: set FLOWER_BASIC_AUTH=user:password (Flower's login), e.g. export FLOWER_BASIC_AUTH=ops:<a long password>" >&2; exit 2; }
+	$(BIN)/celery -A worker flower --port=$${FLOWER_PORT:-5555} --address=127.0.0.1 --tasks_columns=$(FLOWER_COLUMNS)
