@@ -1,5 +1,6 @@
 """Flower tells about jobs: every task with its job id as the argument and where the job
-stands (status, next step, cost) as its result; the step that ended a job failed is a
+stands (status, next step, cost) as its result; the step that ended a job failed or
+expired is a
 FAILURE task with the job's error, counted once in Flower's Failed tile. Flower runs as a
 real process, started the way the README and the compose file start it, behind their
 login, next to a real worker and the simulator."""
@@ -101,7 +102,7 @@ def run_jobs(stack: Stack) -> tuple[JobRecord, JobRecord]:
 
 
 def assert_failure_shown(api: Flower, stack: Stack, job: JobRecord) -> None:
-    """The failed job's last task is FAILURE with the job's error; its others succeeded."""
+    """The task that ended the job is FAILURE with the job's error; its others succeeded."""
     assert job.error is not None
     wait_for(lambda: any(t["state"] == "FAILURE" for t in api.of_job(job.id)), 30, "the failed task in flower")
     tasks = api.of_job(job.id)
@@ -110,13 +111,12 @@ def assert_failure_shown(api: Flower, stack: Stack, job: JobRecord) -> None:
     assert job.error.code.value in str(failures[0]["exception"]), failures[0]
     assert "JobFailed" in str(failures[0]["exception"])
     assert all(t["state"] == "SUCCESS" for t in tasks if t is not failures[0]), tasks
-    assert api.failed_count() == 1, "Flower's Failed tile counts the failed job once"
     # Acknowledged (before the task-failed event is sent), never to be delivered again.
     held: list[str] = stack.redis.hvals("unacked")  # type: ignore[assignment]
     assert not [message for message in held if job.id in message]
     # One INFO line for the expected end, no ERROR and no traceback in the worker's log.
     log = "\n".join(worker.log_text() for worker in stack.workers)
-    assert log.count("raised expected: JobFailed(") == 1, log[-3000:]
+    assert log.count(f"raised expected: JobFailed('job {job.id} ") == 1, log[-3000:]
     assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
 
 
@@ -131,6 +131,7 @@ def test_flower_as_the_readme_starts_it_shows_job_status_cost_and_failures(local
         good, bad = run_jobs(local_stack)
 
         assert_failure_shown(api, local_stack, bad)
+        assert api.failed_count() == 1, "Flower's Failed tile counts the failed job once"
 
         wait_for(
             lambda: any(t["name"] == "videoqueue.store" and t.get("result") for t in api.of_job(good.id)),
@@ -194,4 +195,10 @@ def test_the_compose_flower_service_answers_its_api_with_the_compose_login(local
             assert f'data-column="{column}"' in page.text, f"the tasks page shows {column}"
         local_stack.start_worker()
         _, bad = run_jobs(local_stack)
+        # A job still queued at the provider at its deadline: cancelled there, `expired`.
+        vq = local_stack.queue(job_deadline_s=4.0)
+        held = vq.wait([vq.submit(VideoRequest(prompt="never starts [sim:hold]")).id], timeout=60)[0]
+        assert held.status is JobStatus.EXPIRED, held
         assert_failure_shown(api, local_stack, bad)
+        assert_failure_shown(api, local_stack, held)
+        assert api.failed_count() == 2, "Flower's Failed tile counts each failed or expired job once"
