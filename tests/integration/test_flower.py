@@ -1,9 +1,8 @@
 """Flower tells about jobs: every task with its job id as the argument and where the job
 stands (status, next step, cost) as its result; the step that ended a job failed or
-expired is a
-FAILURE task with the job's error, counted once in Flower's Failed tile. Flower runs as a
-real process, started the way the README and the compose file start it, behind their
-login, next to a real worker and the simulator."""
+expired is a FAILURE task with the job's error, counted once in Flower's Failed tile.
+Flower runs as a real process, started the way the README and the compose file start it,
+behind their login, next to a real worker and the simulator."""
 
 from __future__ import annotations
 
