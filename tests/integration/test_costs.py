@@ -119,7 +119,7 @@ def _seed_ledger(stack: Stack) -> None:
             unit="token",
         )
 
-    Ledger(stack.redis).replace_all(
+    Ledger(stack.redis).merge(
         [
             entry("j1", "2026-11-01", "seedance-1-5-pro-251215", "byteplus", ("ads",), "0.249163", "0.249163"),
             entry("j2", "2026-11-01", "veo-3.1-fast-generate-001", "veo", ("ads",), "0.40", "0.40"),
