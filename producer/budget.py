@@ -183,8 +183,8 @@ class BudgetExceededError(ValueError):
             )
         else:
             message = (
-                f"budget {budget} would be exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f} "
-                f"by jobs not ended yet, this submission needs ${requested:.4f} (nothing was enqueued)"
+                f"budget {budget} would be exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f}, "
+                f"requested ${requested:.4f} (nothing was enqueued)"
             )
         super().__init__(message)
 

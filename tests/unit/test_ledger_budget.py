@@ -195,7 +195,7 @@ def test_a_daily_cap_refuses_a_batch_that_would_cross_it_and_stores_nothing(redi
     with pytest.raises(BudgetExceededError) as info:
         stored(vq, VideoRequest(prompt="one too many"))
     assert "budget day:" in str(info.value) and "cap $1.00" in str(info.value)
-    assert "spent $0.0000, reserved $0.9967" in str(info.value) and "needs $0.2492" in str(info.value)
+    assert "spent $0.0000, reserved $0.9967" in str(info.value) and "requested $0.2492" in str(info.value)
     assert sorted(redis_client.keys("*")) == before
     day_key = f"vq:budget:day:{datetime.now(UTC).date().isoformat()}"
     assert usage(redis_client, day_key) == (EST * 4, Decimal(0))
@@ -293,7 +293,7 @@ def test_money_spent_before_a_cap_was_set_counts_against_it(redis_client: Any) -
         stored(queue(redis_client, budget_daily_usd=Decimal("1")), VideoRequest(prompt="over"))
     message = str(info.value)
     assert "cap $1.00" in message and "spent $2.4100" in message and "reserved $0.0000" in message
-    assert "needs $0.2492" in message and "nothing was enqueued" in message
+    assert "requested $0.2492" in message and "nothing was enqueued" in message
     with pytest.raises(BudgetExceededError):
         stored(queue(redis_client, budget_daily_usd=Decimal("2")), *[VideoRequest(prompt=f"{i}") for i in range(6)])
     assert Ledger(redis_client).report("day")[-1].jobs == 1
