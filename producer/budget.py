@@ -35,6 +35,8 @@ MICRO = Decimal(1_000_000)
 DAY_TTL_S = 40 * 86400
 MONTH_TTL_S = 400 * 86400
 
+# Where a cap comes from: Redis (an amount, or "none" stored: no cap whatever the
+# settings say), this process's setting, or nowhere (no cap).
 CapSource = Literal["redis", "setting", "none"]
 
 
@@ -125,8 +127,7 @@ class Caps:
     def cap(self, name: str) -> Cap:
         """The cap of `day`, `month` or `tag:NAME`."""
         if name in self.stored:
-            amount = self.stored[name]
-            return Cap(amount, "redis") if amount is not None else Cap(None, "none")
+            return Cap(self.stored[name], "redis")  # None: "none" stored, no cap on purpose
         default = self.defaults.default(name)
         return Cap(default, "setting") if default is not None else Cap(None, "none")
 

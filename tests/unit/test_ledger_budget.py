@@ -315,7 +315,7 @@ def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client:
     caps = load_caps(redis_client, defaults)
     assert (caps.cap("day"), caps.cap("tag:ads"), caps.cap("tag:new")) == (
         Cap(Decimal("4"), "redis"),
-        Cap(None, "none"),  # "none" in Redis: no cap, whatever the setting says
+        Cap(None, "redis"),  # "none" in Redis: no cap, whatever the setting says
         Cap(Decimal("1.5"), "redis"),
     )
     assert caps.tag_names() == {"new"}
