@@ -1,28 +1,43 @@
-"""Budgets: hard caps on spend per UTC day, per month and per tag, shared by the whole
-fleet through Redis.
+"""Budgets: caps on spend per UTC day, per month and per tag, shared by the whole fleet
+through Redis.
 
-A job's estimate is reserved when it is enqueued, in the same transaction that stores
-it (so concurrent producers cannot overshoot a cap), and settled when the job reaches a
-final status, in the transaction that moves it there: the reservation is released and
-the actual cost (zero if the provider charged nothing; with the estimate of any task
-the job may have been billed for but does not use) is added as spent. A job counts
-against the day and month it was submitted in.
+Every job counts, cap or no cap: its estimate is reserved against its day, month and tag
+counters when it is enqueued, in the same transaction that stores it (so concurrent
+producers cannot overshoot a cap), and settled when the job reaches a final status, in the
+transaction that moves it there: the reservation is released and the actual cost (zero if
+the provider charged nothing; with the estimate of any task the job may have been billed
+for but does not use) is added as spent. A job counts against the UTC day and month it was
+submitted in; a tag counter runs for all time.
+
+The caps live in one Redis hash (CAPS_KEY), set with `videoqueue budget set`. For each
+budget the cap in force is, in this order: the one in Redis (an amount, or "none" for no
+cap); else this process's setting (BUDGET_DAILY_USD, BUDGET_MONTHLY_USD, BUDGET_TAGS_USD);
+else no cap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
 
 from producer.contract import JobRecord
 
 KEY_PREFIX = "vq:budget:"
+# Outside KEY_PREFIX: every key under it is a counter (metrics and rebuild scan them).
+CAPS_KEY = KEY_PREFIX.rstrip(":") + "-caps"
+NO_CAP = "none"
+DAY, MONTH = "day", "month"
 MICRO = Decimal(1_000_000)
 # Day and month counters outlive their period long enough for reports, then go.
-_DAY_TTL_S = 40 * 86400
-_MONTH_TTL_S = 400 * 86400
+DAY_TTL_S = 40 * 86400
+MONTH_TTL_S = 400 * 86400
+
+# Where a cap comes from: Redis (an amount, or "none" stored: no cap whatever the
+# settings say), this process's setting, or nowhere (no cap).
+CapSource = Literal["redis", "setting", "none"]
 
 
 def to_micro(amount: Decimal) -> int:
@@ -35,71 +50,192 @@ def from_micro(value: int | str | None) -> Decimal:
     return Decimal(int(value or 0)) / MICRO
 
 
-class BudgetExceededError(ValueError):
-    """Enqueueing would cross a budget cap; nothing was stored or sent."""
+def parse_usd(value: object) -> Decimal:
+    """A cap amount: a positive, finite number of dollars (at most 6 decimals count).
+    Raises ValueError with a one-line message otherwise."""
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite() or amount <= 0 or to_micro(amount) <= 0:
+        raise ValueError("must be a positive amount of US dollars, such as 100 or 12.50")
+    return amount
 
-    def __init__(self, budget: str, cap: Decimal, used: Decimal, requested: Decimal) -> None:
-        self.budget, self.cap, self.used, self.requested = budget, cap, used, requested
-        super().__init__(
-            f"budget {budget} would be exceeded: cap ${cap:.2f}, already reserved or spent "
-            f"${used:.4f}, this submission needs ${requested:.4f} (nothing was enqueued)"
-        )
+
+def counter_key(budget: str) -> str:
+    """Redis key of a counter: budget is `day:YYYY-MM-DD`, `month:YYYY-MM` or `tag:NAME`."""
+    return f"{KEY_PREFIX}{budget}"
+
+
+def counter_ttl(key: str) -> int | None:
+    """Seconds a counter is kept after its last reservation (None: for ever)."""
+    budget = key.removeprefix(KEY_PREFIX)
+    return DAY_TTL_S if budget.startswith(f"{DAY}:") else MONTH_TTL_S if budget.startswith(f"{MONTH}:") else None
+
+
+def cap_name(key: str) -> str:
+    """The cap a counter key answers to: `day`, `month` or `tag:NAME`."""
+    kind, _, name = key.removeprefix(KEY_PREFIX).partition(":")
+    return kind if kind in (DAY, MONTH) else f"{kind}:{name}"
+
+
+def keys_for(record: JobRecord) -> list[str]:
+    """Every counter a job counts against: its UTC day, its month, each of its tags."""
+    day = record.created_at.date().isoformat()
+    keys = [counter_key(f"{DAY}:{day}"), counter_key(f"{MONTH}:{day[:7]}")]
+    keys.extend(counter_key(f"tag:{tag}") for tag in dict.fromkeys(record.request.get("tags") or ()))
+    return keys
 
 
 @dataclass(frozen=True)
 class BudgetPolicy:
-    """The caps in force (None = no cap)."""
+    """The caps this process's settings give (None = no cap): the defaults, used for each
+    budget that has no cap in Redis."""
 
     daily_usd: Decimal | None = None
     monthly_usd: Decimal | None = None
     tag_usd: dict[str, Decimal] | None = None
 
     def keys_for(self, record: JobRecord) -> list[str]:
-        """The budget counters this job reserves against."""
-        keys: list[str] = []
-        day = record.created_at.date().isoformat()
-        if self.daily_usd is not None:
-            keys.append(f"{KEY_PREFIX}day:{day}")
-        if self.monthly_usd is not None:
-            keys.append(f"{KEY_PREFIX}month:{day[:7]}")
-        for tag in record.request.get("tags") or ():
-            if self.tag_usd and tag in self.tag_usd:
-                keys.append(f"{KEY_PREFIX}tag:{tag}")
-        return keys
+        """The counters this job reserves against (all of them, cap or not)."""
+        return keys_for(record)
 
-    def cap(self, key: str) -> Decimal:
-        """The cap that a counter key stands for."""
-        kind, _, name = key.removeprefix(KEY_PREFIX).partition(":")
-        if kind == "day" and self.daily_usd is not None:
+    def default(self, name: str) -> Decimal | None:
+        """The setting's cap for `day`, `month` or `tag:NAME`, or None."""
+        if name == DAY:
             return self.daily_usd
-        if kind == "month" and self.monthly_usd is not None:
+        if name == MONTH:
             return self.monthly_usd
-        if kind == "tag" and self.tag_usd and name in self.tag_usd:
-            return self.tag_usd[name]
-        raise KeyError(key)
+        return (self.tag_usd or {}).get(name.removeprefix("tag:"))
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The cap in force for one budget and where it comes from."""
+
+    amount: Decimal | None
+    source: CapSource
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The caps stored in Redis (None = "none", no cap on purpose) over the defaults."""
+
+    stored: Mapping[str, Decimal | None] = field(default_factory=dict)
+    defaults: BudgetPolicy = field(default_factory=BudgetPolicy)
+
+    def cap(self, name: str) -> Cap:
+        """The cap of `day`, `month` or `tag:NAME`."""
+        if name in self.stored:
+            return Cap(self.stored[name], "redis")  # None: "none" stored, no cap on purpose
+        default = self.defaults.default(name)
+        return Cap(default, "setting") if default is not None else Cap(None, "none")
+
+    def tag_names(self) -> set[str]:
+        """Tags with a cap in Redis or in the settings."""
+        names = {n.removeprefix("tag:") for n, a in self.stored.items() if n.startswith("tag:") and a is not None}
+        names |= {t for t in self.defaults.tag_usd or {} if f"tag:{t}" not in self.stored}
+        return names
+
+
+def load_caps(client: Any, defaults: BudgetPolicy) -> Caps:
+    """The caps in Redis over `defaults` (works on a WATCHing pipeline too). A stored value
+    that is not an amount counts as no cap stored."""
+    raw: dict[str, str] = client.hgetall(CAPS_KEY) or {}
+    stored: dict[str, Decimal | None] = {}
+    for name, value in raw.items():
+        if value == NO_CAP:
+            stored[name] = None
+            continue
+        try:
+            stored[name] = parse_usd(value)
+        except ValueError:
+            continue
+    return Caps(stored, defaults)
+
+
+def set_caps(client: Any, changes: Mapping[str, Decimal | Literal["clear"] | None]) -> None:
+    """Store caps in Redis: an amount, None for "no cap" (over any setting), or "clear" to
+    remove the stored cap so that each process's setting applies again."""
+    pipe = client.pipeline(transaction=True)
+    for name, value in changes.items():
+        if value == "clear":
+            pipe.hdel(CAPS_KEY, name)
+        elif value is None:
+            pipe.hset(CAPS_KEY, name, NO_CAP)
+        else:
+            pipe.hset(CAPS_KEY, name, str(parse_usd(value)))
+    pipe.execute()
+
+
+class BudgetExceededError(ValueError):
+    """Enqueueing would cross a budget cap; nothing was stored or sent. Amounts in USD."""
+
+    def __init__(
+        self, budget: str, cap: Decimal, spent: Decimal, reserved: Decimal, requested: Decimal, *, created: bool = False
+    ) -> None:
+        self.budget, self.cap, self.spent, self.reserved, self.requested = budget, cap, spent, reserved, requested
+        self.used = spent + reserved
+        if created:
+            # The worker's check: the job's own reservation is in `reserved` already.
+            message = (
+                f"budget {budget} is exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f} "
+                f"(this job's ${requested:.4f} included); the job was not created at the provider"
+            )
+        else:
+            message = (
+                f"budget {budget} would be exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f}, "
+                f"requested ${requested:.4f} (nothing was enqueued)"
+            )
+        super().__init__(message)
 
 
 def check_and_reserve(pipe: Any, policy: BudgetPolicy, records: Sequence[JobRecord]) -> None:
-    """Inside a WATCHed transaction: read the counters, refuse if the batch would cross a
-    cap, else queue the reservations (call after `pipe.multi()` is NOT yet issued; this
-    issues it). Each record's `budget_keys` must already be set."""
+    """Inside a transaction WATCHing the records' counters and CAPS_KEY: read the caps and
+    counters, refuse (BudgetExceededError) if the batch would cross a cap, else issue MULTI
+    and queue the reservations. Each record's `budget_keys` must already be set."""
     needed: dict[str, int] = {}
     for record in records:
         for key in record.budget_keys:
             needed[key] = needed.get(key, 0) + to_micro(record.cost_estimate_usd)
-    current = {key: pipe.hmget(key, "reserved", "spent") for key in needed}
+    caps = load_caps(pipe, policy)
     for key, amount in needed.items():
-        reserved, spent = current[key]
-        used = int(reserved or 0) + int(spent or 0)
-        cap = policy.cap(key)
-        if used + amount > to_micro(cap):
-            raise BudgetExceededError(key.removeprefix(KEY_PREFIX), cap, from_micro(used), from_micro(amount))
+        cap = caps.cap(cap_name(key)).amount
+        if cap is None:
+            continue
+        reserved, spent = (int(v or 0) for v in pipe.hmget(key, "reserved", "spent"))
+        if reserved + spent + amount > to_micro(cap):
+            raise BudgetExceededError(
+                key.removeprefix(KEY_PREFIX), cap, from_micro(spent), from_micro(reserved), from_micro(amount)
+            )
     pipe.multi()
     for key, amount in needed.items():
         pipe.hincrby(key, "reserved", amount)
-        ttl = _DAY_TTL_S if ":day:" in key else _MONTH_TTL_S if ":month:" in key else None
+        ttl = counter_ttl(key)
         if ttl:
             pipe.expire(key, ttl)
+
+
+def exceeded(client: Any, record: JobRecord, defaults: BudgetPolicy) -> BudgetExceededError | None:
+    """The worker's check before creating a job's provider task: is any budget the job
+    reserved against over its cap now (a cap lowered since enqueue)? The job's own
+    reservation counts, so of the jobs waiting, those that still fit go ahead."""
+    caps = load_caps(client, defaults)
+    for key in record.budget_keys:
+        cap = caps.cap(cap_name(key)).amount
+        if cap is None:
+            continue
+        reserved, spent = (int(v or 0) for v in client.hmget(key, "reserved", "spent"))
+        if reserved + spent > to_micro(cap):
+            return BudgetExceededError(
+                key.removeprefix(KEY_PREFIX),
+                cap,
+                from_micro(spent),
+                from_micro(reserved),
+                record.cost_estimate_usd,
+                created=True,
+            )
+    return None
 
 
 def settle(pipe: Any, record: JobRecord) -> None:
@@ -118,3 +254,53 @@ def usage(client: Any, key: str) -> tuple[Decimal, Decimal]:
     """Reserved and spent dollars of one counter."""
     reserved, spent = client.hmget(key, "reserved", "spent")
     return from_micro(reserved), from_micro(spent)
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One budget as `videoqueue budget show` prints it. Amounts in USD."""
+
+    budget: str  # day:YYYY-MM-DD, month:YYYY-MM or tag:NAME
+    cap_usd: Decimal | None
+    cap_source: CapSource
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+    @property
+    def left_usd(self) -> Decimal | None:
+        """What may still be reserved: cap - spent - reserved (negative once a cap was
+        lowered below what is spent); None without a cap."""
+        return None if self.cap_usd is None else self.cap_usd - self.spent_usd - self.reserved_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape: amounts as numbers, null where there is no cap."""
+        kind, _, name = self.budget.partition(":")
+
+        def number(value: Decimal | None) -> float | None:
+            return None if value is None else float(value)
+
+        return {
+            "budget": self.budget,
+            "kind": kind,
+            "name": name,
+            "cap_usd": number(self.cap_usd),
+            "cap_source": self.cap_source,
+            "spent_usd": number(self.spent_usd),
+            "reserved_usd": number(self.reserved_usd),
+            "left_usd": number(self.left_usd),
+        }
+
+
+def states(client: Any, defaults: BudgetPolicy, today: date) -> list[BudgetState]:
+    """Today's day budget, this month's, and each tag that has a cap or a counter."""
+    caps = load_caps(client, defaults)
+    tags = caps.tag_names()
+    tags |= {str(k).removeprefix(counter_key("tag:")) for k in client.scan_iter(counter_key("tag:*"), count=500)}
+    day = today.isoformat()
+    budgets = [(f"{DAY}:{day}", DAY), (f"{MONTH}:{day[:7]}", MONTH), *((f"tag:{t}", f"tag:{t}") for t in sorted(tags))]
+    result: list[BudgetState] = []
+    for budget, name in budgets:
+        reserved, spent = usage(client, counter_key(budget))
+        cap = caps.cap(name)
+        result.append(BudgetState(budget, cap.amount, cap.source, spent, reserved))
+    return result

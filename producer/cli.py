@@ -27,6 +27,7 @@ from producer.api import (
 from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
+from producer.cli_budget import register as register_budget
 from producer.cli_ops import register as register_ops
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.ledger import GROUPS
@@ -493,18 +494,48 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
 
 
 @costs_app.command("rebuild")
-def costs_rebuild() -> None:
-    """Rebuild the ledger from the manifests in storage (after Redis lost it). Needs the
-    worker install (it reads storage)."""
+def costs_rebuild(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the difference; write nothing.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Also remove entries whose manifests are not in this storage.")
+    ] = False,
+) -> None:
+    """Merge the cost entries of the manifests in storage (STORAGE_URL) into the ledger,
+    after Redis lost some of it: adds missing entries, replaces those that differ, and keeps
+    those whose manifests it cannot see unless --prune. Needs the worker install."""
     try:
         from worker.ledger_rebuild import rebuild_ledger
     except ImportError as exc:
         raise _fail(f"costs rebuild needs the worker install (boto3): {exc}") from None
-    count = rebuild_ledger(get_settings())
-    sys.stdout.write(f"ledger rebuilt from storage: {count} entries\n")
+    result = rebuild_ledger(get_settings(), prune=prune, dry_run=dry_run)
+    diff = result.diff
+    sys.stdout.write(
+        f"read {result.storage}: {result.manifests} manifests ({result.without_entry} of jobs that cost nothing)\n"
+    )
+    kept = "pruned" if prune else "kept"
+    sys.stdout.write(
+        f"added {len(diff.added)}, changed {len(diff.changed)}, unchanged {diff.unchanged}, "
+        f"missing from storage {len(diff.missing)} ({kept})\n"
+    )
+    for entry in diff.added:
+        sys.stdout.write(f"  added     {entry.job_id} ${entry.actual_usd:.4f} {entry.status}\n")
+    for old, new in diff.changed:
+        sys.stdout.write(
+            f"  changed   {new.job_id} ${old.actual_usd:.4f} {old.status} -> ${new.actual_usd:.4f} {new.status}\n"
+        )
+    for entry in diff.missing:
+        sys.stdout.write(f"  missing   {entry.job_id} ${entry.actual_usd:.4f} {entry.status} ({kept})\n")
+    totals = f"{diff.before_jobs} jobs / ${diff.before_usd:.2f} -> {diff.after_jobs} jobs / ${diff.after_usd:.2f}"
+    if dry_run:
+        sys.stdout.write(f"dry run, nothing written: the ledger would go from {totals}\n")
+        return
+    sys.stdout.write(f"ledger merged from storage: {totals}\n")
+    if diff.added or diff.changed or (diff.pruned and diff.missing):
+        sys.stdout.write("budgets count from the ledger: `videoqueue budget rebuild` recounts them\n")
 
 
 register_ops(app)
+register_budget(app)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ class ErrorCode(StrEnum):
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
     SUBMIT_UNCERTAIN = "submit_uncertain"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 # Task names are the wire contract: producers send by name and never import worker code.

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from producer import stats
-from producer.budget import BudgetPolicy, check_and_reserve, settle
+from producer.budget import CAPS_KEY, BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
 from producer.ledger import LedgerEntry, entry_key, write_entry
@@ -56,6 +56,12 @@ def _all_index() -> str:
 
 def _status_index(status: JobStatus | str) -> str:
     return f"{KEY_PREFIX}jobs:status:{status}"
+
+
+def active_index_keys() -> list[str]:
+    """Index keys of the jobs not yet final, one per status: every create, every end and
+    every withdrawal of a job changes one of them (what the budget rebuild WATCHes)."""
+    return [_status_index(status) for status in JobStatus if not status.is_final]
 
 
 class JobExistsError(RuntimeError):
@@ -145,7 +151,8 @@ class JobStore:
         budget: BudgetPolicy | None = None,
     ) -> None:
         """Store several new records, their input images and their budget reservations in
-        one transaction: all or none. Raises BudgetExceededError when a cap would be crossed."""
+        one transaction: all or none. Raises BudgetExceededError when a cap would be crossed:
+        the caps in Redis, else those of `budget` (this process's settings)."""
         keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
@@ -160,8 +167,8 @@ class JobStore:
                 existing = pipe.get(client_key(client_id))
                 if existing:
                     raise DuplicateClientJobIdError(client_id, existing)
-            if budget is not None and budget_keys:
-                check_and_reserve(pipe, budget, records)  # issues MULTI
+            if budget_keys:
+                check_and_reserve(pipe, budget or BudgetPolicy(), records)  # issues MULTI
             else:
                 pipe.multi()
             for record, key in zip(records, keys, strict=True):
@@ -183,7 +190,7 @@ class JobStore:
                     pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
-            self.redis.transaction(write, *keys, *budget_keys, *client_keys)
+            self.redis.transaction(write, *keys, *budget_keys, CAPS_KEY, *client_keys)
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
         """An input image stored with the job, or None."""

@@ -52,6 +52,9 @@ class LedgerEntry(BaseModel):
     # The part of actual_usd that is an estimate: tasks the job may have been billed for
     # but does not use (see JobRecord.uncertain_cost_usd).
     uncertain_usd: Usd = Decimal(0)
+    # When the job was enqueued: the day and month its budgets count it in. None in entries
+    # written before it was recorded.
+    submitted_at: datetime | None = None
 
     @property
     def day(self) -> str:
@@ -76,6 +79,7 @@ class LedgerEntry(BaseModel):
             billed_units=record.billed_units,
             unit=record.billed_unit,
             uncertain_usd=record.uncertain_cost_usd or Decimal(0),
+            submitted_at=record.created_at,
         )
 
 
@@ -141,19 +145,83 @@ class Ledger:
         ]
         return summarize(selected, by)
 
-    def replace_all(self, entries: Iterable[LedgerEntry]) -> int:
-        """Make the ledger hold exactly `entries` (used by rebuild). Returns how many."""
-        entries = list(entries)
-        old: list[str] = self.redis.zrange(INDEX_KEY, 0, -1)  # type: ignore[assignment]
-        pipe = self.redis.pipeline(transaction=True)
-        for job_id in old:
-            pipe.delete(entry_key(job_id))
-        pipe.delete(INDEX_KEY, stats.COST_KEY)
-        for entry in entries:
-            write_entry(pipe, entry)
-            stats.add_cost(pipe, entry.provider, entry.model, to_micro(entry.estimate_usd), to_micro(entry.actual_usd))
-        pipe.execute()
-        return len(entries)
+    def merge(self, found: Iterable[LedgerEntry], *, prune: bool = False, dry_run: bool = False) -> LedgerDiff:
+        """Bring the entries `found` (in storage) into the ledger: add those it lacks and
+        replace those that differ; keep every entry not found, unless `prune` removes them.
+        With `dry_run` nothing is written. Returns what differed (or was changed)."""
+        by_id = {entry.job_id: entry for entry in found}
+
+        result: list[LedgerDiff] = []
+
+        def write(pipe: Any) -> None:
+            result.clear()
+            ids: list[str] = pipe.zrange(INDEX_KEY, 0, -1)
+            current: dict[str, LedgerEntry] = {}
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                raws: list[str | None] = pipe.mget([entry_key(i) for i in batch])
+                current.update({i: LedgerEntry.model_validate_json(r) for i, r in zip(batch, raws, strict=True) if r})
+            missing = [e for i, e in current.items() if i not in by_id]
+            after = {**current, **by_id}
+            if prune:
+                for entry in missing:
+                    del after[entry.job_id]
+            diff = LedgerDiff(
+                added=[e for i, e in by_id.items() if i not in current],
+                changed=[(current[i], e) for i, e in by_id.items() if i in current and current[i] != e],
+                unchanged=sum(1 for i, e in by_id.items() if current.get(i) == e),
+                missing=missing,
+                pruned=prune and not dry_run,
+                before_jobs=len(current),
+                before_usd=sum((e.actual_usd for e in current.values()), Decimal(0)),
+                after_jobs=len(after),
+                after_usd=sum((e.actual_usd for e in after.values()), Decimal(0)),
+            )
+            result.append(diff)
+            if dry_run:
+                return
+            pipe.multi()
+            for entry in diff.added:
+                write_entry(pipe, entry)
+                stats.add_cost(
+                    pipe, entry.provider, entry.model, to_micro(entry.estimate_usd), to_micro(entry.actual_usd)
+                )
+            for old, new in diff.changed:
+                _unindex(pipe, old)
+                pipe.set(entry_key(new.job_id), new.model_dump_json())
+                pipe.zadd(INDEX_KEY, {new.job_id: new.settled_at.timestamp()})
+                stats.add_cost(pipe, new.provider, new.model, to_micro(new.estimate_usd), to_micro(new.actual_usd))
+            if diff.pruned:
+                for entry in diff.missing:
+                    _unindex(pipe, entry)
+
+        self.redis.transaction(write, INDEX_KEY)
+        return result[0]
+
+
+class LedgerDiff(BaseModel):
+    """How the entries found in storage differ from the ledger."""
+
+    added: list[LedgerEntry]  # in storage only
+    changed: list[tuple[LedgerEntry, LedgerEntry]]  # (ledger's, storage's)
+    unchanged: int
+    missing: list[LedgerEntry]  # in the ledger only: their manifests were not seen
+    pruned: bool  # whether the missing entries were removed
+
+    # The ledger before, and after (as written, or as it would be without dry run).
+    before_jobs: int
+    before_usd: Decimal
+    after_jobs: int
+    after_usd: Decimal
+
+
+def _unindex(pipe: Any, entry: LedgerEntry) -> None:
+    """Queue the removal of an entry and of its money from the cost statistics."""
+    pipe.delete(entry_key(entry.job_id))
+    pipe.zrem(INDEX_KEY, entry.job_id)
+    stats.add_cost(
+        pipe, entry.provider, entry.model, -to_micro(entry.estimate_usd), -to_micro(entry.actual_usd), jobs=-1
+    )
 
 
 def _groups(entry: LedgerEntry, by: str) -> list[str]:

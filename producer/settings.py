@@ -6,6 +6,7 @@ with `.get_secret_value()` at the single place that hands them to an SDK.
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -14,7 +15,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from producer.budget import BudgetPolicy
+from producer.budget import BudgetPolicy, parse_usd
 from producer.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
@@ -215,10 +216,20 @@ class Settings(BaseSettings):
     provider_timeout_s: float = Field(default=30.0, gt=0)
     download_timeout_s: float = Field(default=60.0, gt=0)
 
-    budget_daily_usd: Decimal | None = Field(default=None, gt=0, description="Cap on spend per UTC day.")
-    budget_monthly_usd: Decimal | None = Field(default=None, gt=0, description="Cap on spend per month.")
+    budget_daily_usd: Decimal | None = Field(
+        default=None,
+        description="Default cap on spend per UTC day in USD; a cap set with `videoqueue budget set` wins.",
+    )
+    budget_monthly_usd: Decimal | None = Field(
+        default=None,
+        description="Default cap on spend per UTC month in USD; a cap set with `videoqueue budget set` wins.",
+    )
     budget_tags_usd: dict[str, Decimal] = Field(
-        default_factory=dict, description='Caps per tag, as JSON: {"campaign-a": 50}.'
+        default_factory=dict,
+        description=(
+            'Default caps per tag (all time) in USD, as JSON {"campaign-a": 50}; caps set with '
+            "`videoqueue budget set` win."
+        ),
     )
     pricing_file: str | None = Field(
         default=None, description="TOML file overriding prices (and capabilities) of models.toml."
@@ -244,6 +255,33 @@ class Settings(BaseSettings):
     def _lower_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("budget_daily_usd", "budget_monthly_usd", mode="before")
+    @classmethod
+    def _budget_amount(cls, value: object) -> object:
+        return None if value is None else parse_usd(value)
+
+    @field_validator("budget_tags_usd", mode="before")
+    @classmethod
+    def _budget_tags(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError('must be a JSON object of tag to USD, such as {"campaign-a": 50}') from None
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object of tag to USD, such as {"campaign-a": 50}')
+        caps: dict[str, Decimal] = {}
+        for tag, amount in value.items():
+            if not isinstance(tag, str) or not tag.strip():
+                raise ValueError("a tag name is empty")
+            if isinstance(amount, bool):
+                raise ValueError(f"tag {tag!r}: must be a positive amount of US dollars, such as 100 or 12.50")
+            try:
+                caps[tag] = parse_usd(amount)
+            except ValueError as exc:
+                raise ValueError(f"tag {tag!r}: {exc}") from None
+        return caps
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str) -> str:
@@ -266,10 +304,9 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_URL must start with redis://, rediss://, unix://, amqp:// or amqps://")
         return value
 
-    def budget_policy(self) -> BudgetPolicy | None:
-        """The caps in force, or None when no budget is set."""
-        if self.budget_daily_usd is None and self.budget_monthly_usd is None and not self.budget_tags_usd:
-            return None
+    def budget_policy(self) -> BudgetPolicy:
+        """The default caps these settings give: each applies where Redis holds no cap for
+        its budget (see producer.budget)."""
         return BudgetPolicy(self.budget_daily_usd, self.budget_monthly_usd, dict(self.budget_tags_usd))
 
     def provider_limits(self) -> tuple[ModelLimits, dict[str, ModelLimits]]:

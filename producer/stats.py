@@ -45,11 +45,12 @@ def on_status_change(pipe: Any, before: JobRecord, after: JobRecord) -> None:
         _observe(pipe, STORE_KEY, STORE_BUCKETS, after, (after.finished_at - after.provider_done_at).total_seconds())
 
 
-def add_cost(pipe: Any, provider: str, model: str, estimate_micro: int, actual_micro: int) -> None:
-    """Add one settled job's money to the per-model totals."""
+def add_cost(pipe: Any, provider: str, model: str, estimate_micro: int, actual_micro: int, *, jobs: int = 1) -> None:
+    """Add one settled job's money to the per-model totals (negative amounts and jobs=-1
+    take it out again)."""
     pipe.hincrby(COST_KEY, f"actual|{provider}|{model}", actual_micro)
     pipe.hincrby(COST_KEY, f"estimate|{provider}|{model}", estimate_micro)
-    pipe.hincrby(COST_KEY, f"jobs|{provider}|{model}", 1)
+    pipe.hincrby(COST_KEY, f"jobs|{provider}|{model}", jobs)
 
 
 def _observe(pipe: Any, key: str, buckets: tuple[float, ...], job: JobRecord, seconds: float) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
+from producer.budget import exceeded
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore, TaskClaimedError
@@ -238,6 +239,8 @@ class Pipeline:
         if now >= job.deadline_at:
             self._submit_deadline(job, now)
             return
+        if job.status is JobStatus.QUEUED and self._over_budget(job):
+            return
 
         if self.limits is not None:
             wait = self.limits.acquire(job.provider, job.model, job.id)
@@ -254,6 +257,17 @@ class Pipeline:
         recorded = self._create_once(claimed, uncertain_since, lease_until)
         if recorded is not None:
             self._start_polling(recorded)
+
+    def _over_budget(self, job: JobRecord) -> bool:
+        """A cap lowered since enqueue leaves no room for a job not yet created: it ends
+        failed (budget_exceeded), its reservation released, rather than be billed."""
+        over = exceeded(self.store.redis, job, self.settings.budget_policy())
+        if over is None:
+            return False
+        error = JobError(code=ErrorCode.BUDGET_EXCEEDED, message=str(over))
+        if self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.FAILED, error=error) is not None:
+            log.warning("job failed", extra={"job_id": job.id, "error_code": ErrorCode.BUDGET_EXCEEDED.value})
+        return True
 
     def _start_polling(self, recorded: JobRecord) -> None:
         if recorded.cancel_requested or utcnow() >= recorded.deadline_at:

@@ -6,16 +6,23 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import fakeredis
 import pytest
+from typer.testing import CliRunner
 
 from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest
-from producer.budget import usage
+from producer import budget as budget_module
+from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, set_caps, states, usage
+from producer.budget_rebuild import rebuild_counters
 from producer.catalog import load_catalog
+from producer.cli import app
+from producer.cli_budget import parse_changes
 from producer.contract import JobRecord, JobStatus
 from producer.jobstore import JobStore
 from producer.ledger import Ledger, LedgerEntry, summarize
+from producer.settings import InvalidSettingsError, load_settings
 
 EST = Decimal("0.249163")  # Seedance 1.5 Pro, 720p 16:9, 5 s, audio
 
@@ -96,7 +103,7 @@ ENTRIES = [
 
 def test_reports_group_filter_and_total(redis_client: Any) -> None:
     ledger = Ledger(redis_client)
-    assert ledger.replace_all(ENTRIES) == 4
+    assert ledger.merge(ENTRIES).after_jobs == 4
     by_day = ledger.report("day")
     assert [(r.group, r.jobs, r.actual_usd) for r in by_day] == [
         ("2026-11-20", 2, Decimal("0.65")),
@@ -121,12 +128,59 @@ def test_reports_group_filter_and_total(redis_client: Any) -> None:
     assert ledger.report("day", status="failed")[-1].jobs == 0
 
 
-def test_replace_all_drops_what_is_not_given(redis_client: Any) -> None:
+def test_a_merge_never_drops_an_entry_whose_manifest_it_did_not_see(redis_client: Any) -> None:
+    # Seen: `costs rebuild` replaced a ledger of 33 jobs / $9.29 with the 24 / $7.08 whose
+    # manifests the storage named by its own shell held.
     ledger = Ledger(redis_client)
-    ledger.replace_all(ENTRIES)
-    ledger.replace_all(ENTRIES[:1])
-    assert [e.job_id for e in ledger.entries()] == ["a"]
-    assert redis_client.keys("vq:ledger:entry:*") == ["vq:ledger:entry:a"]
+    ledger.merge(ENTRIES)
+    diff = ledger.merge(ENTRIES[:1])
+    assert (len(diff.added), len(diff.changed), diff.unchanged, [e.job_id for e in diff.missing]) == (
+        0,
+        0,
+        1,
+        ["b", "c", "d"],
+    )
+    assert not diff.pruned and (diff.before_jobs, diff.after_jobs) == (4, 4)
+    assert diff.before_usd == diff.after_usd == Decimal("4.05")
+    assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "c", "d"]
+
+
+def test_a_merge_adds_and_replaces_and_prunes_only_when_asked(redis_client: Any) -> None:
+    ledger = Ledger(redis_client)
+    ledger.merge(ENTRIES[:3])
+    restated = ENTRIES[0].model_copy(update={"actual_usd": Decimal("0.30")})
+    found = [restated, ENTRIES[1], ENTRIES[3]]  # a changed, b same, c missing, d new
+    before = redis_client.hgetall("vq:stats:cost")
+
+    dry = ledger.merge(found, prune=True, dry_run=True)
+    assert [e.job_id for e in dry.added] == ["d"] and [n.job_id for _, n in dry.changed] == ["a"]
+    assert [e.job_id for e in dry.missing] == ["c"] and dry.unchanged == 1 and not dry.pruned
+    assert (dry.before_jobs, dry.before_usd, dry.after_jobs, dry.after_usd) == (
+        3,
+        Decimal("3.85"),
+        3,
+        Decimal("0.90"),
+    )
+    assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "c"]  # dry run: nothing written
+    assert redis_client.hgetall("vq:stats:cost") == before
+
+    kept = ledger.merge(found)
+    assert (kept.after_jobs, kept.after_usd) == (4, Decimal("4.10"))
+    assert {e.job_id: e.actual_usd for e in ledger.entries()} == {
+        "a": Decimal("0.30"),
+        "b": Decimal("0.40"),
+        "c": Decimal("3.20"),
+        "d": Decimal("0.20"),
+    }
+    pruned = ledger.merge(found, prune=True)
+    assert pruned.pruned and [e.job_id for e in pruned.missing] == ["c"]
+    assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "d"]
+    assert redis_client.keys("vq:ledger:entry:c") == []
+    # The cost statistics follow: what is left is a, b and d, each once.
+    cost = redis_client.hgetall("vq:stats:cost")
+    assert cost["jobs|veo|veo-3.1-generate-001"] == "0"
+    assert cost["jobs|byteplus|seedance-1-5-pro-251215"] == "2"
+    assert cost["actual|byteplus|seedance-1-5-pro-251215"] == "500000"
 
 
 def test_summarize_refuses_an_unknown_grouping() -> None:
@@ -141,6 +195,7 @@ def test_a_daily_cap_refuses_a_batch_that_would_cross_it_and_stores_nothing(redi
     with pytest.raises(BudgetExceededError) as info:
         stored(vq, VideoRequest(prompt="one too many"))
     assert "budget day:" in str(info.value) and "cap $1.00" in str(info.value)
+    assert "spent $0.0000, reserved $0.9967" in str(info.value) and "requested $0.2492" in str(info.value)
     assert sorted(redis_client.keys("*")) == before
     day_key = f"vq:budget:day:{datetime.now(UTC).date().isoformat()}"
     assert usage(redis_client, day_key) == (EST * 4, Decimal(0))
@@ -149,8 +204,9 @@ def test_a_daily_cap_refuses_a_batch_that_would_cross_it_and_stores_nothing(redi
 def test_settling_releases_the_reservation_and_adds_the_actual_cost(redis_client: Any) -> None:
     vq = queue(redis_client, budget_monthly_usd=Decimal("100"), budget_tags_usd={"ads": Decimal("5")})
     ok, failed, cancelled = stored(vq, *[VideoRequest(prompt=p, tags=("ads",)) for p in ("ok", "failed", "cancelled")])
-    month_key = f"vq:budget:month:{datetime.now(UTC).date().isoformat()[:7]}"
-    assert ok.budget_keys == [month_key, "vq:budget:tag:ads"]
+    today = datetime.now(UTC).date().isoformat()
+    month_key = f"vq:budget:month:{today[:7]}"
+    assert ok.budget_keys == [f"vq:budget:day:{today}", month_key, "vq:budget:tag:ads"]
     assert usage(redis_client, "vq:budget:tag:ads") == (EST * 3, Decimal(0))
     finish(vq.store, ok.id, JobStatus.SUCCEEDED, Decimal("0.2"))
     finish(vq.store, failed.id, JobStatus.FAILED, None)
@@ -208,3 +264,198 @@ def test_estimates_use_the_overridden_prices(redis_client: Any, tmp_path: Path) 
     job = vq.prepare(VideoRequest(prompt="x", provider="veo", duration=8)).record
     assert job.cost_estimate_usd == Decimal("0.40")
     assert job.deadline_at - job.created_at == timedelta(seconds=7200)
+
+
+def test_every_job_counts_whether_a_cap_exists_or_not(redis_client: Any) -> None:
+    vq = queue(redis_client)
+    (job,) = stored(vq, VideoRequest(prompt="no cap anywhere", tags=("ads", "q4")))
+    today = datetime.now(UTC).date().isoformat()
+    keys = [f"vq:budget:day:{today}", f"vq:budget:month:{today[:7]}", "vq:budget:tag:ads", "vq:budget:tag:q4"]
+    assert job.budget_keys == keys
+    for key in keys:
+        assert usage(redis_client, key) == (EST, Decimal(0))
+    finish(vq.store, job.id, JobStatus.SUCCEEDED, Decimal("0.2"))
+    for key in keys:
+        assert usage(redis_client, key) == (Decimal(0), Decimal("0.2"))
+
+
+def spend(vq: VideoQueue, amount: str) -> None:
+    """A job that ended having cost `amount`, submitted while no cap was set."""
+    (job,) = stored(vq, VideoRequest(prompt=f"spend {amount}"))
+    finish(vq.store, job.id, JobStatus.SUCCEEDED, Decimal(amount))
+
+
+def test_money_spent_before_a_cap_was_set_counts_against_it(redis_client: Any) -> None:
+    # Seen: $2.41 spent today, then BUDGET_DAILY_USD=1 said "already reserved or spent
+    # $0.0000", and BUDGET_DAILY_USD=2 accepted $1.47 of new jobs.
+    spend(queue(redis_client), "2.41")
+    with pytest.raises(BudgetExceededError) as info:
+        stored(queue(redis_client, budget_daily_usd=Decimal("1")), VideoRequest(prompt="over"))
+    message = str(info.value)
+    assert "cap $1.00" in message and "spent $2.4100" in message and "reserved $0.0000" in message
+    assert "requested $0.2492" in message and "nothing was enqueued" in message
+    with pytest.raises(BudgetExceededError):
+        stored(queue(redis_client, budget_daily_usd=Decimal("2")), *[VideoRequest(prompt=f"{i}") for i in range(6)])
+    assert Ledger(redis_client).report("day")[-1].jobs == 1
+
+
+def test_a_cap_in_redis_binds_a_producer_whose_settings_have_none(redis_client: Any) -> None:
+    set_caps(redis_client, {"day": Decimal("0.5")})
+    uncapped = queue(redis_client)  # no BUDGET_* setting at all
+    stored(uncapped, VideoRequest(prompt="1"), VideoRequest(prompt="2"))
+    with pytest.raises(BudgetExceededError, match=r"budget day:.* cap \$0.50"):
+        stored(uncapped, VideoRequest(prompt="3"))
+
+
+def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client: Any) -> None:
+    defaults = BudgetPolicy(Decimal("10"), None, {"ads": Decimal("3")})
+    assert load_caps(redis_client, defaults).cap("day") == Cap(Decimal("10"), "setting")
+    assert load_caps(redis_client, defaults).cap("month") == Cap(None, "none")
+    set_caps(redis_client, {"day": Decimal("4"), "tag:ads": None, "tag:new": Decimal("1.5")})
+    caps = load_caps(redis_client, defaults)
+    assert (caps.cap("day"), caps.cap("tag:ads"), caps.cap("tag:new")) == (
+        Cap(Decimal("4"), "redis"),
+        Cap(None, "redis"),  # "none" in Redis: no cap, whatever the setting says
+        Cap(Decimal("1.5"), "redis"),
+    )
+    assert caps.tag_names() == {"new"}
+    set_caps(redis_client, {"day": "clear", "tag:ads": "clear"})
+    caps = load_caps(redis_client, defaults)
+    assert (caps.cap("day"), caps.cap("tag:ads")) == (Cap(Decimal("10"), "setting"), Cap(Decimal("3"), "setting"))
+
+
+def test_a_cap_set_while_a_producer_reads_the_counters_restarts_its_transaction(redis_client: Any) -> None:
+    vq = queue(redis_client)
+    jobs = [vq.prepare(VideoRequest(prompt="x"))]
+    real_load = budget_module.load_caps
+    calls: list[int] = []
+
+    def load_and_race(client: Any, defaults: BudgetPolicy) -> Caps:
+        caps = real_load(client, defaults)
+        if not calls:  # another operator sets a cap after this producer read the caps
+            set_caps(redis_client, {"day": Decimal("0.1")})
+        calls.append(1)
+        return caps
+
+    with patch.object(budget_module, "load_caps", load_and_race), pytest.raises(BudgetExceededError):
+        vq.store.create_many([j.record for j in jobs], budget=vq.budget)
+    assert len(calls) == 2 and redis_client.zcard("vq:jobs:all") == 0
+
+
+def test_budget_show_gives_cap_spent_reserved_and_left(redis_client: Any) -> None:
+    vq = queue(redis_client, budget_tags_usd={"ads": Decimal("5")})
+    spend(vq, "2.41")
+    stored(vq, VideoRequest(prompt="pending", tags=("ads",)))
+    set_caps(redis_client, {"day": Decimal("2")})
+    today = datetime.now(UTC).date()
+    rows = {s.budget: s.as_dict() for s in states(redis_client, vq.budget, today)}
+    assert list(rows) == [f"day:{today}", f"month:{today.isoformat()[:7]}", "tag:ads"]
+    day = rows[f"day:{today}"]
+    assert day == {
+        "budget": f"day:{today}",
+        "kind": "day",
+        "name": today.isoformat(),
+        "cap_usd": 2.0,
+        "cap_source": "redis",
+        "spent_usd": 2.41,
+        "reserved_usd": float(EST),
+        "left_usd": float(Decimal(2) - Decimal("2.41") - EST),
+    }
+    assert rows[f"month:{today.isoformat()[:7]}"]["cap_usd"] is None
+    assert rows[f"month:{today.isoformat()[:7]}"]["left_usd"] is None
+    assert (rows["tag:ads"]["cap_source"], rows["tag:ads"]["left_usd"]) == ("setting", float(5 - EST))
+
+
+def test_the_worker_check_finds_a_budget_exceeded_after_a_cap_was_lowered(redis_client: Any) -> None:
+    vq = queue(redis_client)
+    first, second, third = stored(vq, *[VideoRequest(prompt=f"{i}") for i in range(3)])
+    assert exceeded(redis_client, first, vq.budget) is None
+    set_caps(redis_client, {"day": Decimal("0.5")})  # room for 2 of the 3 reserved
+    over = exceeded(redis_client, first, vq.budget)
+    assert over is not None and "cap $0.50" in str(over) and "reserved $0.7475" in str(over)
+    assert "not created" in str(over)
+    vq.store.transition(first.id, {JobStatus.QUEUED}, JobStatus.FAILED)  # what the worker does
+    assert exceeded(redis_client, second, vq.budget) is None
+    assert exceeded(redis_client, third, vq.budget) is None
+
+
+def test_budget_rebuild_counts_every_job_from_the_ledger_and_the_job_store(redis_client: Any) -> None:
+    vq = queue(redis_client)
+    done, active = stored(vq, VideoRequest(prompt="done", tags=("ads",)), VideoRequest(prompt="active"))
+    finish(vq.store, done.id, JobStatus.SUCCEEDED, Decimal("2.41"))
+    # Counters as the old code kept them: only budgets with a cap, here none at all.
+    for key in redis_client.keys("vq:budget:*"):
+        redis_client.delete(key)
+    vq.store.update(active.id, lambda r: r.model_copy(update={"budget_keys": []}))
+    redis_client.hset("vq:budget:tag:stale", mapping={"reserved": 5, "spent": 7})
+    today = datetime.now(UTC).date().isoformat()
+
+    dry = rebuild_counters(redis_client, dry_run=True)
+    assert redis_client.keys("vq:budget:day:*") == [] and dry.rekeyed_jobs == 1
+    result = rebuild_counters(redis_client)
+    assert (result.entries, result.active_jobs, result.rekeyed_jobs, result.day_from_settlement) == (1, 1, 1, 0)
+    changed = {c.budget: (c.reserved_after, c.spent_after) for c in result.changes}
+    assert changed == {
+        f"day:{today}": (EST, Decimal("2.41")),
+        f"month:{today[:7]}": (EST, Decimal("2.41")),
+        "tag:ads": (Decimal(0), Decimal("2.41")),
+        "tag:stale": (Decimal(0), Decimal(0)),
+    }
+    assert usage(redis_client, f"vq:budget:day:{today}") == (EST, Decimal("2.41"))
+    assert redis_client.exists("vq:budget:tag:stale") == 0
+    assert rebuild_counters(redis_client).changes == []  # idempotent
+    # The active job now settles what the rebuild reserved for it.
+    finish(vq.store, active.id, JobStatus.SUCCEEDED, Decimal("0.2"))
+    assert usage(redis_client, f"vq:budget:day:{today}") == (Decimal(0), Decimal("2.61"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("BUDGET_DAILY_USD", "-5", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
+        ("BUDGET_DAILY_USD", "lots", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
+        ("BUDGET_MONTHLY_USD", "Infinity", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
+        ("BUDGET_MONTHLY_USD", "0", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
+        ("BUDGET_TAGS_USD", '{"a": -1}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
+        ("BUDGET_TAGS_USD", '{"a": "lots"}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
+        ("BUDGET_TAGS_USD", "[1]", "invalid setting BUDGET_TAGS_USD: must be a JSON object of tag to USD"),
+    ],
+)
+def test_budget_settings_must_be_positive_amounts(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_budget_settings_accept_amounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGET_DAILY_USD", "12.50")
+    monkeypatch.setenv("BUDGET_TAGS_USD", '{"a": 0.25, "b": "3"}')
+    assert load_settings().budget_policy() == BudgetPolicy(
+        Decimal("12.50"), None, {"a": Decimal("0.25"), "b": Decimal(3)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--daily", "-1"], "error: --daily -1: must be a positive amount of US dollars"),
+        (["--monthly", "lots"], "error: --monthly lots: must be a positive amount"),
+        (["--tag", "a=0"], "error: --tag a 0: must be a positive amount"),
+        (["--tag", "a"], "error: --tag a: give NAME=USD"),
+        (["--daily", "5", "--clear-daily"], "error: give --daily or --clear-daily, not both"),
+        ([], "error: nothing to set"),
+    ],
+)
+def test_budget_set_refuses_what_is_not_a_cap_in_one_line(args: list[str], expected: str) -> None:
+    result = CliRunner().invoke(app, ["budget", "set", *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+
+
+def test_budget_set_parses_amounts_none_and_clears() -> None:
+    assert parse_changes(
+        daily="5", monthly="none", tags=["a=1.5", "b=None"], clear_daily=False, clear_monthly=False, clear_tags=["c"]
+    ) == {"day": Decimal(5), "month": None, "tag:a": Decimal("1.5"), "tag:b": None, "tag:c": "clear"}

@@ -53,7 +53,7 @@ def test_an_empty_endpoint_gives_boto3_none() -> None:
     ("variable", "value", "expected"),
     [
         ("MODEL_LIMITS", "nope", "invalid setting MODEL_LIMITS: not valid JSON (Per-model overrides, JSON:"),
-        ("BUDGET_TAGS_USD", "{", "invalid setting BUDGET_TAGS_USD: not valid JSON (Caps per tag"),
+        ("BUDGET_TAGS_USD", "{", "invalid setting BUDGET_TAGS_USD: not valid JSON (Default caps per tag"),
         ("POLL_MIN_S", "abc", "invalid setting POLL_MIN_S: Input should be a valid number"),
         ("STORAGE_URL", "ftp://x", "invalid setting STORAGE_URL: STORAGE_URL must start with file://"),
         ("S3_CHECKSUMS", "always", "invalid setting S3_CHECKSUMS: Input should be 'when_required' or"),
