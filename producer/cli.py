@@ -33,6 +33,7 @@ from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import InvalidSettingsError, get_settings
 from producer.stalled import StallRule, describe, stalls
+from producer.workercheck import no_worker_warning
 
 app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
@@ -231,6 +232,9 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     else:
         for record in records:
             sys.stdout.write(record.id + "\n")
+    warning = no_worker_warning(producer_app(vq.settings.effective_broker_url))
+    if warning:
+        sys.stderr.write(warning + "\n")
 
 
 @app.command()
