@@ -54,7 +54,7 @@ bench: $(STAMP)
 stack: $(STAMP)
 	@command -v redis-server >/dev/null || $(BIN)/python -m simulator.localredis --check >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq redis-server; }
-	exec $(BIN)/python -m simulator.devstack $(STACK_ARGS)
+	@exec $(BIN)/python -m simulator.devstack $(STACK_ARGS)
 
 # Conveniences for running a fleet by hand.
 worker: $(STAMP)
