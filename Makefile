@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck unit integration redis worker simulator clean
+.PHONY: demo test bench lint typecheck unit integration redis stack worker simulator clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
@@ -13,11 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Start a local Redis when none answers at REDIS_URL (installing it if the machine has none).
+# Start a local Redis when none answers at REDIS_URL (the environment, then .env), on the
+# URL's port (installing redis-server if the machine has none); another host is refused.
 redis: $(STAMP)
-	@$(BIN)/python -c 'import os, redis; redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1).ping()' 2>/dev/null \
-	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
-	     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; sleep 1; }
+	@$(BIN)/python -m simulator.localredis --check; rc=$$?; \
+	if [ $$rc -eq 1 ]; then \
+	  command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
+	  $(BIN)/python -m simulator.localredis; \
+	else exit $$rc; fi
 
 demo: $(STAMP) redis
 	$(BIN)/python -m simulator.demo
@@ -44,6 +47,14 @@ test: lint typecheck redis
 bench: $(STAMP)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench $(SCENARIOS)
+
+# A local stack that stays up until Ctrl-C: Redis (started if none answers at REDIS_URL), the
+# simulator and a worker, in namespace `dev`; it prints what to export in another shell.
+# `make stack STACK_ARGS="--sim-port 8100 --real"`: see `python -m simulator.devstack --help`.
+stack: $(STAMP)
+	@command -v redis-server >/dev/null || $(BIN)/python -m simulator.localredis --check >/dev/null \
+	|| { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@exec $(BIN)/python -m simulator.devstack $(STACK_ARGS)
 
 # Conveniences for running a fleet by hand.
 worker: $(STAMP)

@@ -33,6 +33,8 @@ from producer.contract import JobRecord, JobStatus, utcnow
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import InvalidSettingsError, get_settings
+from producer.stalled import StallRule, describe, stalls
+from producer.workercheck import no_worker_warning
 
 app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
@@ -66,21 +68,27 @@ def _detail(r: JobRecord) -> str:
     return text
 
 
-def _show(records: list[JobRecord]) -> None:
-    """A table on a terminal; tab-separated lines (whole values, easy to grep) otherwise."""
+def _show(records: list[JobRecord], stalled: dict[str, float] | None = None) -> None:
+    """A table on a terminal; tab-separated lines (whole values, easy to grep) otherwise.
+    `stalled`: seconds overdue of the stalled jobs, by id (producer.stalled)."""
+    stalled = stalled or {}
     if out.is_terminal:
-        out.print(_job_table(records))
+        out.print(_job_table(records, stalled))
         return
     sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
     for r in records:
         detail = _detail(r)
         cost = "" if r.cost_usd is None else str(r.cost_usd)
-        sys.stdout.write(
-            f"{r.id}\t{r.status.value}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n"
-        )
+        state = describe(r, stalled.get(r.id))
+        sys.stdout.write(f"{r.id}\t{state}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n")
 
 
-def _job_table(records: list[JobRecord]) -> Table:
+def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
+    """Seconds overdue of the stalled jobs among `records` (a display state), by id."""
+    return stalls(vq.store, StallRule.from_settings(vq.settings), records)
+
+
+def _job_table(records: list[JobRecord], stalled: dict[str, float]) -> Table:
     table = Table()
     table.add_column("id", no_wrap=True, min_width=36)
     table.add_column("status", no_wrap=True)
@@ -92,7 +100,7 @@ def _job_table(records: list[JobRecord]) -> Table:
         detail = _detail(r)
         table.add_row(
             r.id,
-            r.status.value,
+            describe(r, stalled.get(r.id)),
             r.model,
             f"${r.cost_estimate_usd:.4f}",
             f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-",
@@ -225,6 +233,9 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     else:
         for record in records:
             sys.stdout.write(record.id + "\n")
+    warning = no_worker_warning(producer_app(vq.settings.effective_broker_url))
+    if warning:
+        sys.stderr.write(warning + "\n")
 
 
 @app.command()
@@ -233,14 +244,17 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
 ) -> None:
     """Show the current record of each job."""
+    vq = VideoQueue()
     try:
-        records = VideoQueue().get_many(job_ids)
+        records = vq.get_many(job_ids)
     except UnknownJobError as exc:
         raise _fail(str(exc)) from None
+    stalled = _stalls(vq, records)
     if as_json:
-        _print_json([r.public_dict() for r in records] if len(records) > 1 else records[0].public_dict())
+        data = [{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records]
+        _print_json(data if len(records) > 1 else data[0])
     else:
-        _show(records)
+        _show(records, stalled)
         # What a status alone does not say (followed past its deadline, charged for a lost
         # create, ...): on stderr, so the lines on stdout keep their shape for scripts.
         for record in records:
@@ -328,11 +342,13 @@ def jobs(
     """List recent jobs."""
     if status_filter is not None and status_filter not in {s.value for s in JobStatus}:
         raise _fail(f"unknown status {status_filter!r}; one of {', '.join(s.value for s in JobStatus)}")
-    records = VideoQueue().list(status_filter, limit)
+    vq = VideoQueue()
+    records = vq.list(status_filter, limit)
+    stalled = _stalls(vq, records)
     if as_json:
-        _print_json([r.public_dict() for r in records])
+        _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
     else:
-        _show(records)
+        _show(records, stalled)
 
 
 @app.command()
@@ -394,10 +410,13 @@ def metrics(
 @app.command()
 def recover(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be recovered.")] = False,
-    after: Annotated[float | None, typer.Option(help="Overdue by this many seconds (default RECOVER_AFTER_S).")] = None,
+    after: Annotated[
+        float | None,
+        typer.Option(help="The rule's floor in seconds (default RECOVER_AFTER_S); see docs/reliability.md."),
+    ] = None,
 ) -> None:
-    """Put jobs stranded by a crash back on their way (each worker also does this every
-    SWEEP_INTERVAL_S)."""
+    """Put stalled jobs (stranded by a crash) back on their way (each worker also does this
+    every SWEEP_INTERVAL_S)."""
     from producer.recovery import recover_stranded
 
     vq = VideoQueue()
@@ -406,9 +425,7 @@ def recover(
     def send(name: str, args: list[Any]) -> None:
         app_.send_task(name, args=args)
 
-    report = recover_stranded(
-        vq.store, send, after if after is not None else vq.settings.recover_after_s, dry_run=dry_run
-    )
+    report = recover_stranded(vq.store, send, StallRule.from_settings(vq.settings, after), dry_run=dry_run)
     verb = "would recover" if dry_run else "recovered"
     by_status = ", ".join(f"{n} {status}" for status, n in sorted(report.recovered.items())) or "none"
     sys.stdout.write(f"examined {report.examined} overdue jobs; {verb} {report.total} ({by_status})\n")

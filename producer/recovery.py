@@ -5,9 +5,10 @@ sends nothing: it parks the job (`JobStore.park`, a separate index), and the swe
 the step as soon as it is due: a parked wait is not a lost message.
 
 Every step that schedules a job's next message records when it is due
-(`next_due_at`, indexed in Redis). A job whose next step is overdue by RECOVER_AFTER_S
-lost its message: a worker died holding it, or crashed between recording a step and
-sending the next. The sweep re-sends the message its status calls for. The claim on a
+(`next_due_at`, indexed in Redis). A stalled job (producer.stalled: overdue by more than
+max(3 x its expected interval, RECOVER_AFTER_S)) lost its message: a worker died holding
+it, or crashed between recording a step and sending the next. The sweep re-sends the
+message its status calls for. The claim on a
 stranded job is a compare-and-set, so concurrent sweeps (every worker runs one, and
 `videoqueue recover` can run anywhere) recover each stall once; a message that turns up
 after all is harmless, since every step is idempotent.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from producer.contract import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
+from producer.stalled import StallRule, due_of
 
 Send = Callable[[str, list[Any]], None]
 
@@ -52,30 +54,27 @@ def _message_for(record: JobRecord) -> tuple[str, list[Any]]:
 def recover_stranded(
     store: JobStore,
     send: Send,
-    recover_after_s: float,
+    rule: StallRule,
     *,
     now: datetime | None = None,
     limit: int = 1000,
     dry_run: bool = False,
 ) -> RecoveryReport:
-    """Send the steps parked in the job store that are now due, then find active jobs
-    overdue by `recover_after_s` and re-send their next step."""
+    """Send the steps parked in the job store that are now due, then find the stalled
+    jobs (`rule`) and re-send their next step. `examined` counts the jobs overdue by at
+    least the rule's floor."""
     now = now or utcnow()
     report = RecoveryReport()
     if not dry_run:
         send_parked(store, send, now=now, limit=limit, report=report)
-    threshold = now - timedelta(seconds=recover_after_s)
+    threshold = now - timedelta(seconds=rule.floor_s)
     for job_id in store.due_before(threshold.timestamp(), limit):
         report.examined += 1
 
         def claim(record: JobRecord) -> JobRecord | None:
-            if record.status.is_final:
-                return None
             # The index holds the latest due time (workers update only the index when they
             # send a step); the record's may be older.
-            score = store.due_at(record.id)
-            due = datetime.fromtimestamp(score, UTC) if score is not None else record.next_due_at or record.updated_at
-            if due > threshold:
+            if rule.stalled_s(record, due_of(record, store.due_at(record.id)), now) is None:
                 return None
             if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
                 return None  # a create is in progress; its lease protects it

@@ -185,7 +185,12 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="An in-flight slot not renewed by a poll for this long is freed."
     )
     recover_after_s: float = Field(
-        default=300.0, gt=0, description="A job this far past its next step's due time is put back on its way."
+        default=60.0,
+        gt=0,
+        description=(
+            "The floor of the stalled rule: a job overdue by more than max(3 x its expected interval, this) "
+            "is shown stalled and put back on its way by the sweep (docs/reliability.md)."
+        ),
     )
     store_busy_s: float = Field(
         default=1500.0, gt=0, description="How long one store attempt may take before the sweep retries it."

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from producer.jobstore import JobStore
 from producer.recovery import recover_stranded
 from producer.settings import Settings
+from producer.stalled import StallRule
 
 log = logging.getLogger("videoqueue.sweep")
 LOCK_KEY = "vq:sweep:lock"
@@ -34,7 +35,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         app.send_task(name, args=args)
 
     try:
-        report = recover_stranded(store, send, settings.recover_after_s)
+        report = recover_stranded(store, send, StallRule.from_settings(settings))
     finally:
         # Let the next sweep (ours or another worker's) run on time; the lock's expiry only
         # covers a sweeper that dies holding it.

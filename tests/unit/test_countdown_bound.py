@@ -18,6 +18,7 @@ from producer.limits import ModelLimits, ProviderLimits
 from producer.queues import VISIBILITY_MARGIN_S, broker_timing
 from producer.recovery import recover_stranded
 from producer.settings import Settings, get_settings
+from producer.stalled import StallRule
 from tests.unit.test_pipeline import Env, error, make_settings
 from worker.pipeline import Pipeline, StoreRetry
 from worker.schedule import RenderWindow, poll_delay, retry_delay, window_poll_delay
@@ -186,17 +187,25 @@ def test_the_sweep_sends_a_parked_step_when_due_and_not_before(env: Env) -> None
     def send(name: str, args: list[Any]) -> None:
         sent.append((name, args))
 
-    early = recover_stranded(env.store, send, recover_after_s=300, now=due - timedelta(seconds=1))
+    early = recover_stranded(
+        env.store, send, StallRule(floor_s=300, max_interval_s=300), now=due - timedelta(seconds=1)
+    )
     assert sent == [] and early.total == 0 and early.unparked == []
     # Due: sent at once, not RECOVER_AFTER_S later, and not counted as a lost message.
-    report = recover_stranded(env.store, send, recover_after_s=300, now=due + timedelta(seconds=1))
+    report = recover_stranded(
+        env.store, send, StallRule(floor_s=300, max_interval_s=300), now=due + timedelta(seconds=1)
+    )
     assert sent == [(TASK_SUBMIT, [job_id])]
     assert report.unparked == [job_id] and report.total == 0
     assert env.store.parked_at(job_id) is None
-    again = recover_stranded(env.store, send, recover_after_s=300, now=due + timedelta(seconds=2))
+    again = recover_stranded(
+        env.store, send, StallRule(floor_s=300, max_interval_s=300), now=due + timedelta(seconds=2)
+    )
     assert len(sent) == 1 and again.unparked == []
     # Should that message be lost, the due index still has it: recovered like any other.
-    late = recover_stranded(env.store, send, recover_after_s=300, now=due + timedelta(seconds=301))
+    late = recover_stranded(
+        env.store, send, StallRule(floor_s=300, max_interval_s=300), now=due + timedelta(seconds=301)
+    )
     assert late.total == 1 and sent[-1] == (TASK_SUBMIT, [job_id])
 
 
@@ -204,7 +213,9 @@ def test_a_parked_poll_is_sent_with_its_sequence_number(env: Env) -> None:
     job_id = env.running_job()
     env.store.park(job_id, utcnow().timestamp())
     sent: list[tuple[str, list[Any]]] = []
-    recover_stranded(env.store, lambda name, args: sent.append((name, args)), recover_after_s=300)
+    recover_stranded(
+        env.store, lambda name, args: sent.append((name, args)), StallRule(floor_s=300, max_interval_s=300)
+    )
     assert sent == [(TASK_POLL, [job_id, 1])]
 
 

@@ -1,0 +1,122 @@
+"""When an active job is stalled: its next step is overdue by more than the rule below
+allows. One rule for what people see (`videoqueue status`, `jobs`: "running · stalled 6m",
+`stalled_s` in `--json`) and for the recovery sweep (producer/recovery.py), which re-sends
+the step of a stalled job.
+
+The rule (docs/reliability.md, "Stalled jobs"):
+
+- due: when the job's next step is due (the due index, else the record's `next_due_at`).
+- expected interval: the countdown the last step chose, `due - updated_at` (the step
+  records the job right after sending its next message), at most the longest countdown
+  the broker holds safely (`BrokerTiming.max_countdown_s`: a longer wait is parked and
+  sent by the sweep when due). Zero while a create or store attempt holds a lease: then
+  the due time is the lease's end and already allows a whole attempt.
+- allowance: max(STALL_FACTOR x interval, RECOVER_AFTER_S), doubled for each earlier
+  recovery of the job (at most 2**MAX_DOUBLINGS): a job that is only waiting in a long
+  queue, not lost, is re-sent a few times at most rather than once a sweep.
+- stalled: overdue by more than the allowance; `stalled_s` is how long it is overdue.
+
+"Stalled" is a display state, not a lifecycle state: the job keeps its JobStatus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from producer import jobstore
+from producer.contract import JobRecord, utcnow
+from producer.queues import broker_timing
+from producer.settings import Settings
+
+STALL_FACTOR = 3.0
+MAX_DOUBLINGS = 4
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """The rule's two numbers: `floor_s` (RECOVER_AFTER_S, seconds) and `max_interval_s`
+    (the broker's longest safe countdown, seconds)."""
+
+    floor_s: float
+    max_interval_s: float
+    factor: float = STALL_FACTOR
+
+    @classmethod
+    def from_settings(cls, settings: Settings, floor_s: float | None = None) -> StallRule:
+        """The rule for `settings`; `floor_s` overrides RECOVER_AFTER_S."""
+        return cls(
+            floor_s=settings.recover_after_s if floor_s is None else floor_s,
+            max_interval_s=broker_timing(settings).max_countdown_s,
+        )
+
+    def expected_interval_s(self, record: JobRecord, due: datetime) -> float:
+        """Seconds between the job's last step and its next, as that step scheduled it."""
+        if record.submit_lease_until is not None or record.store_lease_until is not None:
+            return 0.0
+        return min(max((due - record.updated_at).total_seconds(), 0.0), self.max_interval_s)
+
+    def allowance_s(self, record: JobRecord, due: datetime) -> float:
+        """Seconds past `due` after which the job counts as stalled."""
+        base = max(self.factor * self.expected_interval_s(record, due), self.floor_s)
+        return float(base * 2 ** min(record.recoveries, MAX_DOUBLINGS))
+
+    def stalled_s(self, record: JobRecord, due: datetime | None, now: datetime) -> float | None:
+        """Seconds the job's next step is overdue if the job is stalled, else None (final
+        jobs and jobs within their allowance)."""
+        if record.status.is_final or due is None:
+            return None
+        overdue = (now - due).total_seconds()
+        return overdue if overdue > self.allowance_s(record, due) else None
+
+
+def due_of(record: JobRecord, score: float | None) -> datetime:
+    """When the job's next step is due: the due index's `score` (epoch seconds; workers
+    update only the index when they send a step), else the record's own times."""
+    if score is not None:
+        return datetime.fromtimestamp(score, UTC)
+    return record.next_due_at or record.updated_at
+
+
+def stalls(
+    store: jobstore.JobStore, rule: StallRule, records: Sequence[JobRecord], now: datetime | None = None
+) -> dict[str, float]:
+    """`stalled_s` of each stalled job among `records`, by job id (one Redis round trip)."""
+    now = now or utcnow()
+    active = [r for r in records if not r.status.is_final]
+    if not active:
+        return {}
+    pipe = store.redis.pipeline(transaction=False)
+    for record in active:
+        pipe.zscore(jobstore.DUE_INDEX, record.id)
+    scores: list[float | None] = pipe.execute()
+    found: dict[str, float] = {}
+    for record, score in zip(active, scores, strict=True):
+        if score is None:  # not indexed: no step is owed (yet)
+            continue
+        stalled = rule.stalled_s(record, due_of(record, score), now)
+        if stalled is not None:
+            found[record.id] = stalled
+    return found
+
+
+def duration_text(seconds: float) -> str:
+    """A short human duration: 45s, 6m, 2h10m, 3d4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        h, m = divmod(s // 60, 60)
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    d, h = divmod(s // 3600, 24)
+    return f"{d}d{h}h" if h else f"{d}d"
+
+
+def describe(record: JobRecord, stalled_s: float | None) -> str:
+    """The status people see: "running", or "running · stalled 6m"."""
+    if stalled_s is None:
+        return record.status.value
+    return f"{record.status.value} · stalled {duration_text(stalled_s)}"
