@@ -91,7 +91,7 @@ _hide_flag_types()
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -134,7 +134,7 @@ JOB_COLUMNS = (
     Col("status", priority=0),
     Col("model", priority=2, min_width=12),
     Col("cost", priority=3, justify="right"),
-    Col("output / error", priority=1, min_width=16, overflow="fold"),
+    Col("output / error", priority=1, min_width=14, overflow="fold"),
 )
 
 
@@ -497,7 +497,7 @@ def store_retry(job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, 
         try:
             record = vq.store_retry(vq.resolve_id(job_id))
         except (UnknownJobError, AmbiguousJobIdError, StoreRetryRefusedError) as exc:
-            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             refused += 1
             continue
         sys.stdout.write(f"{record.id} {record.status.value} (store sent, retry {record.store_retries})\n")
@@ -550,7 +550,7 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
             writer.writerow([r.group, r.jobs, *amounts])
     else:
         columns = (
-            Col(by, priority=0, min_width=12, overflow="fold"),
+            Col(by, priority=0, min_width=24, overflow="fold"),
             Col("jobs", priority=0, justify="right"),
             Col("actual", priority=0, justify="right"),
             Col("estimate", priority=1, justify="right"),
