@@ -85,6 +85,8 @@ def _explain_one(exc: BaseException) -> Explained | None:
         return Explained(str(exc))
     if isinstance(exc, StoreRetryRefusedError):
         return Explained(str(exc))
+    if isinstance(exc, ValueError) and str(exc).startswith("cannot read PRICING_FILE"):
+        return Explained(f"{exc}: fix the file or unset PRICING_FILE")
     if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
         return Explained(f"Redis at {_redis_url()} refused our credentials ({exc}): fix the password in REDIS_URL")
     if isinstance(exc, redis.exceptions.BusyLoadingError):

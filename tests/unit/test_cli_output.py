@@ -3,6 +3,7 @@ fit the terminal, errors as one line, id prefixes, InvalidRequestError for every
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
@@ -128,6 +129,10 @@ def test_errors_name_the_cause_and_the_fix_without_the_password(monkeypatch: pyt
         redact("amqp://guest:pw@rabbit:5672// and redis://:pw@h") == "amqp://guest:***@rabbit:5672// and redis://:***@h"
     )
     assert explain(RuntimeError("boom")).message == "unexpected RuntimeError: boom (run with --debug for the traceback)"
+    in_use = OSError(errno.EADDRINUSE, "Address already in use")
+    assert explain(in_use).message.endswith("choose another --port")
+    pricing = ValueError("cannot read PRICING_FILE p.toml: [Errno 2] No such file or directory: 'p.toml'")
+    assert explain(pricing).message.endswith("fix the file or unset PRICING_FILE")
 
 
 def test_settings_errors_escaping_as_pydantic_errors_are_one_line() -> None:
