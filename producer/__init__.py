@@ -3,7 +3,7 @@
 Imports no provider SDK and no boto3, so producers install only celery and pydantic.
 """
 
-from producer.api import EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.api import AmbiguousJobIdError, EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
 from producer.budget import BudgetExceededError
 from producer.contract import ErrorCode, JobError, JobRecord, JobStatus
 from producer.ledger import CostRow, LedgerEntry
@@ -11,6 +11,7 @@ from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import Settings
 
 __all__ = [
+    "AmbiguousJobIdError",
     "BudgetExceededError",
     "CostRow",
     "EnqueueError",

@@ -6,7 +6,7 @@ import builtins
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -38,6 +38,28 @@ class UnknownJobError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+MIN_PREFIX_CHARS = 4
+"""The shortest id prefix `VideoQueue.resolve_id` takes, as git's short hashes."""
+
+
+class AmbiguousJobIdError(ValueError):
+    """An id prefix that names no single job: too short, or shared by several jobs
+    (`candidates`, at most a few)."""
+
+    def __init__(self, prefix: str, candidates: Sequence[str]) -> None:
+        self.prefix, self.candidates = prefix, list(candidates)
+        if not candidates:
+            message = f"job id prefix {prefix!r} is too short: give at least {MIN_PREFIX_CHARS} characters"
+        else:
+            shown = ", ".join(sorted(self.candidates)[:AMBIGUOUS_SHOWN])
+            more = " and more" if len(self.candidates) > AMBIGUOUS_SHOWN else ""
+            message = f"job id prefix {prefix!r} is ambiguous: matches {shown}{more}; give more characters"
+        super().__init__(message)
+
+
+AMBIGUOUS_SHOWN = 5
 
 
 class StoreRetryRefusedError(ValueError):
@@ -86,10 +108,10 @@ class VideoQueue:
         self.budget = self.settings.budget_policy()
         self._reachable: set[str] = set()
 
-    def prepare(self, request: VideoRequest) -> PreparedJob:
-        """Validate `request` and build its job without storing or sending anything."""
-        if not isinstance(request, VideoRequest):
-            raise InvalidRequestError({"request": "must be a VideoRequest"})
+    def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
+        """Validate `request` (a VideoRequest, or a dict of its fields) and build its job
+        without storing or sending anything. Raises InvalidRequestError."""
+        request = VideoRequest.parse(dict(request) if isinstance(request, Mapping) else request)
         params, images = resolve(request, self.catalog, self.settings.default_provider)
         self._check_urls(params)
         if params["seed"] is None:
@@ -131,11 +153,12 @@ class VideoQueue:
         if problems:
             raise InvalidRequestError(problems)
 
-    def submit(self, request: VideoRequest) -> JobRecord:
-        """Validate, store and enqueue one job. Raises InvalidRequestError before any write."""
+    def submit(self, request: VideoRequest | Mapping[str, Any]) -> JobRecord:
+        """Validate, store and enqueue one job (a VideoRequest, or a dict of its fields).
+        Raises InvalidRequestError before any write."""
         return self.enqueue([self.prepare(request)])[0]
 
-    def submit_many(self, requests: Iterable[VideoRequest]) -> list[JobRecord]:
+    def submit_many(self, requests: Iterable[VideoRequest | Mapping[str, Any]]) -> list[JobRecord]:
         """Validate every request first; if any is bad nothing is stored or enqueued
         (InvalidRequestError names the item). Then store all records and enqueue them."""
         jobs: list[PreparedJob] = []
@@ -210,6 +233,37 @@ class VideoQueue:
         if unknown:
             raise UnknownJobError(unknown)
         return [r for r in records if r is not None]
+
+    def resolve_id(self, ref: str) -> str:
+        """The whole id of the one job `ref` names: a whole id, or a unique prefix of at
+        least MIN_PREFIX_CHARS characters (as git's short hashes; `jobs` and the demo show
+        8). Raises UnknownJobError when no job matches, AmbiguousJobIdError when the prefix
+        is too short or several jobs share it. A whole id costs one read; a prefix scans the
+        index of all jobs (`JobStore.ids_starting_with`)."""
+        return self.resolve_ids([ref])[0]
+
+    def resolve_ids(self, refs: Sequence[str]) -> builtins.list[str]:
+        """`resolve_id` of each of `refs`, in order; UnknownJobError names every ref that
+        matches no job."""
+        exact = self.store.get_many(list(refs))
+        resolved: builtins.list[str] = []
+        unknown: builtins.list[str] = []
+        for ref, record in zip(refs, exact, strict=True):
+            if record is not None:
+                resolved.append(record.id)
+                continue
+            if len(ref) < MIN_PREFIX_CHARS:
+                raise AmbiguousJobIdError(ref, [])
+            matches = self.store.ids_starting_with(ref, limit=AMBIGUOUS_SHOWN + 1)
+            if len(matches) > 1:
+                raise AmbiguousJobIdError(ref, matches)
+            if matches:
+                resolved.append(matches[0])
+            else:
+                unknown.append(ref)
+        if unknown:
+            raise UnknownJobError(unknown)
+        return resolved
 
     def list(self, status: JobStatus | str | None = None, limit: int = 50) -> list[JobRecord]:
         """Recent jobs, newest first, optionally only those in `status`."""

@@ -5,18 +5,22 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import sys
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from producer.api import (
+    AmbiguousJobIdError,
     EnqueueError,
     PreparedJob,
     StoreRetryRefusedError,
@@ -28,11 +32,13 @@ from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
 from producer.cli_budget import register as register_budget
+from producer.cli_errors import USAGE_ERROR, explain, redact
 from producer.cli_ops import register as register_ops
+from producer.cli_table import Col, fit_table
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.ledger import GROUPS
 from producer.request import InvalidRequestError, VideoRequest
-from producer.settings import InvalidSettingsError, get_settings
+from producer.settings import get_settings
 from producer.stalled import StallRule, describe, stalls
 from producer.workercheck import no_worker_warning
 
@@ -40,13 +46,55 @@ app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 out = Console()
 err = Console(stderr=True)
 
+# Exit statuses of `wait` (README "CLI").
+WAIT_ALL_SUCCEEDED = 0
+WAIT_SOME_NOT_SUCCEEDED = 1
+WAIT_TIMED_OUT = 3
+
+JOB_IDS_HELP = "Job ids, or unique prefixes of at least 4 characters (as `jobs` shows them)."
+
+
+class _State:
+    debug = False
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, print the traceback too (or set VQ_DEBUG=1).")
+    ] = False,
+) -> None:
+    """Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.
+
+    Every error is one line on stderr naming the cause and the fix, with exit status 2."""
+    _State.debug = debug or _flag(os.environ.get("VQ_DEBUG"))
+
+
+def _hide_flag_types() -> None:
+    """typer's rich help prints a type after every option, flags too (`--json <bool>`), as
+    if they took a value; a flag shows none, as in click's plain help."""
+    shown = typer.core.TyperOption.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -73,7 +121,7 @@ def _show(records: list[JobRecord], stalled: dict[str, float] | None = None) -> 
     `stalled`: seconds overdue of the stalled jobs, by id (producer.stalled)."""
     stalled = stalled or {}
     if out.is_terminal:
-        out.print(_job_table(records, stalled))
+        out.print(_job_table(records, out.width, stalled))
         return
     sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
     for r in records:
@@ -88,25 +136,33 @@ def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
     return stalls(vq.store, StallRule.from_settings(vq.settings), records)
 
 
-def _job_table(records: list[JobRecord], stalled: dict[str, float]) -> Table:
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=36)
-    table.add_column("status", no_wrap=True)
-    table.add_column("model", overflow="fold")
-    table.add_column("est.", justify="right", no_wrap=True)
-    table.add_column("cost", justify="right", no_wrap=True)
-    table.add_column("output / error", overflow="fold")
-    for r in records:
-        detail = _detail(r)
-        table.add_row(
+SHORT_ID_CHARS = 8
+
+JOB_COLUMNS = (
+    Col("id", priority=0, short=lambda job_id: job_id[:SHORT_ID_CHARS]),
+    Col("status", priority=0),
+    Col("model", priority=2, min_width=12),
+    Col("cost", priority=3, justify="right"),
+    Col("output / error", priority=1, min_width=14, overflow="fold"),
+)
+
+
+def _job_table(records: list[JobRecord], width: int, stalled: dict[str, float] | None = None) -> Table:
+    """Jobs as a table at most `width` wide: ids shortened to their first 8 characters
+    (accepted wherever an id is) unless there is room; model cut, output folded; cost
+    (the actual cost, or ~ the estimate) and then the model left out on narrow terminals."""
+    stalled = stalled or {}
+    rows = [
+        [
             r.id,
             describe(r, stalled.get(r.id)),
             r.model,
-            f"${r.cost_estimate_usd:.4f}",
-            f"${r.cost_usd:.4f}" if r.cost_usd is not None else "-",
-            detail,
-        )
-    return table
+            f"${r.cost_usd:.4f}" if r.cost_usd is not None else f"~${r.cost_estimate_usd:.4f}",
+            _detail(r),
+        ]
+        for r in records
+    ]
+    return fit_table(JOB_COLUMNS, rows, width)
 
 
 def read_jsonl(path: Path) -> tuple[list[tuple[int, VideoRequest]], dict[str, str]]:
@@ -185,7 +241,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     tag: Annotated[list[str] | None, typer.Option(help="Tag for cost reports; repeatable.")] = None,
     client_job_id: Annotated[str | None, typer.Option(help="Your own unique id for this job.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
     """Enqueue one job (PROMPT) or one job per line of --file; print the job ids."""
     vq = VideoQueue()
@@ -221,15 +277,21 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
             problems = {}
         records = vq.enqueue(_prepare_all(vq, requests, problems))
     except InvalidRequestError as exc:
+        if len(exc.problems) == 1:
+            ((field, message),) = exc.problems.items()
+            raise _fail(f"invalid {field}: {message}; nothing was enqueued") from None
         for field, message in exc.problems.items():
-            err.print(f"[red]invalid[/red] {escape(field)}: {escape(message)}", highlight=False)
+            err.print(f"[red]invalid[/red] {escape(field)}: {escape(message)}", highlight=False, soft_wrap=True)
         raise _fail("nothing was enqueued") from None
     except BudgetExceededError as exc:
         raise _fail(str(exc)) from None
     except EnqueueError as exc:
+        # A broker that cannot be reached is explained (and exits 2) like every other error.
+        if exc.__cause__ is not None and not explain(exc.__cause__).message.startswith("unexpected"):
+            raise exc.__cause__ from None
         raise _fail(str(exc), code=1) from None
     if as_json:
-        _print_json([r.public_dict() for r in records] if file else records[0].public_dict())
+        _print_json([r.public_dict() for r in records])
     else:
         for record in records:
             sys.stdout.write(record.id + "\n")
@@ -240,19 +302,15 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
 
 @app.command()
 def status(
-    job_ids: Annotated[list[str], typer.Argument(help="Job ids.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+    job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
     """Show the current record of each job."""
     vq = VideoQueue()
-    try:
-        records = vq.get_many(job_ids)
-    except UnknownJobError as exc:
-        raise _fail(str(exc)) from None
+    records = vq.get_many(vq.resolve_ids(job_ids))
     stalled = _stalls(vq, records)
     if as_json:
-        data = [{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records]
-        _print_json(data if len(records) > 1 else data[0])
+        _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
     else:
         _show(records, stalled)
         # What a status alone does not say (followed past its deadline, charged for a lost
@@ -264,30 +322,35 @@ def status(
 
 @app.command()
 def wait(
-    job_ids: Annotated[list[str], typer.Argument(help="Job ids.")],
+    job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")],
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print final records as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list.")] = False,
 ) -> None:
-    """Wait until every job is final. Exit code 0 only if all succeeded."""
+    """Wait until every job has ended, then show them.
+
+    Exit status: 0 all succeeded; 1 all ended, some not succeeded (failed, expired or
+    cancelled); 3 --timeout passed with some still active; 2 an error (unknown id, no Redis)."""
     vq = VideoQueue()
-    try:
-        vq.get_many(job_ids)
-    except UnknownJobError as exc:
-        raise _fail(str(exc)) from None
+    job_ids = vq.resolve_ids(job_ids)
+    vq.get_many(job_ids)
+    timed_out = False
     try:
         if err.is_terminal and not as_json:
             records = _wait_with_bar(vq, job_ids, timeout)
         else:
             records = _wait_plain(vq, job_ids, timeout)
     except WaitTimeoutError as exc:
-        records = exc.jobs
-        err.print(f"[yellow]timeout:[/yellow] {escape(str(exc))}", highlight=False)
+        records, timed_out = exc.jobs, True
+        err.print(f"[yellow]timeout:[/yellow] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    stalled = _stalls(vq, records)
     if as_json:
-        _print_json([r.public_dict() for r in records])
+        _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
     else:
-        _show(records)
+        _show(records, stalled)
+    if timed_out:
+        raise typer.Exit(WAIT_TIMED_OUT)
     if not all(r.status is JobStatus.SUCCEEDED for r in records):
-        raise typer.Exit(1)
+        raise typer.Exit(WAIT_SOME_NOT_SUCCEEDED)
 
 
 def _wait_plain(vq: VideoQueue, job_ids: list[str], timeout: float | None) -> list[JobRecord]:
@@ -323,12 +386,12 @@ def _wait_with_bar(vq: VideoQueue, job_ids: list[str], timeout: float | None) ->
 
 
 @app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id, or a unique prefix of at least 4 characters.")],
+) -> None:
     """Cancel a job (at the provider too, where it can still be stopped)."""
-    try:
-        record = VideoQueue().cancel(job_id)
-    except UnknownJobError as exc:
-        raise _fail(str(exc)) from None
+    vq = VideoQueue()
+    record = vq.cancel(vq.resolve_id(job_id))
     state = "cancel requested" if not record.status.is_final else record.status.value
     sys.stdout.write(f"{record.id} {state}\n")
 
@@ -337,7 +400,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="Job id.")]) -> None:
 def jobs(
     status_filter: Annotated[str | None, typer.Option("--status", help="Only jobs in this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000, help="At most this many, newest first.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print job records as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
     """List recent jobs."""
     if status_filter is not None and status_filter not in {s.value for s in JobStatus}:
@@ -352,7 +415,9 @@ def jobs(
 
 
 @app.command()
-def models(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object: model id -> its facts.")] = False,
+) -> None:
     """The capability and price table: what each model accepts and what it costs."""
     catalog = load_catalog(get_settings().pricing_file)
     if as_json:
@@ -440,7 +505,7 @@ app.add_typer(store_app, name="store")
 
 
 @store_app.command("retry")
-def store_retry(job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]) -> None:
+def store_retry(job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")]) -> None:
     """Store again jobs that failed in storage, while the provider still holds their video
     (ModelArk: 24 h from the finish): each goes back to `downloading` with a fresh
     STORE_MAX_ATTEMPTS and the store task is sent. Exit code 2 if any was refused."""
@@ -448,9 +513,9 @@ def store_retry(job_ids: Annotated[list[str], typer.Argument(help="Job ids.")]) 
     refused = 0
     for job_id in job_ids:
         try:
-            record = vq.store_retry(job_id)
-        except (UnknownJobError, StoreRetryRefusedError) as exc:
-            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False)
+            record = vq.store_retry(vq.resolve_id(job_id))
+        except (UnknownJobError, AmbiguousJobIdError, StoreRetryRefusedError) as exc:
+            err.print(f"[red]refused[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             refused += 1
             continue
         sys.stdout.write(f"{record.id} {record.status.value} (store sent, retry {record.store_retries})\n")
@@ -474,7 +539,7 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     tag: Annotated[str | None, typer.Option(help="Only jobs with this tag.")] = None,
     status_filter: Annotated[str | None, typer.Option("--status", help="Only jobs that ended so.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
 ) -> None:
     """Job counts, estimated and actual totals and their difference, per group."""
@@ -502,12 +567,18 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
             amounts = (f"{v:.6f}" for v in (r.estimate_usd, r.actual_usd, r.difference_usd))
             writer.writerow([r.group, r.jobs, *amounts])
     else:
-        table = Table(by, "jobs", "estimate", "actual", "difference")
-        for r in rows:
-            table.add_row(
-                r.group, str(r.jobs), f"${r.estimate_usd:.4f}", f"${r.actual_usd:.4f}", f"${r.difference_usd:+.4f}"
-            )
-        out.print(table)
+        columns = (
+            Col(by, priority=0, min_width=24, overflow="fold"),
+            Col("jobs", priority=0, justify="right"),
+            Col("actual", priority=0, justify="right"),
+            Col("estimate", priority=1, justify="right"),
+            Col("difference", priority=2, justify="right"),
+        )
+        cells = [
+            [r.group, str(r.jobs), f"${r.actual_usd:.4f}", f"${r.estimate_usd:.4f}", f"${r.difference_usd:+.4f}"]
+            for r in rows
+        ]
+        out.print(fit_table(columns, cells, out.width))
 
 
 @costs_app.command("rebuild")
@@ -555,11 +626,41 @@ register_ops(app)
 register_budget(app)
 
 
-def main() -> None:
-    """Entry point of the `videoqueue` console script. Unusable settings end it with one
-    line naming the variable and exit status 2, whatever the command."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `videoqueue` console script. Whatever the command, an error ends
+    it with one line on stderr naming the cause and the fix, and exit status 2 (`wait`
+    and a few others document more); `--debug` or VQ_DEBUG=1 prints the traceback first."""
+    _State.debug = _flag(os.environ.get("VQ_DEBUG"))
     try:
-        app()
-    except InvalidSettingsError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
+        code = app(args=argv, prog_name="videoqueue", standalone_mode=False)
+    except typer.Abort:
+        _error_line("aborted")
+        code = 130
+    except KeyboardInterrupt:
+        _error_line("interrupted")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line, the point of main
+        code = _report(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(exc: Exception) -> int:
+    """Print the line for `exc` (and its traceback with --debug); return the exit status."""
+    if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+        # click's (typer's) usage errors: a bad option, a missing argument.
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return USAGE_ERROR  # typer printed the help already
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _error_line(redact(exc.format_message()) + hint)
+        code: int = exc.exit_code  # type: ignore[attr-defined]
+        return code
+    if _State.debug:
+        traceback.print_exception(exc)
+    explained = explain(exc)
+    _error_line(explained.message)
+    return explained.code
+
+
+def _error_line(message: str) -> None:
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")

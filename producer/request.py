@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -108,6 +108,16 @@ class VideoRequest(BaseModel):
     tags: tuple[str, ...] = Field(default=(), strict=False)
     client_job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
 
+    if not TYPE_CHECKING:  # type checkers keep the field-by-field signature pydantic gives
+
+        def __init__(self, /, **data: Any) -> None:
+            """Raises `InvalidRequestError` (one message per bad field, unknown fields
+            included), never pydantic's ValidationError."""
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:
+                raise InvalidRequestError(problems_of(exc)) from None
+
     @field_validator("prompt", "negative_prompt")
     @classmethod
     def _prompt_is_text(cls, value: str | None) -> str | None:
@@ -163,17 +173,28 @@ class VideoRequest(BaseModel):
     def parse(cls, data: Any) -> VideoRequest:
         """Build a request from loose data (a dict or JSON text), raising
         `InvalidRequestError` with one message per bad field."""
+        if isinstance(data, VideoRequest):
+            return data
+        if not isinstance(data, str | bytes | dict):
+            what = type(data).__name__
+            raise InvalidRequestError({"request": f"must be a VideoRequest, a dict or JSON text, not {what}"})
         try:
             if isinstance(data, str | bytes):
                 return cls.model_validate_json(data)
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise InvalidRequestError(_problems(exc)) from None
+            raise InvalidRequestError(problems_of(exc)) from None
 
 
-def _problems(exc: ValidationError) -> dict[str, str]:
+def problems_of(exc: ValidationError) -> dict[str, str]:
+    """What each field of a request pydantic refused has wrong (field -> message)."""
     problems: dict[str, str] = {}
     for err in exc.errors():
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, InvalidRequestError):
+            # model_validate runs our __init__, whose error pydantic wraps once more.
+            problems.update(inner.problems)
+            continue
         field = ".".join(str(p) for p in err["loc"]) or "request"
         message = err["msg"]
         if err["type"] == "extra_forbidden":

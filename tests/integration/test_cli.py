@@ -34,7 +34,7 @@ def test_submit_wait_status_jobs(local_stack: Stack) -> None:
         local_stack, "submit", "a fox [sim:latency=1]", "--duration", "6", "--ratio", "9:16", "--no-audio", "--json"
     )
     assert submitted.returncode == 0, submitted.stderr
-    record = json.loads(submitted.stdout)
+    [record] = json.loads(submitted.stdout)
     assert record["status"] == "queued"
     assert record["request"]["duration"] == 6 and record["request"]["audio"] is False
     job_id = record["id"]
@@ -51,7 +51,7 @@ def test_submit_wait_status_jobs(local_stack: Stack) -> None:
     assert f"{job_id} succeeded" in waited.stderr  # plain progress lines when not a terminal
 
     status = run(local_stack, "status", job_id, "--json")
-    assert json.loads(status.stdout)["output_uri"] == final["output_uri"]
+    assert json.loads(status.stdout)[0]["output_uri"] == final["output_uri"]
     listed = run(local_stack, "jobs", "--status", "succeeded", "--json")
     assert [j["id"] for j in json.loads(listed.stdout)] == [job_id]
     table = run(local_stack, "jobs")
@@ -129,7 +129,7 @@ def test_veo_from_the_cli_and_the_model_table(local_stack: Stack) -> None:
     local_stack.start_worker()
     submitted = run(local_stack, "submit", "a veo fox", "--provider", "veo", "--duration", "6", "--json")
     assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads(submitted.stdout)["id"]
+    job_id = json.loads(submitted.stdout)[0]["id"]
     waited = run(local_stack, "wait", job_id, "--timeout", "60", "--json")
     assert waited.returncode == 0, waited.stderr
     final = json.loads(waited.stdout)[0]

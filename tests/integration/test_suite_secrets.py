@@ -335,7 +335,7 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     cli_submit = run(stack, "submit", "secrets suite: veo from the cli", "--provider", "veo", "--json")
     assert cli_submit.returncode == 0, cli_submit.stderr
     scanner.scan("cli", "submit --json", cli_submit.stdout + cli_submit.stderr)
-    ids = [j.id for j in jobs] + [json.loads(cli_submit.stdout)["id"]]
+    ids = [j.id for j in jobs] + [json.loads(cli_submit.stdout)[0]["id"]]
     held = jobs[-1]
 
     # Mid-flight: the held job is at the provider, polls are held in `unacked` by countdown.
