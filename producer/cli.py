@@ -27,6 +27,8 @@ from producer.api import (
 from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
+from producer.cli_jobs import note_existing
+from producer.cli_jobs import register as register_jobs
 from producer.cli_ops import register as register_ops
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.ledger import GROUPS
@@ -210,7 +212,8 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 fields["tags"] = tuple(tag)
             requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
             problems = {}
-        records = vq.enqueue(_prepare_all(vq, requests, problems))
+        prepared = _prepare_all(vq, requests, problems)
+        records = vq.enqueue(prepared)
     except InvalidRequestError as exc:
         for field, message in exc.problems.items():
             err.print(f"[red]invalid[/red] {escape(field)}: {escape(message)}", highlight=False)
@@ -219,6 +222,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         raise _fail(str(exc)) from None
     except EnqueueError as exc:
         raise _fail(str(exc), code=1) from None
+    note_existing(prepared, records)
     if as_json:
         _print_json([r.public_dict() for r in records] if file else records[0].public_dict())
     else:
@@ -505,6 +509,7 @@ def costs_rebuild() -> None:
 
 
 register_ops(app)
+register_jobs(app)
 
 
 def main() -> None:
