@@ -3,9 +3,10 @@
 Imports no provider SDK and no boto3, so producers install only celery and pydantic.
 """
 
-from producer.api import EnqueueError, UnknownJobError, VideoQueue, WaitTimeoutError
+from producer.api import EnqueueError, RetryRefusedError, UnknownJobError, VideoQueue, WaitTimeoutError
 from producer.budget import BudgetExceededError
 from producer.contract import ErrorCode, JobError, JobRecord, JobStatus
+from producer.jobstore import DuplicateClientJobIdError
 from producer.ledger import CostRow, LedgerEntry
 from producer.request import InvalidRequestError, VideoRequest
 from producer.settings import Settings
@@ -13,6 +14,7 @@ from producer.settings import Settings
 __all__ = [
     "BudgetExceededError",
     "CostRow",
+    "DuplicateClientJobIdError",
     "EnqueueError",
     "ErrorCode",
     "InvalidRequestError",
@@ -20,6 +22,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "LedgerEntry",
+    "RetryRefusedError",
     "Settings",
     "UnknownJobError",
     "VideoQueue",

@@ -285,6 +285,8 @@ class VideoQueue:
         why = old.retry_refusal()
         if why is not None:
             raise RetryRefusedError(f"{job_id}: cannot retry: {why}")
+        if old.model not in self.catalog.models:
+            raise RetryRefusedError(f"{job_id}: cannot retry: its model {old.model} is no longer in the catalog")
         images: dict[str, ImageFile] = {}
         for role, source in old.request.get("images", {}).items():
             if "file" not in source:
