@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import secrets
 import time
 import uuid
@@ -22,7 +23,7 @@ from producer.contract import (
     utcnow,
 )
 from producer.images import ImageFile
-from producer.jobstore import DuplicateClientJobIdError, JobStore
+from producer.jobstore import JobStore
 from producer.ledger import CostRow, GroupBy, Ledger
 from producer.request import InvalidRequestError, VideoRequest, resolve
 from producer.settings import Settings, get_settings
@@ -64,6 +65,10 @@ AMBIGUOUS_SHOWN = 5
 
 class StoreRetryRefusedError(ValueError):
     """A job that cannot be stored again (`VideoQueue.store_retry`)."""
+
+
+class RetryRefusedError(ValueError):
+    """A job `VideoQueue.retry` does not resubmit; the message says why."""
 
 
 class WaitTimeoutError(TimeoutError):
@@ -117,7 +122,12 @@ class VideoQueue:
         if params["seed"] is None:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.
-            params["seed"] = secrets.randbelow(2**31)
+            params["seed"] = _default_seed(params["client_job_id"])
+        return PreparedJob(self._new_record(params), images)
+
+    def _new_record(self, params: dict[str, Any], **fields: Any) -> JobRecord:
+        """A queued record for the normalized request `params`, with its estimate, deadline
+        and budget keys; `fields` set more of it (`retry_of`)."""
         spec = self.catalog.models[params["model"]]
         _, estimate = spec.estimate(params)
         now = utcnow()
@@ -132,10 +142,11 @@ class VideoQueue:
             created_at=now,
             updated_at=now,
             deadline_at=now + timedelta(seconds=self.settings.job_deadline_s),
+            **fields,
         )
         if self.budget is not None:
             record.budget_keys = self.budget.keys_for(record)
-        return PreparedJob(record, images)
+        return record
 
     def _check_urls(self, params: dict[str, Any]) -> None:
         if not self.settings.check_image_urls:
@@ -155,12 +166,18 @@ class VideoQueue:
 
     def submit(self, request: VideoRequest | Mapping[str, Any]) -> JobRecord:
         """Validate, store and enqueue one job (a VideoRequest, or a dict of its fields).
-        Raises InvalidRequestError before any write."""
+        Raises InvalidRequestError before any write.
+
+        A `client_job_id` already used returns the job it names, as it is now, when the
+        request (with defaults filled in) is the same; when it differs,
+        DuplicateClientJobIdError (an InvalidRequestError) names the fields."""
         return self.enqueue([self.prepare(request)])[0]
 
     def submit_many(self, requests: Iterable[VideoRequest | Mapping[str, Any]]) -> list[JobRecord]:
         """Validate every request first; if any is bad nothing is stored or enqueued
-        (InvalidRequestError names the item). Then store all records and enqueue them."""
+        (InvalidRequestError names the item). Then store all records and enqueue them.
+        Items whose client job id is already used are returned as `submit` does; one whose
+        request differs refuses the whole batch."""
         jobs: list[PreparedJob] = []
         problems: dict[str, str] = {}
         for index, request in enumerate(requests):
@@ -182,18 +199,20 @@ class VideoQueue:
 
     def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
-        message each. Returns their records."""
+        message each. Returns their records, in order; where a client job id already named
+        a job with the same request, that job's stored record (its id differs from the
+        prepared one) and no message. Raises DuplicateClientJobIdError when it named a
+        different request."""
         records = [job.record for job in jobs]
         client_ids: builtins.list[str] = [r.request["client_job_id"] for r in records if r.request.get("client_job_id")]
         repeated = sorted({c for c in client_ids if client_ids.count(c) > 1})
         if repeated:
             raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
-        try:
-            self.store.create_many(records, {job.record.id: job.images for job in jobs if job.images}, self.budget)
-        except DuplicateClientJobIdError as exc:
-            raise InvalidRequestError({"client_job_id": str(exc)}) from None
-        self._send(records)
-        return records
+        existing = self.store.create_many(
+            records, {job.record.id: job.images for job in jobs if job.images}, self.budget
+        )
+        self._send([r for r in records if r.id not in existing])
+        return [existing.get(r.id, r) for r in records]
 
     def _send(self, records: list[JobRecord]) -> None:
         app = producer_app(self.settings.effective_broker_url)
@@ -306,6 +325,45 @@ class VideoQueue:
         app.send_task(TASK_STORE, args=[job_id])
         return reopened
 
+    def retry(self, job_id: str, *, again: bool = False) -> JobRecord:
+        """Resubmit a job that ended failed, expired or cancelled as a new job with the same
+        request (its seed and input images included) and return the new job's record.
+
+        The new job's `retry_of` names the old one, whose `retried_by` lists its retries; a
+        client job id moves to the new job. A job already retried is refused unless
+        `again`, so running a retry twice makes one new job. Raises UnknownJobError,
+        RetryRefusedError (succeeded or still active, already retried, input images no
+        longer stored), BudgetExceededError or EnqueueError; after a refusal nothing is
+        stored or sent."""
+        old = self.get(job_id)
+        why = old.retry_refusal()
+        if why is not None:
+            raise RetryRefusedError(f"{job_id}: cannot retry: {why}")
+        if old.model not in self.catalog.models:
+            raise RetryRefusedError(f"{job_id}: cannot retry: its model {old.model} is no longer in the catalog")
+        images: dict[str, ImageFile] = {}
+        for role, source in old.request.get("images", {}).items():
+            if "file" not in source:
+                continue
+            image = self.store.get_input(job_id, role)
+            if image is None or image.sha256 != source.get("sha256", image.sha256):
+                raise RetryRefusedError(
+                    f"{job_id}: cannot retry: its {role.replace('_', ' ')} image {source['file']!r} is no longer "
+                    "stored (inputs are kept a day past the job's deadline); submit the request again with the file"
+                )
+            images[role] = image
+        record = self._new_record(dict(old.request), retry_of=job_id)
+        refused: list[str] = []
+        if self.store.update(job_id, _retry_claim(record.id, again, refused)) is None:
+            raise RetryRefusedError(f"{job_id}: cannot retry: {refused[-1] if refused else 'unknown job'}")
+        try:
+            self.store.create_many([record], {record.id: images} if images else None, self.budget)
+            self._send([record])
+        except BaseException:
+            self.store.update(job_id, _retry_unclaim(record.id))
+            raise
+        return record
+
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job. One not yet at the provider ends `cancelled` at once; one already
         there is marked `cancel_requested` and a worker cancels it at the provider (or
@@ -333,6 +391,41 @@ class VideoQueue:
             app.send_task(TASK_CANCEL, args=[job_id])
             return requested
         return self.get(job_id)
+
+
+def _retry_claim(new_id: str, again: bool, refused: list[str]) -> Callable[[JobRecord], JobRecord | None]:
+    """The compare-and-set that links a job to its retry `new_id`, or declines, saying why
+    in `refused`: one claim wins when two retries of one job race."""
+
+    def claim(record: JobRecord) -> JobRecord | None:
+        why = record.retry_refusal()
+        if why is None and record.retried_by and not again:
+            why = f"it was already retried by {', '.join(record.retried_by)} (give --again to retry it once more)"
+        if why is not None:
+            refused.append(why)
+            return None
+        record.retried_by = [*record.retried_by, new_id]
+        return record
+
+    return claim
+
+
+def _retry_unclaim(new_id: str) -> Callable[[JobRecord], JobRecord | None]:
+    def unclaim(record: JobRecord) -> JobRecord | None:
+        if new_id not in record.retried_by:
+            return None
+        record.retried_by = [j for j in record.retried_by if j != new_id]
+        return record
+
+    return unclaim
+
+
+def _default_seed(client_job_id: str | None) -> int:
+    """The seed of a request that names none: drawn at random, or derived from its client
+    job id, so that sending the same request again with that id is the same request."""
+    if client_job_id is None:
+        return secrets.randbelow(2**31)
+    return int.from_bytes(hashlib.sha256(client_job_id.encode()).digest()[:4], "big") % 2**31
 
 
 def reopen_for_store(store: JobStore, job_id: str) -> JobRecord:

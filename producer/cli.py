@@ -33,6 +33,8 @@ from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
 from producer.cli_budget import register as register_budget
 from producer.cli_errors import USAGE_ERROR, explain, redact
+from producer.cli_jobs import note_existing
+from producer.cli_jobs import register as register_jobs
 from producer.cli_ops import register as register_ops
 from producer.cli_table import Col, fit_table
 from producer.contract import JobRecord, JobStatus, utcnow
@@ -275,7 +277,8 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 fields["tags"] = tuple(tag)
             requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
             problems = {}
-        records = vq.enqueue(_prepare_all(vq, requests, problems))
+        prepared = _prepare_all(vq, requests, problems)
+        records = vq.enqueue(prepared)
     except InvalidRequestError as exc:
         if len(exc.problems) == 1:
             ((field, message),) = exc.problems.items()
@@ -290,6 +293,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         if exc.__cause__ is not None and not explain(exc.__cause__).message.startswith("unexpected"):
             raise exc.__cause__ from None
         raise _fail(str(exc), code=1) from None
+    note_existing(prepared, records)
     if as_json:
         _print_json([r.public_dict() for r in records])
     else:
@@ -624,6 +628,7 @@ def costs_rebuild(
 
 register_ops(app)
 register_budget(app)
+register_jobs(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,8 @@ class JobStatus(StrEnum):
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 ACTIVE_STATUSES = frozenset(JobStatus) - FINAL_STATUSES
+RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED})
+"""Statuses `videoqueue retry` resubmits: the job ended without a video, or was stopped."""
 
 
 class ErrorCode(StrEnum):
@@ -147,6 +149,9 @@ class JobRecord(BaseModel):
     # What happened that a status alone does not say, in words for people.
     notes: list[str] = Field(default_factory=list)
     history: list[dict[str, Any]] = Field(default_factory=list)
+    # `videoqueue retry`: the job this one resubmits, and the jobs that resubmitted this one.
+    retry_of: str | None = None
+    retried_by: list[str] = Field(default_factory=list)
 
     @property
     def charged_usd(self) -> Decimal | None:
@@ -168,6 +173,16 @@ class JobRecord(BaseModel):
         if not self.video_url and not self.provider_task_id:
             return "the record holds no place to fetch the video from"
         return None
+
+    def retry_refusal(self) -> str | None:
+        """Why `videoqueue retry` cannot resubmit this job, or None if it can: it ended
+        failed, expired or cancelled (a succeeded job has its video; an active one may
+        still get it)."""
+        if self.status in RETRYABLE_STATUSES:
+            return None
+        if self.status is JobStatus.SUCCEEDED:
+            return "it succeeded (videoqueue fetch gets its video)"
+        return f"it is {self.status.value}, not finished (wait for it, or cancel it first)"
 
     def public_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data for CLI and API users."""

@@ -12,6 +12,7 @@ import builtins
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -22,6 +23,7 @@ from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
 from producer.ledger import LedgerEntry, entry_key, write_entry
 from producer.limits import slot_key
+from producer.request import InvalidRequestError
 
 KEY_PREFIX = "vq:"
 MAX_HISTORY = 50
@@ -69,12 +71,49 @@ class JobExistsError(RuntimeError):
     """A job with this id is already stored."""
 
 
-class DuplicateClientJobIdError(ValueError):
-    """A job with this client job id was already submitted."""
+@dataclass(frozen=True)
+class ClientIdConflict:
+    """A client job id that already names a job whose request differs from the new one:
+    `differences` maps each differing request field to (stored value, new value)."""
 
-    def __init__(self, client_job_id: str, job_id: str) -> None:
-        self.client_job_id, self.job_id = client_job_id, job_id
-        super().__init__(f"client job id {client_job_id!r} was already used by job {job_id}")
+    client_job_id: str
+    job_id: str
+    differences: dict[str, tuple[Any, Any]]
+
+    def describe(self) -> str:
+        """One line: which job holds the id, and what differs."""
+        fields = ", ".join(
+            f"{name} ({_short(stored)} stored, {_short(new)} now)" for name, (stored, new) in self.differences.items()
+        )
+        return (
+            f"client job id {self.client_job_id!r} was already used by job {self.job_id} "
+            f"for a different request: {fields}"
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class DuplicateClientJobIdError(InvalidRequestError):
+    """Client job ids already used for different requests; nothing was stored.
+    `conflicts` names each id, the job holding it and the fields that differ. A request
+    identical to the stored one is not an error: its job is returned instead."""
+
+    def __init__(self, conflicts: Sequence[ClientIdConflict]) -> None:
+        self.conflicts = list(conflicts)
+        super().__init__({"client_job_id": "; ".join(c.describe() for c in self.conflicts)})
+
+
+def request_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields in which two normalized requests (`JobRecord.request`) differ, with
+    (stored, new) values; empty when they are the same request."""
+    return {
+        name: (stored.get(name), new.get(name))
+        for name in sorted(stored.keys() | new.keys())
+        if stored.get(name) != new.get(name)
+    }
 
 
 def client_key(client_job_id: str) -> str:
@@ -150,29 +189,38 @@ class JobStore:
         records: Sequence[JobRecord],
         inputs: dict[str, dict[str, ImageFile]] | None = None,
         budget: BudgetPolicy | None = None,
-    ) -> None:
+    ) -> dict[str, JobRecord]:
         """Store several new records, their input images and their budget reservations in
         one transaction: all or none. Raises BudgetExceededError when a cap would be crossed:
-        the caps in Redis, else those of `budget` (this process's settings)."""
+        the caps in Redis, else those of `budget` (this process's settings).
+
+        A record whose client job id already names a stored job is not stored when its
+        request equals that job's (`request_differences`): the result maps its id to the
+        stored job, which is neither reserved again nor given new inputs. When any request
+        differs, DuplicateClientJobIdError names every such id and nothing is stored. The
+        check runs inside the transaction that maps the ids, so producers racing with one
+        client job id store one job. A retry (a record with `retry_of`) takes its client job
+        id over from whichever job of its line holds it."""
         keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
         client_ids = {r.request["client_job_id"]: r.id for r in records if r.request.get("client_job_id")}
         client_keys = [client_key(c) for c in client_ids]
+        existing: dict[str, JobRecord] = {}
 
         def write(pipe: Any) -> None:
+            existing.clear()
             taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
             if taken:
                 raise JobExistsError(", ".join(taken))
-            for client_id in client_ids:
-                existing = pipe.get(client_key(client_id))
-                if existing:
-                    raise DuplicateClientJobIdError(client_id, existing)
-            if budget_keys:
-                check_and_reserve(pipe, budget or BudgetPolicy(), records)  # issues MULTI
+            existing.update(self._client_id_owners(pipe, records))
+            fresh = [r for r in records if r.id not in existing]
+            if any(r.budget_keys for r in fresh):
+                check_and_reserve(pipe, budget or BudgetPolicy(), fresh)  # issues MULTI
             else:
                 pipe.multi()
-            for record, key in zip(records, keys, strict=True):
+            for record in fresh:
+                key = job_key(record.id)
                 score = record.created_at.timestamp()
                 pipe.set(key, record.model_dump_json())
                 pipe.zadd(_all_index(), {record.id: score})
@@ -192,6 +240,34 @@ class JobStore:
 
         if records:
             self.redis.transaction(write, *keys, *budget_keys, CAPS_KEY, *client_keys)
+        return dict(existing)
+
+    @staticmethod
+    def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobRecord]:
+        """Inside a WATCHed transaction, before MULTI: the stored job each record's client
+        job id already names, by record id, where the requests are equal; raises
+        DuplicateClientJobIdError for those that differ."""
+        owners: dict[str, JobRecord] = {}
+        conflicts: list[ClientIdConflict] = []
+        for record in records:
+            client_id = record.request.get("client_job_id")
+            if not client_id or record.retry_of:
+                continue
+            owner_id = pipe.get(client_key(client_id))
+            if not owner_id:
+                continue
+            raw = pipe.get(job_key(owner_id))
+            if not raw:
+                continue  # the job it named is gone (an enqueue undone): the id is free
+            owner = JobRecord.model_validate_json(raw)
+            differences = request_differences(owner.request, record.request)
+            if differences:
+                conflicts.append(ClientIdConflict(client_id, owner_id, differences))
+            else:
+                owners[record.id] = owner
+        if conflicts:
+            raise DuplicateClientJobIdError(conflicts)
+        return owners
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
         """An input image stored with the job, or None."""
@@ -209,7 +285,9 @@ class JobStore:
         if record is not None and not record.status.is_final:
             settle(pipe, record.model_copy(update={"cost_usd": None}))
             pipe.hincrby(stats.JOBS_KEY, stats.jobs_field(record.status.value, record.provider, record.model), -1)
-            if record.request.get("client_job_id"):
+            if record.request.get("client_job_id") and record.retry_of:
+                pipe.set(client_key(record.request["client_job_id"]), record.retry_of, ex=CLIENT_ID_TTL_S)
+            elif record.request.get("client_job_id"):
                 pipe.delete(client_key(record.request["client_job_id"]))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
         pipe.zrem(DUE_INDEX, job_id)

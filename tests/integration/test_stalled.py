@@ -31,7 +31,7 @@ def test_a_job_whose_worker_was_killed_mid_poll_shows_stalled_and_is_counted(loc
         return "running · stalled" in run(local_stack, "status", job.id).stdout
 
     wait_for(shown_stalled, 120, "status to show the job stalled")
-    status = json.loads(run(local_stack, "status", job.id, "--json").stdout)
+    [status] = json.loads(run(local_stack, "status", job.id, "--json").stdout)  # always a list
     assert status["status"] == "running"  # a display state, not a lifecycle state
     assert status["stalled_s"] > 5
     listed = run(local_stack, "jobs", "--json")

@@ -248,7 +248,8 @@ def test_client_job_ids_are_unique() -> None:
     with pytest.raises(InvalidRequestError) as info:
         vq.enqueue([vq.prepare(VideoRequest(prompt="b", client_job_id="order-17-clip-1"))])
     assert info.value.problems["client_job_id"] == (
-        f"client job id 'order-17-clip-1' was already used by job {first.record.id}"
+        f"client job id 'order-17-clip-1' was already used by job {first.record.id} "
+        'for a different request: prompt ("a" stored, "b" now)'
     )
     with pytest.raises(InvalidRequestError) as info:
         vq.submit_many([VideoRequest(prompt="c", client_job_id="x1"), VideoRequest(prompt="d", client_job_id="x1")])

@@ -44,6 +44,9 @@ def s3_client(settings: Settings) -> S3Client:
             connect_timeout=5,
             read_timeout=60,
             s3={"addressing_style": "path"},
+            # Presigned links (`videoqueue url`) would otherwise be signed with SigV2 for
+            # us-east-1, which newer AWS regions and most S3-compatible stores refuse.
+            signature_version="s3v4",
             request_checksum_calculation=checksums,
             response_checksum_validation=checksums,
         ),
