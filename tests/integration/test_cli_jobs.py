@@ -38,12 +38,12 @@ def test_a_reused_client_job_id_returns_the_job_or_refuses(local_stack: Stack, t
     """Seen: reusing a --client-job-id was an error, where a retrying script wants its job."""
     first = run(local_stack, "submit", "a fox", "--duration", "5", "--client-job-id", "order-7", "--json")
     assert first.returncode == 0, first.stderr
-    job = json.loads(first.stdout)
+    [job] = json.loads(first.stdout)  # submit --json: always a list
     before = _queue_state(local_stack)
 
     again = run(local_stack, "submit", "a fox", "--client-job-id", "order-7", "--json")  # defaults: same request
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["id"] == job["id"]
+    assert [r["id"] for r in json.loads(again.stdout)] == [job["id"]]
     assert f"note: order-7 was already submitted as job {job['id']} (queued)" in flat(again)
     plain = run(local_stack, "submit", "a fox", "--client-job-id", "order-7")
     assert (plain.returncode, plain.stdout) == (0, job["id"] + "\n")
