@@ -19,8 +19,11 @@ redis: $(STAMP)
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
 	     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; sleep 1; }
 
+# The demo runs in a namespace of its own (`demo`), never in the VQ_NAMESPACE of .env or the
+# shell: `make demo VQ_DEMO_NAMESPACE=other` to choose another.
+VQ_DEMO_NAMESPACE ?= demo
 demo: $(STAMP) redis
-	$(BIN)/python -m simulator.demo
+	VQ_DEMO_NAMESPACE=$(VQ_DEMO_NAMESPACE) $(BIN)/python -m simulator.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

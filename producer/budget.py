@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from producer import namespace
 from producer.contract import JobRecord
 
-KEY_PREFIX = "vq:budget:"
+KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("budget:"))
 MICRO = Decimal(1_000_000)
 # Day and month counters outlive their period long enough for reports, then go.
 _DAY_TTL_S = 40 * 86400

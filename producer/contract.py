@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from producer import namespace
+
 
 class JobStatus(StrEnum):
     """Where a job is in its lifecycle (README.md shows the states; docs/reliability.md the paths that end one)."""
@@ -55,9 +57,11 @@ TASK_POLL = "videoqueue.poll"
 TASK_STORE = "videoqueue.store"
 TASK_CANCEL = "videoqueue.cancel"
 
-QUEUE_SUBMIT = "vq.submit"
-QUEUE_POLL = "vq.poll"
-QUEUE_STORE = "vq.store"
+# The queues of the namespace this process serves (producer.namespace): read them as
+# `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").
+QUEUE_SUBMIT = namespace.keep(globals(), "QUEUE_SUBMIT", lambda: namespace.queue("submit"))
+QUEUE_POLL = namespace.keep(globals(), "QUEUE_POLL", lambda: namespace.queue("poll"))
+QUEUE_STORE = namespace.keep(globals(), "QUEUE_STORE", lambda: namespace.queue("store"))
 
 
 # How long a provider keeps a finished video where the store step can fetch it again, in

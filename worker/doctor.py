@@ -26,18 +26,18 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT, ErrorCode
+from producer import namespace
+from producer.contract import ErrorCode
 from producer.settings import Settings
 from worker.logs import redact
 
-QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
 # A well-formed operation id that no operation has: NOT_FOUND proves the key was accepted.
 PROBE_OPERATION_ID = "00000000-0000-4000-8000-000000000000"
 PROVIDER_PROBE_TIMEOUT_S = 10.0
-_QUEUE_ROLES = {
-    QUEUE_SUBMIT: "new jobs are never submitted",
-    QUEUE_POLL: "running jobs are never polled",
-    QUEUE_STORE: "finished videos are never stored",
+_STEP_ROLES = {
+    "submit": "new jobs are never submitted",
+    "poll": "running jobs are never polled",
+    "store": "finished videos are never stored",
 }
 
 
@@ -376,6 +376,8 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
     app = Celery("videoqueue-doctor", broker=settings.effective_broker_url, set_as_current=False)
     app.conf.broker_connection_timeout = 3
     app.conf.broker_connection_max_retries = 1
+    # Only this namespace's workers listen on its control exchange.
+    app.conf.update(**namespace.celery_names())
     try:
         replies: dict[str, Any] = app.control.inspect(timeout=timeout).active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - kombu/redis raise transport-specific errors
@@ -389,7 +391,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
             Status.FAIL,
             f"no worker answered within {timeout:g} s: queued jobs wait until one starts",
         )
-    consumers = {queue: 0 for queue in QUEUES}
+    consumers = {queue: 0 for queue in namespace.queues()}
     for queues in replies.values():
         for queue in queues or []:
             queue_name = queue.get("name") if isinstance(queue, dict) else None
@@ -404,7 +406,8 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
         head += f"; waiting: {backlog}"
     idle = [queue for queue, count in consumers.items() if count == 0]
     if idle:
-        why = "; ".join(f"no worker consumes {queue}: {_QUEUE_ROLES[queue]}" for queue in idle)
+        roles = dict(zip(namespace.queues(), _STEP_ROLES.values(), strict=True))
+        why = "; ".join(f"no worker consumes {queue}: {roles[queue]}" for queue in idle)
         return Check(name, Status.WARN, f"{head}; {why}")
     return Check(name, Status.OK, head)
 
@@ -418,7 +421,7 @@ def _backlog(settings: Settings) -> str:
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
-        return ", ".join(f"{queue} {client.llen(queue)}" for queue in QUEUES)
+        return ", ".join(f"{queue} {client.llen(queue)}" for queue in namespace.queues())
     except redis.RedisError:
         return ""
     finally:
@@ -429,7 +432,13 @@ def _backlog(settings: Settings) -> str:
 
 
 def run_doctor(settings: Settings, *, inspect_timeout: float = 2.0) -> DoctorReport:
-    """Run every check against `settings` and return the report (nothing is printed)."""
+    """Run every check against `settings`, in their namespace, and return the report
+    (nothing is printed)."""
+    with namespace.using(settings.vq_namespace):
+        return _run_checks(settings, inspect_timeout)
+
+
+def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
     checks: list[tuple[str, Callable[[], Check]]] = [("redis", lambda: check_redis(settings))]
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))

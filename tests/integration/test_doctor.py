@@ -14,6 +14,7 @@ import redis
 import typer
 from typer.testing import CliRunner
 
+from producer import namespace
 from producer.cli_ops import register
 from producer.settings import Settings, get_settings
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
@@ -79,7 +80,8 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
         "workers",
     ]
     assert "AOF on" in report.named("redis").detail
-    assert "consumers per queue: vq.submit 1, vq.poll 1, vq.store 1" in report.named("workers").detail
+    submit, poll, store = namespace.queues()
+    assert f"consumers per queue: {submit} 1, {poll} 1, {store} 1" in report.named("workers").detail
     assert report.verdict.startswith("ready: all 5 checks ok")
     # The probe is gone again.
     assert not list((Path(local_stack.storage_url.removeprefix("file://"))).rglob("*.json"))
@@ -159,12 +161,16 @@ def test_no_worker_fails_the_workers_check(local_stack: Stack) -> None:
 
 def test_a_queue_nobody_consumes_is_a_warning(local_stack: Stack) -> None:
     proc = start_worker(
-        "pollers-only", local_stack.env(), local_stack.log_dir, queues=["vq.submit", "vq.poll"], concurrency=1
+        "pollers-only",
+        local_stack.env(),
+        local_stack.log_dir,
+        queues=[namespace.queue("submit"), namespace.queue("poll")],
+        concurrency=1,
     )
     local_stack.workers.append(proc)
     check = run_doctor(doctor_settings(local_stack)).named("workers")
     assert check.status is Status.WARN
-    assert "no worker consumes vq.store: finished videos are never stored" in check.detail
+    assert f"no worker consumes {namespace.queue('store')}: finished videos are never stored" in check.detail
 
 
 def test_an_unset_default_provider_key_is_a_warning(local_stack: Stack) -> None:

@@ -31,7 +31,7 @@ import httpx
 import pytest
 import redis
 
-from producer import JobStatus, VideoRequest
+from producer import JobStatus, VideoRequest, namespace
 from producer.contract import QUEUE_SUBMIT
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Stack
@@ -433,9 +433,9 @@ def test_the_scanner_finds_a_planted_key(local_stack: Stack) -> None:
     r: Any = client
     body = base64.b64encode(json.dumps([["job-1"], {"api_key": SIM_KEY}, {}]).encode()).decode()
     message = json.dumps({"body": body, "properties": {"delivery_tag": "t1", "body_encoding": "base64"}})
-    r.hset("unacked", "t1", json.dumps([json.loads(message), "vq.poll", "vq.poll"]))
+    r.hset("unacked", "t1", json.dumps([json.loads(message), namespace.queue("poll"), namespace.queue("poll")]))
     r.rpush(
-        "vq.submit",
+        namespace.queue("submit"),
         json.dumps({"body": base64.b64encode(b"x" * 7 + SIM_GOOGLE_KEY.encode()).decode(), "properties": {}}),
     )
     r.zadd("suite:z", {f"member-{AWS_SECRET.upper()}": 1})
