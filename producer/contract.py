@@ -108,6 +108,15 @@ class JobRecord(BaseModel):
     request: dict[str, Any]
     provider_task_id: str | None = None
     provider_status: str | None = None
+    # The provider endpoint (plain host) and account (fingerprint, never the key:
+    # producer.endpoints) the job's task is created with, recorded by the submit that makes
+    # it: only a worker configured the same way polls, cancels or looks the task up. None
+    # before the first create attempt (and on jobs from before fingerprints: any worker).
+    provider_endpoint: str | None = None
+    provider_fingerprint: str | None = None
+    # Set while a worker configured for another endpoint left the job's next step to one
+    # that matches: what it waits for, in words for people.
+    waiting_for_endpoint: str | None = None
     attempts: int = 0
     submit_errors: int = 0
     submit_rate_limits: int = 0
