@@ -22,8 +22,11 @@ redis: $(STAMP)
 	  $(BIN)/python -m simulator.localredis; \
 	else exit $$rc; fi
 
+# The demo runs in a namespace of its own (`demo`), never in the VQ_NAMESPACE of .env or the
+# shell: `make demo VQ_DEMO_NAMESPACE=other` to choose another.
+VQ_DEMO_NAMESPACE ?= demo
 demo: $(STAMP) redis
-	$(BIN)/python -m simulator.demo
+	VQ_DEMO_NAMESPACE=$(VQ_DEMO_NAMESPACE) $(BIN)/python -m simulator.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,20 +11,14 @@ recovery sweep (producer/recovery.py) does.
 
 from typing import Any
 
-from producer.contract import (
-    QUEUE_POLL,
-    QUEUE_STORE,
-    QUEUE_SUBMIT,
-    TASK_CANCEL,
-    TASK_POLL,
-    TASK_STORE,
-    TASK_SUBMIT,
-)
-from producer.queues import broker_timing, is_amqp
-from producer.queues import task_queues as _task_queues
+from producer import namespace as _namespace
+from producer.queues import broker_timing, celery_conf, is_amqp, route_task
 from producer.settings import get_settings
 
 _settings = get_settings()
+# The worker app (worker/app.py) has made the settings' VQ_NAMESPACE current before this
+# module is read; a producer's app takes its namespace's names in producer_app().
+_namespaced = celery_conf(_settings.effective_broker_url)
 _timing = broker_timing(_settings)
 
 broker_url = _settings.effective_broker_url
@@ -47,7 +41,7 @@ enable_utc = True
 
 # Separate queues so a slow download never delays a poll, and a burst of submits never
 # starves either. A worker started without -Q consumes all three.
-task_queues = _task_queues(broker_url)
+task_queues = _namespaced["task_queues"]
 if _AMQP:
     # RabbitMQ: quorum queues (replicated, durable) with Celery's native delayed delivery,
     # so a countdown message waits in the broker, not in a worker's memory, and a killed
@@ -57,13 +51,13 @@ if _AMQP:
     worker_detect_quorum_queues = True
     broker_transport_options: dict[str, Any] = {"confirm_publish": True}
 
-task_default_queue = QUEUE_SUBMIT
-task_routes = {
-    TASK_SUBMIT: {"queue": QUEUE_SUBMIT},
-    TASK_CANCEL: {"queue": QUEUE_SUBMIT},
-    TASK_POLL: {"queue": QUEUE_POLL},
-    TASK_STORE: {"queue": QUEUE_STORE},
-}
+task_default_queue = _namespaced["task_default_queue"]
+# Each task to its step's queue in the namespace current when it is sent.
+task_routes = (route_task,)
+# Outside the `default` namespace, broadcasts (inspect, shutdown) and events (Flower) stay
+# inside the namespace too.
+control_exchange = _namespaced["control_exchange"]
+event_exchange = _namespaced["event_exchange"]
 
 # Ack after the task ran: every task is idempotent, so redelivery is safe and a crash
 # loses nothing. A pool child killed mid-task (OOM, kill -9) is treated the same way:
@@ -105,6 +99,7 @@ if not _AMQP:
         # Look for messages to restore every minute (6 x 10 s), not every 100 s.
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 6,
+        **_namespace.redis_transport_options(),
     }
 
 # A rolling restart (SIGTERM) first lets running tasks finish for a few seconds, then

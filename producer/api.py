@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from producer import namespace
 from producer.catalog import Catalog, load_catalog
 from producer.celery_client import producer_app
 from producer.contract import (
@@ -108,6 +109,8 @@ class VideoQueue:
         catalog: Catalog | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        # One process, one deployment: the job store and the queues are those of this namespace.
+        namespace.use(self.settings.vq_namespace)
         self.store = store or JobStore.from_url(self.settings.redis_url)
         self.catalog = catalog or load_catalog(self.settings.pricing_file)
         self.budget = self.settings.budget_policy()

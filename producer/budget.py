@@ -23,11 +23,12 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from producer import namespace
 from producer.contract import JobRecord
 
-KEY_PREFIX = "vq:budget:"
+KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("budget:"))
 # Outside KEY_PREFIX: every key under it is a counter (metrics and rebuild scan them).
-CAPS_KEY = KEY_PREFIX.rstrip(":") + "-caps"
+CAPS_KEY = namespace.keep(globals(), "CAPS_KEY", lambda: namespace.key("budget-caps"))
 NO_CAP = "none"
 DAY, MONTH = "day", "month"
 MICRO = Decimal(1_000_000)

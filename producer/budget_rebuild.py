@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 
+from producer import budget as budgets
+from producer import ledger
 from producer.budget import (
     DAY,
     DAY_TTL_S,
-    KEY_PREFIX,
     MONTH,
     MONTH_TTL_S,
     counter_key,
@@ -29,7 +30,7 @@ from producer.budget import (
 )
 from producer.contract import JobRecord, utcnow
 from producer.jobstore import active_index_keys, job_key
-from producer.ledger import INDEX_KEY, LedgerEntry, entry_key
+from producer.ledger import LedgerEntry, entry_key
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _period_keys(day: date, tags: tuple[str, ...] | list[str]) -> list[str]:
 
 def _kept(key: str, today: date) -> bool:
     """Whether a counter of that period would still exist (day and month counters expire)."""
-    budget = key.removeprefix(KEY_PREFIX)
+    budget = key.removeprefix(budgets.KEY_PREFIX)
     if budget.startswith(f"{DAY}:"):
         return date.fromisoformat(budget[4:]) >= today - timedelta(seconds=DAY_TTL_S)
     if budget.startswith(f"{MONTH}:"):
@@ -94,7 +95,7 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         if active_ids:
             pipe.watch(*[job_key(i) for i in active_ids])  # rewritten below with their keys
         records = [JobRecord.model_validate_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
-        entry_ids: list[str] = pipe.zrange(INDEX_KEY, 0, -1)
+        entry_ids: list[str] = pipe.zrange(ledger.INDEX_KEY, 0, -1)
         entries = [LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [entry_key(i) for i in entry_ids]) if r]
 
         # Entries written before they recorded their submission: the job's record, if kept.
@@ -120,11 +121,11 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
                 rekeyed.append(record.model_copy(update={"budget_keys": keys}))
         target = {k: v for k, v in target.items() if _kept(k, today)}
 
-        existing = sorted(str(k) for k in pipe.scan_iter(f"{KEY_PREFIX}*", count=500))
+        existing = sorted(str(k) for k in pipe.scan_iter(f"{budgets.KEY_PREFIX}*", count=500))
         before = {k: [int(v or 0) for v in pipe.hmget(k, "reserved", "spent")] for k in existing}
         changes = [
             CounterChange(
-                key.removeprefix(KEY_PREFIX),
+                key.removeprefix(budgets.KEY_PREFIX),
                 *(from_micro(v) for v in before.get(key, [0, 0])),
                 *(from_micro(v) for v in target.get(key, [0, 0])),
             )
@@ -156,5 +157,5 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         for record in rekeyed:
             pipe.set(job_key(record.id), record.model_dump_json())
 
-    client.transaction(write, INDEX_KEY, *active_index_keys())
+    client.transaction(write, ledger.INDEX_KEY, *active_index_keys())
     return result[0]

@@ -7,16 +7,23 @@ from functools import lru_cache
 
 from celery import Celery
 
-from producer.queues import is_amqp, task_queues
+from producer import namespace
+from producer.queues import celery_conf, is_amqp
+
+
+def producer_app(broker_url: str) -> Celery:
+    """A Celery app that sends to `broker_url`, into the queues of the current namespace,
+    with the shared settings of celeryconfig."""
+    return _producer_app(broker_url, namespace.current())
 
 
 @lru_cache(maxsize=8)
-def producer_app(broker_url: str) -> Celery:
-    """A Celery app that sends to `broker_url` with the shared settings of celeryconfig."""
+def _producer_app(broker_url: str, name: str) -> Celery:
     app = Celery("videoqueue-producer")
     app.config_from_object("celeryconfig")
     # The queues must be declared as the workers on this broker declare them.
-    app.conf.update(broker_url=broker_url, task_queues=task_queues(broker_url))
+    with namespace.using(name):
+        app.conf.update(broker_url=broker_url, **celery_conf(broker_url))
     if is_amqp(broker_url):
         app.conf.update(
             task_default_queue_type="quorum",

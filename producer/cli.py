@@ -320,7 +320,8 @@ def status(
         # What a status alone does not say (followed past its deadline, charged for a lost
         # create, ...): on stderr, so the lines on stdout keep their shape for scripts.
         for record in records:
-            for note in record.notes:
+            notes = [*record.notes, *([record.waiting_for_endpoint] if record.waiting_for_endpoint else [])]
+            for note in notes:
                 err.print(f"note {record.id}: {escape(note)}", highlight=False, soft_wrap=True)
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from producer import namespace
+
 
 class JobStatus(StrEnum):
     """Where a job is in its lifecycle (README.md shows the states; docs/reliability.md the paths that end one)."""
@@ -58,9 +60,11 @@ TASK_POLL = "videoqueue.poll"
 TASK_STORE = "videoqueue.store"
 TASK_CANCEL = "videoqueue.cancel"
 
-QUEUE_SUBMIT = "vq.submit"
-QUEUE_POLL = "vq.poll"
-QUEUE_STORE = "vq.store"
+# The queues of the namespace this process serves (producer.namespace): read them as
+# `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").
+QUEUE_SUBMIT = namespace.keep(globals(), "QUEUE_SUBMIT", lambda: namespace.queue("submit"))
+QUEUE_POLL = namespace.keep(globals(), "QUEUE_POLL", lambda: namespace.queue("poll"))
+QUEUE_STORE = namespace.keep(globals(), "QUEUE_STORE", lambda: namespace.queue("store"))
 
 
 # How long a provider keeps a finished video where the store step can fetch it again, in
@@ -107,6 +111,15 @@ class JobRecord(BaseModel):
     request: dict[str, Any]
     provider_task_id: str | None = None
     provider_status: str | None = None
+    # The provider endpoint (plain host) and account (fingerprint, never the key:
+    # producer.endpoints) the job's task is created with, recorded by the submit that makes
+    # it: only a worker configured the same way polls, cancels or looks the task up. None
+    # before the first create attempt (and on jobs from before fingerprints: any worker).
+    provider_endpoint: str | None = None
+    provider_fingerprint: str | None = None
+    # Set while a worker configured for another endpoint left the job's next step to one
+    # that matches: what it waits for, in words for people.
+    waiting_for_endpoint: str | None = None
     attempts: int = 0
     submit_errors: int = 0
     submit_rate_limits: int = 0

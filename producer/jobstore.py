@@ -17,15 +17,16 @@ from typing import Any
 
 import redis
 
-from producer import stats
-from producer.budget import CAPS_KEY, BudgetPolicy, check_and_reserve, settle
+from producer import budget as budgets
+from producer import namespace, stats
+from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
 from producer.ledger import LedgerEntry, entry_key, write_entry
 from producer.limits import slot_key
 from producer.request import InvalidRequestError
 
-KEY_PREFIX = "vq:"
+KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", namespace.key_prefix)
 MAX_HISTORY = 50
 
 Mutation = Callable[[JobRecord], JobRecord | None]
@@ -45,10 +46,10 @@ def input_key(job_id: str, role: str) -> str:
 INPUT_GRACE_S = 86400
 
 
-DUE_INDEX = f"{KEY_PREFIX}jobs:due"
+DUE_INDEX = namespace.keep(globals(), "DUE_INDEX", lambda: namespace.key("jobs:due"))
 """Active jobs scored by when their next step is due: what the recovery sweep reads."""
 
-PARKED_INDEX = f"{KEY_PREFIX}jobs:parked"
+PARKED_INDEX = namespace.keep(globals(), "PARKED_INDEX", lambda: namespace.key("jobs:parked"))
 """Jobs whose next step waits longer than a countdown may (a long Retry-After, a fleet-wide
 back-off): no message was sent; the sweep sends it when due. Scored like DUE_INDEX."""
 
@@ -239,7 +240,7 @@ class JobStore:
                     pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
-            self.redis.transaction(write, *keys, *budget_keys, CAPS_KEY, *client_keys)
+            self.redis.transaction(write, *keys, *budget_keys, budgets.CAPS_KEY, *client_keys)
         return dict(existing)
 
     @staticmethod

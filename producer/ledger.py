@@ -16,12 +16,12 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from producer import stats
+from producer import namespace, stats
 from producer.budget import to_micro
 from producer.contract import JobRecord, Usd
 
-KEY_PREFIX = "vq:ledger:"
-INDEX_KEY = f"{KEY_PREFIX}index"
+KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("ledger:"))
+INDEX_KEY = namespace.keep(globals(), "INDEX_KEY", lambda: namespace.key("ledger:index"))
 UNTAGGED = "(untagged)"
 TOTAL = "total"
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import redis
 
-KEY_PREFIX = "vq:limits:"
+from producer import namespace
+
+KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("limits:"))
 
 
 def slot_key(provider: str, model: str) -> str:

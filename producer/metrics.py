@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from producer import budget as budgets
 from producer import stats
-from producer.budget import KEY_PREFIX as BUDGET_PREFIX
 from producer.budget import from_micro
 from producer.contract import JobStatus
 
@@ -84,9 +84,9 @@ class JobMetricsCollector(Collector):
         budget = GaugeMetricFamily(
             "videoqueue_budget_usd", "Budget counters: reserved and spent USD.", labels=["budget", "kind"]
         )
-        for key in sorted(self.redis.scan_iter(f"{BUDGET_PREFIX}*", count=500)):
+        for key in sorted(self.redis.scan_iter(f"{budgets.KEY_PREFIX}*", count=500)):
             values = self._hash(str(key))
-            name = str(key).removeprefix(BUDGET_PREFIX)
+            name = str(key).removeprefix(budgets.KEY_PREFIX)
             for kind in ("reserved", "spent"):
                 budget.add_metric([name, kind], float(from_micro(values.get(kind))))
         yield budget

@@ -5,13 +5,16 @@ so both build them here, from the broker URL in use."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kombu import Exchange, Queue
 
-from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
+from producer import namespace
+from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from producer.settings import Settings
 
-QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
+QUEUES = namespace.keep(globals(), "QUEUES", namespace.queues)
+"""The queues of the namespace this process serves, in step order."""
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -20,14 +23,52 @@ def is_amqp(broker_url: str) -> bool:
 
 
 def task_queues(broker_url: str) -> tuple[Queue, ...]:
-    """The queues for `broker_url`: on RabbitMQ quorum queues behind topic exchanges (what
-    native delayed delivery binds to), on Redis plain direct ones."""
+    """The queues of the current namespace for `broker_url`: on RabbitMQ quorum queues
+    behind topic exchanges (what native delayed delivery binds to), on Redis plain direct ones."""
     if is_amqp(broker_url):
         return tuple(
             Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
-            for name in QUEUES
+            for name in namespace.queues()
         )
-    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES)
+    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in namespace.queues())
+
+
+_STEP_OF_TASK = {TASK_SUBMIT: "submit", TASK_CANCEL: "submit", TASK_POLL: "poll", TASK_STORE: "store"}
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
+    """Celery router: each task to its step's queue in the namespace current when it is sent."""
+    step = _STEP_OF_TASK.get(name)
+    return {"queue": namespace.queue(step)} if step else None
+
+
+def celery_conf(broker_url: str) -> dict[str, Any]:
+    """The Celery settings that depend on the current namespace: its queues, default queue,
+    and control and event exchanges (Redis broker options: namespace.redis_transport_options)."""
+    return {
+        "task_queues": task_queues(broker_url),
+        "task_default_queue": namespace.queue("submit"),
+        **namespace.celery_names(),
+    }
+
+
+def own_queues(selected: list[str]) -> tuple[list[str], list[str]]:
+    """The queues a worker selected with -Q, as queues of the current namespace: a step's
+    default name (`vq.submit`) means that step's queue here (`vq@N.submit`), so one command
+    line (compose's WORKER_QUEUES, the README's) serves every namespace. Returns (the
+    queues to consume, the names that belong to another namespace or to no step)."""
+    own = namespace.queues()
+    by_default_name = dict(zip(namespace.queues(namespace.DEFAULT), own, strict=True))
+    mapped: list[str] = []
+    foreign: list[str] = []
+    for name in selected:
+        if name in own:
+            mapped.append(name)
+        elif name in by_default_name:
+            mapped.append(by_default_name[name])
+        else:
+            foreign.append(name)
+    return mapped, foreign
 
 
 # A message's countdown plus the task it starts must end this long before the broker's

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from producer import namespace
 from producer.budget import BudgetPolicy, parse_usd
 from producer.limits import ModelLimits
 
@@ -38,6 +39,10 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
+    vq_namespace: str = Field(
+        default=namespace.DEFAULT,
+        description="Deployment name, the prefix of every Redis key and Celery queue; deployments never mix.",
+    )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="Job store, and the Celery broker unless BROKER_URL is set.",
@@ -287,6 +292,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"tag {tag!r}: {exc}") from None
         return caps
 
+    @field_validator("vq_namespace")
+    @classmethod
+    def _namespace_name(cls, value: str) -> str:
+        if not namespace.is_valid(value):
+            raise ValueError(namespace.RULE)
+        return value
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str) -> str:
@@ -387,5 +399,8 @@ def load_settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings of this process, read once; InvalidSettingsError if they are unusable."""
-    return load_settings()
+    """Settings of this process, read once; InvalidSettingsError if they are unusable. The
+    process serves their VQ_NAMESPACE unless it chose one already (producer.namespace)."""
+    settings = load_settings()
+    namespace.adopt(settings.vq_namespace)
+    return settings

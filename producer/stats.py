@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from producer import namespace
 from producer.budget import to_micro
 from producer.contract import JobRecord
 
-JOBS_KEY = "vq:stats:jobs"
-COST_KEY = "vq:stats:cost"
-RENDER_KEY = "vq:stats:render_seconds"
-STORE_KEY = "vq:stats:store_seconds"
+JOBS_KEY = namespace.keep(globals(), "JOBS_KEY", lambda: namespace.key("stats:jobs"))
+COST_KEY = namespace.keep(globals(), "COST_KEY", lambda: namespace.key("stats:cost"))
+RENDER_KEY = namespace.keep(globals(), "RENDER_KEY", lambda: namespace.key("stats:render_seconds"))
+STORE_KEY = namespace.keep(globals(), "STORE_KEY", lambda: namespace.key("stats:store_seconds"))
 
 # Upper bounds (seconds) of the duration histograms.
 RENDER_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200)

@@ -1,6 +1,10 @@
 """`make demo`: start a worker (and, without a BytePlus key, the simulator), enqueue three
 Seedance jobs through the producer API, show their progress, and print for each job its
-status, where its video is stored and what it cost."""
+status, where its video is stored and what it cost.
+
+The demo is a deployment of its own, namespace `demo` (VQ_DEMO_NAMESPACE to choose
+another), whatever VQ_NAMESPACE the shell or `.env` names: a real fleet on the same Redis
+never takes its jobs, and its worker never takes the fleet's."""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from producer import JobRecord, Settings, VideoQueue, VideoRequest
+from producer import JobRecord, Settings, VideoQueue, VideoRequest, namespace
 from simulator.stack import ManagedProcess, free_port, start_simulator, start_worker
 
 RUN_DIR = Path(".run")
+DEMO_NAMESPACE = "demo"
 DEMO_REQUESTS = [
     VideoRequest(prompt="A red fox trotting through fresh snow at dawn, cinematic", duration=5, tags=("demo",)),
     VideoRequest(prompt="Product shot: a glass perfume bottle turning on a marble plinth", duration=4, ratio="1:1"),
@@ -40,9 +45,13 @@ def _table(records: list[JobRecord]) -> Table:
 
 
 def main() -> int:
-    """Run the demo; exit code 0 when all three jobs succeeded."""
-    settings = Settings()
-    env = dict(os.environ)
+    """Run the demo; exit code 0 when all three jobs succeeded (2: a bad VQ_DEMO_NAMESPACE)."""
+    demo_namespace = os.environ.get("VQ_DEMO_NAMESPACE") or DEMO_NAMESPACE
+    if not namespace.is_valid(demo_namespace):
+        print(f"error: VQ_DEMO_NAMESPACE {namespace.RULE}", file=sys.stderr)
+        return 2
+    settings = Settings(vq_namespace=demo_namespace)
+    env = dict(os.environ) | {"VQ_NAMESPACE": demo_namespace}
     started: list[ManagedProcess] = []
     try:
         if settings.byteplus_api_key is None:
@@ -58,6 +67,10 @@ def main() -> int:
             }
         else:
             console.print(f"BYTEPLUS_API_KEY is set: talking to {settings.byteplus_base_url} (real cost).")
+        console.print(
+            f"Namespace {demo_namespace!r}: keys {namespace.key_prefix(demo_namespace)}*, queues "
+            f"{', '.join(namespace.queues(demo_namespace))}; other deployments on this Redis are not touched."
+        )
         console.print(f"Videos go to {settings.storage_url}; worker log in {RUN_DIR / 'demo-worker.log'}.")
         started.append(start_worker("demo-worker", env, RUN_DIR, concurrency=2))
 

@@ -6,7 +6,10 @@ with a one-line detail, and the report ends with a verdict.
 - storage: a probe object written, read back and deleted through the configured backend (with
   the workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
 - provider byteplus / veo: the configured credentials, tried with one cheap authenticated call
+- namespace: the deployment (VQ_NAMESPACE) whose keys and queues every other check looks at
 - workers: which workers answer, and whether every queue has a consumer
+- worker config: the workers registered in the namespace with their provider and storage
+  fingerprints (worker/registry.py), and any configured otherwise than this shell
 
 Details never carry a secret: they name hosts, not credentials, and pass through
 `worker.logs.redact` all the same.
@@ -26,18 +29,20 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT, ErrorCode
+from producer import namespace
+from producer.contract import ErrorCode
+from producer.endpoints import Endpoint, provider_endpoint, storage_endpoint
 from producer.settings import Settings
+from worker import registry
 from worker.logs import redact
 
-QUEUES = (QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE)
 # A well-formed operation id that no operation has: NOT_FOUND proves the key was accepted.
 PROBE_OPERATION_ID = "00000000-0000-4000-8000-000000000000"
 PROVIDER_PROBE_TIMEOUT_S = 10.0
-_QUEUE_ROLES = {
-    QUEUE_SUBMIT: "new jobs are never submitted",
-    QUEUE_POLL: "running jobs are never polled",
-    QUEUE_STORE: "finished videos are never stored",
+_STEP_ROLES = {
+    "submit": "new jobs are never submitted",
+    "poll": "running jobs are never polled",
+    "store": "finished videos are never stored",
 }
 
 
@@ -376,6 +381,8 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
     app = Celery("videoqueue-doctor", broker=settings.effective_broker_url, set_as_current=False)
     app.conf.broker_connection_timeout = 3
     app.conf.broker_connection_max_retries = 1
+    # Only this namespace's workers listen on its control exchange.
+    app.conf.update(**namespace.celery_names())
     try:
         replies: dict[str, Any] = app.control.inspect(timeout=timeout).active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - kombu/redis raise transport-specific errors
@@ -389,7 +396,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
             Status.FAIL,
             f"no worker answered within {timeout:g} s: queued jobs wait until one starts",
         )
-    consumers = {queue: 0 for queue in QUEUES}
+    consumers = {queue: 0 for queue in namespace.queues()}
     for queues in replies.values():
         for queue in queues or []:
             queue_name = queue.get("name") if isinstance(queue, dict) else None
@@ -404,7 +411,8 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
         head += f"; waiting: {backlog}"
     idle = [queue for queue, count in consumers.items() if count == 0]
     if idle:
-        why = "; ".join(f"no worker consumes {queue}: {_QUEUE_ROLES[queue]}" for queue in idle)
+        roles = dict(zip(namespace.queues(), _STEP_ROLES.values(), strict=True))
+        why = "; ".join(f"no worker consumes {queue}: {roles[queue]}" for queue in idle)
         return Check(name, Status.WARN, f"{head}; {why}")
     return Check(name, Status.OK, head)
 
@@ -418,19 +426,85 @@ def _backlog(settings: Settings) -> str:
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
-        return ", ".join(f"{queue} {client.llen(queue)}" for queue in QUEUES)
+        return ", ".join(f"{queue} {client.llen(queue)}" for queue in namespace.queues())
     except redis.RedisError:
         return ""
     finally:
         client.close()
 
 
+def check_namespace(settings: Settings) -> Check:
+    """The deployment this report is about: its key prefix and queues."""
+    name = settings.vq_namespace
+    detail = f"{name!r}: keys {namespace.key_prefix(name)}*, queues {', '.join(namespace.queues(name))}"
+    if name == namespace.DEFAULT:
+        detail += " (VQ_NAMESPACE unset or default)"
+    return Check("namespace", Status.OK, detail)
+
+
+def _shell_endpoints(settings: Settings) -> dict[str, Endpoint]:
+    return {name: provider_endpoint(name, settings) for name in registry.PROVIDERS} | {
+        "storage": storage_endpoint(settings)
+    }
+
+
+def check_worker_config(settings: Settings) -> Check:
+    """The workers registered in the namespace with their provider and storage endpoints
+    (host and fingerprint), and a warning for each that differs from this shell's."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        workers = registry.registered(client)
+    finally:
+        client.close()
+    return compare_workers(workers, settings)
+
+
+def compare_workers(workers: list[registry.WorkerEntry], settings: Settings) -> Check:
+    """The `worker config` check for these registered workers against `settings`."""
+    name = "worker config"
+    where = f"namespace {settings.vq_namespace!r}"
+    if not workers:
+        return Check(
+            name,
+            Status.WARN,
+            f"no worker registered in {where} (a worker registers when it starts, {registry.TTL_S} s TTL)",
+        )
+    mine = _shell_endpoints(settings)
+    listed: list[str] = []
+    differ: list[str] = []
+    for worker in workers:
+        shown: list[str] = []
+        for kind, shell in mine.items():
+            theirs = worker.endpoint(kind)
+            if theirs is None:
+                continue
+            shown.append(f"{kind} {theirs.host} {theirs.fingerprint}")
+            if theirs.fingerprint != shell.fingerprint:
+                differ.append(f"{worker.node} {kind} {theirs.describe()}, this shell {shell.describe()}")
+        listed.append(f"{worker.node} [{', '.join(shown)}]")
+    head = f"{len(workers)} worker(s) registered in {where}: {'; '.join(listed)}"
+    if differ:
+        return Check(name, Status.WARN, f"{head}; configured otherwise than this shell: {'; '.join(differ)}")
+    return Check(name, Status.OK, f"{head}; all configured as this shell")
+
+
 # -- all together -------------------------------------------------------------------------------
 
 
 def run_doctor(settings: Settings, *, inspect_timeout: float = 2.0) -> DoctorReport:
-    """Run every check against `settings` and return the report (nothing is printed)."""
-    checks: list[tuple[str, Callable[[], Check]]] = [("redis", lambda: check_redis(settings))]
+    """Run every check against `settings`, in their namespace, and return the report
+    (nothing is printed)."""
+    with namespace.using(settings.vq_namespace):
+        return _run_checks(settings, inspect_timeout)
+
+
+def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("namespace", lambda: check_namespace(settings)),
+        ("redis", lambda: check_redis(settings)),
+    ]
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))
     checks += [
@@ -438,5 +512,6 @@ def run_doctor(settings: Settings, *, inspect_timeout: float = 2.0) -> DoctorRep
         ("provider byteplus", lambda: check_byteplus(settings)),
         ("provider veo", lambda: check_veo(settings)),
         ("workers", lambda: check_workers(settings, inspect_timeout)),
+        ("worker config", lambda: check_worker_config(settings)),
     ]
     return DoctorReport(tuple(_guarded(name, check) for name, check in checks))

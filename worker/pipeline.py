@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from producer.budget import exceeded
 from producer.catalog import Catalog
 from producer.contract import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from producer.endpoints import Endpoint, provider_endpoint
 from producer.jobstore import JobStore, TaskClaimedError
 from producer.limits import ProviderLimits
 from producer.queues import broker_timing
@@ -122,8 +123,48 @@ class Pipeline:
         self.limits = limits
         self.history = history
         self.rng = rng or random.Random()
+        self._endpoints: dict[str, Endpoint] = {}
 
     # ----------------------------------------------------------------- helpers
+
+    def endpoint(self, provider: str) -> Endpoint:
+        """The endpoint and account this worker sends `provider`'s calls to."""
+        if provider not in self._endpoints:
+            self._endpoints[provider] = provider_endpoint(provider, self.settings)
+        return self._endpoints[provider]
+
+    def _left_to_matching_worker(self, job: JobRecord, resend: Callable[[float], None] | None) -> bool:
+        """True when the job's provider task was created with another endpoint or account
+        than this worker's: a status call, cancel or lookup from here would ask the wrong
+        provider (and fail the job `not_found`). The step is handed back (`resend`, with a
+        countdown, for a worker that matches; the due index keeps the recovery sweep
+        informed) and the record says what it waits for. A job from before fingerprints,
+        or one this worker matches, goes on here (clearing an old note)."""
+        mine = self.endpoint(job.provider)
+        if job.provider_fingerprint is None or job.provider_fingerprint == mine.fingerprint:
+            if job.waiting_for_endpoint is not None:
+                self.store.update(job.id, _set_waiting(None))
+            return False
+        wanted = f"endpoint host {job.provider_endpoint} (fingerprint {job.provider_fingerprint})"
+        give_up_at = job.deadline_at + timedelta(seconds=self.settings.follow_past_deadline_s)
+        if utcnow() >= give_up_at:
+            self._fail(
+                job.id,
+                ErrorCode.DEADLINE,
+                f"no worker configured for {wanted} took the job by {give_up_at.isoformat(timespec='seconds')} "
+                "(its deadline plus FOLLOW_PAST_DEADLINE_S); its provider task may still have been billed",
+            )
+            return True
+        note = f"waiting for a worker configured for {wanted}; this worker has {mine.describe()}"
+        if job.waiting_for_endpoint != note:
+            self.store.update(job.id, _set_waiting(note))
+        log.warning(
+            "job left to a worker configured for its endpoint",
+            extra={"job_id": job.id, "wanted": job.provider_fingerprint, "mine": mine.fingerprint},
+        )
+        if resend is not None:
+            resend(self.settings.poll_max_s * self.rng.uniform(0.5, 1.0))
+        return True
 
     def _fail(self, job_id: str, code: ErrorCode, message: str, provider_code: str | None = None) -> JobRecord | None:
         log.warning("job failed", extra={"job_id": job_id, "error_code": code.value})
@@ -236,6 +277,10 @@ class Pipeline:
             wait = (job.submit_lease_until - now).total_seconds() + 1.0
             self.dispatch.submit(job.id, countdown=wait)
             return
+        # A create whose answer was lost is looked up where it was sent, and only there.
+        uncertain = job.status is JobStatus.SUBMITTING and job.submit_intent_at is not None
+        if uncertain and self._left_to_matching_worker(job, lambda c: self.dispatch.submit(job_id, c)):
+            return
         if now >= job.deadline_at:
             self._submit_deadline(job, now)
             return
@@ -251,7 +296,7 @@ class Pipeline:
 
         uncertain_since = job.submit_intent_at if job.status is JobStatus.SUBMITTING else None
         lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
-        claimed = self.store.update(job.id, _claim(now, lease_until))
+        claimed = self.store.update(job.id, _claim(now, lease_until, self.endpoint(job.provider)))
         if claimed is None:
             return
         recorded = self._create_once(claimed, uncertain_since, lease_until)
@@ -285,7 +330,7 @@ class Pipeline:
             self._expire_unsent(job)
             return
         lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
-        claimed = self.store.update(job.id, _claim(now, lease_until))
+        claimed = self.store.update(job.id, _claim(now, lease_until, self.endpoint(job.provider)))
         if claimed is None:
             return
         recorded = self._settle_uncertain(claimed, lease_until)
@@ -501,6 +546,8 @@ class Pipeline:
             return
         if job.status is not JobStatus.RUNNING or not job.provider_task_id:
             return
+        if self._left_to_matching_worker(job, lambda c: self.dispatch.poll(job_id, seq, c)):
+            return
         self._check(job, seq)
 
     def _check(self, job: JobRecord, seq: int | None) -> None:
@@ -684,6 +731,8 @@ class Pipeline:
         # A job cancelled after the provider finished is stored all the same: the video was
         # paid for. It ends `cancelled`, with its video.
         final_status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.SUCCEEDED
+        if job.video_url is None and self._left_to_matching_worker(job, lambda c: self.dispatch.store(job_id, c)):
+            return  # the video is fetched through the provider's API, from where it was made
         started = self._start_store_attempt(job)
         if started is None:
             return
@@ -877,7 +926,12 @@ class Pipeline:
             return
         if job.status is JobStatus.QUEUED:
             self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
-        elif job.status is JobStatus.RUNNING and job.provider_task_id:
+        elif (
+            job.status is JobStatus.RUNNING
+            and job.provider_task_id
+            # Created with another endpoint: the poll chain, on a worker that matches, cancels it.
+            and not self._left_to_matching_worker(job, None)
+        ):
             # Status first: a finished task is stored, a queued one cancelled, a rendering
             # one followed (its poll chain goes on; each poll tries again).
             self._check(job, seq=None)
@@ -893,8 +947,9 @@ def _result_expiry(job: JobRecord) -> datetime | None:
     return job.provider_done_at + timedelta(seconds=ttl)
 
 
-def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRecord | None]:
-    """A mutation that takes a job for one create attempt, unless someone else holds it."""
+def _claim(now: datetime, lease_until: datetime, endpoint: Endpoint) -> Callable[[JobRecord], JobRecord | None]:
+    """A mutation that takes a job for one create attempt, unless someone else holds it.
+    A fresh attempt records `endpoint` (this worker's): the task is created there."""
 
     def claim(record: JobRecord) -> JobRecord | None:
         if record.status not in (JobStatus.QUEUED, JobStatus.SUBMITTING) or record.provider_task_id:
@@ -903,6 +958,12 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
             return None
         if record.status is JobStatus.QUEUED or record.submit_intent_at is None:
             record.submit_intent_at = now
+            record.provider_endpoint, record.provider_fingerprint = endpoint.host, endpoint.fingerprint
+            record.waiting_for_endpoint = None
+        elif record.provider_fingerprint is None:  # a job from before fingerprints
+            record.provider_endpoint, record.provider_fingerprint = endpoint.host, endpoint.fingerprint
+        elif record.provider_fingerprint != endpoint.fingerprint:
+            return None  # an uncertain create is looked up only where it was sent
         # else: keep the earliest unresolved intent, so the lookup window covers it.
         record.status = JobStatus.SUBMITTING
         record.submit_lease_until = lease_until
@@ -910,6 +971,18 @@ def _claim(now: datetime, lease_until: datetime) -> Callable[[JobRecord], JobRec
         return record
 
     return claim
+
+
+def _set_waiting(note: str | None) -> Callable[[JobRecord], JobRecord | None]:
+    """A mutation setting (or clearing) what an active job waits for."""
+
+    def set_waiting(record: JobRecord) -> JobRecord | None:
+        if record.status.is_final or record.waiting_for_endpoint == note:
+            return None
+        record.waiting_for_endpoint = note
+        return record
+
+    return set_waiting
 
 
 def _charge_uncertain(why: str) -> Callable[[JobRecord], JobRecord | None]:

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import redis
 
+from producer import jobstore
 from producer.contract import JobRecord
-from producer.jobstore import KEY_PREFIX
 
 # Prefix of an approximate render time in the list.
 APPROXIMATE = "~"
@@ -31,7 +31,7 @@ def history_key(job: JobRecord) -> str:
     """The Redis list of render times of jobs like `job`."""
     request = job.request
     kind = (job.provider, job.model, request.get("resolution"), request.get("duration"), request.get("service_tier"))
-    return f"{KEY_PREFIX}render:" + ":".join(str(part) for part in kind)
+    return f"{jobstore.KEY_PREFIX}render:" + ":".join(str(part) for part in kind)
 
 
 class RenderHistory:

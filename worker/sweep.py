@@ -14,13 +14,14 @@ import redis
 from celery import Celery
 from redis.exceptions import RedisError
 
+from producer import namespace
 from producer.jobstore import JobStore
 from producer.recovery import recover_stranded
 from producer.settings import Settings
 from producer.stalled import StallRule
 
 log = logging.getLogger("videoqueue.sweep")
-LOCK_KEY = "vq:sweep:lock"
+LOCK_KEY = namespace.keep(globals(), "LOCK_KEY", lambda: namespace.key("sweep:lock"))
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from producer.catalog import load_catalog
@@ -22,7 +22,7 @@ from producer.jobstore import JobStore
 from producer.limits import ProviderLimits
 from producer.queues import broker_timing
 from producer.settings import get_settings
-from worker import logs
+from worker import logs, registry
 from worker.app import app
 from worker.outcome import JobFailed, ended_by_step, summary
 from worker.pipeline import Pipeline, StoreRetry
@@ -91,10 +91,23 @@ def _fresh_clients(**_: Any) -> None:
 logs.configure(get_settings().log_level)
 
 
+_heartbeats: list[registry.Heartbeat] = []
+
+
 @worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
     # In the worker's main process only: pool children never see worker_ready.
     start_sweeper(app, get_settings())
+    # Register in the namespace's worker registry, for `videoqueue doctor`.
+    node = str(getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker")
+    queues = sorted(app.amqp.queues.consume_from)
+    _heartbeats.append(registry.start_heartbeat(node, queues, get_settings()))
+
+
+@worker_shutdown.connect
+def _leave_registry(**_: Any) -> None:
+    for heartbeat in _heartbeats:
+        heartbeat.stop()
 
 
 # The job store is unreachable (Redis restarting, network blip): try again with backoff

@@ -15,12 +15,19 @@ import httpx
 import pytest
 import redis
 
-from producer import Settings, VideoQueue
+from producer import Settings, VideoQueue, namespace
 from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, start_worker
 
 pytestmark = pytest.mark.integration
 
 REDIS_URL = os.environ.get("VQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+# The suite is a deployment of its own, whatever VQ_NAMESPACE the shell or a .env names: it
+# never takes a real fleet's jobs, nor gives it its own. Workers it starts inherit it.
+TEST_NAMESPACE = os.environ.get("VQ_TEST_NAMESPACE", "test")
+os.environ["VQ_NAMESPACE"] = TEST_NAMESPACE
+namespace.use(TEST_NAMESPACE)
+# Kombu's hash of delivered, unacknowledged messages, named by the namespace too.
+UNACKED = namespace.redis_transport_options().get("unacked_key", "unacked")
 SIM_KEY = "sim-test-key-0d9c1e"
 SIM_GOOGLE_KEY = "sim-google-key-5b7a20"
 # What every test starts from: whatever an earlier test set is undone.

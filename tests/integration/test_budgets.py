@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import JobStatus, VideoRequest
+from producer import JobStatus, VideoRequest, namespace
 from producer.budget import usage
 from producer.contract import ErrorCode
 from producer.ledger import Ledger
@@ -32,7 +32,7 @@ def run_in(stack: Stack, shell: dict[str, str], *args: str) -> subprocess.Comple
 
 
 def _day_key() -> str:
-    return f"vq:budget:day:{datetime.now(UTC).date().isoformat()}"
+    return namespace.key(f"budget:day:{datetime.now(UTC).date().isoformat()}")
 
 
 def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: Stack) -> None:
@@ -54,7 +54,7 @@ def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: 
     error = " ".join(refused.stderr.split())  # however the terminal width wraps it
     assert "cap $0.60, spent $0.4983, reserved $0.0000" in error
     assert "requested $0.2492" in error and "nothing was enqueued" in error
-    assert local_stack.redis.zcard("vq:jobs:all") == 2
+    assert local_stack.redis.zcard(namespace.key("jobs:all")) == 2
 
     shown = json.loads(run(local_stack, "budget", "show", "--json").stdout)
     day = next(b for b in shown if b["kind"] == "day")
@@ -119,8 +119,8 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     partial.mkdir()
     for job_id in ids[:3]:
         shutil.copy(workers_storage / f"{job_id}.json", partial / f"{job_id}.json")
-    local_stack.redis.delete(f"vq:ledger:entry:{ids[0]}")  # Redis lost one that storage has
-    local_stack.redis.zrem("vq:ledger:index", ids[0])
+    local_stack.redis.delete(namespace.key(f"ledger:entry:{ids[0]}"))  # Redis lost one that storage has
+    local_stack.redis.zrem(namespace.key("ledger:index"), ids[0])
     shell = {"STORAGE_URL": f"file://{partial}"}
 
     dry = run_in(local_stack, shell, "costs", "rebuild", "--dry-run")
@@ -145,9 +145,9 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     assert sorted(e.job_id for e in ledger.entries()) == sorted(ids[:3])
 
     # Budgets recount from the ledger: what was pruned no longer counts as spent.
-    assert usage(local_stack.redis, "vq:budget:tag:rebuild")[1] == total
+    assert usage(local_stack.redis, namespace.key("budget:tag:rebuild"))[1] == total
     recount = run(local_stack, "budget", "rebuild")
     assert recount.returncode == 0, recount.stderr
     kept = sum((e.actual_usd for e in ledger.entries()), Decimal(0))
     assert f"tag:rebuild: spent ${total:.4f} -> ${kept:.4f}" in recount.stdout
-    assert usage(local_stack.redis, "vq:budget:tag:rebuild") == (Decimal(0), kept)
+    assert usage(local_stack.redis, namespace.key("budget:tag:rebuild")) == (Decimal(0), kept)

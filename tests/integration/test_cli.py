@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from producer import namespace
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_status
 
@@ -24,8 +25,8 @@ def run(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedP
 
 def _queue_state(stack: Stack) -> tuple[Any, ...]:
     r = stack.redis
-    keys: list[str] = r.keys("vq:*")  # type: ignore[assignment]
-    return (sorted(keys), r.llen("vq.submit"), r.llen("vq.poll"), r.llen("vq.store"))
+    keys: list[str] = r.keys(namespace.key("*"))  # type: ignore[assignment]
+    return (sorted(keys), *(r.llen(queue) for queue in namespace.queues()))
 
 
 def test_submit_wait_status_jobs(local_stack: Stack) -> None:
@@ -74,7 +75,7 @@ def test_jsonl_file_enqueues_one_job_per_line(local_stack: Stack, tmp_path: Path
     assert result.returncode == 0, result.stderr
     ids = result.stdout.split()
     assert len(ids) == 3
-    assert local_stack.redis.llen("vq.submit") == 3
+    assert local_stack.redis.llen(namespace.queue("submit")) == 3
 
 
 def test_a_bad_jsonl_line_enqueues_nothing(local_stack: Stack, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from producer import InvalidRequestError, JobRecord, VideoRequest
+from producer import InvalidRequestError, JobRecord, VideoRequest, namespace
 from producer.jobstore import DuplicateClientJobIdError
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import assert_mp4, local_path
@@ -94,8 +94,8 @@ def test_producers_retrying_at_once_with_one_client_id_get_one_job(local_stack: 
         thread.join()
     assert all(isinstance(r, str) for r in results), results
     assert len(set(results)) == 1
-    assert local_stack.keys("vq:job:*") == [f"vq:job:{results[0]}"]
-    assert local_stack.redis.llen("vq.submit") == 1
+    assert local_stack.keys(namespace.key("job:*")) == [namespace.key(f"job:{results[0]}")]
+    assert local_stack.redis.llen(namespace.queue("submit")) == 1
 
 
 def test_retry_a_failed_job_then_fetch_its_video(local_stack: Stack, tmp_path: Path) -> None:

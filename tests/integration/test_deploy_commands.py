@@ -15,10 +15,10 @@ import httpx
 import pytest
 from celery import Celery
 
-from producer import VideoRequest
+from producer import VideoRequest, namespace
 from producer.contract import JobStatus
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
-from tests.integration.conftest import REDIS_URL, Stack
+from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.unit.test_deploy_files import (
     COMPOSE,
     as_argv,
@@ -109,15 +109,15 @@ def test_sigterm_hands_held_countdown_messages_back(local_stack: Stack) -> None:
     sender = Celery("sender", broker=REDIS_URL, set_as_current=False)
     job_ids = [str(uuid.uuid4()) for _ in range(3)]
     for job_id in job_ids:
-        sender.send_task("videoqueue.poll", args=(job_id, 1), countdown=600, queue="vq.poll")
+        sender.send_task("videoqueue.poll", args=(job_id, 1), countdown=600, queue=namespace.queue("poll"))
     sender.close()
     r = local_stack.redis
-    wait_until(lambda: r.hlen("unacked") == 3, 20, "the worker to hold the countdown messages")
-    assert r.llen("vq.poll") == 0
+    wait_until(lambda: r.hlen(UNACKED) == 3, 20, "the worker to hold the countdown messages")
+    assert r.llen(namespace.queue("poll")) == 0
     os.kill(proc.proc.pid, signal.SIGTERM)  # what `docker stop` sends to the container's main process
     proc.proc.wait(30)
-    assert r.hlen("unacked") == 0
-    assert r.llen("vq.poll") == 3
+    assert r.hlen(UNACKED) == 0
+    assert r.llen(namespace.queue("poll")) == 3
     assert "Restoring 3 unacknowledged message(s)" in proc.log_text()
 
 

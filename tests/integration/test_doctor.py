@@ -14,7 +14,9 @@ import redis
 import typer
 from typer.testing import CliRunner
 
+from producer import namespace
 from producer.cli_ops import register
+from producer.endpoints import provider_endpoint
 from producer.settings import Settings, get_settings
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Simulator, Stack
@@ -72,15 +74,20 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
     assert report.ok, report.to_text()
     assert all(check.status is Status.OK for check in report.checks), report.to_text()
     assert [c.name for c in report.checks] == [
+        "namespace",
         "redis",
         "storage",
         "provider byteplus",
         "provider veo",
         "workers",
+        "worker config",
     ]
+    assert report.named("namespace").detail.startswith("'test': keys vq@test:*")
     assert "AOF on" in report.named("redis").detail
-    assert "consumers per queue: vq.submit 1, vq.poll 1, vq.store 1" in report.named("workers").detail
-    assert report.verdict.startswith("ready: all 5 checks ok")
+    submit, poll, store = namespace.queues()
+    assert f"consumers per queue: {submit} 1, {poll} 1, {store} 1" in report.named("workers").detail
+    assert report.verdict.startswith("ready: all 7 checks ok")
+    assert report.named("worker config").detail.endswith("; all configured as this shell")
     # The probe is gone again.
     assert not list((Path(local_stack.storage_url.removeprefix("file://"))).rglob("*.json"))
 
@@ -159,12 +166,16 @@ def test_no_worker_fails_the_workers_check(local_stack: Stack) -> None:
 
 def test_a_queue_nobody_consumes_is_a_warning(local_stack: Stack) -> None:
     proc = start_worker(
-        "pollers-only", local_stack.env(), local_stack.log_dir, queues=["vq.submit", "vq.poll"], concurrency=1
+        "pollers-only",
+        local_stack.env(),
+        local_stack.log_dir,
+        queues=[namespace.queue("submit"), namespace.queue("poll")],
+        concurrency=1,
     )
     local_stack.workers.append(proc)
     check = run_doctor(doctor_settings(local_stack)).named("workers")
     assert check.status is Status.WARN
-    assert "no worker consumes vq.store: finished videos are never stored" in check.detail
+    assert f"no worker consumes {namespace.queue('store')}: finished videos are never stored" in check.detail
 
 
 def test_an_unset_default_provider_key_is_a_warning(local_stack: Stack) -> None:
@@ -218,3 +229,27 @@ def test_doctor_command_exits_one_when_a_check_failed(cli_env: Stack, monkeypatc
     assert "fail  provider byteplus" in result.stdout and "fail  workers" in result.stdout
     assert result.stdout.rstrip().splitlines()[-1].startswith("verdict: NOT READY")
     assert WRONG_KEY not in result.output
+
+
+def test_doctor_lists_the_namespaces_workers_and_flags_one_configured_otherwise(
+    local_stack: Stack, log_dir: Path
+) -> None:
+    """Seen: a worker configured for another endpoint than the shell (and the jobs) used."""
+    local_stack.start_worker()
+    elsewhere = "http://127.0.0.1:9/api/v3"
+    odd = start_worker("odd", local_stack.env(BYTEPLUS_BASE_URL=elsewhere), log_dir, concurrency=1)
+    local_stack.workers.append(odd)
+    # A worker of another deployment on the same Redis is not this namespace's.
+    stranger = start_worker("stranger", local_stack.env(VQ_NAMESPACE="elsewhere"), log_dir, concurrency=1)
+    local_stack.workers.append(stranger)
+    check = run_doctor(doctor_settings(local_stack)).named("worker config")
+    assert check.status is Status.WARN, check.detail
+    assert check.detail.startswith("2 worker(s) registered in namespace 'test': ")
+    assert "stranger@" not in check.detail
+    shell = provider_endpoint("byteplus", doctor_settings(local_stack))
+    theirs = provider_endpoint("byteplus", doctor_settings(local_stack, byteplus_base_url=elsewhere))
+    assert "configured otherwise than this shell: odd@" in check.detail
+    assert f"byteplus {theirs.describe()}, this shell {shell.describe()}" in check.detail
+    assert SIM_KEY not in check.detail
+    odd.stop()  # a worker that stops leaves the registry
+    assert run_doctor(doctor_settings(local_stack)).named("worker config").status is Status.OK

@@ -23,7 +23,7 @@ import pytest
 from producer import VideoRequest
 from producer.contract import JobRecord, JobStatus
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
-from tests.integration.conftest import REDIS_URL, Stack
+from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.integration.helpers import wait_for
 from tests.unit.test_deploy_files import COMPOSE, ROOT, as_argv, compose_command
 
@@ -111,7 +111,7 @@ def assert_failure_shown(api: Flower, stack: Stack, job: JobRecord) -> None:
     assert "JobFailed" in str(failures[0]["exception"])
     assert all(t["state"] == "SUCCESS" for t in tasks if t is not failures[0]), tasks
     # Acknowledged (before the task-failed event is sent), never to be delivered again.
-    held: list[str] = stack.redis.hvals("unacked")  # type: ignore[assignment]
+    held: list[str] = stack.redis.hvals(UNACKED)  # type: ignore[assignment]
     assert not [message for message in held if job.id in message]
     # One INFO line for the expected end, no ERROR and no traceback in the worker's log.
     log = "\n".join(worker.log_text() for worker in stack.workers)

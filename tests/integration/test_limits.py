@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from producer import JobStatus, VideoRequest
+from producer import JobStatus, VideoRequest, namespace
 from producer.limits import ModelLimits, ProviderLimits
 from tests.integration.conftest import REDIS_URL, Stack
 
@@ -108,7 +108,8 @@ def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stac
     assert stats["max_in_flight"] <= 4
     assert stats["creates_total"] == 20
     assert (
-        local_stack.keys("vq:limits:slots:*") == [] or local_stack.redis.zcard(f"vq:limits:slots:byteplus:{MODEL}") == 0
+        local_stack.keys(namespace.key("limits:slots:*")) == []
+        or local_stack.redis.zcard(f"{namespace.key_prefix()}limits:slots:byteplus:{MODEL}") == 0
     )  # every final job gave its slot back
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
+from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest, namespace
 from producer.catalog import load_catalog
 from producer.celery_client import producer_app
 from producer.contract import TASK_SUBMIT
@@ -200,8 +200,8 @@ def test_a_job_is_one_message_on_the_submit_queue_carrying_only_its_id(local_sta
     secret_prompt = "a prompt that must not travel in task arguments"
     job = vq.submit(VideoRequest(prompt=secret_prompt))
     r = local_stack.redis
-    assert (r.llen("vq.submit"), r.llen("vq.poll"), r.llen("vq.store")) == (1, 0, 0)
-    raw = r.lindex("vq.submit", 0)
+    assert [r.llen(queue) for queue in namespace.queues()] == [1, 0, 0]
+    raw = r.lindex(namespace.queue("submit"), 0)
     assert isinstance(raw, str)
     message = json.loads(raw)
     body = json.loads(base64.b64decode(message["body"]))
@@ -243,7 +243,7 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
 
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
     assert done[1].request["images"]["first_frame"]["mime_type"] == "image/jpeg"
-    assert local_stack.redis.exists(f"vq:input:{done[1].id}:first_frame") == 1
+    assert local_stack.redis.exists(f"{namespace.key_prefix()}input:{done[1].id}:first_frame") == 1
     with pytest.raises(InvalidRequestError) as info:
         vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))
     assert "answers HTTP 404" in info.value.problems["image_url"]

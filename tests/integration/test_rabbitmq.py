@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import JobStatus, VideoRequest
+from producer import JobStatus, VideoRequest, namespace
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def test_jobs_run_end_to_end_on_rabbitmq_with_quorum_queues(local_stack: Stack, 
 
     assert all(j.status is JobStatus.SUCCEEDED for j in done), [j.error for j in done]
     assert set(local_stack.simulator.stats()["creates_by_prompt"].values()) == {1}
-    assert local_stack.redis.llen("vq.submit") == 0  # nothing went through Redis as a broker
+    assert local_stack.redis.llen(namespace.queue("submit")) == 0  # nothing went through Redis as a broker
     vhost = rabbit_vhost.rsplit("/", 1)[1]
     queues = subprocess.run(
         ["rabbitmqctl", "list_queues", "-p", vhost, "name", "type"],
@@ -53,5 +53,5 @@ def test_jobs_run_end_to_end_on_rabbitmq_with_quorum_queues(local_stack: Stack, 
         text=True,
         timeout=60,
     ).stdout
-    for name in ("vq.submit", "vq.poll", "vq.store"):
+    for name in namespace.queues():
         assert any(line.split() == [name, "quorum"] for line in queues.splitlines()), queues

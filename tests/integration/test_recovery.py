@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from producer import JobStatus, VideoRequest
-from tests.integration.conftest import Stack
+from producer import JobStatus, VideoRequest, namespace
+from tests.integration.conftest import UNACKED, Stack
 from tests.integration.helpers import wait_for, wait_status
 from tests.integration.test_cli import run
 
@@ -18,7 +18,7 @@ def test_a_poll_lost_with_a_killed_worker_is_recovered_by_the_sweep(local_stack:
     job = vq.submit(VideoRequest(prompt="rendering when the worker dies [sim:latency=4]"))
     wait_status(vq, job.id, {"running"})
     doomed.kill()  # it held the countdown poll message, unacknowledged
-    held: int = local_stack.redis.hlen("unacked")  # type: ignore[assignment]
+    held: int = local_stack.redis.hlen(UNACKED)  # type: ignore[assignment]
     assert held >= 1  # the broker would give it back only after ~36 min
 
     local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="2")
@@ -56,7 +56,7 @@ def test_videoqueue_recover_puts_stranded_jobs_back_once(local_stack: Stack) -> 
 def test_a_job_queued_with_no_message_at_all_is_submitted_by_the_sweep(local_stack: Stack) -> None:
     vq = local_stack.queue()
     job = vq.submit(VideoRequest(prompt="message lost before any worker saw it"))
-    local_stack.redis.delete("vq.submit")  # the broker lost it (no AOF, a crash...)
+    local_stack.redis.delete(namespace.queue("submit"))  # the broker lost it (no AOF, a crash...)
     local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="1")
     done = vq.wait([job.id], timeout=60)[0]
     assert done.status is JobStatus.SUCCEEDED and done.recoveries == 1

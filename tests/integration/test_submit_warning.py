@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from producer import namespace
 from simulator.stack import start_worker
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import run
@@ -33,7 +34,9 @@ def test_submit_with_a_worker_does_not_warn(local_stack: Stack) -> None:
 
 
 def test_a_worker_on_other_queues_only_does_not_count(local_stack: Stack) -> None:
-    worker = start_worker("polls-only", local_stack.env(), local_stack.log_dir, queues=["vq.poll", "vq.store"])
+    worker = start_worker(
+        "polls-only", local_stack.env(), local_stack.log_dir, queues=[namespace.queue("poll"), namespace.queue("store")]
+    )
     local_stack.workers.append(worker)
     result = run(local_stack, "submit", "only pollers are listening")
     assert result.returncode == 0, result.stderr

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import redis
 
-from producer import InvalidRequestError, UnknownJobError, VideoQueue, VideoRequest
+from producer import InvalidRequestError, UnknownJobError, VideoQueue, VideoRequest, namespace
 from producer.catalog import MAX_IMAGE_BYTES
 from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
 from producer.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_TAGS
 from simulator.stack import free_port
-from tests.integration.conftest import REDIS_URL, Stack
+from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.integration.test_cli import run
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,8 @@ def changed_keys(before: dict[bytes, Any], after: dict[bytes, Any]) -> list[byte
 def queue_lengths(state: dict[bytes, tuple[str, Any, bool]]) -> dict[str, int]:
     """Messages waiting in each Celery queue, and held unacknowledged."""
     lengths = {q: len(state[q.encode()][1]) if q.encode() in state else 0 for q in QUEUES}
-    lengths["unacked"] = len(state[b"unacked"][1]) if b"unacked" in state else 0
+    unacked = UNACKED.encode()
+    lengths["unacked"] = len(state[unacked][1]) if unacked in state else 0
     return lengths
 
 
@@ -615,7 +616,7 @@ def test_bad_input_suite(local_stack: Stack, tmp_path: Path) -> None:
     good = vq.submit(VideoRequest(prompt="the one good job of the bad-input suite", client_job_id=USED_CLIENT_ID))
     before = snapshot(client)
     assert queue_lengths(before)[QUEUE_SUBMIT] == queue_lengths(empty)[QUEUE_SUBMIT] + 1
-    assert f"vq:job:{good.id}".encode() in before
+    assert f"{namespace.key_prefix()}job:{good.id}".encode() in before
 
     inp = make_inputs(stack, tmp_path)
     table = cases(inp)

@@ -51,6 +51,7 @@ from typing import Any
 import pytest
 import redis
 
+from producer import namespace
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
 from producer.ledger import Ledger
@@ -87,7 +88,7 @@ WORKER_ENV = {
 }
 RABBITMQ = ("127.0.0.1", 5672)
 SUBMIT, POLL, STORE = "videoqueue.submit", "videoqueue.poll", "videoqueue.store"
-ALL_JOBS = "vq:jobs:all"
+ALL_JOBS = namespace.key("jobs:all")
 
 # The producer runs as its own process: Celery's settings (quorum queues on RabbitMQ) are
 # read from the environment when `celeryconfig` is first imported.

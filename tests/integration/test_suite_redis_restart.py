@@ -41,7 +41,7 @@ from producer.jobstore import JobStore
 from producer.ledger import Ledger
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, start_simulator, wait_until
-from tests.integration.conftest import SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from tests.integration.conftest import SIM_GOOGLE_KEY, SIM_KEY, UNACKED, Simulator, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,7 @@ def test_redis_restart_mid_run_loses_nothing(
 
         wait_until(enough_done, 120, f"{RESTART_WHEN_SUCCEEDED} jobs succeeded", interval=0.2)
         at_restart = _snapshot([r for r in store.get_many(job_ids) if r is not None])
-        unacked_before: int = client.hlen("unacked")  # type: ignore[assignment]
+        unacked_before: int = client.hlen(UNACKED)  # type: ignore[assignment]
         stopped = time.monotonic()
         own_redis.stop()
         time.sleep(DOWN_S)

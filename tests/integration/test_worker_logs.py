@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from producer import VideoRequest
+from producer import VideoRequest, namespace
 from tests.integration.conftest import SIM_KEY, Stack
 from tests.integration.helpers import wait_for, wait_status
 
@@ -34,9 +34,9 @@ def test_json_logs_carry_the_job_id_on_every_line_about_the_job(local_stack: Sta
             entries.append(json.loads(line))
     assert SIM_KEY not in text
     assert entries[0]["message"] == "worker starting" and set(entries[0]["queues"]) == {
-        "vq.submit",
-        "vq.poll",
-        "vq.store",
+        namespace.queue("submit"),
+        namespace.queue("poll"),
+        namespace.queue("store"),
     }
     about_job = [e for e in entries if job.id in e["message"] or e.get("job_id") == job.id]
     for entry in about_job:

@@ -1,4 +1,5 @@
-"""Unit tests run on built-in defaults, whatever the environment or a `.env` file says."""
+"""Unit tests run on built-in defaults, whatever the environment or a `.env` file says,
+in the `default` namespace (the integration suite, collected in the same run, serves `test`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from producer import namespace
 from producer.settings import Settings, get_settings
 
 
@@ -16,5 +18,6 @@ def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("ARK_API_KEY", raising=False)
     monkeypatch.setitem(Settings.model_config, "env_file", None)
     get_settings.cache_clear()
-    yield
+    with namespace.using(namespace.DEFAULT):
+        yield
     get_settings.cache_clear()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
+from producer import namespace
 from simulator.__main__ import parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,8 +253,10 @@ def test_the_two_kinds_of_worker_share_the_queues_out(services: dict[str, dict[s
     assert default_of(io["WORKER_POOL"]) == "threads" and int(default_of(io["WORKER_CONCURRENCY"])) >= 8
     assert store["WORKER_POOL"] == "prefork"
     io_queues, store_queues = set(io["WORKER_QUEUES"].split(",")), set(store["WORKER_QUEUES"].split(","))
-    assert io_queues == {QUEUE_SUBMIT, QUEUE_POLL}
-    assert store_queues == {QUEUE_STORE}
+    # The default names, which a worker of any namespace maps to its own queues.
+    submit, poll, store_queue = namespace.queues(namespace.DEFAULT)
+    assert io_queues == {submit, poll}
+    assert store_queues == {store_queue}
     assert "${WORKER_POOL:+--pool=$WORKER_POOL}" in shell_script(dockerfile_cmd())
     assert "${WORKER_QUEUES:+--queues=$WORKER_QUEUES}" in shell_script(dockerfile_cmd())
 
@@ -438,7 +440,8 @@ def test_commands_reference_modules_that_exist(services: dict[str, dict[str, Any
     from worker.app import app as celery_app
 
     queues = {queue.name for queue in celery_app.conf.task_queues}
-    assert queues == {QUEUE_SUBMIT, QUEUE_POLL, QUEUE_STORE}
+    # The three step queues of the namespace the worker app was first read in.
+    assert any(queues == set(namespace.queues(name)) for name in (namespace.DEFAULT, "test", namespace.current()))
 
 
 # -- the real tools, where they are installed ------------------------------------------------

@@ -7,13 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+import fakeredis
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from producer import namespace
 from producer.cli_ops import register
+from producer.endpoints import provider_endpoint
 from producer.settings import Settings
-from worker import doctor
+from worker import doctor, registry
 from worker.doctor import Check, DoctorReport, Status
 
 
@@ -58,9 +61,10 @@ def test_a_crashing_check_is_a_failed_check_and_its_message_is_redacted(monkeypa
     for name in ("check_redis", "check_storage", "check_byteplus", "check_veo"):
         monkeypatch.setattr(doctor, name, boom)
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: Check("workers", Status.OK, "fine"))
+    monkeypatch.setattr(doctor, "check_worker_config", lambda settings: Check("worker config", Status.OK, "fine"))
     result = doctor.run_doctor(Settings(_env_file=None))
-    assert [c.status for c in result.checks] == [Status.FAIL] * 4 + [Status.OK]
-    assert "check crashed: RuntimeError" in result.checks[0].detail
+    assert [c.status for c in result.checks] == [Status.OK] + [Status.FAIL] * 4 + [Status.OK] * 2
+    assert "check crashed: RuntimeError" in result.checks[1].detail
     assert "sk-xxx" not in result.to_json()
 
 
@@ -69,6 +73,7 @@ def test_the_broker_is_checked_only_when_it_is_another_server(monkeypatch: pytes
     for name in ("check_redis", "check_broker", "check_storage", "check_byteplus", "check_veo"):
         monkeypatch.setattr(doctor, name, lambda settings, name=name: Check(name.removeprefix("check_"), Status.OK, ""))
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: ok)
+    monkeypatch.setattr(doctor, "check_worker_config", lambda settings: ok)
     same = doctor.run_doctor(Settings(_env_file=None))
     other = doctor.run_doctor(Settings(_env_file=None, broker_url="redis://elsewhere:6379/0"))
     assert "broker" not in [c.name for c in same.checks]
@@ -129,3 +134,42 @@ def test_invalid_settings_are_reported_without_values(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(cli(), ["doctor"])
     assert result.exit_code == 2 and "error: invalid setting STORAGE_URL: STORAGE_URL must start with" in result.output
     assert "secret-host" not in result.output
+
+
+# -- the namespace and the registered workers -----------------------------------------------------
+
+
+def test_the_report_names_its_namespace() -> None:
+    check = doctor.check_namespace(Settings(_env_file=None, vq_namespace="staging"))
+    assert check == Check(
+        "namespace",
+        Status.OK,
+        "'staging': keys vq@staging:*, queues vq@staging.submit, vq@staging.poll, vq@staging.store",
+    )
+    assert doctor.check_namespace(Settings(_env_file=None)).detail.startswith("'default': keys vq:*, queues vq.submit")
+
+
+def test_registered_workers_are_listed_and_one_configured_otherwise_is_flagged() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    shell = Settings(_env_file=None, byteplus_api_key="k-1", byteplus_base_url="http://sim:8000/api/v3")
+    other = shell.model_copy(update={"byteplus_base_url": "https://ark.example.com/api/v3"})
+    registry.register(client, registry.entry_for("w1@a", ["vq.submit"], shell))
+    registry.register(client, registry.entry_for("w2@b", ["vq.poll"], other))
+    with namespace.using("elsewhere"):  # another deployment's worker is not listed
+        registry.register(client, registry.entry_for("w3@c", ["vq@elsewhere.submit"], other))
+    workers = registry.registered(client)
+    assert [w.node for w in workers] == ["w1@a", "w2@b"]
+    keys: list[str] = client.keys("*")  # type: ignore[assignment]
+    assert "k-1" not in json.dumps([client.get(k) for k in keys])
+
+    same = doctor.compare_workers(workers[:1], shell)
+    assert same.status is Status.OK and same.detail.startswith(
+        "1 worker(s) registered in namespace 'default': w1@a [byteplus sim:8000 "
+    )
+    mixed = doctor.compare_workers(workers, shell)
+    mine, theirs = provider_endpoint("byteplus", shell), provider_endpoint("byteplus", other)
+    assert mixed.status is Status.WARN
+    assert mixed.detail.endswith(
+        f"configured otherwise than this shell: w2@b byteplus {theirs.describe()}, this shell {mine.describe()}"
+    )
+    assert doctor.compare_workers([], shell).status is Status.WARN

@@ -1546,3 +1546,104 @@ def test_a_long_retry_after_backs_the_model_off_for_at_most_retry_max_s(env: Env
     env.provider.create_results.append(error(ErrorCode.RATE_LIMITED, "slow down", retry_after=86400))
     pipeline.submit(job_id)
     assert limits.back_offs == [env.settings.retry_max_s]  # 300 s, not a day
+
+
+# -------------------------------------------------------------------------- endpoints
+
+OTHER_ENDPOINT = "http://127.0.0.1:8999/api/v3"  # a simulator, where the job's task does not exist
+ARK_KEY = "ark-key-that-must-not-leak-93c1"
+
+
+def mismatched_worker(env: Env) -> Pipeline:
+    """A second worker on the same job store, configured for another BytePlus endpoint."""
+    return Pipeline(
+        settings=make_settings(byteplus_base_url=OTHER_ENDPOINT),
+        store=env.store,
+        catalog=env.catalog,
+        providers=env._provider,
+        storage=lambda: env.storage,
+        dispatch=env.dispatch,
+        rng=random.Random(7),
+    )
+
+
+def test_a_job_records_the_endpoint_its_task_was_created_with_never_the_key(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(byteplus_api_key=ARK_KEY))
+    job_id = env.running_job()
+    job = env.job(job_id)
+    mine = env.pipeline.endpoint("byteplus")
+    assert (job.provider_endpoint, job.provider_fingerprint) == ("ark.ap-southeast.bytepluses.com", mine.fingerprint)
+    assert ARK_KEY not in env.raw(job_id)
+
+
+def test_a_worker_for_another_endpoint_leaves_the_poll_to_one_that_matches(env: Env) -> None:
+    """Seen: jobs created on the demo's simulator, polled by a worker configured for another
+    endpoint, all failed `not_found`."""
+    job_id = env.running_job()
+    env.provider.get_results.append(error(ErrorCode.NOT_FOUND, "task not found"))  # what the wrong endpoint says
+    other = mismatched_worker(env)
+    other.poll(job_id, 1)
+    job = env.job(job_id)
+    assert env.provider.calls == [] and job.status is JobStatus.RUNNING and job.error is None
+    mine, theirs = env.pipeline.endpoint("byteplus"), other.endpoint("byteplus")
+    assert job.waiting_for_endpoint == (
+        f"waiting for a worker configured for endpoint host ark.ap-southeast.bytepluses.com (fingerprint "
+        f"{mine.fingerprint}); this worker has endpoint host 127.0.0.1:8999 (fingerprint {theirs.fingerprint})"
+    )
+    [(kind, sent_id, seq, countdown)] = env.dispatch.take()
+    assert (kind, sent_id, seq) == ("poll", job_id, 1) and 30 <= countdown <= 60  # the same poll, for another worker
+    assert env.store.due_at(job_id) is not None  # the sweep knows it is waiting, not stranded
+
+    env.provider.get_results[:] = [state(TaskStatus.RUNNING)]
+    env.pipeline.poll(job_id, 1)  # the worker that matches
+    assert env.provider.calls == [("get", "task-1")]
+    job = env.job(job_id)
+    assert job.waiting_for_endpoint is None and job.poll_seq == 2
+
+
+def test_a_worker_for_another_endpoint_neither_cancels_nor_looks_up(env: Env) -> None:
+    other = mismatched_worker(env)
+    running = env.running_job()
+    env.store.update(running, lambda r: r.model_copy(update={"cancel_requested": True}))
+    other.cancel(running)
+    assert env.provider.calls == [] and env.job(running).status is JobStatus.RUNNING
+
+    intent = utcnow() - timedelta(minutes=5)
+    uncertain = env.new_job(
+        status=JobStatus.SUBMITTING,
+        submit_intent_at=intent,
+        submit_lease_until=intent,
+        provider_endpoint="ark.ap-southeast.bytepluses.com",
+        provider_fingerprint=env.pipeline.endpoint("byteplus").fingerprint,
+    )
+    env.dispatch.take()
+    other.submit(uncertain)
+    assert env.provider.calls == []  # no lookup, no second create elsewhere
+    assert [kind for kind, *_ in env.dispatch.take()] == ["submit"]
+    assert env.job(uncertain).status is JobStatus.SUBMITTING and env.job(uncertain).waiting_for_endpoint
+
+
+def test_any_worker_creates_and_the_job_takes_its_endpoint(env: Env) -> None:
+    other = mismatched_worker(env)
+    job_id = env.new_job()
+    other.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.provider_endpoint == "127.0.0.1:8999"
+    assert job.provider_fingerprint == other.endpoint("byteplus").fingerprint
+
+
+def test_a_video_with_a_url_is_stored_by_any_worker(env: Env) -> None:
+    job_id = env.downloading_job()
+    mismatched_worker(env).store_video(job_id)
+    assert env.job(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_a_job_no_matching_worker_takes_ends_after_its_follow_window(env: Env) -> None:
+    job_id = env.running_job()
+    gone = utcnow() - timedelta(seconds=env.settings.follow_past_deadline_s + 1)
+    env.store.update(job_id, lambda r: r.model_copy(update={"deadline_at": gone}))
+    mismatched_worker(env).poll(job_id, 1)
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None and job.error.code is ErrorCode.DEADLINE
+    assert "no worker configured for endpoint host ark.ap-southeast.bytepluses.com" in job.error.message
+    assert env.provider.calls == []
