@@ -148,6 +148,9 @@ class Pipeline:
         wanted = f"endpoint host {job.provider_endpoint} (fingerprint {job.provider_fingerprint})"
         give_up_at = job.deadline_at + timedelta(seconds=self.settings.follow_past_deadline_s)
         if utcnow() >= give_up_at:
+            if job.provider_task_id or job.submit_intent_at is not None:
+                # Nobody here can ask that provider how the task ended: count it as billed.
+                self.store.update(job.id, _charge_uncertain(f"its task at {wanted} was never followed to its end"))
             self._fail(
                 job.id,
                 ErrorCode.DEADLINE,

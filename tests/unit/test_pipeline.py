@@ -1647,3 +1647,6 @@ def test_a_job_no_matching_worker_takes_ends_after_its_follow_window(env: Env) -
     assert job.status is JobStatus.FAILED and job.error is not None and job.error.code is ErrorCode.DEADLINE
     assert "no worker configured for endpoint host ark.ap-southeast.bytepluses.com" in job.error.message
     assert env.provider.calls == []
+    # Its task may have finished (and been billed) where nobody here can ask: charged.
+    assert job.uncertain_cost_usd == job.cost_estimate_usd and job.charged_usd == job.cost_estimate_usd
+    assert any("was never followed to its end" in note for note in job.notes)
