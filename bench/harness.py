@@ -19,13 +19,14 @@ import httpx
 import psutil
 import redis
 
-from producer import Settings, VideoQueue, VideoRequest
+from producer import Settings, VideoQueue, VideoRequest, namespace
 from producer.contract import JobStatus
 from producer.jobstore import JobStore
 from simulator.stack import ManagedProcess, _bin, free_port, start_moto, start_simulator, wait_until
 
 KEY = "bench-key"
 GOOGLE_KEY = "bench-google-key"
+BENCH_NAMESPACE = "bench"
 S3_BUCKET = "videoqueue-bench"
 FINAL = tuple(status.value for status in JobStatus if status.is_final)
 
@@ -129,6 +130,7 @@ class BenchStack:
         self._procs: list[ManagedProcess] = []
         self.workers: list[ManagedProcess] = []
         self._worker_seq = 0
+        namespace.use(BENCH_NAMESPACE)  # this process's job store reads the workers' keys
         store, self.store_url = start_redis("redis-store", self.logs)
         self.jobs = JobStore.from_url(self.store_url)
         broker, self.broker_url = start_redis("redis-broker", self.logs)
@@ -187,6 +189,9 @@ class BenchStack:
                 aws_region="us-east-1",
             )
         values.update(settings)
+        # Its own Redis servers, and its own deployment name whatever the shell's (the test
+        # suite's included): the bench process and its workers must agree on one.
+        values.setdefault("vq_namespace", BENCH_NAMESPACE)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VQ_", "CELERY_"))}
         env.update({name.upper(): str(value) for name, value in values.items()})
         return env
