@@ -89,10 +89,19 @@ def _explain_one(exc: BaseException) -> Explained | None:
         return Explained(f"{exc}: fix the file or unset PRICING_FILE")
     if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
         return Explained(f"Redis at {_redis_url()} refused our credentials ({exc}): fix the password in REDIS_URL")
+    if isinstance(exc, redis.exceptions.ResponseError) and "DB index is out of range" in str(exc):
+        return Explained(
+            f"Redis at {_redis_url()} has no such database (a server has 16 by default, 0-15; its "
+            "`databases` setting says how many): pick one in range in REDIS_URL"
+        )
     if isinstance(exc, redis.exceptions.BusyLoadingError):
         return Explained(f"Redis at {_redis_url()} is loading its data set: try again in a moment")
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return Explained(_unreachable("Redis", _redis_url(), _reason(exc), "start it (make redis) or set REDIS_URL"))
+        url, reason = _redis_url(), _reason(exc)
+        fix = "start it (make redis) or set REDIS_URL"
+        if url.startswith("rediss://") and reason == "timed out":
+            fix = "rediss:// needs a server that speaks TLS on that port; for a plain one use redis://"
+        return Explained(_unreachable("Redis", url, reason, fix))
     if _is_broker_error(exc):
         return _broker(exc)
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from producer import budget as budgets
-from producer import namespace, stats
+from producer import namespace, redisconn, stats
 from producer.budget import BudgetPolicy, check_and_reserve, settle
 from producer.contract import JobRecord, JobStatus, utcnow
 from producer.images import ImageFile
@@ -166,7 +166,7 @@ class JobStore:
     @classmethod
     def from_url(cls, url: str) -> JobStore:
         """A store on the Redis at `url`."""
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+        return cls(redisconn.connect(url))
 
     def create(self, record: JobRecord) -> None:
         """Store a new record; raises JobExistsError if the id is taken."""

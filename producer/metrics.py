@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from producer import budget as budgets
-from producer import stats
+from producer import redisconn, stats
 from producer.budget import from_micro
 from producer.contract import JobStatus
 
@@ -111,7 +111,7 @@ class JobMetricsCollector(Collector):
 
 def serve(redis_url: str, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - an exporter listens
     """Serve /metrics on `port` until interrupted."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redisconn.connect(redis_url)
     REGISTRY.register(JobMetricsCollector(client))
     start_http_server(port, addr=host)
     threading.Event().wait()

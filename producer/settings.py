@@ -11,6 +11,7 @@ import re
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -311,6 +312,7 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        _check_url_parts("REDIS_URL", value)
         return value
 
     @field_validator("broker_url")
@@ -319,6 +321,8 @@ class Settings(BaseSettings):
         schemes = ("redis://", "rediss://", "unix://", "amqp://", "amqps://", "pyamqp://")
         if value is not None and not value.startswith(schemes):
             raise ValueError("BROKER_URL must start with redis://, rediss://, unix://, amqp:// or amqps://")
+        if value is not None:
+            _check_url_parts("BROKER_URL", value)
         return value
 
     def budget_policy(self) -> BudgetPolicy:
@@ -404,3 +408,16 @@ def get_settings() -> Settings:
     settings = load_settings()
     namespace.adopt(settings.vq_namespace)
     return settings
+
+
+def _check_url_parts(name: str, url: str) -> None:
+    """ValueError (one line) for a URL whose port is not a port or, for Redis, whose
+    database is not a number: caught here rather than as a client's own error later."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - urllib checks the range when the port is read
+    except ValueError:
+        raise ValueError(f"{name} names a port that is not a number from 1 to 65535") from None
+    database = parts.path.lstrip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"{name} names database {database!r}: a Redis database is a number (0-15 by default)")

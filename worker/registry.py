@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from producer import namespace
+from producer import namespace, redisconn
 from producer.contract import utcnow
 from producer.endpoints import Endpoint, provider_endpoint, storage_endpoint
 from producer.settings import Settings
@@ -104,7 +104,7 @@ class Heartbeat:
 
     def __init__(self, node: str, queues: list[str], settings: Settings) -> None:
         self.node = node
-        self._client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._client = redisconn.connect(settings.redis_url)
         self._entry = entry_for(node, queues, settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="videoqueue-registry", daemon=True)

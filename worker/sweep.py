@@ -10,7 +10,6 @@ import time
 import uuid
 from typing import Any
 
-import redis
 from celery import Celery
 from redis.exceptions import RedisError
 
@@ -70,7 +69,7 @@ def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
     """Start the background sweep thread (None when SWEEP_INTERVAL_S is 0)."""
     if settings.sweep_interval_s <= 0:
         return None
-    store = JobStore(redis.Redis.from_url(settings.redis_url, decode_responses=True))
+    store = JobStore.from_url(settings.redis_url)
     stop = threading.Event()
 
     def loop() -> None:
