@@ -12,7 +12,7 @@ import fakeredis
 import pytest
 from typer.testing import CliRunner
 
-from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest
+from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest, namespace
 from producer import budget as budget_module
 from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, set_caps, states, usage
 from producer.budget_rebuild import rebuild_counters
@@ -23,6 +23,8 @@ from producer.contract import JobRecord, JobStatus
 from producer.jobstore import JobStore
 from producer.ledger import Ledger, LedgerEntry, summarize
 from producer.settings import InvalidSettingsError, load_settings
+from worker.ledger_rebuild import describe_skipped, manifest_namespace
+from worker.manifest import build_manifest
 
 EST = Decimal("0.249163")  # Seedance 1.5 Pro, 720p 16:9, 5 s, audio
 
@@ -459,3 +461,31 @@ def test_budget_set_parses_amounts_none_and_clears() -> None:
     assert parse_changes(
         daily="5", monthly="none", tags=["a=1.5", "b=None"], clear_daily=False, clear_monthly=False, clear_tags=["c"]
     ) == {"day": Decimal(5), "month": None, "tag:a": Decimal("1.5"), "tag:b": None, "tag:c": "clear"}
+
+
+def test_a_manifest_names_the_namespace_that_wrote_it_or_its_budget_keys_do() -> None:
+    # Seen: `costs rebuild` in namespace dev took the manifests of demo, default and bq,
+    # which share the default ./videos storage.
+    now = datetime.now(UTC)
+    record = JobRecord(
+        id="j1",
+        status=JobStatus.SUCCEEDED,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request={"prompt": "p"},
+        cost_estimate_usd=Decimal("0.25"),
+        cost_usd=Decimal("0.25"),
+        created_at=now,
+        updated_at=now,
+        deadline_at=now,
+    )
+    with namespace.using("dev"):
+        written = build_manifest(record, None)
+    assert written["namespace"] == "dev" and manifest_namespace(written) == "dev"
+    old = {"manifest_version": 1, "job": {"budget_keys": ["vq@bq:budget:day:2026-11-29"]}}
+    assert manifest_namespace(old) == "bq"
+    assert manifest_namespace({"job": {"budget_keys": ["vq:budget:month:2026-11"]}}) == "default"
+    assert manifest_namespace({"job": {"budget_keys": []}}) == "default"
+    assert manifest_namespace({"namespace": "Not valid!", "job": None}) == "default"
+    assert describe_skipped({"demo": 4, "bq": 2}) == "skipped 6 manifests of other deployments: bq 2, demo 4"
+    assert describe_skipped({}) == ""
