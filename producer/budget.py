@@ -37,8 +37,9 @@ DAY_TTL_S = 40 * 86400
 MONTH_TTL_S = 400 * 86400
 
 # Where a cap comes from: Redis (an amount, or "none" stored: no cap whatever the
-# settings say), this process's setting, or nowhere (no cap).
-CapSource = Literal["redis", "setting", "none"]
+# settings say; binds the whole fleet), the settings of the process that reads it (binds
+# only the producers and workers whose settings have it), or nowhere (no cap).
+CapSource = Literal["redis", "shell-settings", "none"]
 
 
 def to_micro(amount: Decimal) -> int:
@@ -130,7 +131,7 @@ class Caps:
         if name in self.stored:
             return Cap(self.stored[name], "redis")  # None: "none" stored, no cap on purpose
         default = self.defaults.default(name)
-        return Cap(default, "setting") if default is not None else Cap(None, "none")
+        return Cap(default, "shell-settings") if default is not None else Cap(None, "none")
 
     def tag_names(self) -> set[str]:
         """Tags with a cap in Redis or in the settings."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -311,7 +312,7 @@ def test_a_cap_in_redis_binds_a_producer_whose_settings_have_none(redis_client: 
 
 def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client: Any) -> None:
     defaults = BudgetPolicy(Decimal("10"), None, {"ads": Decimal("3")})
-    assert load_caps(redis_client, defaults).cap("day") == Cap(Decimal("10"), "setting")
+    assert load_caps(redis_client, defaults).cap("day") == Cap(Decimal("10"), "shell-settings")
     assert load_caps(redis_client, defaults).cap("month") == Cap(None, "none")
     set_caps(redis_client, {"day": Decimal("4"), "tag:ads": None, "tag:new": Decimal("1.5")})
     caps = load_caps(redis_client, defaults)
@@ -323,7 +324,10 @@ def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client:
     assert caps.tag_names() == {"new"}
     set_caps(redis_client, {"day": "clear", "tag:ads": "clear"})
     caps = load_caps(redis_client, defaults)
-    assert (caps.cap("day"), caps.cap("tag:ads")) == (Cap(Decimal("10"), "setting"), Cap(Decimal("3"), "setting"))
+    assert (caps.cap("day"), caps.cap("tag:ads")) == (
+        Cap(Decimal("10"), "shell-settings"),
+        Cap(Decimal("3"), "shell-settings"),
+    )
 
 
 def test_a_cap_set_while_a_producer_reads_the_counters_restarts_its_transaction(redis_client: Any) -> None:
@@ -365,7 +369,7 @@ def test_budget_show_gives_cap_spent_reserved_and_left(redis_client: Any) -> Non
     }
     assert rows[f"month:{today.isoformat()[:7]}"]["cap_usd"] is None
     assert rows[f"month:{today.isoformat()[:7]}"]["left_usd"] is None
-    assert (rows["tag:ads"]["cap_source"], rows["tag:ads"]["left_usd"]) == ("setting", float(5 - EST))
+    assert (rows["tag:ads"]["cap_source"], rows["tag:ads"]["left_usd"]) == ("shell-settings", float(5 - EST))
 
 
 def test_the_worker_check_finds_a_budget_exceeded_after_a_cap_was_lowered(redis_client: Any) -> None:
@@ -489,3 +493,33 @@ def test_a_manifest_names_the_namespace_that_wrote_it_or_its_budget_keys_do() ->
     assert manifest_namespace({"namespace": "Not valid!", "job": None}) == "default"
     assert describe_skipped({"demo": 4, "bq": 2}) == "skipped 6 manifests of other deployments: bq 2, demo 4"
     assert describe_skipped({}) == ""
+
+
+def test_budget_show_says_a_cap_from_settings_binds_only_this_shell_not_the_fleet(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen: a cap from the shell's BUDGET_DAILY_USD was labelled "setting", as if it bound the fleet.
+    import io
+
+    from rich.console import Console
+
+    from producer import cli_budget
+
+    monkeypatch.setenv("BUDGET_DAILY_USD", "10")
+    monkeypatch.setattr(cli_budget, "_store", lambda: JobStore(redis_client))
+    set_caps(redis_client, {"month": Decimal("100")})
+    note = "binds only the producers and workers whose settings have it; `videoqueue budget set` makes it fleet-wide"
+
+    shown = CliRunner().invoke(app, ["budget", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    sources = {row["kind"]: row["cap_source"] for row in json.loads(shown.stdout)}
+    assert sources == {"day": "shell-settings", "month": "redis"}
+
+    tsv = CliRunner().invoke(app, ["budget", "show"])
+    assert "\tshell-settings\t" in tsv.stdout and note not in tsv.stdout and note in tsv.stderr
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_budget, "out", Console(file=screen, force_terminal=True, width=250))
+    assert CliRunner().invoke(app, ["budget", "show"]).exit_code == 0
+    assert "this shell's settings" in screen.getvalue() and "redis (fleet-wide)" in screen.getvalue()
+    assert note in screen.getvalue()
