@@ -140,7 +140,7 @@ def show(as_json: Annotated[bool, typer.Option("--json", help="Print a list of J
     spent, reserved by jobs not ended yet, and left."""
     rows = states(_store().redis, get_settings().budget_policy(), utcnow().date())
     if as_json:
-        sys.stdout.write(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([row.as_dict() for row in rows], indent=2, allow_nan=False) + "\n")
     else:
         _print_states(rows)
 

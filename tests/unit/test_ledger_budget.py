@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest, namespace
 from producer import budget as budget_module
-from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, set_caps, states, usage
+from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
 from producer.budget_rebuild import rebuild_counters
 from producer.catalog import load_catalog
 from producer.cli import app
@@ -27,6 +27,7 @@ from producer.settings import InvalidSettingsError, load_settings
 from worker.ledger_rebuild import describe_skipped, manifest_namespace
 from worker.manifest import build_manifest
 
+RULE = "must be an amount of US dollars from 0.01 to 1000000000 with at most 2 decimals"
 EST = Decimal("0.249163")  # Seedance 1.5 Pro, 720p 16:9, 5 s, audio
 
 
@@ -418,12 +419,57 @@ def test_budget_rebuild_counts_every_job_from_the_ledger_and_the_job_store(redis
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("BUDGET_DAILY_USD", "-5", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
-        ("BUDGET_DAILY_USD", "lots", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
-        ("BUDGET_MONTHLY_USD", "Infinity", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
-        ("BUDGET_MONTHLY_USD", "0", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
-        ("BUDGET_TAGS_USD", '{"a": -1}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
-        ("BUDGET_TAGS_USD", '{"a": "lots"}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
+        (
+            "BUDGET_DAILY_USD",
+            "-5",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_DAILY_USD",
+            "lots",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_MONTHLY_USD",
+            "Infinity",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_MONTHLY_USD",
+            "0",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        # Seen: 1e309 became a cap of Infinity, and `budget show --json` printed it (not JSON).
+        (
+            "BUDGET_MONTHLY_USD",
+            "1e309",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_DAILY_USD",
+            "0.001",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": -1}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": "lots"}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": 1e309}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": true}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
         ("BUDGET_TAGS_USD", "[1]", "invalid setting BUDGET_TAGS_USD: must be a JSON object of tag to USD"),
     ],
 )
@@ -447,9 +493,35 @@ def test_budget_settings_accept_amounts(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--daily", "-1"], "error: --daily -1: must be a positive amount of US dollars"),
-        (["--monthly", "lots"], "error: --monthly lots: must be a positive amount"),
-        (["--tag", "a=0"], "error: --tag a 0: must be a positive amount"),
+        (
+            ["--daily", "-1"],
+            f"error: --daily -1: {RULE}",
+        ),
+        (
+            ["--monthly", "lots"],
+            f"error: --monthly lots: {RULE}",
+        ),
+        (
+            ["--tag", "a=0"],
+            f"error: --tag a 0: {RULE}",
+        ),
+        # Seen: 1e309 was stored and printed as a 300-digit cap; 0.001 was stored and shown as $0.00.
+        (
+            ["--daily", "1e309"],
+            f"error: --daily 1e309: {RULE}",
+        ),
+        (
+            ["--monthly", "0.001"],
+            f"error: --monthly 0.001: {RULE}",
+        ),
+        (
+            ["--monthly", "1000000000.01"],
+            f"error: --monthly 1000000000.01: {RULE}",
+        ),
+        (
+            ["--daily", "NaN"],
+            f"error: --daily NaN: {RULE}",
+        ),
         (["--tag", "a"], "error: --tag a: give NAME=USD"),
         (["--daily", "5", "--clear-daily"], "error: give --daily or --clear-daily, not both"),
         ([], "error: nothing to set"),
@@ -523,3 +595,20 @@ def test_budget_show_says_a_cap_from_settings_binds_only_this_shell_not_the_flee
     assert CliRunner().invoke(app, ["budget", "show"]).exit_code == 0
     assert "this shell's settings" in screen.getvalue() and "redis (fleet-wide)" in screen.getvalue()
     assert note in screen.getvalue()
+
+
+def test_cap_amounts_are_whole_cents_up_to_a_billion_and_older_stored_caps_still_bind(redis_client: Any) -> None:
+    assert [parse_usd(v) for v in ("0.01", "12.5", "1e3", "1000000000", 7)] == [
+        Decimal("0.01"),
+        Decimal("12.50"),
+        Decimal(1000),
+        Decimal(1_000_000_000),
+        Decimal(7),
+    ]
+    assert str(parse_usd("1e3")) == "1000.00"
+    # Caps stored before the rule: a finer one keeps binding; one past any JSON number does not count.
+    redis_client.hset(budget_module.CAPS_KEY, mapping={"day": "0.001", "month": "1e309"})
+    caps = load_caps(redis_client, BudgetPolicy())
+    assert (caps.cap("day"), caps.cap("month")) == (Cap(Decimal("0.001"), "redis"), Cap(None, "none"))
+    rows = [s.as_dict() for s in states(redis_client, BudgetPolicy(), datetime.now(UTC).date())]
+    json.dumps(rows, allow_nan=False)
