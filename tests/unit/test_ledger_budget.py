@@ -612,3 +612,14 @@ def test_cap_amounts_are_whole_cents_up_to_a_billion_and_older_stored_caps_still
     assert (caps.cap("day"), caps.cap("month")) == (Cap(Decimal("0.001"), "redis"), Cap(None, "none"))
     rows = [s.as_dict() for s in states(redis_client, BudgetPolicy(), datetime.now(UTC).date())]
     json.dumps(rows, allow_nan=False)
+
+
+def test_the_readme_documents_what_a_budget_refusal_carries() -> None:
+    # Seen: the README's Python API and budgets sections never named BudgetExceededError.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Costs and budgets") :]
+    section = section[: section.index("\n## ", 1)]
+    assert "`producer.BudgetExceededError`" in section
+    refusal = BudgetExceededError("day:2026-11-29", Decimal(1), Decimal("0.5"), Decimal("0.25"), Decimal("0.5"))
+    for attribute in ("budget", "cap", "spent", "reserved", "requested", "used"):
+        assert hasattr(refusal, attribute) and f"`{attribute}`" in section, attribute
