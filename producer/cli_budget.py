@@ -98,7 +98,7 @@ def parse_changes(
 # Where a cap comes from, for people: a cap from settings binds only the processes that
 # have that setting, not the fleet, which `budget show` must not suggest.
 SOURCE_LABELS: dict[CapSource, str] = {
-    "redis": "redis (fleet-wide)",
+    "redis": "redis, fleet-wide",
     "shell-settings": "this shell's settings",
     "none": "none",
 }

@@ -49,7 +49,7 @@ def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: 
     assert "BUDGET_DAILY_USD" not in local_stack.env()
     set_cap = run(local_stack, "budget", "set", "--daily", "0.60")
     assert set_cap.returncode == 0, set_cap.stderr
-    assert "day: $0.60 (redis)" in set_cap.stdout
+    assert "day: $0.60 (redis, fleet-wide)" in set_cap.stdout
     refused = run(local_stack, "submit", "one too many")
     assert refused.returncode == 2
     error = " ".join(refused.stderr.split())  # however the terminal width wraps it

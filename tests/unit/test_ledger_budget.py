@@ -593,7 +593,7 @@ def test_budget_show_says_a_cap_from_settings_binds_only_this_shell_not_the_flee
     screen = io.StringIO()
     monkeypatch.setattr(cli_budget, "out", Console(file=screen, force_terminal=True, width=250))
     assert CliRunner().invoke(app, ["budget", "show"]).exit_code == 0
-    assert "this shell's settings" in screen.getvalue() and "redis (fleet-wide)" in screen.getvalue()
+    assert "this shell's settings" in screen.getvalue() and "redis, fleet-wide" in screen.getvalue()
     assert note in screen.getvalue()
 
 
