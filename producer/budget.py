@@ -37,8 +37,9 @@ DAY_TTL_S = 40 * 86400
 MONTH_TTL_S = 400 * 86400
 
 # Where a cap comes from: Redis (an amount, or "none" stored: no cap whatever the
-# settings say), this process's setting, or nowhere (no cap).
-CapSource = Literal["redis", "setting", "none"]
+# settings say; binds the whole fleet), the settings of the process that reads it (binds
+# only the producers and workers whose settings have it), or nowhere (no cap).
+CapSource = Literal["redis", "shell-settings", "none"]
 
 
 def to_micro(amount: Decimal) -> int:
@@ -51,15 +52,39 @@ def from_micro(value: int | str | None) -> Decimal:
     return Decimal(int(value or 0)) / MICRO
 
 
-def parse_usd(value: object) -> Decimal:
-    """A cap amount: a positive, finite number of dollars (at most 6 decimals count).
-    Raises ValueError with a one-line message otherwise."""
+# Cap amounts are whole cents from one cent to a billion dollars: `budget show` prints
+# cents, so a finer cap would show as something it is not, and the bound keeps every cap
+# a finite JSON number and far inside the 64-bit micro-dollar counters (1e15 of 9.2e18).
+MIN_CAP_USD = Decimal("0.01")
+MAX_CAP_USD = Decimal(1_000_000_000)
+CENT = Decimal("0.01")
+AMOUNT_RULE = "must be an amount of US dollars from 0.01 to 1000000000 with at most 2 decimals, such as 100 or 12.50"
+
+
+def _decimal(value: object) -> Decimal:
     try:
-        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+        return value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except InvalidOperation:
-        amount = Decimal("NaN")
-    if not amount.is_finite() or amount <= 0 or to_micro(amount) <= 0:
-        raise ValueError("must be a positive amount of US dollars, such as 100 or 12.50")
+        return Decimal("NaN")
+
+
+def parse_usd(value: object) -> Decimal:
+    """A cap amount given by a person (setting, `budget set`): whole cents from 0.01 to
+    1,000,000,000 US dollars, returned with 2 decimals. Raises ValueError with a one-line
+    message (AMOUNT_RULE) otherwise."""
+    amount = _decimal(value)
+    if not amount.is_finite() or not MIN_CAP_USD <= amount <= MAX_CAP_USD or amount != amount.quantize(CENT):
+        raise ValueError(AMOUNT_RULE)
+    return amount.quantize(CENT)
+
+
+def stored_usd(value: object) -> Decimal:
+    """A cap amount read back from Redis, perhaps written before the rule of parse_usd:
+    any positive amount up to MAX_CAP_USD, as stored (a finer cap is kept, never loosened).
+    ValueError otherwise."""
+    amount = _decimal(value)
+    if not amount.is_finite() or not 0 < amount <= MAX_CAP_USD:
+        raise ValueError(AMOUNT_RULE)
     return amount
 
 
@@ -130,7 +155,7 @@ class Caps:
         if name in self.stored:
             return Cap(self.stored[name], "redis")  # None: "none" stored, no cap on purpose
         default = self.defaults.default(name)
-        return Cap(default, "setting") if default is not None else Cap(None, "none")
+        return Cap(default, "shell-settings") if default is not None else Cap(None, "none")
 
     def tag_names(self) -> set[str]:
         """Tags with a cap in Redis or in the settings."""
@@ -149,7 +174,7 @@ def load_caps(client: Any, defaults: BudgetPolicy) -> Caps:
             stored[name] = None
             continue
         try:
-            stored[name] = parse_usd(value)
+            stored[name] = stored_usd(value)
         except ValueError:
             continue
     return Caps(stored, defaults)

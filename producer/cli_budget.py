@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.budget import BudgetState, load_caps, parse_usd, set_caps, states
+from producer.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
 from producer.budget_rebuild import rebuild_counters
 from producer.contract import utcnow
 from producer.jobstore import JobStore
@@ -95,33 +95,52 @@ def parse_changes(
     return changes
 
 
+# Where a cap comes from, for people: a cap from settings binds only the processes that
+# have that setting, not the fleet, which `budget show` must not suggest.
+SOURCE_LABELS: dict[CapSource, str] = {
+    "redis": "redis, fleet-wide",
+    "shell-settings": "this shell's settings",
+    "none": "none",
+}
+SETTINGS_NOTE = (
+    "note: a cap from this shell's settings (BUDGET_*) binds only the producers and workers whose "
+    "settings have it; `videoqueue budget set` makes it fleet-wide"
+)
+
+
 def _print_states(rows: list[BudgetState]) -> None:
+    from_settings = any(row.cap_source == "shell-settings" for row in rows)
     if out.is_terminal:
         table = Table("budget", "cap", "from", "spent", "reserved", "left")
         for row in rows:
             table.add_row(
                 row.budget,
                 _usd(row.cap_usd),
-                row.cap_source,
+                SOURCE_LABELS[row.cap_source],
                 _usd(row.spent_usd),
                 _usd(row.reserved_usd),
                 _usd(row.left_usd),
             )
         out.print(table)
+        if from_settings:
+            out.print(SETTINGS_NOTE, highlight=False, markup=False)
         return
     sys.stdout.write("budget\tcap_usd\tcap_source\tspent_usd\treserved_usd\tleft_usd\n")
     for row in rows:
         amounts = ["" if v is None else str(v) for v in (row.cap_usd, row.spent_usd, row.reserved_usd, row.left_usd)]
         sys.stdout.write(f"{row.budget}\t{amounts[0]}\t{row.cap_source}\t{amounts[1]}\t{amounts[2]}\t{amounts[3]}\n")
+    if from_settings:
+        sys.stderr.write(SETTINGS_NOTE + "\n")  # stdout stays one table for scripts
 
 
 @budget_app.command("show")
 def show(as_json: Annotated[bool, typer.Option("--json", help="Print a list of JSON objects.")] = False) -> None:
     """Today's, this month's and each tag's budget: cap (and where it comes from: redis,
-    setting or none), spent, reserved by jobs not ended yet, and left."""
+    fleet-wide; this shell's settings, binding only processes that have them; or none),
+    spent, reserved by jobs not ended yet, and left."""
     rows = states(_store().redis, get_settings().budget_policy(), utcnow().date())
     if as_json:
-        sys.stdout.write(json.dumps([row.as_dict() for row in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([row.as_dict() for row in rows], indent=2, allow_nan=False) + "\n")
     else:
         _print_states(rows)
 
@@ -159,7 +178,7 @@ def set_(  # noqa: PLR0917 - typer maps each parameter to an option
     for name in changes:
         cap = caps.cap(name)
         amount = "no cap" if cap.amount is None else f"${cap.amount:,.2f}"
-        sys.stdout.write(f"{name}: {amount} ({cap.source})\n")
+        sys.stdout.write(f"{name}: {amount} ({SOURCE_LABELS[cap.source]})\n")
 
 
 @budget_app.command("rebuild")

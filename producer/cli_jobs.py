@@ -62,11 +62,15 @@ def retry(
     created: list[JobRecord] = []
     refused = 0
     for raw_id in job_ids:
+        label = raw_id
         try:
             old = _resolve(vq, raw_id)
+            label = old.id
             new = vq.retry(old.id, again=again)
         except (UnknownJobError, AmbiguousJobIdError, RetryRefusedError, BudgetExceededError) as exc:
-            sys.stderr.write(f"refused {exc}\n")
+            # Each refusal names its job: a budget's message is the same for every job it refuses.
+            message = str(exc) if str(exc).startswith(label) else f"{label}: {exc}"
+            sys.stderr.write(f"refused {message}\n")
             refused += 1
             continue
         except EnqueueError as exc:

@@ -17,7 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from producer import namespace
-from producer.budget import BudgetPolicy, parse_usd
+from producer.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
 from producer.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
@@ -286,7 +286,7 @@ class Settings(BaseSettings):
             if not isinstance(tag, str) or not tag.strip():
                 raise ValueError("a tag name is empty")
             if isinstance(amount, bool):
-                raise ValueError(f"tag {tag!r}: must be a positive amount of US dollars, such as 100 or 12.50")
+                raise ValueError(f"tag {tag!r}: {AMOUNT_RULE}")
             try:
                 caps[tag] = parse_usd(amount)
             except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from producer import namespace
 from producer.contract import JobRecord
 from producer.ledger import LedgerEntry
 
@@ -13,7 +14,9 @@ MANIFEST_VERSION = 1
 
 def build_manifest(job: JobRecord, video_bytes: int | None) -> dict[str, Any]:
     """The manifest of a finished job (`video_bytes` None when no video was stored). Its
-    `ledger` entry is exactly what the ledger in Redis holds for the job."""
+    `ledger` entry is exactly what the ledger in Redis holds for the job; `namespace` is the
+    deployment that ran it (several may share one storage), so a ledger rebuild takes only
+    its own."""
     record = job.public_dict()
     record.pop("video_url", None)  # a short-lived provider URL, useless once stored
     record.pop("history", None)
@@ -24,6 +27,7 @@ def build_manifest(job: JobRecord, video_bytes: int | None) -> dict[str, Any]:
     return {
         "manifest_version": MANIFEST_VERSION,
         "job_id": job.id,
+        "namespace": namespace.current(),
         "video": video,
         "cost": {
             "estimate_usd": float(job.cost_estimate_usd),

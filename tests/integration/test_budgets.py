@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,10 +14,11 @@ import pytest
 
 from producer import JobStatus, VideoRequest, namespace
 from producer.budget import usage
-from producer.contract import ErrorCode
+from producer.contract import ErrorCode, JobRecord
 from producer.ledger import Ledger
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import CLI, run
+from worker.manifest import build_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: 
     assert "BUDGET_DAILY_USD" not in local_stack.env()
     set_cap = run(local_stack, "budget", "set", "--daily", "0.60")
     assert set_cap.returncode == 0, set_cap.stderr
-    assert "day: $0.60 (redis)" in set_cap.stdout
+    assert "day: $0.60 (redis, fleet-wide)" in set_cap.stdout
     refused = run(local_stack, "submit", "one too many")
     assert refused.returncode == 2
     error = " ".join(refused.stderr.split())  # however the terminal width wraps it
@@ -125,7 +126,7 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
 
     dry = run_in(local_stack, shell, "costs", "rebuild", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"read local folder {partial}: 3 manifests" in dry.stdout
+    assert f"read local folder {partial}, namespace {namespace.current()}: 3 manifests" in dry.stdout
     assert "added 1, changed 0, unchanged 2, missing from storage 2 (kept)" in dry.stdout
     assert f"added     {ids[0]}" in dry.stdout and f"missing   {ids[3]}" in dry.stdout
     assert "dry run, nothing written: the ledger would go from 4 jobs" in dry.stdout
@@ -151,3 +152,64 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     kept = sum((e.actual_usd for e in ledger.entries()), Decimal(0))
     assert f"tag:rebuild: spent ${total:.4f} -> ${kept:.4f}" in recount.stdout
     assert usage(local_stack.redis, namespace.key("budget:tag:rebuild")) == (Decimal(0), kept)
+
+
+def _manifest(job_id: str, writer: str | None, budget_keys: list[str], cost: str) -> dict[str, object]:
+    """The manifest a worker of namespace `writer` writes; None: one written before
+    manifests named their namespace, known only by its job's budget counter keys."""
+    now = datetime.now(UTC)
+    record = JobRecord(
+        id=job_id,
+        status=JobStatus.SUCCEEDED,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request={"prompt": "shared storage", "tags": ["shared"]},
+        cost_estimate_usd=Decimal(cost),
+        cost_usd=Decimal(cost),
+        budget_keys=budget_keys,
+        created_at=now,
+        updated_at=now,
+        finished_at=now,
+        deadline_at=now + timedelta(hours=1),
+    )
+    with namespace.using(writer or namespace.DEFAULT):
+        document = build_manifest(record, 1000)
+    if writer is None:
+        document.pop("namespace", None)
+    return document
+
+
+def test_costs_rebuild_takes_only_the_manifests_of_its_own_namespace(local_stack: Stack, tmp_path: Path) -> None:
+    # Seen: in namespace dev, with the storage every deployment shares by default (./videos),
+    # the rebuild added 11 jobs of the demo, default and bq namespaces to dev's ledger
+    # (7 jobs / $2.49 -> 18 / $4.99), and `budget rebuild` then doubled dev's spent.
+    own = namespace.current()
+    day = datetime.now(UTC).date().isoformat()
+    shared = tmp_path / "videos"
+    shared.mkdir()
+    manifests = {
+        "own-new": _manifest("own-new", own, [], "0.25"),
+        "own-old": _manifest("own-old", None, [f"vq@{own}:budget:day:{day}"], "0.50"),
+        "demo-new": _manifest("demo-new", "demo", [], "1.00"),
+        "bq-old": _manifest("bq-old", None, [f"vq@bq:budget:day:{day}"], "1.00"),
+        "default-old": _manifest("default-old", None, [f"vq:budget:day:{day}"], "1.00"),
+        "unknown-old": _manifest("unknown-old", None, [], "1.00"),
+    }
+    for job_id, document in manifests.items():
+        (shared / f"{job_id}.json").write_text(json.dumps(document))
+    shell = {"STORAGE_URL": f"file://{shared}"}
+    skipped = "skipped 4 manifests of other deployments: bq 1, default 2, demo 1"
+
+    dry = run_in(local_stack, shell, "costs", "rebuild", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"read local folder {shared}, namespace {own} ({skipped}): 2 manifests" in dry.stdout
+    assert "added 2, changed 0" in dry.stdout and "demo-new" not in dry.stdout
+    assert Ledger(local_stack.redis).entries() == []
+
+    merged = run_in(local_stack, shell, "costs", "rebuild")
+    assert merged.returncode == 0, merged.stderr
+    assert skipped in merged.stdout and "-> 2 jobs / $0.75" in merged.stdout
+    assert sorted(e.job_id for e in Ledger(local_stack.redis).entries()) == ["own-new", "own-old"]
+    recount = run(local_stack, "budget", "rebuild")
+    assert recount.returncode == 0, recount.stderr
+    assert usage(local_stack.redis, namespace.key("budget:tag:shared")) == (Decimal(0), Decimal("0.75"))

@@ -199,3 +199,19 @@ def test_fetch_and_url_from_s3(s3_stack: tuple[Stack, S3Server, str], tmp_path: 
 
 def _run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_retry_names_the_job_of_each_refusal(local_stack: Stack) -> None:
+    # Seen: `retry A B C` refused by a budget printed three identical lines naming no job.
+    local_stack.start_worker()
+    vq = local_stack.queue()
+    jobs = vq.submit_many([VideoRequest(prompt=f"fails {i} [sim:fail]", tags=("camp",)) for i in range(3)])
+    assert {j.status.value for j in vq.wait([j.id for j in jobs], timeout=60)} == {"failed"}
+    assert run(local_stack, "budget", "set", "--tag", "camp=0.10").returncode == 0
+
+    refused = run(local_stack, "retry", *(j.id for j in jobs))
+    assert refused.returncode == 2 and refused.stdout == ""
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 3, refused.stderr
+    for job, line in zip(jobs, lines, strict=True):
+        assert line.startswith(f"refused {job.id}: budget tag:camp would be exceeded"), line

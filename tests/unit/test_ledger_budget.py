@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,9 +13,9 @@ import fakeredis
 import pytest
 from typer.testing import CliRunner
 
-from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest
+from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest, namespace
 from producer import budget as budget_module
-from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, set_caps, states, usage
+from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
 from producer.budget_rebuild import rebuild_counters
 from producer.catalog import load_catalog
 from producer.cli import app
@@ -23,7 +24,10 @@ from producer.contract import JobRecord, JobStatus
 from producer.jobstore import JobStore
 from producer.ledger import Ledger, LedgerEntry, summarize
 from producer.settings import InvalidSettingsError, load_settings
+from worker.ledger_rebuild import describe_skipped, manifest_namespace
+from worker.manifest import build_manifest
 
+RULE = "must be an amount of US dollars from 0.01 to 1000000000 with at most 2 decimals"
 EST = Decimal("0.249163")  # Seedance 1.5 Pro, 720p 16:9, 5 s, audio
 
 
@@ -309,7 +313,7 @@ def test_a_cap_in_redis_binds_a_producer_whose_settings_have_none(redis_client: 
 
 def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client: Any) -> None:
     defaults = BudgetPolicy(Decimal("10"), None, {"ads": Decimal("3")})
-    assert load_caps(redis_client, defaults).cap("day") == Cap(Decimal("10"), "setting")
+    assert load_caps(redis_client, defaults).cap("day") == Cap(Decimal("10"), "shell-settings")
     assert load_caps(redis_client, defaults).cap("month") == Cap(None, "none")
     set_caps(redis_client, {"day": Decimal("4"), "tag:ads": None, "tag:new": Decimal("1.5")})
     caps = load_caps(redis_client, defaults)
@@ -321,7 +325,10 @@ def test_caps_precedence_redis_amount_then_redis_none_then_setting(redis_client:
     assert caps.tag_names() == {"new"}
     set_caps(redis_client, {"day": "clear", "tag:ads": "clear"})
     caps = load_caps(redis_client, defaults)
-    assert (caps.cap("day"), caps.cap("tag:ads")) == (Cap(Decimal("10"), "setting"), Cap(Decimal("3"), "setting"))
+    assert (caps.cap("day"), caps.cap("tag:ads")) == (
+        Cap(Decimal("10"), "shell-settings"),
+        Cap(Decimal("3"), "shell-settings"),
+    )
 
 
 def test_a_cap_set_while_a_producer_reads_the_counters_restarts_its_transaction(redis_client: Any) -> None:
@@ -363,7 +370,7 @@ def test_budget_show_gives_cap_spent_reserved_and_left(redis_client: Any) -> Non
     }
     assert rows[f"month:{today.isoformat()[:7]}"]["cap_usd"] is None
     assert rows[f"month:{today.isoformat()[:7]}"]["left_usd"] is None
-    assert (rows["tag:ads"]["cap_source"], rows["tag:ads"]["left_usd"]) == ("setting", float(5 - EST))
+    assert (rows["tag:ads"]["cap_source"], rows["tag:ads"]["left_usd"]) == ("shell-settings", float(5 - EST))
 
 
 def test_the_worker_check_finds_a_budget_exceeded_after_a_cap_was_lowered(redis_client: Any) -> None:
@@ -412,12 +419,57 @@ def test_budget_rebuild_counts_every_job_from_the_ledger_and_the_job_store(redis
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
-        ("BUDGET_DAILY_USD", "-5", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
-        ("BUDGET_DAILY_USD", "lots", "invalid setting BUDGET_DAILY_USD: must be a positive amount of US dollars"),
-        ("BUDGET_MONTHLY_USD", "Infinity", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
-        ("BUDGET_MONTHLY_USD", "0", "invalid setting BUDGET_MONTHLY_USD: must be a positive amount"),
-        ("BUDGET_TAGS_USD", '{"a": -1}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
-        ("BUDGET_TAGS_USD", '{"a": "lots"}', "invalid setting BUDGET_TAGS_USD: tag 'a': must be a positive amount"),
+        (
+            "BUDGET_DAILY_USD",
+            "-5",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_DAILY_USD",
+            "lots",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_MONTHLY_USD",
+            "Infinity",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_MONTHLY_USD",
+            "0",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        # Seen: 1e309 became a cap of Infinity, and `budget show --json` printed it (not JSON).
+        (
+            "BUDGET_MONTHLY_USD",
+            "1e309",
+            f"invalid setting BUDGET_MONTHLY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_DAILY_USD",
+            "0.001",
+            f"invalid setting BUDGET_DAILY_USD: {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": -1}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": "lots"}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": 1e309}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
+        (
+            "BUDGET_TAGS_USD",
+            '{"a": true}',
+            f"invalid setting BUDGET_TAGS_USD: tag 'a': {RULE}",
+        ),
         ("BUDGET_TAGS_USD", "[1]", "invalid setting BUDGET_TAGS_USD: must be a JSON object of tag to USD"),
     ],
 )
@@ -441,9 +493,35 @@ def test_budget_settings_accept_amounts(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--daily", "-1"], "error: --daily -1: must be a positive amount of US dollars"),
-        (["--monthly", "lots"], "error: --monthly lots: must be a positive amount"),
-        (["--tag", "a=0"], "error: --tag a 0: must be a positive amount"),
+        (
+            ["--daily", "-1"],
+            f"error: --daily -1: {RULE}",
+        ),
+        (
+            ["--monthly", "lots"],
+            f"error: --monthly lots: {RULE}",
+        ),
+        (
+            ["--tag", "a=0"],
+            f"error: --tag a 0: {RULE}",
+        ),
+        # Seen: 1e309 was stored and printed as a 300-digit cap; 0.001 was stored and shown as $0.00.
+        (
+            ["--daily", "1e309"],
+            f"error: --daily 1e309: {RULE}",
+        ),
+        (
+            ["--monthly", "0.001"],
+            f"error: --monthly 0.001: {RULE}",
+        ),
+        (
+            ["--monthly", "1000000000.01"],
+            f"error: --monthly 1000000000.01: {RULE}",
+        ),
+        (
+            ["--daily", "NaN"],
+            f"error: --daily NaN: {RULE}",
+        ),
         (["--tag", "a"], "error: --tag a: give NAME=USD"),
         (["--daily", "5", "--clear-daily"], "error: give --daily or --clear-daily, not both"),
         ([], "error: nothing to set"),
@@ -459,3 +537,89 @@ def test_budget_set_parses_amounts_none_and_clears() -> None:
     assert parse_changes(
         daily="5", monthly="none", tags=["a=1.5", "b=None"], clear_daily=False, clear_monthly=False, clear_tags=["c"]
     ) == {"day": Decimal(5), "month": None, "tag:a": Decimal("1.5"), "tag:b": None, "tag:c": "clear"}
+
+
+def test_a_manifest_names_the_namespace_that_wrote_it_or_its_budget_keys_do() -> None:
+    # Seen: `costs rebuild` in namespace dev took the manifests of demo, default and bq,
+    # which share the default ./videos storage.
+    now = datetime.now(UTC)
+    record = JobRecord(
+        id="j1",
+        status=JobStatus.SUCCEEDED,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request={"prompt": "p"},
+        cost_estimate_usd=Decimal("0.25"),
+        cost_usd=Decimal("0.25"),
+        created_at=now,
+        updated_at=now,
+        deadline_at=now,
+    )
+    with namespace.using("dev"):
+        written = build_manifest(record, None)
+    assert written["namespace"] == "dev" and manifest_namespace(written) == "dev"
+    old = {"manifest_version": 1, "job": {"budget_keys": ["vq@bq:budget:day:2026-11-29"]}}
+    assert manifest_namespace(old) == "bq"
+    assert manifest_namespace({"job": {"budget_keys": ["vq:budget:month:2026-11"]}}) == "default"
+    assert manifest_namespace({"job": {"budget_keys": []}}) == "default"
+    assert manifest_namespace({"namespace": "Not valid!", "job": None}) == "default"
+    assert describe_skipped({"demo": 4, "bq": 2}) == "skipped 6 manifests of other deployments: bq 2, demo 4"
+    assert describe_skipped({}) == ""
+
+
+def test_budget_show_says_a_cap_from_settings_binds_only_this_shell_not_the_fleet(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen: a cap from the shell's BUDGET_DAILY_USD was labelled "setting", as if it bound the fleet.
+    import io
+
+    from rich.console import Console
+
+    from producer import cli_budget
+
+    monkeypatch.setenv("BUDGET_DAILY_USD", "10")
+    monkeypatch.setattr(cli_budget, "_store", lambda: JobStore(redis_client))
+    set_caps(redis_client, {"month": Decimal("100")})
+    note = "binds only the producers and workers whose settings have it; `videoqueue budget set` makes it fleet-wide"
+
+    shown = CliRunner().invoke(app, ["budget", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    sources = {row["kind"]: row["cap_source"] for row in json.loads(shown.stdout)}
+    assert sources == {"day": "shell-settings", "month": "redis"}
+
+    tsv = CliRunner().invoke(app, ["budget", "show"])
+    assert "\tshell-settings\t" in tsv.stdout and note not in tsv.stdout and note in tsv.stderr
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_budget, "out", Console(file=screen, force_terminal=True, width=250))
+    assert CliRunner().invoke(app, ["budget", "show"]).exit_code == 0
+    assert "this shell's settings" in screen.getvalue() and "redis, fleet-wide" in screen.getvalue()
+    assert note in screen.getvalue()
+
+
+def test_cap_amounts_are_whole_cents_up_to_a_billion_and_older_stored_caps_still_bind(redis_client: Any) -> None:
+    assert [parse_usd(v) for v in ("0.01", "12.5", "1e3", "1000000000", 7)] == [
+        Decimal("0.01"),
+        Decimal("12.50"),
+        Decimal(1000),
+        Decimal(1_000_000_000),
+        Decimal(7),
+    ]
+    assert str(parse_usd("1e3")) == "1000.00"
+    # Caps stored before the rule: a finer one keeps binding; one past any JSON number does not count.
+    redis_client.hset(budget_module.CAPS_KEY, mapping={"day": "0.001", "month": "1e309"})
+    caps = load_caps(redis_client, BudgetPolicy())
+    assert (caps.cap("day"), caps.cap("month")) == (Cap(Decimal("0.001"), "redis"), Cap(None, "none"))
+    rows = [s.as_dict() for s in states(redis_client, BudgetPolicy(), datetime.now(UTC).date())]
+    json.dumps(rows, allow_nan=False)
+
+
+def test_the_readme_documents_what_a_budget_refusal_carries() -> None:
+    # Seen: the README's Python API and budgets sections never named BudgetExceededError.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Costs and budgets") :]
+    section = section[: section.index("\n## ", 1)]
+    assert "`producer.BudgetExceededError`" in section
+    refusal = BudgetExceededError("day:2026-11-29", Decimal(1), Decimal("0.5"), Decimal("0.25"), Decimal("0.5"))
+    for attribute in ("budget", "cap", "spent", "reserved", "requested", "used"):
+        assert hasattr(refusal, attribute) and f"`{attribute}`" in section, attribute
