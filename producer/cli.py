@@ -125,12 +125,22 @@ def _show(records: list[JobRecord], stalled: dict[str, float] | None = None) -> 
     if out.is_terminal:
         out.print(_job_table(records, out.width, stalled))
         return
-    sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
+    sys.stdout.write("\t".join(PIPED_COLUMNS) + "\n")
     for r in records:
-        detail = _detail(r)
-        cost = "" if r.cost_usd is None else str(r.cost_usd)
-        state = describe(r, stalled.get(r.id))
-        sys.stdout.write(f"{r.id}\t{state}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n")
+        sys.stdout.write("\t".join(_piped_row(r, stalled.get(r.id))) + "\n")
+
+
+PIPED_COLUMNS = ("id", "status", "provider", "model", "cost_estimate_usd", "cost_usd", "output_or_error", "stalled_s")
+
+
+def _piped_row(r: JobRecord, stalled_s: float | None) -> list[str]:
+    """One job as whole values for scripts: `status` the plain lifecycle status (what
+    `status --json` says), `stalled_s` whole seconds overdue, empty when not stalled; tabs
+    and line breaks in the output or error text become spaces."""
+    cost = "" if r.cost_usd is None else str(r.cost_usd)
+    detail = " ".join(_detail(r).split())
+    stalled = "" if stalled_s is None else str(int(stalled_s))
+    return [r.id, r.status.value, r.provider, r.model, str(r.cost_estimate_usd), cost, detail, stalled]
 
 
 def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
@@ -139,20 +149,25 @@ def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
 
 
 SHORT_ID_CHARS = 8
+OUTPUT_MIN_CHARS = 24
+"""The output / error column is not narrowed below this: the model is cut, then the cost
+and the model left out, first."""
 
 JOB_COLUMNS = (
     Col("id", priority=0, short=lambda job_id: job_id[:SHORT_ID_CHARS]),
-    Col("status", priority=0),
+    Col("status", priority=0, min_width=12, overflow="words"),
     Col("model", priority=2, min_width=12),
     Col("cost", priority=3, justify="right"),
-    Col("output / error", priority=1, min_width=14, overflow="fold"),
+    Col("output / error", priority=1, min_width=OUTPUT_MIN_CHARS, overflow="words"),
 )
 
 
 def _job_table(records: list[JobRecord], width: int, stalled: dict[str, float] | None = None) -> Table:
     """Jobs as a table at most `width` wide: ids shortened to their first 8 characters
-    (accepted wherever an id is) unless there is room; model cut, output folded; cost
-    (the actual cost, or ~ the estimate) and then the model left out on narrow terminals."""
+    (accepted wherever an id is) unless there is room; model cut with an ellipsis; an
+    output path or URL cut on one line keeping its end ("…/videos/0c1c0196-….mp4"), an
+    error wrapped at spaces; cost (the actual cost, or ~ the estimate) and then the model
+    left out on narrow terminals. No word is ever broken across lines."""
     stalled = stalled or {}
     rows = [
         [
@@ -573,7 +588,7 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
             writer.writerow([r.group, r.jobs, *amounts])
     else:
         columns = (
-            Col(by, priority=0, min_width=24, overflow="fold"),
+            Col(by, priority=0, min_width=24, overflow="words"),
             Col("jobs", priority=0, justify="right"),
             Col("actual", priority=0, justify="right"),
             Col("estimate", priority=1, justify="right"),
