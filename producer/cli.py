@@ -88,7 +88,7 @@ def _hide_flag_types() -> None:
     (`--json <bool>`), as if they took a value, and `<list[str]>` after repeatable ones,
     `<%Y-%m-%d>` after dates. A flag shows none, as in click's plain help; a repeatable
     option its metavar, else its name (`TAG...`); a repeatable argument nothing more than
-    its metavar (`JOB_ID...`); a date its format as people write it (`<YYYY-MM-DD>`)."""
+    its metavar or name (`JOB_ID...`); a date its format as people write it (`<YYYY-MM-DD>`)."""
     shown_option = typer.core.TyperOption.display_type_rich
     shown_argument = typer.core.TyperArgument.display_type_rich
 
@@ -107,8 +107,8 @@ def _hide_flag_types() -> None:
         return readable(shown_option(self, ctx))
 
     def argument_type(self: typer.core.TyperArgument, ctx: Any) -> str | None:
-        if self.nargs != 1 and self.metavar is not None:
-            return None  # the metavar (JOB_ID...) is shown already
+        if self.nargs != 1:
+            return None  # its metavar or name, repeated (JOB_ID..., job_ids...), says it all
         return readable(shown_argument(self, ctx))
 
     typer.core.TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
