@@ -32,11 +32,16 @@ from producer.urlcheck import check_image_url
 
 
 class UnknownJobError(KeyError):
-    """No job has this id."""
+    """No job has this id in this deployment: the message names the namespace looked in
+    (`namespace.current()`, a job of another deployment is not found)."""
 
     def __init__(self, job_ids: Sequence[str]) -> None:
         self.job_ids = list(job_ids)
-        super().__init__(f"unknown job id(s): {', '.join(job_ids)}")
+        self.namespace = namespace.current()
+        super().__init__(
+            f"unknown job id(s): {', '.join(job_ids)} "
+            f"(in namespace {self.namespace!r}; VQ_NAMESPACE picks the deployment)"
+        )
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -265,24 +270,26 @@ class VideoQueue:
         return self.resolve_ids([ref])[0]
 
     def resolve_ids(self, refs: Sequence[str]) -> builtins.list[str]:
-        """`resolve_id` of each of `refs`, in order; UnknownJobError names every ref that
-        matches no job."""
-        exact = self.store.get_many(list(refs))
+        """`resolve_id` of each of `refs` (in any case), in order; UnknownJobError names
+        every ref that matches no job."""
+        given = list(refs)
+        refs = [ref.lower() for ref in given]  # ids are lowercase uuids: 0C1C0196 is 0c1c0196
+        exact = self.store.get_many(refs)
         resolved: builtins.list[str] = []
         unknown: builtins.list[str] = []
-        for ref, record in zip(refs, exact, strict=True):
+        for original, ref, record in zip(given, refs, exact, strict=True):
             if record is not None:
                 resolved.append(record.id)
                 continue
             if len(ref) < MIN_PREFIX_CHARS:
-                raise AmbiguousJobIdError(ref, [])
+                raise AmbiguousJobIdError(original, [])
             matches = self.store.ids_starting_with(ref, limit=AMBIGUOUS_SHOWN + 1)
             if len(matches) > 1:
-                raise AmbiguousJobIdError(ref, matches)
+                raise AmbiguousJobIdError(original, matches)
             if matches:
                 resolved.append(matches[0])
             else:
-                unknown.append(ref)
+                unknown.append(original)
         if unknown:
             raise UnknownJobError(unknown)
         return resolved

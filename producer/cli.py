@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import itertools
 import json
 import os
+import re
 import sys
 import traceback
 from datetime import datetime
@@ -82,14 +84,35 @@ def _global_options(
 
 
 def _hide_flag_types() -> None:
-    """typer's rich help prints a type after every option, flags too (`--json <bool>`), as
-    if they took a value; a flag shows none, as in click's plain help."""
-    shown = typer.core.TyperOption.display_type_rich
+    """typer's rich help prints a Python type after every parameter: after flags too
+    (`--json <bool>`), as if they took a value, and `<list[str]>` after repeatable ones,
+    `<%Y-%m-%d>` after dates. A flag shows none, as in click's plain help; a repeatable
+    option its metavar, else its name (`TAG...`); a repeatable argument nothing more than
+    its metavar or name (`JOB_ID...`); a date its format as people write it (`<YYYY-MM-DD>`)."""
+    shown_option = typer.core.TyperOption.display_type_rich
+    shown_argument = typer.core.TyperArgument.display_type_rich
 
-    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
-        return None if self.is_flag else shown(self, ctx)
+    def readable(label: str | None) -> str | None:
+        if label is None:
+            return None
+        for code, text in (("%Y", "YYYY"), ("%m", "MM"), ("%d", "DD"), ("%H", "HH"), ("%M", "MM"), ("%S", "SS")):
+            label = label.replace(code, text)
+        return label
 
-    typer.core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    def option_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        if self.is_flag:
+            return None
+        if self.multiple and self.metavar is None:
+            return f"{(self.name or 'value').upper()}..."
+        return readable(shown_option(self, ctx))
+
+    def argument_type(self: typer.core.TyperArgument, ctx: Any) -> str | None:
+        if self.nargs != 1:
+            return None  # its metavar or name, repeated (JOB_ID..., job_ids...), says it all
+        return readable(shown_argument(self, ctx))
+
+    typer.core.TyperOption.display_type_rich = option_type  # type: ignore[method-assign]
+    typer.core.TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign,assignment]
 
 
 _hide_flag_types()
@@ -125,12 +148,22 @@ def _show(records: list[JobRecord], stalled: dict[str, float] | None = None) -> 
     if out.is_terminal:
         out.print(_job_table(records, out.width, stalled))
         return
-    sys.stdout.write("id\tstatus\tprovider\tmodel\tcost_estimate_usd\tcost_usd\toutput_or_error\n")
+    sys.stdout.write("\t".join(PIPED_COLUMNS) + "\n")
     for r in records:
-        detail = _detail(r)
-        cost = "" if r.cost_usd is None else str(r.cost_usd)
-        state = describe(r, stalled.get(r.id))
-        sys.stdout.write(f"{r.id}\t{state}\t{r.provider}\t{r.model}\t{r.cost_estimate_usd}\t{cost}\t{detail}\n")
+        sys.stdout.write("\t".join(_piped_row(r, stalled.get(r.id))) + "\n")
+
+
+PIPED_COLUMNS = ("id", "status", "provider", "model", "cost_estimate_usd", "cost_usd", "output_or_error", "stalled_s")
+
+
+def _piped_row(r: JobRecord, stalled_s: float | None) -> list[str]:
+    """One job as whole values for scripts: `status` the plain lifecycle status (what
+    `status --json` says), `stalled_s` whole seconds overdue, empty when not stalled; tabs
+    and line breaks in the output or error text become spaces."""
+    cost = "" if r.cost_usd is None else str(r.cost_usd)
+    detail = " ".join(_detail(r).split())
+    stalled = "" if stalled_s is None else str(int(stalled_s))
+    return [r.id, r.status.value, r.provider, r.model, str(r.cost_estimate_usd), cost, detail, stalled]
 
 
 def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
@@ -139,20 +172,25 @@ def _stalls(vq: VideoQueue, records: list[JobRecord]) -> dict[str, float]:
 
 
 SHORT_ID_CHARS = 8
+OUTPUT_MIN_CHARS = 24
+"""The output / error column is not narrowed below this: the model is cut, then the cost
+and the model left out, first."""
 
 JOB_COLUMNS = (
     Col("id", priority=0, short=lambda job_id: job_id[:SHORT_ID_CHARS]),
-    Col("status", priority=0),
+    Col("status", priority=0, min_width=12, overflow="words"),
     Col("model", priority=2, min_width=12),
     Col("cost", priority=3, justify="right"),
-    Col("output / error", priority=1, min_width=14, overflow="fold"),
+    Col("output / error", priority=1, min_width=OUTPUT_MIN_CHARS, overflow="words"),
 )
 
 
 def _job_table(records: list[JobRecord], width: int, stalled: dict[str, float] | None = None) -> Table:
     """Jobs as a table at most `width` wide: ids shortened to their first 8 characters
-    (accepted wherever an id is) unless there is room; model cut, output folded; cost
-    (the actual cost, or ~ the estimate) and then the model left out on narrow terminals."""
+    (accepted wherever an id is) unless there is room; model cut with an ellipsis; an
+    output path or URL cut on one line keeping its end ("…/videos/0c1c0196-….mp4"), an
+    error wrapped at spaces; cost (the actual cost, or ~ the estimate) and then the model
+    left out on narrow terminals. No word is ever broken across lines."""
     stalled = stalled or {}
     rows = [
         [
@@ -240,7 +278,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     last_frame_file: Annotated[str | None, typer.Option(help="Last-frame image file.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What to keep out (Veo).")] = None,
     person_generation: Annotated[str | None, typer.Option(help="allow_adult or dont_allow (Veo).")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Tag for cost reports; repeatable.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(metavar="TAG", help="Tag for cost reports; repeatable.")] = None,
     client_job_id: Annotated[str | None, typer.Option(help="Your own unique id for this job.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
@@ -328,7 +366,7 @@ def status(
 @app.command()
 def wait(
     job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")],
-    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0, help="Give up after this many seconds.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the records as a JSON list.")] = False,
 ) -> None:
     """Wait until every job has ended, then show them.
@@ -469,8 +507,9 @@ def metrics(
     port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9808,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
-    """Serve job-level Prometheus metrics for the whole fleet (jobs by status, provider
-    and model; cost in USD; render and store times; budgets)."""
+    """Serve job-level Prometheus metrics for the whole fleet.
+
+    Jobs by status, provider and model; cost in USD; render and store times; budgets."""
     from producer.metrics import serve
 
     sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")
@@ -485,8 +524,9 @@ def recover(
         typer.Option(help="The rule's floor in seconds (default RECOVER_AFTER_S); see docs/reliability.md."),
     ] = None,
 ) -> None:
-    """Put stalled jobs (stranded by a crash) back on their way (each worker also does this
-    every SWEEP_INTERVAL_S)."""
+    """Put stalled jobs (stranded by a crash) back on their way.
+
+    Each worker also does this every SWEEP_INTERVAL_S."""
     from producer.recovery import recover_stranded
 
     vq = VideoQueue()
@@ -511,9 +551,10 @@ app.add_typer(store_app, name="store")
 
 @store_app.command("retry")
 def store_retry(job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")]) -> None:
-    """Store again jobs that failed in storage, while the provider still holds their video
-    (ModelArk: 24 h from the finish): each goes back to `downloading` with a fresh
-    STORE_MAX_ATTEMPTS and the store task is sent. Exit code 2 if any was refused."""
+    """Store again jobs that failed in storage, while the provider still holds their video.
+
+    ModelArk holds it 24 h from the finish. Each job goes back to `downloading` with a
+    fresh STORE_MAX_ATTEMPTS and the store task is sent. Exit code 2 if any was refused."""
     vq = VideoQueue()
     refused = 0
     for job_id in job_ids:
@@ -573,7 +614,7 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
             writer.writerow([r.group, r.jobs, *amounts])
     else:
         columns = (
-            Col(by, priority=0, min_width=24, overflow="fold"),
+            Col(by, priority=0, min_width=24, overflow="words"),
             Col("jobs", priority=0, justify="right"),
             Col("actual", priority=0, justify="right"),
             Col("estimate", priority=1, justify="right"),
@@ -593,9 +634,10 @@ def costs_rebuild(
         bool, typer.Option("--prune", help="Also remove entries whose manifests are not in this storage.")
     ] = False,
 ) -> None:
-    """Merge the cost entries of the manifests in storage (STORAGE_URL) into the ledger,
-    after Redis lost some of it: adds missing entries, replaces those that differ, and keeps
-    those whose manifests it cannot see unless --prune. Needs the worker install."""
+    """Merge the cost entries of the manifests in storage (STORAGE_URL) into the ledger.
+
+    For when Redis lost some of it: adds missing entries, replaces those that differ, and
+    keeps those whose manifests it cannot see unless --prune. Needs the worker install."""
     try:
         from worker.ledger_rebuild import rebuild_ledger
     except ImportError as exc:
@@ -630,6 +672,23 @@ def costs_rebuild(
 register_ops(app)
 register_budget(app)
 register_jobs(app)
+
+
+def _summaries(typer_app: typer.Typer) -> None:
+    """The line each command gets in its group's --help: the first sentence of its
+    docstring on one line (rich help otherwise keeps the docstring's line breaks and cuts
+    a summary mid-sentence, "status, provider / and model")."""
+    for info in typer_app.registered_commands:
+        doc = info.help or inspect.getdoc(info.callback) or ""
+        first = " ".join(doc.split("\n\n", 1)[0].split())
+        if info.short_help is None and first:
+            info.short_help = re.split(r"(?<=\.)\s+(?=[A-Z`])", first, maxsplit=1)[0]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _summaries(group.typer_instance)
+
+
+_summaries(app)
 
 
 def main(argv: list[str] | None = None) -> None:

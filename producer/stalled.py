@@ -1,6 +1,6 @@
 """When an active job is stalled: its next step is overdue by more than the rule below
 allows. One rule for what people see (`videoqueue status`, `jobs`: "running · stalled 6m",
-`stalled_s` in `--json`) and for the recovery sweep (producer/recovery.py), which re-sends
+`stalled_s` in `--json` and piped) and for the recovery sweep (producer/recovery.py), which re-sends
 the step of a stalled job.
 
 The rule (docs/reliability.md, "Stalled jobs"):
@@ -115,8 +115,17 @@ def duration_text(seconds: float) -> str:
     return f"{d}d{h}h" if h else f"{d}d"
 
 
+WAITING_FOR_ENDPOINT = "waiting for its endpoint"
+
+
 def describe(record: JobRecord, stalled_s: float | None) -> str:
-    """The status people see: "running", or "running · stalled 6m"."""
-    if stalled_s is None:
-        return record.status.value
-    return f"{record.status.value} · stalled {duration_text(stalled_s)}"
+    """The status people see: "running"; "running · stalled 6m"; "running · waiting for
+    its endpoint" while its step is handed back because no worker here is configured for
+    the provider endpoint its task was created with (record `waiting_for_endpoint`; the
+    whole note is on stderr in `status`). Both, joined, when both hold."""
+    shown = [record.status.value]
+    if record.waiting_for_endpoint and not record.status.is_final:
+        shown.append(WAITING_FOR_ENDPOINT)
+    if stalled_s is not None:
+        shown.append(f"stalled {duration_text(stalled_s)}")
+    return " · ".join(shown)

@@ -121,6 +121,9 @@ def test_the_ids_the_demo_prints_are_accepted_everywhere(local_stack: Stack) -> 
     status = run(local_stack, "status", short, "--json")
     assert status.returncode == 0, status.stderr
     assert [r["id"] for r in json.loads(status.stdout)] == [job_id]
+    # Seen: an upper-case id or prefix was refused; ids are lowercase uuids.
+    upper = run(local_stack, "status", short.upper(), job_id.upper(), "--json")
+    assert upper.returncode == 0 and [r["id"] for r in json.loads(upper.stdout)] == [job_id, job_id], upper.stderr
     waited = run(local_stack, "wait", short[:4], "--timeout", "0.1", "--json")
     assert waited.returncode == 3 and json.loads(waited.stdout)[0]["id"] == job_id
     cancelled = run(local_stack, "cancel", short)
@@ -129,6 +132,9 @@ def test_the_ids_the_demo_prints_are_accepted_everywhere(local_stack: Stack) -> 
     assert refused.returncode == 2 and "cannot store again" in refused.stderr
     _assert_one_line_error(run(local_stack, "status", short[:3]), "too short: give at least 4 characters")
     _assert_one_line_error(run(local_stack, "status", "ffff-no-such-job"), "unknown job id(s): ffff-no-such-job")
+    # Seen: with another VQ_NAMESPACE it said only "unknown job id": it names where it looked.
+    elsewhere = _run_env({**local_stack.env(), "VQ_NAMESPACE": "elsewhere"}, "status", short)
+    _assert_one_line_error(elsewhere, f"unknown job id(s): {short}", "in namespace 'elsewhere'", "VQ_NAMESPACE")
 
 
 def test_an_ambiguous_prefix_lists_its_candidates(local_stack: Stack) -> None:
@@ -189,17 +195,43 @@ def _command_paths() -> list[list[str]]:
     return paths
 
 
+PYTHON_TYPE = re.compile(r"<[^>]*(?:\[|%|\b(?:bool|list|dict|tuple|NoneType|datetime)\b)[^>]*>")
+
+
 def test_flags_show_as_flags_in_every_help(tmp_path: Path) -> None:
-    # Seen: `--json <bool>`, as if the flag took a value.
+    # Seen: `--json <bool>`, as if the flag took a value; then `budget set --tag <list[str]>`.
     env = {**os.environ, "COLUMNS": "120", "REDIS_URL": REDIS_URL}
     paths = _command_paths()
     assert ["status"] in paths and ["store", "retry"] in paths and ["costs", "rebuild"] in paths
+    assert ["budget", "set"] in paths
     for path in paths:
         result = _run_env(env, *path, "--help", cwd=tmp_path)
         assert result.returncode == 0, (path, result.stderr)
         assert "--help" in result.stdout
         assert "<bool>" not in result.stdout, (path, result.stdout)
+        assert not PYTHON_TYPE.findall(result.stdout), (path, PYTHON_TYPE.findall(result.stdout), result.stdout)
     assert "--json" in _run_env(env, "status", "--help", cwd=tmp_path).stdout
+    assert "TAG" in _run_env(env, "submit", "--help", cwd=tmp_path).stdout
+    assert "<YYYY-MM-DD>" in _run_env(env, "costs", "--help", cwd=tmp_path).stdout
+
+
+def test_every_command_summary_is_one_whole_sentence(tmp_path: Path) -> None:
+    # Seen: `videoqueue --help` cut summaries where the docstring broke its line
+    # ("... (jobs by status, provider" / "and model; ...").
+    env = {**os.environ, "COLUMNS": "200", "REDIS_URL": REDIS_URL}
+    for group in ([], ["budget"], ["costs"], ["store"]):
+        text = _run_env(env, *group, "--help", cwd=tmp_path).stdout
+        panel = text[text.index("Commands") :].splitlines()[1:]
+        rows = [line.strip("│ ") for line in panel if line.startswith("│")]
+        assert rows, text
+        for row in rows:
+            name, _, summary = row.partition(" ")
+            assert name and summary.strip().endswith("."), (group, row, text)
+
+
+def test_wait_refuses_a_negative_timeout(tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": REDIS_URL}
+    _assert_one_line_error(_run_env(env, "wait", "abcd1234", "--timeout", "-5", cwd=tmp_path), "--timeout")
 
 
 def _on_a_terminal(env: dict[str, str], columns: int, *args: str) -> tuple[int, list[str]]:
@@ -254,10 +286,15 @@ def test_tables_fit_the_terminal_and_keep_columns_readable(local_stack: Stack, c
             assert job_id[:8] in text, (args, text)
         cells = [[c.strip() for c in re.split(r"[│┃]", line)[1:-1]] for line in lines if line.startswith(("│", "┃"))]
         header = cells[0]
-        if columns >= 80:
+        if columns >= 120:
             assert all(model in text for model in models), (args, text)
         if "model" in header:
             shown = [row[header.index("model")] for row in cells[1:] if row[header.index("model")]]
             assert len(shown) == len(ids) and all(len(m) >= 10 for m in shown), (args, text)
         assert "output / error" in header
-        assert "content_filt" in text
+        # Seen: "content_filter|ed" and a path folded over 5 lines: no word is broken, a
+        # path is cut on one line keeping its file name's end.
+        assert "content_filtered:" in text, (args, text)
+        outputs = [row[header.index("output / error")] for row in cells[1:]]
+        paths = [cell for cell in outputs if "://" in cell or cell.startswith("…/")]
+        assert len(paths) >= 2 and all(p.endswith(".mp4") for p in paths), (args, text)

@@ -28,7 +28,11 @@ def test_a_job_whose_worker_was_killed_mid_poll_shows_stalled_and_is_counted(loc
     doomed.kill()  # the next poll dies with it (held, unacknowledged, until the visibility timeout)
 
     def shown_stalled() -> bool:
-        return "running · stalled" in run(local_stack, "status", job.id).stdout
+        # Piped: the status field stays the plain status, `stalled_s` (last column) says it.
+        header, line = run(local_stack, "status", job.id).stdout.splitlines()
+        row = dict(zip(header.split("\t"), line.split("\t"), strict=True))
+        assert row["status"] == "running", row
+        return row["stalled_s"] != ""
 
     wait_for(shown_stalled, 120, "status to show the job stalled")
     [status] = json.loads(run(local_stack, "status", job.id, "--json").stdout)  # always a list
@@ -36,7 +40,8 @@ def test_a_job_whose_worker_was_killed_mid_poll_shows_stalled_and_is_counted(loc
     assert status["stalled_s"] > 5
     listed = run(local_stack, "jobs", "--json")
     assert next(j["stalled_s"] for j in json.loads(listed.stdout) if j["id"] == job.id) > 5
-    assert "running · stalled" in run(local_stack, "jobs").stdout
+    piped = [line.split("\t") for line in run(local_stack, "jobs").stdout.splitlines()]
+    assert piped[0][-1] == "stalled_s" and int(next(r for r in piped if r[0] == job.id)[-1]) > 5
 
     dry = run(local_stack, "recover", "--dry-run")
     assert "would recover 1 (1 running)" in dry.stdout, dry.stdout

@@ -18,11 +18,19 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from rich.console import Console
 
-from producer import AmbiguousJobIdError, InvalidRequestError, Settings, UnknownJobError, VideoQueue, VideoRequest
+from producer import (
+    AmbiguousJobIdError,
+    InvalidRequestError,
+    Settings,
+    UnknownJobError,
+    VideoQueue,
+    VideoRequest,
+    namespace,
+)
 from producer.api import EnqueueError
-from producer.cli import _job_table
+from producer.cli import OUTPUT_MIN_CHARS, PIPED_COLUMNS, _job_table, _show
 from producer.cli_errors import explain, redact
-from producer.cli_table import Col, fit_table
+from producer.cli_table import ELLIPSIS, Col, cut, fit_table, wrap_words
 from producer.contract import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from producer.jobstore import JobStore
 
@@ -94,7 +102,8 @@ def test_wide_terminals_show_whole_ids_and_narrow_ones_drop_low_priority_columns
     assert "7b98bf1c-b691-4b60-84f2-8b141d27c475" in wide and LONG_PATH in wide
     assert "veo-3.1-fast-generate-001" in wide and "$1.0000" in wide and "~$0.4000" in wide
     at_80 = "\n".join(_render(_job_table(_records(), 80), 80))
-    assert "7b98bf1c-b691" not in at_80 and "veo-3.1-fast-generate-001" in at_80 and "cost" in at_80
+    # At 80 the model is cut before the output column goes below a readable width.
+    assert "7b98bf1c-b691" not in at_80 and "veo-3.1-fast" in at_80 and "cost" in at_80
     at_60 = "\n".join(_render(_job_table(_records(), 60), 60))
     assert "cost" not in at_60 and "output / error" in at_60
 
@@ -205,3 +214,124 @@ def test_prefix_lookup_finds_one_job_among_many() -> None:
     ids = [f"{n:08x}-0000-4000-8000-000000000000" for n in range(3000)]
     vq = _store_with(ids)
     assert vq.resolve_id("00000bb7") == ids[0xBB7]
+
+
+# Records as a user test met them: a local output path, an S3 URI, an error with words longer
+# than the column, a long model name.
+LOCAL_URI = "file:///work/ut/videos/0c1c0196-b691-4b60-84f2-8b141d27c475.mp4"
+S3_URI = "s3://videoqueue-production-bucket/renders/2026/11/29/1d2d0196-b691-4b60-84f2-8b141d27c475.mp4"
+LONG_ERROR = (
+    "rejected by the provider's content_filtered_by_policy_v2 check: the prompt was flagged "
+    "(see https://docs.example.com/safety/policies/video-generation#content-filter) and nothing billed"
+)
+LONG_MODEL = "seedance-1-0-pro-fast-experimental-251215"
+
+
+def _user_records() -> list[JobRecord]:
+    return [
+        _record("0c1c0196-b691-4b60-84f2-8b141d27c475", JobStatus.SUCCEEDED, output_uri=LOCAL_URI),
+        _record("1d2d0196-b691-4b60-84f2-8b141d27c475", JobStatus.SUCCEEDED, output_uri=S3_URI, model=LONG_MODEL),
+        _record(
+            "2e3e0196-b691-4b60-84f2-8b141d27c475",
+            JobStatus.FAILED,
+            error=JobError(code=ErrorCode.CONTENT_FILTERED, message=LONG_ERROR),
+        ),
+    ]
+
+
+def _pieces_of(shown: str, whole: str, sep: str) -> None:
+    """Every `sep`-separated piece of `shown` is a whole piece of `whole`, or holds an
+    ellipsis and its other characters come from `whole` in order (a cut piece)."""
+    pieces = whole.split(sep)
+    for piece in shown.split(sep):
+        if ELLIPSIS in piece:
+            assert all(part in whole for part in piece.split(ELLIPSIS)), (piece, whole)
+        else:
+            assert piece in pieces, (piece, shown, whole)
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_output_and_errors_never_break_inside_a_word(width: int) -> None:
+    # Seen: at 80 columns a local path folded over 5 lines of 14 characters
+    # ("file:///work/u|t/videos/0c1c0…") and "content_filter|ed" split, while the model kept
+    # all its 25 characters.
+    records = _user_records()
+    lines = _render(_job_table(records, width), width)
+    assert all(len(line) <= width for line in lines), "\n".join(lines)
+    header = _cells(next(line for line in lines if line.startswith("┃")))
+    column = header.index("output / error")
+    rows = [_cells(line) for line in lines if line.startswith("│")]
+    by_job: list[list[str]] = []
+    for row in rows:
+        if row[0]:
+            by_job.append([])
+        by_job[-1].append(row[column])
+    assert len(by_job) == len(records)
+    local, s3, failed = (" ".join(c for c in cells if c) for cells in by_job)
+    # A path or URI: on one line, its file name's start and end kept, with an ellipsis.
+    for shown, uri in ((local, LOCAL_URI), (s3, S3_URI)):
+        assert [c for c in by_job[(LOCAL_URI, S3_URI).index(uri)] if c] == [shown], "\n".join(lines)
+        assert shown.endswith("475.mp4") and ELLIPSIS in shown, shown
+        assert len(shown) >= min(OUTPUT_MIN_CHARS, len(uri)) - 1, shown
+        _pieces_of(shown, uri, "/")
+    # An error: wrapped at spaces only; a word too long for the column cut with an ellipsis.
+    words = f"content_filtered: {LONG_ERROR}".split()
+    for token in failed.split():
+        if ELLIPSIS in token:
+            assert any(w.startswith(token.split(ELLIPSIS)[0]) for w in words if "/" not in w) or "/" in token, token
+            if "/" in token:
+                _pieces_of(token, next(w for w in words if "/" in w), "/")
+        else:
+            assert token in words, (token, "\n".join(lines))
+    if "model" in header:
+        width_of_model = max(len(row[header.index("model")]) for row in rows)
+        output_width = max(len(row[column]) for row in rows)
+        # The model gives way before the output column narrows below a readable width.
+        assert output_width >= OUTPUT_MIN_CHARS or width_of_model <= 12, "\n".join(lines)
+
+
+def test_cut_keeps_the_end_of_a_path_and_the_start_of_a_word() -> None:
+    assert cut(LOCAL_URI, 80) == LOCAL_URI
+    assert cut(LOCAL_URI, 50) == "…/videos/0c1c0196-b691-4b60-84f2-8b141d27c475.mp4"
+    assert cut("file:///work/ut/videos/0c1c0196.mp4", 26) == "…/ut/videos/0c1c0196.mp4"
+    assert cut("s3://b/very-long-folder-name/videos/x.mp4", 24) == "s3://b/…/videos/x.mp4"
+    shown = cut(LOCAL_URI, 24)
+    assert len(shown) == 24 and shown.startswith("…/0c1c0196") and shown.endswith(".mp4"), shown
+    assert cut("content_filtered", 10) == "content_f…"
+    assert wrap_words("a content_filtered b", 8) == ["a", "content…", "b"]
+    assert all(len(line) <= 30 for line in wrap_words(LONG_ERROR, 30))
+
+
+def test_piped_output_keeps_whole_values_and_a_plain_status(capsys: pytest.CaptureFixture[str]) -> None:
+    # Seen: piped `status` said "running · stalled 1m" in the status field, so `cut -f2`
+    # was not a plain status.
+    records = [*_user_records(), _record("3f4f0196-b691-4b60-84f2-8b141d27c475", JobStatus.RUNNING)]
+    _show(records, {records[3].id: 75.6})
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split("\t") == list(PIPED_COLUMNS)
+    assert header.split("\t")[1] == "status" and header.split("\t")[-1] == "stalled_s"
+    rows = [dict(zip(PIPED_COLUMNS, line.split("\t"), strict=True)) for line in lines]
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "running"]
+    assert [r["stalled_s"] for r in rows] == ["", "", "", "75"]
+    assert rows[0]["output_or_error"] == LOCAL_URI and rows[1]["output_or_error"] == S3_URI
+    assert rows[1]["model"] == LONG_MODEL
+    assert rows[2]["output_or_error"] == f"content_filtered: {LONG_ERROR}"
+    assert [r.public_dict()["output_uri"] for r in records[:2]] == [LOCAL_URI, S3_URI]  # --json
+
+
+def test_ids_and_prefixes_are_matched_in_any_case() -> None:
+    # Seen: `status 0C1C0196` said "unknown job id"; ids are lowercase uuids.
+    ids = ["0c1c0196-b691-4b60-84f2-8b141d27c475", "ef012345-0000-4000-8000-000000000000"]
+    vq = _store_with(ids)
+    assert vq.resolve_ids(["0C1C0196", ids[1].upper()]) == ids
+    assert vq.resolve_id("EF01") == ids[1]
+
+
+def test_an_unknown_id_names_the_namespace_it_was_looked_up_in() -> None:
+    # Seen: `status ID` with the wrong VQ_NAMESPACE said only "unknown job id".
+    vq = _store_with([])
+    with pytest.raises(UnknownJobError) as info:
+        vq.resolve_ids(["0c1c0196"])
+    assert str(info.value) == (
+        f"unknown job id(s): 0c1c0196 (in namespace {namespace.current()!r}; VQ_NAMESPACE picks the deployment)"
+    )

@@ -141,3 +141,13 @@ def test_a_backlog_is_re_sent_a_few_times_not_every_sweep(env: Env, monkeypatch:
     assert 4 <= resends <= 8
     assert len(sent) == resends
     assert env.job(job_id).status is JobStatus.QUEUED
+
+
+def test_a_job_handed_back_for_want_of_its_endpoint_is_not_shown_as_plain_running() -> None:
+    # Seen: `jobs` showed a plain "running" for a job no worker here could follow.
+    note = "waiting for a worker configured for endpoint host ark.example (fingerprint 1a2b)"
+    job = record().model_copy(update={"waiting_for_endpoint": note})
+    assert describe(job, None) == "running · waiting for its endpoint"
+    assert describe(job, 372) == "running · waiting for its endpoint · stalled 6m"
+    ended = record(JobStatus.FAILED).model_copy(update={"waiting_for_endpoint": note})
+    assert describe(ended, None) == "failed"
