@@ -22,7 +22,7 @@ from producer.jobstore import JobStore
 from producer.settings import get_settings
 
 budget_app = typer.Typer(
-    help="Budgets: the fleet's caps per UTC day, month and tag (in Redis) and what each has spent and reserved.",
+    help="Budgets: caps per UTC day, month and tag, and what each has spent and reserved.",
     no_args_is_help=True,
 )
 out = Console()
@@ -135,7 +135,9 @@ def _print_states(rows: list[BudgetState]) -> None:
 
 @budget_app.command("show")
 def show(as_json: Annotated[bool, typer.Option("--json", help="Print a list of JSON objects.")] = False) -> None:
-    """Today's, this month's and each tag's budget: cap (and where it comes from: redis,
+    """Show each budget's cap, spent, reserved and left.
+
+    Today's, this month's and each tag's budget: the cap and where it comes from (redis,
     fleet-wide; this shell's settings, binding only processes that have them; or none),
     spent, reserved by jobs not ended yet, and left."""
     rows = states(_store().redis, get_settings().budget_policy(), utcnow().date())
@@ -150,7 +152,8 @@ def set_(  # noqa: PLR0917 - typer maps each parameter to an option
     daily: Annotated[str | None, typer.Option(help="Cap per UTC day in USD, or none.", metavar="USD")] = None,
     monthly: Annotated[str | None, typer.Option(help="Cap per UTC month in USD, or none.", metavar="USD")] = None,
     tag: Annotated[
-        list[str] | None, typer.Option(help="Cap of a tag (all time), NAME=USD or NAME=none; repeatable.")
+        list[str] | None,
+        typer.Option(help="Cap of a tag (all time), NAME=USD or NAME=none; repeatable.", metavar="NAME=USD"),
     ] = None,
     clear_daily: Annotated[bool, typer.Option("--clear-daily", help="Remove the daily cap from Redis.")] = False,
     clear_monthly: Annotated[bool, typer.Option("--clear-monthly", help="Remove the monthly cap from Redis.")] = False,
@@ -158,9 +161,11 @@ def set_(  # noqa: PLR0917 - typer maps each parameter to an option
         list[str] | None, typer.Option(help="Remove a tag's cap from Redis; repeatable.", metavar="NAME")
     ] = None,
 ) -> None:
-    """Set the fleet's caps in Redis: every producer enforces them at submit and every
-    worker before a create, whatever its own BUDGET_* settings. `none` means no cap (over
-    any setting); --clear-* removes the cap from Redis, so each process's setting applies."""
+    """Set the fleet's budget caps in Redis.
+
+    Every producer enforces them at submit and every worker before a create, whatever
+    its own BUDGET_* settings. `none` means no cap (over any setting); --clear-* removes
+    the cap from Redis, so each process's setting applies."""
     try:
         changes = parse_changes(
             daily=daily,

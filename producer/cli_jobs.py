@@ -55,9 +55,11 @@ def retry(
     again: Annotated[bool, typer.Option("--again", help="Retry a job even if it was retried before.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new jobs' records as a JSON list.")] = False,
 ) -> None:
-    """Resubmit jobs that ended failed, expired or cancelled as new jobs with the same
-    request, linked both ways (retry_of, retried_by); print the new ids. A job already
-    retried is refused unless --again. Exit code 2 if any was refused."""
+    """Resubmit failed, expired or cancelled jobs as new jobs.
+
+    Each new job has the same request and is linked both ways (retry_of, retried_by);
+    prints the new ids. A job already retried is refused unless --again. Exit code 2 if
+    any was refused."""
     vq = VideoQueue()
     created: list[JobRecord] = []
     refused = 0
@@ -112,9 +114,10 @@ def fetch(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Download the stored video of a job (local folder or S3) to this machine: streamed,
-    size checked, written whole or not at all. Prints the file written; exit code 2 if it
-    could not be fetched."""
+    """Download a job's stored video to this machine.
+
+    From a local folder or S3: streamed, size checked, written whole or not at all.
+    Prints the file written; exit code 2 if it could not be fetched."""
     vq = VideoQueue()
     record, uri = _stored_video(vq, job_id)
     try:
@@ -139,8 +142,10 @@ def url(
         int, typer.Option(help="Seconds the link stays valid (at most 604800, seven days).")
     ] = DEFAULT_URL_EXPIRES_S,
 ) -> None:
-    """Print a presigned HTTPS link (GET) to a job's video in S3, valid for --expires
-    seconds. A video in a local folder has no link: exit code 2, naming its file:// URI."""
+    """Print a presigned HTTPS link to a job's video in S3.
+
+    The link (GET) is valid for --expires seconds. A video in a local folder has no link:
+    exit code 2, naming its file:// URI."""
     vq = VideoQueue()
     record, uri = _stored_video(vq, job_id)
     try:
