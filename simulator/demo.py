@@ -92,6 +92,11 @@ def main() -> int:
         print(f"{job.id}  {job.status.value:<10} {cost:>9}  {where}")
     total = sum((j.cost_usd or Decimal(0) for j in done), Decimal(0))
     print(f"Total cost: ${total:.4f}")
+    # The demo's jobs live in its own namespace: a shell on another one would not find them.
+    print(
+        f"Look them up with: VQ_NAMESPACE={demo_namespace} videoqueue status {' '.join(j.id[:8] for j in done)}"
+        " (`make stack` keeps a local fleet running)"
+    )
     return 0 if all(j.status.value == "succeeded" for j in done) else 1
 
 
