@@ -167,7 +167,11 @@ class Caps:
 def load_caps(client: Any, defaults: BudgetPolicy) -> Caps:
     """The caps in Redis over `defaults` (works on a WATCHing pipeline too). A stored value
     that is not an amount counts as no cap stored."""
-    raw: dict[str, str] = client.hgetall(CAPS_KEY) or {}
+    return caps_from(client.hgetall(CAPS_KEY) or {}, defaults)
+
+
+def caps_from(raw: Mapping[str, str], defaults: BudgetPolicy) -> Caps:
+    """The caps of a CAPS_KEY hash as read (`raw`) over `defaults`."""
     stored: dict[str, Decimal | None] = {}
     for name, value in raw.items():
         if value == NO_CAP:
@@ -246,12 +250,18 @@ def exceeded(client: Any, record: JobRecord, defaults: BudgetPolicy) -> BudgetEx
     """The worker's check before creating a job's provider task: is any budget the job
     reserved against over its cap now (a cap lowered since enqueue)? The job's own
     reservation counts, so of the jobs waiting, those that still fit go ahead."""
-    caps = load_caps(client, defaults)
+    # On the submit path of every queued job: the caps and all its counters in one round trip.
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(CAPS_KEY)
     for key in record.budget_keys:
+        pipe.hmget(key, "reserved", "spent")
+    raw_caps, *counters = pipe.execute()
+    caps = caps_from(raw_caps or {}, defaults)
+    for key, counter in zip(record.budget_keys, counters, strict=True):
         cap = caps.cap(cap_name(key)).amount
         if cap is None:
             continue
-        reserved, spent = (int(v or 0) for v in client.hmget(key, "reserved", "spent"))
+        reserved, spent = (int(v or 0) for v in counter)
         if reserved + spent > to_micro(cap):
             return BudgetExceededError(
                 key.removeprefix(KEY_PREFIX),
