@@ -34,7 +34,8 @@ from producer.budget import BudgetExceededError
 from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
 from producer.cli_budget import register as register_budget
-from producer.cli_errors import USAGE_ERROR, explain, redact
+from producer.cli_errors import USAGE_ERROR, error_line, explain, redact
+from producer.cli_errors import fail as _fail
 from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
 from producer.cli_ops import register as register_ops
@@ -116,11 +117,6 @@ def _hide_flag_types() -> None:
 
 
 _hide_flag_types()
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _print_json(data: Any) -> None:
@@ -699,10 +695,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="videoqueue", standalone_mode=False)
     except typer.Abort:
-        _error_line("aborted")
+        error_line("aborted")
         code = 130
     except KeyboardInterrupt:
-        _error_line("interrupted")
+        error_line("interrupted")
         code = 130
     except Exception as exc:  # noqa: BLE001 - every error becomes one line, the point of main
         code = _report(exc)
@@ -717,15 +713,11 @@ def _report(exc: Exception) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":
             return USAGE_ERROR  # typer printed the help already
         hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-        _error_line(redact(exc.format_message()) + hint)
+        error_line(redact(exc.format_message()) + hint)
         code: int = exc.exit_code  # type: ignore[attr-defined]
         return code
     if _State.debug:
         traceback.print_exception(exc)
     explained = explain(exc)
-    _error_line(explained.message)
+    error_line(explained.message)
     return explained.code
-
-
-def _error_line(message: str) -> None:
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")

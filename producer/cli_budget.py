@@ -17,6 +17,7 @@ from rich.table import Table
 
 from producer.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
 from producer.budget_rebuild import rebuild_counters
+from producer.cli_errors import fail as _fail
 from producer.contract import utcnow
 from producer.jobstore import JobStore
 from producer.settings import get_settings
@@ -30,11 +31,6 @@ out = Console()
 
 class BudgetInputError(ValueError):
     """A `budget set` argument that is not a cap; the message is one line."""
-
-
-def _fail(message: str) -> typer.Exit:
-    sys.stderr.write(f"error: {message}\n")
-    return typer.Exit(2)
 
 
 def _store() -> JobStore:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
+import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
@@ -31,6 +33,17 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)
 def redact(text: str) -> str:
     """`text` with the password of every URL in it replaced: redis://:pw@host -> redis://:***@host."""
     return _URL_PASSWORD.sub(r"\1***\2", text)
+
+
+def error_line(message: str) -> None:
+    """Write `message` to stderr as the one `error: ...` line every failure ends with."""
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    """Print `message` as the error line and return the Exit (status `code`) to raise."""
+    error_line(message)
+    return typer.Exit(code)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from producer.api import (
     VideoQueue,
 )
 from producer.budget import BudgetExceededError
+from producer.cli_errors import fail as _fail
 from producer.contract import JobRecord
 
 DEFAULT_URL_EXPIRES_S = 3600
@@ -33,12 +34,6 @@ def _resolve(vq: VideoQueue, raw_id: str) -> JobRecord:
     """The record of the job `raw_id` names (a whole id or a unique prefix); UnknownJobError
     if none, AmbiguousJobIdError if the prefix is too short or shared."""
     return vq.get(vq.resolve_id(raw_id))
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from producer.cli import _fail as cli_fail
-
-    return cli_fail(message, code)
 
 
 def note_existing(prepared: list[PreparedJob], records: list[JobRecord]) -> None:
