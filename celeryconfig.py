@@ -6,14 +6,14 @@ that dies mid-task leaves the message to be delivered again, and the task's
 compare-and-set on the job record makes the second run harmless. The broker alone does
 not guarantee progress (a countdown message held by a killed worker can vanish for the
 visibility timeout, or for good if a crash falls between two steps); the job store's
-recovery sweep (producer/recovery.py) does.
+recovery sweep (videoqueue/recovery.py) does.
 """
 
 from typing import Any
 
-from producer import namespace as _namespace
-from producer.queues import broker_timing, celery_conf, is_amqp, route_task
-from producer.settings import get_settings
+from videoqueue import namespace as _namespace
+from videoqueue.queues import broker_timing, celery_conf, is_amqp, route_task
+from videoqueue.settings import get_settings
 
 _settings = get_settings()
 # The worker app (worker/app.py) has made the settings' VQ_NAMESPACE current before this
@@ -79,7 +79,7 @@ worker_eta_task_limit = 5000
 
 # The longest a task may run: a store of a large video. The soft limit raises inside the
 # task (the store step counts a failed attempt); the hard one kills the pool child (the
-# attempt was counted when it started). Both from producer.queues.broker_timing, which
+# attempt was counted when it started). Both from videoqueue.queues.broker_timing, which
 # also bounds every countdown the pipeline schedules.
 task_soft_time_limit = _timing.soft_time_limit_s
 task_time_limit = _timing.time_limit_s
@@ -90,7 +90,7 @@ if not _AMQP:
     # once and held, unacknowledged, until due; if the timeout were shorter than the
     # longest countdown plus the longest task, healthy held messages would be delivered a
     # second time. So: longest countdown (RETRY_MAX_S, POLL_MAX_S, a submit lease) plus
-    # the hard time limit, plus a minute (producer.queues.broker_timing); the pipeline
+    # the hard time limit, plus a minute (videoqueue.queues.broker_timing); the pipeline
     # never sends a longer countdown (longer waits are parked in the job store). It is
     # also how long the broker itself takes to notice a dead worker; the job-store sweep
     # (RECOVER_AFTER_S) usually acts first.

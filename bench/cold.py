@@ -25,7 +25,7 @@ import httpx
 from bench.harness import BenchStack
 from bench.poll_model import percentile
 from producer import VideoRequest
-from producer.contract import JobRecord, JobStatus
+from videoqueue.job import JobRecord, JobStatus
 
 # (label, render seconds, prompt markers)
 KINDS: tuple[tuple[str, float, str], ...] = (

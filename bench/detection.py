@@ -30,8 +30,8 @@ import httpx
 from bench.harness import BenchStack
 from bench.poll_model import MIX, Kind, model_row, percentile
 from producer import VideoRequest
-from producer.contract import JobRecord, JobStatus
-from producer.settings import Settings
+from videoqueue.job import JobRecord, JobStatus
+from videoqueue.settings import Settings
 
 SIGMA = 0.12
 WIDE_SIGMA = 0.25

@@ -19,10 +19,11 @@ import httpx
 import psutil
 import redis
 
-from producer import Settings, VideoQueue, VideoRequest, namespace
-from producer.contract import JobStatus
-from producer.jobstore import JobStore
+from producer import Settings, VideoQueue, VideoRequest
 from simulator.stack import ManagedProcess, _bin, free_port, start_moto, start_simulator, wait_until
+from videoqueue import namespace
+from videoqueue.job import JobStatus
+from videoqueue.jobstore import JobStore
 
 KEY = "bench-key"
 GOOGLE_KEY = "bench-google-key"

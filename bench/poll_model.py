@@ -14,8 +14,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from producer.settings import Settings
 from simulator.latency import median_render_s
+from videoqueue.settings import Settings
 from worker.schedule import poll_delay, render_window, window_poll_delay
 
 
@@ -35,7 +35,7 @@ class Kind:
         return median_render_s(self.model, self.duration, self.resolution)
 
 
-# Both providers, fast and slow models; expected_render_s as in producer/models.toml.
+# Both providers, fast and slow models; expected_render_s as in videoqueue/models.toml.
 MIX: tuple[Kind, ...] = (
     Kind("byteplus", "seedance-1-5-pro-251215", 5, "720p", 60),
     Kind("byteplus", "seedance-1-0-pro-fast-251015", 5, "720p", 30),

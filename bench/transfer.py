@@ -26,9 +26,9 @@ import psutil
 from bench.harness import S3_BUCKET, BenchStack, bench_s3_settings
 from bench.transfer_reference import MIB, proc_status_kib, reset_peak
 from producer import VideoRequest
-from producer.contract import TASK_STORE, JobRecord, JobStatus
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, wait_until
+from videoqueue.job import TASK_STORE, JobRecord, JobStatus
 from worker.storage.s3 import s3_client
 
 FULL_BYTES = 1024 * MIB

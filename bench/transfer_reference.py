@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 from worker.storage.s3 import S3Storage
 
 MIB = 1024 * 1024

@@ -11,12 +11,13 @@ from producer.api import (
     VideoQueue,
     WaitTimeoutError,
 )
-from producer.budget import BudgetExceededError
-from producer.contract import ErrorCode, JobError, JobRecord, JobStatus
-from producer.jobstore import DuplicateClientJobIdError
-from producer.ledger import CostRow, LedgerEntry
-from producer.request import InvalidRequestError, VideoRequest
-from producer.settings import Settings
+from producer.request import VideoRequest
+from videoqueue.budget import BudgetExceededError
+from videoqueue.errors import InvalidRequestError
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus
+from videoqueue.jobstore import DuplicateClientJobIdError
+from videoqueue.ledger import CostRow, LedgerEntry
+from videoqueue.settings import Settings
 
 __all__ = [
     "AmbiguousJobIdError",

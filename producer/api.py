@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from producer import namespace
-from producer.catalog import Catalog, load_catalog
 from producer.celery_client import producer_app
-from producer.contract import (
+from producer.request import VideoRequest, resolve
+from videoqueue import namespace
+from videoqueue.catalog import Catalog, load_catalog
+from videoqueue.errors import InvalidRequestError
+from videoqueue.images import ImageFile
+from videoqueue.job import (
     TASK_CANCEL,
     TASK_STORE,
     TASK_SUBMIT,
@@ -23,12 +26,10 @@ from producer.contract import (
     JobStatus,
     utcnow,
 )
-from producer.images import ImageFile
-from producer.jobstore import JobStore
-from producer.ledger import CostRow, GroupBy, Ledger
-from producer.request import InvalidRequestError, VideoRequest, resolve
-from producer.settings import Settings, get_settings
-from producer.urlcheck import check_image_url
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import CostRow, GroupBy, Ledger
+from videoqueue.settings import Settings, get_settings
+from videoqueue.urlcheck import check_image_url
 
 
 class UnknownJobError(KeyError):

@@ -7,8 +7,8 @@ from functools import lru_cache
 
 from celery import Celery
 
-from producer import namespace
-from producer.queues import celery_conf, is_amqp
+from videoqueue import namespace
+from videoqueue.queues import celery_conf, is_amqp
 
 
 def producer_app(broker_url: str) -> Celery:

@@ -30,8 +30,6 @@ from producer.api import (
     VideoQueue,
     WaitTimeoutError,
 )
-from producer.budget import BudgetExceededError
-from producer.catalog import ModelSpec, load_catalog
 from producer.celery_client import producer_app
 from producer.cli_budget import register as register_budget
 from producer.cli_errors import USAGE_ERROR, error_line, explain, redact
@@ -40,12 +38,15 @@ from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
 from producer.cli_ops import register as register_ops
 from producer.cli_table import Col, fit_table
-from producer.contract import JobRecord, JobStatus, utcnow
-from producer.ledger import GROUPS
-from producer.request import InvalidRequestError, VideoRequest
-from producer.settings import get_settings
-from producer.stalled import StallRule, describe, stalls
+from producer.request import VideoRequest
 from producer.workercheck import no_worker_warning
+from videoqueue.budget import BudgetExceededError
+from videoqueue.catalog import ModelSpec, load_catalog
+from videoqueue.errors import InvalidRequestError
+from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.ledger import GROUPS
+from videoqueue.settings import get_settings
+from videoqueue.stalled import StallRule, describe, stalls
 
 app = typer.Typer(
     help="Run AI video generation at scale: enqueue jobs for the videoqueue workers and follow them.",
@@ -139,7 +140,7 @@ def _detail(r: JobRecord) -> str:
 
 def _show(records: list[JobRecord], stalled: dict[str, float] | None = None) -> None:
     """A table on a terminal; tab-separated lines (whole values, easy to grep) otherwise.
-    `stalled`: seconds overdue of the stalled jobs, by id (producer.stalled)."""
+    `stalled`: seconds overdue of the stalled jobs, by id (videoqueue.stalled)."""
     stalled = stalled or {}
     if out.is_terminal:
         out.print(_job_table(records, out.width, stalled))
@@ -506,7 +507,7 @@ def metrics(
     """Serve job-level Prometheus metrics for the whole fleet.
 
     Jobs by status, provider and model; cost in USD; render and store times; budgets."""
-    from producer.metrics import serve
+    from videoqueue.metrics import serve
 
     sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")
     serve(get_settings().redis_url, port, host)
@@ -523,7 +524,7 @@ def recover(
     """Put stalled jobs (stranded by a crash) back on their way.
 
     Each worker also does this every SWEEP_INTERVAL_S."""
-    from producer.recovery import recover_stranded
+    from videoqueue.recovery import recover_stranded
 
     vq = VideoQueue()
     app_ = producer_app(vq.settings.effective_broker_url)

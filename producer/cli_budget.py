@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
-from producer.budget_rebuild import rebuild_counters
 from producer.cli_errors import fail as _fail
-from producer.contract import utcnow
-from producer.jobstore import JobStore
-from producer.settings import get_settings
+from videoqueue.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
+from videoqueue.budget_rebuild import rebuild_counters
+from videoqueue.job import utcnow
+from videoqueue.jobstore import JobStore
+from videoqueue.settings import get_settings
 
 budget_app = typer.Typer(
     help="Budgets: caps per UTC day, month and tag, and what each has spent and reserved.",

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from producer.api import AmbiguousJobIdError, StoreRetryRefusedError, UnknownJobError
-from producer.budget import BudgetExceededError
-from producer.request import InvalidRequestError, problems_of
-from producer.settings import InvalidSettingsError, describe_invalid, get_settings
+from producer.request import problems_of
+from videoqueue.budget import BudgetExceededError
+from videoqueue.errors import InvalidRequestError
+from videoqueue.settings import InvalidSettingsError, describe_invalid, get_settings
 
 USAGE_ERROR = 2
 """Exit status of every error this module explains (and of click's usage errors)."""

@@ -23,9 +23,9 @@ from producer.api import (
     UnknownJobError,
     VideoQueue,
 )
-from producer.budget import BudgetExceededError
 from producer.cli_errors import fail as _fail
-from producer.contract import JobRecord
+from videoqueue.budget import BudgetExceededError
+from videoqueue.job import JobRecord
 
 DEFAULT_URL_EXPIRES_S = 3600
 

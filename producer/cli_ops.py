@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from producer.settings import InvalidSettingsError, get_settings
+from videoqueue.settings import InvalidSettingsError, get_settings
 
 WORKER_MISSING = (
     "`videoqueue doctor` runs the worker's checks and needs the worker's dependencies "

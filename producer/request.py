@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from producer.catalog import Catalog, ModelSpec
-from producer.images import ImageFile, read_image_file
+from videoqueue.catalog import Catalog, ModelSpec
+from videoqueue.errors import InvalidRequestError
+from videoqueue.images import ImageFile, read_image_file
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
@@ -74,15 +75,6 @@ def prompt_parameter_problems(prompt: str) -> list[str]:
                 "applies); remove it from the prompt"
             )
     return problems
-
-
-class InvalidRequestError(ValueError):
-    """A request that cannot be enqueued. `problems` maps each field to what is wrong."""
-
-    def __init__(self, problems: dict[str, str]) -> None:
-        self.problems = problems
-        detail = "; ".join(f"{field}: {msg}" for field, msg in problems.items())
-        super().__init__(f"invalid video request: {detail}")
 
 
 class VideoRequest(BaseModel):

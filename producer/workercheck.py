@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from producer.contract import TASK_SUBMIT
+from videoqueue.job import TASK_SUBMIT
 
 CHECK_TIMEOUT_S = 1.0
 

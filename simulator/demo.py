@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from producer import JobRecord, Settings, VideoQueue, VideoRequest, namespace
+from producer import JobRecord, Settings, VideoQueue, VideoRequest
 from simulator.stack import ManagedProcess, free_port, start_simulator, start_worker
+from videoqueue import namespace
 
 RUN_DIR = Path(".run")
 DEMO_NAMESPACE = "demo"

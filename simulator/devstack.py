@@ -24,9 +24,9 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
-from producer.settings import InvalidSettingsError, Settings, load_settings
 from simulator.localredis import NotLocalError, answers, local_target, server_argv
 from simulator.stack import ManagedProcess, free_port, start_simulator, start_worker, wait_until
+from videoqueue.settings import InvalidSettingsError, Settings, load_settings
 
 RUN_DIR = Path(".run") / "stack"
 DEFAULT_NAMESPACE = "dev"

@@ -1,5 +1,5 @@
 """`make redis`: make sure a Redis answers at REDIS_URL, read as every videoqueue process
-reads it (the environment, then `.env`: producer.settings). When nothing answers and the
+reads it (the environment, then `.env`: videoqueue.settings). When nothing answers and the
 URL names this machine, start `redis-server` on the URL's port; a URL naming another host
 is refused (that Redis must be started where it runs).
 
@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.exceptions import RedisError
 
-from producer.settings import InvalidSettingsError, load_settings
+from videoqueue.settings import InvalidSettingsError, load_settings
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_PORT = 6379

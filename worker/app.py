@@ -8,9 +8,9 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup
 
-from producer import namespace
-from producer.queues import own_queues
-from producer.settings import InvalidSettingsError, get_settings
+from videoqueue import namespace
+from videoqueue.queues import own_queues
+from videoqueue.settings import InvalidSettingsError, get_settings
 
 try:
     # Read before Celery reads celeryconfig, so that settings that cannot be used stop

@@ -29,10 +29,10 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from producer import namespace
-from producer.contract import ErrorCode
-from producer.endpoints import Endpoint, provider_endpoint, storage_endpoint
-from producer.settings import Settings
+from videoqueue import namespace
+from videoqueue.endpoints import Endpoint, provider_endpoint, storage_endpoint
+from videoqueue.job import ErrorCode
+from videoqueue.settings import Settings
 from worker import registry
 from worker.logs import redact
 
@@ -326,7 +326,7 @@ def check_veo(settings: Settings) -> Check:
     from google.genai import errors as genai_errors
     from google.genai import types
 
-    from producer.catalog import load_catalog
+    from videoqueue.catalog import load_catalog
     from worker.providers.veo import map_genai_error
 
     model = load_catalog().default_model("veo") or "veo-3.1-fast-generate-001"

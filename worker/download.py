@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from producer.contract import ErrorCode
+from videoqueue.job import ErrorCode
 from worker.providers.base import ProviderError, VideoStream
 
 # Slices of a video that is already in memory (Veo's inline bytes).
@@ -82,7 +82,7 @@ def _gunzipped(response: httpx.Response) -> Iterator[bytes]:
 def fetch_image(client: httpx.Client, url: str, max_bytes: int) -> tuple[bytes, str]:
     """Download an input image (for providers that take bytes, not URLs), refusing more
     than `max_bytes` and anything that is not a PNG, JPEG or WebP image."""
-    from producer.images import sniff_image_type
+    from videoqueue.images import sniff_image_type
 
     data = bytearray()
     with stream_url(client, url) as stream:

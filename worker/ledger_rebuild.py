@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from producer import namespace
-from producer.jobstore import JobStore
-from producer.ledger import Ledger, LedgerDiff, LedgerEntry
-from producer.settings import Settings
+from videoqueue import namespace
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger, LedgerDiff, LedgerEntry
+from videoqueue.settings import Settings
 from worker.storage import open_storage
 
 log = logging.getLogger("videoqueue.ledger")

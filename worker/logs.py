@@ -27,7 +27,7 @@ from typing import IO, Any, Literal
 
 from celery.signals import celeryd_after_setup, setup_logging, task_postrun, task_prerun
 
-from producer.settings import get_settings
+from videoqueue.settings import get_settings
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer import namespace
-from producer.contract import JobRecord
-from producer.ledger import LedgerEntry
+from videoqueue import namespace
+from videoqueue.job import JobRecord
+from videoqueue.ledger import LedgerEntry
 
 MANIFEST_VERSION = 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from producer.contract import JobRecord, JobStatus
+from videoqueue.job import JobRecord, JobStatus
 
 # The step that runs next for a job in each active status; final jobs have none.
 NEXT_STEP: dict[JobStatus, str] = {

@@ -20,14 +20,14 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from producer.budget import exceeded
-from producer.catalog import Catalog
-from producer.contract import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.endpoints import Endpoint, provider_endpoint
-from producer.jobstore import JobStore, TaskClaimedError
-from producer.limits import ProviderLimits
-from producer.queues import broker_timing
-from producer.settings import Settings
+from videoqueue.budget import exceeded
+from videoqueue.catalog import Catalog
+from videoqueue.endpoints import Endpoint, provider_endpoint
+from videoqueue.job import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore, TaskClaimedError
+from videoqueue.limits import ProviderLimits
+from videoqueue.queues import broker_timing
+from videoqueue.settings import Settings
 from worker.manifest import build_manifest
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
 from worker.render_history import RenderHistory

@@ -24,10 +24,10 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from producer import namespace, redisconn
-from producer.contract import utcnow
-from producer.endpoints import Endpoint, provider_endpoint, storage_endpoint
-from producer.settings import Settings
+from videoqueue import namespace, redisconn
+from videoqueue.endpoints import Endpoint, provider_endpoint, storage_endpoint
+from videoqueue.job import utcnow
+from videoqueue.settings import Settings
 
 log = logging.getLogger("videoqueue.registry")
 

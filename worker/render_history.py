@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import redis
 
-from producer import jobstore
-from producer.contract import JobRecord
+from videoqueue import jobstore
+from videoqueue.job import JobRecord
 
 # Prefix of an approximate render time in the list.
 APPROXIMATE = "~"

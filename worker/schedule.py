@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 
 
 def _jittered(delay: float, jitter: float, rng: random.Random) -> float:

@@ -13,11 +13,11 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import RedisError
 
-from producer import namespace
-from producer.jobstore import JobStore
-from producer.recovery import recover_stranded
-from producer.settings import Settings
-from producer.stalled import StallRule
+from videoqueue import namespace
+from videoqueue.jobstore import JobStore
+from videoqueue.recovery import recover_stranded
+from videoqueue.settings import Settings
+from videoqueue.stalled import StallRule
 
 log = logging.getLogger("videoqueue.sweep")
 LOCK_KEY = namespace.keep(globals(), "LOCK_KEY", lambda: namespace.key("sweep:lock"))

@@ -16,12 +16,12 @@ from celery import Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
-from producer.catalog import load_catalog
-from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
-from producer.jobstore import JobStore
-from producer.limits import ProviderLimits
-from producer.queues import broker_timing
-from producer.settings import get_settings
+from videoqueue.catalog import load_catalog
+from videoqueue.job import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
+from videoqueue.jobstore import JobStore
+from videoqueue.limits import ProviderLimits
+from videoqueue.queues import broker_timing
+from videoqueue.settings import get_settings
 from worker import logs, registry
 from worker.app import app
 from worker.outcome import JobFailed, ended_by_step, summary

@@ -15,8 +15,9 @@ import httpx
 import pytest
 import redis
 
-from producer import Settings, VideoQueue, namespace
+from producer import Settings, VideoQueue
 from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, start_worker
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

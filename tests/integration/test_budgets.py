@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from producer import JobStatus, VideoRequest, namespace
-from producer.budget import usage
-from producer.contract import ErrorCode, JobRecord
-from producer.ledger import Ledger
+from producer import JobStatus, VideoRequest
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import CLI, run
+from videoqueue import namespace
+from videoqueue.budget import usage
+from videoqueue.job import ErrorCode, JobRecord
+from videoqueue.ledger import Ledger
 from worker.manifest import build_manifest
 
 pytestmark = pytest.mark.integration

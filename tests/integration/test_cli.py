@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from producer import namespace
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_status
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

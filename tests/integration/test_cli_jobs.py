@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from producer import InvalidRequestError, JobRecord, VideoRequest, namespace
-from producer.jobstore import DuplicateClientJobIdError
+from producer import InvalidRequestError, JobRecord, VideoRequest
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import assert_mp4, local_path
 from tests.integration.test_cli import CLI, _queue_state, run
+from videoqueue import namespace
+from videoqueue.jobstore import DuplicateClientJobIdError
 
 pytestmark = pytest.mark.integration
 

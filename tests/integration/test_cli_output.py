@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import typer
 
-from producer import namespace
 from producer.cli import app
-from producer.contract import JobStatus
 from simulator.stack import free_port
 from tests.integration.conftest import REDIS_URL, Stack
 from tests.integration.helpers import wait_status
 from tests.integration.test_cli import CLI, run
+from videoqueue import namespace
+from videoqueue.job import JobStatus
 
 pytestmark = pytest.mark.integration
 

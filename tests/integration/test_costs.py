@@ -11,12 +11,13 @@ from decimal import Decimal
 
 import pytest
 
-from producer import BudgetExceededError, JobStatus, VideoRequest, namespace
-from producer.budget import usage
-from producer.ledger import Ledger, LedgerEntry
+from producer import BudgetExceededError, JobStatus, VideoRequest
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_status
 from tests.integration.test_cli import run
+from videoqueue import namespace
+from videoqueue.budget import usage
+from videoqueue.ledger import Ledger, LedgerEntry
 
 pytestmark = pytest.mark.integration
 

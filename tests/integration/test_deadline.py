@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
-from producer.ledger import Ledger
 from simulator.stack import start_worker
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_for
+from videoqueue.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 from celery import Celery
 
-from producer import VideoRequest, namespace
-from producer.contract import JobStatus
+from producer import VideoRequest
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
 from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.unit.test_deploy_files import (
@@ -27,6 +26,8 @@ from tests.unit.test_deploy_files import (
     healthcheck_argv,
     load,
 )
+from videoqueue import namespace
+from videoqueue.job import JobStatus
 
 pytestmark = pytest.mark.integration
 

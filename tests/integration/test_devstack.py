@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from producer.settings import Settings
 from simulator.localredis import answers
 from simulator.stack import free_port
+from videoqueue.settings import Settings
 
 pytestmark = pytest.mark.integration
 

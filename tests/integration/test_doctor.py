@@ -14,12 +14,12 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from producer import namespace
 from producer.cli_ops import register
-from producer.endpoints import provider_endpoint
-from producer.settings import Settings, get_settings
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Simulator, Stack
+from videoqueue import namespace
+from videoqueue.endpoints import provider_endpoint
+from videoqueue.settings import Settings, get_settings
 from worker.doctor import DoctorReport, Status, run_doctor
 
 pytestmark = pytest.mark.integration

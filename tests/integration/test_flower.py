@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from producer import VideoRequest
-from producer.contract import JobRecord, JobStatus
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
 from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.integration.helpers import wait_for
 from tests.unit.test_deploy_files import COMPOSE, ROOT, as_argv, compose_command
+from videoqueue.job import JobRecord, JobStatus
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import redis
 
-from producer import JobStatus, VideoRequest, namespace
-from producer.limits import ModelLimits, ProviderLimits
+from producer import JobStatus, VideoRequest
 from tests.integration.conftest import REDIS_URL, Stack
+from videoqueue import namespace
+from videoqueue.limits import ModelLimits, ProviderLimits
 
 pytestmark = pytest.mark.integration
 

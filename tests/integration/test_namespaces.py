@@ -7,10 +7,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from producer import JobStatus, VideoRequest, namespace
+from producer import JobStatus, VideoRequest
 from simulator.stack import start_worker
 from tests.integration.conftest import Stack
 from tests.integration.helpers import local_path
+from videoqueue import namespace
 
 
 def test_a_real_worker_never_takes_another_deployments_jobs(local_stack: Stack, tmp_path: Path) -> None:

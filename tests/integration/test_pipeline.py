@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest, namespace
-from producer.catalog import load_catalog
+from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.celery_client import producer_app
-from producer.contract import TASK_SUBMIT
 from tests.integration.conftest import REDIS_URL, S3Server, Stack
 from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest, wait_status
+from videoqueue import namespace
+from videoqueue.catalog import load_catalog
+from videoqueue.job import TASK_SUBMIT
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import JobStatus, VideoRequest, namespace
+from producer import JobStatus, VideoRequest
 from tests.integration.conftest import Stack
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

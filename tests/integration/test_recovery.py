@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from producer import JobStatus, VideoRequest, namespace
+from producer import JobStatus, VideoRequest
 from tests.integration.conftest import UNACKED, Stack
 from tests.integration.helpers import wait_for, wait_status
 from tests.integration.test_cli import run
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

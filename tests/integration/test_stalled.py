@@ -1,5 +1,5 @@
 """A job whose worker died shows as stalled in `status` and `jobs`, and the sweep's rule
-(`recover --dry-run`) counts it: one rule, producer.stalled."""
+(`recover --dry-run`) counts it: one rule, videoqueue.stalled."""
 
 from __future__ import annotations
 

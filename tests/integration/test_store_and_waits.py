@@ -15,13 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from producer import ErrorCode, JobStatus, VideoRequest, namespace
-from producer.budget import to_micro
-from producer.ledger import Ledger
-from producer.queues import broker_timing
-from producer.settings import Settings
+from producer import ErrorCode, JobStatus, VideoRequest
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import wait_for, wait_status
+from videoqueue import namespace
+from videoqueue.budget import to_micro
+from videoqueue.ledger import Ledger
+from videoqueue.queues import broker_timing
+from videoqueue.settings import Settings
 
 pytestmark = pytest.mark.integration
 

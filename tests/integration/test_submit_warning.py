@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from producer import namespace
 from simulator.stack import start_worker
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import run
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

@@ -24,13 +24,14 @@ from typing import Any
 import pytest
 import redis
 
-from producer import InvalidRequestError, UnknownJobError, VideoQueue, VideoRequest, namespace
-from producer.catalog import MAX_IMAGE_BYTES
-from producer.contract import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
+from producer import InvalidRequestError, UnknownJobError, VideoQueue, VideoRequest
 from producer.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_TAGS
 from simulator.stack import free_port
 from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.integration.test_cli import run
+from videoqueue import namespace
+from videoqueue.catalog import MAX_IMAGE_BYTES
+from videoqueue.job import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
 
 pytestmark = pytest.mark.integration
 

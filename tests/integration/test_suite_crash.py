@@ -51,13 +51,13 @@ from typing import Any
 import pytest
 import redis
 
-from producer import namespace
-from producer.contract import JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
-from producer.ledger import Ledger
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, start_simulator
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from videoqueue import namespace
+from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -46,10 +46,10 @@ import pytest
 import redis
 
 from producer import ErrorCode, JobRecord, JobStatus, VideoRequest
-from producer.jobstore import JobStore
-from producer.ledger import Ledger
 from simulator.stack import free_port, start_simulator
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -37,11 +37,11 @@ import pytest
 import redis
 
 from producer import JobRecord, JobStatus, Settings, VideoQueue, VideoRequest
-from producer.jobstore import JobStore
-from producer.ledger import Ledger
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, start_simulator, wait_until
 from tests.integration.conftest import SIM_GOOGLE_KEY, SIM_KEY, UNACKED, Simulator, Stack
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

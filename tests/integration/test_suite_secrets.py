@@ -31,12 +31,13 @@ import httpx
 import pytest
 import redis
 
-from producer import JobStatus, VideoRequest, namespace
-from producer.contract import QUEUE_SUBMIT
+from producer import JobStatus, VideoRequest
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, UNACKED, S3Server, Stack
 from tests.integration.helpers import wait_status
 from tests.integration.test_cli import run
+from videoqueue import namespace
+from videoqueue.job import QUEUE_SUBMIT
 
 pytestmark = pytest.mark.integration
 

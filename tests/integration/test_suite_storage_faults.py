@@ -46,11 +46,11 @@ import redis
 from botocore.config import Config
 
 from producer import JobRecord, JobStatus, VideoRequest
-from producer.contract import utcnow
-from producer.jobstore import JobStore
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from videoqueue.job import utcnow
+from videoqueue.jobstore import JobStore
 
 pytestmark = pytest.mark.integration
 

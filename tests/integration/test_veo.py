@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
-from producer.catalog import load_catalog
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest
+from videoqueue.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from producer import VideoRequest, namespace
+from producer import VideoRequest
 from tests.integration.conftest import SIM_KEY, Stack
 from tests.integration.helpers import wait_for, wait_status
+from videoqueue import namespace
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import namespace
-from producer.settings import Settings, get_settings
+from videoqueue import namespace
+from videoqueue.settings import Settings, get_settings
 
 
 @pytest.fixture(autouse=True)

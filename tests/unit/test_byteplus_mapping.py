@@ -19,7 +19,7 @@ from byteplussdkarkruntime._exceptions import (
     ArkRateLimitError,
 )
 
-from producer.contract import ErrorCode
+from videoqueue.job import ErrorCode
 from worker.providers.base import ImageInput, ProviderError, TaskStatus
 from worker.providers.byteplus import build_content, map_ark_error, task_state
 

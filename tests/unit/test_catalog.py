@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from producer.catalog import load_catalog, parse_catalog
+from videoqueue.catalog import load_catalog, parse_catalog
 
 SEEDANCE_15 = "seedance-1-5-pro-251215"
 

@@ -25,14 +25,14 @@ from producer import (
     UnknownJobError,
     VideoQueue,
     VideoRequest,
-    namespace,
 )
 from producer.api import EnqueueError
 from producer.cli import OUTPUT_MIN_CHARS, PIPED_COLUMNS, _job_table, _show
 from producer.cli_errors import explain, redact
 from producer.cli_table import ELLIPSIS, Col, cut, fit_table, wrap_words
-from producer.contract import ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
+from videoqueue import namespace
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore
 
 LONG_PATH = "file:///home/someone/projects/videoqueue/videos/2026/11/29/" + "7" * 36 + ".mp4"
 

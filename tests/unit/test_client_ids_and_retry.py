@@ -12,7 +12,7 @@ import pytest
 
 from producer import BudgetExceededError, InvalidRequestError, JobStatus, Settings, VideoQueue, VideoRequest
 from producer.api import RetryRefusedError
-from producer.jobstore import DuplicateClientJobIdError, JobStore, client_key, input_key, request_differences
+from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, client_key, input_key, request_differences
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 

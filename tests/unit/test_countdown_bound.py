@@ -13,13 +13,13 @@ from typing import Any
 import fakeredis
 import pytest
 
-from producer.contract import TASK_POLL, TASK_SUBMIT, ErrorCode, JobStatus, utcnow
-from producer.limits import ModelLimits, ProviderLimits
-from producer.queues import VISIBILITY_MARGIN_S, broker_timing
-from producer.recovery import recover_stranded
-from producer.settings import Settings, get_settings
-from producer.stalled import StallRule
 from tests.unit.test_pipeline import Env, error, make_settings
+from videoqueue.job import TASK_POLL, TASK_SUBMIT, ErrorCode, JobStatus, utcnow
+from videoqueue.limits import ModelLimits, ProviderLimits
+from videoqueue.queues import VISIBILITY_MARGIN_S, broker_timing
+from videoqueue.recovery import recover_stranded
+from videoqueue.settings import Settings, get_settings
+from videoqueue.stalled import StallRule
 from worker.pipeline import Pipeline, StoreRetry
 from worker.schedule import RenderWindow, poll_delay, retry_delay, window_poll_delay
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from producer import namespace
 from simulator.__main__ import parse_args
+from videoqueue import namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producer.settings import Settings
 from simulator.devstack import _shown, absolute_storage_url, exports_for
+from videoqueue.settings import Settings
 
 
 def test_a_relative_folder_is_made_absolute_so_any_directory_names_it(tmp_path: Path) -> None:

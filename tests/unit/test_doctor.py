@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from producer import namespace
 from producer.cli_ops import register
-from producer.endpoints import provider_endpoint
-from producer.settings import Settings
+from videoqueue import namespace
+from videoqueue.endpoints import provider_endpoint
+from videoqueue.settings import Settings
 from worker import doctor, registry
 from worker.doctor import Check, DoctorReport, Status
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from producer.contract import ErrorCode
+from videoqueue.job import ErrorCode
 from worker.download import stream_url
 from worker.providers.base import ProviderError
 from worker.storage.local import LocalStorage

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer.endpoints import provider_endpoint, storage_endpoint
-from producer.settings import Settings
+from videoqueue.endpoints import provider_endpoint, storage_endpoint
+from videoqueue.settings import Settings
 
 KEY = "ark-secret-key-4f1c9e2b7a"
 GOOGLE_KEY = "AIza-google-secret-81b3"

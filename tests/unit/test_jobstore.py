@@ -9,9 +9,9 @@ from typing import Any
 import fakeredis
 import pytest
 
-from producer.contract import ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.images import ImageFile
-from producer.jobstore import JobExistsError, JobStore, input_key, job_key
+from videoqueue.images import ImageFile
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobExistsError, JobStore, input_key, job_key
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

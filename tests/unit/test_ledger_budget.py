@@ -13,17 +13,18 @@ import fakeredis
 import pytest
 from typer.testing import CliRunner
 
-from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest, namespace
-from producer import budget as budget_module
-from producer.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
-from producer.budget_rebuild import rebuild_counters
-from producer.catalog import load_catalog
+from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest
 from producer.cli import app
 from producer.cli_budget import parse_changes
-from producer.contract import JobRecord, JobStatus
-from producer.jobstore import JobStore
-from producer.ledger import Ledger, LedgerEntry, summarize
-from producer.settings import InvalidSettingsError, load_settings
+from videoqueue import budget as budget_module
+from videoqueue import namespace
+from videoqueue.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
+from videoqueue.budget_rebuild import rebuild_counters
+from videoqueue.catalog import load_catalog
+from videoqueue.job import JobRecord, JobStatus
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger, LedgerEntry, summarize
+from videoqueue.settings import InvalidSettingsError, load_settings
 from worker.ledger_rebuild import describe_skipped, manifest_namespace
 from worker.manifest import build_manifest
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from celery.signals import celeryd_after_setup, setup_logging, task_postrun, task_prerun
 
-from producer.settings import get_settings
+from videoqueue.settings import get_settings
 from worker import logs
 
 JOB = "5f0c7a52-3d4e-4f55-9a1e-2b7c8d9e0f11"

@@ -10,9 +10,9 @@ import fakeredis
 from prometheus_client import CollectorRegistry
 
 from producer import Settings, VideoQueue, VideoRequest
-from producer.contract import JobStatus
-from producer.jobstore import JobStore
-from producer.metrics import JobMetricsCollector
+from videoqueue.job import JobStatus
+from videoqueue.jobstore import JobStore
+from videoqueue.metrics import JobMetricsCollector
 
 
 def registry_for(client: Any) -> CollectorRegistry:

@@ -8,12 +8,13 @@ from decimal import Decimal
 import fakeredis
 import pytest
 
-from producer import budget, contract, jobstore, ledger, limits, namespace, queues, stats
 from producer.api import VideoQueue
-from producer.contract import JobRecord
-from producer.queues import own_queues, route_task, task_queues
 from producer.request import VideoRequest
-from producer.settings import InvalidSettingsError, Settings, load_settings
+from videoqueue import budget, jobstore, ledger, limits, namespace, queues, stats
+from videoqueue import job as contract
+from videoqueue.job import JobRecord
+from videoqueue.queues import own_queues, route_task, task_queues
+from videoqueue.settings import InvalidSettingsError, Settings, load_settings
 from worker import render_history, sweep
 
 REDIS = "redis://127.0.0.1:6379/0"

@@ -12,8 +12,8 @@ from typing import Any
 import fakeredis
 import pytest
 
-from producer.contract import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
+from videoqueue.job import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore
 from worker.outcome import JobFailed, ended_by_step, summary
 
 

@@ -17,13 +17,13 @@ import fakeredis
 import pytest
 
 from producer.api import VideoQueue
-from producer.catalog import load_catalog
-from producer.contract import ErrorCode, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
-from producer.ledger import Ledger, LedgerEntry
-from producer.limits import ProviderLimits
 from producer.request import VideoRequest
-from producer.settings import Settings
+from videoqueue.catalog import load_catalog
+from videoqueue.job import ErrorCode, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger, LedgerEntry
+from videoqueue.limits import ProviderLimits
+from videoqueue.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
 from worker.providers.base import ImageInput, Lookup, ProviderError, TaskState, TaskStatus, VideoStream
 from worker.storage import Storage
@@ -1090,8 +1090,8 @@ def _failed_in_storage(env: Env, budget_key: str = "vq:budget:test") -> str:
 
 def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(env: Env) -> None:
     from producer.api import reopen_for_store
-    from producer.budget import to_micro
-    from producer.stats import COST_KEY
+    from videoqueue.budget import to_micro
+    from videoqueue.stats import COST_KEY
 
     job_id = _failed_in_storage(env)
     failed = env.job(job_id)

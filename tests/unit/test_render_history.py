@@ -9,8 +9,8 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from producer.contract import JobRecord, JobStatus, utcnow
 from tests.unit.test_pipeline import Env, make_settings, state, succeeded
+from videoqueue.job import JobRecord, JobStatus, utcnow
 from worker.providers.base import TaskState, TaskStatus
 from worker.render_history import RenderHistory, history_key
 

@@ -13,9 +13,9 @@ import fakeredis
 import pytest
 
 from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest
-from producer.catalog import load_catalog
-from producer.jobstore import JobStore
 from producer.request import resolve
+from videoqueue.catalog import load_catalog
+from videoqueue.jobstore import JobStore
 
 
 def _resolve(**fields: Any) -> dict[str, Any]:

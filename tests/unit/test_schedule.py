@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 from worker.schedule import RenderWindow, poll_delay, quantile, render_window, retry_delay, window_poll_delay
 
 

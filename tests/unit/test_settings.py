@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.settings import InvalidSettingsError, Settings, env_name, load_settings
+from videoqueue.settings import InvalidSettingsError, Settings, env_name, load_settings
 
 FIELDS = sorted(Settings.model_fields)
 

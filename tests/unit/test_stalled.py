@@ -1,4 +1,4 @@
-"""The stalled rule (producer.stalled): one rule for what `status`/`jobs` show and what
+"""The stalled rule (videoqueue.stalled): one rule for what `status`/`jobs` show and what
 the recovery sweep re-sends."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from producer.contract import JobRecord, JobStatus, utcnow
-from producer.queues import broker_timing
-from producer.recovery import recover_stranded
-from producer.stalled import StallRule, describe, due_of, stalls
 from tests.unit.test_pipeline import Env, make_settings
+from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.queues import broker_timing
+from videoqueue.recovery import recover_stranded
+from videoqueue.stalled import StallRule, describe, due_of, stalls
 
 RULE = StallRule(floor_s=30, max_interval_s=300)
 
@@ -134,7 +134,7 @@ def test_a_backlog_is_re_sent_a_few_times_not_every_sweep(env: Env, monkeypatch:
     resends = 0
     for minute in range(1, 61):
         now = created + timedelta(minutes=minute, seconds=1)
-        monkeypatch.setattr("producer.jobstore.utcnow", lambda now=now: now)  # the store's clock too
+        monkeypatch.setattr("videoqueue.jobstore.utcnow", lambda now=now: now)  # the store's clock too
         report = recover_stranded(env.store, lambda n, a: sent.append((n, a)), rule, now=now)
         resends += report.total
     # Every minute for an hour with a fixed threshold; doubling: 1, 2, 4, 8, 16, then every 16 min.

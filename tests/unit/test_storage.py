@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 from worker.storage import StorageError, VideoCheckError, checked_chunks
 from worker.storage.local import LocalStorage
 from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage, s3_client, storage_error

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from google.genai import errors as genai_errors
 
-from producer.contract import ErrorCode
+from videoqueue.job import ErrorCode
 from worker.providers.base import ProviderError, TaskStatus
 from worker.providers.veo import INLINE, map_genai_error, operation_state
 

@@ -6,8 +6,8 @@ import threading
 
 import httpx
 
-from producer.contract import ErrorCode
-from producer.settings import Settings
+from videoqueue.job import ErrorCode
+from videoqueue.settings import Settings
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus, VideoStream
 
 __all__ = [

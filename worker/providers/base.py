@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from producer.contract import ErrorCode, JobRecord
+from videoqueue.job import ErrorCode, JobRecord
 
 RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM, ErrorCode.TIMEOUT})
 

@@ -23,9 +23,9 @@ from byteplussdkarkruntime._exceptions import (
     ArkAPITimeoutError,
 )
 
-from producer.catalog import load_catalog
-from producer.contract import ErrorCode, JobRecord
-from producer.settings import Settings
+from videoqueue.catalog import load_catalog
+from videoqueue.job import ErrorCode, JobRecord
+from videoqueue.settings import Settings
 from worker.download import stream_url
 from worker.providers.base import (
     ImageInput,

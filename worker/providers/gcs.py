@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from producer.contract import ErrorCode
+from videoqueue.job import ErrorCode
 from worker.download import stream_url
 from worker.providers.base import ProviderError, VideoStream
 

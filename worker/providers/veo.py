@@ -21,9 +21,9 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from producer.catalog import MAX_IMAGE_BYTES
-from producer.contract import ErrorCode, JobRecord
-from producer.settings import Settings
+from videoqueue.catalog import MAX_IMAGE_BYTES
+from videoqueue.job import ErrorCode, JobRecord
+from videoqueue.settings import Settings
 from worker.download import CHUNK_BYTES, fetch_image
 from worker.providers.base import (
     ImageInput,

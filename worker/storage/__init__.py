@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 from worker.storage.base import (
     Storage,
     StorageError,

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -13,7 +13,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks
 
 if TYPE_CHECKING:

@@ -17,14 +17,14 @@ from typing import Any
 
 import redis
 
-from producer import budget as budgets
-from producer import namespace, redisconn, stats
-from producer.budget import BudgetPolicy, check_and_reserve, settle
-from producer.contract import JobRecord, JobStatus, utcnow
-from producer.images import ImageFile
-from producer.ledger import LedgerEntry, entry_key, write_entry
-from producer.limits import slot_key
-from producer.request import InvalidRequestError
+from videoqueue import budget as budgets
+from videoqueue import namespace, redisconn, stats
+from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
+from videoqueue.errors import InvalidRequestError
+from videoqueue.images import ImageFile
+from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.ledger import LedgerEntry, entry_key, write_entry
+from videoqueue.limits import slot_key
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", namespace.key_prefix)
 MAX_HISTORY = 50

@@ -9,9 +9,9 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from producer import namespace
-from producer.contract import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
-from producer.settings import Settings
+from videoqueue import namespace
+from videoqueue.job import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from videoqueue.settings import Settings
 
 QUEUES = namespace.keep(globals(), "QUEUES", namespace.queues)
 """The queues of the namespace this process serves, in step order."""

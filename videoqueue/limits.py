@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from producer import namespace
+from videoqueue import namespace
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("limits:"))
 

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from producer.settings import Settings
+from videoqueue.settings import Settings
 
 FINGERPRINT_LENGTH = 12
 VERTEX_HOST = "aiplatform.googleapis.com"

@@ -186,7 +186,7 @@ def merge_override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, 
 @lru_cache(maxsize=4)
 def load_catalog(pricing_file: str | None = None) -> Catalog:
     """The catalog shipped with the package, with PRICING_FILE's overrides when given."""
-    text = resources.files("producer").joinpath("models.toml").read_text(encoding="utf-8")
+    text = resources.files("videoqueue").joinpath("models.toml").read_text(encoding="utf-8")
     raw = tomllib.loads(text)
     if pricing_file:
         try:

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from producer import namespace
-from producer.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
-from producer.limits import ModelLimits
+from videoqueue import namespace
+from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
+from videoqueue.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -327,7 +327,7 @@ class Settings(BaseSettings):
 
     def budget_policy(self) -> BudgetPolicy:
         """The default caps these settings give: each applies where Redis holds no cap for
-        its budget (see producer.budget)."""
+        its budget (see videoqueue.budget)."""
         return BudgetPolicy(self.budget_daily_usd, self.budget_monthly_usd, dict(self.budget_tags_usd))
 
     def provider_limits(self) -> tuple[ModelLimits, dict[str, ModelLimits]]:
@@ -404,7 +404,7 @@ def load_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings of this process, read once; InvalidSettingsError if they are unusable. The
-    process serves their VQ_NAMESPACE unless it chose one already (producer.namespace)."""
+    process serves their VQ_NAMESPACE unless it chose one already (videoqueue.namespace)."""
     settings = load_settings()
     namespace.adopt(settings.vq_namespace)
     return settings

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from producer import namespace, stats
-from producer.budget import to_micro
-from producer.contract import JobRecord, Usd
+from videoqueue import namespace, stats
+from videoqueue.budget import to_micro
+from videoqueue.job import JobRecord, Usd
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("ledger:"))
 INDEX_KEY = namespace.keep(globals(), "INDEX_KEY", lambda: namespace.key("ledger:index"))

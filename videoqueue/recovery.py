@@ -1,11 +1,11 @@
 """Putting stranded jobs back on their way.
 
-A step that must wait longer than a message's countdown may (producer.queues.broker_timing)
+A step that must wait longer than a message's countdown may (videoqueue.queues.broker_timing)
 sends nothing: it parks the job (`JobStore.park`, a separate index), and the sweep sends
 the step as soon as it is due: a parked wait is not a lost message.
 
 Every step that schedules a job's next message records when it is due
-(`next_due_at`, indexed in Redis). A stalled job (producer.stalled: overdue by more than
+(`next_due_at`, indexed in Redis). A stalled job (videoqueue.stalled: overdue by more than
 max(3 x its expected interval, RECOVER_AFTER_S)) lost its message: a worker died holding
 it, or crashed between recording a step and sending the next. The sweep re-sends the
 message its status calls for. The claim on a
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from producer.contract import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
-from producer.jobstore import JobStore
-from producer.stalled import StallRule, due_of
+from videoqueue.job import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
+from videoqueue.jobstore import JobStore
+from videoqueue.stalled import StallRule, due_of
 
 Send = Callable[[str, list[Any]], None]
 

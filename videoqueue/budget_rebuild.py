@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
-from producer import budget as budgets
-from producer import ledger
-from producer.budget import (
+from videoqueue import budget as budgets
+from videoqueue import ledger
+from videoqueue.budget import (
     DAY,
     DAY_TTL_S,
     MONTH,
@@ -28,9 +28,9 @@ from producer.budget import (
     keys_for,
     to_micro,
 )
-from producer.contract import JobRecord, utcnow
-from producer.jobstore import active_index_keys, job_key
-from producer.ledger import LedgerEntry, entry_key
+from videoqueue.job import JobRecord, utcnow
+from videoqueue.jobstore import active_index_keys, job_key
+from videoqueue.ledger import LedgerEntry, entry_key
 
 
 @dataclass(frozen=True)

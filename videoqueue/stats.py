@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from producer import namespace
-from producer.budget import to_micro
-from producer.contract import JobRecord
+from videoqueue import namespace
+from videoqueue.budget import to_micro
+from videoqueue.job import JobRecord
 
 JOBS_KEY = namespace.keep(globals(), "JOBS_KEY", lambda: namespace.key("stats:jobs"))
 COST_KEY = namespace.keep(globals(), "COST_KEY", lambda: namespace.key("stats:cost"))

@@ -17,14 +17,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from producer import budget as budgets
-from producer import redisconn, stats
-from producer.budget import from_micro
-from producer.contract import JobStatus
+from videoqueue import budget as budgets
+from videoqueue import redisconn, stats
+from videoqueue.budget import from_micro
+from videoqueue.job import JobStatus
 
 
 class JobMetricsCollector(Collector):
-    """Turns the counters in producer.stats (and budget usage) into Prometheus metrics."""
+    """Turns the counters in videoqueue.stats (and budget usage) into Prometheus metrics."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client

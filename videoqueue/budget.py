@@ -23,8 +23,8 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from producer import namespace
-from producer.contract import JobRecord
+from videoqueue import namespace
+from videoqueue.job import JobRecord
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("budget:"))
 # Outside KEY_PREFIX: every key under it is a counter (metrics and rebuild scan them).

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from producer import namespace
+from videoqueue import namespace
 
 
 class JobStatus(StrEnum):
@@ -60,7 +60,7 @@ TASK_POLL = "videoqueue.poll"
 TASK_STORE = "videoqueue.store"
 TASK_CANCEL = "videoqueue.cancel"
 
-# The queues of the namespace this process serves (producer.namespace): read them as
+# The queues of the namespace this process serves (videoqueue.namespace): read them as
 # `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").
 QUEUE_SUBMIT = namespace.keep(globals(), "QUEUE_SUBMIT", lambda: namespace.queue("submit"))
 QUEUE_POLL = namespace.keep(globals(), "QUEUE_POLL", lambda: namespace.queue("poll"))
@@ -112,7 +112,7 @@ class JobRecord(BaseModel):
     provider_task_id: str | None = None
     provider_status: str | None = None
     # The provider endpoint (plain host) and account (fingerprint, never the key:
-    # producer.endpoints) the job's task is created with, recorded by the submit that makes
+    # videoqueue.endpoints) the job's task is created with, recorded by the submit that makes
     # it: only a worker configured the same way polls, cancels or looks the task up. None
     # before the first create attempt (and on jobs from before fingerprints: any worker).
     provider_endpoint: str | None = None

@@ -1,6 +1,6 @@
 """When an active job is stalled: its next step is overdue by more than the rule below
 allows. One rule for what people see (`videoqueue status`, `jobs`: "running · stalled 6m",
-`stalled_s` in `--json` and piped) and for the recovery sweep (producer/recovery.py), which re-sends
+`stalled_s` in `--json` and piped) and for the recovery sweep (videoqueue/recovery.py), which re-sends
 the step of a stalled job.
 
 The rule (docs/reliability.md, "Stalled jobs"):
@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from producer import jobstore
-from producer.contract import JobRecord, utcnow
-from producer.queues import broker_timing
-from producer.settings import Settings
+from videoqueue import jobstore
+from videoqueue.job import JobRecord, utcnow
+from videoqueue.queues import broker_timing
+from videoqueue.settings import Settings
 
 STALL_FACTOR = 3.0
 MAX_DOUBLINGS = 4
