@@ -128,6 +128,16 @@ class ModelSpec(BaseModel):
         )
         return units, cost
 
+    def billed_usd(self, billed_units: int, params: dict[str, Any]) -> Decimal:
+        """Dollars the provider charged for `billed_units` (its own count, e.g. ModelArk's
+        `usage.completion_tokens`) of a resolved request `params`."""
+        return self.usd(
+            billed_units,
+            audio=bool(params["audio"]),
+            service_tier=params["service_tier"],
+            resolution=params["resolution"],
+        )
+
 
 class Catalog(BaseModel):
     """All models, by id."""
