@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from videoqueue import namespace
 from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
+from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
 from videoqueue.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
@@ -353,11 +354,6 @@ class Settings(BaseSettings):
     def effective_broker_url(self) -> str:
         """The broker Celery connects to."""
         return self.broker_url or self.redis_url
-
-
-class InvalidSettingsError(ValueError):
-    """Settings that cannot be used; the message is one line naming each variable at fault
-    and what it expects (never a secret's value)."""
 
 
 def env_name(field: str) -> str:

@@ -11,39 +11,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from videoqueue.errors import ProviderError as ProviderError  # noqa: PLC0414 - re-export
 from videoqueue.job import ErrorCode, JobRecord
-
-RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM, ErrorCode.TIMEOUT})
-
-
-class ProviderError(Exception):
-    """A provider call failed, classified into one of our error codes.
-
-    `request_sent` is False only when the request provably never reached the provider
-    (connection refused, connect timeout): only then is a failed create safe to repeat
-    blindly.
-    """
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        provider_code: str | None = None,
-        retry_after: float | None = None,
-        request_sent: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.provider_code = provider_code
-        self.retry_after = retry_after
-        self.request_sent = request_sent
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying again later."""
-        return self.code in RETRYABLE
 
 
 def error_for_status(

@@ -6,14 +6,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from videoqueue.errors import StorageError as StorageError  # noqa: PLC0414 - re-export
+
 MP4_BOX_TYPES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide"}
 
 
-class StorageError(Exception):
-    """A write or read failed in a way worth retrying (backend unreachable, I/O error)."""
-
-
-class VideoCheckError(Exception):
+class VideoCheckError(StorageError):
     """The bytes are not the video we expected (wrong size, not an MP4)."""
 
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from videoqueue.errors import StorageError
 from videoqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ MAX_PRESIGN_S = 7 * 86400
 """S3's limit for a SigV4 presigned link: seven days."""
 
 
-class FetchError(Exception):
+class FetchError(StorageError):
     """A video could not be fetched or linked; the message is one line naming the cause."""
 
 
