@@ -14,7 +14,7 @@ from videoqueue import namespace
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its lifecycle (README.md shows the states; docs/reliability.md the paths that end one)."""
+    """Where a job is in its lifecycle (docs/architecture.md: every status and who moves a job to it)."""
 
     QUEUED = "queued"
     SUBMITTING = "submitting"
