@@ -22,13 +22,14 @@ from redis.exceptions import RedisError
 
 from videoqueue.budget import exceeded
 from videoqueue.catalog import Catalog
-from videoqueue.endpoints import Endpoint, provider_endpoint
+from videoqueue.endpoints import Endpoint
 from videoqueue.job import ACTIVE_STATUSES, RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore, TaskClaimedError
 from videoqueue.limits import ProviderLimits
 from videoqueue.queues import broker_timing
 from videoqueue.settings import Settings
 from worker.manifest import build_manifest
+from worker.providers import provider_endpoint
 from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus
 from worker.render_history import RenderHistory
 from worker.schedule import poll_delay, render_window, retry_delay, window_poll_delay

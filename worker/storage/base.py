@@ -72,6 +72,13 @@ class Storage(Protocol):
 PROBE_PREFIX = "_doctor/"
 
 
+def _parsed(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def round_trip_probe(storage: Storage, where: str) -> Probe:
     """A small JSON object written to `storage` under `_doctor/`, its size checked, read
     back and deleted; `where` names the backend's root in the detail. Fail when it cannot
@@ -90,7 +97,7 @@ def round_trip_probe(storage: Storage, where: str) -> Probe:
         body = storage.read(key)
     except StorageError as exc:
         return Probe(Status.FAIL, f"wrote {uri} but cannot read it back: {exc}")
-    if body is None or json.loads(body) != probe:
+    if body is None or _parsed(body) != probe:
         return Probe(Status.FAIL, f"read back something else than was written to {uri}")
     try:
         storage.delete(key)
