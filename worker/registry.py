@@ -25,10 +25,11 @@ import redis
 from redis.exceptions import RedisError
 
 from videoqueue import namespace, redisconn
-from videoqueue.endpoints import Endpoint, storage_endpoint
+from videoqueue.endpoints import Endpoint
 from videoqueue.job import utcnow
 from videoqueue.settings import Settings
 from worker.providers import provider_endpoint, provider_names
+from worker.storage import storage_endpoint
 
 log = logging.getLogger("videoqueue.registry")
 
