@@ -17,7 +17,7 @@ import redis
 
 from producer import Settings, VideoQueue
 from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, start_worker
-from videoqueue import namespace
+from videoqueue import keys, namespace
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ TEST_NAMESPACE = os.environ.get("VQ_TEST_NAMESPACE", "test")
 os.environ["VQ_NAMESPACE"] = TEST_NAMESPACE
 namespace.use(TEST_NAMESPACE)
 # Kombu's hash of delivered, unacknowledged messages, named by the namespace too.
-UNACKED = namespace.redis_transport_options().get("unacked_key", "unacked")
+UNACKED = keys.broker_transport_options().get("unacked_key", "unacked")
 SIM_KEY = "sim-test-key-0d9c1e"
 SIM_GOOGLE_KEY = "sim-google-key-5b7a20"
 # What every test starts from: whatever an earlier test set is undone.

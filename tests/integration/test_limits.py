@@ -11,7 +11,7 @@ import redis
 
 from producer import JobStatus, VideoRequest
 from tests.integration.conftest import REDIS_URL, Stack
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.limits import ModelLimits, ProviderLimits
 
 pytestmark = pytest.mark.integration
@@ -109,8 +109,8 @@ def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stac
     assert stats["max_in_flight"] <= 4
     assert stats["creates_total"] == 20
     assert (
-        local_stack.keys(namespace.key("limits:slots:*")) == []
-        or local_stack.redis.zcard(f"{namespace.key_prefix()}limits:slots:byteplus:{MODEL}") == 0
+        local_stack.keys(keys.slot_key("*", "*")) == []
+        or local_stack.redis.zcard(keys.slot_key("byteplus", MODEL)) == 0
     )  # every final job gave its slot back
 
 

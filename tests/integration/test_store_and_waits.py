@@ -18,7 +18,7 @@ import pytest
 from producer import ErrorCode, JobStatus, VideoRequest
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import wait_for, wait_status
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.budget import to_micro
 from videoqueue.ledger import Ledger
 from videoqueue.queues import broker_timing
@@ -143,7 +143,7 @@ def test_a_long_retry_after_never_becomes_a_countdown_past_the_visibility_timeou
     submits = [task_id for name, task_id in _RECEIVED.findall(log) if name == "videoqueue.submit"]
     assert submits and len(submits) == len(set(submits)), submits  # no message delivered twice
     assert "wait parked in the job store" in log
-    assert local_stack.redis.zcard(namespace.key("jobs:parked")) == 0
+    assert local_stack.redis.zcard(keys.PARKED_INDEX) == 0
     print(
         f"\nretry-after-500: visibility timeout {timing.visibility_timeout_s} s, longest countdown "
         f"{timing.max_countdown_s:g} s; job expired {late:.1f} s after its deadline; create attempts "

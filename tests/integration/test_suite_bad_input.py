@@ -29,7 +29,7 @@ from producer.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_TAGS
 from simulator.stack import free_port
 from tests.integration.conftest import REDIS_URL, UNACKED, Stack
 from tests.integration.test_cli import run
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.catalog import MAX_IMAGE_BYTES
 from videoqueue.job import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
 
@@ -617,7 +617,7 @@ def test_bad_input_suite(local_stack: Stack, tmp_path: Path) -> None:
     good = vq.submit(VideoRequest(prompt="the one good job of the bad-input suite", client_job_id=USED_CLIENT_ID))
     before = snapshot(client)
     assert queue_lengths(before)[QUEUE_SUBMIT] == queue_lengths(empty)[QUEUE_SUBMIT] + 1
-    assert f"{namespace.key_prefix()}job:{good.id}".encode() in before
+    assert keys.job_key(good.id).encode() in before
 
     inp = make_inputs(stack, tmp_path)
     table = cases(inp)

@@ -54,7 +54,7 @@ import redis
 from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, start_simulator
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
@@ -88,7 +88,7 @@ WORKER_ENV = {
 }
 RABBITMQ = ("127.0.0.1", 5672)
 SUBMIT, POLL, STORE = "videoqueue.submit", "videoqueue.poll", "videoqueue.store"
-ALL_JOBS = namespace.key("jobs:all")
+ALL_JOBS = keys.ALL_INDEX
 
 # The producer runs as its own process: Celery's settings (quorum queues on RabbitMQ) are
 # read from the environment when `celeryconfig` is first imported.
