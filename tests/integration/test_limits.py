@@ -96,6 +96,8 @@ def test_concurrent_workers_never_take_more_slots_than_the_cap(client: Any) -> N
 
 def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stack: Stack) -> None:
     local_stack.simulator.configure(latency=1.0, concurrency_per_model=1000)
+    # The cap under test, small enough for 20 jobs to queue behind it (default 100 in
+    # flight); the create rate (default 120/min) is raised so that it never binds here.
     local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
     local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
     vq = local_stack.queue()

@@ -183,6 +183,8 @@ def test_200_jobs_are_in_flight_at_once_with_two_worker_slots(local_stack: Stack
     """Polling by countdown frees the worker between polls: 2 slots keep 200 renders going.
     A thread-per-clip design would have 2 in flight."""
     local_stack.simulator.configure(latency=20.0, concurrency_per_model=1000)
+    # 20 s renders: a first poll at 18 s and then every 2-4 s keeps 200 jobs to a few polls
+    # each, so the two slots are free between them (what the test is about).
     local_stack.start_worker(concurrency=2, POLL_INITIAL_S="18", POLL_MIN_S="2", POLL_MAX_S="4")
     vq = local_stack.queue()
     jobs = vq.submit_many([VideoRequest(prompt=f"fleet clip {i}") for i in range(200)])

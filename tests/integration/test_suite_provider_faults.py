@@ -58,6 +58,8 @@ PROVIDER_TIMEOUT_S = 3
 SLOW_CREATE_S = 6
 LOSE_ANSWER = "(lose-the-first-create-answer)"
 FINISH_TIMEOUT_S = 240.0
+# Fewer create attempts (default 6) and a 3 s client timeout (default 30 s) that the 6 s
+# slow creates outlast: the bounds and the lost answers under test, within minutes.
 WORKER_ENV = {
     "SUBMIT_MAX_ATTEMPTS": str(SUBMIT_MAX_ATTEMPTS),
     "PROVIDER_TIMEOUT_S": str(PROVIDER_TIMEOUT_S),

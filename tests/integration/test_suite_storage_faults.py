@@ -64,6 +64,8 @@ CUT_S = 25.0
 OUTAGE_WHEN_SUCCEEDED = 6
 PREFIX = "renders"
 FINISH_TIMEOUT_S = 240.0
+# Transfers retried 12 times 1-4 s apart (defaults 8 times, 2-300 s apart): enough to
+# outlast either outage, without minutes of back-off after it.
 WORKER_ENV = {"STORE_MAX_ATTEMPTS": "12", "RETRY_BASE_S": "1", "RETRY_MAX_S": "4"}
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_REGION": "us-east-1"}
 
