@@ -8,6 +8,8 @@ namespace of import time). The functions read the current namespace when called,
 may be imported by name.
 
 Each key says what it holds (Redis type) and for how long (TTL; none: kept for ever).
+On a Redis broker Celery's queues are lists too, named by `namespace.queue()` (`vq.submit`,
+`vq@N.poll`...); kombu's keys of unacknowledged messages are named below.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def job_key(job_id: str) -> str:
 
 def input_key(job_id: str, role: str) -> str:
     """String: JSON {name, mime_type, data (base64)} of an input image a producer uploaded
-    (role `first_frame` or `last_frame`). TTL: the job's deadline + jobstore.INPUT_GRACE_S."""
+    (role `first_frame` or `last_frame`). TTL: the time to the job's deadline plus
+    jobstore.INPUT_GRACE_S (1 day)."""
     return f"{PREFIX}input:{job_id}:{role}"
 
 
