@@ -188,6 +188,8 @@ def test_costs_rebuild_takes_only_the_manifests_of_its_own_namespace(local_stack
     day = datetime.now(UTC).date().isoformat()
     shared = tmp_path / "videos"
     shared.mkdir()
+    # Manifests written before the `namespace` field name it only by their budget keys, as
+    # those versions spelled them: stored data, so literal here.
     manifests = {
         "own-new": _manifest("own-new", own, [], "0.25"),
         "own-old": _manifest("own-old", None, [f"vq@{own}:budget:day:{day}"], "0.50"),
