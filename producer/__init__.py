@@ -4,10 +4,8 @@ Imports no provider SDK and no boto3, so producers install only celery and pydan
 """
 
 from producer.api import (
-    AmbiguousJobIdError,
     EnqueueError,
     RetryRefusedError,
-    UnknownJobError,
     VideoQueue,
     WaitTimeoutError,
 )
@@ -24,6 +22,7 @@ from videoqueue.errors import (
     VideoqueueError,
 )
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus
+from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import CostRow, LedgerEntry
 from videoqueue.settings import Settings
 
