@@ -28,9 +28,12 @@ VQ_DEMO_NAMESPACE ?= demo
 demo: $(STAMP) redis
 	VQ_DEMO_NAMESPACE=$(VQ_DEMO_NAMESPACE) $(BIN)/python -m simulator.demo
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): the core imports
+# neither side, the producer and the worker never each other.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
