@@ -652,7 +652,7 @@ def _unavailable(command: str, missing: ImportError) -> Any:
     """A command that can only say what to install for `command` (whatever it is given)."""
 
     def unavailable(ctx: typer.Context) -> None:
-        raise needs_worker_extra(command, missing)
+        raise needs_worker_extra(command, [missing.name or str(missing)])
 
     unavailable.__doc__ = f"Not installed here: needs the worker extra ({WORKER_EXTRA})."
     return unavailable

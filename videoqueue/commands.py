@@ -8,7 +8,10 @@ worker. Both sides fail the same way: one `error: ...` line on stderr and exit s
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Sequence
+from importlib import metadata
 
 import typer
 
@@ -35,11 +38,45 @@ def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def needs_worker_extra(command: str, missing: ImportError) -> typer.Exit:
+def missing_worker_extra() -> list[str]:
+    """The distributions of the `worker` extra that are not installed here, as this
+    distribution's metadata lists them ([] when all are, or when videoqueue itself is not
+    installed, as when run from a source folder)."""
+    try:
+        requirements = metadata.requires("videoqueue") or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing: list[str] = []
+    for requirement in requirements:
+        if _WORKER_MARKER.search(requirement) is None:
+            continue
+        name = _NAME.match(requirement)
+        if name is None:
+            continue
+        try:
+            metadata.distribution(name.group(0))
+        except metadata.PackageNotFoundError:
+            missing.append(name.group(0))
+    return missing
+
+
+_WORKER_MARKER = re.compile(r"""extra\s*==\s*["']worker["']""")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def needs_worker_extra(command: str, missing: Sequence[str]) -> typer.Exit:
     """The failure of `videoqueue <command>` where the worker side's dependencies are not
-    installed (`missing`: the ImportError that says which module). Returns the Exit to raise."""
-    module = missing.name or str(missing)
+    installed (`missing`: the distributions or modules that are not). Returns the Exit to raise."""
     return fail(
-        f"`videoqueue {command}` needs the worker extra (missing module: {module}): {WORKER_EXTRA}, "
-        f"or run it where the workers run (docker compose run --rm worker videoqueue {command})"
+        f"`videoqueue {command}` needs the worker extra (not installed here: {', '.join(missing)}): "
+        f"{WORKER_EXTRA}, or run it where the workers run (docker compose run --rm worker videoqueue {command})"
     )
+
+
+def require_worker_extra(command: str) -> None:
+    """Raise the Exit of `needs_worker_extra` unless every distribution of the `worker` extra
+    is installed: a worker-side command checks this first, so that it never runs half-way on
+    an install without the extra."""
+    missing = missing_worker_extra()
+    if missing:
+        raise needs_worker_extra(command, missing)

@@ -4,8 +4,8 @@
 They plug into the producer's CLI through the `videoqueue.cli` entry points
 (pyproject.toml, videoqueue.commands), so the producer never imports the worker. This module
 imports only the core at load time: the worker modules (boto3, the provider SDKs) are imported
-when a command runs, and where the `worker` extra is not installed the command fails with one
-line saying so (videoqueue.commands.needs_worker_extra).
+when a command runs, and where the `worker` extra is not installed the command fails first,
+with one line saying so (videoqueue.commands.require_worker_extra).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from videoqueue import namespace
-from videoqueue.commands import fail, needs_worker_extra
+from videoqueue.commands import fail, needs_worker_extra, require_worker_extra
 from videoqueue.job import JobRecord
 from videoqueue.jobids import UnknownJobError, lookup
 from videoqueue.jobstore import JobStore
@@ -31,10 +31,11 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check Redis, storage, the provider keys and the workers. Exit code 1 if a check failed."""
+    require_worker_extra("doctor")
     try:
         from worker.doctor import run_doctor
     except ImportError as exc:
-        raise needs_worker_extra("doctor", exc) from None
+        raise needs_worker_extra("doctor", [exc.name or str(exc)]) from None
     try:
         settings = get_settings()
     except InvalidSettingsError as exc:
@@ -75,12 +76,13 @@ def fetch(
 
     From a local folder or S3: streamed, size checked, written whole or not at all.
     Prints the file written; exit code 2 if it could not be fetched."""
+    require_worker_extra("fetch")
     settings = get_settings()
     record, uri = _stored_video(settings, job_id)
     try:
         from worker.storage.fetch import FetchError, fetch_video
     except ImportError as exc:
-        raise needs_worker_extra("fetch", exc) from None
+        raise needs_worker_extra("fetch", [exc.name or str(exc)]) from None
 
     dest = output if output is not None else Path(f"{record.id}.mp4")
     if dest.is_dir():
@@ -103,12 +105,13 @@ def url(
 
     The link (GET) is valid for --expires seconds. A video in a local folder has no link:
     exit code 2, naming its file:// URI."""
+    require_worker_extra("url")
     settings = get_settings()
     record, uri = _stored_video(settings, job_id)
     try:
         from worker.storage.fetch import FetchError, presigned_url
     except ImportError as exc:
-        raise needs_worker_extra("url", exc) from None
+        raise needs_worker_extra("url", [exc.name or str(exc)]) from None
 
     try:
         link = presigned_url(uri, settings, expires)
@@ -127,10 +130,11 @@ def costs_rebuild(
 
     For when Redis lost some of it: adds missing entries, replaces those that differ, and
     keeps those whose manifests it cannot see unless --prune. Needs the worker extra."""
+    require_worker_extra("costs rebuild")
     try:
         from worker.ledger_rebuild import rebuild_ledger
     except ImportError as exc:
-        raise needs_worker_extra("costs rebuild", exc) from None
+        raise needs_worker_extra("costs rebuild", [exc.name or str(exc)]) from None
     result = rebuild_ledger(get_settings(), prune=prune, dry_run=dry_run)
     diff = result.diff
     sys.stdout.write(

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 from importlib.metadata import EntryPoint
+from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 import producer.cli
+import worker.cli
+from videoqueue import commands
 from videoqueue.commands import ENTRY_POINT_GROUP
 
 
@@ -53,3 +57,30 @@ def test_a_command_that_cannot_be_loaded_is_listed_and_says_what_to_install(monk
         assert result.output.count("\n") == 1
         assert result.output.startswith(f"error: `videoqueue {command}` needs the worker extra")
         assert 'pip install "videoqueue[worker]"' in result.output and "no_such_module_for_this_test" in result.output
+
+
+def test_the_worker_extra_is_checked_from_the_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert commands.missing_worker_extra() == []  # the dev install has it
+    found = metadata.distribution
+
+    def without_boto3(name: str) -> Any:
+        if name == "boto3":
+            raise metadata.PackageNotFoundError(name)
+        return found(name)
+
+    monkeypatch.setattr(metadata, "distribution", without_boto3)
+    assert commands.missing_worker_extra() == ["boto3"]
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """A group, as the videoqueue CLI is."""
+
+    app.command(name="doctor")(worker.cli.doctor)
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: `videoqueue doctor` needs the worker extra (not installed here: boto3): "
+        'pip install "videoqueue[worker]", or run it where the workers run '
+        "(docker compose run --rm worker videoqueue doctor)\n"
+    )
