@@ -1,6 +1,7 @@
 """videoqueue producer: enqueue AI video jobs and follow them.
 
-Imports no provider SDK and no boto3, so producers install only celery and pydantic.
+Imports no provider SDK and no boto3 (nor the worker package): `pip install videoqueue`, without
+the `worker` extra, is enough for a producer.
 """
 
 from producer.api import (
