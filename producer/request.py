@@ -195,11 +195,6 @@ def problems_of(exc: ValidationError) -> dict[str, str]:
     return problems
 
 
-def build_request(**fields: Any) -> VideoRequest:
-    """`VideoRequest(**fields)` raising `InvalidRequestError` instead of pydantic's error."""
-    return VideoRequest.parse(fields)
-
-
 def resolve(
     request: VideoRequest, catalog: Catalog, default_provider: str
 ) -> tuple[dict[str, Any], dict[str, ImageFile]]:

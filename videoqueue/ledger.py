@@ -112,11 +112,6 @@ class Ledger:
             entries.extend(LedgerEntry.model_validate_json(r) for r in raws if r)
         return entries
 
-    def entry(self, job_id: str) -> LedgerEntry | None:
-        """The entry of one job, or None."""
-        raw: str | None = self.redis.get(ledger_entry_key(job_id))  # type: ignore[assignment]
-        return LedgerEntry.model_validate_json(raw) if raw else None
-
     def report(
         self,
         by: GroupBy,
