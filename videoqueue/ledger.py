@@ -66,7 +66,7 @@ class LedgerEntry(BaseModel):
             provider=record.provider,
             model=record.model,
             status=record.status.value,
-            tags=tuple(record.request.get("tags") or ()),
+            tags=record.request.tags,
             settled_at=record.finished_at or record.updated_at,
             estimate_usd=record.cost_estimate_usd,
             actual_usd=charged,
