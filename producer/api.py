@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from producer.celery_client import producer_app
-from producer.request import IMAGE_FIELDS, VideoRequest, resolve
+from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import namespace
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, JobStoreError, RequestError, VideoqueueError
@@ -196,13 +196,9 @@ class VideoQueue:
             except InvalidRequestError as exc:
                 for field, message in exc.problems.items():
                     problems[f"[{index}].{field}"] = message
-        seen: dict[str, int] = {}
-        for index, job in enumerate(jobs):
-            client_id = job.record.request.client_job_id
-            if client_id is not None and client_id in seen:
-                problems[f"[{index}].client_job_id"] = f"{client_id!r} repeats item [{seen[client_id]}]"
-            elif client_id is not None:
-                seen[client_id] = index
+        client_ids = [job.record.request.client_job_id for job in jobs]
+        for index, first in repeated_client_ids(client_ids).items():
+            problems[f"[{index}].client_job_id"] = f"{client_ids[index]!r} repeats item [{first}]"
         if problems:
             raise InvalidRequestError(problems)
         return self.enqueue(jobs)
@@ -214,8 +210,9 @@ class VideoQueue:
         prepared one) and no message. Raises DuplicateClientJobIdError when it named a
         different request."""
         records = [job.record for job in jobs]
-        client_ids: builtins.list[str] = [r.request.client_job_id for r in records if r.request.client_job_id]
-        repeated = sorted({c for c in client_ids if client_ids.count(c) > 1})
+        client_ids = [r.request.client_job_id for r in records]
+        repeats = repeated_client_ids(client_ids)
+        repeated = sorted({c for i, c in enumerate(client_ids) if c is not None and i in repeats})
         if repeated:
             raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
         existing = self.store.create_many(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -194,6 +195,21 @@ def problems_of(exc: ValidationError) -> dict[str, str]:
             message = "unknown field (check the spelling)"
         problems.setdefault(field, message.removeprefix("Value error, "))
     return problems
+
+
+def repeated_client_ids(client_ids: Sequence[str | None]) -> dict[int, int]:
+    """Where a batch of requests repeats a client job id: for each position (index into
+    `client_ids`) whose id an earlier one already gave, the position that gave it first."""
+    first: dict[str, int] = {}
+    repeats: dict[int, int] = {}
+    for index, client_id in enumerate(client_ids):
+        if client_id is None:
+            continue
+        if client_id in first:
+            repeats[index] = first[client_id]
+        else:
+            first[client_id] = index
+    return repeats
 
 
 def resolve(

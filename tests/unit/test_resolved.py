@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fakeredis
 import pydantic
 import pytest
 
-from producer.request import VideoRequest, resolve
+from producer import InvalidRequestError, Settings, VideoQueue
+from producer.cli import _prepare_all
+from producer.request import VideoRequest, repeated_client_ids, resolve
 from videoqueue.catalog import load_catalog
 from videoqueue.job import JobRecord
+from videoqueue.jobstore import JobStore
 from videoqueue.resolved import ImageUpload, ImageUrl
 from worker.manifest import build_manifest
 
@@ -98,3 +102,20 @@ def test_resolve_writes_the_request_the_dict_did(tmp_path: Path) -> None:
     resolved, files = resolve(asked, load_catalog(), "byteplus")
     assert resolved.model_dump(mode="json") == json.loads(BYTEPLUS_RECORD)["request"]
     assert list(files) == ["first_frame"]
+
+
+def test_repeated_client_ids_point_at_their_first_use() -> None:
+    assert repeated_client_ids(["a", None, "b", "a", None, "a", "b"]) == {3: 0, 5: 0, 6: 2}
+    assert repeated_client_ids([None, None, "c"]) == {}
+
+
+def test_every_batch_names_a_repeated_client_id_its_own_way() -> None:
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(fakeredis.FakeRedis(decode_responses=True)))
+    requests = [VideoRequest(prompt=p, client_job_id=c) for p, c in (("a", "x"), ("b", None), ("c", "x"))]
+    with pytest.raises(InvalidRequestError) as info:
+        vq.enqueue([vq.prepare(r) for r in requests])
+    assert info.value.problems == {"client_job_id": "repeated within one submission: x"}
+    with pytest.raises(InvalidRequestError) as info:
+        _prepare_all(vq, [(1, requests[0]), (2, requests[1]), (4, requests[2])], {})
+    assert info.value.problems == {"line 4: client_job_id": "'x' repeats line 1"}
+    assert vq.store.redis.keys("*") == []
