@@ -174,10 +174,10 @@ def _after_warm_up(records: list[JobRecord], history_min: int, cache_s: float) -
     a cached short history would have expired)."""
     done = [r for r in records if r.status is JobStatus.SUCCEEDED and r.provider_done_at and r.submitted_at]
     ready: dict[tuple[str, int], float] = {}
-    for key in {(r.model, int(r.request["duration"])) for r in done}:
-        seen = sorted(_ts(r.provider_done_at) for r in done if (r.model, int(r.request["duration"])) == key)
+    for key in {(r.model, r.request.duration) for r in done}:
+        seen = sorted(_ts(r.provider_done_at) for r in done if (r.model, r.request.duration) == key)
         ready[key] = seen[history_min - 1] + cache_s if len(seen) >= history_min else float("inf")
-    return [r for r in done if _ts(r.submitted_at) > ready[(r.model, int(r.request["duration"]))]]
+    return [r for r in done if _ts(r.submitted_at) > ready[(r.model, r.request.duration)]]
 
 
 def _model_rows(quick: bool) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from producer.celery_client import producer_app
-from producer.request import VideoRequest, resolve
+from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import namespace
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
@@ -29,6 +29,7 @@ from videoqueue.job import (
 from videoqueue.jobids import records, resolve_ids
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import CostRow, GroupBy, Ledger
+from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
 from videoqueue.settings import Settings, get_settings
 from videoqueue.urlcheck import check_image_url
 
@@ -89,26 +90,26 @@ class VideoQueue:
         """Validate `request` (a VideoRequest, or a dict of its fields) and build its job
         without storing or sending anything. Raises InvalidRequestError."""
         request = VideoRequest.parse(dict(request) if isinstance(request, Mapping) else request)
-        params, images = resolve(request, self.catalog, self.settings.default_provider)
-        self._check_urls(params)
-        if params["seed"] is None:
+        resolved, images = resolve(request, self.catalog, self.settings.default_provider)
+        self._check_urls(resolved)
+        if resolved.seed is None:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.
-            params["seed"] = _default_seed(params["client_job_id"])
-        return PreparedJob(self._new_record(params), images)
+            resolved = resolved.model_copy(update={"seed": _default_seed(resolved.client_job_id)})
+        return PreparedJob(self._new_record(resolved), images)
 
-    def _new_record(self, params: dict[str, Any], **fields: Any) -> JobRecord:
-        """A queued record for the normalized request `params`, with its estimate, deadline
-        and budget keys; `fields` set more of it (`retry_of`)."""
-        spec = self.catalog.models[params["model"]]
-        _, estimate = spec.estimate(params)
+    def _new_record(self, request: ResolvedRequest, **fields: Any) -> JobRecord:
+        """A queued record for the resolved `request`, with its estimate, deadline and
+        budget keys; `fields` set more of it (`retry_of`)."""
+        spec = self.catalog.models[request.model]
+        _, estimate = spec.estimate(request)
         now = utcnow()
         record = JobRecord(
             id=str(uuid.uuid4()),
             status=JobStatus.QUEUED,
-            provider=params["provider"],
-            model=params["model"],
-            request=params,
+            provider=request.provider,
+            model=request.model,
+            request=request,
             cost_estimate_usd=estimate,
             billed_unit=spec.price.unit,
             created_at=now,
@@ -120,17 +121,17 @@ class VideoQueue:
             record.budget_keys = self.budget.keys_for(record)
         return record
 
-    def _check_urls(self, params: dict[str, Any]) -> None:
+    def _check_urls(self, request: ResolvedRequest) -> None:
         if not self.settings.check_image_urls:
             return
         problems: dict[str, str] = {}
-        for role, source in params["images"].items():
-            url = source.get("url")
+        for role, source in request.images.items():
+            url = source.url if isinstance(source, ImageUrl) else None
             if url and url not in self._reachable:
                 why = check_image_url(url)
                 if why:
-                    field = "image_url" if role == "first_frame" else "last_frame_url"
-                    problems[field] = f"{url} {why}"
+                    url_field, _ = IMAGE_FIELDS[role]
+                    problems[url_field] = f"{url} {why}"
                 else:
                     self._reachable.add(url)
         if problems:
@@ -158,13 +159,9 @@ class VideoQueue:
             except InvalidRequestError as exc:
                 for field, message in exc.problems.items():
                     problems[f"[{index}].{field}"] = message
-        seen: dict[str, int] = {}
-        for index, job in enumerate(jobs):
-            client_id = job.record.request.get("client_job_id")
-            if client_id is not None and client_id in seen:
-                problems[f"[{index}].client_job_id"] = f"{client_id!r} repeats item [{seen[client_id]}]"
-            elif client_id is not None:
-                seen[client_id] = index
+        client_ids = [job.record.request.client_job_id for job in jobs]
+        for index, first in repeated_client_ids(client_ids).items():
+            problems[f"[{index}].client_job_id"] = f"{client_ids[index]!r} repeats item [{first}]"
         if problems:
             raise InvalidRequestError(problems)
         return self.enqueue(jobs)
@@ -176,8 +173,9 @@ class VideoQueue:
         prepared one) and no message. Raises DuplicateClientJobIdError when it named a
         different request."""
         records = [job.record for job in jobs]
-        client_ids: builtins.list[str] = [r.request["client_job_id"] for r in records if r.request.get("client_job_id")]
-        repeated = sorted({c for c in client_ids if client_ids.count(c) > 1})
+        client_ids = [r.request.client_job_id for r in records]
+        repeats = repeated_client_ids(client_ids)
+        repeated = sorted({c for i, c in enumerate(client_ids) if c is not None and i in repeats})
         if repeated:
             raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
         existing = self.store.create_many(
@@ -292,17 +290,17 @@ class VideoQueue:
         if old.model not in self.catalog.models:
             raise RetryRefusedError(f"{job_id}: cannot retry: its model {old.model} is no longer in the catalog")
         images: dict[str, ImageFile] = {}
-        for role, source in old.request.get("images", {}).items():
-            if "file" not in source:
+        for role, source in old.request.images.items():
+            if not isinstance(source, ImageUpload):
                 continue
             image = self.store.get_input(job_id, role)
-            if image is None or image.sha256 != source.get("sha256", image.sha256):
+            if image is None or image.sha256 != source.sha256:
                 raise RetryRefusedError(
-                    f"{job_id}: cannot retry: its {role.replace('_', ' ')} image {source['file']!r} is no longer "
+                    f"{job_id}: cannot retry: its {role.replace('_', ' ')} image {source.file!r} is no longer "
                     "stored (inputs are kept a day past the job's deadline); submit the request again with the file"
                 )
             images[role] = image
-        record = self._new_record(dict(old.request), retry_of=job_id)
+        record = self._new_record(old.request, retry_of=job_id)
         refused: list[str] = []
         if self.store.update(job_id, _retry_claim(record.id, again, refused)) is None:
             raise RetryRefusedError(f"{job_id}: cannot retry: {refused[-1] if refused else 'unknown job'}")

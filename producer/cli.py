@@ -35,7 +35,7 @@ from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
 from producer.cli_table import Col, fit_table
-from producer.request import VideoRequest
+from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
 from videoqueue.budget import BudgetExceededError
 from videoqueue.catalog import ModelSpec, load_catalog
@@ -244,15 +244,11 @@ def _prepare_all(
         except InvalidRequestError as exc:
             prefix = f"line {number}: " if number else ""
             problems.update({f"{prefix}{field}": message for field, message in exc.problems.items()})
-    seen: dict[str, int] = {}
-    for number, request in requests:
-        if request.client_job_id is None:
-            continue
-        if request.client_job_id in seen:
-            where = f"line {number}: " if number else ""
-            problems[f"{where}client_job_id"] = f"{request.client_job_id!r} repeats line {seen[request.client_job_id]}"
-        else:
-            seen[request.client_job_id] = number
+    client_ids = [request.client_job_id for _, request in requests]
+    for index, first in repeated_client_ids(client_ids).items():
+        number = requests[index][0]
+        where = f"line {number}: " if number else ""
+        problems[f"{where}client_job_id"] = f"{client_ids[index]!r} repeats line {requests[first][0]}"
     if problems:
         raise InvalidRequestError(problems)
     return records

@@ -30,7 +30,7 @@ def note_existing(prepared: list[PreparedJob], records: list[JobRecord]) -> None
     (`VideoQueue.enqueue` gives back that job instead of the prepared one)."""
     for job, record in zip(prepared, records, strict=True):
         if job.record.id != record.id:
-            client_id = record.request.get("client_job_id")
+            client_id = record.request.client_job_id
             sys.stderr.write(f"note: {client_id} was already submitted as job {record.id} ({record.status.value})\n")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from videoqueue.catalog import Catalog, ModelSpec
 from videoqueue.errors import InvalidRequestError
 from videoqueue.images import ImageFile, read_image_file
+from videoqueue.resolved import ImageRole, ImageSource, ImageUpload, ImageUrl, ResolvedRequest
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
@@ -195,17 +197,27 @@ def problems_of(exc: ValidationError) -> dict[str, str]:
     return problems
 
 
-def build_request(**fields: Any) -> VideoRequest:
-    """`VideoRequest(**fields)` raising `InvalidRequestError` instead of pydantic's error."""
-    return VideoRequest.parse(fields)
+def repeated_client_ids(client_ids: Sequence[str | None]) -> dict[int, int]:
+    """Where a batch of requests repeats a client job id: for each position (index into
+    `client_ids`) whose id an earlier one already gave, the position that gave it first."""
+    first: dict[str, int] = {}
+    repeats: dict[int, int] = {}
+    for index, client_id in enumerate(client_ids):
+        if client_id is None:
+            continue
+        if client_id in first:
+            repeats[index] = first[client_id]
+        else:
+            first[client_id] = index
+    return repeats
 
 
 def resolve(
     request: VideoRequest, catalog: Catalog, default_provider: str
-) -> tuple[dict[str, Any], dict[str, ImageFile]]:
+) -> tuple[ResolvedRequest, dict[str, ImageFile]]:
     """Fill in defaults from the chosen model and check the request against what that model
-    supports. Returns the full set of parameters a worker needs, and the local image files
-    (read and checked) by role."""
+    supports. Returns the full set of parameters a worker needs (the seed is still None when
+    the user gave none), and the local image files (read and checked) by role."""
     problems: dict[str, str] = {}
     provider = request.provider or default_provider
     if provider not in catalog.providers():
@@ -253,38 +265,39 @@ def resolve(
     if problems:
         raise InvalidRequestError(problems)
 
-    params = {
-        "prompt": request.prompt,
-        "provider": provider,
-        "model": spec.id,
-        "duration": duration,
-        "resolution": resolution,
-        "ratio": ratio,
-        "audio": audio,
-        "seed": request.seed,
-        "service_tier": tier,
-        "images": images,
-        "negative_prompt": request.negative_prompt,
-        "person_generation": request.person_generation,
-        "tags": list(request.tags),
-        "client_job_id": request.client_job_id,
-    }
-    return params, files
+    resolved = ResolvedRequest(
+        prompt=request.prompt,
+        provider=provider,
+        model=spec.id,
+        duration=duration,
+        resolution=resolution,
+        ratio=ratio,
+        audio=audio,
+        seed=request.seed,
+        service_tier=tier,
+        images=images,
+        negative_prompt=request.negative_prompt,
+        person_generation=request.person_generation,
+        tags=request.tags,
+        client_job_id=request.client_job_id,
+    )
+    return resolved, files
 
 
-_ROLE_FIELDS = {
+IMAGE_FIELDS: dict[ImageRole, tuple[str, str]] = {
     "first_frame": ("image_url", "image_file"),
     "last_frame": ("last_frame_url", "last_frame_file"),
 }
+"""The `VideoRequest` fields that give the image of each role: (its URL, its local file)."""
 
 
 def _images(
     request: VideoRequest, spec: ModelSpec, problems: dict[str, str]
-) -> tuple[dict[str, dict[str, Any]], dict[str, ImageFile]]:
+) -> tuple[dict[ImageRole, ImageSource], dict[str, ImageFile]]:
     """Image inputs by role: a URL is passed on as it is; a local file is read and checked."""
-    images: dict[str, dict[str, Any]] = {}
+    images: dict[ImageRole, ImageSource] = {}
     files: dict[str, ImageFile] = {}
-    for role, (url_field, file_field) in _ROLE_FIELDS.items():
+    for role, (url_field, file_field) in IMAGE_FIELDS.items():
         url, path = getattr(request, url_field), getattr(request, file_field)
         if url is None and path is None:
             continue
@@ -295,7 +308,7 @@ def _images(
             problems[url_field if url else file_field] = f"{spec.id} does not take a {role.replace('_', ' ')} image"
             continue
         if url is not None:
-            images[role] = {"url": url}
+            images[role] = ImageUrl(url=url)
             continue
         try:
             image = read_image_file(path, spec.max_image_bytes)
@@ -303,12 +316,9 @@ def _images(
             problems[file_field] = str(exc)
             continue
         files[role] = image
-        images[role] = {
-            "file": image.name,
-            "mime_type": image.mime_type,
-            "bytes": len(image.data),
-            "sha256": image.sha256,
-        }
+        images[role] = ImageUpload(
+            file=image.name, mime_type=image.mime_type, bytes=len(image.data), sha256=image.sha256
+        )
     if "last_frame" in images and "first_frame" not in images and not problems:
         problems["last_frame_url" if request.last_frame_url else "last_frame_file"] = (
             "a last frame needs a first frame (image_url or image_file)"

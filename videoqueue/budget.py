@@ -103,7 +103,7 @@ def keys_for(record: JobRecord) -> list[str]:
     """Every counter a job counts against: its UTC day, its month, each of its tags."""
     day = record.created_at.date().isoformat()
     counters = [budget_counter_key(f"{DAY}:{day}"), budget_counter_key(f"{MONTH}:{day[:7]}")]
-    counters.extend(budget_counter_key(f"tag:{tag}") for tag in dict.fromkeys(record.request.get("tags") or ()))
+    counters.extend(budget_counter_key(f"tag:{tag}") for tag in dict.fromkeys(record.request.tags))
     return counters
 
 

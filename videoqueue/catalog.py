@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from videoqueue.resolved import ResolvedRequest
+
 USD_QUANTUM = Decimal("0.000001")
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 
@@ -120,22 +122,17 @@ class ModelSpec(BaseModel):
         """Dollar cost of `tokens` for a token-priced model."""
         return self.usd(tokens, audio=audio, service_tier=service_tier, resolution="")
 
-    def estimate(self, params: dict[str, Any]) -> tuple[int, Decimal]:
+    def estimate(self, request: ResolvedRequest) -> tuple[int, Decimal]:
         """Billed units and dollars a resolved request will cost."""
-        units = self.billed_units(params["resolution"], params["ratio"], params["duration"])
-        cost = self.usd(
-            units, audio=params["audio"], service_tier=params["service_tier"], resolution=params["resolution"]
-        )
+        units = self.billed_units(request.resolution, request.ratio, request.duration)
+        cost = self.usd(units, audio=request.audio, service_tier=request.service_tier, resolution=request.resolution)
         return units, cost
 
-    def billed_usd(self, billed_units: int, params: dict[str, Any]) -> Decimal:
+    def billed_usd(self, billed_units: int, request: ResolvedRequest) -> Decimal:
         """Dollars the provider charged for `billed_units` (its own count, e.g. ModelArk's
-        `usage.completion_tokens`) of a resolved request `params`."""
+        `usage.completion_tokens`) of a resolved request."""
         return self.usd(
-            billed_units,
-            audio=bool(params["audio"]),
-            service_tier=params["service_tier"],
-            resolution=params["resolution"],
+            billed_units, audio=request.audio, service_tier=request.service_tier, resolution=request.resolution
         )
 
 

@@ -4,7 +4,6 @@ producer's disk)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,6 @@ class ImageFile:
     def sha256(self) -> str:
         """Hex digest of the bytes, kept in the job record to identify the input."""
         return hashlib.sha256(self.data).hexdigest()
-
-    def data_uri(self) -> str:
-        """`data:<mime>;base64,...` as ModelArk takes inline images."""
-        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode()}"
 
 
 def read_image_file(path: str, max_bytes: int) -> ImageFile:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from videoqueue import namespace
+from videoqueue.resolved import ResolvedRequest
 
 
 class JobStatus(StrEnum):
@@ -95,7 +96,7 @@ class JobRecord(BaseModel):
     status: JobStatus
     provider: str
     model: str
-    request: dict[str, Any]
+    request: ResolvedRequest
     provider_task_id: str | None = None
     provider_status: str | None = None
     # The provider endpoint (plain host) and account (fingerprint, never the key:

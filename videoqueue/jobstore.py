@@ -26,6 +26,7 @@ from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, ledger_entry_key, slot_key, status_index, task_claim_key
 from videoqueue.ledger import LedgerEntry, write_entry
+from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
 MAX_HISTORY = 50
 
@@ -67,14 +68,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def request_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The fields in which two normalized requests (`JobRecord.request`) differ, with
-    (stored, new) values; empty when they are the same request."""
-    return {
-        name: (stored.get(name), new.get(name))
-        for name in sorted(stored.keys() | new.keys())
-        if stored.get(name) != new.get(name)
-    }
+def request_differences(stored: ResolvedRequest, new: ResolvedRequest) -> dict[str, tuple[Any, Any]]:
+    """The fields in which two resolved requests (`JobRecord.request`) differ, with their
+    (stored, new) JSON values; empty when they are the same request."""
+    before, after = stored.model_dump(mode="json"), new.model_dump(mode="json")
+    return {name: (before[name], after[name]) for name in sorted(before) if before[name] != after[name]}
 
 
 CLIENT_ID_TTL_S = 90 * 86400
@@ -147,7 +145,7 @@ class JobStore:
         job_keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
-        client_ids = {r.request["client_job_id"]: r.id for r in records if r.request.get("client_job_id")}
+        client_ids = {r.request.client_job_id: r.id for r in records if r.request.client_job_id}
         client_keys = [client_key(c) for c in client_ids]
         existing: dict[str, JobRecord] = {}
 
@@ -170,8 +168,8 @@ class JobStore:
                 pipe.zadd(status_index(record.status), {record.id: score})
                 stats.on_create(pipe, record)
                 pipe.zadd(keys.DUE_INDEX, {record.id: score})
-                if record.request.get("client_job_id"):
-                    pipe.set(client_key(record.request["client_job_id"]), record.id, ex=CLIENT_ID_TTL_S)
+                if record.request.client_job_id:
+                    pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
                 for role, image in inputs.get(record.id, {}).items():
                     blob = {
@@ -193,7 +191,7 @@ class JobStore:
         owners: dict[str, JobRecord] = {}
         conflicts: list[ClientIdConflict] = []
         for record in records:
-            client_id = record.request.get("client_job_id")
+            client_id = record.request.client_job_id
             if not client_id or record.retry_of:
                 continue
             owner_id = pipe.get(client_key(client_id))
@@ -228,11 +226,11 @@ class JobStore:
         if record is not None and not record.status.is_final:
             settle(pipe, record.model_copy(update={"cost_usd": None}))
             pipe.hincrby(keys.STATS_JOBS, stats.jobs_field(record.status.value, record.provider, record.model), -1)
-            if record.request.get("client_job_id") and record.retry_of:
-                pipe.set(client_key(record.request["client_job_id"]), record.retry_of, ex=CLIENT_ID_TTL_S)
-            elif record.request.get("client_job_id"):
-                pipe.delete(client_key(record.request["client_job_id"]))
-        pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
+            if record.request.client_job_id and record.retry_of:
+                pipe.set(client_key(record.request.client_job_id), record.retry_of, ex=CLIENT_ID_TTL_S)
+            elif record.request.client_job_id:
+                pipe.delete(client_key(record.request.client_job_id))
+        pipe.delete(job_key(job_id), *(input_key(job_id, role) for role in IMAGE_ROLES))
         pipe.zrem(keys.DUE_INDEX, job_id)
         pipe.zrem(keys.PARKED_INDEX, job_id)
         pipe.zrem(keys.ALL_INDEX, job_id)

@@ -66,7 +66,7 @@ class LedgerEntry(BaseModel):
             provider=record.provider,
             model=record.model,
             status=record.status.value,
-            tags=tuple(record.request.get("tags") or ()),
+            tags=record.request.tags,
             settled_at=record.finished_at or record.updated_at,
             estimate_usd=record.cost_estimate_usd,
             actual_usd=charged,
@@ -111,11 +111,6 @@ class Ledger:
             raws: list[str | None] = self.redis.mget([ledger_entry_key(i) for i in batch])  # type: ignore[assignment]
             entries.extend(LedgerEntry.model_validate_json(r) for r in raws if r)
         return entries
-
-    def entry(self, job_id: str) -> LedgerEntry | None:
-        """The entry of one job, or None."""
-        raw: str | None = self.redis.get(ledger_entry_key(job_id))  # type: ignore[assignment]
-        return LedgerEntry.model_validate_json(raw) if raw else None
 
     def report(
         self,

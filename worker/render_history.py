@@ -30,9 +30,7 @@ APPROXIMATE = "~"
 def history_key(job: JobRecord) -> str:
     """The Redis list of render times of jobs like `job`."""
     request = job.request
-    return render_history_key(
-        job.provider, job.model, request.get("resolution"), request.get("duration"), request.get("service_tier")
-    )
+    return render_history_key(job.provider, job.model, request.resolution, request.duration, request.service_tier)
 
 
 class RenderHistory:

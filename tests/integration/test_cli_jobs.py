@@ -117,7 +117,7 @@ def test_retry_a_failed_job_then_fetch_its_video(local_stack: Stack, tmp_path: P
     retried = run(local_stack, "retry", old_id, "--json")
     assert retried.returncode == 0, retried.stderr
     [new] = json.loads(retried.stdout)
-    assert new["retry_of"] == old_id and new["request"] == old.request
+    assert new["retry_of"] == old_id and new["request"] == old.request.model_dump(mode="json")
     assert vq.get(old_id).retried_by == [new["id"]]
     [done] = vq.wait([new["id"]], timeout=60)
     assert done.status.value == "succeeded", done

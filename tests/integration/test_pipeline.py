@@ -18,6 +18,7 @@ from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_m
 from videoqueue import keys, namespace
 from videoqueue.catalog import load_catalog
 from videoqueue.job import TASK_SUBMIT
+from videoqueue.resolved import ImageUpload, ResolvedRequest
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +32,10 @@ SHAPES: list[dict[str, Any]] = [
 ]
 
 
-def _expected_cost(params: dict[str, Any]) -> Decimal:
-    spec = load_catalog().models[params["model"]]
-    tokens = spec.tokens(params["resolution"], params["ratio"], params["duration"])
-    return spec.usd_for_tokens(tokens, audio=params["audio"], service_tier=params["service_tier"])
+def _expected_cost(request: ResolvedRequest) -> Decimal:
+    spec = load_catalog().models[request.model]
+    tokens = spec.tokens(request.resolution, request.ratio, request.duration)
+    return spec.usd_for_tokens(tokens, audio=request.audio, service_tier=request.service_tier)
 
 
 def test_many_jobs_end_to_end_into_a_local_folder(local_stack: Stack) -> None:
@@ -245,7 +246,8 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
     done = vq.wait([j.id for j in jobs], timeout=60)
 
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
-    assert done[1].request["images"]["first_frame"]["mime_type"] == "image/jpeg"
+    assert isinstance(uploaded := done[1].request.images["first_frame"], ImageUpload)
+    assert uploaded.mime_type == "image/jpeg"
     assert local_stack.redis.exists(keys.input_key(done[1].id, "first_frame")) == 1
     with pytest.raises(InvalidRequestError) as info:
         vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))

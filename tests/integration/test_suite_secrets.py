@@ -342,11 +342,11 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     scan_redis(client, scanner, seen)
     vq.cancel(held.id)
     done = vq.wait(ids, timeout=180, poll_interval=0.3, on_update=lambda _: scan_redis(client, scanner, seen))
-    by_prompt = {j.request["prompt"]: j for j in done}
+    by_prompt = {j.request.prompt: j for j in done}
 
     statuses = Counter(j.status for j in done)
     assert statuses == {JobStatus.SUCCEEDED: 6, JobStatus.FAILED: 1, JobStatus.CANCELLED: 1}, [
-        (j.request["prompt"], j.status, j.error) for j in done
+        (j.request.prompt, j.status, j.error) for j in done
     ]
     assert by_prompt["secrets suite: unsafe [sim:fail]"].status is JobStatus.FAILED
     assert by_prompt["secrets suite: held [sim:hold]"].status is JobStatus.CANCELLED

@@ -50,7 +50,7 @@ def test_veo_text_and_image_to_video_into_a_local_folder(local_stack: Stack, tmp
         assert job.provider_task_id and job.provider_task_id.startswith(
             f"publishers/google/models/{job.model}/operations/"
         )
-        assert job.billed_units == job.request["duration"]
+        assert job.billed_units == job.request.duration
         video = local_path(job.output_uri or "")
         assert video.stat().st_size == MP4_SAMPLE.stat().st_size
         assert_mp4(video.read_bytes())

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from videoqueue.catalog import load_catalog, parse_catalog
+from videoqueue.resolved import ResolvedRequest
 
 SEEDANCE_15 = "seedance-1-5-pro-251215"
 
@@ -86,14 +87,17 @@ def test_veo_bills_seconds_by_resolution_and_audio(
     model: str, resolution: str, audio: bool, duration: int, expected: Decimal
 ) -> None:
     spec = load_catalog().models[model]
-    params = {
-        "resolution": resolution,
-        "ratio": "16:9",
-        "duration": duration,
-        "audio": audio,
-        "service_tier": "default",
-    }
-    assert spec.estimate(params) == (duration, expected)
+    request = ResolvedRequest(
+        prompt="p",
+        provider="veo",
+        model=model,
+        resolution=resolution,
+        ratio="16:9",
+        duration=duration,
+        audio=audio,
+        service_tier="default",
+    )
+    assert spec.estimate(request) == (duration, expected)
 
 
 def test_a_second_priced_model_needs_a_price_for_every_resolution() -> None:

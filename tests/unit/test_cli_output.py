@@ -44,7 +44,16 @@ def _record(job_id: str, status: JobStatus = JobStatus.QUEUED, **changes: Any) -
         "status": status,
         "provider": "veo",
         "model": "veo-3.1-fast-generate-001",
-        "request": {"prompt": "a fox"},
+        "request": {
+            "prompt": "a fox",
+            "provider": "veo",
+            "model": "veo-3.1-fast-generate-001",
+            "duration": 4,
+            "resolution": "720p",
+            "ratio": "16:9",
+            "audio": True,
+            "service_tier": "default",
+        },
         "cost_estimate_usd": Decimal("0.4"),
         "billed_unit": "second",
         "created_at": now,
@@ -180,7 +189,7 @@ def test_a_dict_is_a_request_too() -> None:
     client = fakeredis.FakeRedis(decode_responses=True)
     vq = VideoQueue(Settings(), store=JobStore(client))
     prepared = vq.prepare({"prompt": "a fox", "duration": 5})
-    assert prepared.record.request["duration"] == 5
+    assert prepared.record.request.duration == 5
 
 
 def _store_with(ids: list[str]) -> VideoQueue:

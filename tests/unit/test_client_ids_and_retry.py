@@ -14,6 +14,7 @@ from producer import BudgetExceededError, InvalidRequestError, JobStatus, Settin
 from producer.api import RetryRefusedError
 from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
 from videoqueue.keys import client_key, input_key, job_key
+from videoqueue.resolved import ImageUrl, ResolvedRequest
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -128,9 +129,20 @@ def test_two_producers_racing_with_one_client_id_store_one_job(redis_client: Any
 
 
 def test_request_differences_compare_every_field() -> None:
-    stored = {"prompt": "x", "images": {"first_frame": {"url": "http://a/1.png"}}, "tags": ["a"]}
-    assert request_differences(stored, dict(stored)) == {}
-    assert request_differences(stored, {**stored, "tags": ["a", "b"], "seed": 1}) == {
+    stored = ResolvedRequest(
+        prompt="x",
+        provider="byteplus",
+        model="m",
+        duration=5,
+        resolution="720p",
+        ratio="16:9",
+        audio=False,
+        service_tier="default",
+        images={"first_frame": ImageUrl(url="http://a/1.png")},
+        tags=("a",),
+    )
+    assert request_differences(stored, stored.model_copy()) == {}
+    assert request_differences(stored, stored.model_copy(update={"tags": ("a", "b"), "seed": 1})) == {
         "seed": (None, 1),
         "tags": (["a"], ["a", "b"]),
     }

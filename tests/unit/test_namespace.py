@@ -14,6 +14,7 @@ from videoqueue import budget, jobstore, keys, namespace
 from videoqueue import job as contract
 from videoqueue.job import JobRecord
 from videoqueue.queues import own_queues, route_task, task_queues
+from videoqueue.resolved import ResolvedRequest
 from videoqueue.settings import InvalidSettingsError, Settings, load_settings
 from worker import render_history
 
@@ -51,7 +52,18 @@ def every_name() -> list[str]:
         keys.SWEEP_LOCK,
         render_history.history_key(
             JobRecord.model_construct(  # type: ignore[call-arg]
-                provider="byteplus", model="m", request={"resolution": "720p", "duration": 5, "service_tier": "default"}
+                provider="byteplus",
+                model="m",
+                request=ResolvedRequest(
+                    prompt="p",
+                    provider="byteplus",
+                    model="m",
+                    duration=5,
+                    resolution="720p",
+                    ratio="16:9",
+                    audio=False,
+                    service_tier="default",
+                ),
             )
         ),
     ]

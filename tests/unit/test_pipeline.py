@@ -642,7 +642,7 @@ def test_at_the_deadline_a_rendering_task_is_followed_to_its_end_and_billed(env:
     assert job.status is JobStatus.SUCCEEDED and job.output_uri is not None
     assert job.cost_usd == Decimal("1.2")
     assert env.provider.names() == ["get", "get", "get", "open_video"]
-    entry = Ledger(env.store.redis).entry(job_id)
+    entry = _ledger_entry(env, job_id)
     assert entry is not None and entry.actual_usd == Decimal("1.2")
 
 
@@ -1429,7 +1429,7 @@ def test_an_uncertain_charge_reaches_the_ledger_and_the_budget_once(env: Env) ->
     job = env.job(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert job.cost_usd == Decimal("1.2") and job.uncertain_cost_usd == job.cost_estimate_usd
-    entry = Ledger(env.store.redis).entry(job_id)
+    entry = _ledger_entry(env, job_id)
     assert entry is not None
     assert entry.actual_usd == Decimal("1.2") + job.cost_estimate_usd
     assert entry.uncertain_usd == job.cost_estimate_usd
@@ -1459,7 +1459,7 @@ def test_at_the_deadline_an_uncertain_create_with_no_task_found_expires(
     job = env.job(job_id)
     assert job.status is JobStatus.EXPIRED and "create" not in env.provider.names()
     assert (job.uncertain_cost_usd is not None) is charged
-    assert (Ledger(env.store.redis).entry(job_id) is not None) is charged
+    assert (_ledger_entry(env, job_id) is not None) is charged
 
 
 def test_a_submit_that_gives_up_after_an_uncertain_create_looks_once_more(env: Env) -> None:
@@ -1517,7 +1517,7 @@ def test_creates_the_provider_cannot_show_again_stop_at_uncertain_creates_max(en
     assert job.status is JobStatus.FAILED and job.error is not None
     assert job.error.code is ErrorCode.SUBMIT_UNCERTAIN and "UNCERTAIN_CREATES_MAX" in job.error.message
     assert job.uncertain_creates == 2 and job.uncertain_cost_usd == 2 * job.cost_estimate_usd
-    entry = Ledger(env.store.redis).entry(job_id)
+    entry = _ledger_entry(env, job_id)
     assert entry is not None and entry.uncertain_usd == 2 * job.cost_estimate_usd
 
 
@@ -1661,3 +1661,8 @@ def test_a_job_no_matching_worker_takes_ends_after_its_follow_window(env: Env) -
     # Its task may have finished (and been billed) where nobody here can ask: charged.
     assert job.uncertain_cost_usd == job.cost_estimate_usd and job.charged_usd == job.cost_estimate_usd
     assert any("was never followed to its end" in note for note in job.notes)
+
+
+def _ledger_entry(env: Env, job_id: str) -> LedgerEntry | None:
+    """The ledger's entry of one job, or None."""
+    return next((e for e in Ledger(env.store.redis).entries() if e.job_id == job_id), None)

@@ -134,6 +134,8 @@ def job(model: str) -> JobRecord:
     now = datetime.now(UTC)
     request = {
         "prompt": "a fox",
+        "provider": "byteplus",
+        "model": model,
         "duration": 5,
         "resolution": "720p",
         "ratio": "16:9",

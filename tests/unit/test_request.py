@@ -20,7 +20,8 @@ from videoqueue.keys import client_key
 
 
 def _resolve(**fields: Any) -> dict[str, Any]:
-    return resolve(VideoRequest.parse(fields), load_catalog(), "byteplus")[0]
+    """The resolved request as the job record's JSON holds it."""
+    return resolve(VideoRequest.parse(fields), load_catalog(), "byteplus")[0].model_dump(mode="json")
 
 
 def _problems(**fields: Any) -> dict[str, str]:
@@ -120,7 +121,7 @@ def test_prepare_estimates_cost_and_picks_a_seed() -> None:
     vq = VideoQueue(Settings(job_deadline_s=60), store=JobStore(redis))
     record = vq.prepare(VideoRequest(prompt="fox", duration=5)).record
     assert str(record.cost_estimate_usd) == "0.249163"
-    assert isinstance(record.request["seed"], int)
+    assert isinstance(record.request.seed, int)
     assert (record.deadline_at - record.created_at).total_seconds() == 60
 
 
@@ -135,7 +136,7 @@ def test_a_local_image_is_read_checked_and_described(tmp_path: Path, data: bytes
     path.write_bytes(data)
     params, files = resolve(VideoRequest(prompt="ok", image_file=str(path)), load_catalog(), "byteplus")
     assert files["first_frame"].data == data and files["first_frame"].mime_type == mime
-    assert params["images"] == {
+    assert params.model_dump(mode="json")["images"] == {
         "first_frame": {
             "file": "frame.img",
             "mime_type": mime,
@@ -176,7 +177,7 @@ def test_last_frame_needs_a_first_frame_and_a_model_that_takes_it() -> None:
 
 
 def test_veo_defaults_and_its_own_limits() -> None:
-    params = resolve(VideoRequest(prompt="ok", provider="veo"), load_catalog(), "byteplus")[0]
+    params = _resolve(prompt="ok", provider="veo")
     assert (params["model"], params["duration"], params["resolution"], params["ratio"], params["audio"]) == (
         "veo-3.1-fast-generate-001",
         4,

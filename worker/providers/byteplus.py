@@ -26,6 +26,7 @@ from byteplussdkarkruntime._exceptions import (
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.job import ErrorCode, JobRecord
+from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 from videoqueue.settings import Settings
 from worker.download import stream_url
 from worker.probe import Probe, Status, safe_url
@@ -138,11 +139,11 @@ def ark_client(settings: Settings, timeout: httpx.Timeout) -> Ark:
     )
 
 
-def build_content(request: dict[str, Any], images: dict[str, ImageInput]) -> list[dict[str, Any]]:
+def build_content(request: ResolvedRequest, images: dict[str, ImageInput]) -> list[dict[str, Any]]:
     """The `content` array of a create call: the prompt, then the images by role (a URL
     as given, an uploaded file as a data URI)."""
-    content: list[dict[str, Any]] = [{"type": "text", "text": request["prompt"]}]
-    for role in ("first_frame", "last_frame"):
+    content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
+    for role in IMAGE_ROLES:
         image = images.get(role)
         if image is not None:
             url = image.url or image.data_uri()
@@ -251,13 +252,13 @@ class BytePlusProvider:
             created = self._client.content_generation.tasks.create(
                 model=job.model,
                 content=build_content(request, images),
-                duration=request["duration"],
-                resolution=request["resolution"],
-                ratio=request["ratio"],
+                duration=request.duration,
+                resolution=request.resolution,
+                ratio=request.ratio,
                 # Only audio-capable models know the flag; the others reject it.
-                generate_audio=request["audio"] if _has_audio(self._catalog, job.model) else None,
-                seed=request["seed"],
-                service_tier=request["service_tier"],
+                generate_audio=request.audio if _has_audio(self._catalog, job.model) else None,
+                seed=request.seed,
+                service_tier=request.service_tier,
                 execution_expires_after=expires_after_tag(job.id),
             )
         except ArkAPIError as exc:
@@ -284,7 +285,7 @@ class BytePlusProvider:
                     page_num=page,
                     page_size=_LOOKUP_PAGE_SIZE,
                     model=job.model,
-                    service_tier=job.request["service_tier"],
+                    service_tier=job.request.service_tier,
                 )
             except ArkAPIError as exc:
                 raise map_ark_error(exc) from exc
@@ -308,16 +309,16 @@ class BytePlusProvider:
         """The fields a listed task echoes, as this job's create sent them."""
         request = job.request
         echoed: dict[str, Any] = {
-            "seed": request["seed"],
-            "duration": request["duration"],
-            "resolution": request["resolution"],
-            "service_tier": request["service_tier"],
+            "seed": request.seed,
+            "duration": request.duration,
+            "resolution": request.resolution,
+            "service_tier": request.service_tier,
             "execution_expires_after": expires_after_tag(job.id),
         }
-        if request["ratio"] != "adaptive":  # ModelArk reports the ratio it chose
-            echoed["ratio"] = request["ratio"]
+        if request.ratio != "adaptive":  # ModelArk reports the ratio it chose
+            echoed["ratio"] = request.ratio
         if _has_audio(self._catalog, job.model):
-            echoed["generate_audio"] = request["audio"]
+            echoed["generate_audio"] = request.audio
         return echoed
 
     def get(self, job: JobRecord) -> TaskState:

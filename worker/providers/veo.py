@@ -241,17 +241,17 @@ class VeoProvider:
         last = images.get("last_frame")
         config = types.GenerateVideosConfig(
             number_of_videos=1,
-            duration_seconds=request["duration"],
-            aspect_ratio=request["ratio"],
-            resolution=request["resolution"],
-            generate_audio=request["audio"],
-            seed=request["seed"],
-            negative_prompt=request.get("negative_prompt"),
-            person_generation=request.get("person_generation"),
+            duration_seconds=request.duration,
+            aspect_ratio=request.ratio,
+            resolution=request.resolution,
+            generate_audio=request.audio,
+            seed=request.seed,
+            negative_prompt=request.negative_prompt,
+            person_generation=request.person_generation,
             last_frame=self._image(last) if last else None,
             output_gcs_uri=self._output_gcs_uri,
         )
-        source = types.GenerateVideosSource(prompt=request["prompt"], image=self._image(first) if first else None)
+        source = types.GenerateVideosSource(prompt=request.prompt, image=self._image(first) if first else None)
         try:
             operation = self._client.models.generate_videos(model=job.model, source=source, config=config)
         except Exception as exc:  # the SDK raises its own, httpx's and pydantic's errors
@@ -273,7 +273,7 @@ class VeoProvider:
 
     def get(self, job: JobRecord) -> TaskState:
         assert job.provider_task_id is not None
-        return operation_state(self._operation(job.provider_task_id), int(job.request["duration"]))
+        return operation_state(self._operation(job.provider_task_id), job.request.duration)
 
     def cancel(self, task_id: str) -> bool:
         # predictLongRunning operations cannot be cancelled through the API.

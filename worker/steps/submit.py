@@ -12,6 +12,7 @@ from videoqueue.budget import exceeded
 from videoqueue.endpoints import Endpoint
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import TaskClaimedError
+from videoqueue.resolved import ImageUrl
 from worker.providers.base import ImageInput, Provider, ProviderError
 from worker.schedule import retry_delay
 from worker.steps.base import _charge_uncertain, log
@@ -312,9 +313,9 @@ class SubmitStep(PollStep):
     def _images(self, job: JobRecord) -> dict[str, ImageInput]:
         """The job's input images by role; ProviderError if an uploaded one is gone."""
         images: dict[str, ImageInput] = {}
-        for role, source in (job.request.get("images") or {}).items():
-            if "url" in source:
-                images[role] = ImageInput(url=source["url"])
+        for role, source in job.request.images.items():
+            if isinstance(source, ImageUrl):
+                images[role] = ImageInput(url=source.url)
                 continue
             stored = self.store.get_input(job.id, role)
             if stored is None:
