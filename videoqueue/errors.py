@@ -16,3 +16,13 @@ class InvalidRequestError(VideoqueueError, ValueError):
         self.problems = problems
         detail = "; ".join(f"{field}: {msg}" for field, msg in problems.items())
         super().__init__(f"invalid video request: {detail}")
+
+
+class IllegalTransitionError(VideoqueueError, RuntimeError):
+    """A status move the lifecycle table (videoqueue.lifecycle.MOVES) does not allow: a
+    bug in the code that asked for it, never a state of the job. `source` and `target`
+    are the status values."""
+
+    def __init__(self, source: str, target: str) -> None:
+        self.source, self.target = source, target
+        super().__init__(f"a job cannot move from {source} to {target} (videoqueue.lifecycle.MOVES)")

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from videoqueue import budget as budgets
-from videoqueue import namespace, redisconn, stats
+from videoqueue import lifecycle, namespace, redisconn, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import InvalidRequestError
 from videoqueue.images import ImageFile
@@ -397,7 +397,9 @@ class JobStore:
 
         Returns the stored record, or None when the job is unknown or `mutate` declined.
         A record that takes a provider task id claims the task for this job in the same
-        transaction; raises TaskClaimedError when another job holds it.
+        transaction; raises TaskClaimedError when another job holds it. A change of status
+        must be a move of the lifecycle table (videoqueue.lifecycle): raises
+        IllegalTransitionError, storing nothing, for any other.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
@@ -411,6 +413,7 @@ class JobStore:
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
                 return
+            lifecycle.check(current.status, changed.status)
             new_task = _new_task(pipe, current, changed)
             ends = changed.status.is_final and not current.status.is_final
             # A job the store step gave up on can be stored again (`videoqueue store retry`)
@@ -468,8 +471,14 @@ class JobStore:
         to: JobStatus,
         **changes: Any,
     ) -> JobRecord | None:
-        """Move a job to `to` only if it is now in one of `allowed_from`, setting `changes`."""
-        allowed = frozenset(allowed_from)
+        """Move a job to `to` only if it is now in one of `allowed_from`, setting `changes`;
+        returns the stored record, or None when the job is unknown or in another status.
+
+        `allowed_from` is `lifecycle.sources(to)` for "wherever the move is allowed from",
+        or a narrower set: a step's compare-and-set on its own state. Raises
+        IllegalTransitionError, before reading the job, when the lifecycle table allows no
+        move from one of them to `to`."""
+        allowed = lifecycle.check_sources(allowed_from, to)
 
         def mutate(record: JobRecord) -> JobRecord | None:
             if record.status not in allowed:

@@ -9,6 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from tests.unit.helpers import walk_to
 from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore, input_key, job_key
@@ -144,13 +145,13 @@ def test_transition_is_compare_and_set(store: JobStore, redis_client: Any) -> No
 
 
 def test_transition_of_unknown_job_is_none(store: JobStore) -> None:
-    assert store.transition("ghost", {JobStatus.QUEUED}, JobStatus.RUNNING) is None
+    assert store.transition("ghost", {JobStatus.QUEUED}, JobStatus.SUBMITTING) is None
     assert store.get("ghost") is None
 
 
 def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> None:
     store.create(make_record("a"))
-    running = store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    running = walk_to(store, "a", JobStatus.RUNNING)
     assert running is not None and running.finished_at is None
     before = utcnow()
     failed = store.transition(
@@ -164,7 +165,7 @@ def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> 
     assert failed.updated_at >= failed.finished_at
     assert failed.error == JobError(code=ErrorCode.UPSTREAM, message="boom")
     # A final job does not move again.
-    assert store.transition("a", {JobStatus.RUNNING}, JobStatus.SUCCEEDED) is None
+    assert store.transition("a", {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED) is None
     assert store.get("a") == failed
 
 
@@ -229,7 +230,7 @@ def test_update_that_declines_returns_none_and_changes_nothing(store: JobStore, 
 def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -> None:
     store.create(make_record("a"))
     store.create(make_record("b", minutes=1))
-    store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    walk_to(store, "a", JobStatus.RUNNING)
     store.delete("a")
     assert store.get("a") is None
     assert [r.id for r in store.list()] == ["b"]

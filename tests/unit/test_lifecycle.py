@@ -1,0 +1,94 @@
+"""The lifecycle table (videoqueue.lifecycle) and the job store enforcing it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import fakeredis
+import pytest
+
+from videoqueue.errors import IllegalTransitionError, VideoqueueError
+from videoqueue.job import ACTIVE_STATUSES, FINAL_STATUSES, JobRecord, JobStatus
+from videoqueue.jobstore import JobStore, job_key
+from videoqueue.lifecycle import ENTRY, MOVES, SUBMIT_STATUSES, allowed, sources
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def make_record(job_id: str = "a") -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request={"prompt": "a red fox in snow", "audio": True, "service_tier": "default"},
+        cost_estimate_usd=Decimal("0.25"),
+        created_at=T0,
+        updated_at=T0,
+        deadline_at=T0 + timedelta(hours=2),
+    )
+
+
+@pytest.fixture
+def store() -> JobStore:
+    jobs = JobStore(fakeredis.FakeRedis(decode_responses=True))
+    jobs.create_many([make_record()])
+    return jobs
+
+
+def _reachable(start: JobStatus) -> set[JobStatus]:
+    seen = {start}
+    frontier = [start]
+    while frontier:
+        status = frontier.pop()
+        for move in MOVES:
+            if move.source is status and move.target not in seen:
+                seen.add(move.target)
+                frontier.append(move.target)
+    return seen
+
+
+def test_every_status_is_reached_from_the_entry_and_every_active_one_can_end() -> None:
+    assert _reachable(ENTRY) == set(JobStatus)
+    for status in ACTIVE_STATUSES:
+        assert _reachable(status) & FINAL_STATUSES, status
+
+
+def test_final_statuses_are_left_only_by_a_store_retry_and_moves_are_listed_once() -> None:
+    out_of_final = [(m.source, m.target) for m in MOVES if m.source.is_final]
+    assert out_of_final == [(JobStatus.FAILED, JobStatus.DOWNLOADING)]
+    assert len({(m.source, m.target) for m in MOVES}) == len(MOVES)
+    assert all(m.source is not m.target and m.by and m.when for m in MOVES)
+
+
+def test_sources_read_the_table() -> None:
+    assert sources(JobStatus.FAILED) == ACTIVE_STATUSES
+    assert sources(JobStatus.CANCELLED) == {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DOWNLOADING}
+    assert sources(JobStatus.EXPIRED) == SUBMIT_STATUSES | {JobStatus.RUNNING}
+    assert sources(JobStatus.SUCCEEDED) == {JobStatus.DOWNLOADING}
+    assert not allowed(JobStatus.RUNNING, JobStatus.SUCCEEDED)
+
+
+def test_a_transition_the_table_does_not_allow_is_refused_loudly_and_changes_nothing(store: JobStore) -> None:
+    before = store.redis.get(job_key("a"))
+    # Refused for the from-set, whatever status the job is in now (queued: no move either way).
+    with pytest.raises(IllegalTransitionError, match="from running to succeeded") as raised:
+        store.transition("a", {JobStatus.DOWNLOADING, JobStatus.RUNNING}, JobStatus.SUCCEEDED)
+    assert isinstance(raised.value, VideoqueueError) and raised.value.target == "succeeded"
+    with pytest.raises(IllegalTransitionError):
+        store.transition("a", {JobStatus.QUEUED}, JobStatus.QUEUED)
+    assert store.redis.get(job_key("a")) == before
+
+
+def test_an_update_that_makes_an_illegal_move_raises_and_stores_nothing(store: JobStore) -> None:
+    before = store.redis.get(job_key("a"))
+
+    def jump(record: JobRecord) -> JobRecord:
+        record.status = JobStatus.DOWNLOADING
+        return record
+
+    with pytest.raises(IllegalTransitionError, match="from queued to downloading"):
+        store.update("a", jump)
+    assert store.redis.get(job_key("a")) == before
+    assert store.count_by_status()["queued"] == 1 and store.count_by_status()["downloading"] == 0
