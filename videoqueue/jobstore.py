@@ -18,13 +18,11 @@ from typing import Any
 import redis
 
 from videoqueue import budget as budgets
-from videoqueue import lifecycle, namespace, redisconn, stats
+from videoqueue import final_hooks, lifecycle, namespace, redisconn, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import InvalidRequestError
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
-from videoqueue.ledger import LedgerEntry, entry_key, write_entry
-from videoqueue.limits import slot_key
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", namespace.key_prefix)
 MAX_HISTORY = 50
@@ -399,7 +397,9 @@ class JobStore:
         A record that takes a provider task id claims the task for this job in the same
         transaction; raises TaskClaimedError when another job holds it. A change of status
         must be a move of the lifecycle table (videoqueue.lifecycle): raises
-        IllegalTransitionError, storing nothing, for any other.
+        IllegalTransitionError, storing nothing, for any other. A move to a final status
+        runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
+        counters) in the same transaction.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
@@ -419,7 +419,6 @@ class JobStore:
             # A job the store step gave up on can be stored again (`videoqueue store retry`)
             # and end a second time: its cost was settled at the first end, never again.
             settles = ends and current.settled_at is None
-            earlier_entry = pipe.get(entry_key(job_id)) if ends and not settles else None
             now = utcnow()
             changed.updated_at = now
             if changed.status.is_final and changed.finished_at is None:
@@ -431,27 +430,15 @@ class JobStore:
                 ]
             if settles:
                 changed.settled_at = changed.finished_at  # the ledger entry's settled_at
+            # The hooks read first (the pipeline is still immediate), then queue their writes.
+            hook_writes = [hook(pipe, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
             if ends:
-                if settles:
-                    # Settle in the same transaction as the final move: once, never twice.
-                    entry = LedgerEntry.for_job(changed)
-                    if entry is not None:
-                        write_entry(pipe, entry)
-                    settle(pipe, changed)
-                elif earlier_entry:
-                    # Settled before: the entry keeps its amount and day, only the status
-                    # the job ended in now changes.
-                    restated = LedgerEntry.model_validate_json(earlier_entry).model_copy(
-                        update={"status": changed.status.value}
-                    )
-                    pipe.set(entry_key(job_id), restated.model_dump_json())
                 pipe.zrem(DUE_INDEX, job_id)
                 pipe.zrem(PARKED_INDEX, job_id)
-                pipe.zrem(slot_key(changed.provider, changed.model), job_id)
             elif changed.next_due_at != current.next_due_at and changed.next_due_at is not None:
                 pipe.zadd(DUE_INDEX, {job_id: changed.next_due_at.timestamp()})
             if changed.status != current.status:
@@ -459,6 +446,9 @@ class JobStore:
                 score = current.created_at.timestamp()
                 pipe.zrem(_status_index(current.status), job_id)
                 pipe.zadd(_status_index(changed.status), {job_id: score})
+            for writes in hook_writes:
+                if writes is not None:
+                    writes(pipe)
             result[0] = changed
 
         self.redis.transaction(write, key)

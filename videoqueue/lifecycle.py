@@ -15,6 +15,7 @@ and each active status to some of failed, cancelled and expired, as `MOVES` list
 
 The final statuses (`videoqueue.job.FINAL_STATUSES`) are never left, except `failed` ->
 `downloading` when `videoqueue store retry` stores again a video the store step gave up on.
+The side effects of reaching a final status are `videoqueue.final_hooks`.
 """
 
 from __future__ import annotations

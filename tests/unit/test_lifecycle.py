@@ -1,13 +1,17 @@
-"""The lifecycle table (videoqueue.lifecycle) and the job store enforcing it."""
+"""The lifecycle table (videoqueue.lifecycle), the job store enforcing it and the
+final-move hooks (videoqueue.final_hooks)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import fakeredis
 import pytest
 
+from tests.unit.helpers import walk_to
+from videoqueue import final_hooks
 from videoqueue.errors import IllegalTransitionError, VideoqueueError
 from videoqueue.job import ACTIVE_STATUSES, FINAL_STATUSES, JobRecord, JobStatus
 from videoqueue.jobstore import JobStore, job_key
@@ -92,3 +96,38 @@ def test_an_update_that_makes_an_illegal_move_raises_and_stores_nothing(store: J
         store.update("a", jump)
     assert store.redis.get(job_key("a")) == before
     assert store.count_by_status()["queued"] == 1 and store.count_by_status()["downloading"] == 0
+
+
+def test_final_hooks_run_once_in_the_transaction_of_the_final_move(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str, bool]] = []
+
+    def record_end(pipe: Any, before: JobRecord, after: JobRecord) -> final_hooks.Writes:
+        calls.append((before.status.value, after.status.value, final_hooks.first_end(before)))
+        return lambda multi: multi.incr("test:ends")
+
+    monkeypatch.setattr(final_hooks, "FINAL_HOOKS", (*final_hooks.FINAL_HOOKS, record_end))
+    walk_to(store, "a", JobStatus.DOWNLOADING, cost_usd=Decimal("0.2"), billed_units=1)
+    assert calls == []  # no hook on the way
+    assert walk_to(store, "a", JobStatus.FAILED) is not None
+    assert store.transition("a", {JobStatus.DOWNLOADING}, JobStatus.FAILED) is None  # a redelivery
+    assert calls == [("downloading", "failed", True)]
+    # Stored again (videoqueue store retry) and ended a second time: the hooks run, the
+    # cost is not settled again.
+    assert store.transition("a", {JobStatus.FAILED}, JobStatus.DOWNLOADING) is not None
+    assert store.transition("a", {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED) is not None
+    assert calls[-1] == ("downloading", "succeeded", False)
+    assert store.redis.get("test:ends") == "2"
+
+
+def test_a_failing_final_hook_leaves_the_job_where_it_was(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(pipe: Any, before: JobRecord, after: JobRecord) -> final_hooks.Writes | None:
+        raise RuntimeError("hook failed")
+
+    monkeypatch.setattr(final_hooks, "FINAL_HOOKS", (*final_hooks.FINAL_HOOKS, broken))
+    with pytest.raises(RuntimeError, match="hook failed"):
+        store.transition("a", {JobStatus.QUEUED}, JobStatus.CANCELLED)
+    record = store.get("a")
+    assert record is not None and record.status is JobStatus.QUEUED
+    assert store.count_by_status()["cancelled"] == 0
