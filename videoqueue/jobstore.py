@@ -155,6 +155,29 @@ def _new_task(pipe: Any, current: JobRecord, changed: JobRecord) -> str | None:
     return task_id
 
 
+def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> None:
+    """Queue, on a MULTI pipeline, what the indexes and counts of jobs say about a job
+    stored new (`before` None) or changed: the index of all jobs, the index and count of
+    its status (both scored by creation time), and the due index (active jobs only)."""
+    job_id = after.id
+    if before is None:
+        score = after.created_at.timestamp()
+        pipe.zadd(_all_index(), {job_id: score})
+        pipe.zadd(_status_index(after.status), {job_id: score})
+        stats.on_create(pipe, after)
+        pipe.zadd(DUE_INDEX, {job_id: score})
+        return
+    if after.status.is_final and not before.status.is_final:
+        pipe.zrem(DUE_INDEX, job_id)
+        pipe.zrem(PARKED_INDEX, job_id)
+    elif after.next_due_at != before.next_due_at and after.next_due_at is not None:
+        pipe.zadd(DUE_INDEX, {job_id: after.next_due_at.timestamp()})
+    if after.status != before.status:
+        stats.on_status_change(pipe, before, after)
+        pipe.zrem(_status_index(before.status), job_id)
+        pipe.zadd(_status_index(after.status), {job_id: before.created_at.timestamp()})
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
@@ -165,23 +188,6 @@ class JobStore:
     def from_url(cls, url: str) -> JobStore:
         """A store on the Redis at `url`."""
         return cls(redisconn.connect(url))
-
-    def create(self, record: JobRecord) -> None:
-        """Store a new record; raises JobExistsError if the id is taken."""
-        key = job_key(record.id)
-        score = record.created_at.timestamp()
-
-        def write(pipe: Any) -> None:
-            if pipe.exists(key):
-                raise JobExistsError(record.id)
-            pipe.multi()
-            pipe.set(key, record.model_dump_json())
-            pipe.zadd(_all_index(), {record.id: score})
-            pipe.zadd(_status_index(record.status), {record.id: score})
-            pipe.zadd(DUE_INDEX, {record.id: score})
-            stats.on_create(pipe, record)
-
-        self.redis.transaction(write, key)
 
     def create_many(
         self,
@@ -219,13 +225,8 @@ class JobStore:
             else:
                 pipe.multi()
             for record in fresh:
-                key = job_key(record.id)
-                score = record.created_at.timestamp()
-                pipe.set(key, record.model_dump_json())
-                pipe.zadd(_all_index(), {record.id: score})
-                pipe.zadd(_status_index(record.status), {record.id: score})
-                stats.on_create(pipe, record)
-                pipe.zadd(DUE_INDEX, {record.id: score})
+                pipe.set(job_key(record.id), record.model_dump_json())
+                _write_indexes(pipe, None, record)
                 if record.request.get("client_job_id"):
                     pipe.set(client_key(record.request["client_job_id"]), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
@@ -436,16 +437,7 @@ class JobStore:
             pipe.set(key, changed.model_dump_json())
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
-            if ends:
-                pipe.zrem(DUE_INDEX, job_id)
-                pipe.zrem(PARKED_INDEX, job_id)
-            elif changed.next_due_at != current.next_due_at and changed.next_due_at is not None:
-                pipe.zadd(DUE_INDEX, {job_id: changed.next_due_at.timestamp()})
-            if changed.status != current.status:
-                stats.on_status_change(pipe, current, changed)
-                score = current.created_at.timestamp()
-                pipe.zrem(_status_index(current.status), job_id)
-                pipe.zadd(_status_index(changed.status), {job_id: score})
+            _write_indexes(pipe, current, changed)
             for writes in hook_writes:
                 if writes is not None:
                     writes(pipe)

@@ -37,7 +37,7 @@ def make_record(job_id: str = "job-1") -> JobRecord:
 @pytest.fixture
 def store() -> JobStore:
     jobs = JobStore(fakeredis.FakeRedis(decode_responses=True))
-    jobs.create(make_record())
+    jobs.create_many([make_record()])
     return jobs
 
 

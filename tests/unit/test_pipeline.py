@@ -170,7 +170,7 @@ class Env:
         record = vq.prepare(VideoRequest(prompt="a red fox in snow", audio=True, service_tier=service_tier)).record  # type: ignore[arg-type]
         if changes:
             record = record.model_copy(update=changes)
-        self.store.create(record)
+        self.store.create_many([record])
         return record.id
 
     def job(self, job_id: str) -> JobRecord:
@@ -1332,7 +1332,7 @@ def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(env: Env, tmp_path
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
     vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
     job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image)))
-    env.store.create(job.record)  # the image itself never stored (or expired)
+    env.store.create_many([job.record])  # the image itself never stored (or expired)
 
     env.pipeline.submit(job.record.id)
 
