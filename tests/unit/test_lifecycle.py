@@ -1,8 +1,9 @@
-"""The lifecycle table (videoqueue.lifecycle), the job store enforcing it and the
-final-move hooks (videoqueue.final_hooks)."""
+"""The lifecycle table (videoqueue.lifecycle), the job store enforcing it, the final-move
+hooks (videoqueue.final_hooks) and records written by earlier versions."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -131,3 +132,30 @@ def test_a_failing_final_hook_leaves_the_job_where_it_was(store: JobStore, monke
     record = store.get("a")
     assert record is not None and record.status is JobStatus.QUEUED
     assert store.count_by_status()["cancelled"] == 0
+
+
+def _old_form(**fields: Any) -> str:
+    data = json.loads(make_record().model_dump_json(exclude={"cancel_requested_at"}))
+    data["updated_at"] = (T0 + timedelta(minutes=5)).isoformat()
+    data.update(fields)
+    return json.dumps(data)
+
+
+def test_records_of_earlier_versions_read_with_their_cancel_request(store: JobStore) -> None:
+    # The previous version: a flag beside the provider's own status.
+    store.redis.set(job_key("a"), _old_form(status="running", cancel_requested=True, provider_status="running"))
+    record = store.get("a")
+    assert record is not None and record.cancel_requested
+    assert record.cancel_requested_at == T0 + timedelta(minutes=5)  # its updated_at stands in
+    assert record.provider_status == "running"
+    assert record.public_dict()["cancel_requested"] is True
+    # Older still: the request was a marker in provider_status, never the provider's word.
+    marker = JobRecord.model_validate_json(_old_form(cancel_requested=True, provider_status="cancel_requested"))
+    assert marker.cancel_requested and marker.provider_status is None
+    plain = JobRecord.model_validate_json(_old_form(cancel_requested=False, provider_status="queued"))
+    assert not plain.cancel_requested and plain.cancel_requested_at is None and plain.provider_status == "queued"
+    # The next write stores the current form.
+    store.update("a", lambda r: r)
+    raw: str = store.redis.get(job_key("a"))  # type: ignore[assignment]
+    stored = json.loads(raw)
+    assert "cancel_requested" not in stored and stored["cancel_requested_at"] is not None

@@ -439,7 +439,7 @@ def test_submit_after_the_deadline_expires_without_creating(env: Env) -> None:
 
 
 def test_submit_of_a_cancel_requested_queued_job_cancels(env: Env) -> None:
-    job_id = env.new_job(cancel_requested=True)
+    job_id = env.new_job(cancel_requested_at=utcnow())
     env.pipeline.submit(job_id)
     assert env.job(job_id).status is JobStatus.CANCELLED
     assert env.provider.calls == []
@@ -449,7 +449,7 @@ def test_cancel_requested_during_create_cancels_right_after(env: Env) -> None:
     job_id = env.new_job()
 
     def user_cancels() -> None:
-        env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+        env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
 
     env.provider.on_create = user_cancels
     env.provider.get_results.append(state(TaskStatus.QUEUED))
@@ -848,7 +848,7 @@ def test_store_gives_up_after_store_max_attempts(env: Env, tmp_path: Path) -> No
 
 def test_store_of_a_cancel_requested_job_keeps_the_paid_video(env: Env) -> None:
     job_id = env.downloading_job()
-    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
     env.pipeline.store_video(job_id)
     job = env.job(job_id)
     assert job.status is JobStatus.CANCELLED and job.output_uri is not None
@@ -1155,7 +1155,7 @@ def test_store_retry_refuses_an_expired_video_and_a_job_that_did_not_fail_in_sto
 
 def request_cancel(env: Env, job_id: str) -> None:
     """What VideoQueue.cancel records before it sends the cancel task."""
-    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
 
 
 def test_cancel_of_a_queued_job(env: Env) -> None:
@@ -1604,7 +1604,7 @@ def test_a_worker_for_another_endpoint_leaves_the_poll_to_one_that_matches(env: 
 def test_a_worker_for_another_endpoint_neither_cancels_nor_looks_up(env: Env) -> None:
     other = mismatched_worker(env)
     running = env.running_job()
-    env.store.update(running, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(running, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
     other.cancel(running)
     assert env.provider.calls == [] and env.job(running).status is JobStatus.RUNNING
 
