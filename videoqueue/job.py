@@ -111,8 +111,9 @@ class JobRecord(BaseModel):
     model: str
     request: dict[str, Any]
     provider_task_id: str | None = None
-    # What the provider last said of the task, in its own words (or ours for what a call
-    # told us: "queued" when created, "cancelled" when a cancel stopped it).
+    # What the provider last said of the task, in its own words (a status call's, or
+    # "queued" when a create made it, "cancelled" when a cancel call stopped it); never
+    # a state of our own (a cancel request is `cancel_requested_at`).
     provider_status: str | None = None
     # The provider endpoint (plain host) and account (fingerprint, never the key:
     # videoqueue.endpoints) the job's task is created with, recorded by the submit that makes

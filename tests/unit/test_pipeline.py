@@ -593,10 +593,11 @@ def test_provider_cancelled_task(env: Env) -> None:
 
 def test_provider_expired_task(env: Env) -> None:
     job_id = env.running_job()
-    env.provider.get_results.append(state(TaskStatus.EXPIRED))
+    # The provider's own word is kept (Vertex AI's operation says DEADLINE_EXCEEDED).
+    env.provider.get_results.append(state(TaskStatus.EXPIRED, "deadline_exceeded"))
     env.pipeline.poll(job_id, 1)
     job = env.job(job_id)
-    assert (job.status, job.provider_status) == (JobStatus.EXPIRED, "expired")
+    assert (job.status, job.provider_status) == (JobStatus.EXPIRED, "deadline_exceeded")
     assert job.error is not None and job.error.code is ErrorCode.DEADLINE
     assert env.dispatch.sent == []
 
