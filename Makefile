@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck unit integration redis stack worker simulator clean
+.PHONY: demo test bench lint typecheck unit integration redis stack worker simulator screenshot clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
@@ -58,6 +58,15 @@ stack: $(STAMP)
 	@command -v redis-server >/dev/null || $(BIN)/python -m simulator.localredis --check >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@exec $(BIN)/python -m simulator.devstack $(STACK_ARGS)
+
+# docs/flower.png and docs/flower-task.png, the Flower screenshots in the README: a real run
+# (its own redis-server on a free port, the simulator, a worker, `make flower`, jobs through
+# the CLI) photographed by headless Chromium (Debian's package). Options:
+# `make screenshot SCREENSHOT_ARGS="--size 1600x900"`; `python -m simulator.screenshot --help`.
+screenshot: $(STAMP)
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m simulator.screenshot $(SCREENSHOT_ARGS)
 
 # Conveniences for running a fleet by hand.
 worker: $(STAMP)

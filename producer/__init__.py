@@ -12,15 +12,24 @@ from producer.api import (
     WaitTimeoutError,
 )
 from producer.request import VideoRequest
-from videoqueue.budget import BudgetExceededError
-from videoqueue.errors import InvalidRequestError
+from videoqueue.errors import (
+    BudgetError,
+    BudgetExceededError,
+    DuplicateClientJobIdError,
+    InvalidRequestError,
+    JobStoreError,
+    ProviderError,
+    RequestError,
+    StorageError,
+    VideoqueueError,
+)
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus
-from videoqueue.jobstore import DuplicateClientJobIdError
 from videoqueue.ledger import CostRow, LedgerEntry
 from videoqueue.settings import Settings
 
 __all__ = [
     "AmbiguousJobIdError",
+    "BudgetError",
     "BudgetExceededError",
     "CostRow",
     "DuplicateClientJobIdError",
@@ -30,11 +39,16 @@ __all__ = [
     "JobError",
     "JobRecord",
     "JobStatus",
+    "JobStoreError",
     "LedgerEntry",
+    "ProviderError",
+    "RequestError",
     "RetryRefusedError",
     "Settings",
+    "StorageError",
     "UnknownJobError",
     "VideoQueue",
     "VideoRequest",
+    "VideoqueueError",
     "WaitTimeoutError",
 ]

@@ -16,7 +16,7 @@ from producer.celery_client import producer_app
 from producer.request import VideoRequest, resolve
 from videoqueue import namespace
 from videoqueue.catalog import Catalog, load_catalog
-from videoqueue.errors import InvalidRequestError
+from videoqueue.errors import InvalidRequestError, JobStoreError, RequestError, VideoqueueError
 from videoqueue.images import ImageFile
 from videoqueue.job import (
     TASK_CANCEL,
@@ -32,7 +32,7 @@ from videoqueue.settings import Settings, get_settings
 from videoqueue.urlcheck import check_image_url
 
 
-class UnknownJobError(KeyError):
+class UnknownJobError(JobStoreError, KeyError):
     """No job has this id in this deployment: the message names the namespace looked in
     (`namespace.current()`, a job of another deployment is not found)."""
 
@@ -52,7 +52,7 @@ MIN_PREFIX_CHARS = 4
 """The shortest id prefix `VideoQueue.resolve_id` takes, as git's short hashes."""
 
 
-class AmbiguousJobIdError(ValueError):
+class AmbiguousJobIdError(JobStoreError, ValueError):
     """An id prefix that names no single job: too short, or shared by several jobs
     (`candidates`, at most a few)."""
 
@@ -70,15 +70,15 @@ class AmbiguousJobIdError(ValueError):
 AMBIGUOUS_SHOWN = 5
 
 
-class StoreRetryRefusedError(ValueError):
+class StoreRetryRefusedError(RequestError, ValueError):
     """A job that cannot be stored again (`VideoQueue.store_retry`)."""
 
 
-class RetryRefusedError(ValueError):
+class RetryRefusedError(RequestError, ValueError):
     """A job `VideoQueue.retry` does not resubmit; the message says why."""
 
 
-class WaitTimeoutError(TimeoutError):
+class WaitTimeoutError(VideoqueueError, TimeoutError):
     """`wait` gave up; `jobs` holds the records as they were then."""
 
     def __init__(self, jobs: list[JobRecord]) -> None:
@@ -87,7 +87,7 @@ class WaitTimeoutError(TimeoutError):
         super().__init__(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
 
 
-class EnqueueError(RuntimeError):
+class EnqueueError(VideoqueueError, RuntimeError):
     """The broker did not take the message; no job was left behind."""
 
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from producer.cli_errors import fail as _fail
 from videoqueue.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
 from videoqueue.budget_rebuild import rebuild_counters
+from videoqueue.errors import BudgetError
 from videoqueue.job import utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.settings import get_settings
@@ -29,7 +30,7 @@ budget_app = typer.Typer(
 out = Console()
 
 
-class BudgetInputError(ValueError):
+class BudgetInputError(BudgetError, ValueError):
     """A `budget set` argument that is not a cap; the message is one line."""
 
 

@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from videoqueue import namespace
+from videoqueue.errors import BudgetExceededError as BudgetExceededError  # noqa: PLC0414 - re-export
 from videoqueue.job import JobRecord
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("budget:"))
@@ -196,28 +197,6 @@ def set_caps(client: Any, changes: Mapping[str, Decimal | Literal["clear"] | Non
         else:
             pipe.hset(CAPS_KEY, name, str(parse_usd(value)))
     pipe.execute()
-
-
-class BudgetExceededError(ValueError):
-    """Enqueueing would cross a budget cap; nothing was stored or sent. Amounts in USD."""
-
-    def __init__(
-        self, budget: str, cap: Decimal, spent: Decimal, reserved: Decimal, requested: Decimal, *, created: bool = False
-    ) -> None:
-        self.budget, self.cap, self.spent, self.reserved, self.requested = budget, cap, spent, reserved, requested
-        self.used = spent + reserved
-        if created:
-            # The worker's check: the job's own reservation is in `reserved` already.
-            message = (
-                f"budget {budget} is exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f} "
-                f"(this job's ${requested:.4f} included); the job was not created at the provider"
-            )
-        else:
-            message = (
-                f"budget {budget} would be exceeded: cap ${cap:.2f}, spent ${spent:.4f}, reserved ${reserved:.4f}, "
-                f"requested ${requested:.4f} (nothing was enqueued)"
-            )
-        super().__init__(message)
 
 
 def check_and_reserve(pipe: Any, policy: BudgetPolicy, records: Sequence[JobRecord]) -> None:

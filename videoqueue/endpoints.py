@@ -1,7 +1,8 @@
 """Which provider endpoint and account, and which storage, a process is configured for, as
 fingerprints that can be stored and shown: a job records the one its provider task was
 created with, so only a worker configured the same way polls, cancels or looks it up, and
-`videoqueue doctor` compares the fleet's with the shell's.
+`videoqueue doctor` compares the fleet's with the shell's. Each provider adapter computes
+its own (`endpoint` in worker/providers/); the storage's is here.
 
 A fingerprint is the first 12 hex digits of a SHA-256 over the provider, its base URL and
 the account it uses (API key, or Google project and location). It never holds a secret
@@ -19,7 +20,6 @@ from urllib.parse import urlsplit
 from videoqueue.settings import Settings
 
 FINGERPRINT_LENGTH = 12
-VERTEX_HOST = "aiplatform.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -41,30 +41,12 @@ def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
+    """The plain host[:port] of `url`, without credentials (`-` when it names none)."""
     parts = urlsplit(url)
     if not parts.hostname:
         return url.rsplit("@", maxsplit=1)[-1].split("/", maxsplit=1)[0] or "-"
     return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-
-
-def provider_endpoint(provider: str, settings: Settings) -> Endpoint:
-    """The endpoint and account `settings` send `provider`'s calls to. An unconfigured
-    provider has a fingerprint too (of no account), so two such workers still match."""
-    if provider == "byteplus":
-        base = settings.byteplus_base_url.rstrip("/")
-        key = settings.byteplus_api_key.get_secret_value() if settings.byteplus_api_key else ""
-        return Endpoint(provider, _host(base), fingerprint(provider, base, "key", key))
-    if provider == "veo":
-        if settings.google_api_key is not None:
-            base = (settings.veo_base_url or f"https://{VERTEX_HOST}").rstrip("/")
-            account: tuple[str, ...] = ("key", settings.google_api_key.get_secret_value())
-        else:
-            location = settings.google_cloud_location
-            base = (settings.veo_base_url or f"https://{location}-{VERTEX_HOST}").rstrip("/")
-            account = ("project", settings.google_cloud_project or "", location)
-        return Endpoint(provider, _host(base), fingerprint(provider, base, *account))
-    return Endpoint(provider, "-", fingerprint(provider))
 
 
 def storage_endpoint(settings: Settings) -> Endpoint:
@@ -75,6 +57,6 @@ def storage_endpoint(settings: Settings) -> Endpoint:
         bucket = urlsplit(url).netloc
         endpoint = settings.s3_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com"
         key_id = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else ""
-        host = f"{bucket} at {_host(endpoint)}"
+        host = f"{bucket} at {host_of(endpoint)}"
         return Endpoint("storage", host, fingerprint("s3", url.rstrip("/"), endpoint.rstrip("/"), key_id))
     return Endpoint("storage", "local", fingerprint("file", url.rstrip("/")))

@@ -15,7 +15,7 @@ from videoqueue import namespace
 
 class JobStatus(StrEnum):
     """Where a job is in its lifecycle: videoqueue.lifecycle.MOVES lists every move between
-    statuses and who makes it (docs/reliability.md the paths that end a job)."""
+    statuses and who makes it (docs/architecture.md tells the whole lifecycle)."""
 
     QUEUED = "queued"
     SUBMITTING = "submitting"

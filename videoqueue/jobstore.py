@@ -20,7 +20,9 @@ import redis
 from videoqueue import budget as budgets
 from videoqueue import final_hooks, lifecycle, namespace, redisconn, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
-from videoqueue.errors import InvalidRequestError
+from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
+from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
+from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0414 - re-export
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 
@@ -66,10 +68,6 @@ def active_index_keys() -> list[str]:
     return [_status_index(status) for status in JobStatus if not status.is_final]
 
 
-class JobExistsError(RuntimeError):
-    """A job with this id is already stored."""
-
-
 @dataclass(frozen=True)
 class ClientIdConflict:
     """A client job id that already names a job whose request differs from the new one:
@@ -93,16 +91,6 @@ class ClientIdConflict:
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-class DuplicateClientJobIdError(InvalidRequestError):
-    """Client job ids already used for different requests; nothing was stored.
-    `conflicts` names each id, the job holding it and the fields that differ. A request
-    identical to the stored one is not an error: its job is returned instead."""
-
-    def __init__(self, conflicts: Sequence[ClientIdConflict]) -> None:
-        self.conflicts = list(conflicts)
-        super().__init__({"client_job_id": "; ".join(c.describe() for c in self.conflicts)})
 
 
 def request_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -131,14 +119,6 @@ def task_claim_key(provider: str, task_id: str) -> str:
 # A claim must outlast every lookup that could see its task: lookups search from a job's
 # first create intent, which is at most its deadline old.
 TASK_CLAIM_TTL_S = 7 * 86400
-
-
-class TaskClaimedError(RuntimeError):
-    """The provider task a job would record already belongs to another job."""
-
-    def __init__(self, task_id: str, owner: str) -> None:
-        self.task_id, self.owner = task_id, owner
-        super().__init__(f"provider task {task_id} already belongs to job {owner}")
 
 
 def _new_task(pipe: Any, current: JobRecord, changed: JobRecord) -> str | None:

@@ -13,16 +13,16 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from videoqueue import namespace
 from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
+from videoqueue.catalog import load_catalog
+from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
 from videoqueue.limits import ModelLimits
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
-
-ProviderName = Literal["byteplus", "veo"]
 
 
 class Settings(BaseSettings):
@@ -82,7 +82,15 @@ class Settings(BaseSettings):
         default=None, description="gs://bucket/prefix for Veo to write into (needs Google credentials)."
     )
 
-    default_provider: ProviderName = "byteplus"
+    # Before DEFAULT_PROVIDER: fields are validated in this order, and that one is checked
+    # against the catalog this file amends.
+    pricing_file: str | None = Field(
+        default=None, description="TOML file overriding prices (and capabilities) of models.toml."
+    )
+    default_provider: str = Field(
+        default="byteplus",
+        description="Provider for requests that name none, one with models in the catalog.",
+    )
     job_deadline_s: float = Field(
         default=7200.0,
         gt=0,
@@ -242,10 +250,6 @@ class Settings(BaseSettings):
             "`videoqueue budget set` win."
         ),
     )
-    pricing_file: str | None = Field(
-        default=None, description="TOML file overriding prices (and capabilities) of models.toml."
-    )
-
     check_image_urls: bool = Field(default=True, description="Check at submit that image URLs answer like images.")
 
     log_level: str = "INFO"
@@ -292,6 +296,17 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"tag {tag!r}: {exc}") from None
         return caps
+
+    @field_validator("default_provider")
+    @classmethod
+    def _known_provider(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            known = load_catalog(info.data.get("pricing_file")).providers()
+        except ValueError:
+            return value  # an unreadable PRICING_FILE is reported where the catalog is loaded
+        if value not in known:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(known)}")
+        return value
 
     @field_validator("vq_namespace")
     @classmethod
@@ -353,11 +368,6 @@ class Settings(BaseSettings):
     def effective_broker_url(self) -> str:
         """The broker Celery connects to."""
         return self.broker_url or self.redis_url
-
-
-class InvalidSettingsError(ValueError):
-    """Settings that cannot be used; the message is one line naming each variable at fault
-    and what it expects (never a secret's value)."""
 
 
 def env_name(field: str) -> str:

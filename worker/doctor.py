@@ -3,9 +3,10 @@ with a one-line detail, and the report ends with a verdict.
 
 - redis: reachable, its version, and whether it keeps what it holds (AOF on, no eviction)
 - broker: reachable (only when BROKER_URL names another server than REDIS_URL)
-- storage: a probe object written, read back and deleted through the configured backend (with
-  the workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
-- provider byteplus / veo: the configured credentials, tried with one cheap authenticated call
+- storage: the backend's own probe, a small object written, read back and deleted (with the
+  workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
+- provider <name>, one per registered adapter: the configured credentials, tried with the
+  adapter's own probe (one cheap authenticated call)
 - namespace: the deployment (VQ_NAMESPACE) whose keys and queues every other check looks at
 - workers: which workers answer, and whether every queue has a consumer
 - worker config: the workers registered in the namespace with their provider and storage
@@ -17,41 +18,43 @@ Details never carry a secret: they name hosts, not credentials, and pass through
 
 from __future__ import annotations
 
-import contextlib
-import json
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
+from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from videoqueue import namespace
-from videoqueue.endpoints import Endpoint, provider_endpoint, storage_endpoint
-from videoqueue.job import ErrorCode
+from videoqueue.endpoints import Endpoint, storage_endpoint
 from videoqueue.settings import Settings
 from worker import registry
 from worker.logs import redact
+from worker.probe import Status, safe_url
+from worker.providers import provider_endpoint, provider_names
+from worker.providers.registry import adapter as provider_adapter
 
-# A well-formed operation id that no operation has: NOT_FOUND proves the key was accepted.
-PROBE_OPERATION_ID = "00000000-0000-4000-8000-000000000000"
+__all__ = [
+    "Check",
+    "DoctorReport",
+    "Status",
+    "check_broker",
+    "check_namespace",
+    "check_provider",
+    "check_redis",
+    "check_storage",
+    "check_worker_config",
+    "check_workers",
+    "compare_workers",
+    "run_doctor",
+    "safe_url",
+]
+
 PROVIDER_PROBE_TIMEOUT_S = 10.0
+
 _STEP_ROLES = {
     "submit": "new jobs are never submitted",
     "poll": "running jobs are never polled",
     "store": "finished videos are never stored",
 }
-
-
-class Status(StrEnum):
-    """The outcome of one check."""
-
-    OK = "ok"
-    WARN = "warn"
-    FAIL = "fail"
 
 
 @dataclass(frozen=True)
@@ -100,27 +103,12 @@ class DoctorReport:
         """JSON-ready form: ok, verdict and the checks."""
         return {"ok": self.ok, "verdict": self.verdict, "checks": [c.to_dict() for c in self.checks]}
 
-    def to_json(self) -> str:
-        """The report as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2)
-
     def to_text(self) -> str:
         """One line per check, then the verdict."""
         width = max((len(c.name) for c in self.checks), default=0)
         lines = [f"{c.status.value:<4}  {c.name:<{width}}  {c.detail}" for c in self.checks]
         lines.append(f"verdict: {self.verdict}")
         return "\n".join(lines) + "\n"
-
-
-def safe_url(url: str) -> str:
-    """`url` without its user and password (and a note that it had one)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return redact(url)
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    note = " (with credentials)" if parts.username or parts.password else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{note}"
 
 
 def _guarded(name: str, check: Callable[[], Check]) -> Check:
@@ -188,186 +176,34 @@ def check_broker(settings: Settings) -> Check:
 
 
 def check_storage(settings: Settings) -> Check:
-    """Write, read back and delete a small probe object through the configured backend."""
-    from worker.storage import StorageError, open_storage
+    """The configured backend's own probe (a small object written, read back and deleted)."""
+    from worker.storage import open_storage
 
     name = "storage"
     try:
         storage = open_storage(settings)
     except ValueError as exc:
         return Check(name, Status.FAIL, str(exc))
-    key = f"_doctor/probe-{uuid.uuid4().hex}.json"
-    probe = {"videoqueue_doctor": uuid.uuid4().hex, "written_at": time.time()}
-    where = storage.uri(key)
-    try:
-        stored = storage.put_json(key, probe)
-        size = storage.size(key)
-    except StorageError as exc:
-        return Check(name, Status.FAIL, f"cannot write to {settings.storage_url}: {exc}")
-    if size != stored.size:
-        return Check(name, Status.FAIL, f"wrote {stored.size} bytes to {where} but found {size}")
-    try:
-        body = _read_back(storage, key)
-    except Exception as exc:  # noqa: BLE001 - local I/O or S3 errors alike
-        return Check(name, Status.FAIL, f"wrote {where} but cannot read it back: {exc}{_checksum_hint(exc, settings)}")
-    if body is not None and json.loads(body) != probe:
-        return Check(name, Status.FAIL, f"read back something else than was written to {where}")
-    try:
-        deleted = _delete(storage, key)
-    except Exception as exc:  # noqa: BLE001
-        hint = _checksum_hint(exc, settings)
-        return Check(name, Status.WARN, f"wrote and read back {where}, but cannot delete it: {exc}{hint}")
-    if not deleted:
-        return Check(name, Status.WARN, f"wrote {where}; this backend offers no read-back or delete, remove it by hand")
-    return Check(name, Status.OK, f"wrote, read back and deleted a probe under {settings.storage_url}")
-
-
-def _checksum_hint(exc: BaseException, settings: Settings) -> str:
-    """The setting to change when S3 refused boto3's checksum headers (else empty)."""
-    from worker.storage.s3 import checksum_hint
-
-    return checksum_hint(exc, settings.effective_s3_checksums)
-
-
-def _local_path(uri: str) -> Path:
-    return Path(url2pathname(urlsplit(uri).path))
-
-
-def _s3_location(storage: Any, key: str) -> tuple[str, str]:
-    bucket: str = storage.bucket
-    return bucket, storage.uri(key).removeprefix(f"s3://{bucket}/")
-
-
-def _read_back(storage: Any, key: str) -> bytes | None:
-    from worker.storage.local import LocalStorage
-
-    if isinstance(storage, LocalStorage):
-        return _local_path(storage.uri(key)).read_bytes()
-    from worker.storage.s3 import S3Storage
-
-    if isinstance(storage, S3Storage):
-        bucket, s3_key = _s3_location(storage, key)
-        return storage.client.get_object(Bucket=bucket, Key=s3_key)["Body"].read()
-    return None
-
-
-def _delete(storage: Any, key: str) -> bool:
-    from worker.storage.local import LocalStorage
-
-    if isinstance(storage, LocalStorage):
-        path = _local_path(storage.uri(key))
-        path.unlink()
-        with contextlib.suppress(OSError):  # not empty: another doctor's probe, or someone's file
-            path.parent.rmdir()
-        return True
-    from worker.storage.s3 import S3Storage
-
-    if isinstance(storage, S3Storage):
-        bucket, s3_key = _s3_location(storage, key)
-        storage.client.delete_object(Bucket=bucket, Key=s3_key)
-        return True
-    return False
+    probe = storage.probe()
+    return Check(name, probe.status, probe.detail)
 
 
 # -- providers ----------------------------------------------------------------------------------
 
 
-def _unconfigured(name: str, provider: str, settings: Settings, what: str) -> Check:
-    if settings.default_provider == provider:
-        return Check(name, Status.WARN, f"{what} not set, and {provider} is DEFAULT_PROVIDER: its jobs fail with auth")
-    return Check(name, Status.OK, f"not configured ({what} not set); {provider} jobs would fail with auth")
-
-
-def check_byteplus(settings: Settings) -> Check:
-    """One `tasks.list(page_size=1)` with the configured ModelArk key (SDK retries off)."""
-    name = "provider byteplus"
-    if settings.byteplus_api_key is None:
-        return _unconfigured(name, "byteplus", settings, "BYTEPLUS_API_KEY")
-    import httpx
-    from byteplussdkarkruntime import Ark
-    from byteplussdkarkruntime._exceptions import ArkAPIError, ArkAPIStatusError
-
-    from worker.providers.byteplus import map_ark_error
-
-    where = safe_url(settings.byteplus_base_url)
-    client = Ark(
-        base_url=settings.byteplus_base_url,
-        api_key=settings.byteplus_api_key.get_secret_value(),
-        max_retries=0,
-        timeout=httpx.Timeout(PROVIDER_PROBE_TIMEOUT_S, connect=5.0),
-    )
-    try:
-        client.content_generation.tasks.list(page_size=1)
-    except ArkAPIError as exc:
-        error = map_ark_error(exc)
-        status = f"HTTP {exc.status_code} " if isinstance(exc, ArkAPIStatusError) else ""
-        said = f"{status}{error.provider_code or ''}: {error.message}".strip(": ")
-        if error.code is ErrorCode.AUTH:
-            return Check(name, Status.FAIL, f"BYTEPLUS_API_KEY rejected by {where} ({said})")
-        if error.code is ErrorCode.RATE_LIMITED:
-            return Check(name, Status.WARN, f"key accepted by {where}, but it is rate limiting ({said})")
-        if error.code is ErrorCode.TIMEOUT:
-            return Check(name, Status.FAIL, f"cannot reach {where}: {error.message}")
-        if error.code is ErrorCode.NOT_FOUND:
-            return Check(name, Status.FAIL, f"no ModelArk task API at {where} (check BYTEPLUS_BASE_URL): {said}")
-        return Check(name, Status.WARN, f"{where} answered an error, the key could not be confirmed ({said})")
-    finally:
-        client.close()
-    return Check(name, Status.OK, f"key accepted by {where} (tasks.list answered)")
-
-
-def check_veo(settings: Settings) -> Check:
-    """fetchPredictOperation of a made-up operation: NOT_FOUND means the credentials passed,
-    401/403 (or Google's API_KEY_INVALID) that they did not."""
-    name = "provider veo"
-    if settings.google_api_key is None and not settings.google_cloud_project:
-        return _unconfigured(name, "veo", settings, "GOOGLE_API_KEY or GOOGLE_CLOUD_PROJECT")
-    from google import genai
-    from google.genai import errors as genai_errors
-    from google.genai import types
-
-    from videoqueue.catalog import load_catalog
-    from worker.providers.veo import map_genai_error
-
-    model = load_catalog().default_model("veo") or "veo-3.1-fast-generate-001"
-    resource = f"publishers/google/models/{model}"
-    options = types.HttpOptions(
-        base_url=settings.veo_base_url, timeout=int(PROVIDER_PROBE_TIMEOUT_S * 1000), retry_options=None
-    )
-    key = settings.google_api_key
-    project, location = settings.google_cloud_project, settings.google_cloud_location
-    if key is not None:
-        mode, what = "express mode", "GOOGLE_API_KEY"
-    else:
-        mode, what = f"project {project} in {location}", "the application default credentials"
-        resource = f"projects/{project}/locations/{location}/{resource}"
-    where = safe_url(settings.veo_base_url) if settings.veo_base_url else "Vertex AI"
-    # As the Veo adapter rebuilds an operation from its name between polls.
-    operation = types.GenerateVideosOperation.model_validate({"name": f"{resource}/operations/{PROBE_OPERATION_ID}"})
-    try:
-        if key is not None:
-            client = genai.Client(vertexai=True, api_key=key.get_secret_value(), http_options=options)
-        else:
-            client = genai.Client(vertexai=True, project=project, location=location, http_options=options)
-        with client:
-            client.operations.get(operation)
-    except genai_errors.APIError as exc:
-        said = f"{exc.code} {exc.status or ''}: {exc.message or ''}".strip()
-        code = map_genai_error(exc).code
-        if code is ErrorCode.NOT_FOUND:
-            return Check(name, Status.OK, f"{what} accepted by {where}, {mode} (made-up operation: {exc.code})")
-        rejected_key = exc.code == 400 and "api key" in (exc.message or "").lower()
-        if code is ErrorCode.AUTH or rejected_key:
-            return Check(name, Status.FAIL, f"{what} rejected by {where}, {mode} ({said})")
-        if code is ErrorCode.RATE_LIMITED:
-            return Check(name, Status.WARN, f"{where} is rate limiting, {mode} ({said})")
-        return Check(name, Status.WARN, f"{where} answered an error, credentials not confirmed, {mode} ({said})")
-    except Exception as exc:  # noqa: BLE001 - transport errors, missing default credentials
-        error = map_genai_error(exc)
-        if error.code is ErrorCode.TIMEOUT:
-            return Check(name, Status.FAIL, f"cannot reach {where}: {error.message}")
-        return Check(name, Status.FAIL, f"cannot call {where}, {mode}: {type(exc).__name__}: {exc}")
-    return Check(name, Status.OK, f"{what} accepted by {where}, {mode}")
+def check_provider(provider: str, settings: Settings) -> Check:
+    """The provider adapter's probe of its endpoint with the configured credentials; a
+    provider without credentials is fine unless it is DEFAULT_PROVIDER."""
+    name = f"provider {provider}"
+    adapter = provider_adapter(provider)
+    missing = adapter.missing_credentials(settings)
+    if missing is not None:
+        if settings.default_provider == provider:
+            detail = f"{missing} not set, and {provider} is DEFAULT_PROVIDER: its jobs fail with auth"
+            return Check(name, Status.WARN, detail)
+        return Check(name, Status.OK, f"not configured ({missing} not set); {provider} jobs would fail with auth")
+    probe = adapter.probe(settings, PROVIDER_PROBE_TIMEOUT_S)
+    return Check(name, probe.status, probe.detail)
 
 
 # -- workers ------------------------------------------------------------------------------------
@@ -443,7 +279,7 @@ def check_namespace(settings: Settings) -> Check:
 
 
 def _shell_endpoints(settings: Settings) -> dict[str, Endpoint]:
-    return {name: provider_endpoint(name, settings) for name in registry.PROVIDERS} | {
+    return {name: provider_endpoint(name, settings) for name in provider_names()} | {
         "storage": storage_endpoint(settings)
     }
 
@@ -509,8 +345,9 @@ def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
         checks.append(("broker", lambda: check_broker(settings)))
     checks += [
         ("storage", lambda: check_storage(settings)),
-        ("provider byteplus", lambda: check_byteplus(settings)),
-        ("provider veo", lambda: check_veo(settings)),
+    ]
+    checks += [(f"provider {provider}", partial(check_provider, provider, settings)) for provider in provider_names()]
+    checks += [
         ("workers", lambda: check_workers(settings, inspect_timeout)),
         ("worker config", lambda: check_worker_config(settings)),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from videoqueue.errors import VideoqueueError
 from videoqueue.job import JobRecord, JobStatus
 
 # The step that runs next for a job in each active status; final jobs have none.
@@ -23,7 +24,7 @@ NEXT_STEP: dict[JobStatus, str] = {
 FAILED_ENDS = frozenset({JobStatus.FAILED, JobStatus.EXPIRED})
 
 
-class JobFailed(Exception):
+class JobFailed(VideoqueueError):
     """Raised by the task whose step ended its job `failed` or `expired`, after the job
     store recorded the end: Flower shows the task as FAILURE with the job's error code and
     message. Never retried (the tasks retry only Redis errors); the message is acknowledged

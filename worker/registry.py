@@ -25,16 +25,16 @@ import redis
 from redis.exceptions import RedisError
 
 from videoqueue import namespace, redisconn
-from videoqueue.endpoints import Endpoint, provider_endpoint, storage_endpoint
+from videoqueue.endpoints import Endpoint, storage_endpoint
 from videoqueue.job import utcnow
 from videoqueue.settings import Settings
+from worker.providers import provider_endpoint, provider_names
 
 log = logging.getLogger("videoqueue.registry")
 
 KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("workers:"))
 HEARTBEAT_S = 20.0
 TTL_S = 60
-PROVIDERS = ("byteplus", "veo")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def entry_for(node: str, queues: list[str], settings: Settings) -> WorkerEntry:
     return WorkerEntry(
         node=node,
         queues=sorted(queues),
-        providers={name: _endpoint_dict(provider_endpoint(name, settings)) for name in PROVIDERS},
+        providers={name: _endpoint_dict(provider_endpoint(name, settings)) for name in provider_names()},
         storage=_endpoint_dict(storage_endpoint(settings)),
         pid=os.getpid(),
     )

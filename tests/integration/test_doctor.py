@@ -18,9 +18,9 @@ from producer.cli_ops import register
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Simulator, Stack
 from videoqueue import namespace
-from videoqueue.endpoints import provider_endpoint
 from videoqueue.settings import Settings, get_settings
 from worker.doctor import DoctorReport, Status, run_doctor
+from worker.providers import provider_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,11 @@ def doctor_settings(stack: Stack, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def shown(report: DoctorReport) -> str:
+    """The report as `videoqueue doctor` prints it, in text and JSON."""
+    return report.to_text() + json.dumps(report.to_dict())
 
 
 def statuses(report: DoctorReport) -> dict[str, Status]:
@@ -121,7 +126,7 @@ def test_a_wrong_byteplus_key_fails_the_provider_check(local_stack: Stack) -> No
     assert check.status is Status.FAIL and "rejected" in check.detail and "401" in check.detail
     assert report.named("provider veo").status is Status.OK
     assert not report.ok and "provider byteplus" in report.verdict
-    assert WRONG_KEY not in report.to_json() and SIM_KEY not in report.to_json()
+    assert WRONG_KEY not in shown(report) and SIM_KEY not in shown(report)
 
 
 def test_a_wrong_google_key_fails_and_the_right_one_meets_not_found(local_stack: Stack, simulator: Simulator) -> None:
@@ -132,7 +137,7 @@ def test_a_wrong_google_key_fails_and_the_right_one_meets_not_found(local_stack:
     report = run_doctor(doctor_settings(local_stack, google_api_key=WRONG_KEY))
     check = report.named("provider veo")
     assert check.status is Status.FAIL and "rejected" in check.detail and "401" in check.detail
-    assert WRONG_KEY not in report.to_json()
+    assert WRONG_KEY not in shown(report)
 
 
 def test_unreachable_storage_fails(local_stack: Stack) -> None:
@@ -146,7 +151,7 @@ def test_unreachable_storage_fails(local_stack: Stack) -> None:
     report = run_doctor(settings)
     check = report.named("storage")
     assert check.status is Status.FAIL and "cannot write" in check.detail
-    assert "testing-secret" not in report.to_json()
+    assert "testing-secret" not in shown(report)
 
 
 def test_unreachable_provider_fails(local_stack: Stack) -> None:

@@ -25,6 +25,7 @@ from videoqueue.ledger import Ledger, LedgerEntry
 from videoqueue.limits import ProviderLimits
 from videoqueue.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
+from worker.probe import Probe
 from worker.providers.base import ImageInput, Lookup, ProviderError, TaskState, TaskStatus, VideoStream
 from worker.storage import Storage
 from worker.storage.local import LocalStorage
@@ -883,8 +884,17 @@ class BrokenStorage:
             raise self.error
         return self.inner.size(key)
 
+    def read(self, key: str) -> bytes | None:
+        return self.inner.read(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self.inner.iter_json()
+
+    def probe(self) -> Probe:
+        return self.inner.probe()
 
 
 def failing_video(error: BaseException) -> Callable[[JobRecord], AbstractContextManager[VideoStream]]:

@@ -60,6 +60,7 @@ def test_an_empty_endpoint_gives_boto3_none() -> None:
         ("JOB_DEADLINE_S", "-1", "invalid setting JOB_DEADLINE_S: Input should be greater than 0"),
         ("REDIS_URL", "notaurl", "invalid setting REDIS_URL: REDIS_URL must start with redis://"),
         ("BROKER_URL", "bogus://x", "invalid setting BROKER_URL: BROKER_URL must start with redis://"),
+        ("DEFAULT_PROVIDER", "sora", "invalid setting DEFAULT_PROVIDER: unknown provider 'sora'; known: byteplus, veo"),
     ],
 )
 def test_an_unusable_value_is_one_line_naming_the_variable(
@@ -81,3 +82,32 @@ def test_a_secret_value_is_never_shown(monkeypatch: pytest.MonkeyPatch, tmp_path
     with pytest.raises(InvalidSettingsError) as info:
         load_settings()
     assert "sk-secret-value-123" not in str(info.value)
+
+
+def test_default_provider_may_be_one_the_pricing_file_adds(tmp_path: Path) -> None:
+    override = tmp_path / "prices.toml"
+    override.write_text(
+        """
+[models."sora-test"]
+provider = "sora"
+label = "Sora test"
+default_for_provider = true
+durations = [4]
+resolutions = ["720p"]
+ratios = ["16:9"]
+audio = false
+image_roles = []
+service_tiers = ["default"]
+fps = 24
+expected_render_s = 60
+[models."sora-test".price]
+unit = "second"
+usd_per_second = { "720p" = { audio = 0.1, silent = 0.1 } }
+source = "test"
+as_of = "2026-11-29"
+"""
+    )
+    settings = Settings(_env_file=None, pricing_file=str(override), default_provider="sora")
+    assert settings.default_provider == "sora"
+    with pytest.raises(ValueError, match="unknown provider 'sora'; known: byteplus, veo"):
+        Settings(_env_file=None, default_provider="sora")

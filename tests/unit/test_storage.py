@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from videoqueue.settings import Settings
+from worker.probe import Status
 from worker.storage import StorageError, VideoCheckError, checked_chunks
 from worker.storage.local import LocalStorage
 from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage, s3_client, storage_error
@@ -179,6 +180,61 @@ def test_local_put_json_and_size(tmp_path: Path) -> None:
     assert stored.size == path.stat().st_size == storage.size("j1.json")
     assert stored.uri == path.resolve().as_uri()
     assert storage.size("missing.json") is None
+
+
+def test_local_read_gives_the_bytes_or_none(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put_json("a/j1.json", {"x": 1})
+    assert json.loads(storage.read("a/j1.json") or b"") == {"x": 1}
+    assert storage.read("a/missing.json") is None
+    assert storage.read("nowhere/missing.json") is None
+
+
+def test_local_unreadable_key_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "a-dir.json").mkdir()
+    with pytest.raises(StorageError, match="cannot read"):
+        LocalStorage(tmp_path).read("a-dir.json")
+
+
+def test_local_delete_removes_the_file_and_the_directories_it_leaves_empty(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    storage = LocalStorage(root)
+    storage.put_json("a/b/one.json", {"x": 1})
+    storage.put_json("a/two.json", {"x": 2})
+    storage.delete("a/b/one.json")
+    assert storage.read("a/b/one.json") is None
+    assert not (root / "a" / "b").exists()
+    assert files_under(root) == ["a/two.json"]
+    storage.delete("a/two.json")
+    assert root.is_dir() and list(root.iterdir()) == []
+
+
+def test_local_delete_of_a_missing_key_is_no_error(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.delete("missing.json")
+    storage.delete("no/such/dir.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_local_delete_refused_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "a-dir.json").mkdir()
+    with pytest.raises(StorageError, match="cannot delete"):
+        LocalStorage(tmp_path).delete("a-dir.json")
+
+
+def test_local_probe_writes_reads_back_and_deletes(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    probe = LocalStorage(root).probe()
+    assert probe.status is Status.OK, probe.detail
+    assert probe.detail == f"wrote, read back and deleted a probe under {root.as_uri()}"
+    assert list(root.iterdir()) == []
+
+
+def test_local_probe_of_an_unwritable_root_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    probe = LocalStorage(blocker / "videos").probe()
+    assert probe.status is Status.FAIL and probe.detail.startswith("cannot write to file://")
 
 
 @pytest.mark.parametrize("key", ["../escape.mp4", "a/../../escape.mp4", "/etc/passwd", "", "."])

@@ -1,4 +1,5 @@
-"""Provider adapters, one per video service, built once per worker process."""
+"""Provider adapters, one per video service (each registers itself: registry.py), built
+once per worker process."""
 
 from __future__ import annotations
 
@@ -6,18 +7,30 @@ import threading
 
 import httpx
 
-from videoqueue.job import ErrorCode
+from videoqueue.endpoints import Endpoint, fingerprint
 from videoqueue.settings import Settings
-from worker.providers.base import ImageInput, Provider, ProviderError, TaskState, TaskStatus, VideoStream
+from worker.providers import registry
+from worker.providers.base import (
+    ImageInput,
+    Provider,
+    ProviderAdapter,
+    ProviderError,
+    TaskState,
+    TaskStatus,
+    VideoStream,
+)
 
 __all__ = [
     "ImageInput",
     "Provider",
+    "ProviderAdapter",
     "ProviderError",
     "TaskState",
     "TaskStatus",
     "VideoStream",
     "get_provider",
+    "provider_endpoint",
+    "provider_names",
 ]
 
 _lock = threading.Lock()
@@ -38,24 +51,31 @@ def download_client(settings: Settings) -> httpx.Client:
 
 
 def get_provider(name: str, settings: Settings) -> Provider:
-    """The adapter for `name`, created on first use in this process (after the fork)."""
+    """The adapter for `name`, created on first use in this process (after the fork).
+    ProviderError(INVALID_REQUEST) for a provider without an adapter, (AUTH) for one
+    without credentials."""
     with _lock:
         provider = _providers.get(name)
     if provider is not None:
         return provider
-    http = download_client(settings)
-    if name == "byteplus":
-        from worker.providers.byteplus import BytePlusProvider
-
-        provider = BytePlusProvider(settings, http)
-    elif name == "veo":
-        from worker.providers.veo import VeoProvider
-
-        provider = VeoProvider(settings, http)
-    else:
-        raise ProviderError(ErrorCode.INVALID_REQUEST, f"no adapter for provider {name!r}")
+    provider = registry.adapter(name)(settings, download_client(settings))
     with _lock:
         return _providers.setdefault(name, provider)
+
+
+def provider_names() -> tuple[str, ...]:
+    """Every provider this worker has an adapter for, sorted."""
+    return registry.names()
+
+
+def provider_endpoint(name: str, settings: Settings) -> Endpoint:
+    """The endpoint and account `settings` send provider `name`'s calls to (its adapter's
+    `endpoint`); a provider without an adapter gets a fingerprint of its name alone."""
+    try:
+        adapter = registry.adapter(name)
+    except ProviderError:
+        return Endpoint(name, "-", fingerprint(name))
+    return adapter.endpoint(settings)
 
 
 def reset_providers() -> None:

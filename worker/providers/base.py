@@ -11,39 +11,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+import httpx
+
+from videoqueue.endpoints import Endpoint
+from videoqueue.errors import ProviderError as ProviderError  # noqa: PLC0414 - re-export
 from videoqueue.job import ErrorCode, JobRecord
-
-RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.UPSTREAM, ErrorCode.TIMEOUT})
-
-
-class ProviderError(Exception):
-    """A provider call failed, classified into one of our error codes.
-
-    `request_sent` is False only when the request provably never reached the provider
-    (connection refused, connect timeout): only then is a failed create safe to repeat
-    blindly.
-    """
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        provider_code: str | None = None,
-        retry_after: float | None = None,
-        request_sent: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.provider_code = provider_code
-        self.retry_after = retry_after
-        self.request_sent = request_sent
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying again later."""
-        return self.code in RETRYABLE
+from videoqueue.settings import Settings
+from worker.probe import Probe
 
 
 def error_for_status(
@@ -159,4 +133,35 @@ class Provider(Protocol):
 
     def open_video(self, job: JobRecord) -> AbstractContextManager[VideoStream]:
         """Open the finished video of `job` for streaming."""
+        ...
+
+
+class ProviderAdapter(Protocol):
+    """An adapter class, as the registry (worker/providers/registry.py) holds it: it builds
+    the process's `Provider` and probes the provider's endpoint for `videoqueue doctor`."""
+
+    name: str
+    """The provider's name in models.toml and in job records."""
+
+    def __call__(self, settings: Settings, http: httpx.Client) -> Provider:
+        """The adapter for this worker process; ProviderError(AUTH) without credentials.
+        `http` is the process's client for video downloads."""
+        ...
+
+    def endpoint(self, settings: Settings) -> Endpoint:
+        """The endpoint and account `settings` send this provider's calls to, as a
+        fingerprint over the provider name, base URL and account (videoqueue.endpoints);
+        an unconfigured provider has one too (of no account)."""
+        ...
+
+    def missing_credentials(self, settings: Settings) -> str | None:
+        """The settings to set when `settings` give this provider no credentials (e.g.
+        `BYTEPLUS_API_KEY`), else None."""
+        ...
+
+    def probe(self, settings: Settings, timeout_s: float) -> Probe:
+        """One cheap authenticated call with the configured credentials (SDK retries off,
+        each call at most `timeout_s` seconds): ok when they were accepted, fail when
+        refused or unreachable, warn when the answer cannot tell. Only called when
+        `missing_credentials` is None; the detail names hosts, never a secret."""
         ...

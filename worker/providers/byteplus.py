@@ -23,10 +23,12 @@ from byteplussdkarkruntime._exceptions import (
     ArkAPITimeoutError,
 )
 
-from videoqueue.catalog import load_catalog
+from videoqueue.catalog import Catalog, load_catalog
+from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.job import ErrorCode, JobRecord
 from videoqueue.settings import Settings
 from worker.download import stream_url
+from worker.probe import Probe, Status, safe_url
 from worker.providers.base import (
     ImageInput,
     Lookup,
@@ -36,6 +38,7 @@ from worker.providers.base import (
     VideoStream,
     error_for_status,
 )
+from worker.providers.registry import register
 
 _STATUSES = {
     "queued": TaskStatus.QUEUED,
@@ -119,9 +122,20 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _has_audio(model: str) -> bool:
-    spec = load_catalog().get(model)
+def _has_audio(catalog: Catalog, model: str) -> bool:
+    spec = catalog.get(model)
     return bool(spec and spec.audio)
+
+
+def ark_client(settings: Settings, timeout: httpx.Timeout) -> Ark:
+    """An Ark client for the configured key, with the SDK's own retries off."""
+    assert settings.byteplus_api_key is not None
+    return Ark(
+        base_url=settings.byteplus_base_url,
+        api_key=settings.byteplus_api_key.get_secret_value(),
+        max_retries=0,
+        timeout=timeout,
+    )
 
 
 def build_content(request: dict[str, Any], images: dict[str, ImageInput]) -> list[dict[str, Any]]:
@@ -134,6 +148,22 @@ def build_content(request: dict[str, Any], images: dict[str, ImageInput]) -> lis
             url = image.url or image.data_uri()
             content.append({"type": "image_url", "image_url": {"url": url}, "role": role})
     return content
+
+
+def _probe_failure(exc: ArkAPIError, where: str) -> Probe:
+    """What a failed probe call says about the key and the endpoint."""
+    error = map_ark_error(exc)
+    status = f"HTTP {exc.status_code} " if isinstance(exc, ArkAPIStatusError) else ""
+    said = f"{status}{error.provider_code or ''}: {error.message}".strip(": ")
+    if error.code is ErrorCode.AUTH:
+        return Probe(Status.FAIL, f"BYTEPLUS_API_KEY rejected by {where} ({said})")
+    if error.code is ErrorCode.RATE_LIMITED:
+        return Probe(Status.WARN, f"key accepted by {where}, but it is rate limiting ({said})")
+    if error.code is ErrorCode.TIMEOUT:
+        return Probe(Status.FAIL, f"cannot reach {where}: {error.message}")
+    if error.code is ErrorCode.NOT_FOUND:
+        return Probe(Status.FAIL, f"no ModelArk task API at {where} (check BYTEPLUS_BASE_URL): {said}")
+    return Probe(Status.WARN, f"{where} answered an error, the key could not be confirmed ({said})")
 
 
 def task_state(task: Any) -> TaskState:
@@ -175,21 +205,41 @@ def task_state(task: Any) -> TaskState:
     )
 
 
+@register
 class BytePlusProvider:
     """Seedance on ModelArk."""
 
     name = "byteplus"
 
     def __init__(self, settings: Settings, http: httpx.Client) -> None:
-        if settings.byteplus_api_key is None:
+        if self.missing_credentials(settings):
             raise ProviderError(ErrorCode.AUTH, "BYTEPLUS_API_KEY is not set")
-        self._client = Ark(
-            base_url=settings.byteplus_base_url,
-            api_key=settings.byteplus_api_key.get_secret_value(),
-            max_retries=0,
-            timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
-        )
+        self._client = ark_client(settings, httpx.Timeout(settings.provider_timeout_s, connect=10.0))
         self._http = http
+        self._catalog = load_catalog(settings.pricing_file)
+
+    @classmethod
+    def endpoint(cls, settings: Settings) -> Endpoint:
+        base = settings.byteplus_base_url.rstrip("/")
+        key = settings.byteplus_api_key.get_secret_value() if settings.byteplus_api_key else ""
+        return Endpoint(cls.name, host_of(base), fingerprint(cls.name, base, "key", key))
+
+    @classmethod
+    def missing_credentials(cls, settings: Settings) -> str | None:
+        return "BYTEPLUS_API_KEY" if settings.byteplus_api_key is None else None
+
+    @classmethod
+    def probe(cls, settings: Settings, timeout_s: float) -> Probe:
+        """One `tasks.list(page_size=1)` with the configured key."""
+        where = safe_url(settings.byteplus_base_url)
+        client = ark_client(settings, httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        try:
+            client.content_generation.tasks.list(page_size=1)
+        except ArkAPIError as exc:
+            return _probe_failure(exc, where)
+        finally:
+            client.close()
+        return Probe(Status.OK, f"key accepted by {where} (tasks.list answered)")
 
     def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
         request = job.request
@@ -201,7 +251,7 @@ class BytePlusProvider:
                 resolution=request["resolution"],
                 ratio=request["ratio"],
                 # Only audio-capable models know the flag; the others reject it.
-                generate_audio=request["audio"] if _has_audio(job.model) else None,
+                generate_audio=request["audio"] if _has_audio(self._catalog, job.model) else None,
                 seed=request["seed"],
                 service_tier=request["service_tier"],
                 execution_expires_after=expires_after_tag(job.id),
@@ -262,7 +312,7 @@ class BytePlusProvider:
         }
         if request["ratio"] != "adaptive":  # ModelArk reports the ratio it chose
             echoed["ratio"] = request["ratio"]
-        if _has_audio(job.model):
+        if _has_audio(self._catalog, job.model):
             echoed["generate_audio"] = request["audio"]
         return echoed
 

@@ -21,10 +21,12 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from videoqueue.catalog import MAX_IMAGE_BYTES
+from videoqueue.catalog import MAX_IMAGE_BYTES, load_catalog
+from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.job import ErrorCode, JobRecord
 from videoqueue.settings import Settings
 from worker.download import CHUNK_BYTES, fetch_image
+from worker.probe import Probe, Status, safe_url
 from worker.providers.base import (
     ImageInput,
     Lookup,
@@ -35,8 +37,13 @@ from worker.providers.base import (
     error_for_status,
 )
 from worker.providers.gcs import stream_gcs
+from worker.providers.registry import register
 
 INLINE = "inline"
+# A well-formed operation id that no operation has: NOT_FOUND proves the key was accepted.
+PROBE_OPERATION_ID = "00000000-0000-4000-8000-000000000000"
+PROBE_FALLBACK_MODEL = "veo-3.1-fast-generate-001"
+VERTEX_HOST = "aiplatform.googleapis.com"
 
 # google-genai sends through httpx2 (a fork of httpx under its own name) when it is
 # installed, through httpx otherwise: transport errors can come from either.
@@ -130,34 +137,90 @@ def operation_state(op: Any, duration_s: int) -> TaskState:
     )
 
 
+def genai_client(settings: Settings, timeout_s: float) -> genai.Client:
+    """A Vertex AI client for the configured credentials (express-mode key, else project
+    and location with application default credentials), with the SDK's retries off.
+    ProviderError(AUTH) when neither is configured."""
+    options = types.HttpOptions(base_url=settings.veo_base_url, timeout=int(timeout_s * 1000), retry_options=None)
+    if settings.google_api_key is not None:
+        return genai.Client(vertexai=True, api_key=settings.google_api_key.get_secret_value(), http_options=options)
+    if settings.google_cloud_project:
+        return genai.Client(
+            vertexai=True,
+            project=settings.google_cloud_project,
+            location=settings.google_cloud_location,
+            http_options=options,
+        )
+    raise ProviderError(
+        ErrorCode.AUTH, "set GOOGLE_API_KEY (express mode) or GOOGLE_CLOUD_PROJECT + GOOGLE_CLOUD_LOCATION"
+    )
+
+
+@register
 class VeoProvider:
     """Veo on Vertex AI."""
 
     name = "veo"
 
     def __init__(self, settings: Settings, http: httpx.Client) -> None:
-        options = types.HttpOptions(
-            base_url=settings.veo_base_url,
-            timeout=int(settings.provider_timeout_s * 1000),
-            retry_options=None,
-        )
-        if settings.google_api_key is not None:
-            self._client = genai.Client(
-                vertexai=True, api_key=settings.google_api_key.get_secret_value(), http_options=options
-            )
-        elif settings.google_cloud_project:
-            self._client = genai.Client(
-                vertexai=True,
-                project=settings.google_cloud_project,
-                location=settings.google_cloud_location,
-                http_options=options,
-            )
-        else:
-            raise ProviderError(
-                ErrorCode.AUTH, "set GOOGLE_API_KEY (express mode) or GOOGLE_CLOUD_PROJECT + GOOGLE_CLOUD_LOCATION"
-            )
+        self._client = genai_client(settings, settings.provider_timeout_s)
         self._http = http
         self._output_gcs_uri = settings.veo_output_gcs_uri
+
+    @classmethod
+    def endpoint(cls, settings: Settings) -> Endpoint:
+        if settings.google_api_key is not None:
+            base = (settings.veo_base_url or f"https://{VERTEX_HOST}").rstrip("/")
+            account: tuple[str, ...] = ("key", settings.google_api_key.get_secret_value())
+        else:
+            location = settings.google_cloud_location
+            base = (settings.veo_base_url or f"https://{location}-{VERTEX_HOST}").rstrip("/")
+            account = ("project", settings.google_cloud_project or "", location)
+        return Endpoint(cls.name, host_of(base), fingerprint(cls.name, base, *account))
+
+    @classmethod
+    def missing_credentials(cls, settings: Settings) -> str | None:
+        if settings.google_api_key is None and not settings.google_cloud_project:
+            return "GOOGLE_API_KEY or GOOGLE_CLOUD_PROJECT"
+        return None
+
+    @classmethod
+    def probe(cls, settings: Settings, timeout_s: float) -> Probe:
+        """fetchPredictOperation of a made-up operation of the default Veo model:
+        NOT_FOUND means the credentials passed, 401/403 (or Google's API_KEY_INVALID) that
+        they did not."""
+        model = load_catalog(settings.pricing_file).default_model(cls.name) or PROBE_FALLBACK_MODEL
+        resource = f"publishers/google/models/{model}"
+        project, location = settings.google_cloud_project, settings.google_cloud_location
+        if settings.google_api_key is not None:
+            mode, what = "express mode", "GOOGLE_API_KEY"
+        else:
+            mode, what = f"project {project} in {location}", "the application default credentials"
+            resource = f"projects/{project}/locations/{location}/{resource}"
+        where = safe_url(settings.veo_base_url) if settings.veo_base_url else "Vertex AI"
+        # As `get` rebuilds an operation from its name between polls.
+        name = f"{resource}/operations/{PROBE_OPERATION_ID}"
+        operation = types.GenerateVideosOperation.model_validate({"name": name})
+        try:
+            with genai_client(settings, timeout_s) as client:
+                client.operations.get(operation)
+        except genai_errors.APIError as exc:
+            said = f"{exc.code} {exc.status or ''}: {exc.message or ''}".strip()
+            code = map_genai_error(exc).code
+            if code is ErrorCode.NOT_FOUND:
+                return Probe(Status.OK, f"{what} accepted by {where}, {mode} (made-up operation: {exc.code})")
+            rejected_key = exc.code == 400 and "api key" in (exc.message or "").lower()
+            if code is ErrorCode.AUTH or rejected_key:
+                return Probe(Status.FAIL, f"{what} rejected by {where}, {mode} ({said})")
+            if code is ErrorCode.RATE_LIMITED:
+                return Probe(Status.WARN, f"{where} is rate limiting, {mode} ({said})")
+            return Probe(Status.WARN, f"{where} answered an error, credentials not confirmed, {mode} ({said})")
+        except Exception as exc:  # noqa: BLE001 - transport errors, missing default credentials
+            error = map_genai_error(exc)
+            if error.code is ErrorCode.TIMEOUT:
+                return Probe(Status.FAIL, f"cannot reach {where}: {error.message}")
+            return Probe(Status.FAIL, f"cannot call {where}, {mode}: {type(exc).__name__}: {exc}")
+        return Probe(Status.OK, f"{what} accepted by {where}, {mode}")
 
     def _image(self, image: ImageInput) -> types.Image:
         if image.data is not None:

@@ -12,13 +12,14 @@ from datetime import timedelta
 from decimal import Decimal
 
 from videoqueue.catalog import Catalog
-from videoqueue.endpoints import Endpoint, provider_endpoint
+from videoqueue.endpoints import Endpoint
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import sources
 from videoqueue.limits import ProviderLimits
 from videoqueue.settings import Settings
 from worker.dispatch import Dispatcher, DueTracking
+from worker.providers import provider_endpoint
 from worker.providers.base import Provider, ProviderError
 from worker.render_history import RenderHistory
 from worker.storage import Storage

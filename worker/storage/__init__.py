@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from videoqueue.settings import Settings
 from worker.storage.base import (
@@ -21,6 +21,7 @@ __all__ = [
     "VideoCheckError",
     "checked_chunks",
     "open_storage",
+    "storage_at",
 ]
 
 
@@ -42,3 +43,18 @@ def _local(path: Path) -> Storage:
     from worker.storage.local import LocalStorage
 
     return LocalStorage(path)
+
+
+def storage_at(uri: str, settings: Settings) -> tuple[Storage, str] | None:
+    """The backend holding the object `uri` names (`file:///path` or `s3://bucket/key`, as a
+    job record's `output_uri` and `manifest_uri`) and its key there; None for another
+    scheme. S3 is reached with `settings` (S3_ENDPOINT_URL, AWS_*)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        path = Path(unquote(parts.path))
+        return _local(path.parent), path.name
+    if parts.scheme == "s3" and parts.netloc and parts.path.strip("/"):
+        from worker.storage.s3 import S3Storage
+
+        return S3Storage(parts.netloc, "", settings), parts.path.lstrip("/")
+    return None

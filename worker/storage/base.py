@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from videoqueue.errors import StorageError as StorageError  # noqa: PLC0414 - re-export
+from worker.probe import Probe, Status
+
 MP4_BOX_TYPES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide"}
 
 
-class StorageError(Exception):
-    """A write or read failed in a way worth retrying (backend unreachable, I/O error)."""
-
-
-class VideoCheckError(Exception):
+class VideoCheckError(StorageError):
     """The bytes are not the video we expected (wrong size, not an MP4)."""
 
 
@@ -45,9 +47,60 @@ class Storage(Protocol):
         """Size of the object at `key`, or None if there is none."""
         ...
 
+    def read(self, key: str) -> bytes | None:
+        """The whole object at `key` (for small ones: manifests, probes), or None if there
+        is none. StorageError if the backend cannot be read."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object at `key`; no error if there is none. StorageError if the
+        backend refuses."""
+        ...
+
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every `*.json` document under this backend's root, with its key."""
         ...
+
+    def probe(self) -> Probe:
+        """Can videos be stored here? (`videoqueue doctor`; the detail names no secret.)"""
+        ...
+
+
+PROBE_PREFIX = "_doctor/"
+
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def round_trip_probe(storage: Storage, where: str) -> Probe:
+    """A small JSON object written to `storage` under `_doctor/`, its size checked, read
+    back and deleted; `where` names the backend's root in the detail. Fail when it cannot
+    be written or read back as written, warn when it cannot be deleted."""
+    key = f"{PROBE_PREFIX}probe-{uuid.uuid4().hex}.json"
+    probe = {"videoqueue_doctor": uuid.uuid4().hex, "written_at": time.time()}
+    uri = storage.uri(key)
+    try:
+        stored = storage.put_json(key, probe)
+        size = storage.size(key)
+    except StorageError as exc:
+        return Probe(Status.FAIL, f"cannot write to {where}: {exc}")
+    if size != stored.size:
+        return Probe(Status.FAIL, f"wrote {stored.size} bytes to {uri} but found {size}")
+    try:
+        body = storage.read(key)
+    except StorageError as exc:
+        return Probe(Status.FAIL, f"wrote {uri} but cannot read it back: {exc}")
+    if body is None or _parsed(body) != probe:
+        return Probe(Status.FAIL, f"read back something else than was written to {uri}")
+    try:
+        storage.delete(key)
+    except StorageError as exc:
+        return Probe(Status.WARN, f"wrote and read back {uri}, but cannot delete it: {exc}")
+    return Probe(Status.OK, f"wrote, read back and deleted a probe under {where}")
 
 
 def checked_chunks(chunks: Iterator[bytes], expected_size: int | None) -> Iterator[bytes]:

@@ -21,7 +21,9 @@ from urllib.parse import unquote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from videoqueue.errors import StorageError
 from videoqueue.settings import Settings
+from worker.storage import storage_at
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -31,7 +33,7 @@ MAX_PRESIGN_S = 7 * 86400
 """S3's limit for a SigV4 presigned link: seven days."""
 
 
-class FetchError(Exception):
+class FetchError(StorageError):
     """A video could not be fetched or linked; the message is one line naming the cause."""
 
 
@@ -163,16 +165,12 @@ def _s3_call(uri: str, settings: Settings, call: Callable[[], Any]) -> Any:
 def _manifest_size(manifest_uri: str, settings: Settings) -> int | None:
     """The video size the job's manifest records, or None if it cannot be read."""
     try:
-        s3 = _s3_object(manifest_uri)
-        local = _local_path(manifest_uri)
-        if s3 is not None:
-            body = _client(settings).get_object(Bucket=s3.bucket, Key=s3.key)["Body"].read()
-        elif local is not None:
-            body = local.read_bytes()
-        else:
+        found = storage_at(manifest_uri, settings)
+        body = found[0].read(found[1]) if found is not None else None
+        if body is None:
             return None
         video = json.loads(body).get("video") or {}
-    except (FetchError, OSError, ValueError, AttributeError, BotoCoreError, ClientError):
+    except (StorageError, ValueError, AttributeError):
         return None  # the size storage holds is still checked
     size = video.get("bytes")
     return size if isinstance(size, int) else None

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from worker.storage.base import StorageError, StoredObject, checked_chunks
+from worker.probe import Probe
+from worker.storage.base import StorageError, StoredObject, checked_chunks, round_trip_probe
 
 
 def _disk(call: Callable[..., Any], *args: Any) -> Any:
@@ -40,6 +41,34 @@ class LocalStorage:
     def size(self, key: str) -> int | None:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
+
+    def read(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        """Also removes the directories the key leaves empty, up to the root (as S3 has
+        no directories, none is left behind)."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc}") from exc
+        for parent in path.parents:
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (another key, or someone's file), or gone already
+                break
+
+    def probe(self) -> Probe:
+        return round_trip_probe(self, self.root.as_uri())
 
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.root.is_dir():

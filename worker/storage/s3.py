@@ -14,13 +14,15 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from videoqueue.settings import Settings
-from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks
+from worker.probe import Probe
+from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks, round_trip_probe
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_BYTES = 8 * 1024 * 1024
 CHECKSUM_SETTING = "S3_CHECKSUMS"
+MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 def s3_client(settings: Settings) -> S3Client:
@@ -147,12 +149,31 @@ class S3Storage:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
                 return None
             raise storage_error("S3 head", exc, self.checksums) from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 unreachable: {exc}") from exc
         return int(head["ContentLength"])
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                return None
+            raise storage_error(f"S3 read of {self.uri(key)}", exc, self.checksums) from exc
+        except BotoCoreError as exc:
+            raise storage_error(f"S3 read of {self.uri(key)}", exc, self.checksums) from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(f"S3 delete of {self.uri(key)}", exc, self.checksums) from exc
+
+    def probe(self) -> Probe:
+        return round_trip_probe(self, f"s3://{self.bucket}/{self.prefix}".rstrip("/"))
 
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         prefix = f"{self.prefix}/" if self.prefix else ""
