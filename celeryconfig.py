@@ -11,7 +11,7 @@ recovery sweep (videoqueue/recovery.py) does.
 
 from typing import Any
 
-from videoqueue import namespace as _namespace
+from videoqueue import keys as _keys
 from videoqueue.queues import broker_timing, celery_conf, is_amqp, route_task
 from videoqueue.settings import get_settings
 
@@ -99,7 +99,7 @@ if not _AMQP:
         # Look for messages to restore every minute (6 x 10 s), not every 100 s.
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 6,
-        **_namespace.redis_transport_options(),
+        **_keys.broker_transport_options(),
     }
 
 # A rolling restart (SIGTERM) first lets running tasks finish for a few seconds, then

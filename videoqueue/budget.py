@@ -9,7 +9,7 @@ the provider charged nothing; with the estimate of any task the job may have bee
 for but does not use) is added as spent. A job counts against the UTC day and month it was
 submitted in; a tag counter runs for all time.
 
-The caps live in one Redis hash (CAPS_KEY), set with `videoqueue budget set`. For each
+The caps live in one Redis hash (keys.BUDGET_CAPS), set with `videoqueue budget set`. For each
 budget the cap in force is, in this order: the one in Redis (an amount, or "none" for no
 cap); else this process's setting (BUDGET_DAILY_USD, BUDGET_MONTHLY_USD, BUDGET_TAGS_USD);
 else no cap.
@@ -23,13 +23,11 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.errors import BudgetExceededError as BudgetExceededError  # noqa: PLC0414 - re-export
 from videoqueue.job import JobRecord
+from videoqueue.keys import budget_counter_key
 
-KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("budget:"))
-# Outside KEY_PREFIX: every key under it is a counter (metrics and rebuild scan them).
-CAPS_KEY = namespace.keep(globals(), "CAPS_KEY", lambda: namespace.key("budget-caps"))
 NO_CAP = "none"
 DAY, MONTH = "day", "month"
 MICRO = Decimal(1_000_000)
@@ -89,29 +87,24 @@ def stored_usd(value: object) -> Decimal:
     return amount
 
 
-def counter_key(budget: str) -> str:
-    """Redis key of a counter: budget is `day:YYYY-MM-DD`, `month:YYYY-MM` or `tag:NAME`."""
-    return f"{KEY_PREFIX}{budget}"
-
-
 def counter_ttl(key: str) -> int | None:
     """Seconds a counter is kept after its last reservation (None: for ever)."""
-    budget = key.removeprefix(KEY_PREFIX)
+    budget = key.removeprefix(keys.BUDGET_PREFIX)
     return DAY_TTL_S if budget.startswith(f"{DAY}:") else MONTH_TTL_S if budget.startswith(f"{MONTH}:") else None
 
 
 def cap_name(key: str) -> str:
     """The cap a counter key answers to: `day`, `month` or `tag:NAME`."""
-    kind, _, name = key.removeprefix(KEY_PREFIX).partition(":")
+    kind, _, name = key.removeprefix(keys.BUDGET_PREFIX).partition(":")
     return kind if kind in (DAY, MONTH) else f"{kind}:{name}"
 
 
 def keys_for(record: JobRecord) -> list[str]:
     """Every counter a job counts against: its UTC day, its month, each of its tags."""
     day = record.created_at.date().isoformat()
-    keys = [counter_key(f"{DAY}:{day}"), counter_key(f"{MONTH}:{day[:7]}")]
-    keys.extend(counter_key(f"tag:{tag}") for tag in dict.fromkeys(record.request.get("tags") or ()))
-    return keys
+    counters = [budget_counter_key(f"{DAY}:{day}"), budget_counter_key(f"{MONTH}:{day[:7]}")]
+    counters.extend(budget_counter_key(f"tag:{tag}") for tag in dict.fromkeys(record.request.get("tags") or ()))
+    return counters
 
 
 @dataclass(frozen=True)
@@ -168,11 +161,11 @@ class Caps:
 def load_caps(client: Any, defaults: BudgetPolicy) -> Caps:
     """The caps in Redis over `defaults` (works on a WATCHing pipeline too). A stored value
     that is not an amount counts as no cap stored."""
-    return caps_from(client.hgetall(CAPS_KEY) or {}, defaults)
+    return caps_from(client.hgetall(keys.BUDGET_CAPS) or {}, defaults)
 
 
 def caps_from(raw: Mapping[str, str], defaults: BudgetPolicy) -> Caps:
-    """The caps of a CAPS_KEY hash as read (`raw`) over `defaults`."""
+    """The caps of a keys.BUDGET_CAPS hash as read (`raw`) over `defaults`."""
     stored: dict[str, Decimal | None] = {}
     for name, value in raw.items():
         if value == NO_CAP:
@@ -191,16 +184,16 @@ def set_caps(client: Any, changes: Mapping[str, Decimal | Literal["clear"] | Non
     pipe = client.pipeline(transaction=True)
     for name, value in changes.items():
         if value == "clear":
-            pipe.hdel(CAPS_KEY, name)
+            pipe.hdel(keys.BUDGET_CAPS, name)
         elif value is None:
-            pipe.hset(CAPS_KEY, name, NO_CAP)
+            pipe.hset(keys.BUDGET_CAPS, name, NO_CAP)
         else:
-            pipe.hset(CAPS_KEY, name, str(parse_usd(value)))
+            pipe.hset(keys.BUDGET_CAPS, name, str(parse_usd(value)))
     pipe.execute()
 
 
 def check_and_reserve(pipe: Any, policy: BudgetPolicy, records: Sequence[JobRecord]) -> None:
-    """Inside a transaction WATCHing the records' counters and CAPS_KEY: read the caps and
+    """Inside a transaction WATCHing the records' counters and keys.BUDGET_CAPS: read the caps and
     counters, refuse (BudgetExceededError) if the batch would cross a cap, else issue MULTI
     and queue the reservations. Each record's `budget_keys` must already be set."""
     needed: dict[str, int] = {}
@@ -215,7 +208,7 @@ def check_and_reserve(pipe: Any, policy: BudgetPolicy, records: Sequence[JobReco
         reserved, spent = (int(v or 0) for v in pipe.hmget(key, "reserved", "spent"))
         if reserved + spent + amount > to_micro(cap):
             raise BudgetExceededError(
-                key.removeprefix(KEY_PREFIX), cap, from_micro(spent), from_micro(reserved), from_micro(amount)
+                key.removeprefix(keys.BUDGET_PREFIX), cap, from_micro(spent), from_micro(reserved), from_micro(amount)
             )
     pipe.multi()
     for key, amount in needed.items():
@@ -231,7 +224,7 @@ def exceeded(client: Any, record: JobRecord, defaults: BudgetPolicy) -> BudgetEx
     reservation counts, so of the jobs waiting, those that still fit go ahead."""
     # On the submit path of every queued job: the caps and all its counters in one round trip.
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(CAPS_KEY)
+    pipe.hgetall(keys.BUDGET_CAPS)
     for key in record.budget_keys:
         pipe.hmget(key, "reserved", "spent")
     raw_caps, *counters = pipe.execute()
@@ -243,7 +236,7 @@ def exceeded(client: Any, record: JobRecord, defaults: BudgetPolicy) -> BudgetEx
         reserved, spent = (int(v or 0) for v in counter)
         if reserved + spent > to_micro(cap):
             return BudgetExceededError(
-                key.removeprefix(KEY_PREFIX),
+                key.removeprefix(keys.BUDGET_PREFIX),
                 cap,
                 from_micro(spent),
                 from_micro(reserved),
@@ -310,12 +303,15 @@ def states(client: Any, defaults: BudgetPolicy, today: date) -> list[BudgetState
     """Today's day budget, this month's, and each tag that has a cap or a counter."""
     caps = load_caps(client, defaults)
     tags = caps.tag_names()
-    tags |= {str(k).removeprefix(counter_key("tag:")) for k in client.scan_iter(counter_key("tag:*"), count=500)}
+    tags |= {
+        str(k).removeprefix(budget_counter_key("tag:"))
+        for k in client.scan_iter(budget_counter_key("tag:*"), count=500)
+    }
     day = today.isoformat()
     budgets = [(f"{DAY}:{day}", DAY), (f"{MONTH}:{day[:7]}", MONTH), *((f"tag:{t}", f"tag:{t}") for t in sorted(tags))]
     result: list[BudgetState] = []
     for budget, name in budgets:
-        reserved, spent = usage(client, counter_key(budget))
+        reserved, spent = usage(client, budget_counter_key(budget))
         cap = caps.cap(name)
         result.append(BudgetState(budget, cap.amount, cap.source, spent, reserved))
     return result

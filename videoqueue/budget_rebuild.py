@@ -15,22 +15,21 @@ from typing import Any
 
 import redis
 
-from videoqueue import budget as budgets
-from videoqueue import ledger
+from videoqueue import keys
 from videoqueue.budget import (
     DAY,
     DAY_TTL_S,
     MONTH,
     MONTH_TTL_S,
-    counter_key,
     counter_ttl,
     from_micro,
     keys_for,
     to_micro,
 )
 from videoqueue.job import JobRecord, utcnow
-from videoqueue.jobstore import active_index_keys, job_key
-from videoqueue.ledger import LedgerEntry, entry_key
+from videoqueue.jobstore import active_index_keys
+from videoqueue.keys import budget_counter_key, job_key, ledger_entry_key
+from videoqueue.ledger import LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -59,15 +58,15 @@ class CounterRebuild:
 def _period_keys(day: date, tags: tuple[str, ...] | list[str]) -> list[str]:
     iso = day.isoformat()
     return [
-        counter_key(f"{DAY}:{iso}"),
-        counter_key(f"{MONTH}:{iso[:7]}"),
-        *(counter_key(f"tag:{t}") for t in dict.fromkeys(tags)),
+        budget_counter_key(f"{DAY}:{iso}"),
+        budget_counter_key(f"{MONTH}:{iso[:7]}"),
+        *(budget_counter_key(f"tag:{t}") for t in dict.fromkeys(tags)),
     ]
 
 
 def _kept(key: str, today: date) -> bool:
     """Whether a counter of that period would still exist (day and month counters expire)."""
-    budget = key.removeprefix(budgets.KEY_PREFIX)
+    budget = key.removeprefix(keys.BUDGET_PREFIX)
     if budget.startswith(f"{DAY}:"):
         return date.fromisoformat(budget[4:]) >= today - timedelta(seconds=DAY_TTL_S)
     if budget.startswith(f"{MONTH}:"):
@@ -75,10 +74,10 @@ def _kept(key: str, today: date) -> bool:
     return True
 
 
-def _read_all(pipe: Any, keys: list[str]) -> list[str | None]:
+def _read_all(pipe: Any, names: list[str]) -> list[str | None]:
     values: list[str | None] = []
-    for start in range(0, len(keys), 500):
-        values.extend(pipe.mget(keys[start : start + 500]))
+    for start in range(0, len(names), 500):
+        values.extend(pipe.mget(names[start : start + 500]))
     return values
 
 
@@ -95,8 +94,10 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         if active_ids:
             pipe.watch(*[job_key(i) for i in active_ids])  # rewritten below with their keys
         records = [JobRecord.model_validate_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
-        entry_ids: list[str] = pipe.zrange(ledger.INDEX_KEY, 0, -1)
-        entries = [LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [entry_key(i) for i in entry_ids]) if r]
+        entry_ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
+        entries = [
+            LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [ledger_entry_key(i) for i in entry_ids]) if r
+        ]
 
         # Entries written before they recorded their submission: the job's record, if kept.
         undated = [e.job_id for e in entries if e.submitted_at is None]
@@ -114,18 +115,18 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
                 target.setdefault(key, [0, 0])[1] += to_micro(entry.actual_usd)
         rekeyed: list[JobRecord] = []
         for record in records:
-            keys = keys_for(record)
-            for key in keys:
+            counters = keys_for(record)
+            for key in counters:
                 target.setdefault(key, [0, 0])[0] += to_micro(record.cost_estimate_usd)
-            if record.budget_keys != keys:
-                rekeyed.append(record.model_copy(update={"budget_keys": keys}))
+            if record.budget_keys != counters:
+                rekeyed.append(record.model_copy(update={"budget_keys": counters}))
         target = {k: v for k, v in target.items() if _kept(k, today)}
 
-        existing = sorted(str(k) for k in pipe.scan_iter(f"{budgets.KEY_PREFIX}*", count=500))
+        existing = sorted(str(k) for k in pipe.scan_iter(f"{keys.BUDGET_PREFIX}*", count=500))
         before = {k: [int(v or 0) for v in pipe.hmget(k, "reserved", "spent")] for k in existing}
         changes = [
             CounterChange(
-                key.removeprefix(budgets.KEY_PREFIX),
+                key.removeprefix(keys.BUDGET_PREFIX),
                 *(from_micro(v) for v in before.get(key, [0, 0])),
                 *(from_micro(v) for v in target.get(key, [0, 0])),
             )
@@ -146,7 +147,7 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
             return
         pipe.multi()
         for change in changes:
-            key = counter_key(change.budget)
+            key = budget_counter_key(change.budget)
             pipe.delete(key)
             reserved, spent = target.get(key, [0, 0])
             if reserved or spent:
@@ -157,5 +158,5 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         for record in rekeyed:
             pipe.set(job_key(record.id), record.model_dump_json())
 
-    client.transaction(write, ledger.INDEX_KEY, *active_index_keys())
+    client.transaction(write, keys.LEDGER_INDEX, *active_index_keys())
     return result[0]

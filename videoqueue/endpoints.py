@@ -2,7 +2,7 @@
 fingerprints that can be stored and shown: a job records the one its provider task was
 created with, so only a worker configured the same way polls, cancels or looks it up, and
 `videoqueue doctor` compares the fleet's with the shell's. Each provider adapter computes
-its own (`endpoint` in worker/providers/); the storage's is here.
+its own (`endpoint` in worker/providers/), each storage backend too (worker/storage/).
 
 A fingerprint is the first 12 hex digits of a SHA-256 over the provider, its base URL and
 the account it uses (API key, or Google project and location). It never holds a secret
@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from videoqueue.settings import Settings
 
 FINGERPRINT_LENGTH = 12
 
@@ -47,16 +45,3 @@ def host_of(url: str) -> str:
     if not parts.hostname:
         return url.rsplit("@", maxsplit=1)[-1].split("/", maxsplit=1)[0] or "-"
     return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-
-
-def storage_endpoint(settings: Settings) -> Endpoint:
-    """Where `settings` store videos: `host` is the bucket (with the S3 endpoint's host) or
-    `local`; the fingerprint covers the storage URL, the endpoint and the access key id."""
-    url = settings.storage_url
-    if url.startswith("s3://"):
-        bucket = urlsplit(url).netloc
-        endpoint = settings.s3_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com"
-        key_id = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else ""
-        host = f"{bucket} at {host_of(endpoint)}"
-        return Endpoint("storage", host, fingerprint("s3", url.rstrip("/"), endpoint.rstrip("/"), key_id))
-    return Endpoint("storage", "local", fingerprint("file", url.rstrip("/")))

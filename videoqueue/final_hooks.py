@@ -22,8 +22,8 @@ from typing import Any
 from videoqueue import stats
 from videoqueue.budget import settle
 from videoqueue.job import JobRecord
-from videoqueue.ledger import LedgerEntry, entry_key, write_entry
-from videoqueue.limits import slot_key
+from videoqueue.keys import ledger_entry_key, slot_key
+from videoqueue.ledger import LedgerEntry, write_entry
 
 Writes = Callable[[Any], None]
 """Commands a hook queues on the MULTI pipeline of the final move."""
@@ -45,11 +45,11 @@ def ledger_entry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | Non
         if entry is None:
             return None
         return lambda multi: write_entry(multi, entry)
-    earlier: str | None = pipe.get(entry_key(after.id))
+    earlier: str | None = pipe.get(ledger_entry_key(after.id))
     if not earlier:
         return None
     restated = LedgerEntry.model_validate_json(earlier).model_copy(update={"status": after.status.value})
-    return lambda multi: multi.set(entry_key(after.id), restated.model_dump_json())
+    return lambda multi: multi.set(ledger_entry_key(after.id), restated.model_dump_json())
 
 
 def budget_settle(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:

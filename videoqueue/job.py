@@ -68,19 +68,6 @@ QUEUE_POLL = namespace.keep(globals(), "QUEUE_POLL", lambda: namespace.queue("po
 QUEUE_STORE = namespace.keep(globals(), "QUEUE_STORE", lambda: namespace.queue("store"))
 
 
-# How long a provider keeps a finished video where the store step can fetch it again, in
-# seconds from the finish; None: no documented limit. The store step records the end of
-# it (`result_expires_at`) on a job it could not store; `videoqueue store retry` refuses
-# once it has passed.
-# - byteplus: the `video_url` of a finished ModelArk task is valid for 24 hours from the
-#   finish (ModelArk's task API reference; issue 12 relies on the same figure). We count
-#   from when a poll saw the task finished (`provider_done_at`), a little after the real
-#   finish, so an hour of margin is taken off.
-# - veo: the video is fetched again from the operation (its name is `provider_task_id`)
-#   or from our own gs:// bucket; Vertex AI documents no retention for either, so the
-#   attempt is made and the provider's answer decides.
-RESULT_TTL_S: dict[str, float | None] = {"byteplus": 24 * 3600.0 - 3600.0, "veo": None}
-
 Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
 """A dollar amount: exact in Python, a plain number in JSON."""
 

@@ -17,55 +17,28 @@ from typing import Any
 
 import redis
 
-from videoqueue import budget as budgets
-from videoqueue import final_hooks, lifecycle, namespace, redisconn, stats
+from videoqueue import final_hooks, keys, lifecycle, redisconn, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
 from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0414 - re-export
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.keys import client_key, input_key, job_key, status_index, task_claim_key
 
-KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", namespace.key_prefix)
 MAX_HISTORY = 50
 
 Mutation = Callable[[JobRecord], JobRecord | None]
-
-
-def job_key(job_id: str) -> str:
-    """Redis key of one job record."""
-    return f"{KEY_PREFIX}job:{job_id}"
-
-
-def input_key(job_id: str, role: str) -> str:
-    """Redis key of an input image a producer uploaded for a job."""
-    return f"{KEY_PREFIX}input:{job_id}:{role}"
 
 
 # Inputs outlive the job's deadline by this much, then Redis forgets them.
 INPUT_GRACE_S = 86400
 
 
-DUE_INDEX = namespace.keep(globals(), "DUE_INDEX", lambda: namespace.key("jobs:due"))
-"""Active jobs scored by when their next step is due: what the recovery sweep reads."""
-
-PARKED_INDEX = namespace.keep(globals(), "PARKED_INDEX", lambda: namespace.key("jobs:parked"))
-"""Jobs whose next step waits longer than a countdown may (a long Retry-After, a fleet-wide
-back-off): no message was sent; the sweep sends it when due. Scored like DUE_INDEX."""
-
-
-def _all_index() -> str:
-    return f"{KEY_PREFIX}jobs:all"
-
-
-def _status_index(status: JobStatus | str) -> str:
-    return f"{KEY_PREFIX}jobs:status:{status}"
-
-
 def active_index_keys() -> list[str]:
     """Index keys of the jobs not yet final, one per status: every create, every end and
     every withdrawal of a job changes one of them (what the budget rebuild WATCHes)."""
-    return [_status_index(status) for status in JobStatus if not status.is_final]
+    return [status_index(status) for status in JobStatus if not status.is_final]
 
 
 @dataclass(frozen=True)
@@ -103,17 +76,7 @@ def request_differences(stored: dict[str, Any], new: dict[str, Any]) -> dict[str
     }
 
 
-def client_key(client_job_id: str) -> str:
-    """Redis key mapping a producer's own job id to ours."""
-    return f"{KEY_PREFIX}client:{client_job_id}"
-
-
 CLIENT_ID_TTL_S = 90 * 86400
-
-
-def task_claim_key(provider: str, task_id: str) -> str:
-    """Redis key naming the one job a provider task belongs to."""
-    return f"{KEY_PREFIX}task:{provider}:{task_id}"
 
 
 # A claim must outlast every lookup that could see its task: lookups search from a job's
@@ -142,20 +105,20 @@ def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> Non
     job_id = after.id
     if before is None:
         score = after.created_at.timestamp()
-        pipe.zadd(_all_index(), {job_id: score})
-        pipe.zadd(_status_index(after.status), {job_id: score})
+        pipe.zadd(keys.ALL_INDEX, {job_id: score})
+        pipe.zadd(status_index(after.status), {job_id: score})
         stats.on_create(pipe, after)
-        pipe.zadd(DUE_INDEX, {job_id: score})
+        pipe.zadd(keys.DUE_INDEX, {job_id: score})
         return
     if after.status.is_final and not before.status.is_final:
-        pipe.zrem(DUE_INDEX, job_id)
-        pipe.zrem(PARKED_INDEX, job_id)
+        pipe.zrem(keys.DUE_INDEX, job_id)
+        pipe.zrem(keys.PARKED_INDEX, job_id)
     elif after.next_due_at != before.next_due_at and after.next_due_at is not None:
-        pipe.zadd(DUE_INDEX, {job_id: after.next_due_at.timestamp()})
+        pipe.zadd(keys.DUE_INDEX, {job_id: after.next_due_at.timestamp()})
     if after.status != before.status:
         stats.on_status_change(pipe, before, after)
-        pipe.zrem(_status_index(before.status), job_id)
-        pipe.zadd(_status_index(after.status), {job_id: before.created_at.timestamp()})
+        pipe.zrem(status_index(before.status), job_id)
+        pipe.zadd(status_index(after.status), {job_id: before.created_at.timestamp()})
 
 
 class JobStore:
@@ -186,7 +149,7 @@ class JobStore:
         check runs inside the transaction that maps the ids, so producers racing with one
         client job id store one job. A retry (a record with `retry_of`) takes its client job
         id over from whichever job of its line holds it."""
-        keys = [job_key(r.id) for r in records]
+        job_keys = [job_key(r.id) for r in records]
         inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
         client_ids = {r.request["client_job_id"]: r.id for r in records if r.request.get("client_job_id")}
@@ -195,7 +158,7 @@ class JobStore:
 
         def write(pipe: Any) -> None:
             existing.clear()
-            taken = [r.id for r, k in zip(records, keys, strict=True) if pipe.exists(k)]
+            taken = [r.id for r, k in zip(records, job_keys, strict=True) if pipe.exists(k)]
             if taken:
                 raise JobExistsError(", ".join(taken))
             existing.update(self._client_id_owners(pipe, records))
@@ -219,7 +182,7 @@ class JobStore:
                     pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
-            self.redis.transaction(write, *keys, *budget_keys, budgets.CAPS_KEY, *client_keys)
+            self.redis.transaction(write, *job_keys, *budget_keys, keys.BUDGET_CAPS, *client_keys)
         return dict(existing)
 
     @staticmethod
@@ -264,17 +227,17 @@ class JobStore:
         pipe = self.redis.pipeline()
         if record is not None and not record.status.is_final:
             settle(pipe, record.model_copy(update={"cost_usd": None}))
-            pipe.hincrby(stats.JOBS_KEY, stats.jobs_field(record.status.value, record.provider, record.model), -1)
+            pipe.hincrby(keys.STATS_JOBS, stats.jobs_field(record.status.value, record.provider, record.model), -1)
             if record.request.get("client_job_id") and record.retry_of:
                 pipe.set(client_key(record.request["client_job_id"]), record.retry_of, ex=CLIENT_ID_TTL_S)
             elif record.request.get("client_job_id"):
                 pipe.delete(client_key(record.request["client_job_id"]))
         pipe.delete(job_key(job_id), input_key(job_id, "first_frame"), input_key(job_id, "last_frame"))
-        pipe.zrem(DUE_INDEX, job_id)
-        pipe.zrem(PARKED_INDEX, job_id)
-        pipe.zrem(_all_index(), job_id)
+        pipe.zrem(keys.DUE_INDEX, job_id)
+        pipe.zrem(keys.PARKED_INDEX, job_id)
+        pipe.zrem(keys.ALL_INDEX, job_id)
         for status in JobStatus:
-            pipe.zrem(_status_index(status), job_id)
+            pipe.zrem(status_index(status), job_id)
         pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -291,7 +254,7 @@ class JobStore:
 
     def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
         """Newest first, optionally only those in `status`."""
-        index = _status_index(status) if status else _all_index()
+        index = status_index(status) if status else keys.ALL_INDEX
         ids: list[str] = self.redis.zrevrange(index, 0, max(limit, 1) - 1)  # type: ignore[assignment]
         return [r for r in self.get_many(ids) if r is not None]
 
@@ -302,7 +265,7 @@ class JobStore:
         batches of 1000 (measured: 0.2 s for 200,000 jobs). Whole ids need no scan: `get`."""
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
         found: builtins.list[str] = []
-        for member, _score in self.redis.zscan_iter(_all_index(), match=pattern, count=1000):
+        for member, _score in self.redis.zscan_iter(keys.ALL_INDEX, match=pattern, count=1000):
             if member in found:  # SCAN may return an entry twice
                 continue
             found.append(member)
@@ -312,12 +275,12 @@ class JobStore:
 
     def due_before(self, when: float, limit: int = 1000) -> builtins.list[str]:
         """Ids of active jobs whose next step was due before `when` (epoch seconds)."""
-        ids: builtins.list[str] = self.redis.zrangebyscore(DUE_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
+        ids: builtins.list[str] = self.redis.zrangebyscore(keys.DUE_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
         return ids
 
     def due_at(self, job_id: str) -> float | None:
         """When the job's next step is due (epoch seconds), or None if it is not indexed."""
-        score: float | None = self.redis.zscore(DUE_INDEX, job_id)  # type: ignore[assignment]
+        score: float | None = self.redis.zscore(keys.DUE_INDEX, job_id)  # type: ignore[assignment]
         return score
 
     def mark_due(self, job_id: str, when: float) -> None:
@@ -327,35 +290,35 @@ class JobStore:
         message a step sends. XX: a job that went final meanwhile (and left the index in
         its final transaction) is not put back."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(DUE_INDEX, {job_id: when}, xx=True)
-        pipe.zrem(PARKED_INDEX, job_id)  # a message is on its way: nothing is parked
+        pipe.zadd(keys.DUE_INDEX, {job_id: when}, xx=True)
+        pipe.zrem(keys.PARKED_INDEX, job_id)  # a message is on its way: nothing is parked
         pipe.execute()
 
     def park(self, job_id: str, when: float) -> None:
         """Record that the job's next step is due at `when` but was not sent (the wait is
         longer than a countdown may be): the sweep sends it then (`unpark_due`)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(DUE_INDEX, {job_id: when}, xx=True)
-        pipe.zadd(PARKED_INDEX, {job_id: when})
+        pipe.zadd(keys.DUE_INDEX, {job_id: when}, xx=True)
+        pipe.zadd(keys.PARKED_INDEX, {job_id: when})
         pipe.execute()
 
     def parked_at(self, job_id: str) -> float | None:
         """When the job's parked step is due, or None if nothing is parked."""
-        score: float | None = self.redis.zscore(PARKED_INDEX, job_id)  # type: ignore[assignment]
+        score: float | None = self.redis.zscore(keys.PARKED_INDEX, job_id)  # type: ignore[assignment]
         return score
 
     def next_parked_at(self) -> float | None:
         """When the earliest parked step is due, or None if nothing is parked."""
-        first: list[tuple[str, float]] = self.redis.zrange(PARKED_INDEX, 0, 0, withscores=True)  # type: ignore[assignment]
+        first: list[tuple[str, float]] = self.redis.zrange(keys.PARKED_INDEX, 0, 0, withscores=True)  # type: ignore[assignment]
         return first[0][1] if first else None
 
     def unpark_due(self, when: float, limit: int = 1000) -> builtins.list[str]:
         """Take the jobs whose parked step is due by `when` out of the parked index and
         return their ids: each id is returned to one caller only, who sends the step."""
-        ids: builtins.list[str] = self.redis.zrangebyscore(PARKED_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
+        ids: builtins.list[str] = self.redis.zrangebyscore(keys.PARKED_INDEX, "-inf", when, start=0, num=limit)  # type: ignore[assignment]
         # ZREM answers 1 to one caller only. A job parked again meanwhile, for later, loses
         # that entry and runs early: its step then finds it must still wait, and parks again.
-        return [job_id for job_id in ids if self.redis.zrem(PARKED_INDEX, job_id)]
+        return [job_id for job_id in ids if self.redis.zrem(keys.PARKED_INDEX, job_id)]
 
     def task_owners(self, provider: str, task_ids: Sequence[str]) -> dict[str, str]:
         """The job each of `task_ids` was recorded by, for those recorded at all."""
@@ -368,7 +331,7 @@ class JobStore:
         """How many jobs are in each status."""
         pipe = self.redis.pipeline()
         for status in JobStatus:
-            pipe.zcard(_status_index(status))
+            pipe.zcard(status_index(status))
         return dict(zip([s.value for s in JobStatus], pipe.execute(), strict=True))
 
     def update(self, job_id: str, mutate: Mutation) -> JobRecord | None:

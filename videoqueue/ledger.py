@@ -16,22 +16,16 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from videoqueue import namespace, stats
+from videoqueue import keys, stats
 from videoqueue.budget import to_micro
 from videoqueue.job import JobRecord, Usd
+from videoqueue.keys import ledger_entry_key
 
-KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("ledger:"))
-INDEX_KEY = namespace.keep(globals(), "INDEX_KEY", lambda: namespace.key("ledger:index"))
 UNTAGGED = "(untagged)"
 TOTAL = "total"
 
 GroupBy = Literal["day", "month", "provider", "model", "tag", "status"]
 GROUPS: tuple[str, ...] = ("day", "month", "provider", "model", "tag", "status")
-
-
-def entry_key(job_id: str) -> str:
-    """Redis key of one ledger entry."""
-    return f"{KEY_PREFIX}entry:{job_id}"
 
 
 class LedgerEntry(BaseModel):
@@ -85,8 +79,8 @@ class LedgerEntry(BaseModel):
 
 def write_entry(pipe: Any, entry: LedgerEntry) -> None:
     """Queue the writes of an entry on a MULTI pipeline (idempotent: NX, same score)."""
-    pipe.set(entry_key(entry.job_id), entry.model_dump_json(), nx=True)
-    pipe.zadd(INDEX_KEY, {entry.job_id: entry.settled_at.timestamp()})
+    pipe.set(ledger_entry_key(entry.job_id), entry.model_dump_json(), nx=True)
+    pipe.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
 
 
 class CostRow(BaseModel):
@@ -110,17 +104,17 @@ class Ledger:
         low = str(datetime.combine(since, time.min, UTC).timestamp()) if since else "-inf"
         # "(" makes the bound exclusive: up to, not including, the day after `until`.
         high = f"({datetime.combine(until + timedelta(days=1), time.min, UTC).timestamp()}" if until else "+inf"
-        ids: list[str] = self.redis.zrangebyscore(INDEX_KEY, low, high)  # type: ignore[assignment]
+        ids: list[str] = self.redis.zrangebyscore(keys.LEDGER_INDEX, low, high)  # type: ignore[assignment]
         entries: list[LedgerEntry] = []
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
-            raws: list[str | None] = self.redis.mget([entry_key(i) for i in batch])  # type: ignore[assignment]
+            raws: list[str | None] = self.redis.mget([ledger_entry_key(i) for i in batch])  # type: ignore[assignment]
             entries.extend(LedgerEntry.model_validate_json(r) for r in raws if r)
         return entries
 
     def entry(self, job_id: str) -> LedgerEntry | None:
         """The entry of one job, or None."""
-        raw: str | None = self.redis.get(entry_key(job_id))  # type: ignore[assignment]
+        raw: str | None = self.redis.get(ledger_entry_key(job_id))  # type: ignore[assignment]
         return LedgerEntry.model_validate_json(raw) if raw else None
 
     def report(
@@ -155,11 +149,11 @@ class Ledger:
 
         def write(pipe: Any) -> None:
             result.clear()
-            ids: list[str] = pipe.zrange(INDEX_KEY, 0, -1)
+            ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
             current: dict[str, LedgerEntry] = {}
             for start in range(0, len(ids), 500):
                 batch = ids[start : start + 500]
-                raws: list[str | None] = pipe.mget([entry_key(i) for i in batch])
+                raws: list[str | None] = pipe.mget([ledger_entry_key(i) for i in batch])
                 current.update({i: LedgerEntry.model_validate_json(r) for i, r in zip(batch, raws, strict=True) if r})
             missing = [e for i, e in current.items() if i not in by_id]
             after = {**current, **by_id}
@@ -188,14 +182,14 @@ class Ledger:
                 )
             for old, new in diff.changed:
                 _unindex(pipe, old)
-                pipe.set(entry_key(new.job_id), new.model_dump_json())
-                pipe.zadd(INDEX_KEY, {new.job_id: new.settled_at.timestamp()})
+                pipe.set(ledger_entry_key(new.job_id), new.model_dump_json())
+                pipe.zadd(keys.LEDGER_INDEX, {new.job_id: new.settled_at.timestamp()})
                 stats.add_cost(pipe, new.provider, new.model, to_micro(new.estimate_usd), to_micro(new.actual_usd))
             if diff.pruned:
                 for entry in diff.missing:
                     _unindex(pipe, entry)
 
-        self.redis.transaction(write, INDEX_KEY)
+        self.redis.transaction(write, keys.LEDGER_INDEX)
         return result[0]
 
 
@@ -217,8 +211,8 @@ class LedgerDiff(BaseModel):
 
 def _unindex(pipe: Any, entry: LedgerEntry) -> None:
     """Queue the removal of an entry and of its money from the cost statistics."""
-    pipe.delete(entry_key(entry.job_id))
-    pipe.zrem(INDEX_KEY, entry.job_id)
+    pipe.delete(ledger_entry_key(entry.job_id))
+    pipe.zrem(keys.LEDGER_INDEX, entry.job_id)
     stats.add_cost(
         pipe, entry.provider, entry.model, -to_micro(entry.estimate_usd), -to_micro(entry.actual_usd), jobs=-1
     )

@@ -19,23 +19,7 @@ from typing import Any
 
 import redis
 
-from videoqueue import namespace
-
-KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("limits:"))
-
-
-def slot_key(provider: str, model: str) -> str:
-    """Sorted set of jobs holding an in-flight slot, scored by lease expiry."""
-    return f"{KEY_PREFIX}slots:{provider}:{model}"
-
-
-def _rpm_key(provider: str, model: str) -> str:
-    return f"{KEY_PREFIX}creates:{provider}:{model}"
-
-
-def _backoff_key(provider: str, model: str) -> str:
-    return f"{KEY_PREFIX}backoff:{provider}:{model}"
-
+from videoqueue.keys import backoff_key, creates_key, slot_key
 
 # KEYS: slots, creates, backoff. ARGV: now, job, cap, lease_s, rpm, token.
 # Returns {0, wait_s} when the job must wait, {1, 0} when it may create now.
@@ -101,7 +85,7 @@ class ProviderLimits:
         seconds to wait before asking again."""
         limits = self.limits_for(model)
         ok, wait = self._acquire(
-            keys=[slot_key(provider, model), _rpm_key(provider, model), _backoff_key(provider, model)],
+            keys=[slot_key(provider, model), creates_key(provider, model), backoff_key(provider, model)],
             args=[
                 time.time(),
                 job_id,
@@ -124,7 +108,7 @@ class ProviderLimits:
     def back_off(self, provider: str, model: str, seconds: float) -> None:
         """Make every worker wait `seconds` before creating on this model again."""
         now = time.time()
-        self._back_off(keys=[_backoff_key(provider, model)], args=[now + seconds, now])
+        self._back_off(keys=[backoff_key(provider, model)], args=[now + seconds, now])
 
     def in_flight(self, provider: str, model: str) -> int:
         """Jobs holding a live slot now."""

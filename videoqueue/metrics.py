@@ -17,8 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from videoqueue import budget as budgets
-from videoqueue import redisconn, stats
+from videoqueue import keys, redisconn, stats
 from videoqueue.budget import from_micro
 from videoqueue.job import JobStatus
 
@@ -37,13 +36,13 @@ class JobMetricsCollector(Collector):
         jobs = GaugeMetricFamily(
             "videoqueue_jobs", "Jobs by status, provider and model.", labels=["status", "provider", "model"]
         )
-        for field, value in sorted(self._hash(stats.JOBS_KEY).items()):
+        for field, value in sorted(self._hash(keys.STATS_JOBS).items()):
             status, provider, model = field.split("|", 2)
             jobs.add_metric([status, provider, model], float(value))
         yield jobs
 
         active = GaugeMetricFamily("videoqueue_jobs_active", "Jobs not yet final.")
-        counts = self._hash(stats.JOBS_KEY)
+        counts = self._hash(keys.STATS_JOBS)
         active.add_metric(
             [],
             sum(float(v) for f, v in counts.items() if not JobStatus(f.split("|", 1)[0]).is_final),
@@ -62,7 +61,7 @@ class JobMetricsCollector(Collector):
             "videoqueue_cost_settled_jobs", "Jobs whose cost was settled.", labels=["provider", "model"]
         )
         families = {"actual": actual, "estimate": estimate, "jobs": settled}
-        for field, value in sorted(self._hash(stats.COST_KEY).items()):
+        for field, value in sorted(self._hash(keys.STATS_COST).items()):
             kind, provider, model = field.split("|", 2)
             amount = float(value) if kind == "jobs" else float(from_micro(value))
             families[kind].add_metric([provider, model], amount)
@@ -71,22 +70,22 @@ class JobMetricsCollector(Collector):
         yield self._histogram(
             "videoqueue_provider_render_seconds",
             "Time from provider task created to provider done.",
-            stats.RENDER_KEY,
+            keys.STATS_RENDER_SECONDS,
             stats.RENDER_BUCKETS,
         )
         yield self._histogram(
             "videoqueue_store_seconds",
             "Time from provider done to video stored.",
-            stats.STORE_KEY,
+            keys.STATS_STORE_SECONDS,
             stats.STORE_BUCKETS,
         )
 
         budget = GaugeMetricFamily(
             "videoqueue_budget_usd", "Budget counters: reserved and spent USD.", labels=["budget", "kind"]
         )
-        for key in sorted(self.redis.scan_iter(f"{budgets.KEY_PREFIX}*", count=500)):
+        for key in sorted(self.redis.scan_iter(f"{keys.BUDGET_PREFIX}*", count=500)):
             values = self._hash(str(key))
-            name = str(key).removeprefix(budgets.KEY_PREFIX)
+            name = str(key).removeprefix(keys.BUDGET_PREFIX)
             for kind in ("reserved", "spent"):
                 budget.add_metric([name, kind], float(from_micro(values.get(kind))))
         yield budget

@@ -10,11 +10,12 @@ prefix is a prefix of another deployment's names (`vq:` vs `vq@`, and `:`/`.` en
 
 One process serves one deployment: the worker app and `VideoQueue` call `use()` with
 their settings' namespace, and reading the process's settings (`get_settings()`, as every
-CLI command does) adopts theirs unless a namespace was chosen already. Modules keep their key names as module attributes
-(`jobstore.KEY_PREFIX`, `stats.JOBS_KEY`, `contract.QUEUE_SUBMIT`...) defined with
-`keep()`, which sets them again whenever the namespace changes; read them as
-`module.NAME` (or through the module's own functions) when used, never copy them with
-`from module import NAME` in code that may run after a change of namespace.
+CLI command does) adopts theirs unless a namespace was chosen already. Every Redis key
+is named in `videoqueue.keys`; names derived from the namespace are module attributes
+(`keys.DUE_INDEX`, `job.QUEUE_SUBMIT`...) defined with `keep()`, which sets them again
+whenever the namespace changes; read them as `module.NAME` (or through the module's own
+functions) when used, never copy them with `from module import NAME` in code that may
+run after a change of namespace.
 """
 
 from __future__ import annotations
@@ -97,11 +98,6 @@ def key_prefix(name: str | None = None) -> str:
     return "vq:" if name == DEFAULT else f"vq@{name}:"
 
 
-def key(suffix: str) -> str:
-    """The Redis key `suffix` of the current namespace, e.g. key("jobs:due")."""
-    return key_prefix() + suffix
-
-
 def queue(step: str, name: str | None = None) -> str:
     """The Celery queue of a pipeline step (`submit`, `poll`, `store`) in namespace `name`
     (default: the current one)."""
@@ -121,20 +117,6 @@ def celery_names(name: str | None = None) -> dict[str, str]:
     if name == DEFAULT:
         return {"control_exchange": "celery", "event_exchange": "celeryev"}
     return {"control_exchange": f"vq@{name}", "event_exchange": f"vq@{name}.ev"}
-
-
-def redis_transport_options(name: str | None = None) -> dict[str, str]:
-    """Redis broker options naming the keys of unacknowledged messages in the namespace
-    (empty for `default`, which keeps kombu's `unacked` keys)."""
-    name = current() if name is None else validate(name)
-    if name == DEFAULT:
-        return {}
-    prefix = key_prefix(name)
-    return {
-        "unacked_key": f"{prefix}unacked",
-        "unacked_index_key": f"{prefix}unacked_index",
-        "unacked_mutex_key": f"{prefix}unacked_mutex",
-    }
 
 
 def keep(scope: MutableMapping[str, Any], attribute: str, make: Callable[[], T]) -> T:

@@ -44,7 +44,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
 def celery_conf(broker_url: str) -> dict[str, Any]:
     """The Celery settings that depend on the current namespace: its queues, default queue,
-    and control and event exchanges (Redis broker options: namespace.redis_transport_options)."""
+    and control and event exchanges (Redis broker options: keys.broker_transport_options)."""
     return {
         "task_queues": task_queues(broker_url),
         "task_default_queue": namespace.queue("submit"),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from videoqueue import jobstore
+from videoqueue import jobstore, keys
 from videoqueue.job import JobRecord, utcnow
 from videoqueue.queues import broker_timing
 from videoqueue.settings import Settings
@@ -89,7 +89,7 @@ def stalls(
         return {}
     pipe = store.redis.pipeline(transaction=False)
     for record in active:
-        pipe.zscore(jobstore.DUE_INDEX, record.id)
+        pipe.zscore(keys.DUE_INDEX, record.id)
     scores: list[float | None] = pipe.execute()
     found: dict[str, float] = {}
     for record, score in zip(active, scores, strict=True):

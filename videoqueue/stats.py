@@ -7,14 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.budget import to_micro
 from videoqueue.job import JobRecord
-
-JOBS_KEY = namespace.keep(globals(), "JOBS_KEY", lambda: namespace.key("stats:jobs"))
-COST_KEY = namespace.keep(globals(), "COST_KEY", lambda: namespace.key("stats:cost"))
-RENDER_KEY = namespace.keep(globals(), "RENDER_KEY", lambda: namespace.key("stats:render_seconds"))
-STORE_KEY = namespace.keep(globals(), "STORE_KEY", lambda: namespace.key("stats:store_seconds"))
 
 # Upper bounds (seconds) of the duration histograms.
 RENDER_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200)
@@ -22,19 +17,19 @@ STORE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300)
 
 
 def jobs_field(status: str, provider: str, model: str) -> str:
-    """Field of JOBS_KEY counting jobs in one status of one model."""
+    """Field of keys.STATS_JOBS counting jobs in one status of one model."""
     return f"{status}|{provider}|{model}"
 
 
 def on_create(pipe: Any, record: JobRecord) -> None:
     """Count a new job."""
-    pipe.hincrby(JOBS_KEY, jobs_field(record.status.value, record.provider, record.model), 1)
+    pipe.hincrby(keys.STATS_JOBS, jobs_field(record.status.value, record.provider, record.model), 1)
 
 
 def on_status_change(pipe: Any, before: JobRecord, after: JobRecord) -> None:
     """Move a job from one status count to another."""
-    pipe.hincrby(JOBS_KEY, jobs_field(before.status.value, before.provider, before.model), -1)
-    pipe.hincrby(JOBS_KEY, jobs_field(after.status.value, after.provider, after.model), 1)
+    pipe.hincrby(keys.STATS_JOBS, jobs_field(before.status.value, before.provider, before.model), -1)
+    pipe.hincrby(keys.STATS_JOBS, jobs_field(after.status.value, after.provider, after.model), 1)
 
 
 def on_end(pipe: Any, after: JobRecord) -> None:
@@ -44,17 +39,29 @@ def on_end(pipe: Any, after: JobRecord) -> None:
     if charged is not None:
         add_cost(pipe, after.provider, after.model, to_micro(after.cost_estimate_usd), to_micro(charged))
     if after.submitted_at and after.provider_done_at:
-        _observe(pipe, RENDER_KEY, RENDER_BUCKETS, after, (after.provider_done_at - after.submitted_at).total_seconds())
+        _observe(
+            pipe,
+            keys.STATS_RENDER_SECONDS,
+            RENDER_BUCKETS,
+            after,
+            (after.provider_done_at - after.submitted_at).total_seconds(),
+        )
     if after.provider_done_at and after.finished_at and after.output_uri:
-        _observe(pipe, STORE_KEY, STORE_BUCKETS, after, (after.finished_at - after.provider_done_at).total_seconds())
+        _observe(
+            pipe,
+            keys.STATS_STORE_SECONDS,
+            STORE_BUCKETS,
+            after,
+            (after.finished_at - after.provider_done_at).total_seconds(),
+        )
 
 
 def add_cost(pipe: Any, provider: str, model: str, estimate_micro: int, actual_micro: int, *, jobs: int = 1) -> None:
     """Add one settled job's money to the per-model totals (negative amounts and jobs=-1
     take it out again)."""
-    pipe.hincrby(COST_KEY, f"actual|{provider}|{model}", actual_micro)
-    pipe.hincrby(COST_KEY, f"estimate|{provider}|{model}", estimate_micro)
-    pipe.hincrby(COST_KEY, f"jobs|{provider}|{model}", jobs)
+    pipe.hincrby(keys.STATS_COST, f"actual|{provider}|{model}", actual_micro)
+    pipe.hincrby(keys.STATS_COST, f"estimate|{provider}|{model}", estimate_micro)
+    pipe.hincrby(keys.STATS_COST, f"jobs|{provider}|{model}", jobs)
 
 
 def _observe(pipe: Any, key: str, buckets: tuple[float, ...], job: JobRecord, seconds: float) -> None:

@@ -24,13 +24,14 @@ from functools import partial
 from typing import Any
 
 from videoqueue import namespace
-from videoqueue.endpoints import Endpoint, storage_endpoint
+from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
 from worker import registry
 from worker.logs import redact
 from worker.probe import Status, safe_url
 from worker.providers import provider_endpoint, provider_names
 from worker.providers.registry import adapter as provider_adapter
+from worker.storage import storage_endpoint
 
 __all__ = [
     "Check",

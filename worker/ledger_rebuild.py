@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger, LedgerDiff, LedgerEntry
 from videoqueue.settings import Settings
@@ -45,14 +45,10 @@ def manifest_namespace(document: dict[str, Any]) -> str:
     if isinstance(recorded, str) and namespace.is_valid(recorded):
         return recorded
     job = document.get("job")
-    keys = job.get("budget_keys") if isinstance(job, dict) else None
-    for key in keys if isinstance(keys, list) else ():
-        if not isinstance(key, str):
-            continue
-        if key.startswith("vq:"):
-            return namespace.DEFAULT
-        name, sep, _ = key.removeprefix("vq@").partition(":")
-        if key.startswith("vq@") and sep and namespace.is_valid(name):
+    budget_keys = job.get("budget_keys") if isinstance(job, dict) else None
+    for key in budget_keys if isinstance(budget_keys, list) else ():
+        name = keys.namespace_of(key) if isinstance(key, str) else None
+        if name is not None:
             return name
     return namespace.DEFAULT
 

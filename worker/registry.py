@@ -1,5 +1,5 @@
 """Who works for this namespace, and how each worker is configured: every worker keeps a
-small record in Redis (`<namespace prefix>workers:<node>`, a TTL refreshed by a heartbeat
+small record in Redis (`keys.worker_key`, a TTL refreshed by a heartbeat
 thread) with its queues and its provider and storage fingerprints; `videoqueue doctor`
 lists them and compares them with the shell's.
 
@@ -24,15 +24,15 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from videoqueue import namespace, redisconn
-from videoqueue.endpoints import Endpoint, storage_endpoint
+from videoqueue import keys, redisconn
+from videoqueue.endpoints import Endpoint
 from videoqueue.job import utcnow
 from videoqueue.settings import Settings
 from worker.providers import provider_endpoint, provider_names
+from worker.storage import storage_endpoint
 
 log = logging.getLogger("videoqueue.registry")
 
-KEY_PREFIX = namespace.keep(globals(), "KEY_PREFIX", lambda: namespace.key("workers:"))
 HEARTBEAT_S = 20.0
 TTL_S = 60
 
@@ -76,18 +76,18 @@ def entry_for(node: str, queues: list[str], settings: Settings) -> WorkerEntry:
 def register(client: redis.Redis, entry: WorkerEntry, ttl_s: int = TTL_S) -> None:
     """Write (or refresh) the worker's record for `ttl_s` seconds."""
     data = asdict(entry) | {"seen_at": utcnow().isoformat(timespec="seconds")}
-    client.set(f"{KEY_PREFIX}{entry.node}", json.dumps(data), ex=ttl_s)
+    client.set(keys.worker_key(entry.node), json.dumps(data), ex=ttl_s)
 
 
 def unregister(client: redis.Redis, node: str) -> None:
     """Remove the worker's record (at shutdown)."""
-    client.delete(f"{KEY_PREFIX}{node}")
+    client.delete(keys.worker_key(node))
 
 
 def registered(client: redis.Redis) -> list[WorkerEntry]:
     """The workers registered in the current namespace, by node name."""
     entries: list[WorkerEntry] = []
-    for key in sorted(client.scan_iter(f"{KEY_PREFIX}*", count=500)):
+    for key in sorted(client.scan_iter(f"{keys.WORKERS_PREFIX}*", count=500)):
         raw: Any = client.get(key)
         if raw is None:
             continue

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import redis
 
-from videoqueue import jobstore
 from videoqueue.job import JobRecord
+from videoqueue.keys import render_history_key
 
 # Prefix of an approximate render time in the list.
 APPROXIMATE = "~"
@@ -30,8 +30,9 @@ APPROXIMATE = "~"
 def history_key(job: JobRecord) -> str:
     """The Redis list of render times of jobs like `job`."""
     request = job.request
-    kind = (job.provider, job.model, request.get("resolution"), request.get("duration"), request.get("service_tier"))
-    return f"{jobstore.KEY_PREFIX}render:" + ":".join(str(part) for part in kind)
+    return render_history_key(
+        job.provider, job.model, request.get("resolution"), request.get("duration"), request.get("service_tier")
+    )
 
 
 class RenderHistory:

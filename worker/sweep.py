@@ -13,14 +13,13 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import RedisError
 
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.jobstore import JobStore
 from videoqueue.recovery import recover_stranded
 from videoqueue.settings import Settings
 from videoqueue.stalled import StallRule
 
 log = logging.getLogger("videoqueue.sweep")
-LOCK_KEY = namespace.keep(globals(), "LOCK_KEY", lambda: namespace.key("sweep:lock"))
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -28,7 +27,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     """One sweep under the fleet-wide lock; returns how many jobs it recovered."""
     token = uuid.uuid4().hex
     ttl_ms = int(max(settings.sweep_interval_s, 10) * 1000)
-    if not store.redis.set(LOCK_KEY, token, nx=True, px=ttl_ms):
+    if not store.redis.set(keys.SWEEP_LOCK, token, nx=True, px=ttl_ms):
         return 0
 
     def send(name: str, args: list[Any]) -> None:
@@ -39,7 +38,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     finally:
         # Let the next sweep (ours or another worker's) run on time; the lock's expiry only
         # covers a sweeper that dies holding it.
-        store.redis.eval(_RELEASE, 1, LOCK_KEY, token)
+        store.redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
     if report.unparked:
         log.info(
             "sent parked steps now due",

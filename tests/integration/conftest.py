@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import boto3
 import httpx
 import pytest
 import redis
+from pydantic import AliasChoices
 
 from producer import Settings, VideoQueue
 from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, start_worker
-from videoqueue import namespace
+from videoqueue import keys, namespace
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +30,52 @@ TEST_NAMESPACE = os.environ.get("VQ_TEST_NAMESPACE", "test")
 os.environ["VQ_NAMESPACE"] = TEST_NAMESPACE
 namespace.use(TEST_NAMESPACE)
 # Kombu's hash of delivered, unacknowledged messages, named by the namespace too.
-UNACKED = namespace.redis_transport_options().get("unacked_key", "unacked")
+UNACKED = keys.broker_transport_options().get("unacked_key", "unacked")
 SIM_KEY = "sim-test-key-0d9c1e"
 SIM_GOOGLE_KEY = "sim-google-key-5b7a20"
+# The worker settings the suite shortens, and why. A test that needs the defaults as users
+# get them asks for `default_stack` instead (tests/integration/test_defaults.py).
+SUITE_TUNING = {
+    # The simulator renders in about a second and the suite runs hundreds of jobs: polls
+    # 0.5-2 s apart instead of the cold schedule (first poll after POLL_MIN_S=2 s, intervals
+    # growing to POLL_MAX_S=60 s) keep each test seconds long.
+    "POLL_INITIAL_S": "1",
+    "POLL_MIN_S": "0.5",
+    "POLL_MAX_S": "2",
+    # Injected faults (429s, 5xx, cut connections) are retried 0.5-4 s apart, not 2-300 s.
+    "RETRY_BASE_S": "0.5",
+    "RETRY_MAX_S": "4",
+    # The fleet-wide limits get their own tests; elsewhere they must not pace jobs.
+    "MAX_IN_FLIGHT_PER_MODEL": "100000",
+    "CREATES_PER_MINUTE_PER_MODEL": "100000",
+}
+# The reliability suites' recovery, for runs that strand jobs (a killed worker, Redis
+# restarted): the sweep runs every 3 s and takes back a job 10 s overdue, a store attempt
+# or a submit lease is stale after 15 s and a provider call times out after 10 s
+# (defaults: 60 s, 60 s, 1500 s, 180 s and 30 s; minutes per stranded job). Polls 1-3 s
+# apart, so that a worker on Redis holds countdown polls when it dies.
+FAST_RECOVERY = {
+    "SWEEP_INTERVAL_S": "3",
+    "RECOVER_AFTER_S": "10",
+    "STORE_BUSY_S": "15",
+    "SUBMIT_LEASE_S": "15",
+    "PROVIDER_TIMEOUT_S": "10",
+    "POLL_INITIAL_S": "3",
+    "POLL_MIN_S": "1",
+    "POLL_MAX_S": "3",
+}
+
+
+def setting_variables() -> set[str]:
+    """Every environment variable (upper case) that sets a videoqueue setting."""
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        names.add(field_name.upper())
+        if isinstance(info.validation_alias, AliasChoices):
+            names |= {c.upper() for c in info.validation_alias.choices if isinstance(c, str)}
+    return names
+
+
 # What every test starts from: whatever an earlier test set is undone.
 CLEAN_SIMULATOR: dict[str, Any] = {
     "latency": 1.0,
@@ -109,13 +154,23 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
-def simulator(log_dir: Path) -> Iterator[Simulator]:
+@contextmanager
+def running_simulator(log_dir: Path, *args: str) -> Iterator[Simulator]:
+    """A simulator of its own (command-line options `args`) that takes the suite's keys,
+    logging into `log_dir`; stopped at the end of the block."""
     port = free_port()
     env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
-    proc = start_simulator(port, log_dir, ["--latency", "1.0"], env=env)
-    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
-    proc.stop()
+    proc = start_simulator(port, log_dir, list(args), env=env)
+    try:
+        yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(log_dir: Path) -> Iterator[Simulator]:
+    with running_simulator(log_dir, "--latency", "1.0") as sim:
+        yield sim
 
 
 @pytest.fixture(scope="session")
@@ -143,26 +198,27 @@ class Stack:
     storage_url: str
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[ManagedProcess] = field(default_factory=list)
+    defaults: bool = False  # every setting but where the parts are at its default (no SUITE_TUNING)
 
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = {
-            **os.environ,
+    def connection_env(self) -> dict[str, str]:
+        """Where the stack's parts are: the settings every process of it needs."""
+        return {
+            "VQ_NAMESPACE": TEST_NAMESPACE,
             "REDIS_URL": REDIS_URL,
             "BYTEPLUS_BASE_URL": self.simulator.ark_base_url,
             "BYTEPLUS_API_KEY": SIM_KEY,
             "GOOGLE_API_KEY": SIM_GOOGLE_KEY,
             "VEO_BASE_URL": f"{self.simulator.url}/",
             "STORAGE_URL": self.storage_url,
-            "POLL_INITIAL_S": "1",
-            "POLL_MIN_S": "0.5",
-            "POLL_MAX_S": "2",
-            "RETRY_BASE_S": "0.5",
-            "RETRY_MAX_S": "4",
-            "LOG_LEVEL": "INFO",
-            # The fleet-wide limits get their own tests; elsewhere they must not pace jobs.
-            "MAX_IN_FLIGHT_PER_MODEL": "100000",
-            "CREATES_PER_MINUTE_PER_MODEL": "100000",
         }
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        if self.defaults:  # nothing the shell or the suite sets either
+            own = setting_variables()
+            env = {k: v for k, v in os.environ.items() if k.upper() not in own}
+        else:
+            env = {**os.environ, **SUITE_TUNING, "LOG_LEVEL": "INFO"}
+        env.update(self.connection_env())
         env.update(self.extra_env)
         env.update(overrides)
         return env
@@ -193,6 +249,22 @@ def local_stack(simulator: Simulator, redis_client: redis.Redis, log_dir: Path, 
     stack = Stack(simulator, redis_client, log_dir, storage_url=f"file://{tmp_path / 'videos'}")
     yield stack
     stack.stop()
+
+
+@pytest.fixture
+def default_stack(local_stack: Stack) -> Stack:
+    """local_stack whose workers and CLI run every setting at its default: only where Redis,
+    the simulator and the folder are is set (SUITE_TUNING and the shell's settings are not)."""
+    local_stack.defaults = True
+    return local_stack
+
+
+def fresh_stack(simulator: Simulator, client: redis.Redis, logs: Path, storage_url: str, **env: str) -> Stack:
+    """A stack for one run of a reliability suite: an empty database and a simulator with
+    nothing in flight; `env` for its workers on top of the suite's."""
+    client.flushdb()
+    simulator.reset()
+    return Stack(simulator, client, logs, storage_url=storage_url, extra_env=dict(env))
 
 
 @pytest.fixture

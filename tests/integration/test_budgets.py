@@ -15,7 +15,7 @@ import pytest
 from producer import JobStatus, VideoRequest
 from tests.integration.conftest import Stack
 from tests.integration.test_cli import CLI, run
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.budget import usage
 from videoqueue.job import ErrorCode, JobRecord
 from videoqueue.ledger import Ledger
@@ -34,7 +34,7 @@ def run_in(stack: Stack, shell: dict[str, str], *args: str) -> subprocess.Comple
 
 
 def _day_key() -> str:
-    return namespace.key(f"budget:day:{datetime.now(UTC).date().isoformat()}")
+    return keys.budget_counter_key(f"day:{datetime.now(UTC).date().isoformat()}")
 
 
 def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: Stack) -> None:
@@ -56,7 +56,7 @@ def test_money_spent_with_no_cap_counts_once_a_cap_is_set_in_redis(local_stack: 
     error = " ".join(refused.stderr.split())  # however the terminal width wraps it
     assert "cap $0.60, spent $0.4983, reserved $0.0000" in error
     assert "requested $0.2492" in error and "nothing was enqueued" in error
-    assert local_stack.redis.zcard(namespace.key("jobs:all")) == 2
+    assert local_stack.redis.zcard(keys.ALL_INDEX) == 2
 
     shown = json.loads(run(local_stack, "budget", "show", "--json").stdout)
     day = next(b for b in shown if b["kind"] == "day")
@@ -121,8 +121,8 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     partial.mkdir()
     for job_id in ids[:3]:
         shutil.copy(workers_storage / f"{job_id}.json", partial / f"{job_id}.json")
-    local_stack.redis.delete(namespace.key(f"ledger:entry:{ids[0]}"))  # Redis lost one that storage has
-    local_stack.redis.zrem(namespace.key("ledger:index"), ids[0])
+    local_stack.redis.delete(keys.ledger_entry_key(ids[0]))  # Redis lost one that storage has
+    local_stack.redis.zrem(keys.LEDGER_INDEX, ids[0])
     shell = {"STORAGE_URL": f"file://{partial}"}
 
     dry = run_in(local_stack, shell, "costs", "rebuild", "--dry-run")
@@ -147,12 +147,12 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     assert sorted(e.job_id for e in ledger.entries()) == sorted(ids[:3])
 
     # Budgets recount from the ledger: what was pruned no longer counts as spent.
-    assert usage(local_stack.redis, namespace.key("budget:tag:rebuild"))[1] == total
+    assert usage(local_stack.redis, keys.budget_counter_key("tag:rebuild"))[1] == total
     recount = run(local_stack, "budget", "rebuild")
     assert recount.returncode == 0, recount.stderr
     kept = sum((e.actual_usd for e in ledger.entries()), Decimal(0))
     assert f"tag:rebuild: spent ${total:.4f} -> ${kept:.4f}" in recount.stdout
-    assert usage(local_stack.redis, namespace.key("budget:tag:rebuild")) == (Decimal(0), kept)
+    assert usage(local_stack.redis, keys.budget_counter_key("tag:rebuild")) == (Decimal(0), kept)
 
 
 def _manifest(job_id: str, writer: str | None, budget_keys: list[str], cost: str) -> dict[str, object]:
@@ -188,6 +188,8 @@ def test_costs_rebuild_takes_only_the_manifests_of_its_own_namespace(local_stack
     day = datetime.now(UTC).date().isoformat()
     shared = tmp_path / "videos"
     shared.mkdir()
+    # Manifests written before the `namespace` field name it only by their budget keys, as
+    # those versions spelled them: stored data, so literal here.
     manifests = {
         "own-new": _manifest("own-new", own, [], "0.25"),
         "own-old": _manifest("own-old", None, [f"vq@{own}:budget:day:{day}"], "0.50"),
@@ -213,4 +215,4 @@ def test_costs_rebuild_takes_only_the_manifests_of_its_own_namespace(local_stack
     assert sorted(e.job_id for e in Ledger(local_stack.redis).entries()) == ["own-new", "own-old"]
     recount = run(local_stack, "budget", "rebuild")
     assert recount.returncode == 0, recount.stderr
-    assert usage(local_stack.redis, namespace.key("budget:tag:shared")) == (Decimal(0), Decimal("0.75"))
+    assert usage(local_stack.redis, keys.budget_counter_key("tag:shared")) == (Decimal(0), Decimal("0.75"))

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_status
-from videoqueue import namespace
+from videoqueue import keys, namespace
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ def run(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedP
 
 def _queue_state(stack: Stack) -> tuple[Any, ...]:
     r = stack.redis
-    keys: list[str] = r.keys(namespace.key("*"))  # type: ignore[assignment]
-    return (sorted(keys), *(r.llen(queue) for queue in namespace.queues()))
+    names: list[str] = r.keys(f"{keys.PREFIX}*")  # type: ignore[assignment]
+    return (sorted(names), *(r.llen(queue) for queue in namespace.queues()))
 
 
 def test_submit_wait_status_jobs(local_stack: Stack) -> None:

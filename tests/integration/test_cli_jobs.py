@@ -16,7 +16,7 @@ from producer import InvalidRequestError, JobRecord, VideoRequest
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import assert_mp4, local_path
 from tests.integration.test_cli import CLI, _queue_state, run
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.jobstore import DuplicateClientJobIdError
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ def test_producers_retrying_at_once_with_one_client_id_get_one_job(local_stack: 
         thread.join()
     assert all(isinstance(r, str) for r in results), results
     assert len(set(results)) == 1
-    assert local_stack.keys(namespace.key("job:*")) == [namespace.key(f"job:{results[0]}")]
+    assert local_stack.keys(keys.job_key("*")) == [keys.job_key(results[0])]
     assert local_stack.redis.llen(namespace.queue("submit")) == 1
 
 

@@ -15,7 +15,7 @@ from producer import BudgetExceededError, JobStatus, VideoRequest
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_status
 from tests.integration.test_cli import run
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.budget import usage
 from videoqueue.ledger import Ledger, LedgerEntry
 
@@ -50,15 +50,13 @@ def test_twenty_concurrent_producers_never_reserve_more_than_the_cap(local_stack
     for thread in threads:
         thread.join(60)
 
-    reserved, spent = usage(
-        local_stack.redis, f"{namespace.key_prefix()}budget:day:{datetime.now(UTC).date().isoformat()}"
-    )
+    reserved, spent = usage(local_stack.redis, keys.budget_counter_key(f"day:{datetime.now(UTC).date().isoformat()}"))
     print(f"accepted={len(accepted)} refused={len(refused)} reserved=${reserved}")
     assert reserved <= cap and spent == 0
     assert len(accepted) == 20 and len(refused) == 40
     assert reserved == EST * 20
     assert local_stack.redis.llen(namespace.queue("submit")) == 20  # refused submits sent nothing
-    assert local_stack.redis.zcard(namespace.key("jobs:all")) == 20
+    assert local_stack.redis.zcard(keys.ALL_INDEX) == 20
 
 
 def test_reservations_are_released_or_settled_to_what_the_provider_charged(local_stack: Stack) -> None:
@@ -86,8 +84,8 @@ def test_reservations_are_released_or_settled_to_what_the_provider_charged(local
     ]
     charged = done[ok.id].cost_usd
     assert charged == EST
-    month = f"{namespace.key_prefix()}budget:month:{datetime.now(UTC).date().isoformat()[:7]}"
-    for key in (month, namespace.key("budget:tag:batch-7")):
+    month = keys.budget_counter_key(f"month:{datetime.now(UTC).date().isoformat()[:7]}")
+    for key in (month, keys.budget_counter_key("tag:batch-7")):
         assert usage(local_stack.redis, key) == (Decimal(0), charged)
     entries = Ledger(local_stack.redis).entries()
     assert [(e.job_id, e.actual_usd) for e in entries] == [(ok.id, charged)]
@@ -97,14 +95,14 @@ def test_a_submit_over_budget_is_refused_with_a_clear_error_from_the_cli(local_s
     local_stack.extra_env["BUDGET_DAILY_USD"] = "0.30"
     first = run(local_stack, "submit", "fits")
     assert first.returncode == 0, first.stderr
-    state = (local_stack.keys(namespace.key("*")), local_stack.redis.llen(namespace.queue("submit")))
+    state = (local_stack.keys(f"{keys.PREFIX}*"), local_stack.redis.llen(namespace.queue("submit")))
     second = run(local_stack, "submit", "does not fit")
     assert second.returncode == 2
     error = " ".join(second.stderr.split())  # however the terminal width wraps it
     assert "budget day:" in error and "would be exceeded" in error
     assert "cap $0.30, spent $0.0000, reserved $0.2492, requested $0.2492" in error
     assert "nothing was enqueued" in error
-    assert (local_stack.keys(namespace.key("*")), local_stack.redis.llen(namespace.queue("submit"))) == state
+    assert (local_stack.keys(f"{keys.PREFIX}*"), local_stack.redis.llen(namespace.queue("submit"))) == state
 
 
 def _seed_ledger(stack: Stack) -> None:
@@ -192,7 +190,7 @@ def test_costs_rebuild_from_storage_reproduces_the_ledger_exactly(backend: str, 
     assert len(before) == 6  # 5 succeeded + 1 cancelled after the provider charged; the failed one cost nothing
     assert {e.status for e in before} == {"succeeded", "cancelled"}
 
-    for key in stack.keys(namespace.key("ledger:*")):
+    for key in stack.keys(f"{keys.LEDGER_PREFIX}*"):
         stack.redis.delete(key)
     assert ledger.entries() == []
     rebuilt = run(stack, "costs", "rebuild")

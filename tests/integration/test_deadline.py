@@ -3,16 +3,14 @@ real SDKs and the simulator over HTTP.
 
 Most tests here make the first poll come late on purpose (POLL_INITIAL_S=30 against a
 JOB_DEADLINE_S of 8 s): the poll then runs at the deadline, and what it must do first is
-ask the provider. The last two tests run every poll setting at its default, one per
+ask the provider. The last two tests run every setting at its default (default_stack), one per
 provider, on a cold fleet (no render history).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import httpx
 import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
-from simulator.stack import start_worker
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_for
 from videoqueue.ledger import Ledger
@@ -158,30 +155,19 @@ def test_identical_requests_with_a_fixed_seed_and_lost_create_answers_each_get_t
     assert all(j.attempts == 1 for j in done)
 
 
-def _default_poll_env(stack: Stack) -> dict[str, str]:
-    """The stack's environment with every poll setting at its default (the fixture
-    shortens them for speed elsewhere)."""
-    env = stack.env()
-    for name in list(env):
-        if name.startswith("POLL_"):
-            del env[name]
-    return env
-
-
 @pytest.mark.parametrize(
     ("provider", "extra"),
     [("byteplus", {}), ("veo", {"duration": 4})],
 )
 def test_a_cold_fleet_on_default_poll_settings_sees_a_fast_ending_in_seconds(
-    local_stack: Stack, provider: str, extra: dict[str, Any]
+    default_stack: Stack, provider: str, extra: dict[str, Any]
 ) -> None:
     """Defaults as users get them: no render history, the cold schedule. A task that
     fails within a second and one that renders in 3 s are both seen within
     25% of their time + 3 s (plus the worker's own latency)."""
-    env = _default_poll_env(local_stack)
-    assert not any(k.startswith("POLL_") for k in env) and "POLL_INITIAL_S" not in os.environ
-    local_stack.workers.append(start_worker(f"cold-{uuid.uuid4().hex[:6]}", env, local_stack.log_dir))
-    vq = local_stack.queue()
+    assert not any(k.upper().startswith("POLL_") for k in default_stack.env())
+    default_stack.start_worker()
+    vq = default_stack.queue()
     jobs = vq.submit_many(
         [
             VideoRequest(prompt="fails at once [sim:fail] [sim:latency=1]", provider=provider, **extra),
@@ -192,7 +178,7 @@ def test_a_cold_fleet_on_default_poll_settings_sees_a_fast_ending_in_seconds(
     failed, succeeded = vq.wait([j.id for j in jobs], timeout=60)
 
     assert failed.status is JobStatus.FAILED and succeeded.status is JobStatus.SUCCEEDED, (failed, succeeded)
-    finished = httpx.get(f"{local_stack.simulator.url}/_sim/finished", timeout=5).json()
+    finished = httpx.get(f"{default_stack.simulator.url}/_sim/finished", timeout=5).json()
     # When the worker saw each ending: the failure's final move, the success's move to store.
     for seen, job, render_s in ((failed.finished_at, failed, 1.0), (succeeded.provider_done_at, succeeded, 3.0)):
         assert seen is not None and job.provider_task_id is not None

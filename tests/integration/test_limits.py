@@ -11,7 +11,7 @@ import redis
 
 from producer import JobStatus, VideoRequest
 from tests.integration.conftest import REDIS_URL, Stack
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.limits import ModelLimits, ProviderLimits
 
 pytestmark = pytest.mark.integration
@@ -96,6 +96,8 @@ def test_concurrent_workers_never_take_more_slots_than_the_cap(client: Any) -> N
 
 def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stack: Stack) -> None:
     local_stack.simulator.configure(latency=1.0, concurrency_per_model=1000)
+    # The cap under test, small enough for 20 jobs to queue behind it (default 100 in
+    # flight); the create rate (default 120/min) is raised so that it never binds here.
     local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
     local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="4", CREATES_PER_MINUTE_PER_MODEL="600")
     vq = local_stack.queue()
@@ -109,8 +111,8 @@ def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stac
     assert stats["max_in_flight"] <= 4
     assert stats["creates_total"] == 20
     assert (
-        local_stack.keys(namespace.key("limits:slots:*")) == []
-        or local_stack.redis.zcard(f"{namespace.key_prefix()}limits:slots:byteplus:{MODEL}") == 0
+        local_stack.keys(keys.slot_key("*", "*")) == []
+        or local_stack.redis.zcard(keys.slot_key("byteplus", MODEL)) == 0
     )  # every final job gave its slot back
 
 

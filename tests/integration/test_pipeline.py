@@ -15,7 +15,7 @@ from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.celery_client import producer_app
 from tests.integration.conftest import REDIS_URL, S3Server, Stack
 from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest, wait_status
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.catalog import load_catalog
 from videoqueue.job import TASK_SUBMIT
 
@@ -183,6 +183,8 @@ def test_200_jobs_are_in_flight_at_once_with_two_worker_slots(local_stack: Stack
     """Polling by countdown frees the worker between polls: 2 slots keep 200 renders going.
     A thread-per-clip design would have 2 in flight."""
     local_stack.simulator.configure(latency=20.0, concurrency_per_model=1000)
+    # 20 s renders: a first poll at 18 s and then every 2-4 s keeps 200 jobs to a few polls
+    # each, so the two slots are free between them (what the test is about).
     local_stack.start_worker(concurrency=2, POLL_INITIAL_S="18", POLL_MIN_S="2", POLL_MAX_S="4")
     vq = local_stack.queue()
     jobs = vq.submit_many([VideoRequest(prompt=f"fleet clip {i}") for i in range(200)])
@@ -244,7 +246,7 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
 
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
     assert done[1].request["images"]["first_frame"]["mime_type"] == "image/jpeg"
-    assert local_stack.redis.exists(f"{namespace.key_prefix()}input:{done[1].id}:first_frame") == 1
+    assert local_stack.redis.exists(keys.input_key(done[1].id, "first_frame")) == 1
     with pytest.raises(InvalidRequestError) as info:
         vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))
     assert "answers HTTP 404" in info.value.problems["image_url"]

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_poll_lost_with_a_killed_worker_is_recovered_by_the_sweep(local_stack: Stack) -> None:
+    # SWEEP_INTERVAL_S=0: the doomed worker does not sweep, so only its replacement recovers.
     doomed = local_stack.start_worker(SWEEP_INTERVAL_S="0")
     vq = local_stack.queue()
     job = vq.submit(VideoRequest(prompt="rendering when the worker dies [sim:latency=4]"))
@@ -22,6 +23,8 @@ def test_a_poll_lost_with_a_killed_worker_is_recovered_by_the_sweep(local_stack:
     held: int = local_stack.redis.hlen(UNACKED)  # type: ignore[assignment]
     assert held >= 1  # the broker would give it back only after ~36 min
 
+    # A sweep every second, taking back a job 2 s overdue (defaults 60 s and 60 s): the
+    # recovery happens within the test.
     local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="2")
     done = vq.wait([job.id], timeout=60)[0]
 
@@ -31,6 +34,7 @@ def test_a_poll_lost_with_a_killed_worker_is_recovered_by_the_sweep(local_stack:
 
 
 def test_videoqueue_recover_puts_stranded_jobs_back_once(local_stack: Stack) -> None:
+    # No worker sweeps (SWEEP_INTERVAL_S=0): only `videoqueue recover` may recover the jobs.
     doomed = local_stack.start_worker(SWEEP_INTERVAL_S="0")
     vq = local_stack.queue()
     jobs = vq.submit_many([VideoRequest(prompt=f"stranded {i} [sim:latency=3]") for i in range(3)])
@@ -58,6 +62,6 @@ def test_a_job_queued_with_no_message_at_all_is_submitted_by_the_sweep(local_sta
     vq = local_stack.queue()
     job = vq.submit(VideoRequest(prompt="message lost before any worker saw it"))
     local_stack.redis.delete(namespace.queue("submit"))  # the broker lost it (no AOF, a crash...)
-    local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="1")
+    local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="1")  # recovery within the test
     done = vq.wait([job.id], timeout=60)[0]
     assert done.status is JobStatus.SUCCEEDED and done.recoveries == 1

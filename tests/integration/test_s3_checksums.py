@@ -62,7 +62,7 @@ def test_with_when_supported_the_store_fails_and_doctor_names_the_setting(
     stack, s3, bucket = s3_stack
     with checksum_refusing_proxy(s3.endpoint) as (proxy, log):
         env = {"S3_ENDPOINT_URL": proxy, "S3_CHECKSUMS": "when_supported"}
-        stack.start_worker(2, STORE_MAX_ATTEMPTS="2", **env)
+        stack.start_worker(2, STORE_MAX_ATTEMPTS="2", **env)  # the refused store fails after 2 tries, not 8
         vq = stack.queue()
         job = vq.submit(VideoRequest(prompt="refused clip"))
         done = vq.wait([job.id], timeout=90)[0]

@@ -18,7 +18,7 @@ import pytest
 from producer import ErrorCode, JobStatus, VideoRequest
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import wait_for, wait_status
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.budget import to_micro
 from videoqueue.ledger import Ledger
 from videoqueue.queues import broker_timing
@@ -38,6 +38,8 @@ def test_a_store_slower_than_its_time_limit_ends_after_store_max_attempts(local_
     """Field report: a video host taking ~20 s, STORE_BUSY_S=4, prefork: every attempt hit
     the soft time limit, the sweep re-sent it forever, the job stayed `downloading`."""
     local_stack.simulator.configure(video_trickle_s=20.0)
+    # The field report's STORE_BUSY_S; 3 attempts, retried and swept within seconds, so the
+    # job ends within the test (defaults: 8 attempts, 2-300 s apart, a sweep every 60 s).
     worker = local_stack.start_worker(
         concurrency=2,
         STORE_BUSY_S="4",
@@ -77,6 +79,8 @@ def test_store_attempts_killed_mid_transfer_are_counted_and_end_the_job(local_st
     killer) counts: the count is taken when it starts, and the attempt that would exceed
     STORE_MAX_ATTEMPTS ends the job instead of downloading again."""
     local_stack.simulator.configure(video_trickle_s=60.0)
+    # A 12 s lease against a 60 s transfer, 2 attempts, a sweep every second: each killed
+    # attempt is re-sent and counted within the test.
     worker = local_stack.start_worker(
         concurrency=1,
         STORE_BUSY_S="12",
@@ -116,6 +120,8 @@ def test_a_long_retry_after_never_becomes_a_countdown_past_the_visibility_timeou
     """Field report: a 429 with Retry-After: 500 re-sent the submit with a 612 s countdown,
     over the 366 s visibility timeout: the message ran twice and the job stayed `queued`
     long past JOB_DEADLINE_S."""
+    # Shortened so that the longest countdown (and so the visibility timeout) is well under
+    # the 500 s Retry-After: the wait must be parked, not sent as a countdown.
     shortened = {"RETRY_MAX_S": "4", "POLL_MAX_S": "2", "SUBMIT_LEASE_S": "5", "STORE_BUSY_S": "5"}
     timing = broker_timing(Settings(_env_file=None, **{k.lower(): v for k, v in shortened.items()}))  # type: ignore[arg-type]
     assert timing.max_countdown_s < 500 < timing.visibility_timeout_s + 200
@@ -123,7 +129,7 @@ def test_a_long_retry_after_never_becomes_a_countdown_past_the_visibility_timeou
     worker = local_stack.start_worker(
         concurrency=2,
         **shortened,
-        SWEEP_INTERVAL_S="1",
+        SWEEP_INTERVAL_S="1",  # the sweep sends parked steps when due, here within a second
         RECOVER_AFTER_S="60",
         LOG_FORMAT="text",
     )
@@ -143,7 +149,7 @@ def test_a_long_retry_after_never_becomes_a_countdown_past_the_visibility_timeou
     submits = [task_id for name, task_id in _RECEIVED.findall(log) if name == "videoqueue.submit"]
     assert submits and len(submits) == len(set(submits)), submits  # no message delivered twice
     assert "wait parked in the job store" in log
-    assert local_stack.redis.zcard(namespace.key("jobs:parked")) == 0
+    assert local_stack.redis.zcard(keys.PARKED_INDEX) == 0
     print(
         f"\nretry-after-500: visibility timeout {timing.visibility_timeout_s} s, longest countdown "
         f"{timing.max_countdown_s:g} s; job expired {late:.1f} s after its deadline; create attempts "
@@ -158,6 +164,7 @@ def test_a_failed_store_is_stored_again_with_store_retry_and_costs_once(
     broken = stack.start_worker(
         concurrency=2,
         STORAGE_URL=f"s3://vq-missing-{uuid.uuid4().hex[:8]}/renders",  # a bucket that does not exist
+        # The store gives up after 2 attempts 0.5-1 s apart (defaults: 8, 2-300 s apart).
         STORE_MAX_ATTEMPTS="2",
         RETRY_BASE_S="0.5",
         RETRY_MAX_S="1",

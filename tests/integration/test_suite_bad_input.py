@@ -28,8 +28,9 @@ from producer import InvalidRequestError, UnknownJobError, VideoQueue, VideoRequ
 from producer.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_TAGS
 from simulator.stack import free_port
 from tests.integration.conftest import REDIS_URL, UNACKED, Stack
+from tests.integration.helpers import redis_value
 from tests.integration.test_cli import run
-from videoqueue import namespace
+from videoqueue import keys
 from videoqueue.catalog import MAX_IMAGE_BYTES
 from videoqueue.job import QUEUE_POLL, QUEUE_STORE, QUEUE_SUBMIT
 
@@ -54,33 +55,14 @@ def raw_client() -> redis.Redis:
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
-    """Every key of the database with its type, its whole value and whether it expires.
-
-    Strings, hashes, lists, sets, sorted sets and streams are read by type (no DUMP, whose
-    bytes would differ with encoding details), so two snapshots are equal exactly when the
-    data is."""
+    """Every key of the database with its type, its whole value (helpers.redis_value: read
+    by type, so two snapshots are equal exactly when the data is) and whether it expires."""
     r: Any = client
     state: dict[bytes, tuple[str, Any, bool]] = {}
     for key in sorted(r.scan_iter(match="*", count=1000)):
-        kind = r.type(key).decode()
-        value: Any
-        if kind == "string":
-            value = r.get(key)
-        elif kind == "hash":
-            value = tuple(sorted(r.hgetall(key).items()))
-        elif kind == "list":
-            value = tuple(r.lrange(key, 0, -1))
-        elif kind == "set":
-            value = tuple(sorted(r.smembers(key)))
-        elif kind == "zset":
-            value = tuple(r.zrange(key, 0, -1, withscores=True))
-        elif kind == "stream":
-            value = tuple((entry_id, tuple(sorted(fields.items()))) for entry_id, fields in r.xrange(key))
-        elif kind == "none":  # expired between SCAN and TYPE
-            continue
-        else:
-            raise AssertionError(f"snapshot: unexpected Redis type {kind} of {key!r}")
-        state[key] = (kind, value, r.pttl(key) >= 0)
+        read = redis_value(r, key)
+        if read is not None:
+            state[key] = (*read, r.pttl(key) >= 0)
     return state
 
 
@@ -617,7 +599,7 @@ def test_bad_input_suite(local_stack: Stack, tmp_path: Path) -> None:
     good = vq.submit(VideoRequest(prompt="the one good job of the bad-input suite", client_job_id=USED_CLIENT_ID))
     before = snapshot(client)
     assert queue_lengths(before)[QUEUE_SUBMIT] == queue_lengths(empty)[QUEUE_SUBMIT] + 1
-    assert f"{namespace.key_prefix()}job:{good.id}".encode() in before
+    assert keys.job_key(good.id).encode() in before
 
     inp = make_inputs(stack, tmp_path)
     table = cases(inp)

@@ -52,9 +52,10 @@ import pytest
 import redis
 
 from simulator.mp4 import video_size
-from simulator.stack import ManagedProcess, free_port, start_simulator
-from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
-from videoqueue import namespace
+from simulator.stack import ManagedProcess
+from tests.integration.conftest import FAST_RECOVERY, REDIS_URL, Simulator, Stack, fresh_stack, running_simulator
+from tests.integration.helpers import assert_each_job_once, visible_files, wait_final
+from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
@@ -75,20 +76,12 @@ CONCURRENCY = 2
 KILL_TIMEOUT_S = 120.0
 FINISH_TIMEOUT_S = 300.0
 WORKER_ENV = {
-    "SWEEP_INTERVAL_S": "3",
-    "RECOVER_AFTER_S": "10",
-    "STORE_BUSY_S": "15",
-    "SUBMIT_LEASE_S": "15",
-    "PROVIDER_TIMEOUT_S": "10",
-    # Polls a few seconds apart, so a worker on Redis holds countdown polls when killed.
-    "POLL_INITIAL_S": "3",
-    "POLL_MIN_S": "1",
-    "POLL_MAX_S": "3",
+    **FAST_RECOVERY,
     "LOG_FORMAT": "text",  # the kill moment is read from the "Task ... received" lines
 }
 RABBITMQ = ("127.0.0.1", 5672)
 SUBMIT, POLL, STORE = "videoqueue.submit", "videoqueue.poll", "videoqueue.store"
-ALL_JOBS = namespace.key("jobs:all")
+ALL_JOBS = keys.ALL_INDEX
 
 # The producer runs as its own process: Celery's settings (quorum queues on RabbitMQ) are
 # read from the environment when `celeryconfig` is first imported.
@@ -207,7 +200,6 @@ class CrashRun:
     videos: Path
     files: set[str]
     hidden: list[str]
-    video_sizes: dict[str, int]
     kill: KillMoment
     moved_s: dict[str, float]  # job id -> seconds from the kill to its progress
     stranded: list[str]  # held, active at the kill, and never moved again
@@ -241,18 +233,11 @@ class CrashRun:
         )
 
 
-def _records(store: JobStore, job_ids: list[str]) -> dict[str, JobRecord]:
-    return {r.id: r for r in store.get_many(job_ids) if r is not None}
-
-
 @pytest.fixture(scope="module")
 def crash_simulator(log_dir: Path) -> Iterator[Simulator]:
-    port = free_port()
-    env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
     args = ["--latency", "3", "--latency-jitter", "2", "--concurrency-per-model", "10000"]
-    proc = start_simulator(port, log_dir / "crash", [*args, "--video-pad-bytes", str(PAD_BYTES)], env=env)
-    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
-    proc.stop()
+    with running_simulator(log_dir / "crash", *args, "--video-pad-bytes", str(PAD_BYTES)) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -266,12 +251,12 @@ def crash_run(
     broker: str = request.param
     with ExitStack() as cleanup:
         broker_url = cleanup.enter_context(rabbitmq_vhost()) if broker == "rabbitmq" else ""
-        redis_client.flushdb()
-        crash_simulator.reset()
         tmp = tmp_path_factory.mktemp(f"crash-{broker}")
         videos = tmp / "videos"
-        stack = Stack(crash_simulator, redis_client, log_dir / f"crash-{broker}", storage_url=f"file://{videos}")
-        stack.extra_env.update(WORKER_ENV, BROKER_URL=broker_url)
+        logs = log_dir / f"crash-{broker}"
+        stack = fresh_stack(
+            crash_simulator, redis_client, logs, f"file://{videos}", **WORKER_ENV, BROKER_URL=broker_url
+        )
         cleanup.callback(shutil.rmtree, videos, True)
         cleanup.callback(_stop_all, stack)
         yield _run(broker, stack, videos, tmp)
@@ -318,11 +303,7 @@ def _run(broker: str, stack: Stack, videos: Path, tmp: Path) -> CrashRun:
     job_ids = out.split()
     assert len(job_ids) == JOBS
 
-    deadline = time.monotonic() + FINISH_TIMEOUT_S
-    records = _records(store, job_ids)
-    while time.monotonic() < deadline and not all(r.status.is_final for r in records.values()):
-        time.sleep(1.0)
-        records = _records(store, job_ids)
+    records = {r.id: r for r in wait_final(store, job_ids, FINISH_TIMEOUT_S) if r is not None}
     finished = time.monotonic()
     watch.join(timeout=5)
     watch.stop.set()
@@ -330,7 +311,6 @@ def _run(broker: str, stack: Stack, videos: Path, tmp: Path) -> CrashRun:
     stats = stack.simulator.stats()
     ledger = Counter(e.job_id for e in Ledger(stack.redis).entries())
     names = sorted(os.listdir(videos)) if videos.is_dir() else []
-    mp4s = {n: (videos / n).stat().st_size for n in names if n.endswith(".mp4") and not n.startswith(".")}
     moved_s = {j: (at - kill.at).total_seconds() for j, at in watch.moved.items()}
     stranded = [j for j, r in kill.baseline.items() if not r.status.is_final and j not in watch.moved]
     run = CrashRun(
@@ -342,9 +322,8 @@ def _run(broker: str, stack: Stack, videos: Path, tmp: Path) -> CrashRun:
         creates_total=stats["creates_total"],
         ledger=ledger,
         videos=videos,
-        files={n for n in names if not n.startswith(".")},
+        files=visible_files(videos),
         hidden=[n for n in names if n.startswith(".")],
-        video_sizes={n.removesuffix(".mp4"): size for n, size in mp4s.items()},
         kill=kill,
         moved_s=moved_s,
         stranded=stranded,
@@ -413,22 +392,16 @@ def _kill_at_the_right_moment(
 def test_every_job_succeeds_with_one_create_one_cost_and_one_video(crash_run: CrashRun) -> None:
     run = crash_run
     assert len(run.records) == JOBS
-    unfinished = {j: (r.status, r.recoveries, r.next_due_at) for j, r in run.records.items() if not r.status.is_final}
-    assert not unfinished, f"jobs never finished: {unfinished}"
-    failed = {j: (r.status, r.error) for j, r in run.records.items() if r.status is not JobStatus.SUCCEEDED}
-    assert not failed, failed
-
-    creates = {p: run.creates_by_prompt.get(p, 0) for p in run.prompts}
-    assert {p: n for p, n in creates.items() if n != 1} == {}, "jobs not created exactly once at the provider"
-    assert run.creates_total == JOBS
+    assert_each_job_once(
+        run.records,
+        run.prompts,
+        run.creates_by_prompt,
+        run.creates_total,
+        run.ledger,
+        run.videos,
+        video_size(PAD_BYTES),
+    )
     assert all(r.provider_task_id for r in run.records.values())
-
-    assert {j: run.ledger[j] for j in run.job_ids if run.ledger[j] != 1} == {}, "ledger entries per job"
-    assert sum(run.ledger.values()) == JOBS
-
-    expected = {f"{j}.mp4" for j in run.job_ids} | {f"{j}.json" for j in run.job_ids}
-    assert run.files == expected
-    assert set(run.video_sizes.values()) == {video_size(PAD_BYTES)}
     for job_id in run.job_ids[:: JOBS // 10]:
         manifest = json.loads((run.videos / f"{job_id}.json").read_text())
         assert manifest["job_id"] == job_id

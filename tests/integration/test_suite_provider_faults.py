@@ -46,8 +46,8 @@ import pytest
 import redis
 
 from producer import ErrorCode, JobRecord, JobStatus, VideoRequest
-from simulator.stack import free_port, start_simulator
-from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from tests.integration.conftest import REDIS_URL, Simulator, fresh_stack, running_simulator
+from tests.integration.helpers import wait_final
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
 
@@ -58,6 +58,8 @@ PROVIDER_TIMEOUT_S = 3
 SLOW_CREATE_S = 6
 LOSE_ANSWER = "(lose-the-first-create-answer)"
 FINISH_TIMEOUT_S = 240.0
+# Fewer create attempts (default 6) and a 3 s client timeout (default 30 s) that the 6 s
+# slow creates outlast: the bounds and the lost answers under test, within minutes.
 WORKER_ENV = {
     "SUBMIT_MAX_ATTEMPTS": str(SUBMIT_MAX_ATTEMPTS),
     "PROVIDER_TIMEOUT_S": str(PROVIDER_TIMEOUT_S),
@@ -201,11 +203,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def faulty_simulator(log_dir: Path) -> Iterator[Simulator]:
-    port = free_port()
-    env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
-    proc = start_simulator(port, log_dir / "provider-faults", SIM_ARGS, env=env)
-    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
-    proc.stop()
+    with running_simulator(log_dir / "provider-faults", *SIM_ARGS) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
@@ -320,11 +319,10 @@ def fault_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FaultRun]:
     started = time.monotonic()
-    redis_client.flushdb()
     videos = tmp_path_factory.mktemp("provider-faults") / "videos"
-    stack = Stack(faulty_simulator, redis_client, log_dir / "provider-faults", storage_url=f"file://{videos}")
-    stack.extra_env.update(
-        WORKER_ENV, BYTEPLUS_BASE_URL=f"{proxy.url}/api/v3", VEO_BASE_URL=f"{proxy.url}/", BROKER_URL=""
+    through_proxy = {"BYTEPLUS_BASE_URL": f"{proxy.url}/api/v3", "VEO_BASE_URL": f"{proxy.url}/", "BROKER_URL": ""}
+    stack = fresh_stack(
+        faulty_simulator, redis_client, log_dir / "provider-faults", f"file://{videos}", **WORKER_ENV, **through_proxy
     )
     planned = plan(uuid.uuid4().hex[:6])
     try:
@@ -332,12 +330,7 @@ def fault_run(
         stack.start_worker(concurrency=3)
         vq = stack.queue(broker_url=None)
         job_ids = [j.id for j in vq.submit_many([VideoRequest(prompt=p.prompt, provider=p.provider) for p in planned])]
-        store = JobStore.from_url(REDIS_URL)
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
-        records = store.get_many(job_ids)
-        while time.monotonic() < deadline and not all(r is not None and r.status.is_final for r in records):
-            time.sleep(1.0)
-            records = store.get_many(job_ids)
+        records = wait_final(JobStore.from_url(REDIS_URL), job_ids, FINISH_TIMEOUT_S)
         finished = time.monotonic()
     finally:
         stack.stop()

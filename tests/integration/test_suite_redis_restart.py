@@ -38,8 +38,9 @@ import redis
 
 from producer import JobRecord, JobStatus, Settings, VideoQueue, VideoRequest
 from simulator.mp4 import video_size
-from simulator.stack import ManagedProcess, free_port, start_simulator, wait_until
-from tests.integration.conftest import SIM_GOOGLE_KEY, SIM_KEY, UNACKED, Simulator, Stack
+from simulator.stack import ManagedProcess, free_port, wait_until
+from tests.integration.conftest import FAST_RECOVERY, UNACKED, Simulator, Stack, fresh_stack, running_simulator
+from tests.integration.helpers import assert_each_job_once, visible_files, wait_final
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
 
@@ -50,16 +51,6 @@ PAD_BYTES = 1024 * 1024
 DOWN_S = 5.0
 RESTART_WHEN_SUCCEEDED = 15
 FINISH_TIMEOUT_S = 240.0
-WORKER_ENV = {
-    "SWEEP_INTERVAL_S": "3",
-    "RECOVER_AFTER_S": "10",
-    "STORE_BUSY_S": "15",
-    "SUBMIT_LEASE_S": "15",
-    "PROVIDER_TIMEOUT_S": "10",
-    "POLL_INITIAL_S": "3",
-    "POLL_MIN_S": "1",
-    "POLL_MAX_S": "3",
-}
 
 
 class RedisServer:
@@ -129,12 +120,16 @@ def own_redis(tmp_path: Path, log_dir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def restart_simulator(log_dir: Path) -> Iterator[Simulator]:
-    port = free_port()
-    env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
     args = ["--latency", "3", "--latency-jitter", "2", "--concurrency-per-model", "10000"]
-    proc = start_simulator(port, log_dir / "redis-restart", [*args, "--video-pad-bytes", str(PAD_BYTES)], env=env)
-    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
-    proc.stop()
+    with running_simulator(log_dir / "redis-restart", *args, "--video-pad-bytes", str(PAD_BYTES)) as sim:
+        yield sim
+
+
+def restart_stack(simulator: Simulator, redis_server: RedisServer, logs: Path, folder: Path) -> Stack:
+    """The stack of a restart run: Redis is the suite's own server, broker and job store."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    env = {**FAST_RECOVERY, "REDIS_URL": redis_server.url, "BROKER_URL": ""}
+    return fresh_stack(simulator, client, logs, f"file://{folder}", **env)
 
 
 @dataclass
@@ -155,10 +150,9 @@ def test_redis_restart_mid_run_loses_nothing(
     own_redis: RedisServer, restart_simulator: Simulator, log_dir: Path, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     videos = tmp_path / "videos"
-    stack = Stack(restart_simulator, client, log_dir / "redis-restart", storage_url=f"file://{videos}")
-    stack.extra_env.update(WORKER_ENV, REDIS_URL=own_redis.url, BROKER_URL="")
+    stack = restart_stack(restart_simulator, own_redis, log_dir / "redis-restart", videos)
+    client = stack.redis
     worker = stack.start_worker(concurrency=4)
     try:
         vq = VideoQueue(Settings(redis_url=own_redis.url, broker_url=None, _env_file=None))
@@ -187,13 +181,14 @@ def test_redis_restart_mid_run_loses_nothing(
         # not: a Celery/kombu bug). Here, if it died, a new one takes over, so that what Redis
         # kept (records, ledger, queues) is judged either way.
         first_worker, replaced = worker, False
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
-        records = [r for r in store.get_many(job_ids) if r is not None]
-        while time.monotonic() < deadline and not all(r.status.is_final for r in records):
+
+        def replace_a_dead_worker() -> None:
+            nonlocal worker, replaced
             if not worker.alive() and not replaced:
                 worker, replaced = stack.start_worker(concurrency=4), True
-            time.sleep(1.0)
-            records = [r for r in store.get_many(job_ids) if r is not None]
+
+        final = wait_final(store, job_ids, FINISH_TIMEOUT_S, between=replace_a_dead_worker)
+        records = [r for r in final if r is not None]
         finished = time.monotonic()
         log = first_worker.log_text()
     finally:
@@ -203,8 +198,7 @@ def test_redis_restart_mid_run_loses_nothing(
     ledger = Counter(e.job_id for e in Ledger(client).entries())
     by_id = {r.id: r for r in records}
     creates = [stats["creates_by_prompt"].get(p, 0) for p in prompts]
-    names = sorted(os.listdir(videos)) if videos.is_dir() else []
-    per_job = Counter(n.split(".")[0] for n in names if not n.startswith("."))
+    per_job = Counter(n.split(".")[0] for n in visible_files(videos))
     reconnects = log.count("Connected to redis://")
     recovered = sum(r.recoveries > 0 for r in records)
     succeeded = sum(r.status is JobStatus.SUCCEEDED for r in records)
@@ -219,16 +213,9 @@ def test_redis_restart_mid_run_loses_nothing(
         f"run {finished - started:.0f} s"
     )
 
-    unfinished = {j: (r.status, r.recoveries, r.next_due_at) for j, r in by_id.items() if not r.status.is_final}
-    assert not unfinished, f"jobs never finished: {unfinished}"
-    failed = {j: (r.status, r.error) for j, r in by_id.items() if r.status is not JobStatus.SUCCEEDED}
-    assert not failed, failed
-    assert creates == [1] * JOBS, "jobs not created exactly once at the provider"
-    assert stats["creates_total"] == JOBS
-    assert {j: ledger[j] for j in job_ids if ledger[j] != 1} == {}, "ledger entries per job"
-    assert sum(ledger.values()) == JOBS
-    assert {n for n in names if not n.startswith(".")} == {f"{j}.{ext}" for j in job_ids for ext in ("mp4", "json")}
-    assert {(videos / f"{j}.mp4").stat().st_size for j in job_ids} == {video_size(PAD_BYTES)}
+    assert_each_job_once(
+        by_id, prompts, stats["creates_by_prompt"], stats["creates_total"], ledger, videos, video_size(PAD_BYTES)
+    )
     assert replaced or reconnects >= 2, "the worker neither reconnected nor exited"
 
 
@@ -252,10 +239,7 @@ JOBS_PER_ROUND = 10
 def test_the_worker_reconnects_after_every_redis_restart(
     own_redis: RedisServer, restart_simulator: Simulator, log_dir: Path, tmp_path: Path
 ) -> None:
-    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    logs = log_dir / "redis-restarts"
-    stack = Stack(restart_simulator, client, logs, storage_url=f"file://{tmp_path / 'videos'}")
-    stack.extra_env.update(WORKER_ENV, REDIS_URL=own_redis.url, BROKER_URL="")
+    stack = restart_stack(restart_simulator, own_redis, log_dir / "redis-restarts", tmp_path / "videos")
     worker = stack.start_worker(concurrency=4)
     vq = VideoQueue(Settings(redis_url=own_redis.url, broker_url=None, _env_file=None))
     rounds = 0

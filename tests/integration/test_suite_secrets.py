@@ -34,7 +34,7 @@ import redis
 from producer import JobStatus, VideoRequest
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, UNACKED, S3Server, Stack
-from tests.integration.helpers import wait_status
+from tests.integration.helpers import redis_value, wait_status
 from tests.integration.test_cli import run
 from videoqueue import namespace
 from videoqueue.job import QUEUE_SUBMIT
@@ -157,31 +157,29 @@ def broker_message(value: bytes) -> tuple[str, bytes] | None:
     return tag, body
 
 
+def _parts(value: Any) -> list[bytes]:
+    """The bytes inside a value as helpers.redis_value reads it (scores and ids included
+    where they are bytes; a sorted set's float scores are not)."""
+    if isinstance(value, bytes):
+        return [value]
+    if isinstance(value, tuple):
+        return [part for item in value for part in _parts(item)]
+    return []
+
+
 def scan_redis(client: redis.Redis, scanner: Scanner, seen: RedisScan) -> None:
     """Every key of the test database and its whole value, read by type."""
     r: Any = client
     seen.scans += 1
     for key in r.scan_iter(match="*", count=1000):
-        kind = r.type(key).decode()
-        parts: list[bytes]
-        if kind == "string":
-            parts = [r.get(key) or b""]
-        elif kind == "hash":
-            parts = [b for item in r.hgetall(key).items() for b in item]
-        elif kind == "list":
-            parts = list(r.lrange(key, 0, -1))
-        elif kind == "set":
-            parts = list(r.smembers(key))
-        elif kind == "zset":
-            parts = [member for member, _ in r.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            parts = [b for _, fields in r.xrange(key) for item in fields.items() for b in item]
-        else:  # "none": gone since SCAN
+        read = redis_value(r, key)
+        if read is None:  # gone since SCAN
             continue
+        kind, value = read
         seen.keys.add(key)
         where = f"{key.decode(errors='replace')} ({kind})"
         scanner.scan("redis", where, key)
-        for part in parts:
+        for part in _parts(value):
             scanner.scan("redis", where, part)
             message = broker_message(part)
             if message is None:

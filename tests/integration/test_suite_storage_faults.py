@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import time
@@ -47,8 +46,9 @@ from botocore.config import Config
 
 from producer import JobRecord, JobStatus, VideoRequest
 from simulator.mp4 import video_size
-from simulator.stack import ManagedProcess, free_port, start_moto, start_simulator, wait_until
-from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
+from simulator.stack import ManagedProcess, free_port, start_moto, wait_until
+from tests.integration.conftest import REDIS_URL, Simulator, fresh_stack, running_simulator
+from tests.integration.helpers import wait_final
 from videoqueue.job import utcnow
 from videoqueue.jobstore import JobStore
 
@@ -64,6 +64,8 @@ CUT_S = 25.0
 OUTAGE_WHEN_SUCCEEDED = 6
 PREFIX = "renders"
 FINISH_TIMEOUT_S = 240.0
+# Transfers retried 12 times 1-4 s apart (defaults 8 times, 2-300 s apart): enough to
+# outlast either outage, without minutes of back-off after it.
 WORKER_ENV = {"STORE_MAX_ATTEMPTS": "12", "RETRY_BASE_S": "1", "RETRY_MAX_S": "4"}
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_REGION": "us-east-1"}
 
@@ -185,12 +187,9 @@ class StorageRun:
 
 @pytest.fixture(scope="module")
 def storage_simulator(log_dir: Path) -> Iterator[Simulator]:
-    port = free_port()
-    env = {**os.environ, "SIM_API_KEY": SIM_KEY, "SIM_GOOGLE_API_KEY": SIM_GOOGLE_KEY}
     args = ["--latency", "2", "--latency-jitter", "2", "--concurrency-per-model", "10000"]
-    proc = start_simulator(port, log_dir / "storage", [*args, "--video-pad-bytes", str(PAD_BYTES)], env=env)
-    yield Simulator(url=f"http://127.0.0.1:{port}", process=proc)
-    proc.stop()
+    with running_simulator(log_dir / "storage", *args, "--video-pad-bytes", str(PAD_BYTES)) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module", params=["moto-restart", "network-cut"])
@@ -207,10 +206,8 @@ def storage_run(
     bucket = f"vq-{uuid.uuid4().hex[:12]}"
     direct.create_bucket(Bucket=bucket)
 
-    redis_client.flushdb()
-    storage_simulator.reset()
-    stack = Stack(storage_simulator, redis_client, logs, storage_url=f"s3://{bucket}/{PREFIX}")
-    stack.extra_env.update({**WORKER_ENV, **AWS, "S3_ENDPOINT_URL": endpoint, "BROKER_URL": ""})
+    env = {**WORKER_ENV, **AWS, "S3_ENDPOINT_URL": endpoint, "BROKER_URL": ""}
+    stack = fresh_stack(storage_simulator, redis_client, logs, f"s3://{bucket}/{PREFIX}", **env)
     try:
         started = time.monotonic()
         stack.start_worker(concurrency=2)
@@ -246,11 +243,7 @@ def storage_run(
         back_at = utcnow()
         back = time.monotonic()
 
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
-        records = store.get_many(job_ids)
-        while time.monotonic() < deadline and not all(r is not None and r.status.is_final for r in records):
-            time.sleep(1.0)
-            records = store.get_many(job_ids)
+        records = wait_final(store, job_ids, FINISH_TIMEOUT_S)
         finished = time.monotonic()
         time.sleep(1.0)  # let an abort of a failed upload land, if one is still under way
 

@@ -13,7 +13,8 @@ import pytest
 from producer import BudgetExceededError, InvalidRequestError, JobStatus, Settings, VideoQueue, VideoRequest
 from producer.api import RetryRefusedError
 from tests.unit.helpers import walk_to
-from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, client_key, input_key, request_differences
+from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
+from videoqueue.keys import client_key, input_key, job_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -124,7 +125,7 @@ def test_two_producers_racing_with_one_client_id_store_one_job(redis_client: Any
     redis_client.pipeline = pipeline
     existing = a.store.create_many([ours])
     assert raced and existing == {ours.id: theirs}
-    assert redis_client.keys("vq:job:*") == [f"vq:job:{theirs.id}"]
+    assert redis_client.keys(job_key("*")) == [job_key(theirs.id)]
 
 
 def test_request_differences_compare_every_field() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from videoqueue.endpoints import storage_endpoint
 from videoqueue.settings import Settings
 from worker.providers import provider_endpoint
+from worker.storage import storage_endpoint
 
 KEY = "ark-secret-key-4f1c9e2b7a"
 GOOGLE_KEY = "AIza-google-secret-81b3"

@@ -12,7 +12,8 @@ import pytest
 from tests.unit.helpers import walk_to
 from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
-from videoqueue.jobstore import JobExistsError, JobStore, input_key, job_key
+from videoqueue.jobstore import JobExistsError, JobStore
+from videoqueue.keys import ALL_INDEX, input_key, job_key, status_index
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -48,7 +49,7 @@ def raw(redis_client: Any, job_id: str) -> str | None:
 
 
 def status_members(redis_client: Any, status: JobStatus) -> set[str]:
-    return set(redis_client.zrange(f"vq:jobs:status:{status}", 0, -1))
+    return set(redis_client.zrange(status_index(status), 0, -1))
 
 
 def test_create_then_get_returns_an_equal_record(store: JobStore) -> None:
@@ -80,7 +81,7 @@ def test_create_of_an_existing_id_raises_and_changes_nothing(store: JobStore, re
     assert raw(redis_client, "a") == before
     assert status_members(redis_client, JobStatus.RUNNING) == set()
     assert status_members(redis_client, JobStatus.QUEUED) == {"a"}
-    assert redis_client.zscore("vq:jobs:all", "a") == T0.timestamp()
+    assert redis_client.zscore(ALL_INDEX, "a") == T0.timestamp()
 
 
 def test_create_many_stores_all(store: JobStore) -> None:
@@ -234,7 +235,7 @@ def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -
     store.delete("a")
     assert store.get("a") is None
     assert [r.id for r in store.list()] == ["b"]
-    assert redis_client.zscore("vq:jobs:all", "a") is None
+    assert redis_client.zscore(ALL_INDEX, "a") is None
     for status in JobStatus:
         assert "a" not in status_members(redis_client, status)
     counts = store.count_by_status()

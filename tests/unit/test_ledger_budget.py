@@ -18,7 +18,7 @@ from producer.cli import app
 from producer.cli_budget import parse_changes
 from tests.unit.helpers import walk_to
 from videoqueue import budget as budget_module
-from videoqueue import namespace
+from videoqueue import keys, namespace
 from videoqueue.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
 from videoqueue.budget_rebuild import rebuild_counters
 from videoqueue.catalog import load_catalog
@@ -61,7 +61,7 @@ def test_a_final_move_writes_one_ledger_entry_whatever_the_redelivery(redis_clie
     vq.store.update(job.id, lambda r: r)  # any later write of the record
     ledger = Ledger(redis_client)
     entries = ledger.entries()
-    assert len(entries) == 1 and redis_client.zcard("vq:ledger:index") == 1
+    assert len(entries) == 1 and redis_client.zcard(keys.LEDGER_INDEX) == 1
     entry = entries[0]
     assert (entry.job_id, entry.status, entry.tags, entry.actual_usd, entry.unit) == (
         job.id,
@@ -154,7 +154,7 @@ def test_a_merge_adds_and_replaces_and_prunes_only_when_asked(redis_client: Any)
     ledger.merge(ENTRIES[:3])
     restated = ENTRIES[0].model_copy(update={"actual_usd": Decimal("0.30")})
     found = [restated, ENTRIES[1], ENTRIES[3]]  # a changed, b same, c missing, d new
-    before = redis_client.hgetall("vq:stats:cost")
+    before = redis_client.hgetall(keys.STATS_COST)
 
     dry = ledger.merge(found, prune=True, dry_run=True)
     assert [e.job_id for e in dry.added] == ["d"] and [n.job_id for _, n in dry.changed] == ["a"]
@@ -166,7 +166,7 @@ def test_a_merge_adds_and_replaces_and_prunes_only_when_asked(redis_client: Any)
         Decimal("0.90"),
     )
     assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "c"]  # dry run: nothing written
-    assert redis_client.hgetall("vq:stats:cost") == before
+    assert redis_client.hgetall(keys.STATS_COST) == before
 
     kept = ledger.merge(found)
     assert (kept.after_jobs, kept.after_usd) == (4, Decimal("4.10"))
@@ -179,9 +179,9 @@ def test_a_merge_adds_and_replaces_and_prunes_only_when_asked(redis_client: Any)
     pruned = ledger.merge(found, prune=True)
     assert pruned.pruned and [e.job_id for e in pruned.missing] == ["c"]
     assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "d"]
-    assert redis_client.keys("vq:ledger:entry:c") == []
+    assert redis_client.keys(keys.ledger_entry_key("c")) == []
     # The cost statistics follow: what is left is a, b and d, each once.
-    cost = redis_client.hgetall("vq:stats:cost")
+    cost = redis_client.hgetall(keys.STATS_COST)
     assert cost["jobs|veo|veo-3.1-generate-001"] == "0"
     assert cost["jobs|byteplus|seedance-1-5-pro-251215"] == "2"
     assert cost["actual|byteplus|seedance-1-5-pro-251215"] == "500000"
@@ -201,7 +201,7 @@ def test_a_daily_cap_refuses_a_batch_that_would_cross_it_and_stores_nothing(redi
     assert "budget day:" in str(info.value) and "cap $1.00" in str(info.value)
     assert "spent $0.0000, reserved $0.9967" in str(info.value) and "requested $0.2492" in str(info.value)
     assert sorted(redis_client.keys("*")) == before
-    day_key = f"vq:budget:day:{datetime.now(UTC).date().isoformat()}"
+    day_key = keys.budget_counter_key(f"day:{datetime.now(UTC).date().isoformat()}")
     assert usage(redis_client, day_key) == (EST * 4, Decimal(0))
 
 
@@ -209,14 +209,14 @@ def test_settling_releases_the_reservation_and_adds_the_actual_cost(redis_client
     vq = queue(redis_client, budget_monthly_usd=Decimal("100"), budget_tags_usd={"ads": Decimal("5")})
     ok, failed, cancelled = stored(vq, *[VideoRequest(prompt=p, tags=("ads",)) for p in ("ok", "failed", "cancelled")])
     today = datetime.now(UTC).date().isoformat()
-    month_key = f"vq:budget:month:{today[:7]}"
-    assert ok.budget_keys == [f"vq:budget:day:{today}", month_key, "vq:budget:tag:ads"]
-    assert usage(redis_client, "vq:budget:tag:ads") == (EST * 3, Decimal(0))
+    month_key = keys.budget_counter_key(f"month:{today[:7]}")
+    assert ok.budget_keys == [keys.budget_counter_key(f"day:{today}"), month_key, keys.budget_counter_key("tag:ads")]
+    assert usage(redis_client, keys.budget_counter_key("tag:ads")) == (EST * 3, Decimal(0))
     finish(vq.store, ok.id, JobStatus.SUCCEEDED, Decimal("0.2"))
     finish(vq.store, failed.id, JobStatus.FAILED, None)
     finish(vq.store, cancelled.id, JobStatus.CANCELLED, None)
     finish(vq.store, ok.id, JobStatus.SUCCEEDED, Decimal("0.2"))  # twice: no double count
-    for key in (month_key, "vq:budget:tag:ads"):
+    for key in (month_key, keys.budget_counter_key("tag:ads")):
         assert usage(redis_client, key) == (Decimal(0), Decimal("0.2"))
 
 
@@ -224,7 +224,7 @@ def test_a_withdrawn_enqueue_releases_its_reservation(redis_client: Any) -> None
     vq = queue(redis_client, budget_tags_usd={"t": Decimal("1")})
     (job,) = stored(vq, VideoRequest(prompt="x", tags=("t",)))
     vq.store.delete(job.id)
-    assert usage(redis_client, "vq:budget:tag:t") == (Decimal(0), Decimal(0))
+    assert usage(redis_client, keys.budget_counter_key("tag:t")) == (Decimal(0), Decimal(0))
 
 
 def test_budgets_only_apply_to_the_tags_that_have_one(redis_client: Any) -> None:
@@ -274,12 +274,12 @@ def test_every_job_counts_whether_a_cap_exists_or_not(redis_client: Any) -> None
     vq = queue(redis_client)
     (job,) = stored(vq, VideoRequest(prompt="no cap anywhere", tags=("ads", "q4")))
     today = datetime.now(UTC).date().isoformat()
-    keys = [f"vq:budget:day:{today}", f"vq:budget:month:{today[:7]}", "vq:budget:tag:ads", "vq:budget:tag:q4"]
-    assert job.budget_keys == keys
-    for key in keys:
+    counters = [keys.budget_counter_key(name) for name in (f"day:{today}", f"month:{today[:7]}", "tag:ads", "tag:q4")]
+    assert job.budget_keys == counters
+    for key in counters:
         assert usage(redis_client, key) == (EST, Decimal(0))
     finish(vq.store, job.id, JobStatus.SUCCEEDED, Decimal("0.2"))
-    for key in keys:
+    for key in counters:
         assert usage(redis_client, key) == (Decimal(0), Decimal("0.2"))
 
 
@@ -346,7 +346,7 @@ def test_a_cap_set_while_a_producer_reads_the_counters_restarts_its_transaction(
 
     with patch.object(budget_module, "load_caps", load_and_race), pytest.raises(BudgetExceededError):
         vq.store.create_many([j.record for j in jobs], budget=vq.budget)
-    assert len(calls) == 2 and redis_client.zcard("vq:jobs:all") == 0
+    assert len(calls) == 2 and redis_client.zcard(keys.ALL_INDEX) == 0
 
 
 def test_budget_show_gives_cap_spent_reserved_and_left(redis_client: Any) -> None:
@@ -391,14 +391,14 @@ def test_budget_rebuild_counts_every_job_from_the_ledger_and_the_job_store(redis
     done, active = stored(vq, VideoRequest(prompt="done", tags=("ads",)), VideoRequest(prompt="active"))
     finish(vq.store, done.id, JobStatus.SUCCEEDED, Decimal("2.41"))
     # Counters as the old code kept them: only budgets with a cap, here none at all.
-    for key in redis_client.keys("vq:budget:*"):
+    for key in redis_client.keys(f"{keys.BUDGET_PREFIX}*"):
         redis_client.delete(key)
     vq.store.update(active.id, lambda r: r.model_copy(update={"budget_keys": []}))
-    redis_client.hset("vq:budget:tag:stale", mapping={"reserved": 5, "spent": 7})
+    redis_client.hset(keys.budget_counter_key("tag:stale"), mapping={"reserved": 5, "spent": 7})
     today = datetime.now(UTC).date().isoformat()
 
     dry = rebuild_counters(redis_client, dry_run=True)
-    assert redis_client.keys("vq:budget:day:*") == [] and dry.rekeyed_jobs == 1
+    assert redis_client.keys(keys.budget_counter_key("day:*")) == [] and dry.rekeyed_jobs == 1
     result = rebuild_counters(redis_client)
     assert (result.entries, result.active_jobs, result.rekeyed_jobs, result.day_from_settlement) == (1, 1, 1, 0)
     changed = {c.budget: (c.reserved_after, c.spent_after) for c in result.changes}
@@ -408,12 +408,12 @@ def test_budget_rebuild_counts_every_job_from_the_ledger_and_the_job_store(redis
         "tag:ads": (Decimal(0), Decimal("2.41")),
         "tag:stale": (Decimal(0), Decimal(0)),
     }
-    assert usage(redis_client, f"vq:budget:day:{today}") == (EST, Decimal("2.41"))
-    assert redis_client.exists("vq:budget:tag:stale") == 0
+    assert usage(redis_client, keys.budget_counter_key(f"day:{today}")) == (EST, Decimal("2.41"))
+    assert redis_client.exists(keys.budget_counter_key("tag:stale")) == 0
     assert rebuild_counters(redis_client).changes == []  # idempotent
     # The active job now settles what the rebuild reserved for it.
     finish(vq.store, active.id, JobStatus.SUCCEEDED, Decimal("0.2"))
-    assert usage(redis_client, f"vq:budget:day:{today}") == (Decimal(0), Decimal("2.61"))
+    assert usage(redis_client, keys.budget_counter_key(f"day:{today}")) == (Decimal(0), Decimal("2.61"))
 
 
 @pytest.mark.parametrize(
@@ -558,6 +558,7 @@ def test_a_manifest_names_the_namespace_that_wrote_it_or_its_budget_keys_do() ->
     with namespace.using("dev"):
         written = build_manifest(record, None)
     assert written["namespace"] == "dev" and manifest_namespace(written) == "dev"
+    # Manifests written before the `namespace` field: their budget keys, as those versions wrote them.
     old = {"manifest_version": 1, "job": {"budget_keys": ["vq@bq:budget:day:2026-11-29"]}}
     assert manifest_namespace(old) == "bq"
     assert manifest_namespace({"job": {"budget_keys": ["vq:budget:month:2026-11"]}}) == "default"
@@ -607,7 +608,7 @@ def test_cap_amounts_are_whole_cents_up_to_a_billion_and_older_stored_caps_still
     ]
     assert str(parse_usd("1e3")) == "1000.00"
     # Caps stored before the rule: a finer one keeps binding; one past any JSON number does not count.
-    redis_client.hset(budget_module.CAPS_KEY, mapping={"day": "0.001", "month": "1e309"})
+    redis_client.hset(keys.BUDGET_CAPS, mapping={"day": "0.001", "month": "1e309"})
     caps = load_caps(redis_client, BudgetPolicy())
     assert (caps.cap("day"), caps.cap("month")) == (Cap(Decimal("0.001"), "redis"), Cap(None, "none"))
     rows = [s.as_dict() for s in states(redis_client, BudgetPolicy(), datetime.now(UTC).date())]

@@ -15,7 +15,8 @@ from tests.unit.helpers import walk_to
 from videoqueue import final_hooks
 from videoqueue.errors import IllegalTransitionError, VideoqueueError
 from videoqueue.job import ACTIVE_STATUSES, FINAL_STATUSES, JobRecord, JobStatus
-from videoqueue.jobstore import JobStore, job_key
+from videoqueue.jobstore import JobStore
+from videoqueue.keys import job_key
 from videoqueue.lifecycle import ENTRY, MOVES, SUBMIT_STATUSES, allowed, sources
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

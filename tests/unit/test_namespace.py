@@ -10,37 +10,45 @@ import pytest
 
 from producer.api import VideoQueue
 from producer.request import VideoRequest
-from videoqueue import budget, jobstore, ledger, limits, namespace, queues, stats
+from videoqueue import budget, jobstore, keys, namespace, queues
 from videoqueue import job as contract
 from videoqueue.job import JobRecord
 from videoqueue.queues import own_queues, route_task, task_queues
 from videoqueue.settings import InvalidSettingsError, Settings, load_settings
-from worker import render_history, sweep
+from worker import render_history
 
 REDIS = "redis://127.0.0.1:6379/0"
 
 
 def every_name() -> list[str]:
-    """Every key name (or key prefix) the modules derive from the namespace."""
+    """Every key name (or key prefix) derived from the namespace."""
     return [
-        jobstore.KEY_PREFIX,
-        jobstore.job_key("j1"),
-        jobstore.input_key("j1", "first_frame"),
-        jobstore.client_key("c1"),
-        jobstore.task_claim_key("byteplus", "t1"),
-        jobstore.DUE_INDEX,
-        jobstore.PARKED_INDEX,
-        budget.KEY_PREFIX,
-        ledger.KEY_PREFIX,
-        ledger.INDEX_KEY,
-        ledger.entry_key("j1"),
-        limits.KEY_PREFIX,
-        limits.slot_key("byteplus", "m"),
-        stats.JOBS_KEY,
-        stats.COST_KEY,
-        stats.RENDER_KEY,
-        stats.STORE_KEY,
-        sweep.LOCK_KEY,
+        keys.PREFIX,
+        keys.job_key("j1"),
+        keys.input_key("j1", "first_frame"),
+        keys.client_key("c1"),
+        keys.task_claim_key("byteplus", "t1"),
+        keys.ALL_INDEX,
+        keys.status_index("queued"),
+        keys.DUE_INDEX,
+        keys.PARKED_INDEX,
+        keys.BUDGET_PREFIX,
+        keys.budget_counter_key("day:2026-11-29"),
+        keys.BUDGET_CAPS,
+        keys.LEDGER_PREFIX,
+        keys.LEDGER_INDEX,
+        keys.ledger_entry_key("j1"),
+        keys.LIMITS_PREFIX,
+        keys.slot_key("byteplus", "m"),
+        keys.creates_key("byteplus", "m"),
+        keys.backoff_key("byteplus", "m"),
+        keys.STATS_JOBS,
+        keys.STATS_COST,
+        keys.STATS_RENDER_SECONDS,
+        keys.STATS_STORE_SECONDS,
+        keys.WORKERS_PREFIX,
+        keys.worker_key("w1@host"),
+        keys.SWEEP_LOCK,
         render_history.history_key(
             JobRecord.model_construct(  # type: ignore[call-arg]
                 provider="byteplus", model="m", request={"resolution": "720p", "duration": 5, "service_tier": "default"}
@@ -57,18 +65,26 @@ def test_default_namespace_keeps_todays_names() -> None:
         "vq:input:j1:first_frame",
         "vq:client:c1",
         "vq:task:byteplus:t1",
+        "vq:jobs:all",
+        "vq:jobs:status:queued",
         "vq:jobs:due",
         "vq:jobs:parked",
         "vq:budget:",
+        "vq:budget:day:2026-11-29",
+        "vq:budget-caps",
         "vq:ledger:",
         "vq:ledger:index",
         "vq:ledger:entry:j1",
         "vq:limits:",
         "vq:limits:slots:byteplus:m",
+        "vq:limits:creates:byteplus:m",
+        "vq:limits:backoff:byteplus:m",
         "vq:stats:jobs",
         "vq:stats:cost",
         "vq:stats:render_seconds",
         "vq:stats:store_seconds",
+        "vq:workers:",
+        "vq:workers:w1@host",
         "vq:sweep:lock",
         "vq:render:byteplus:m:720p:5:default",
     ]
@@ -76,7 +92,7 @@ def test_default_namespace_keeps_todays_names() -> None:
     assert queues.QUEUES == ("vq.submit", "vq.poll", "vq.store")
     assert [q.name for q in task_queues(REDIS)] == ["vq.submit", "vq.poll", "vq.store"]
     assert namespace.celery_names() == {"control_exchange": "celery", "event_exchange": "celeryev"}
-    assert namespace.redis_transport_options() == {}
+    assert keys.broker_transport_options() == {}  # kombu's own `unacked` keys
 
 
 def test_another_namespace_prefixes_every_key_and_queue() -> None:
@@ -95,7 +111,7 @@ def test_another_namespace_prefixes_every_key_and_queue() -> None:
         assert route_task(contract.TASK_POLL, [], {}, {}) == {"queue": "vq@demo.poll"}
         assert route_task(contract.TASK_CANCEL, [], {}, {}) == {"queue": "vq@demo.submit"}
         assert namespace.celery_names()["control_exchange"] == "vq@demo"
-        assert all(v.startswith("vq@demo:") for v in namespace.redis_transport_options().values())
+        assert all(v.startswith("vq@demo:") for v in keys.broker_transport_options().values())
     assert every_name() == default_names  # back in `default`: nothing stayed behind
 
 
@@ -157,3 +173,12 @@ def test_worker_queues_map_to_the_workers_namespace() -> None:
         # ...and another namespace's queue is never consumed.
         assert own_queues(["vq@green.submit", "celery"]) == ([], ["vq@green.submit", "celery"])
     assert own_queues(["vq.store"]) == (["vq.store"], [])
+
+
+def test_a_key_names_its_namespace() -> None:
+    assert keys.namespace_of("vq:budget:day:2026-11-29") == "default"
+    assert keys.namespace_of("vq@demo:budget:day:2026-11-29") == "demo"
+    with namespace.using("demo"):
+        assert keys.namespace_of(keys.job_key("j1")) == "demo"
+    for foreign in ("celery", "unacked", "vq@Demo:job:1", "vq@demo", "vq.submit", "bench:done"):
+        assert keys.namespace_of(foreign) is None, foreign

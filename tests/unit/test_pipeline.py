@@ -18,6 +18,7 @@ import pytest
 
 from producer.api import VideoQueue
 from producer.request import VideoRequest
+from videoqueue import keys
 from videoqueue.catalog import load_catalog
 from videoqueue.job import ErrorCode, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
@@ -184,7 +185,7 @@ class Env:
         return self.job(job_id).model_dump(exclude={"next_due_at", "updated_at"})
 
     def raw(self, job_id: str) -> str:
-        value: str = self.store.redis.get(f"vq:job:{job_id}")  # type: ignore[assignment]
+        value: str = self.store.redis.get(keys.job_key(job_id))  # type: ignore[assignment]
         return value
 
     def running_job(self) -> str:
@@ -1085,9 +1086,10 @@ def test_store_retries_and_the_store_lease_never_run_past_the_store_deadline(tmp
     assert due is not None and due <= (done + timedelta(seconds=601)).timestamp()
 
 
-def _failed_in_storage(env: Env, budget_key: str = "vq:budget:test") -> str:
+def _failed_in_storage(env: Env) -> str:
     job_id = env.downloading_job()
-    env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [budget_key]}))
+    budget_keys = [keys.budget_counter_key("test")]
+    env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": budget_keys}))
     real_storage = env.storage
     env.storage = BrokenStorage(real_storage, "put_video", ValueError("bucket does not exist"))
     for _ in (1, 2):
@@ -1102,13 +1104,12 @@ def _failed_in_storage(env: Env, budget_key: str = "vq:budget:test") -> str:
 def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(env: Env) -> None:
     from producer.api import reopen_for_store
     from videoqueue.budget import to_micro
-    from videoqueue.stats import COST_KEY
 
     job_id = _failed_in_storage(env)
     failed = env.job(job_id)
     assert failed.settled_at is not None and failed.cost_usd is not None
-    settled = env.store.redis.hgetall("vq:budget:test")
-    cost_stats = env.store.redis.hgetall(COST_KEY)
+    settled = env.store.redis.hgetall(keys.budget_counter_key("test"))
+    cost_stats = env.store.redis.hgetall(keys.STATS_COST)
     assert settled == {"reserved": str(-to_micro(failed.cost_estimate_usd)), "spent": str(to_micro(failed.cost_usd))}
 
     reopened = reopen_for_store(env.store, job_id)
@@ -1121,8 +1122,8 @@ def test_store_retry_stores_a_failed_job_again_and_its_cost_stays_settled_once(e
     [entry] = Ledger(env.store.redis).entries()
     assert (entry.job_id, entry.status, entry.actual_usd) == (job_id, "succeeded", failed.cost_usd)
     assert entry.settled_at == failed.settled_at  # the day it was paid for stays
-    assert env.store.redis.hgetall("vq:budget:test") == settled  # budgets not settled twice
-    assert env.store.redis.hgetall(COST_KEY) == cost_stats
+    assert env.store.redis.hgetall(keys.budget_counter_key("test")) == settled  # budgets not settled twice
+    assert env.store.redis.hgetall(keys.STATS_COST) == cost_stats
     assert job.settled_at == failed.settled_at
 
 
@@ -1418,7 +1419,7 @@ def test_an_uncertain_charge_reaches_the_ledger_and_the_budget_once(env: Env) ->
     env.settings = make_settings(budget_daily_usd=100)
     job_id, _ = uncertain_job(env)
     record = env.job(job_id)
-    day_key = f"vq:budget:day:{record.created_at.date().isoformat()}"
+    day_key = keys.budget_counter_key(f"day:{record.created_at.date().isoformat()}")
     env.store.update(job_id, lambda r: r.model_copy(update={"budget_keys": [day_key]}))
     env.store.redis.hset(day_key, "reserved", "1200000")
     env.provider.lookup_complete = False  # as Vertex AI: operations cannot be listed
@@ -1492,7 +1493,7 @@ def test_a_task_adopted_by_another_job_is_left_alone_and_the_job_looks_again(env
     other = env.new_job()
 
     def other_job_adopts_it() -> None:
-        env.store.redis.set("vq:task:byteplus:task-1", other)
+        env.store.redis.set(keys.task_claim_key("byteplus", "task-1"), other)
 
     env.provider.on_create = other_job_adopts_it
     env.pipeline.submit(job_id)

@@ -194,3 +194,9 @@ def test_the_veo_probe_asks_for_the_default_model_of_the_pricing_file(
     probe = VeoProvider.probe(settings, 1.0)
     assert probe.status is Status.OK, probe.detail
     assert asked == [f"publishers/google/models/{NEW_VEO}/operations/{veo_module.PROBE_OPERATION_ID}"]
+
+
+def test_each_adapter_says_how_long_its_provider_keeps_a_finished_video() -> None:
+    # ModelArk's 24 h, an hour of margin off; Vertex AI documents none.
+    assert registry.adapter("byteplus").result_ttl_s == 23 * 3600.0
+    assert registry.adapter("veo").result_ttl_s is None

@@ -10,6 +10,7 @@ import fakeredis
 import pytest
 
 from tests.unit.test_pipeline import Env, make_settings, state, succeeded
+from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from worker.providers.base import TaskState, TaskStatus
 from worker.render_history import RenderHistory, history_key
@@ -39,13 +40,13 @@ def _age(env: Env, job_id: str, submitted_ago: float, last_change_ago: float) ->
             "updated_at": now - timedelta(seconds=last_change_ago),
         }
     )
-    env.store.redis.set(f"vq:job:{job_id}", record.model_dump_json())
+    env.store.redis.set(keys.job_key(job_id), record.model_dump_json())
 
 
 def test_history_key_is_the_kind_of_job(tmp_path: Path) -> None:
     env = Env(tmp_path, make_settings())
     job = env.job(env.new_job())
-    assert history_key(job) == "vq:render:byteplus:seedance-1-5-pro-251215:720p:5:default"
+    assert history_key(job) == keys.render_history_key("byteplus", "seedance-1-5-pro-251215", "720p", 5, "default")
 
 
 def test_a_success_adds_one_render_time_and_a_redelivery_none(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_reads_are_cached_per_process() -> None:
     client = fakeredis.FakeRedis(decode_responses=True)
     now = [100.0]
     history = RenderHistory(client, size=10, cache_s=30, min_samples=1, clock=lambda: now[0])
-    key = "vq:render:byteplus:m:720p:5:default"
+    key = keys.render_history_key("byteplus", "m", "720p", 5, "default")
     job = _job_of_key()
     assert history_key(job) == key
     client.lpush(key, "40")

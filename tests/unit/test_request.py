@@ -16,6 +16,7 @@ from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest
 from producer.request import resolve
 from videoqueue.catalog import load_catalog
 from videoqueue.jobstore import JobStore
+from videoqueue.keys import client_key
 
 
 def _resolve(**fields: Any) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def test_client_job_ids_are_unique() -> None:
     with pytest.raises(InvalidRequestError) as info:
         VideoRequest.parse({"prompt": "e", "client_job_id": "has space"})
     assert "client_job_id" in info.value.problems
-    assert redis.keys("vq:client:*") == ["vq:client:order-17-clip-1"]
+    assert redis.keys(client_key("*")) == [client_key("order-17-clip-1")]
 
 
 # ---------------------------------------------------- parameters written into the prompt (issue 12)

@@ -143,6 +143,12 @@ class ProviderAdapter(Protocol):
     name: str
     """The provider's name in models.toml and in job records."""
 
+    @property
+    def result_ttl_s(self) -> float | None:
+        """Seconds after a finish (a poll seeing it) that the provider still hands out the video;
+        None when it documents no limit (the store step then tries until its own deadline)."""
+        ...
+
     def __call__(self, settings: Settings, http: httpx.Client) -> Provider:
         """The adapter for this worker process; ProviderError(AUTH) without credentials.
         `http` is the process's client for video downloads."""

@@ -210,6 +210,10 @@ class BytePlusProvider:
     """Seedance on ModelArk."""
 
     name = "byteplus"
+    # ModelArk keeps a finished task's video URL for 24 hours after the finish (its task API
+    # reference); we count from when a poll saw the finish, a little later, so an hour of
+    # margin is taken off.
+    result_ttl_s = 24 * 3600.0 - 3600.0
 
     def __init__(self, settings: Settings, http: httpx.Client) -> None:
         if self.missing_credentials(settings):

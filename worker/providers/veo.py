@@ -161,6 +161,10 @@ class VeoProvider:
     """Veo on Vertex AI."""
 
     name = "veo"
+    # The video is fetched again from the operation (its name is `provider_task_id`) or from
+    # our own gs:// bucket; Vertex AI documents no retention for either, so the attempt is
+    # made and the provider's answer decides.
+    result_ttl_s = None
 
     def __init__(self, settings: Settings, http: httpx.Client) -> None:
         self._client = genai_client(settings, settings.provider_timeout_s)

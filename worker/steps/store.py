@@ -9,9 +9,10 @@ from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 
-from videoqueue.job import RESULT_TTL_S, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from worker.manifest import build_manifest
 from worker.providers.base import ProviderError
+from worker.providers.registry import adapter
 from worker.schedule import retry_delay
 from worker.steps.base import StepBase, log
 from worker.storage import VideoCheckError
@@ -234,8 +235,8 @@ class StoreStep(StepBase):
 
 
 def _result_expiry(job: JobRecord) -> datetime | None:
-    """Until when the provider holds the job's video (RESULT_TTL_S), or None if unknown."""
-    ttl = RESULT_TTL_S.get(job.provider)
+    """Until when the provider holds the job's video (its adapter's `result_ttl_s`), or None if unknown."""
+    ttl = adapter(job.provider).result_ttl_s
     if ttl is None or job.provider_done_at is None:
         return None
     return job.provider_done_at + timedelta(seconds=ttl)

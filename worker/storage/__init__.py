@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
 from worker.storage.base import (
     Storage,
@@ -22,6 +23,7 @@ __all__ = [
     "checked_chunks",
     "open_storage",
     "storage_at",
+    "storage_endpoint",
 ]
 
 
@@ -37,6 +39,18 @@ def open_storage(settings: Settings) -> Storage:
     from worker.storage.s3 import S3Storage
 
     return S3Storage(parts.netloc, parts.path, settings)
+
+
+def storage_endpoint(settings: Settings) -> Endpoint:
+    """Where `settings` store videos, as the backend names it (host and fingerprint, no
+    credentials): the bucket at the S3 endpoint's host, or `local`."""
+    if settings.storage_url.startswith("s3://"):
+        from worker.storage.s3 import S3Storage
+
+        return S3Storage.endpoint(settings)
+    from worker.storage.local import LocalStorage
+
+    return LocalStorage.endpoint(settings.storage_url)
 
 
 def _local(path: Path) -> Storage:

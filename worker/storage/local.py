@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from videoqueue.endpoints import Endpoint, fingerprint
 from worker.probe import Probe
 from worker.storage.base import StorageError, StoredObject, checked_chunks, round_trip_probe
 
@@ -25,6 +26,12 @@ def _disk(call: Callable[..., Any], *args: Any) -> Any:
 
 class LocalStorage:
     """Videos and manifests under one directory."""
+
+    @staticmethod
+    def endpoint(url: str) -> Endpoint:
+        """The storage endpoint of STORAGE_URL `url` (`file://...`): host `local`, the
+        fingerprint over the URL."""
+        return Endpoint("storage", "local", fingerprint("file", url.rstrip("/")))
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()

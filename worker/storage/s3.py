@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.settings import Settings
 from worker.probe import Probe
 from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks, round_trip_probe
@@ -123,6 +125,18 @@ class IteratorReader:
 
 class S3Storage:
     """Videos and manifests under `s3://bucket/prefix/`."""
+
+    @staticmethod
+    def endpoint(settings: Settings) -> Endpoint:
+        """The storage endpoint of `settings` (STORAGE_URL `s3://bucket/prefix`): host is the
+        bucket at the S3 endpoint's host; the fingerprint covers the storage URL, the
+        endpoint and the access key id (never the secret)."""
+        url = settings.storage_url
+        bucket = urlsplit(url).netloc
+        endpoint = settings.s3_endpoint_url or f"https://s3.{settings.aws_region}.amazonaws.com"
+        key_id = settings.aws_access_key_id.get_secret_value() if settings.aws_access_key_id else ""
+        host = f"{bucket} at {host_of(endpoint)}"
+        return Endpoint("storage", host, fingerprint("s3", url.rstrip("/"), endpoint.rstrip("/"), key_id))
 
     def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
         self.bucket = bucket

@@ -1,0 +1,201 @@
+"""Every Redis key videoqueue uses, in one module (as arq's `constants.py`).
+
+All keys start with the namespace's prefix (`namespace.key_prefix`: `vq:` in `default`,
+`vq@N:` in namespace N), so deployments sharing a Redis never see each other's keys. The
+constants below are module attributes kept current by `namespace.keep`: read them as
+`keys.NAME` when used, never `from videoqueue.keys import NAME` (that copy would keep the
+namespace of import time). The functions read the current namespace when called, so they
+may be imported by name.
+
+Each key says what it holds (Redis type) and for how long (TTL; none: kept for ever).
+On a Redis broker Celery's queues are lists too, named by `namespace.queue()` (`vq.submit`,
+`vq@N.poll`...); kombu's keys of unacknowledged messages are named below.
+"""
+
+from __future__ import annotations
+
+from videoqueue import namespace
+
+
+def _key(suffix: str) -> str:
+    return namespace.key_prefix() + suffix
+
+
+PREFIX = namespace.keep(globals(), "PREFIX", namespace.key_prefix)
+"""What every key of the current namespace starts with (`vq:` or `vq@N:`)."""
+
+
+# --- Job store (videoqueue.jobstore) --------------------------------------------------
+
+
+def job_key(job_id: str) -> str:
+    """String: one job's JobRecord as JSON. No TTL."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def input_key(job_id: str, role: str) -> str:
+    """String: JSON {name, mime_type, data (base64)} of an input image a producer uploaded
+    (role `first_frame` or `last_frame`). TTL: the time to the job's deadline plus
+    jobstore.INPUT_GRACE_S (1 day)."""
+    return f"{PREFIX}input:{job_id}:{role}"
+
+
+def client_key(client_job_id: str) -> str:
+    """String: the job id a producer's own client job id names (the newest attempt of a
+    retried job). TTL: jobstore.CLIENT_ID_TTL_S (90 days)."""
+    return f"{PREFIX}client:{client_job_id}"
+
+
+def task_claim_key(provider: str, task_id: str) -> str:
+    """String: the one job id a provider's task belongs to. TTL: jobstore.TASK_CLAIM_TTL_S
+    (7 days)."""
+    return f"{PREFIX}task:{provider}:{task_id}"
+
+
+ALL_INDEX = namespace.keep(globals(), "ALL_INDEX", lambda: _key("jobs:all"))
+"""Sorted set: every stored job id, scored by creation time (epoch s). No TTL."""
+
+
+def status_index(status: str) -> str:
+    """Sorted set: the ids of the jobs in `status` (a JobStatus value), scored by creation
+    time (epoch s). No TTL."""
+    return f"{PREFIX}jobs:status:{status}"
+
+
+DUE_INDEX = namespace.keep(globals(), "DUE_INDEX", lambda: _key("jobs:due"))
+"""Sorted set: active job ids scored by when their next step is due (epoch s); what the
+recovery sweep reads. A job leaves it when it ends. No TTL."""
+
+PARKED_INDEX = namespace.keep(globals(), "PARKED_INDEX", lambda: _key("jobs:parked"))
+"""Sorted set: job ids whose next step waits longer than a countdown may (a long
+Retry-After, a fleet-wide back-off), so no message was sent; scored like DUE_INDEX, the
+sweep sends the step when due. No TTL."""
+
+
+# --- Budgets (videoqueue.budget) -------------------------------------------------------
+
+BUDGET_PREFIX = namespace.keep(globals(), "BUDGET_PREFIX", lambda: _key("budget:"))
+"""Prefix of the budget counters (budget_counter_key): every key under it is one, so
+metrics and the budget rebuild scan it."""
+
+
+def budget_counter_key(budget: str) -> str:
+    """Hash {reserved, spent} in micro-dollars of one budget: `day:YYYY-MM-DD`,
+    `month:YYYY-MM` or `tag:NAME`. TTL: budget.DAY_TTL_S (40 days) and budget.MONTH_TTL_S
+    (400 days) after the last reservation; tag counters none."""
+    return f"{BUDGET_PREFIX}{budget}"
+
+
+BUDGET_CAPS = namespace.keep(globals(), "BUDGET_CAPS", lambda: _key("budget-caps"))
+"""Hash: cap name (`day`, `month`, `tag:NAME`) to a USD amount or `none`, set by `videoqueue
+budget set`. Outside BUDGET_PREFIX, which holds counters only. No TTL."""
+
+
+# --- Cost ledger (videoqueue.ledger) ---------------------------------------------------
+
+LEDGER_PREFIX = namespace.keep(globals(), "LEDGER_PREFIX", lambda: _key("ledger:"))
+"""Prefix of LEDGER_INDEX and of every ledger_entry_key."""
+
+LEDGER_INDEX = namespace.keep(globals(), "LEDGER_INDEX", lambda: _key("ledger:index"))
+"""Sorted set: the job ids with a ledger entry, scored by settlement time (epoch s). No TTL."""
+
+
+def ledger_entry_key(job_id: str) -> str:
+    """String: a job's LedgerEntry as JSON, what it cost, settled. No TTL."""
+    return f"{LEDGER_PREFIX}entry:{job_id}"
+
+
+# --- Provider limits (videoqueue.limits) -----------------------------------------------
+
+LIMITS_PREFIX = namespace.keep(globals(), "LIMITS_PREFIX", lambda: _key("limits:"))
+"""Prefix of the per-model limit keys below."""
+
+
+def slot_key(provider: str, model: str) -> str:
+    """Sorted set: the job ids holding an in-flight slot of a model, scored by lease
+    expiry (epoch s); expired members are dropped on the next acquire. No TTL."""
+    return f"{LIMITS_PREFIX}slots:{provider}:{model}"
+
+
+def creates_key(provider: str, model: str) -> str:
+    """Sorted set: one token per create request of a model, scored by when it was sent
+    (epoch s): the one-minute sliding window of the create rate. TTL 120 s, renewed by
+    each create."""
+    return f"{LIMITS_PREFIX}creates:{provider}:{model}"
+
+
+def backoff_key(provider: str, model: str) -> str:
+    """String: until when (epoch s) every worker waits before creating on a model again
+    after a 429. TTL: until then, plus 1 s."""
+    return f"{LIMITS_PREFIX}backoff:{provider}:{model}"
+
+
+# --- Counters for metrics (videoqueue.stats) -------------------------------------------
+
+STATS_JOBS = namespace.keep(globals(), "STATS_JOBS", lambda: _key("stats:jobs"))
+"""Hash: `status|provider|model` to the number of jobs in that status. No TTL."""
+
+STATS_COST = namespace.keep(globals(), "STATS_COST", lambda: _key("stats:cost"))
+"""Hash: `actual|provider|model` and `estimate|provider|model` in micro-dollars, and
+`jobs|provider|model`, of settled jobs. No TTL."""
+
+STATS_RENDER_SECONDS = namespace.keep(globals(), "STATS_RENDER_SECONDS", lambda: _key("stats:render_seconds"))
+"""Hash: histogram of render times (`le=BOUND|provider|model` counts, `sum|provider|model`
+seconds). No TTL."""
+
+STATS_STORE_SECONDS = namespace.keep(globals(), "STATS_STORE_SECONDS", lambda: _key("stats:store_seconds"))
+"""Hash: histogram of store (download and upload) times, fields as STATS_RENDER_SECONDS.
+No TTL."""
+
+
+# --- Worker side (worker.render_history, worker.registry, worker.sweep) ---------------
+
+
+def render_history_key(provider: str, model: str, resolution: object, duration: object, service_tier: object) -> str:
+    """List: the last POLL_HISTORY_SIZE render times (seconds, `~` marks an approximate
+    one) of one kind of job, newest first (LPUSH + LTRIM). No TTL."""
+    kind = (provider, model, resolution, duration, service_tier)
+    return f"{PREFIX}render:" + ":".join(str(part) for part in kind)
+
+
+WORKERS_PREFIX = namespace.keep(globals(), "WORKERS_PREFIX", lambda: _key("workers:"))
+"""Prefix of the worker registry (worker_key): `videoqueue doctor` scans it."""
+
+
+def worker_key(node: str) -> str:
+    """String: a worker's WorkerEntry as JSON (queues, endpoint fingerprints). TTL:
+    registry.TTL_S (60 s), refreshed by the worker's heartbeat."""
+    return f"{WORKERS_PREFIX}{node}"
+
+
+SWEEP_LOCK = namespace.keep(globals(), "SWEEP_LOCK", lambda: _key("sweep:lock"))
+"""String: the random token of the worker running the recovery sweep. TTL: the sweep
+interval (at least 10 s); deleted by its holder when the sweep ends."""
+
+
+# --- Celery's broker (kombu's Redis transport) -----------------------------------------
+
+
+def broker_transport_options(name: str | None = None) -> dict[str, str]:
+    """kombu Redis transport options naming its keys of unacknowledged messages (a hash, a
+    sorted set and a lock) in namespace `name` (default: the current one); empty for
+    `default`, which keeps kombu's own `unacked`, `unacked_index` and `unacked_mutex`."""
+    name = namespace.current() if name is None else namespace.validate(name)
+    if name == namespace.DEFAULT:
+        return {}
+    prefix = namespace.key_prefix(name)
+    return {
+        "unacked_key": f"{prefix}unacked",
+        "unacked_index_key": f"{prefix}unacked_index",
+        "unacked_mutex_key": f"{prefix}unacked_mutex",
+    }
+
+
+def namespace_of(key: str) -> str | None:
+    """The namespace whose prefix `key` carries (`vq:...` is `default`, `vq@N:...` is N),
+    or None for a key of no namespace."""
+    head, sep, _ = key.partition(":")
+    name = namespace.DEFAULT if head == "vq" else head.removeprefix("vq@")
+    if sep and namespace.is_valid(name) and key.startswith(namespace.key_prefix(name)):
+        return name
+    return None
