@@ -30,9 +30,10 @@ RUN groupadd --system --gid 10001 videoqueue \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when the
-# dependency list changes, not on every source edit.
+# dependency list changes, not on every source edit. The image runs workers, Flower and the
+# simulator: the base dependencies and the `worker` extra, as `pip install "videoqueue[worker]"`.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['worker']))" \
         > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[worker,dev]'
 	touch $(STAMP)
 
 # Start a local Redis when none answers at REDIS_URL (the environment, then .env), on the
@@ -28,9 +28,12 @@ VQ_DEMO_NAMESPACE ?= demo
 demo: $(STAMP) redis
 	VQ_DEMO_NAMESPACE=$(VQ_DEMO_NAMESPACE) $(BIN)/python -m simulator.demo
 
+# lint-imports: the import contracts of pyproject.toml ([tool.importlinter]): the core imports
+# neither side, the producer and the worker never each other.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

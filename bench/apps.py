@@ -1,6 +1,6 @@
 """Celery tasks the benchmarks compare videoqueue with, run by real `celery worker`
 processes (`celery -A bench.apps worker`) on the same broker and the same Celery
-settings (celeryconfig.py) as videoqueue's workers:
+settings (videoqueue/celeryconfig.py) as videoqueue's workers:
 
 - `bench.noop`: does nothing but count itself; its rate is the engine's own limit.
 - `bench.blocking_job`: the thread-per-job baseline. One task holds its worker slot for
@@ -22,7 +22,7 @@ from celery import Celery
 DONE_KEY = "bench:done"
 
 app = Celery("bench")
-app.config_from_object("celeryconfig")
+app.config_from_object("videoqueue.celeryconfig")
 # Both tasks go to one queue of their own; the worker is started with -Q bench.
 app.conf.task_routes = {"bench.*": {"queue": "bench"}}
 

@@ -1,13 +1,12 @@
 """videoqueue producer: enqueue AI video jobs and follow them.
 
-Imports no provider SDK and no boto3, so producers install only celery and pydantic.
+Imports no provider SDK and no boto3 (nor the worker package): `pip install videoqueue`, without
+the `worker` extra, is enough for a producer.
 """
 
 from producer.api import (
-    AmbiguousJobIdError,
     EnqueueError,
     RetryRefusedError,
-    UnknownJobError,
     VideoQueue,
     WaitTimeoutError,
 )
@@ -24,6 +23,7 @@ from videoqueue.errors import (
     VideoqueueError,
 )
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus
+from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import CostRow, LedgerEntry
 from videoqueue.settings import Settings
 

@@ -16,7 +16,7 @@ from producer.celery_client import producer_app
 from producer.request import VideoRequest, resolve
 from videoqueue import namespace
 from videoqueue.catalog import Catalog, load_catalog
-from videoqueue.errors import InvalidRequestError, JobStoreError, RequestError, VideoqueueError
+from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.images import ImageFile
 from videoqueue.job import (
     TASK_CANCEL,
@@ -26,48 +26,11 @@ from videoqueue.job import (
     JobStatus,
     utcnow,
 )
+from videoqueue.jobids import records, resolve_ids
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import CostRow, GroupBy, Ledger
 from videoqueue.settings import Settings, get_settings
 from videoqueue.urlcheck import check_image_url
-
-
-class UnknownJobError(JobStoreError, KeyError):
-    """No job has this id in this deployment: the message names the namespace looked in
-    (`namespace.current()`, a job of another deployment is not found)."""
-
-    def __init__(self, job_ids: Sequence[str]) -> None:
-        self.job_ids = list(job_ids)
-        self.namespace = namespace.current()
-        super().__init__(
-            f"unknown job id(s): {', '.join(job_ids)} "
-            f"(in namespace {self.namespace!r}; VQ_NAMESPACE picks the deployment)"
-        )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-MIN_PREFIX_CHARS = 4
-"""The shortest id prefix `VideoQueue.resolve_id` takes, as git's short hashes."""
-
-
-class AmbiguousJobIdError(JobStoreError, ValueError):
-    """An id prefix that names no single job: too short, or shared by several jobs
-    (`candidates`, at most a few)."""
-
-    def __init__(self, prefix: str, candidates: Sequence[str]) -> None:
-        self.prefix, self.candidates = prefix, list(candidates)
-        if not candidates:
-            message = f"job id prefix {prefix!r} is too short: give at least {MIN_PREFIX_CHARS} characters"
-        else:
-            shown = ", ".join(sorted(self.candidates)[:AMBIGUOUS_SHOWN])
-            more = " and more" if len(self.candidates) > AMBIGUOUS_SHOWN else ""
-            message = f"job id prefix {prefix!r} is ambiguous: matches {shown}{more}; give more characters"
-        super().__init__(message)
-
-
-AMBIGUOUS_SHOWN = 5
 
 
 class StoreRetryRefusedError(RequestError, ValueError):
@@ -256,15 +219,11 @@ class VideoQueue:
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
         """Current records, in order; UnknownJobError naming every unknown id."""
-        records = self.store.get_many(list(job_ids))
-        unknown = [j for j, r in zip(job_ids, records, strict=True) if r is None]
-        if unknown:
-            raise UnknownJobError(unknown)
-        return [r for r in records if r is not None]
+        return records(self.store, job_ids)
 
     def resolve_id(self, ref: str) -> str:
         """The whole id of the one job `ref` names: a whole id, or a unique prefix of at
-        least MIN_PREFIX_CHARS characters (as git's short hashes; `jobs` and the demo show
+        least 4 characters (as git's short hashes; `jobs` and the demo show
         8). Raises UnknownJobError when no job matches, AmbiguousJobIdError when the prefix
         is too short or several jobs share it. A whole id costs one read; a prefix scans the
         index of all jobs (`JobStore.ids_starting_with`)."""
@@ -272,28 +231,8 @@ class VideoQueue:
 
     def resolve_ids(self, refs: Sequence[str]) -> builtins.list[str]:
         """`resolve_id` of each of `refs` (in any case), in order; UnknownJobError names
-        every ref that matches no job."""
-        given = list(refs)
-        refs = [ref.lower() for ref in given]  # ids are lowercase uuids: 0C1C0196 is 0c1c0196
-        exact = self.store.get_many(refs)
-        resolved: builtins.list[str] = []
-        unknown: builtins.list[str] = []
-        for original, ref, record in zip(given, refs, exact, strict=True):
-            if record is not None:
-                resolved.append(record.id)
-                continue
-            if len(ref) < MIN_PREFIX_CHARS:
-                raise AmbiguousJobIdError(original, [])
-            matches = self.store.ids_starting_with(ref, limit=AMBIGUOUS_SHOWN + 1)
-            if len(matches) > 1:
-                raise AmbiguousJobIdError(original, matches)
-            if matches:
-                resolved.append(matches[0])
-            else:
-                unknown.append(original)
-        if unknown:
-            raise UnknownJobError(unknown)
-        return resolved
+        every ref that matches no job (videoqueue.jobids)."""
+        return resolve_ids(self.store, refs)
 
     def list(self, status: JobStatus | str | None = None, limit: int = 50) -> list[JobRecord]:
         """Recent jobs, newest first, optionally only those in `status`."""

@@ -8,26 +8,22 @@ from functools import lru_cache
 from celery import Celery
 
 from videoqueue import namespace
-from videoqueue.queues import celery_conf, is_amqp
+from videoqueue.queues import AMQP_SETTINGS, celery_conf, is_amqp
 
 
 def producer_app(broker_url: str) -> Celery:
     """A Celery app that sends to `broker_url`, into the queues of the current namespace,
-    with the shared settings of celeryconfig."""
+    with the shared settings of videoqueue/celeryconfig.py."""
     return _producer_app(broker_url, namespace.current())
 
 
 @lru_cache(maxsize=8)
 def _producer_app(broker_url: str, name: str) -> Celery:
     app = Celery("videoqueue-producer")
-    app.config_from_object("celeryconfig")
+    app.config_from_object("videoqueue.celeryconfig")
     # The queues must be declared as the workers on this broker declare them.
     with namespace.using(name):
         app.conf.update(broker_url=broker_url, **celery_conf(broker_url))
     if is_amqp(broker_url):
-        app.conf.update(
-            task_default_queue_type="quorum",
-            task_default_exchange_type="topic",
-            broker_transport_options={"confirm_publish": True},
-        )
+        app.conf.update(AMQP_SETTINGS)
     return app

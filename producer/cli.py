@@ -11,6 +11,7 @@ import re
 import sys
 import traceback
 from datetime import datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,28 +23,27 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from producer.api import (
-    AmbiguousJobIdError,
     EnqueueError,
     PreparedJob,
     StoreRetryRefusedError,
-    UnknownJobError,
     VideoQueue,
     WaitTimeoutError,
 )
 from producer.celery_client import producer_app
 from producer.cli_budget import register as register_budget
-from producer.cli_errors import USAGE_ERROR, error_line, explain, redact
-from producer.cli_errors import fail as _fail
+from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
-from producer.cli_ops import register as register_ops
 from producer.cli_table import Col, fit_table
 from producer.request import VideoRequest
 from producer.workercheck import no_worker_warning
 from videoqueue.budget import BudgetExceededError
 from videoqueue.catalog import ModelSpec, load_catalog
+from videoqueue.commands import ENTRY_POINT_GROUP, USAGE_ERROR, WORKER_EXTRA, error_line, needs_worker_extra
+from videoqueue.commands import fail as _fail
 from videoqueue.errors import InvalidRequestError
 from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import GROUPS
 from videoqueue.settings import get_settings
 from videoqueue.stalled import StallRule, describe, stalls
@@ -624,51 +624,41 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
         out.print(fit_table(columns, cells, out.width))
 
 
-@costs_app.command("rebuild")
-def costs_rebuild(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the difference; write nothing.")] = False,
-    prune: Annotated[
-        bool, typer.Option("--prune", help="Also remove entries whose manifests are not in this storage.")
-    ] = False,
-) -> None:
-    """Merge the cost entries of the manifests in storage (STORAGE_URL) into the ledger.
-
-    For when Redis lost some of it: adds missing entries, replaces those that differ, and
-    keeps those whose manifests it cannot see unless --prune. Needs the worker install."""
-    try:
-        from worker.ledger_rebuild import rebuild_ledger
-    except ImportError as exc:
-        raise _fail(f"costs rebuild needs the worker install (boto3): {exc}") from None
-    result = rebuild_ledger(get_settings(), prune=prune, dry_run=dry_run)
-    diff = result.diff
-    sys.stdout.write(
-        f"read {result.storage}: {result.manifests} manifests ({result.without_entry} of jobs that cost nothing)\n"
-    )
-    kept = "pruned" if prune else "kept"
-    sys.stdout.write(
-        f"added {len(diff.added)}, changed {len(diff.changed)}, unchanged {diff.unchanged}, "
-        f"missing from storage {len(diff.missing)} ({kept})\n"
-    )
-    for entry in diff.added:
-        sys.stdout.write(f"  added     {entry.job_id} ${entry.actual_usd:.4f} {entry.status}\n")
-    for old, new in diff.changed:
-        sys.stdout.write(
-            f"  changed   {new.job_id} ${old.actual_usd:.4f} {old.status} -> ${new.actual_usd:.4f} {new.status}\n"
-        )
-    for entry in diff.missing:
-        sys.stdout.write(f"  missing   {entry.job_id} ${entry.actual_usd:.4f} {entry.status} ({kept})\n")
-    totals = f"{diff.before_jobs} jobs / ${diff.before_usd:.2f} -> {diff.after_jobs} jobs / ${diff.after_usd:.2f}"
-    if dry_run:
-        sys.stdout.write(f"dry run, nothing written: the ledger would go from {totals}\n")
-        return
-    sys.stdout.write(f"ledger merged from storage: {totals}\n")
-    if diff.added or diff.changed or (diff.pruned and diff.missing):
-        sys.stdout.write("budgets count from the ledger: `videoqueue budget rebuild` recounts them\n")
-
-
-register_ops(app)
 register_budget(app)
 register_jobs(app)
+
+
+def _plug_in(typer_app: typer.Typer) -> None:
+    """Add the commands other parts of the distribution define (worker/cli.py: doctor, fetch,
+    url, costs rebuild), found by their entry points (videoqueue.commands.ENTRY_POINT_GROUP)
+    without importing them here. One that cannot be loaded is still listed, and running it
+    prints the one line saying what to install."""
+    groups = {group.name: group.typer_instance for group in typer_app.registered_groups}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        *parents, name = entry.name.split(".")
+        target = groups.get(parents[0]) if parents else typer_app
+        if target is None or len(parents) > 1:
+            raise RuntimeError(f"entry point {entry.name!r} of {ENTRY_POINT_GROUP}: no such command group")
+        try:
+            target.command(name=name)(entry.load())
+        except ImportError as exc:
+            target.command(name=name, context_settings=_ANY_ARGS)(_unavailable(" ".join(entry.name.split(".")), exc))
+
+
+_ANY_ARGS = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+def _unavailable(command: str, missing: ImportError) -> Any:
+    """A command that can only say what to install for `command` (whatever it is given)."""
+
+    def unavailable(ctx: typer.Context) -> None:
+        raise needs_worker_extra(command, [missing.name or str(missing)])
+
+    unavailable.__doc__ = f"Not installed here: needs the worker extra ({WORKER_EXTRA})."
+    return unavailable
+
+
+_plug_in(app)
 
 
 def _summaries(typer_app: typer.Typer) -> None:

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from producer.cli_errors import fail as _fail
 from videoqueue.budget import BudgetState, CapSource, load_caps, parse_usd, set_caps, states
 from videoqueue.budget_rebuild import rebuild_counters
+from videoqueue.commands import fail as _fail
 from videoqueue.errors import BudgetError
 from videoqueue.job import utcnow
 from videoqueue.jobstore import JobStore

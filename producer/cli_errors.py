@@ -1,31 +1,29 @@
 """What the `videoqueue` CLI says when a command fails: one line naming the cause and the fix.
 
 `explain(exc)` turns an exception into that line (and the exit status); `redact` keeps
-passwords in URLs out of it. `producer.cli.main` applies both to every command, so a
-command added later gets the same treatment without doing anything.
+passwords in URLs out of it. `producer.cli.main` applies both to every command, so a command
+added later gets the same treatment without doing anything. The line itself (`error_line`)
+and `fail` are in videoqueue.commands, shared with the commands the worker side plugs in.
 """
 
 from __future__ import annotations
 
 import errno
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
-import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from producer.api import AmbiguousJobIdError, StoreRetryRefusedError, UnknownJobError
+from producer.api import StoreRetryRefusedError
 from producer.request import problems_of
 from videoqueue.budget import BudgetExceededError
+from videoqueue.commands import USAGE_ERROR
 from videoqueue.errors import InvalidRequestError
+from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.settings import InvalidSettingsError, describe_invalid, get_settings
-
-USAGE_ERROR = 2
-"""Exit status of every error this module explains (and of click's usage errors)."""
 
 # user:password@ (or :password@) in any URL.
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)")
@@ -34,17 +32,6 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)
 def redact(text: str) -> str:
     """`text` with the password of every URL in it replaced: redis://:pw@host -> redis://:***@host."""
     return _URL_PASSWORD.sub(r"\1***\2", text)
-
-
-def error_line(message: str) -> None:
-    """Write `message` to stderr as the one `error: ...` line every failure ends with."""
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
-
-
-def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    """Print `message` as the error line and return the Exit (status `code`) to raise."""
-    error_line(message)
-    return typer.Exit(code)
 
 
 @dataclass(frozen=True)

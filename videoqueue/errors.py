@@ -18,8 +18,8 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
             JobExistsError (RuntimeError)
             TaskClaimedError (RuntimeError)
             IllegalTransitionError (RuntimeError)
-            UnknownJobError (KeyError)               producer.api
-            AmbiguousJobIdError (ValueError)         producer.api
+            UnknownJobError (KeyError)               videoqueue.jobids
+            AmbiguousJobIdError (ValueError)         videoqueue.jobids
         ProviderError
         StorageError
             VideoCheckError                          worker.storage.base

@@ -13,13 +13,23 @@ from videoqueue import namespace
 from videoqueue.job import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from videoqueue.settings import Settings
 
-QUEUES = namespace.keep(globals(), "QUEUES", namespace.queues)
-"""The queues of the namespace this process serves, in step order."""
-
 
 def is_amqp(broker_url: str) -> bool:
     """True for RabbitMQ URLs."""
     return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+AMQP_SETTINGS: dict[str, Any] = {
+    "task_default_queue_type": "quorum",
+    "task_default_exchange_type": "topic",
+    "worker_detect_quorum_queues": True,
+    "broker_transport_options": {"confirm_publish": True},
+}
+"""The Celery settings of a RabbitMQ broker, for workers (videoqueue/celeryconfig.py) and
+producers (producer/celery_client.py) alike: quorum queues (replicated, durable) with Celery's
+native delayed delivery, so a countdown message waits in the broker, not in a worker's
+memory, and a killed worker strands nothing. Native delayed delivery routes through topic
+exchanges; publisher confirms make a send return only once the broker has the message."""
 
 
 def task_queues(broker_url: str) -> tuple[Queue, ...]:
@@ -79,7 +89,7 @@ VISIBILITY_MARGIN_S = 60
 @dataclass(frozen=True)
 class BrokerTiming:
     """Time limits of a task and the visibility timeout of the Redis broker, derived from
-    the settings in one place: celeryconfig.py configures Celery with them and the
+    the settings in one place: videoqueue/celeryconfig.py configures Celery with them and the
     pipeline bounds every countdown it schedules by `max_countdown_s`."""
 
     soft_time_limit_s: int

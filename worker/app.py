@@ -13,7 +13,7 @@ from videoqueue.queues import own_queues
 from videoqueue.settings import InvalidSettingsError, get_settings
 
 try:
-    # Read before Celery reads celeryconfig, so that settings that cannot be used stop
+    # Read before Celery reads videoqueue.celeryconfig, so that settings that cannot be used stop
     # `celery -A worker worker` with one line naming the variable, not a traceback.
     # The worker serves the deployment its settings name: its keys and queues follow.
     namespace.use(get_settings().vq_namespace)
@@ -22,7 +22,7 @@ except InvalidSettingsError as exc:
     raise SystemExit(2) from None
 
 app = Celery("videoqueue")
-app.config_from_object("celeryconfig")
+app.config_from_object("videoqueue.celeryconfig")
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
 
 

@@ -1,17 +1,17 @@
 """The recovery sweep every worker runs in the background of its main process: no extra
-process to deploy or forget. A Redis lock lets one worker sweep at a time; the claim on
-each job is a compare-and-set anyway."""
+process to deploy or forget. A Redis lock (redis-py's `Lock`) lets one worker sweep at a
+time; the claim on each job is a compare-and-set anyway."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 from celery import Celery
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from videoqueue import keys
 from videoqueue.jobstore import JobStore
@@ -20,14 +20,13 @@ from videoqueue.settings import Settings
 from videoqueue.stalled import StallRule
 
 log = logging.getLogger("videoqueue.sweep")
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     """One sweep under the fleet-wide lock; returns how many jobs it recovered."""
-    token = uuid.uuid4().hex
-    ttl_ms = int(max(settings.sweep_interval_s, 10) * 1000)
-    if not store.redis.set(keys.SWEEP_LOCK, token, nx=True, px=ttl_ms):
+    # Held at most one interval (10 s or more): its expiry covers a sweeper that dies holding it.
+    lock = store.redis.lock(keys.SWEEP_LOCK, timeout=max(settings.sweep_interval_s, 10))
+    if not lock.acquire(blocking=False):
         return 0
 
     def send(name: str, args: list[Any]) -> None:
@@ -36,9 +35,10 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     try:
         report = recover_stranded(store, send, StallRule.from_settings(settings))
     finally:
-        # Let the next sweep (ours or another worker's) run on time; the lock's expiry only
-        # covers a sweeper that dies holding it.
-        store.redis.eval(_RELEASE, 1, keys.SWEEP_LOCK, token)
+        # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
+        # the lock no longer owns it: the holder now is another worker, whose lock stays.
+        with contextlib.suppress(LockError):
+            lock.release()
     if report.unparked:
         log.info(
             "sent parked steps now due",

@@ -14,11 +14,11 @@ import redis
 import typer
 from typer.testing import CliRunner
 
-from producer.cli_ops import register
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Simulator, Stack
 from videoqueue import namespace
 from videoqueue.settings import Settings, get_settings
+from worker.cli import doctor as doctor_command
 from worker.doctor import DoctorReport, Status, run_doctor
 from worker.providers import provider_endpoint
 
@@ -201,7 +201,7 @@ def cli_app() -> typer.Typer:
     def main() -> None:
         """A group, as the videoqueue CLI is."""
 
-    register(app)
+    app.command(name="doctor")(doctor_command)
     return app
 
 

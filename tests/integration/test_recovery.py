@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import redis
+from celery import Celery
 
 from producer import JobStatus, VideoRequest
 from tests.integration.conftest import UNACKED, Stack
 from tests.integration.helpers import wait_for, wait_status
 from tests.integration.test_cli import run
-from videoqueue import namespace
+from videoqueue import keys, namespace
+from videoqueue.jobstore import JobStore
+from videoqueue.recovery import recover_stranded
+from videoqueue.settings import Settings
+from worker import sweep
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +73,30 @@ def test_a_job_queued_with_no_message_at_all_is_submitted_by_the_sweep(local_sta
     local_stack.start_worker(SWEEP_INTERVAL_S="1", RECOVER_AFTER_S="1")  # recovery within the test
     done = vq.wait([job.id], timeout=60)[0]
     assert done.status is JobStatus.SUCCEEDED and done.recoveries == 1
+
+
+def test_one_worker_sweeps_at_a_time_and_frees_the_lock_after(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worker/sweep.py's lock (redis-py's Lock): a sweep while another holds it does nothing
+    and leaves that lock alone; a sweep that ran releases its own."""
+    ran: list[int] = []
+    recover = recover_stranded
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        ran.append(1)
+        return recover(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "recover_stranded", counted)
+    redis_client.delete(keys.SWEEP_LOCK)
+    store = JobStore(redis_client)
+    app = Celery("sweep-lock-test", broker="memory://")
+    settings = Settings(_env_file=None, sweep_interval_s=30)
+    held = redis_client.lock(keys.SWEEP_LOCK, timeout=30)
+    assert held.acquire(blocking=False)
+    assert sweep.sweep_once(app, store, settings) == 0
+    assert ran == [] and held.owned(), "no sweep under another's lock, and that lock stays"
+    held.release()
+    assert sweep.sweep_once(app, store, settings) == 0  # nothing stranded here
+    assert ran == [1]
+    assert not redis_client.exists(keys.SWEEP_LOCK), "the sweep released its lock"

@@ -84,7 +84,7 @@ SUBMIT, POLL, STORE = "videoqueue.submit", "videoqueue.poll", "videoqueue.store"
 ALL_JOBS = keys.ALL_INDEX
 
 # The producer runs as its own process: Celery's settings (quorum queues on RabbitMQ) are
-# read from the environment when `celeryconfig` is first imported.
+# read from the environment when `videoqueue.celeryconfig` is first imported.
 PRODUCER = """
 import json, sys, time
 from producer import VideoQueue, VideoRequest

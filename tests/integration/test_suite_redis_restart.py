@@ -227,7 +227,7 @@ JOBS_PER_ROUND = 10
 
 @pytest.mark.xfail(
     strict=False,  # it hits about one restart in three: the run may or may not meet it
-    reason="upstream bug (Celery 5.7 / kombu 5.7 Redis transport as configured by celeryconfig.py): when the "
+    reason="upstream bug (Celery 5.7 / kombu 5.7 Redis transport as configured by videoqueue.celeryconfig): when the "
     "consumer's pub/sub (remote control) connection reports the lost Redis before its BRPOP connection, "
     "Consumer.on_connection_error_after_connected -> connection.collect() leaves the channel half closed "
     "(_brpop_read raises) and clears the transport's client; connection.close() then closes the channel again, "

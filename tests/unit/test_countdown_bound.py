@@ -59,7 +59,7 @@ def test_celeryconfig_takes_its_limits_and_visibility_timeout_from_broker_timing
     for name, value in {"RETRY_MAX_S": "4", "POLL_MAX_S": "2", "SUBMIT_LEASE_S": "5", "STORE_BUSY_S": "5"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    import celeryconfig
+    from videoqueue import celeryconfig
 
     config = importlib.reload(celeryconfig)
     timing = broker_timing(get_settings())

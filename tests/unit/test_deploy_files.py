@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -28,6 +29,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 SIM_OVERRIDE = ROOT / "docker-compose.sim.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
+MAKEFILE = ROOT / "Makefile"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|BASIC_AUTH|ACCESS_KEY", re.IGNORECASE)
@@ -167,6 +170,33 @@ def test_dependencies_are_a_layer_of_their_own_before_the_source() -> None:
     assert dependency_install and first_copy < dependency_install[0] < source_at
     after = [args for keyword, args in steps[source_at:] if keyword == "RUN"]
     assert any("pip install --no-deps ." in args for args in after), "the source goes in without its dependencies"
+
+
+def test_the_image_and_make_install_the_worker_extra() -> None:
+    # `pip install videoqueue` is the producer only; workers, Flower and the simulator need the
+    # `worker` extra (provider SDKs, boto3, flower, starlette, uvicorn).
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    worker_extra = project["optional-dependencies"]["worker"]
+    assert any(r.startswith("boto3") for r in worker_extra) and any(r.startswith("flower") for r in worker_extra)
+    assert not any(r.startswith(("boto3", "flower", "google-genai")) for r in project["dependencies"])
+    [layer] = [args for keyword, args in instructions() if keyword == "RUN" and "--requirement" in args]
+    argv = shlex.split(layer)
+    assert argv[:2] == ["python", "-c"], layer
+    listed = subprocess.run(
+        [sys.executable, "-c", argv[2]], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert listed == project["dependencies"] + worker_extra
+    install = re.search(r"pip install --quiet -e '\.\[([a-z,]+)\]'", MAKEFILE.read_text())
+    assert install and "worker" in install.group(1).split(","), "make installs the worker extra"
+    assert "videoqueue[worker]" in project["optional-dependencies"]["dev"]
+
+
+def test_every_compose_service_of_ours_runs_the_image(services: dict[str, dict[str, Any]]) -> None:
+    # The image is the one with the worker extra; compose installs nothing of its own.
+    ours = {name: s for name, s in services.items() if name not in {"redis", "minio", "minio-init"}}
+    assert set(ours) == {"worker", "store-worker", "flower", "metrics", "simulator"}
+    for name, service in ours.items():
+        assert service["build"] == ".", name
 
 
 def test_no_secret_is_baked_into_the_image() -> None:

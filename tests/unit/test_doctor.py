@@ -12,10 +12,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from producer.cli_ops import register
 from videoqueue import namespace
 from videoqueue.settings import Settings
 from worker import doctor, registry
+from worker.cli import doctor as doctor_command
 from worker.doctor import Check, DoctorReport, Status
 from worker.providers import provider_endpoint
 
@@ -109,7 +109,7 @@ def cli() -> typer.Typer:
     def main() -> None:
         """A group, as the videoqueue CLI is."""
 
-    register(app)
+    app.command(name="doctor")(doctor_command)
     return app
 
 
@@ -117,7 +117,10 @@ def test_the_command_explains_a_missing_worker_side(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "worker.doctor", None)  # as if the worker side were not installed
     result = CliRunner().invoke(cli(), ["doctor"])
     assert result.exit_code == 2
-    assert "needs the worker's dependencies" in result.output and "worker.doctor" in result.output
+    assert result.output.count("\n") == 1 and result.output.startswith(
+        "error: `videoqueue doctor` needs the worker extra"
+    )
+    assert 'pip install "videoqueue[worker]"' in result.output and "worker.doctor" in result.output
 
 
 def test_the_command_prints_the_report_and_sets_the_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from producer.api import VideoQueue
 from producer.request import VideoRequest
-from videoqueue import budget, jobstore, keys, namespace, queues
+from videoqueue import budget, jobstore, keys, namespace
 from videoqueue import job as contract
 from videoqueue.job import JobRecord
 from videoqueue.queues import own_queues, route_task, task_queues
@@ -89,7 +89,7 @@ def test_default_namespace_keeps_todays_names() -> None:
         "vq:render:byteplus:m:720p:5:default",
     ]
     assert (contract.QUEUE_SUBMIT, contract.QUEUE_POLL, contract.QUEUE_STORE) == ("vq.submit", "vq.poll", "vq.store")
-    assert queues.QUEUES == ("vq.submit", "vq.poll", "vq.store")
+    assert namespace.queues() == ("vq.submit", "vq.poll", "vq.store")
     assert [q.name for q in task_queues(REDIS)] == ["vq.submit", "vq.poll", "vq.store"]
     assert namespace.celery_names() == {"control_exchange": "celery", "event_exchange": "celeryev"}
     assert keys.broker_transport_options() == {}  # kombu's own `unacked` keys
@@ -106,8 +106,8 @@ def test_another_namespace_prefixes_every_key_and_queue() -> None:
             "vq@demo.poll",
             "vq@demo.store",
         )
-        assert queues.QUEUES == ("vq@demo.submit", "vq@demo.poll", "vq@demo.store")
-        assert [q.name for q in task_queues(REDIS)] == list(queues.QUEUES)
+        assert namespace.queues() == ("vq@demo.submit", "vq@demo.poll", "vq@demo.store")
+        assert [q.name for q in task_queues(REDIS)] == list(namespace.queues())
         assert route_task(contract.TASK_POLL, [], {}, {}) == {"queue": "vq@demo.poll"}
         assert route_task(contract.TASK_CANCEL, [], {}, {}) == {"queue": "vq@demo.submit"}
         assert namespace.celery_names()["control_exchange"] == "vq@demo"

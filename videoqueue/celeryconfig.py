@@ -1,4 +1,5 @@
-"""Celery settings for videoqueue, read by producers and workers with `config_from_object`.
+"""Celery settings for videoqueue, read by producers and workers with
+`config_from_object("videoqueue.celeryconfig")`.
 
 Everything here is chosen for at-least-once delivery of idempotent tasks: a message is
 acknowledged only after its task has recorded its effect in the job store, so a worker
@@ -12,7 +13,7 @@ recovery sweep (videoqueue/recovery.py) does.
 from typing import Any
 
 from videoqueue import keys as _keys
-from videoqueue.queues import broker_timing, celery_conf, is_amqp, route_task
+from videoqueue.queues import AMQP_SETTINGS, broker_timing, celery_conf, is_amqp, route_task
 from videoqueue.settings import get_settings
 
 _settings = get_settings()
@@ -43,13 +44,10 @@ enable_utc = True
 # starves either. A worker started without -Q consumes all three.
 task_queues = _namespaced["task_queues"]
 if _AMQP:
-    # RabbitMQ: quorum queues (replicated, durable) with Celery's native delayed delivery,
-    # so a countdown message waits in the broker, not in a worker's memory, and a killed
-    # worker strands nothing. Native delayed delivery routes through topic exchanges.
-    task_default_queue_type = "quorum"
-    task_default_exchange_type = "topic"
-    worker_detect_quorum_queues = True
-    broker_transport_options: dict[str, Any] = {"confirm_publish": True}
+    # RabbitMQ: quorum queues with Celery's native delayed delivery, so a countdown message
+    # waits in the broker, not in a worker's memory (videoqueue.queues.AMQP_SETTINGS, which
+    # the producer's app takes too).
+    globals().update(AMQP_SETTINGS)
 
 task_default_queue = _namespaced["task_default_queue"]
 # Each task to its step's queue in the namespace current when it is sent.
@@ -94,7 +92,7 @@ if not _AMQP:
     # never sends a longer countdown (longer waits are parked in the job store). It is
     # also how long the broker itself takes to notice a dead worker; the job-store sweep
     # (RECOVER_AFTER_S) usually acts first.
-    broker_transport_options = {
+    broker_transport_options: dict[str, Any] = {
         "visibility_timeout": _timing.visibility_timeout_s,
         # Look for messages to restore every minute (6 x 10 s), not every 100 s.
         "unacked_restore_interval": 10,
