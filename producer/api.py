@@ -318,19 +318,17 @@ class VideoQueue:
         discards its result if the provider can no longer stop it). Final jobs stay as
         they are."""
         self.get(job_id)
-        cancelled = self.store.transition(
-            job_id,
-            {JobStatus.QUEUED},
-            JobStatus.CANCELLED,
-            cancel_requested=True,
-        )
+        now = utcnow()
+        # Only a queued job ends at once: one further on is cancelled by a worker, which
+        # asks the provider first.
+        cancelled = self.store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED, cancel_requested_at=now)
         if cancelled is not None:
             return cancelled
 
         def request_cancel(record: JobRecord) -> JobRecord | None:
             if record.status.is_final or record.cancel_requested:
                 return None
-            record.cancel_requested = True
+            record.cancel_requested_at = now
             return record
 
         requested = self.store.update(job_id, request_cancel)

@@ -17,6 +17,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
         JobStoreError
             JobExistsError (RuntimeError)
             TaskClaimedError (RuntimeError)
+            IllegalTransitionError (RuntimeError)
             UnknownJobError (KeyError)               videoqueue.jobids
             AmbiguousJobIdError (ValueError)         videoqueue.jobids
         ProviderError
@@ -134,6 +135,16 @@ class TaskClaimedError(JobStoreError, RuntimeError):
     def __init__(self, task_id: str, owner: str) -> None:
         self.task_id, self.owner = task_id, owner
         super().__init__(f"provider task {task_id} already belongs to job {owner}")
+
+
+class IllegalTransitionError(JobStoreError, RuntimeError):
+    """A status move the lifecycle table (videoqueue.lifecycle.MOVES) does not allow: a
+    bug in the code that asked for it, never a state of the job; nothing was stored.
+    `source` and `target` are the status values."""
+
+    def __init__(self, source: str, target: str) -> None:
+        self.source, self.target = source, target
+        super().__init__(f"a job cannot move from {source} to {target} (videoqueue.lifecycle.MOVES)")
 
 
 # -- provider -----------------------------------------------------------------------------------

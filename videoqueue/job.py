@@ -8,14 +8,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from videoqueue import namespace
 from videoqueue.resolved import ResolvedRequest
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its lifecycle (docs/architecture.md: every status and who moves a job to it)."""
+    """Where a job is in its lifecycle: videoqueue.lifecycle.MOVES lists every move between
+    statuses and who makes it (docs/architecture.md tells the whole lifecycle)."""
 
     QUEUED = "queued"
     SUBMITTING = "submitting"
@@ -98,6 +99,9 @@ class JobRecord(BaseModel):
     model: str
     request: ResolvedRequest
     provider_task_id: str | None = None
+    # What the provider last said of the task, in its own words (a status call's, or
+    # "queued" when a create made it, "cancelled" when a cancel call stopped it); never
+    # a state of our own (a cancel request is `cancel_requested_at`).
     provider_status: str | None = None
     # The provider endpoint (plain host) and account (fingerprint, never the key:
     # videoqueue.endpoints) the job's task is created with, recorded by the submit that makes
@@ -125,7 +129,9 @@ class JobRecord(BaseModel):
     manifest_uri: str | None = None
     video_url: str | None = None
     error: JobError | None = None
-    cancel_requested: bool = False
+    # When the producer asked to cancel the job (`VideoQueue.cancel`); a worker carries it
+    # out. None: no cancel was asked for.
+    cancel_requested_at: datetime | None = None
     poll_seq: int = 0
     poll_errors: int = 0
     store_attempts: int = 0
@@ -153,6 +159,32 @@ class JobRecord(BaseModel):
     # `videoqueue retry`: the job this one resubmits, and the jobs that resubmitted this one.
     retry_of: str | None = None
     retried_by: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_earlier_versions(cls, data: Any) -> Any:
+        """Records written by earlier versions read as this one's: their cancel request
+        was a flag (`cancel_requested: true`), before that a `provider_status` of
+        "cancel_requested". When it was asked for is unknown: the record's `updated_at`
+        (no earlier than the request) stands in. The provider's own status was not kept
+        beside that marker, so it reads as unknown (None)."""
+        if not isinstance(data, dict):
+            return data
+        marker = data.get("provider_status") == "cancel_requested"
+        if "cancel_requested" not in data and not marker:
+            return data
+        data = dict(data)
+        requested = bool(data.pop("cancel_requested", False)) or marker
+        if marker:
+            data["provider_status"] = None
+        if requested and data.get("cancel_requested_at") is None:
+            data["cancel_requested_at"] = data.get("updated_at")
+        return data
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the producer asked to cancel the job (`cancel_requested_at`)."""
+        return self.cancel_requested_at is not None
 
     @property
     def charged_usd(self) -> Decimal | None:
@@ -186,5 +218,8 @@ class JobRecord(BaseModel):
         return f"it is {self.status.value}, not finished (wait for it, or cancel it first)"
 
     def public_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data for CLI and API users."""
-        return self.model_dump(mode="json", exclude={"submit_lease_until", "store_lease_until", "poll_seq"})
+        """The record as JSON-ready data for CLI and API users (with `cancel_requested`,
+        true once a cancel was asked for)."""
+        data = self.model_dump(mode="json", exclude={"submit_lease_until", "store_lease_until", "poll_seq"})
+        data["cancel_requested"] = self.cancel_requested
+        return data

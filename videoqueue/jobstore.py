@@ -17,15 +17,14 @@ from typing import Any
 
 import redis
 
-from videoqueue import keys, redisconn, stats
+from videoqueue import final_hooks, keys, lifecycle, redisconn, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
 from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0414 - re-export
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
-from videoqueue.keys import client_key, input_key, job_key, ledger_entry_key, slot_key, status_index, task_claim_key
-from videoqueue.ledger import LedgerEntry, write_entry
+from videoqueue.keys import client_key, input_key, job_key, status_index, task_claim_key
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
 MAX_HISTORY = 50
@@ -97,6 +96,29 @@ def _new_task(pipe: Any, current: JobRecord, changed: JobRecord) -> str | None:
     return task_id
 
 
+def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> None:
+    """Queue, on a MULTI pipeline, what the indexes and counts of jobs say about a job
+    stored new (`before` None) or changed: the index of all jobs, the index and count of
+    its status (both scored by creation time), and the due index (active jobs only)."""
+    job_id = after.id
+    if before is None:
+        score = after.created_at.timestamp()
+        pipe.zadd(keys.ALL_INDEX, {job_id: score})
+        pipe.zadd(status_index(after.status), {job_id: score})
+        stats.on_create(pipe, after)
+        pipe.zadd(keys.DUE_INDEX, {job_id: score})
+        return
+    if after.status.is_final and not before.status.is_final:
+        pipe.zrem(keys.DUE_INDEX, job_id)
+        pipe.zrem(keys.PARKED_INDEX, job_id)
+    elif after.next_due_at != before.next_due_at and after.next_due_at is not None:
+        pipe.zadd(keys.DUE_INDEX, {job_id: after.next_due_at.timestamp()})
+    if after.status != before.status:
+        stats.on_status_change(pipe, before, after)
+        pipe.zrem(status_index(before.status), job_id)
+        pipe.zadd(status_index(after.status), {job_id: before.created_at.timestamp()})
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
@@ -107,23 +129,6 @@ class JobStore:
     def from_url(cls, url: str) -> JobStore:
         """A store on the Redis at `url`."""
         return cls(redisconn.connect(url))
-
-    def create(self, record: JobRecord) -> None:
-        """Store a new record; raises JobExistsError if the id is taken."""
-        key = job_key(record.id)
-        score = record.created_at.timestamp()
-
-        def write(pipe: Any) -> None:
-            if pipe.exists(key):
-                raise JobExistsError(record.id)
-            pipe.multi()
-            pipe.set(key, record.model_dump_json())
-            pipe.zadd(keys.ALL_INDEX, {record.id: score})
-            pipe.zadd(status_index(record.status), {record.id: score})
-            pipe.zadd(keys.DUE_INDEX, {record.id: score})
-            stats.on_create(pipe, record)
-
-        self.redis.transaction(write, key)
 
     def create_many(
         self,
@@ -161,13 +166,8 @@ class JobStore:
             else:
                 pipe.multi()
             for record in fresh:
-                key = job_key(record.id)
-                score = record.created_at.timestamp()
-                pipe.set(key, record.model_dump_json())
-                pipe.zadd(keys.ALL_INDEX, {record.id: score})
-                pipe.zadd(status_index(record.status), {record.id: score})
-                stats.on_create(pipe, record)
-                pipe.zadd(keys.DUE_INDEX, {record.id: score})
+                pipe.set(job_key(record.id), record.model_dump_json())
+                _write_indexes(pipe, None, record)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
@@ -337,7 +337,11 @@ class JobStore:
 
         Returns the stored record, or None when the job is unknown or `mutate` declined.
         A record that takes a provider task id claims the task for this job in the same
-        transaction; raises TaskClaimedError when another job holds it.
+        transaction; raises TaskClaimedError when another job holds it. A change of status
+        must be a move of the lifecycle table (videoqueue.lifecycle): raises
+        IllegalTransitionError, storing nothing, for any other. A move to a final status
+        runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
+        counters) in the same transaction.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
@@ -351,12 +355,12 @@ class JobStore:
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
                 return
+            lifecycle.check(current.status, changed.status)
             new_task = _new_task(pipe, current, changed)
             ends = changed.status.is_final and not current.status.is_final
             # A job the store step gave up on can be stored again (`videoqueue store retry`)
             # and end a second time: its cost was settled at the first end, never again.
             settles = ends and current.settled_at is None
-            earlier_entry = pipe.get(ledger_entry_key(job_id)) if ends and not settles else None
             now = utcnow()
             changed.updated_at = now
             if changed.status.is_final and changed.finished_at is None:
@@ -368,34 +372,16 @@ class JobStore:
                 ]
             if settles:
                 changed.settled_at = changed.finished_at  # the ledger entry's settled_at
+            # The hooks read first (the pipeline is still immediate), then queue their writes.
+            hook_writes = [hook(pipe, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
             pipe.multi()
             pipe.set(key, changed.model_dump_json())
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
-            if ends:
-                if settles:
-                    # Settle in the same transaction as the final move: once, never twice.
-                    entry = LedgerEntry.for_job(changed)
-                    if entry is not None:
-                        write_entry(pipe, entry)
-                    settle(pipe, changed)
-                elif earlier_entry:
-                    # Settled before: the entry keeps its amount and day, only the status
-                    # the job ended in now changes.
-                    restated = LedgerEntry.model_validate_json(earlier_entry).model_copy(
-                        update={"status": changed.status.value}
-                    )
-                    pipe.set(ledger_entry_key(job_id), restated.model_dump_json())
-                pipe.zrem(keys.DUE_INDEX, job_id)
-                pipe.zrem(keys.PARKED_INDEX, job_id)
-                pipe.zrem(slot_key(changed.provider, changed.model), job_id)
-            elif changed.next_due_at != current.next_due_at and changed.next_due_at is not None:
-                pipe.zadd(keys.DUE_INDEX, {job_id: changed.next_due_at.timestamp()})
-            if changed.status != current.status:
-                stats.on_status_change(pipe, current, changed)
-                score = current.created_at.timestamp()
-                pipe.zrem(status_index(current.status), job_id)
-                pipe.zadd(status_index(changed.status), {job_id: score})
+            _write_indexes(pipe, current, changed)
+            for writes in hook_writes:
+                if writes is not None:
+                    writes(pipe)
             result[0] = changed
 
         self.redis.transaction(write, key)
@@ -408,8 +394,14 @@ class JobStore:
         to: JobStatus,
         **changes: Any,
     ) -> JobRecord | None:
-        """Move a job to `to` only if it is now in one of `allowed_from`, setting `changes`."""
-        allowed = frozenset(allowed_from)
+        """Move a job to `to` only if it is now in one of `allowed_from`, setting `changes`;
+        returns the stored record, or None when the job is unknown or in another status.
+
+        `allowed_from` is `lifecycle.sources(to)` for "wherever the move is allowed from",
+        or a narrower set: a step's compare-and-set on its own state. Raises
+        IllegalTransitionError, before reading the job, when the lifecycle table allows no
+        move from one of them to `to`."""
+        allowed = lifecycle.check_sources(allowed_from, to)
 
         def mutate(record: JobRecord) -> JobRecord | None:
             if record.status not in allowed:

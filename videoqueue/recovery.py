@@ -23,6 +23,7 @@ from typing import Any
 
 from videoqueue.job import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
+from videoqueue.lifecycle import SUBMIT_STATUSES
 from videoqueue.stalled import StallRule, due_of
 
 Send = Callable[[str, list[Any]], None]
@@ -44,7 +45,7 @@ class RecoveryReport:
 
 
 def _message_for(record: JobRecord) -> tuple[str, list[Any]]:
-    if record.status in (JobStatus.QUEUED, JobStatus.SUBMITTING):
+    if record.status in SUBMIT_STATUSES:
         return TASK_SUBMIT, [record.id]
     if record.status is JobStatus.RUNNING:
         return TASK_POLL, [record.id, record.poll_seq]

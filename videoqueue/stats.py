@@ -27,11 +27,14 @@ def on_create(pipe: Any, record: JobRecord) -> None:
 
 
 def on_status_change(pipe: Any, before: JobRecord, after: JobRecord) -> None:
-    """Move a job from one status count to another; record durations and money once it ends."""
+    """Move a job from one status count to another."""
     pipe.hincrby(keys.STATS_JOBS, jobs_field(before.status.value, before.provider, before.model), -1)
     pipe.hincrby(keys.STATS_JOBS, jobs_field(after.status.value, after.provider, after.model), 1)
-    if not after.status.is_final or before.status.is_final or before.settled_at is not None:
-        return  # not an end, or the end of a job stored again after its cost was settled
+
+
+def on_end(pipe: Any, after: JobRecord) -> None:
+    """Record the money and durations of a job that just ended and settled its cost (a
+    final-move hook: videoqueue.final_hooks)."""
     charged = after.charged_usd
     if charged is not None:
         add_cost(pipe, after.provider, after.model, to_micro(after.cost_estimate_usd), to_micro(charged))

@@ -123,6 +123,9 @@ def retry_delay(
     """Seconds before retry number `attempt` (1-based): exponential from RETRY_BASE_S,
     capped at RETRY_MAX_S, with full jitter on the upper half; never sooner than a
     provider's Retry-After."""
+    # Not Celery's get_exponential_backoff_interval: it takes whole seconds (RETRY_BASE_S
+    # may be 0.5) and its jitter draws from the global random module over [0, ceiling],
+    # where ours is seeded and never retries sooner than half the ceiling.
     ceiling = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(attempt - 1, 0))
     delay = rng.uniform(ceiling / 2, ceiling)
     if retry_after is not None:

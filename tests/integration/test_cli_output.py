@@ -142,7 +142,7 @@ def test_an_ambiguous_prefix_lists_its_candidates(local_stack: Stack) -> None:
     ids = ["abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"]
     for job_id in ids:
         prepared = vq.prepare({"prompt": "a fox"})
-        vq.store.create(prepared.record.model_copy(update={"id": job_id}))
+        vq.store.create_many([prepared.record.model_copy(update={"id": job_id})])
     line = _assert_one_line_error(run(local_stack, "status", "abcd"), "'abcd' is ambiguous", *ids)
     assert "give more characters" in line
     assert run(local_stack, "status", "abcd2").returncode == 0

@@ -195,7 +195,7 @@ def test_a_dict_is_a_request_too() -> None:
 def _store_with(ids: list[str]) -> VideoQueue:
     store = JobStore(fakeredis.FakeRedis(decode_responses=True))
     for job_id in ids:
-        store.create(_record(job_id))
+        store.create_many([_record(job_id)])
     return VideoQueue(Settings(), store=store)
 
 

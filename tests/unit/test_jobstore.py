@@ -9,6 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 
+from tests.unit.helpers import walk_to
 from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore
@@ -62,7 +63,7 @@ def status_members(redis_client: Any, status: JobStatus) -> set[str]:
 
 def test_create_then_get_returns_an_equal_record(store: JobStore) -> None:
     record = make_record("a")
-    store.create(record)
+    store.create_many([record])
     got = store.get("a")
     assert got == record
     assert got is not None and got.cost_estimate_usd == Decimal("0.123456")
@@ -73,19 +74,19 @@ def test_get_unknown_is_none(store: JobStore) -> None:
 
 
 def test_get_many_keeps_order_and_gives_none_for_unknown(store: JobStore) -> None:
-    store.create(make_record("a"))
-    store.create(make_record("b", minutes=1))
+    store.create_many([make_record("a")])
+    store.create_many([make_record("b", minutes=1)])
     got = store.get_many(["b", "zz", "a"])
     assert [r.id if r else None for r in got] == ["b", None, "a"]
     assert store.get_many([]) == []
 
 
 def test_create_of_an_existing_id_raises_and_changes_nothing(store: JobStore, redis_client: Any) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
     before = raw(redis_client, "a")
     clash = make_record("a", minutes=5, status=JobStatus.RUNNING)
     with pytest.raises(JobExistsError):
-        store.create(clash)
+        store.create_many([clash])
     assert raw(redis_client, "a") == before
     assert status_members(redis_client, JobStatus.RUNNING) == set()
     assert status_members(redis_client, JobStatus.QUEUED) == {"a"}
@@ -99,7 +100,7 @@ def test_create_many_stores_all(store: JobStore) -> None:
 
 
 def test_create_many_is_all_or_nothing(store: JobStore, redis_client: Any) -> None:
-    store.create(make_record("b"))
+    store.create_many([make_record("b")])
     before = raw(redis_client, "b")
     with pytest.raises(JobExistsError, match="b"):
         store.create_many([make_record("a", minutes=1), make_record("b", minutes=2), make_record("c", minutes=3)])
@@ -112,10 +113,10 @@ def test_create_many_is_all_or_nothing(store: JobStore, redis_client: Any) -> No
 
 def test_list_is_newest_first_limited_and_filtered_by_status(store: JobStore) -> None:
     # Created out of order on purpose: the index orders by created_at, not insertion.
-    store.create(make_record("mid", minutes=5))
-    store.create(make_record("old", minutes=1))
-    store.create(make_record("new", minutes=9, status=JobStatus.RUNNING))
-    store.create(make_record("newest", minutes=10))
+    store.create_many([make_record("mid", minutes=5)])
+    store.create_many([make_record("old", minutes=1)])
+    store.create_many([make_record("new", minutes=9, status=JobStatus.RUNNING)])
+    store.create_many([make_record("newest", minutes=10)])
     assert [r.id for r in store.list()] == ["newest", "new", "mid", "old"]
     assert [r.id for r in store.list(limit=2)] == ["newest", "new"]
     assert [r.id for r in store.list(JobStatus.QUEUED)] == ["newest", "mid", "old"]
@@ -138,7 +139,7 @@ def test_count_by_status_follows_transitions(store: JobStore) -> None:
 
 
 def test_transition_is_compare_and_set(store: JobStore, redis_client: Any) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
     before = utcnow()
     moved = store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING, attempts=1)
     assert moved is not None
@@ -154,13 +155,13 @@ def test_transition_is_compare_and_set(store: JobStore, redis_client: Any) -> No
 
 
 def test_transition_of_unknown_job_is_none(store: JobStore) -> None:
-    assert store.transition("ghost", {JobStatus.QUEUED}, JobStatus.RUNNING) is None
+    assert store.transition("ghost", {JobStatus.QUEUED}, JobStatus.SUBMITTING) is None
     assert store.get("ghost") is None
 
 
 def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> None:
-    store.create(make_record("a"))
-    running = store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    store.create_many([make_record("a")])
+    running = walk_to(store, "a", JobStatus.RUNNING)
     assert running is not None and running.finished_at is None
     before = utcnow()
     failed = store.transition(
@@ -174,19 +175,19 @@ def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> 
     assert failed.updated_at >= failed.finished_at
     assert failed.error == JobError(code=ErrorCode.UPSTREAM, message="boom")
     # A final job does not move again.
-    assert store.transition("a", {JobStatus.RUNNING}, JobStatus.SUCCEEDED) is None
+    assert store.transition("a", {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED) is None
     assert store.get("a") == failed
 
 
 def test_transition_keeps_an_explicit_finished_at(store: JobStore) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
     when = T0 + timedelta(minutes=3)
     done = store.transition("a", {JobStatus.QUEUED}, JobStatus.CANCELLED, finished_at=when)
     assert done is not None and done.finished_at == when
 
 
 def test_history_gets_one_entry_per_status_change(store: JobStore) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
     store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING)
 
     def bump(record: JobRecord) -> JobRecord:
@@ -205,7 +206,7 @@ def test_history_gets_one_entry_per_status_change(store: JobStore) -> None:
 
 
 def test_update_applies_the_mutation_and_moves_updated_at(store: JobStore) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
 
     def set_status(record: JobRecord) -> JobRecord:
         record.provider_status = "running"
@@ -220,7 +221,7 @@ def test_update_applies_the_mutation_and_moves_updated_at(store: JobStore) -> No
 
 
 def test_update_that_declines_returns_none_and_changes_nothing(store: JobStore, redis_client: Any) -> None:
-    store.create(make_record("a"))
+    store.create_many([make_record("a")])
     before = raw(redis_client, "a")
     seen: list[JobRecord] = []
 
@@ -237,9 +238,9 @@ def test_update_that_declines_returns_none_and_changes_nothing(store: JobStore, 
 
 
 def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -> None:
-    store.create(make_record("a"))
-    store.create(make_record("b", minutes=1))
-    store.transition("a", {JobStatus.QUEUED}, JobStatus.RUNNING)
+    store.create_many([make_record("a")])
+    store.create_many([make_record("b", minutes=1)])
+    walk_to(store, "a", JobStatus.RUNNING)
     store.delete("a")
     assert store.get("a") is None
     assert [r.id for r in store.list()] == ["b"]
@@ -249,7 +250,7 @@ def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -
     counts = store.count_by_status()
     assert counts["running"] == 0 and counts["queued"] == 1
     # The id can be used again.
-    store.create(make_record("a", minutes=2))
+    store.create_many([make_record("a", minutes=2)])
     assert [r.id for r in store.list()] == ["a", "b"]
 
 

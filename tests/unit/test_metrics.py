@@ -10,6 +10,7 @@ import fakeredis
 from prometheus_client import CollectorRegistry
 
 from producer import Settings, VideoQueue, VideoRequest
+from tests.unit.helpers import walk_to
 from videoqueue.job import JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.metrics import JobMetricsCollector
@@ -29,7 +30,7 @@ def test_jobs_costs_and_durations_are_exported_for_the_fleet() -> None:
     vq.store.create_many([*jobs, veo], budget=vq.budget)
     done, failed, _running = jobs
     now = done.created_at
-    vq.store.transition(done.id, {JobStatus.QUEUED}, JobStatus.RUNNING, submitted_at=now)
+    walk_to(vq.store, done.id, JobStatus.RUNNING, submitted_at=now)
     vq.store.transition(
         done.id,
         {JobStatus.RUNNING},

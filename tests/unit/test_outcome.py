@@ -12,8 +12,10 @@ from typing import Any
 import fakeredis
 import pytest
 
-from videoqueue.job import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from tests.unit.helpers import walk_to
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
+from videoqueue.lifecycle import sources
 from worker.outcome import JobFailed, ended_by_step, summary
 
 
@@ -44,25 +46,23 @@ def make_record(job_id: str = "job-1") -> JobRecord:
 @pytest.fixture
 def store() -> JobStore:
     jobs = JobStore(fakeredis.FakeRedis(decode_responses=True))
-    jobs.create(make_record())
+    jobs.create_many([make_record()])
     return jobs
 
 
 def end(store: JobStore, status: JobStatus, code: ErrorCode, message: str) -> JobRecord:
-    ended = store.transition("job-1", ACTIVE_STATUSES, status, error=JobError(code=code, message=message))
+    ended = store.transition("job-1", sources(status), status, error=JobError(code=code, message=message))
     assert ended is not None
     return ended
 
 
 def test_the_summary_tells_status_next_step_and_cost_and_nothing_secret(store: JobStore) -> None:
-    running = store.transition("job-1", {JobStatus.QUEUED}, JobStatus.RUNNING, provider_task_id="cgt-1")
+    running = walk_to(store, "job-1", JobStatus.RUNNING, provider_task_id="cgt-1")
     got = summary("job-1", running)
     assert got["status"] == "running" and got["next"] == "poll"
     assert got["estimate_usd"] == "0.42" and got["cost_usd"] is None
     assert got["provider_task_id"] == "cgt-1"
-    done = store.transition(
-        "job-1", {JobStatus.RUNNING}, JobStatus.SUCCEEDED, cost_usd=Decimal("0.40"), uncertain_cost_usd=Decimal("0.1")
-    )
+    done = walk_to(store, "job-1", JobStatus.SUCCEEDED, cost_usd=Decimal("0.40"), uncertain_cost_usd=Decimal("0.1"))
     got = summary("job-1", done)
     assert got["status"] == "succeeded" and got["next"] is None and got["cost_usd"] == "0.50"
     text = json.dumps(got)
@@ -101,7 +101,7 @@ def test_a_second_run_on_a_job_already_ended_does_not_raise_again(store: JobStor
 
 def test_succeeded_and_cancelled_jobs_do_not_count_as_failed(store: JobStore) -> None:
     started = utcnow()
-    cancelled = store.transition("job-1", ACTIVE_STATUSES, JobStatus.CANCELLED)
+    cancelled = store.transition("job-1", sources(JobStatus.CANCELLED), JobStatus.CANCELLED)
     assert ended_by_step(cancelled, started) is None
     assert ended_by_step(None, started) is None
 

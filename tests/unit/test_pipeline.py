@@ -172,7 +172,7 @@ class Env:
         record = vq.prepare(VideoRequest(prompt="a red fox in snow", audio=True, service_tier=service_tier)).record  # type: ignore[arg-type]
         if changes:
             record = record.model_copy(update=changes)
-        self.store.create(record)
+        self.store.create_many([record])
         return record.id
 
     def job(self, job_id: str) -> JobRecord:
@@ -441,7 +441,7 @@ def test_submit_after_the_deadline_expires_without_creating(env: Env) -> None:
 
 
 def test_submit_of_a_cancel_requested_queued_job_cancels(env: Env) -> None:
-    job_id = env.new_job(cancel_requested=True)
+    job_id = env.new_job(cancel_requested_at=utcnow())
     env.pipeline.submit(job_id)
     assert env.job(job_id).status is JobStatus.CANCELLED
     assert env.provider.calls == []
@@ -451,7 +451,7 @@ def test_cancel_requested_during_create_cancels_right_after(env: Env) -> None:
     job_id = env.new_job()
 
     def user_cancels() -> None:
-        env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+        env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
 
     env.provider.on_create = user_cancels
     env.provider.get_results.append(state(TaskStatus.QUEUED))
@@ -595,10 +595,11 @@ def test_provider_cancelled_task(env: Env) -> None:
 
 def test_provider_expired_task(env: Env) -> None:
     job_id = env.running_job()
-    env.provider.get_results.append(state(TaskStatus.EXPIRED))
+    # The provider's own word is kept (Vertex AI's operation says DEADLINE_EXCEEDED).
+    env.provider.get_results.append(state(TaskStatus.EXPIRED, "deadline_exceeded"))
     env.pipeline.poll(job_id, 1)
     job = env.job(job_id)
-    assert (job.status, job.provider_status) == (JobStatus.EXPIRED, "expired")
+    assert (job.status, job.provider_status) == (JobStatus.EXPIRED, "deadline_exceeded")
     assert job.error is not None and job.error.code is ErrorCode.DEADLINE
     assert env.dispatch.sent == []
 
@@ -850,7 +851,7 @@ def test_store_gives_up_after_store_max_attempts(env: Env, tmp_path: Path) -> No
 
 def test_store_of_a_cancel_requested_job_keeps_the_paid_video(env: Env) -> None:
     job_id = env.downloading_job()
-    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
     env.pipeline.store_video(job_id)
     job = env.job(job_id)
     assert job.status is JobStatus.CANCELLED and job.output_uri is not None
@@ -1166,7 +1167,7 @@ def test_store_retry_refuses_an_expired_video_and_a_job_that_did_not_fail_in_sto
 
 def request_cancel(env: Env, job_id: str) -> None:
     """What VideoQueue.cancel records before it sends the cancel task."""
-    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(job_id, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
 
 
 def test_cancel_of_a_queued_job(env: Env) -> None:
@@ -1343,7 +1344,7 @@ def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(env: Env, tmp_path
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
     vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
     job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image)))
-    env.store.create(job.record)  # the image itself never stored (or expired)
+    env.store.create_many([job.record])  # the image itself never stored (or expired)
 
     env.pipeline.submit(job.record.id)
 
@@ -1615,7 +1616,7 @@ def test_a_worker_for_another_endpoint_leaves_the_poll_to_one_that_matches(env: 
 def test_a_worker_for_another_endpoint_neither_cancels_nor_looks_up(env: Env) -> None:
     other = mismatched_worker(env)
     running = env.running_job()
-    env.store.update(running, lambda r: r.model_copy(update={"cancel_requested": True}))
+    env.store.update(running, lambda r: r.model_copy(update={"cancel_requested_at": utcnow()}))
     other.cancel(running)
     assert env.provider.calls == [] and env.job(running).status is JobStatus.RUNNING
 

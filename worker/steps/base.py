@@ -13,8 +13,9 @@ from decimal import Decimal
 
 from videoqueue.catalog import Catalog
 from videoqueue.endpoints import Endpoint
-from videoqueue.job import ACTIVE_STATUSES, ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
+from videoqueue.lifecycle import sources
 from videoqueue.limits import ProviderLimits
 from videoqueue.settings import Settings
 from worker.dispatch import Dispatcher, DueTracking
@@ -100,7 +101,7 @@ class StepBase:
         log.warning("job failed", extra={"job_id": job_id, "error_code": code.value})
         return self.store.transition(
             job_id,
-            ACTIVE_STATUSES,
+            sources(JobStatus.FAILED),
             JobStatus.FAILED,
             error=JobError(code=code, message=message, provider_code=provider_code),
             submit_lease_until=None,

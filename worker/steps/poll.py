@@ -74,10 +74,12 @@ class PollStep(StepBase):
                 state.provider_error_code,
             )
         elif state.status is TaskStatus.CANCELLED:
-            self.store.transition(job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status="cancelled")
+            self.store.transition(
+                job.id, {JobStatus.RUNNING}, JobStatus.CANCELLED, provider_status=state.provider_status
+            )
         elif state.status is TaskStatus.EXPIRED:
             message = state.error_message or "the provider expired the task"
-            self._expire_running(job, "expired", message, state.provider_error_code)
+            self._expire_running(job, state.provider_status, message, state.provider_error_code)
 
     def _expire_running(
         self, job: JobRecord, provider_status: str, message: str, provider_code: str | None = None
@@ -189,7 +191,7 @@ class PollStep(StepBase):
             video_url=state.video_url,
             billed_units=billed,
             cost_usd=cost,
-            provider_status="succeeded",
+            provider_status=state.provider_status,
             provider_done_at=detected_at,
             **changes,
         )

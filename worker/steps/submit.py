@@ -12,6 +12,7 @@ from videoqueue.budget import exceeded
 from videoqueue.endpoints import Endpoint
 from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import TaskClaimedError
+from videoqueue.lifecycle import SUBMIT_STATUSES
 from videoqueue.resolved import ImageUrl
 from worker.providers.base import ImageInput, Provider, ProviderError
 from worker.schedule import retry_delay
@@ -116,7 +117,7 @@ class SubmitStep(PollStep):
         """End a job whose create never reached the provider (nothing there to wait for)."""
         self.store.transition(
             job.id,
-            {JobStatus.QUEUED, JobStatus.SUBMITTING},
+            SUBMIT_STATUSES,  # not `running`: a job at the provider expires when the provider says
             JobStatus.EXPIRED,
             error=JobError(code=ErrorCode.DEADLINE, message="deadline passed before the job reached the provider"),
             submit_lease_until=None,
@@ -329,7 +330,7 @@ def _claim(now: datetime, lease_until: datetime, endpoint: Endpoint) -> Callable
     A fresh attempt records `endpoint` (this worker's): the task is created there."""
 
     def claim(record: JobRecord) -> JobRecord | None:
-        if record.status not in (JobStatus.QUEUED, JobStatus.SUBMITTING) or record.provider_task_id:
+        if record.status not in SUBMIT_STATUSES or record.provider_task_id:
             return None
         if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
             return None

@@ -1,0 +1,76 @@
+"""What a job's final move does besides storing its record: the one place for it.
+
+When a job reaches a final status (`videoqueue.job.FINAL_STATUSES`) from an active one,
+`JobStore.update` runs every hook of `FINAL_HOOKS`, in order, inside the transaction that
+stores the move: the side effects happen with the move, exactly once, whatever the
+redelivery, or not at all. Events and webhooks go here too, as further hooks.
+
+A hook is called as `hook(pipe, before, after)`: `pipe` is the job store's pipeline while it
+still WATCHes the job (a read on it runs at once, before MULTI), `before` the record as it
+was and `after` as it will be stored. It returns the writes to queue in the MULTI (a
+function of the pipeline), or None for none. Most ends settle the job's cost: `before` has
+no `settled_at`. A job the store step gave up on can be stored again (`videoqueue store
+retry`) and end a second time; its cost was settled at the first end, never again, so a
+hook that counts money checks `settled_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from videoqueue import stats
+from videoqueue.budget import settle
+from videoqueue.job import JobRecord
+from videoqueue.keys import ledger_entry_key, slot_key
+from videoqueue.ledger import LedgerEntry, write_entry
+
+Writes = Callable[[Any], None]
+"""Commands a hook queues on the MULTI pipeline of the final move."""
+
+FinalHook = Callable[[Any, JobRecord, JobRecord], Writes | None]
+"""A side effect of a final move: (pipe, before, after) -> the writes to queue, or None."""
+
+
+def first_end(before: JobRecord) -> bool:
+    """True when this end settles the job's cost (it was not settled at an earlier end)."""
+    return before.settled_at is None
+
+
+def ledger_entry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """The ledger entry of a job the provider charged (videoqueue.ledger). A second end
+    keeps the entry's amount and day and restates only the status the job ended in."""
+    if first_end(before):
+        entry = LedgerEntry.for_job(after)
+        if entry is None:
+            return None
+        return lambda multi: write_entry(multi, entry)
+    earlier: str | None = pipe.get(ledger_entry_key(after.id))
+    if not earlier:
+        return None
+    restated = LedgerEntry.model_validate_json(earlier).model_copy(update={"status": after.status.value})
+    return lambda multi: multi.set(ledger_entry_key(after.id), restated.model_dump_json())
+
+
+def budget_settle(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Release the job's budget reservation and add what it was charged (videoqueue.budget)."""
+    if not first_end(before):
+        return None
+    return lambda multi: settle(multi, after)
+
+
+def slot_release(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Free the job's concurrency slot of its model (videoqueue.limits), if it holds one."""
+    return lambda multi: multi.zrem(slot_key(after.provider, after.model), after.id)
+
+
+def counters(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Add the job's money and its render and upload times to the fleet counters
+    (videoqueue.stats; the counts of jobs by status move with every status change)."""
+    if not first_end(before):
+        return None
+    return lambda multi: stats.on_end(multi, after)
+
+
+FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, slot_release, counters)
+"""Every side effect of a final move, in the order they are queued."""
