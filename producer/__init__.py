@@ -22,7 +22,7 @@ from videoqueue.errors import (
     StorageError,
     VideoqueueError,
 )
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus
+from videoqueue.job import ErrorCode, JobError, JobFailure, JobRecord, JobStatus
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import CostRow, LedgerEntry
 from videoqueue.settings import Settings
@@ -37,6 +37,7 @@ __all__ = [
     "ErrorCode",
     "InvalidRequestError",
     "JobError",
+    "JobFailure",
     "JobRecord",
     "JobStatus",
     "JobStoreError",

@@ -78,14 +78,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class JobError(BaseModel):
-    """Why a job ended badly: our error class plus the provider's own code and message."""
+class JobFailure(BaseModel):
+    """Why a job ended badly (the record's `error` field): our error code plus the
+    provider's own code and message. A record, not an exception: the exceptions are in
+    videoqueue.errors."""
 
     model_config = ConfigDict(extra="forbid")
 
     code: ErrorCode
     message: str
     provider_code: str | None = None
+
+
+JobError = JobFailure
+"""The name JobFailure had before 0.2 (it is no exception); kept for producers' imports."""
 
 
 class JobRecord(BaseModel):
@@ -128,7 +134,7 @@ class JobRecord(BaseModel):
     output_uri: str | None = None
     manifest_uri: str | None = None
     video_url: str | None = None
-    error: JobError | None = None
+    error: JobFailure | None = None
     # When the producer asked to cancel the job (`VideoQueue.cancel`); a worker carries it
     # out. None: no cancel was asked for.
     cancel_requested_at: datetime | None = None

@@ -26,7 +26,7 @@ from worker import logs, registry
 from worker.app import app
 from worker.outcome import JobFailed, ended_by_step, summary
 from worker.pipeline import Pipeline, StoreRetry
-from worker.providers import get_provider, reset_providers
+from worker.providers import get_provider, provider_names, reset_providers
 from worker.render_history import RenderHistory
 from worker.storage import Storage, open_storage
 from worker.sweep import start_sweeper
@@ -89,6 +89,9 @@ def _fresh_clients(**_: Any) -> None:
 
 
 logs.configure(get_settings().log_level)
+# Import every provider adapter (and its SDK) now, before a prefork pool forks: else the
+# first job of each process pays for it (over a second) between its claim and its create.
+provider_names()
 
 
 _heartbeats: list[registry.Heartbeat] = []

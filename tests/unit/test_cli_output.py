@@ -31,7 +31,7 @@ from producer.cli import OUTPUT_MIN_CHARS, PIPED_COLUMNS, _job_table, _show
 from producer.cli_errors import explain, redact
 from producer.cli_table import ELLIPSIS, Col, cut, fit_table, wrap_words
 from videoqueue import namespace
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 
 LONG_PATH = "file:///home/someone/projects/videoqueue/videos/2026/11/29/" + "7" * 36 + ".mp4"
@@ -70,7 +70,7 @@ def _records() -> list[JobRecord]:
         _record(
             "5b557bc5-1a7b-4bae-a00a-60a077f83d2e",
             JobStatus.FAILED,
-            error=JobError(code=ErrorCode.CONTENT_FILTERED, message="rejected by the safety system: " + "x " * 30),
+            error=JobFailure(code=ErrorCode.CONTENT_FILTERED, message="rejected by the safety system: " + "x " * 30),
         ),
         _record("dcc7c0cc-adef-41c9-b469-918d6e2e5b2b", model="seedance-1-5-pro-251215", provider="byteplus"),
     ]
@@ -243,7 +243,7 @@ def _user_records() -> list[JobRecord]:
         _record(
             "2e3e0196-b691-4b60-84f2-8b141d27c475",
             JobStatus.FAILED,
-            error=JobError(code=ErrorCode.CONTENT_FILTERED, message=LONG_ERROR),
+            error=JobFailure(code=ErrorCode.CONTENT_FILTERED, message=LONG_ERROR),
         ),
     ]
 

@@ -28,3 +28,10 @@ def test_importing_the_core_does_not_import_the_producer() -> None:
     code = "import sys, videoqueue.jobstore, videoqueue.settings; print('producer' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_failure_record_keeps_its_old_name_for_producers() -> None:
+    from producer import JobError, JobFailure
+
+    assert JobError is JobFailure
+    assert not issubclass(JobFailure, BaseException)

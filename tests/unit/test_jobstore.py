@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.helpers import walk_to
 from videoqueue.images import ImageFile
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore
 from videoqueue.keys import ALL_INDEX, input_key, job_key, status_index
 
@@ -168,12 +168,12 @@ def test_transition_sets_finished_at_on_final_statuses_only(store: JobStore) -> 
         "a",
         {JobStatus.RUNNING},
         JobStatus.FAILED,
-        error=JobError(code=ErrorCode.UPSTREAM, message="boom"),
+        error=JobFailure(code=ErrorCode.UPSTREAM, message="boom"),
     )
     assert failed is not None
     assert failed.finished_at is not None and before <= failed.finished_at <= utcnow()
     assert failed.updated_at >= failed.finished_at
-    assert failed.error == JobError(code=ErrorCode.UPSTREAM, message="boom")
+    assert failed.error == JobFailure(code=ErrorCode.UPSTREAM, message="boom")
     # A final job does not move again.
     assert store.transition("a", {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED) is None
     assert store.get("a") == failed

@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 
 from tests.unit.helpers import walk_to
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import sources
 from worker.outcome import JobFailed, ended_by_step, summary
@@ -51,7 +51,7 @@ def store() -> JobStore:
 
 
 def end(store: JobStore, status: JobStatus, code: ErrorCode, message: str) -> JobRecord:
-    ended = store.transition("job-1", sources(status), status, error=JobError(code=code, message=message))
+    ended = store.transition("job-1", sources(status), status, error=JobFailure(code=code, message=message))
     assert ended is not None
     return ended
 

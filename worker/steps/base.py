@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from videoqueue.catalog import Catalog
 from videoqueue.endpoints import Endpoint
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import sources
 from videoqueue.limits import ProviderLimits
@@ -103,7 +103,7 @@ class StepBase:
             job_id,
             sources(JobStatus.FAILED),
             JobStatus.FAILED,
-            error=JobError(code=code, message=message, provider_code=provider_code),
+            error=JobFailure(code=code, message=message, provider_code=provider_code),
             submit_lease_until=None,
         )
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from redis.exceptions import RedisError
 
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.settings import Settings
 from worker.providers.base import Provider, ProviderError, TaskState, TaskStatus
 from worker.schedule import poll_delay, render_window, retry_delay, window_poll_delay
@@ -89,7 +89,7 @@ class PollStep(StepBase):
             {JobStatus.RUNNING},
             JobStatus.EXPIRED,
             provider_status=provider_status,
-            error=JobError(code=ErrorCode.DEADLINE, message=message, provider_code=provider_code),
+            error=JobFailure(code=ErrorCode.DEADLINE, message=message, provider_code=provider_code),
         )
 
     def _stop(self, provider: Provider, job: JobRecord, state: TaskState, now: datetime) -> bool:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from redis.exceptions import RedisError
 
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from worker.manifest import build_manifest
 from worker.providers.base import ProviderError
 from worker.providers.registry import adapter
@@ -80,7 +80,7 @@ class StoreStep(StepBase):
             if exc.retryable:
                 self._store_retry(job, attempt, f"download failed: {exc.message}")
             else:
-                error = JobError(code=exc.code, message=f"could not download the video: {exc.message}")
+                error = JobFailure(code=exc.code, message=f"could not download the video: {exc.message}")
                 self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
             return
         except Exception as exc:  # noqa: BLE001 - every failure of an attempt counts (storage, check, time limit, bug)
@@ -166,7 +166,7 @@ class StoreStep(StepBase):
         )
 
     def _give_up_storing(self, job: JobRecord, attempt: int, reason: str) -> None:
-        error = JobError(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
+        error = JobFailure(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
         self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
 
     def _store_retry(self, job: JobRecord, attempt: int, reason: str) -> None:
@@ -190,7 +190,7 @@ class StoreStep(StepBase):
             raise StoreRetry(countdown, reason)
 
     def _finish_without_video(
-        self, job: JobRecord, status: JobStatus, error: JobError | None, *, attempt: int | None = None
+        self, job: JobRecord, status: JobStatus, error: JobFailure | None, *, attempt: int | None = None
     ) -> None:
         """End a job the provider charged for without storing its video. The manifest still
         goes to storage (best effort), so the cost survives the loss of Redis. A failed

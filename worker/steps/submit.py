@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from videoqueue.budget import exceeded
 from videoqueue.endpoints import Endpoint
-from videoqueue.job import ErrorCode, JobError, JobRecord, JobStatus, utcnow
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import TaskClaimedError
 from videoqueue.lifecycle import SUBMIT_STATUSES
 from videoqueue.resolved import ImageUrl
@@ -77,7 +77,7 @@ class SubmitStep(PollStep):
         over = exceeded(self.store.redis, job, self.settings.budget_policy())
         if over is None:
             return False
-        error = JobError(code=ErrorCode.BUDGET_EXCEEDED, message=str(over))
+        error = JobFailure(code=ErrorCode.BUDGET_EXCEEDED, message=str(over))
         if self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.FAILED, error=error) is not None:
             log.warning("job failed", extra={"job_id": job.id, "error_code": ErrorCode.BUDGET_EXCEEDED.value})
         return True
@@ -109,7 +109,7 @@ class SubmitStep(PollStep):
             job.id,
             {JobStatus.SUBMITTING},
             JobStatus.EXPIRED,
-            error=JobError(code=ErrorCode.DEADLINE, message="deadline passed before a provider task was recorded"),
+            error=JobFailure(code=ErrorCode.DEADLINE, message="deadline passed before a provider task was recorded"),
             submit_lease_until=None,
         )
 
@@ -119,7 +119,7 @@ class SubmitStep(PollStep):
             job.id,
             SUBMIT_STATUSES,  # not `running`: a job at the provider expires when the provider says
             JobStatus.EXPIRED,
-            error=JobError(code=ErrorCode.DEADLINE, message="deadline passed before the job reached the provider"),
+            error=JobFailure(code=ErrorCode.DEADLINE, message="deadline passed before the job reached the provider"),
             submit_lease_until=None,
         )
         log.info("job expired", extra={"job_id": job.id})
