@@ -7,6 +7,22 @@ from typing import Any
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import MOVES
+from videoqueue.resolved import ResolvedRequest
+
+
+def seedance_request(prompt: str = "a red fox in snow", **changes: Any) -> ResolvedRequest:
+    """A complete stored request of a 5 s 720p 16:9 Seedance job without audio, with `changes`."""
+    fields: dict[str, Any] = {
+        "prompt": prompt,
+        "provider": "byteplus",
+        "model": "seedance-1-5-pro-251215",
+        "duration": 5,
+        "resolution": "720p",
+        "ratio": "16:9",
+        "audio": False,
+        "service_tier": "default",
+    }
+    return ResolvedRequest(**{**fields, **changes})
 
 
 def walk_to(store: JobStore, job_id: str, status: JobStatus, **changes: Any) -> JobRecord | None:

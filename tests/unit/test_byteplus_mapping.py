@@ -19,8 +19,8 @@ from byteplussdkarkruntime._exceptions import (
     ArkRateLimitError,
 )
 
+from tests.unit.helpers import seedance_request
 from videoqueue.job import ErrorCode
-from videoqueue.resolved import ResolvedRequest
 from worker.providers.base import ImageInput, ProviderError, TaskStatus
 from worker.providers.byteplus import build_content, map_ark_error, task_state
 
@@ -147,15 +147,9 @@ def test_content_has_prompt_then_frames_by_url_or_data_uri() -> None:
         "last_frame": ImageInput(data=b"\x89PNG\r\n\x1a\nxx", mime_type="image/png"),
         "first_frame": ImageInput(url="https://i/x.png"),
     }
-    request = ResolvedRequest(
-        prompt="p",
-        provider="byteplus",
+    request = seedance_request(
+        "p",
         model="m",
-        duration=5,
-        resolution="720p",
-        ratio="16:9",
-        audio=False,
-        service_tier="default",
     )
     assert build_content(request, images) == [
         {"type": "text", "text": "p"},

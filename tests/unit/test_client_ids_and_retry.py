@@ -12,10 +12,10 @@ import pytest
 
 from producer import BudgetExceededError, InvalidRequestError, JobStatus, Settings, VideoQueue, VideoRequest
 from producer.api import RetryRefusedError
-from tests.unit.helpers import walk_to
+from tests.unit.helpers import seedance_request, walk_to
 from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
 from videoqueue.keys import client_key, input_key, job_key
-from videoqueue.resolved import ImageUrl, ResolvedRequest
+from videoqueue.resolved import ImageUrl
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -130,15 +130,9 @@ def test_two_producers_racing_with_one_client_id_store_one_job(redis_client: Any
 
 
 def test_request_differences_compare_every_field() -> None:
-    stored = ResolvedRequest(
-        prompt="x",
-        provider="byteplus",
+    stored = seedance_request(
+        "x",
         model="m",
-        duration=5,
-        resolution="720p",
-        ratio="16:9",
-        audio=False,
-        service_tier="default",
         images={"first_frame": ImageUrl(url="http://a/1.png")},
         tags=("a",),
     )

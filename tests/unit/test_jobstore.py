@@ -9,7 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.unit.helpers import walk_to
+from tests.unit.helpers import seedance_request, walk_to
 from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore
@@ -25,16 +25,7 @@ def make_record(job_id: str, *, minutes: int = 0, status: JobStatus = JobStatus.
         status=status,
         provider="byteplus",
         model="seedance-1-5-pro-251215",
-        request={
-            "prompt": "a red fox in snow",
-            "provider": "byteplus",
-            "model": "seedance-1-5-pro-251215",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": True,
-            "service_tier": "default",
-        },
+        request=seedance_request("a red fox in snow", audio=True),
         cost_estimate_usd=Decimal("0.123456"),
         created_at=created,
         updated_at=created,

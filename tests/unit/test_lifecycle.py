@@ -11,7 +11,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.unit.helpers import walk_to
+from tests.unit.helpers import seedance_request, walk_to
 from videoqueue import final_hooks
 from videoqueue.errors import IllegalTransitionError, VideoqueueError
 from videoqueue.job import ACTIVE_STATUSES, FINAL_STATUSES, JobRecord, JobStatus
@@ -28,16 +28,7 @@ def make_record(job_id: str = "a") -> JobRecord:
         status=JobStatus.QUEUED,
         provider="byteplus",
         model="seedance-1-5-pro-251215",
-        request={
-            "prompt": "a red fox in snow",
-            "provider": "byteplus",
-            "model": "seedance-1-5-pro-251215",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": True,
-            "service_tier": "default",
-        },
+        request=seedance_request("a red fox in snow", audio=True),
         cost_estimate_usd=Decimal("0.25"),
         created_at=T0,
         updated_at=T0,

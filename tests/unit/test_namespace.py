@@ -10,11 +10,11 @@ import pytest
 
 from producer.api import VideoQueue
 from producer.request import VideoRequest
+from tests.unit.helpers import seedance_request
 from videoqueue import budget, jobstore, keys, namespace
 from videoqueue import job as contract
 from videoqueue.job import JobRecord
 from videoqueue.queues import own_queues, route_task, task_queues
-from videoqueue.resolved import ResolvedRequest
 from videoqueue.settings import InvalidSettingsError, Settings, load_settings
 from worker import render_history
 
@@ -54,15 +54,9 @@ def every_name() -> list[str]:
             JobRecord.model_construct(  # type: ignore[call-arg]
                 provider="byteplus",
                 model="m",
-                request=ResolvedRequest(
-                    prompt="p",
-                    provider="byteplus",
+                request=seedance_request(
+                    "p",
                     model="m",
-                    duration=5,
-                    resolution="720p",
-                    ratio="16:9",
-                    audio=False,
-                    service_tier="default",
                 ),
             )
         ),

@@ -12,7 +12,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.unit.helpers import walk_to
+from tests.unit.helpers import seedance_request, walk_to
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import sources
@@ -26,16 +26,7 @@ def make_record(job_id: str = "job-1") -> JobRecord:
         status=JobStatus.QUEUED,
         provider="byteplus",
         model="seedance-1-5-pro-251215",
-        request={
-            "prompt": "a secret prompt",
-            "provider": "byteplus",
-            "model": "seedance-1-5-pro-251215",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": False,
-            "service_tier": "default",
-        },
+        request=seedance_request("a secret prompt"),
         cost_estimate_usd=Decimal("0.42"),
         created_at=now,
         updated_at=now,
