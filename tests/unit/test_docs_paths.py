@@ -1,4 +1,5 @@
-"""Every repository path that README.md and docs/*.md name exists: a module moved or renamed
+"""Every repository path that README.md and docs/*.md name exists, and docs/architecture.md's
+table of moves is `videoqueue.lifecycle.MOVES`: a module moved or renamed, or a move added,
 without its documentation fails here, not in a reader's hands."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from videoqueue.lifecycle import MOVES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -54,3 +57,12 @@ def test_every_repository_path_a_document_names_exists(document: Path) -> None:
 def test_the_documents_are_found() -> None:
     names = {path.name for path in DOCUMENTS}
     assert {"README.md", "architecture.md", "reliability.md", "production.md", "benchmarks.md"} <= names
+
+
+def test_the_table_of_moves_in_architecture_md_is_lifecycle_moves_row_for_row() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = text[text.index("| from | to | who (`MOVES`") :].split("\n\n", 1)[0]
+    rows = table.splitlines()[2:]
+    # The first status in backticks of the "from" and of the "to" cell of each row.
+    documented = [tuple(re.findall(r"`(\w+)`", cell)[0] for cell in row.split(" | ")[:2]) for row in rows]
+    assert documented == [(move.source.value, move.target.value) for move in MOVES]
