@@ -99,3 +99,19 @@ def test_the_cli_lists_every_command_and_the_worker_ones_say_what_to_install(lig
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith(f"error: `videoqueue {command}` needs the worker extra (not installed here: ")
         assert 'pip install "videoqueue[worker]"' in lines[0] and "boto3" in lines[0]
+
+
+def test_a_worker_without_the_worker_extra_says_what_to_install(light_venv: Path, tmp_path: Path) -> None:
+    # Celery itself would only say "Module 'worker' has no attribute 'celery'".
+    result = subprocess.run(
+        [str(light_venv / "bin" / "celery"), "-A", "worker", "worker"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "a videoqueue worker needs the worker extra (not installed here: " in result.stderr, result.stderr
+    assert 'pip install "videoqueue[worker]"' in result.stderr
