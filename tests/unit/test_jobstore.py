@@ -10,10 +10,11 @@ import fakeredis
 import pytest
 
 from tests.unit.helpers import seedance_request, walk_to
+from videoqueue import keys
 from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore
-from videoqueue.keys import ALL_INDEX, input_key, job_key, status_index
+from videoqueue.keys import input_key, job_key, status_index
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -81,7 +82,7 @@ def test_create_of_an_existing_id_raises_and_changes_nothing(store: JobStore, re
     assert raw(redis_client, "a") == before
     assert status_members(redis_client, JobStatus.RUNNING) == set()
     assert status_members(redis_client, JobStatus.QUEUED) == {"a"}
-    assert redis_client.zscore(ALL_INDEX, "a") == T0.timestamp()
+    assert redis_client.zscore(keys.ALL_INDEX, "a") == T0.timestamp()
 
 
 def test_create_many_stores_all(store: JobStore) -> None:
@@ -235,7 +236,7 @@ def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -
     store.delete("a")
     assert store.get("a") is None
     assert [r.id for r in store.list()] == ["b"]
-    assert redis_client.zscore(ALL_INDEX, "a") is None
+    assert redis_client.zscore(keys.ALL_INDEX, "a") is None
     for status in JobStatus:
         assert "a" not in status_members(redis_client, status)
     counts = store.count_by_status()
