@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from producer import BudgetExceededError, Settings, VideoQueue, VideoRequest
 from producer.cli import app
 from producer.cli_budget import parse_changes
-from tests.unit.helpers import walk_to
+from tests.unit.helpers import seedance_request, walk_to
 from videoqueue import budget as budget_module
 from videoqueue import keys, namespace
 from videoqueue.budget import BudgetPolicy, Cap, Caps, exceeded, load_caps, parse_usd, set_caps, states, usage
@@ -548,16 +548,7 @@ def test_a_manifest_names_the_namespace_that_wrote_it_or_its_budget_keys_do() ->
         status=JobStatus.SUCCEEDED,
         provider="byteplus",
         model="seedance-1-5-pro-251215",
-        request={
-            "prompt": "p",
-            "provider": "byteplus",
-            "model": "seedance-1-5-pro-251215",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": False,
-            "service_tier": "default",
-        },
+        request=seedance_request("p"),
         cost_estimate_usd=Decimal("0.25"),
         cost_usd=Decimal("0.25"),
         created_at=now,

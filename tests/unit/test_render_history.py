@@ -9,6 +9,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
+from tests.unit.helpers import seedance_request
 from tests.unit.test_pipeline import Env, make_settings, state, succeeded
 from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
@@ -116,16 +117,7 @@ def _job_of_key() -> JobRecord:
         status=JobStatus.RUNNING,
         provider="byteplus",
         model="m",
-        request={
-            "prompt": "p",
-            "provider": "byteplus",
-            "model": "m",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": False,
-            "service_tier": "default",
-        },
+        request=seedance_request("p", model="m"),
         cost_estimate_usd=0,
         created_at=now,
         updated_at=now,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.helpers import seedance_request
 from tests.unit.test_pipeline import Env, make_settings
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.queues import broker_timing
@@ -25,16 +26,7 @@ def record(status: JobStatus = JobStatus.RUNNING, **changes: Any) -> JobRecord:
         "status": status,
         "provider": "byteplus",
         "model": "m",
-        "request": {
-            "prompt": "p",
-            "provider": "byteplus",
-            "model": "m",
-            "duration": 5,
-            "resolution": "720p",
-            "ratio": "16:9",
-            "audio": False,
-            "service_tier": "default",
-        },
+        "request": seedance_request("p", model="m"),
         "cost_estimate_usd": 0,
         "created_at": now,
         "updated_at": now,
