@@ -18,7 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from videoqueue.catalog import Catalog, ModelSpec
 from videoqueue.errors import InvalidRequestError
 from videoqueue.images import ImageFile, read_image_file
-from videoqueue.resolved import ImageRole, ImageSource, ImageUpload, ImageUrl, ResolvedRequest
+from videoqueue.resolved import (
+    DEFAULT_PRIORITY,
+    DEFAULT_TENANT,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    TENANT_RULE,
+    ImageRole,
+    ImageSource,
+    ImageUpload,
+    ImageUrl,
+    ResolvedRequest,
+    is_tenant_name,
+)
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
@@ -101,6 +113,8 @@ class VideoRequest(BaseModel):
     person_generation: str | None = None
     tags: tuple[str, ...] = Field(default=(), strict=False)
     client_job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    priority: int = DEFAULT_PRIORITY
+    tenant: str = DEFAULT_TENANT
 
     if not TYPE_CHECKING:  # type checkers keep the field-by-field signature pydantic gives
 
@@ -151,6 +165,24 @@ class VideoRequest(BaseModel):
         if parts.username is not None or parts.password is not None:
             # It would be stored in the job record and shown to everyone who reads it.
             raise ValueError("must not contain a user name or password")
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_in_range(cls, value: object) -> object:
+        # Before pydantic's own check, so that "high", 5.5, True and 10 all get this message.
+        if type(value) is not int or not MIN_PRIORITY <= value <= MAX_PRIORITY:
+            raise ValueError(
+                f"must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY} (higher first; "
+                f"default {DEFAULT_PRIORITY}), not {value!r}"
+            )
+        return value
+
+    @field_validator("tenant", mode="before")
+    @classmethod
+    def _tenant_is_a_name(cls, value: object) -> object:
+        if not is_tenant_name(value):
+            raise ValueError(f"{TENANT_RULE}, not {_shown(value)}")
         return value
 
     @field_validator("tags")
@@ -280,6 +312,8 @@ def resolve(
         person_generation=request.person_generation,
         tags=request.tags,
         client_job_id=request.client_job_id,
+        priority=request.priority,
+        tenant=request.tenant,
     )
     return resolved, files
 
@@ -328,6 +362,12 @@ def _images(
 
 def _default_duration(spec: ModelSpec) -> int:
     return 5 if 5 in spec.durations else spec.durations[0]
+
+
+def _shown(value: object) -> str:
+    """`value` as an error message shows it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _list(values: tuple[Any, ...]) -> str:

@@ -70,7 +70,7 @@ def _short(value: Any) -> str:
 def request_differences(stored: ResolvedRequest, new: ResolvedRequest) -> dict[str, tuple[Any, Any]]:
     """The fields in which two resolved requests (`JobRecord.request`) differ, with their
     (stored, new) JSON values; empty when they are the same request."""
-    before, after = stored.model_dump(mode="json"), new.model_dump(mode="json")
+    before, after = stored.json_fields(), new.json_fields()
     return {name: (before[name], after[name]) for name in sorted(before) if before[name] != after[name]}
 
 

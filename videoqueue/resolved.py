@@ -4,20 +4,51 @@ model's defaults filled in and checked against what that model supports.
 `producer.request.resolve` builds it from what a user asked for; workers, the catalog's cost
 estimate, budgets and the ledger read it. Its JSON is the `request` object of a stored job
 record, a manifest and `videoqueue status --json`: the field order here is the order there.
+`priority` and `tenant` are left out of that JSON while they hold their defaults, so that
+records stored before they existed load and serialise back unchanged.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 ImageRole = Literal["first_frame", "last_frame"]
 """What an input image is to the video: its first or its last frame."""
 
 IMAGE_ROLES: tuple[ImageRole, ...] = ("first_frame", "last_frame")
 """Every image role, in the order the providers take the images."""
+
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
+"""A job's priority: an integer from 0 to 9, higher first, 5 when the request gives none."""
+
+DEFAULT_TENANT = "default"
+"""The tenant of a request that names none."""
+
+TENANT_RULE = "must be 1-64 characters, each an ASCII letter, a digit, '.', '_' or '-'"
+"""What a tenant name must be, as an error message says it."""
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+# Left out of the stored JSON while they hold these defaults (see the module docstring).
+_OMITTED_AT_DEFAULT: dict[str, object] = {"priority": DEFAULT_PRIORITY, "tenant": DEFAULT_TENANT}
+_WITH_DEFAULTS = "videoqueue.with_defaults"
+
+
+def is_tenant_name(name: object) -> bool:
+    """Whether `name` may name a tenant (`TENANT_RULE`): it becomes part of Redis keys and
+    metric labels, so only ASCII letters, digits, '.', '_' and '-', 1 to 64 of them."""
+    return isinstance(name, str) and _TENANT_RE.fullmatch(name) is not None
 
 
 class ImageUrl(BaseModel):
@@ -47,7 +78,9 @@ ImageSource = ImageUrl | ImageUpload
 class ResolvedRequest(BaseModel):
     """One job's parameters as stored: `duration` in seconds, `resolution` like "720p",
     `ratio` like "16:9", `seed` None only when the producer did not set one (it does before
-    storing), `images` by role."""
+    storing), `images` by role, `priority` 0-9 (higher first), `tenant` whose share of the
+    quota the job counts to. Its JSON leaves out `priority` and `tenant` at their defaults;
+    `json_fields` gives every field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,3 +98,22 @@ class ResolvedRequest(BaseModel):
     person_generation: str | None = None
     tags: tuple[str, ...] = ()
     client_job_id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    tenant: str = DEFAULT_TENANT
+
+    @model_serializer(mode="wrap")
+    def _omit_new_fields_at_default(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        context = info.context
+        if not (isinstance(context, dict) and context.get(_WITH_DEFAULTS)):
+            for name, default in _OMITTED_AT_DEFAULT.items():
+                if name in data and data[name] == default:
+                    del data[name]
+        return data
+
+    def json_fields(self) -> dict[str, Any]:
+        """Every field by name, as JSON values, those left out of the stored JSON at their
+        defaults included: what two requests are compared by."""
+        return self.model_dump(mode="json", context={_WITH_DEFAULTS: True})

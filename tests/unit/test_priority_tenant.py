@@ -1,0 +1,200 @@
+"""The `priority` and `tenant` request fields (issue 15): checked before anything is
+stored, carried into the stored request, left out of its JSON at their defaults (records
+stored before they existed serialise back unchanged), and compared by client job id."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+
+from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest
+from producer.request import resolve
+from tests.unit.helpers import seedance_request
+from tests.unit.test_resolved import BYTEPLUS_RECORD, VEO_RECORD
+from videoqueue.catalog import load_catalog
+from videoqueue.job import JobRecord
+from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
+from videoqueue.keys import job_key
+from videoqueue.resolved import ResolvedRequest
+
+PRIORITY_RULE = "must be a whole number from 0 to 9 (higher first; default 5)"
+TENANT_RULE = "must be 1-64 characters, each an ASCII letter, a digit, '.', '_' or '-'"
+
+
+def _problems(**fields: Any) -> dict[str, str]:
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse({"prompt": "a fox", **fields})
+    return info.value.problems
+
+
+def test_the_defaults_are_priority_5_and_tenant_default() -> None:
+    request = VideoRequest(prompt="a fox")
+    assert (request.priority, request.tenant) == (5, "default")
+    resolved, _ = resolve(request, load_catalog(), "byteplus")
+    assert (resolved.priority, resolved.tenant) == (5, "default")
+
+
+@pytest.mark.parametrize("priority", [0, 1, 5, 9])
+def test_every_priority_from_0_to_9_is_taken_and_stored(priority: int) -> None:
+    request = VideoRequest.parse({"prompt": "a fox", "priority": priority})
+    assert request.priority == priority
+    assert resolve(request, load_catalog(), "byteplus")[0].priority == priority
+    # JSON text, as a --file line or the API gives it.
+    assert VideoRequest.parse(json.dumps({"prompt": "a fox", "priority": priority})).priority == priority
+
+
+@pytest.mark.parametrize(
+    ("priority", "shown"),
+    [
+        (10, "10"),
+        (-1, "-1"),
+        ("high", "'high'"),
+        (5.5, "5.5"),
+        (True, "True"),
+        ("5", "'5'"),
+        (5.0, "5.0"),
+        (None, "None"),
+    ],
+)
+def test_a_priority_that_is_not_0_to_9_is_refused_naming_the_field(priority: Any, shown: str) -> None:
+    assert _problems(priority=priority) == {"priority": f"{PRIORITY_RULE}, not {shown}"}
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest(prompt="a fox", priority=priority)
+    assert list(info.value.problems) == ["priority"]
+
+
+def test_a_bad_priority_in_json_text_is_refused_too() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        VideoRequest.parse('{"prompt": "a fox", "priority": 9.0}')
+    assert info.value.problems == {"priority": f"{PRIORITY_RULE}, not 9.0"}
+
+
+@pytest.mark.parametrize("tenant", ["default", "acme", "a", "Team_7.eu-west", "x" * 64, "0"])
+def test_a_tenant_name_of_allowed_characters_is_taken_and_stored(tenant: str) -> None:
+    request = VideoRequest(prompt="a fox", tenant=tenant)
+    assert resolve(request, load_catalog(), "byteplus")[0].tenant == tenant
+
+
+@pytest.mark.parametrize(
+    "tenant",
+    ["", "x" * 65, "two words", "acme:eu", "a/b", "ünïcode", "tab\t", "new\nline", "a*", 7, None, ["acme"]],
+)
+def test_a_tenant_that_is_not_a_name_is_refused_naming_the_field(tenant: Any) -> None:
+    problems = _problems(tenant=tenant)
+    assert list(problems) == ["tenant"]
+    assert problems["tenant"].startswith(TENANT_RULE + ", not ")
+
+
+def test_a_long_bad_tenant_is_shown_cut() -> None:
+    assert _problems(tenant="!" * 100)["tenant"] == f"{TENANT_RULE}, not '{'!' * 36}..."
+
+
+def test_bad_priority_and_tenant_store_nothing() -> None:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(redis))
+    with pytest.raises(InvalidRequestError) as info:
+        vq.submit_many([{"prompt": "fine"}, {"prompt": "bad", "priority": 10, "tenant": "a b"}])
+    assert list(info.value.problems) == ["[1].priority", "[1].tenant"]
+    assert redis.keys("*") == []
+
+
+# ------------------------------------------------------------------------- the stored request
+
+
+@pytest.mark.parametrize("stored", [BYTEPLUS_RECORD, VEO_RECORD], ids=["byteplus", "veo"])
+def test_a_record_stored_before_the_fields_existed_loads_with_the_defaults(stored: str) -> None:
+    assert "priority" not in stored and "tenant" not in stored
+    record = JobRecord.model_validate_json(stored)
+    assert (record.request.priority, record.request.tenant) == (5, "default")
+    # Byte for byte as stored (tests/unit/test_resolved.py checks the whole record).
+    assert record.request.model_dump_json() == json.dumps(
+        json.loads(stored)["request"], separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def test_the_fields_are_stored_when_not_at_their_defaults_and_load_back() -> None:
+    request = seedance_request(priority=9, tenant="acme")
+    data = json.loads(request.model_dump_json())
+    assert list(data)[-2:] == ["priority", "tenant"]
+    assert (data["priority"], data["tenant"]) == (9, "acme")
+    assert ResolvedRequest.model_validate_json(request.model_dump_json()) == request
+    # One of them at its default: only the other is written.
+    assert "tenant" not in seedance_request(priority=0).model_dump(mode="json")
+    assert "priority" not in seedance_request(tenant="acme").model_dump(mode="json")
+    assert seedance_request(priority=0).model_dump()["priority"] == 0
+
+
+def test_json_fields_gives_every_field_defaults_included() -> None:
+    fields = seedance_request().json_fields()
+    assert (fields["priority"], fields["tenant"]) == (5, "default")
+    assert list(fields) == list(ResolvedRequest.model_fields)
+
+
+def test_a_record_with_the_fields_round_trips_through_the_job_store() -> None:
+    redis: Any = fakeredis.FakeRedis(decode_responses=True)
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(redis))
+    prepared = vq.prepare(VideoRequest(prompt="a fox", priority=8, tenant="acme"))
+    vq.store.create_many([prepared.record])
+    stored = json.loads(redis.get(job_key(prepared.record.id)))
+    assert (stored["request"]["priority"], stored["request"]["tenant"]) == (8, "acme")
+    loaded = vq.get(prepared.record.id)
+    assert (loaded.request.priority, loaded.request.tenant) == (8, "acme")
+    assert loaded.public_dict()["request"]["priority"] == 8
+
+
+# ------------------------------------------------------------------ client job ids compare them
+
+
+def test_request_differences_name_priority_and_tenant() -> None:
+    stored = seedance_request()
+    assert request_differences(stored, seedance_request(priority=5, tenant="default")) == {}
+    assert request_differences(stored, seedance_request(priority=9)) == {"priority": (5, 9)}
+    assert request_differences(stored, seedance_request(tenant="acme")) == {"tenant": ("default", "acme")}
+    assert request_differences(seedance_request(priority=2, tenant="b"), stored) == {
+        "priority": (2, 5),
+        "tenant": ("b", "default"),
+    }
+
+
+def _queue() -> tuple[VideoQueue, Any]:
+    redis = fakeredis.FakeRedis(decode_responses=True)
+    return VideoQueue(Settings(_env_file=None), store=JobStore(redis)), redis
+
+
+@pytest.mark.parametrize(
+    ("again", "message"),
+    [
+        ({"priority": 9}, "priority (5 stored, 9 now)"),
+        ({"tenant": "acme"}, 'tenant ("default" stored, "acme" now)'),
+    ],
+)
+def test_a_used_client_id_with_another_priority_or_tenant_is_a_different_request(
+    again: dict[str, Any], message: str
+) -> None:
+    vq, redis = _queue()
+    first = vq.prepare(VideoRequest(prompt="a fox", client_job_id="order-1")).record
+    vq.store.create_many([first])
+    before = sorted(redis.keys("*"))
+    with pytest.raises(DuplicateClientJobIdError) as info:
+        vq.enqueue([vq.prepare(VideoRequest(prompt="a fox", client_job_id="order-1", **again))])
+    assert info.value.problems["client_job_id"].endswith(f"for a different request: {message}")
+    assert [list(c.differences) for c in info.value.conflicts] == [list(again)]
+    assert sorted(redis.keys("*")) == before
+
+
+def test_a_job_stored_before_the_fields_existed_matches_a_resubmit_with_the_defaults() -> None:
+    vq, redis = _queue()
+    record = JobRecord.model_validate_json(BYTEPLUS_RECORD)
+    vq.store.create_many([record])
+    raw = redis.get(job_key(record.id))
+    assert "priority" not in raw and "tenant" not in raw
+    same = record.request.model_copy(update={"priority": 5, "tenant": "default"})
+    assert vq.store.create_many([record.model_copy(update={"id": "other", "request": same})]) == {"other": record}
+    with pytest.raises(DuplicateClientJobIdError) as info:
+        vq.store.create_many(
+            [record.model_copy(update={"id": "other", "request": same.model_copy(update={"priority": 1})})]
+        )
+    assert info.value.conflicts[0].differences == {"priority": (5, 1)}
