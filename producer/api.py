@@ -19,6 +19,7 @@ from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.images import ImageFile
 from videoqueue.job import (
+    TASK_ADMIT,
     TASK_CANCEL,
     TASK_STORE,
     TASK_SUBMIT,
@@ -29,7 +30,9 @@ from videoqueue.job import (
 from videoqueue.jobids import records, resolve_ids
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import CostRow, GroupBy, Ledger
+from videoqueue.limits import ProviderLimits
 from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings, get_settings
 from videoqueue.urlcheck import check_image_url
 
@@ -85,6 +88,17 @@ class VideoQueue:
         self.catalog = catalog or load_catalog(self.settings.pricing_file)
         self.budget = self.settings.budget_policy()
         self._reachable: set[str] = set()
+        self.room = WaitingRoom(
+            self.store.redis,
+            ProviderLimits.from_settings(self.store.redis, self.settings),
+            self.settings.tenant_weights(),
+        )
+        # A cancel of a job admitted but not yet created frees its slot: a worker admits
+        # the next waiting job at once (else the sweep would, later).
+        self.store.on_slot_freed = self._send_admit
+
+    def _send_admit(self, provider: str, model: str) -> None:
+        producer_app(self.settings.effective_broker_url).send_task(TASK_ADMIT, args=[provider, model])
 
     def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
         """Validate `request` (a VideoRequest, or a dict of its fields) and build its job
@@ -216,8 +230,20 @@ class VideoQueue:
         return self.get_many([job_id])[0]
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
-        """Current records, in order; UnknownJobError naming every unknown id."""
-        return records(self.store, job_ids)
+        """Current records, in order; UnknownJobError naming every unknown id. A job
+        waiting in its model's room carries where it stands (`queue_position`,
+        `waiting_reason`, `estimated_start_at`)."""
+        return self.with_standing(records(self.store, job_ids))
+
+    def with_standing(self, jobs: builtins.list[JobRecord]) -> builtins.list[JobRecord]:
+        """`jobs`, each queued one with where it stands in its model's waiting room now."""
+        for job in jobs:
+            if job.status is JobStatus.QUEUED:
+                standing = self.room.standing(job)
+                job.queue_position = standing.queue_position
+                job.waiting_reason = None if standing.waiting_reason is None else standing.waiting_reason.value
+                job.estimated_start_at = standing.estimated_start_at
+        return jobs
 
     def resolve_id(self, ref: str) -> str:
         """The whole id of the one job `ref` names: a whole id, or a unique prefix of at
@@ -233,8 +259,9 @@ class VideoQueue:
         return resolve_ids(self.store, refs)
 
     def list(self, status: JobStatus | str | None = None, limit: int = 50) -> list[JobRecord]:
-        """Recent jobs, newest first, optionally only those in `status`."""
-        return self.store.list(JobStatus(status) if status else None, limit)
+        """Recent jobs, newest first, optionally only those in `status` (queued ones with
+        where they stand, as `get_many`)."""
+        return self.with_standing(self.store.list(JobStatus(status) if status else None, limit))
 
     def wait(
         self,

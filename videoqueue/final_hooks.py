@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from videoqueue import stats
+from videoqueue import room, stats
 from videoqueue.budget import settle
 from videoqueue.job import JobRecord
-from videoqueue.keys import ledger_entry_key, slot_key
+from videoqueue.keys import ledger_entry_key
 from videoqueue.ledger import LedgerEntry, write_entry
 
 Writes = Callable[[Any], None]
@@ -59,9 +59,11 @@ def budget_settle(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | No
     return lambda multi: settle(multi, after)
 
 
-def slot_release(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
-    """Free the job's concurrency slot of its model (videoqueue.limits), if it holds one."""
-    return lambda multi: multi.zrem(slot_key(after.provider, after.model), after.id)
+def room_leave(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Take the job out of its model's waiting room (videoqueue.room), if it waits there.
+    (Its slot, if it holds one, is freed by every move that leaves the provider, final or
+    not: `JobStore.update`.)"""
+    return lambda multi: room.leave(multi, after)
 
 
 def counters(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
@@ -72,5 +74,5 @@ def counters(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     return lambda multi: stats.on_end(multi, after)
 
 
-FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, slot_release, counters)
+FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, room_leave, counters)
 """Every side effect of a final move, in the order they are queued."""

@@ -61,6 +61,7 @@ TASK_SUBMIT = "videoqueue.submit"
 TASK_POLL = "videoqueue.poll"
 TASK_STORE = "videoqueue.store"
 TASK_CANCEL = "videoqueue.cancel"
+TASK_ADMIT = "videoqueue.admit"
 
 # The queues of the namespace this process serves (videoqueue.namespace): read them as
 # `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").
@@ -118,6 +119,12 @@ class JobRecord(BaseModel):
     # Set while a worker configured for another endpoint left the job's next step to one
     # that matches: what it waits for, in words for people.
     waiting_for_endpoint: str | None = None
+    # Where a job waiting in its model's room stands (videoqueue.room.Standing), filled in
+    # when the record is read for a producer (VideoQueue.get, list): worked out from the
+    # room at that moment, never stored, since each admission moves every waiting job.
+    queue_position: int | None = Field(default=None, exclude=True)
+    waiting_reason: str | None = Field(default=None, exclude=True)
+    estimated_start_at: datetime | None = Field(default=None, exclude=True)
     attempts: int = 0
     submit_errors: int = 0
     submit_rate_limits: int = 0
@@ -228,4 +235,9 @@ class JobRecord(BaseModel):
         true once a cancel was asked for)."""
         data = self.model_dump(mode="json", exclude={"submit_lease_until", "store_lease_until", "poll_seq"})
         data["cancel_requested"] = self.cancel_requested
+        data["queue_position"] = self.queue_position
+        data["waiting_reason"] = self.waiting_reason
+        data["estimated_start_at"] = (
+            None if self.estimated_start_at is None else self.estimated_start_at.isoformat().replace("+00:00", "Z")
+        )
         return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,19 +18,37 @@ from typing import Any
 
 import redis
 
-from videoqueue import final_hooks, keys, lifecycle, redisconn, stats
+from videoqueue import final_hooks, keys, lifecycle, redisconn, room, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
 from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0414 - re-export
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
-from videoqueue.keys import client_key, input_key, job_key, status_index, task_claim_key
+from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
 MAX_HISTORY = 50
 
+log = logging.getLogger("videoqueue.jobstore")
+
 Mutation = Callable[[JobRecord], JobRecord | None]
+
+SlotFreed = Callable[[str, str], object]
+"""Told (provider, model) after a move freed a slot of that model: the caller admits the
+next waiting jobs (videoqueue.room)."""
+
+# The statuses in which a job may hold a slot of its model: `queued` once admitted (its
+# submit message on its way), `submitting`, `running`.
+_SLOT_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.RUNNING})
+_AT_PROVIDER = frozenset({JobStatus.SUBMITTING, JobStatus.RUNNING})
+
+
+def frees_slot(before: JobRecord, after: JobRecord) -> bool:
+    """True when the move from `before` to `after` ends the job's hold on a slot: it left
+    the provider (finished there: `downloading`; ended) or a create was given up for now
+    (`submitting` -> `queued`)."""
+    return before.status != after.status and before.status in _SLOT_STATUSES and after.status not in _AT_PROVIDER
 
 
 # Inputs outlive the job's deadline by this much, then Redis forgets them.
@@ -124,6 +143,9 @@ class JobStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self.on_slot_freed: SlotFreed | None = None
+        """Called after a move freed a slot (`frees_slot`), outside the transaction."""
+        self._enter: Any = client.register_script(room.ENTER_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -165,9 +187,15 @@ class JobStore:
                 check_and_reserve(pipe, budget or BudgetPolicy(), fresh)  # issues MULTI
             else:
                 pipe.multi()
+            last_score = 0
             for record in fresh:
                 pipe.set(job_key(record.id), record.model_dump_json())
                 _write_indexes(pipe, None, record)
+                # Its place in its model's waiting room, in enqueue order (a batch's
+                # records may share a microsecond).
+                last_score = max(room.enqueue_score(record.created_at), last_score + 1)
+                enter_keys, enter_args = room.enter_call(record, last_score)
+                self._enter(keys=enter_keys, args=enter_args, client=pipe)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
@@ -230,6 +258,9 @@ class JobStore:
                 pipe.set(client_key(record.request.client_job_id), record.retry_of, ex=CLIENT_ID_TTL_S)
             elif record.request.client_job_id:
                 pipe.delete(client_key(record.request.client_job_id))
+        if record is not None:
+            room.leave(pipe, record)
+            pipe.zrem(slot_key(record.provider, record.model), job_id)
         pipe.delete(job_key(job_id), *(input_key(job_id, role) for role in IMAGE_ROLES))
         pipe.zrem(keys.DUE_INDEX, job_id)
         pipe.zrem(keys.PARKED_INDEX, job_id)
@@ -341,13 +372,17 @@ class JobStore:
         must be a move of the lifecycle table (videoqueue.lifecycle): raises
         IllegalTransitionError, storing nothing, for any other. A move to a final status
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
-        counters) in the same transaction.
+        counters, waiting room) in the same transaction. A move that frees a slot of the
+        model (`frees_slot`) frees it in the same transaction and then calls
+        `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
+        freed: list[bool] = [False]
 
         def write(pipe: Any) -> None:
             result[0] = None
+            freed[0] = False
             raw = pipe.get(key)
             if not raw:
                 return
@@ -379,13 +414,22 @@ class JobStore:
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
             _write_indexes(pipe, current, changed)
+            if frees_slot(current, changed):
+                pipe.zrem(slot_key(changed.provider, changed.model), job_id)
+                freed[0] = True
             for writes in hook_writes:
                 if writes is not None:
                     writes(pipe)
             result[0] = changed
 
         self.redis.transaction(write, key)
-        return result[0]
+        stored = result[0]
+        if stored is not None and freed[0] and self.on_slot_freed is not None:
+            try:
+                self.on_slot_freed(stored.provider, stored.model)
+            except Exception:
+                log.exception("admission after a freed slot failed", extra={"job_id": job_id})
+        return stored
 
     def transition(
         self,

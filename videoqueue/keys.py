@@ -130,6 +130,36 @@ def backoff_key(provider: str, model: str) -> str:
     return f"{LIMITS_PREFIX}backoff:{provider}:{model}"
 
 
+LIMITS_CONFIG = namespace.keep(globals(), "LIMITS_CONFIG", lambda: _key("limits:config"))
+"""Hash: model to the JSON {"max_in_flight": N, "creates_per_minute": M} set by `videoqueue
+limits set`; it overrides the settings' limits of that model for the whole fleet at once.
+No TTL."""
+
+
+# --- Waiting room (videoqueue.room) ----------------------------------------------------
+
+ROOMS = namespace.keep(globals(), "ROOMS", lambda: _key("rooms"))
+"""Set: `provider|model` of every waiting room that may hold jobs (the sweep and
+`videoqueue queue` read it; a room found empty leaves it). No TTL."""
+
+
+def room_prefix(provider: str, model: str) -> str:
+    """What the keys of one model's waiting room start with. Under it: `:q:P:TENANT`, a
+    sorted set of the waiting job ids of priority P and that tenant, scored by enqueue time
+    (epoch microseconds); `:t:P`, a sorted set of the tenants with jobs waiting at priority
+    P, scored by their virtual start time (weighted fair queuing); `:vt`, a hash of each
+    priority's virtual clock (`P`) and each tenant's virtual finish (`P:TENANT`); `:timer`,
+    a string, when (epoch s) the one admit message sent for a time-bound opening is due
+    (TTL until then). No TTL but the timer's."""
+    return f"{PREFIX}room:{provider}:{model}"
+
+
+def room_queue_key(provider: str, model: str, priority: int, tenant: str) -> str:
+    """Sorted set: the ids of the jobs of one priority and tenant waiting for `model`,
+    scored by enqueue time (epoch microseconds): first in, first out. No TTL."""
+    return f"{room_prefix(provider, model)}:q:{priority}:{tenant}"
+
+
 # --- Counters for metrics (videoqueue.stats) -------------------------------------------
 
 STATS_JOBS = namespace.keep(globals(), "STATS_JOBS", lambda: _key("stats:jobs"))

@@ -5,46 +5,27 @@
 - a cap on create requests per minute per model (a sliding one-minute window);
 - a fleet-wide back-off for a model after the provider answered 429.
 
-A job that cannot go now is told how long to wait; it re-schedules itself, it never
-sleeps and never fails for it. Each check is one Lua script, so concurrent workers
-cannot overshoot.
+The caps are the settings' (MAX_IN_FLIGHT_PER_MODEL, CREATES_PER_MINUTE_PER_MODEL,
+MODEL_LIMITS) unless `videoqueue limits set` stored others for a model in Redis
+(`keys.LIMITS_CONFIG`): those apply to the whole fleet at once, no restart. Slots and
+create tokens are handed out by the waiting room's admission (videoqueue.room), one Lua
+script, so concurrent workers cannot overshoot; a job never sleeps or fails for quota.
 """
 
 from __future__ import annotations
 
+import json
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from videoqueue.keys import backoff_key, creates_key, slot_key
+from videoqueue import keys
+from videoqueue.keys import backoff_key, slot_key
 
-# KEYS: slots, creates, backoff. ARGV: now, job, cap, lease_s, rpm, token.
-# Returns {0, wait_s} when the job must wait, {1, 0} when it may create now.
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
-local until_ = tonumber(redis.call('GET', KEYS[3]) or '0')
-if until_ > now then return {0, tostring(until_ - now)} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if not held and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local wait = 1
-  if first[2] then wait = math.max(1, math.min(30, tonumber(first[2]) - now)) end
-  return {0, tostring(wait)}
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {0, tostring(math.max(0.5, tonumber(oldest[2]) + 60 - now))}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
-redis.call('ZADD', KEYS[2], now, ARGV[6])
-redis.call('EXPIRE', KEYS[2], 120)
-return {1, '0'}
-"""
+if TYPE_CHECKING:
+    from videoqueue.settings import Settings
 
 # KEYS: backoff. ARGV: until. Keeps the later of the current and the new deadline.
 _BACK_OFF = """
@@ -73,37 +54,64 @@ class ProviderLimits:
         self.defaults = defaults
         self.overrides = overrides
         self.lease_s = lease_s
-        self._acquire: Any = client.register_script(_ACQUIRE)
         self._back_off: Any = client.register_script(_BACK_OFF)
 
-    def limits_for(self, model: str) -> ModelLimits:
-        """The limits in force for `model`."""
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> ProviderLimits:
+        """The limits `settings` give, on `client`."""
+        defaults, overrides = settings.provider_limits()
+        return cls(client, defaults, overrides, settings.slot_lease_s)
+
+    def defaults_for(self, model: str) -> ModelLimits:
+        """The limits the settings give `model` (MODEL_LIMITS, else the per-model defaults)."""
         return self.overrides.get(model, self.defaults)
 
-    def acquire(self, provider: str, model: str, job_id: str) -> float:
-        """Take a slot and a create token for a job: 0 when it may create now, else the
-        seconds to wait before asking again."""
-        limits = self.limits_for(model)
-        ok, wait = self._acquire(
-            keys=[slot_key(provider, model), creates_key(provider, model), backoff_key(provider, model)],
-            args=[
-                time.time(),
-                job_id,
-                limits.max_in_flight,
-                self.lease_s,
-                limits.creates_per_minute,
-                f"{job_id}:{uuid.uuid4().hex[:8]}",
-            ],
-        )
-        return 0.0 if int(ok) == 1 else float(wait)
+    def limits_for(self, model: str) -> ModelLimits:
+        """The limits in force for `model`: those stored by `videoqueue limits set`, else
+        the settings'."""
+        return self.stored().get(model, self.defaults_for(model))
+
+    def stored(self) -> dict[str, ModelLimits]:
+        """The limits `videoqueue limits set` stored, by model (a field it did not set keeps
+        the settings' value)."""
+        raw: dict[str, str] = self.redis.hgetall(keys.LIMITS_CONFIG)  # type: ignore[assignment]
+        stored: dict[str, ModelLimits] = {}
+        for model, text in raw.items():
+            values = json.loads(text)
+            base = self.defaults_for(model)
+            stored[model] = ModelLimits(
+                int(values.get("max_in_flight", base.max_in_flight)),
+                int(values.get("creates_per_minute", base.creates_per_minute)),
+            )
+        return stored
+
+    def store_limits(self, model: str, max_in_flight: int | None = None, creates_per_minute: int | None = None) -> None:
+        """Store fleet-wide limits for `model` (each at least 1; None keeps what is stored, or
+        the settings' value); the next admission of any worker follows them. Raises
+        ValueError for a limit below 1."""
+        for name, value in (("max_in_flight", max_in_flight), ("creates_per_minute", creates_per_minute)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+
+        def write(pipe: Any) -> None:
+            current = pipe.hget(keys.LIMITS_CONFIG, model)
+            values: dict[str, int] = json.loads(current) if current else {}
+            if max_in_flight is not None:
+                values["max_in_flight"] = max_in_flight
+            if creates_per_minute is not None:
+                values["creates_per_minute"] = creates_per_minute
+            pipe.multi()
+            pipe.hset(keys.LIMITS_CONFIG, model, json.dumps(values, sort_keys=True))
+
+        self.redis.transaction(write, keys.LIMITS_CONFIG)
+
+    def clear_limits(self, model: str) -> bool:
+        """Forget the stored limits of `model` (the settings' apply again); True if any were stored."""
+        return bool(self.redis.hdel(keys.LIMITS_CONFIG, model))
 
     def renew(self, provider: str, model: str, job_id: str) -> None:
         """Extend a job's slot lease (each poll does): only the slots of dead jobs expire."""
         self.redis.zadd(slot_key(provider, model), {job_id: time.time() + self.lease_s}, xx=True)
-
-    def release(self, provider: str, model: str, job_id: str) -> None:
-        """Give a slot back (a create that did not happen)."""
-        self.redis.zrem(slot_key(provider, model), job_id)
 
     def back_off(self, provider: str, model: str, seconds: float) -> None:
         """Make every worker wait `seconds` before creating on this model again."""

@@ -10,7 +10,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from videoqueue import namespace
-from videoqueue.job import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
 from videoqueue.settings import Settings
 
 
@@ -43,7 +43,13 @@ def task_queues(broker_url: str) -> tuple[Queue, ...]:
     return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in namespace.queues())
 
 
-_STEP_OF_TASK = {TASK_SUBMIT: "submit", TASK_CANCEL: "submit", TASK_POLL: "poll", TASK_STORE: "store"}
+_STEP_OF_TASK = {
+    TASK_SUBMIT: "submit",
+    TASK_CANCEL: "submit",
+    TASK_ADMIT: "submit",
+    TASK_POLL: "poll",
+    TASK_STORE: "store",
+}
 
 
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:

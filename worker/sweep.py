@@ -14,10 +14,15 @@ from celery import Celery
 from redis.exceptions import LockError, RedisError
 
 from videoqueue import keys
+from videoqueue.job import TASK_ADMIT, TASK_SUBMIT
 from videoqueue.jobstore import JobStore
+from videoqueue.limits import ProviderLimits
+from videoqueue.queues import broker_timing
 from videoqueue.recovery import recover_stranded
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from videoqueue.stalled import StallRule
+from worker.admission import Admitter
 
 log = logging.getLogger("videoqueue.sweep")
 
@@ -34,6 +39,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
 
     try:
         report = recover_stranded(store, send, StallRule.from_settings(settings))
+        admitted = admit_all(app, store, settings)
     finally:
         # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
         # the lock no longer owns it: the holder now is another worker, whose lock stays.
@@ -44,12 +50,31 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
             "sent parked steps now due",
             extra={"count": len(report.unparked), "job_ids": ",".join(report.unparked[:20])},
         )
+    if admitted:
+        log.info("admitted waiting jobs", extra={"count": admitted})
     if report.total:
         log.warning(
             "recovered stranded jobs",
             extra={"count": report.total, "by_status": report.recovered, "job_ids": ",".join(report.job_ids[:20])},
         )
     return report.total
+
+
+def _send(app: Celery, name: str, args: list[Any], countdown: float) -> None:
+    app.send_task(name, args=args, countdown=countdown or None)
+
+
+def admit_all(app: Celery, store: JobStore, settings: Settings) -> int:
+    """Admit waiting jobs in every model's room as far as quota allows now: what a lost
+    wake-up, a slot lease that ran out or a dead timer left waiting. Returns how many."""
+    room = WaitingRoom(store.redis, ProviderLimits.from_settings(store.redis, settings), settings.tenant_weights())
+    admitter = Admitter(
+        room,
+        lambda job_id: _send(app, TASK_SUBMIT, [job_id], 0.0),
+        lambda provider, model, countdown: _send(app, TASK_ADMIT, [provider, model], countdown),
+        broker_timing(settings).max_countdown_s,
+    )
+    return sum(len(admitter.admit(provider, model)) for provider, model in room.rooms())
 
 
 def _next_wait(store: JobStore, interval_s: float) -> float:

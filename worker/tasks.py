@@ -17,10 +17,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
-from videoqueue.job import TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
+from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ProviderLimits
 from videoqueue.queues import broker_timing
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import get_settings
 from worker import logs, registry
 from worker.app import app
@@ -51,6 +52,10 @@ def _when(countdown: float) -> dict[str, float]:
     return {"countdown": max(1.0, countdown)} if countdown > 0 else {}
 
 
+def _send_admit(provider: str, model: str, countdown: float) -> None:
+    admit.apply_async((provider, model), **_when(countdown))
+
+
 @lru_cache(maxsize=1)
 def _storage() -> Storage:
     return open_storage(get_settings())
@@ -61,7 +66,6 @@ def pipeline() -> Pipeline:
     """The pipeline of this worker process."""
     settings = get_settings()
     store = JobStore.from_url(settings.redis_url)
-    defaults, overrides = settings.provider_limits()
     return Pipeline(
         settings=settings,
         store=store,
@@ -69,7 +73,8 @@ def pipeline() -> Pipeline:
         providers=lambda name: get_provider(name, settings),
         storage=_storage,
         dispatch=CeleryDispatcher(),
-        limits=ProviderLimits(store.redis, defaults, overrides, settings.slot_lease_s),
+        room=WaitingRoom(store.redis, ProviderLimits.from_settings(store.redis, settings), settings.tenant_weights()),
+        send_admit=_send_admit,
         history=RenderHistory(
             store.redis,
             size=settings.poll_history_size,
@@ -174,3 +179,12 @@ def cancel(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     started = utcnow()
     pipeline().cancel(job_id)
     return _finish(job_id, started)
+
+
+@app.task(name=TASK_ADMIT, bind=True, **_STORE_RETRY)
+def admit(self: Task[Any, Any], provider: str, model: str) -> dict[str, Any]:
+    """Admit the next waiting jobs of a model (its timer: the rate window or a back-off
+    ended; or `videoqueue limits set` raised a limit) and send their submit messages."""
+    room_admitter = pipeline().admitter
+    admitted = room_admitter.admit(provider, model) if room_admitter is not None else []
+    return {"provider": provider, "model": model, "admitted": len(admitted)}

@@ -13,6 +13,7 @@ from producer import JobStatus, VideoRequest
 from tests.integration.conftest import REDIS_URL, Stack
 from videoqueue import keys
 from videoqueue.limits import ModelLimits, ProviderLimits
+from videoqueue.room import WaitingReason, WaitingRoom
 
 pytestmark = pytest.mark.integration
 
@@ -26,72 +27,66 @@ def client() -> Any:
     return client
 
 
-def limits(client: Any, in_flight: int = 3, rpm: int = 1000, lease_s: float = 60) -> ProviderLimits:
-    return ProviderLimits(client, ModelLimits(in_flight, rpm), {}, lease_s)
+def room(client: Any, in_flight: int = 3, rpm: int = 1000, lease_s: float = 60) -> WaitingRoom:
+    return WaitingRoom(client, ProviderLimits(client, ModelLimits(in_flight, rpm), {}, lease_s))
 
 
-def test_slots_cap_jobs_in_flight_and_come_back_on_release(client: Any) -> None:
-    lim = limits(client)
-    assert [lim.acquire("byteplus", MODEL, f"j{i}") for i in range(3)] == [0, 0, 0]
-    assert lim.acquire("byteplus", MODEL, "j3") > 0
-    assert lim.acquire("byteplus", MODEL, "j1") == 0  # a job that holds a slot may ask again
-    assert lim.acquire("veo", "veo-3.1-fast-generate-001", "v0") == 0  # other models are separate
-    lim.release("byteplus", MODEL, "j0")
-    assert lim.acquire("byteplus", MODEL, "j3") == 0
-    assert lim.in_flight("byteplus", MODEL) == 3
+def waiting_jobs(client: Any, model: str, n: int, prefix: str = "j") -> None:
+    """`n` jobs of `model` waiting in its room (as an enqueue leaves them)."""
+    pipe = client.pipeline()
+    for i in range(n):
+        pipe.zadd(keys.room_queue_key("byteplus", model, 5, "default"), {f"{prefix}{i}": i})
+    pipe.zadd(f"{keys.room_prefix('byteplus', model)}:t:5", {"default": 0})
+    pipe.sadd(keys.ROOMS, f"byteplus|{model}")
+    pipe.execute()
 
 
-def test_the_slot_of_a_job_nobody_polls_expires(client: Any) -> None:
-    lim = limits(client, in_flight=1, lease_s=0.5)
-    assert lim.acquire("byteplus", MODEL, "dead-worker-job") == 0
-    assert lim.acquire("byteplus", MODEL, "next") > 0
+def test_slots_cap_jobs_in_flight_and_the_slot_of_a_job_nobody_polls_expires(client: Any) -> None:
+    waiting = room(client, in_flight=1, lease_s=0.5)
+    waiting_jobs(client, MODEL, 3)
+    assert waiting.admit("byteplus", MODEL).admitted == ["j0"]
+    assert waiting.admit("byteplus", MODEL).admitted == []
     time.sleep(0.6)
-    assert lim.acquire("byteplus", MODEL, "next") == 0
-
-
-def test_renewed_slots_do_not_expire(client: Any) -> None:
-    lim = limits(client, in_flight=1, lease_s=0.5)
-    assert lim.acquire("byteplus", MODEL, "alive") == 0
+    assert waiting.admit("byteplus", MODEL).admitted == ["j1"]  # j0 died without renewing
     for _ in range(3):
         time.sleep(0.3)
-        lim.renew("byteplus", MODEL, "alive")
-    assert lim.acquire("byteplus", MODEL, "next") > 0
-
-
-def test_creates_per_minute(client: Any) -> None:
-    lim = limits(client, in_flight=100, rpm=5)
-    assert [lim.acquire("byteplus", MODEL, f"j{i}") for i in range(5)] == [0] * 5
-    wait = lim.acquire("byteplus", MODEL, "j5")
-    assert 55 < wait <= 60
+        waiting.limits.renew("byteplus", MODEL, "j1")
+    assert waiting.admit("byteplus", MODEL).admitted == []  # a renewed slot stays taken
 
 
 def test_a_429_backs_off_the_whole_fleet_for_that_model_only(client: Any) -> None:
-    lim = limits(client, in_flight=100)
-    lim.back_off("byteplus", MODEL, 7)
-    lim.back_off("byteplus", MODEL, 2)  # a shorter back-off never shortens a longer one
-    assert 6 < lim.acquire("byteplus", MODEL, "any") <= 7
-    assert lim.acquire("byteplus", "seedance-1-0-pro-250528", "other") == 0
+    waiting = room(client, in_flight=100)
+    other = "seedance-1-0-pro-250528"
+    waiting_jobs(client, MODEL, 1)
+    waiting_jobs(client, other, 1, prefix="o")
+    waiting.limits.back_off("byteplus", MODEL, 7)
+    waiting.limits.back_off("byteplus", MODEL, 2)  # a shorter back-off never shortens a longer one
+    held = waiting.admit("byteplus", MODEL)
+    assert held.admitted == [] and held.reason is WaitingReason.PROVIDER_BACKOFF
+    assert held.wake_at is not None and 6 < held.wake_at - time.time() <= 7
+    assert waiting.admit("byteplus", other).admitted == ["o0"]
 
 
 def test_concurrent_workers_never_take_more_slots_than_the_cap(client: Any) -> None:
+    waiting_jobs(client, MODEL, 100)
     granted: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(20)
 
     def worker(n: int) -> None:
-        lim = limits(redis.Redis.from_url(REDIS_URL, decode_responses=True), in_flight=5)
+        mine = room(redis.Redis.from_url(REDIS_URL, decode_responses=True), in_flight=5)
         start.wait()
-        for i in range(5):
-            if lim.acquire("byteplus", MODEL, f"w{n}-{i}") == 0:
-                with lock:
-                    granted.append(f"w{n}-{i}")
+        for _ in range(5):
+            admitted = mine.admit("byteplus", MODEL).admitted
+            with lock:
+                granted.extend(admitted)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(granted) == 5
+    assert sorted(granted) == sorted(f"j{i}" for i in range(5))
 
 
 def test_workers_keep_at_most_the_cap_in_flight_and_finish_everything(local_stack: Stack) -> None:

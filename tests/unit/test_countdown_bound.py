@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 
 from tests.unit.test_pipeline import Env, error, make_settings
@@ -18,6 +17,7 @@ from videoqueue.job import TASK_POLL, TASK_SUBMIT, ErrorCode, JobStatus, utcnow
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.queues import VISIBILITY_MARGIN_S, broker_timing
 from videoqueue.recovery import recover_stranded
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings, get_settings
 from videoqueue.stalled import StallRule
 from worker.pipeline import Pipeline, StoreRetry
@@ -142,20 +142,10 @@ def test_store_retry_countdowns_stay_within_the_bound(case: str, tmp_path: Path)
         assert raised.value.countdown <= limit
 
 
-class BackedOffLimits(ProviderLimits):
-    """The fleet-wide back-off a 429 with a long Retry-After leaves: every acquire says wait."""
-
-    def __init__(self, wait: float) -> None:
-        super().__init__(fakeredis.FakeRedis(), ModelLimits(1, 1), {}, 60)
-        self.wait = wait
-
-    def acquire(self, provider: str, model: str, job_id: str) -> float:
-        return self.wait
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_quota_wait_longer_than_the_bound_is_parked(case: str, tmp_path: Path) -> None:
+def test_a_job_waiting_for_quota_sends_nothing_and_is_parked_until_its_deadline(case: str, tmp_path: Path) -> None:
     env = Env(tmp_path, settings_for(case, job_deadline_s=7200))
+    limits = ProviderLimits(env.store.redis, ModelLimits(1, 1), {}, 60)
     env.pipeline = Pipeline(
         settings=env.settings,
         store=env.store,
@@ -163,19 +153,17 @@ def test_a_quota_wait_longer_than_the_bound_is_parked(case: str, tmp_path: Path)
         providers=lambda name: env.provider,
         storage=lambda: env.storage,
         dispatch=env.dispatch,
-        limits=BackedOffLimits(500.0),
+        room=WaitingRoom(env.store.redis, limits),
         rng=random.Random(5),
     )
-    limit = env.pipeline.dispatch.max_countdown_s
     job_id = env.new_job()
+    job = env.job(job_id)
+    # The fleet-wide back-off a 429 with a long Retry-After leaves.
+    limits.back_off(job.provider, job.model, 500.0)
     env.pipeline.submit(job_id)
-    sent = sent_countdowns(env)
-    assert all(c <= limit for c in sent)
+    assert sent_countdowns(env) == []  # no message while it waits, whatever the bound
     assert env.provider.calls == []
-    parked = env.store.parked_at(job_id)
-    if limit < 500:
-        assert sent == [] and parked is not None
-    assert (parked is None) == bool(sent)
+    assert env.store.parked_at(job_id) == pytest.approx(job.deadline_at.timestamp())
 
 
 def test_the_sweep_sends_a_parked_step_when_due_and_not_before(env: Env) -> None:

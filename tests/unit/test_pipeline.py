@@ -1523,17 +1523,11 @@ def test_creates_the_provider_cannot_show_again_stop_at_uncertain_creates_max(en
 
 
 class RecordingLimits(ProviderLimits):
-    """Fleet limits that always admit and record the back-offs asked for (their Lua
-    scripts are tested against a real Redis in tests/integration/test_limits.py)."""
+    """Fleet limits that record the back-offs asked for (a pipeline without a waiting room
+    admits every job; the room's scripts are tests/unit/test_room.py's)."""
 
     def __init__(self) -> None:
         self.back_offs: list[float] = []
-
-    def acquire(self, provider: str, model: str, job_id: str) -> float:
-        return 0.0
-
-    def release(self, provider: str, model: str, job_id: str) -> None:
-        pass
 
     def renew(self, provider: str, model: str, job_id: str) -> None:
         pass

@@ -17,7 +17,10 @@ from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import sources
 from videoqueue.limits import ProviderLimits
+from videoqueue.queues import broker_timing
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
+from worker.admission import Admitter, SendAdmit
 from worker.dispatch import Dispatcher, DueTracking
 from worker.providers import provider_endpoint
 from worker.providers.base import Provider, ProviderError
@@ -41,16 +44,32 @@ class StepBase:
         storage: Callable[[], Storage],
         dispatch: Dispatcher,
         limits: ProviderLimits | None = None,
+        room: WaitingRoom | None = None,
+        send_admit: SendAdmit | None = None,
         history: RenderHistory | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """`room`: the waiting rooms whose admission hands out quota (its limits are the
+        steps' `limits` unless those are given); `send_admit` sends a model's admit message
+        after a countdown (its timer; without it only the sweep admits on time alone)."""
         self.settings = settings
         self.store = store
         self.catalog = catalog
         self.providers = providers
         self.storage = storage
         self.dispatch = DueTracking(dispatch, store, settings)
-        self.limits = limits
+        self.limits = limits if limits is not None or room is None else room.limits
+        self.room = room
+        self.admitter: Admitter | None = None
+        if room is not None:
+            self.admitter = Admitter(
+                room,
+                lambda job_id: self.dispatch.submit(job_id, countdown=0.0),
+                send_admit or _no_timer,
+                broker_timing(settings).max_countdown_s,
+            )
+            # Every move that frees a slot admits the next waiting jobs at once.
+            store.on_slot_freed = self.admitter.admit
         self.history = history
         self.rng = rng or random.Random()
         self._endpoints: dict[str, Endpoint] = {}
@@ -117,6 +136,10 @@ class StepBase:
 
     def _seconds_to_deadline(self, job: JobRecord) -> float:
         return (job.deadline_at - utcnow()).total_seconds()
+
+
+def _no_timer(provider: str, model: str, countdown: float) -> None:
+    log.debug("no admit timer: the sweep admits", extra={"provider": provider, "model": model})
 
 
 def _set_waiting(note: str | None) -> Callable[[JobRecord], JobRecord | None]:

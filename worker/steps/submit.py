@@ -55,12 +55,8 @@ class SubmitStep(PollStep):
         if job.status is JobStatus.QUEUED and self._over_budget(job):
             return
 
-        if self.limits is not None:
-            wait = self.limits.acquire(job.provider, job.model, job.id)
-            if wait > 0:
-                # No slot, no create token or a fleet-wide back-off: ask again later.
-                self.dispatch.submit(job.id, countdown=wait * self.rng.uniform(1.0, 1.25))
-                return
+        if not self._admitted(job):
+            return  # it waits in its model's room: admission sends its submit again
 
         uncertain_since = job.submit_intent_at if job.status is JobStatus.SUBMITTING else None
         lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
@@ -70,6 +66,15 @@ class SubmitStep(PollStep):
         recorded = self._create_once(claimed, uncertain_since, lease_until)
         if recorded is not None:
             self._start_polling(recorded)
+
+    def _admitted(self, job: JobRecord) -> bool:
+        """True when the job holds quota for its create (a slot and a create token); else it
+        now waits in its model's waiting room, with no message, until admitted."""
+        if self.room is None or self.admitter is None:
+            return True
+        take = self.room.take(job)
+        self.admitter.carry_out(job.provider, job.model, take.admission, skip=job.id)
+        return take.go
 
     def _over_budget(self, job: JobRecord) -> bool:
         """A cap lowered since enqueue leaves no room for a job not yet created: it ends
@@ -280,18 +285,21 @@ class SubmitStep(PollStep):
             decision["backoff"] = record.submit_rate_limits if rate_limited else record.submit_errors
             return record
 
+        if rate_limited and self.limits is not None:
+            # Every job of the model waits this long: a Retry-After is honoured up to
+            # RETRY_MAX_S, so one odd answer cannot halt the model for a day. Set before
+            # the slot is freed below, so its admission already sees the back-off.
+            back_off = min(exc.retry_after or retry_delay(1, self.settings, self.rng), self.settings.retry_max_s)
+            self.limits.back_off(job.provider, job.model, back_off)
         released = self.store.update(job.id, release)
-        if self.limits is not None:
-            if rate_limited:
-                # Every job of the model waits this long: a Retry-After is honoured up to
-                # RETRY_MAX_S, so one odd answer cannot halt the model for a day.
-                back_off = min(exc.retry_after or retry_delay(1, self.settings, self.rng), self.settings.retry_max_s)
-                self.limits.back_off(job.provider, job.model, back_off)
-            if not still_uncertain and not decision.get("give_up"):
-                self.limits.release(job.provider, job.model, job.id)
         if decision.get("give_up"):
             message = f"gave up after {self.settings.submit_max_attempts} failed attempts: {exc.message}"
             self._give_up_submit(job, exc, lease_until, message, uncertain=still_uncertain)
+            return
+        if released is not None and rate_limited and released.status is JobStatus.QUEUED and self.room is not None:
+            # Back to its place in the room at once: the back-off's timer admits it first.
+            if self._admitted(released):
+                self.dispatch.submit(job.id, countdown=0.0)
             return
         if released is not None:
             delay = max(retry_delay(int(decision["backoff"]), self.settings, self.rng), exc.retry_after or 0.0)
