@@ -273,6 +273,13 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     person_generation: Annotated[str | None, typer.Option(help="allow_adult or dont_allow (Veo).")] = None,
     tag: Annotated[list[str] | None, typer.Option(metavar="TAG", help="Tag for cost reports; repeatable.")] = None,
     client_job_id: Annotated[str | None, typer.Option(help="Your own unique id for this job.")] = None,
+    priority: Annotated[
+        int | None, typer.Option(help="0-9, higher first (default 5): the job's place in its model's waiting room.")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help='Whose share of the quota the job counts to (default "default"; weights: TENANT_WEIGHTS).'),
+    ] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
@@ -303,6 +310,8 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 "negative_prompt": negative_prompt,
                 "person_generation": person_generation,
                 "client_job_id": client_job_id,
+                "priority": priority,
+                "tenant": tenant,
             }
             if tag:
                 fields["tags"] = tuple(tag)

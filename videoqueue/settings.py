@@ -7,6 +7,7 @@ with `.get_secret_value()` at the single place that hands them to an SDK.
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from functools import lru_cache
@@ -21,6 +22,7 @@ from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
 from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
 from videoqueue.limits import ModelLimits
+from videoqueue.resolved import TENANT_RULE, is_tenant_name
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -195,6 +197,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-model overrides, JSON: {"<model>": {"max_in_flight": 20, "creates_per_minute": 50}}.',
     )
+    # Not named tenant_weights: that is the method giving the mapping.
+    tenant_weight_map: dict[str, float] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("TENANT_WEIGHTS", "tenant_weight_map"),
+        description=(
+            "Weight of each tenant's share of a model's quota, a number > 0; a tenant not listed weighs 1. "
+            'JSON: {"acme": 2, "batch": 0.5}.'
+        ),
+    )
     slot_lease_s: float = Field(
         default=900.0, gt=0, description="An in-flight slot not renewed by a poll for this long is freed."
     )
@@ -297,6 +308,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"tag {tag!r}: {exc}") from None
         return caps
 
+    @field_validator("tenant_weight_map", mode="before")
+    @classmethod
+    def _tenant_weights(cls, value: object) -> object:
+        shape = 'must be a JSON object of tenant to weight, such as {"acme": 2, "batch": 0.5}'
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(shape) from None
+        if not isinstance(value, dict):
+            raise ValueError(shape)
+        weights: dict[str, float] = {}
+        for tenant, weight in value.items():
+            if not is_tenant_name(tenant):
+                shown = tenant if len(tenant) <= 40 else tenant[:37] + "..."
+                raise ValueError(f"tenant {shown!r}: a tenant name {TENANT_RULE}")
+            number = _weight(weight)
+            if number is None:
+                raise ValueError(f"tenant {tenant!r}: the weight must be a finite number greater than 0")
+            weights[tenant] = number
+        return weights
+
     @field_validator("default_provider")
     @classmethod
     def _known_provider(cls, value: str, info: ValidationInfo) -> str:
@@ -356,6 +389,15 @@ class Settings(BaseSettings):
             for model, values in self.model_limits.items()
         }
         return default, overrides
+
+    def tenant_weights(self) -> dict[str, float]:
+        """TENANT_WEIGHTS: tenant name -> weight (a finite number > 0), the tenants listed
+        only; empty when the setting is unset. A new dict each call."""
+        return dict(self.tenant_weight_map)
+
+    def weight_of(self, tenant: str) -> float:
+        """The weight of `tenant`'s share of the quota: its TENANT_WEIGHTS entry, else 1.0."""
+        return self.tenant_weight_map.get(tenant, 1.0)
 
     @property
     def effective_s3_checksums(self) -> Literal["when_required", "when_supported"]:
@@ -418,6 +460,18 @@ def get_settings() -> Settings:
     settings = load_settings()
     namespace.adopt(settings.vq_namespace)
     return settings
+
+
+def _weight(value: object) -> float | None:
+    """`value` as a tenant weight, or None when it is none: not a JSON number (a bool is an
+    int to Python), or not finite and greater than 0 (json.loads reads NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        weight = float(value)
+    except OverflowError:  # an int past float's range
+        return None
+    return weight if math.isfinite(weight) and weight > 0 else None
 
 
 def _check_url_parts(name: str, url: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from simulator.localredis import answers
 from simulator.stack import free_port
-from videoqueue.settings import Settings
+from videoqueue.settings import Settings, env_name
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ CLI = str(Path(sys.executable).with_name("videoqueue"))
 
 def _clean_env(**more: str) -> dict[str, str]:
     """The environment without any videoqueue setting (this shell's .env-free view)."""
-    names = {n.upper() for n in Settings.model_fields} | {"VQ_NAMESPACE", "ARK_API_KEY"}
+    names = {env_name(n) for n in Settings.model_fields} | {"VQ_NAMESPACE", "ARK_API_KEY"}
     return {**{k: v for k, v in os.environ.items() if k.upper() not in names}, **more}
 
 

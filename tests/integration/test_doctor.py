@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, S3Server, Simulator, Stack
 from videoqueue import namespace
-from videoqueue.settings import Settings, get_settings
+from videoqueue.settings import Settings, env_name, get_settings
 from worker.cli import doctor as doctor_command
 from worker.doctor import DoctorReport, Status, run_doctor
 from worker.providers import provider_endpoint
@@ -208,7 +208,7 @@ def cli_app() -> typer.Typer:
 @pytest.fixture
 def cli_env(local_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(env_name(name), raising=False)
     for key, value in local_stack.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(Settings.model_config, "env_file", None)

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from videoqueue import namespace
-from videoqueue.settings import Settings, get_settings
+from videoqueue.settings import Settings, env_name, get_settings
 
 
 @pytest.fixture(autouse=True)
 def _hermetic_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in Settings.model_fields:
-        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(env_name(name), raising=False)
     monkeypatch.delenv("ARK_API_KEY", raising=False)
     monkeypatch.setitem(Settings.model_config, "env_file", None)
     get_settings.cache_clear()

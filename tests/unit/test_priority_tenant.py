@@ -5,12 +5,14 @@ stored before they existed serialise back unchanged), and compared by client job
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
+from typer.testing import CliRunner
 
-from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest
+from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest, cli
 from producer.request import resolve
 from tests.unit.helpers import seedance_request
 from tests.unit.test_resolved import BYTEPLUS_RECORD, VEO_RECORD
@@ -198,3 +200,105 @@ def test_a_job_stored_before_the_fields_existed_matches_a_resubmit_with_the_defa
             [record.model_copy(update={"id": "other", "request": same.model_copy(update={"priority": 1})})]
         )
     assert info.value.conflicts[0].differences == {"priority": (5, 1)}
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def cli_queue(monkeypatch: pytest.MonkeyPatch) -> tuple[VideoQueue, list[str]]:
+    """`videoqueue submit` on fakeredis: the jobs it would send to the broker, by id."""
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(fakeredis.FakeRedis(decode_responses=True)))
+    sent: list[str] = []
+    monkeypatch.setattr(vq, "_send", lambda records: sent.extend(r.id for r in records))
+    monkeypatch.setattr(cli, "VideoQueue", lambda: vq)
+    monkeypatch.setattr(cli, "producer_app", lambda url: None)
+    monkeypatch.setattr(cli, "no_worker_warning", lambda app: None)
+    return vq, sent
+
+
+def test_submit_takes_priority_and_tenant(cli_queue: tuple[VideoQueue, list[str]]) -> None:
+    vq, sent = cli_queue
+    result = CliRunner().invoke(cli.app, ["submit", "a fox", "--priority", "9", "--tenant", "acme", "--json"])
+    assert result.exit_code == 0, result.output
+    [shown] = json.loads(result.stdout)
+    assert (shown["request"]["priority"], shown["request"]["tenant"]) == (9, "acme")
+    stored = vq.get(sent[0]).request
+    assert (stored.priority, stored.tenant) == (9, "acme")
+    result = CliRunner().invoke(cli.app, ["submit", "another fox", "--json"])
+    [shown] = json.loads(result.stdout)
+    assert "priority" not in shown["request"] and "tenant" not in shown["request"]
+    assert (vq.get(sent[1]).request.priority, vq.get(sent[1]).request.tenant) == (5, "default")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--priority", "10"], f"error: invalid priority: {PRIORITY_RULE}, not 10; nothing was enqueued"),
+        (["--priority", "-1"], f"error: invalid priority: {PRIORITY_RULE}, not -1; nothing was enqueued"),
+        (["--tenant", "two words"], f"error: invalid tenant: {TENANT_RULE}, not 'two words'; nothing was enqueued"),
+        (["--tenant", ""], f"error: invalid tenant: {TENANT_RULE}, not ''; nothing was enqueued"),
+    ],
+)
+def test_submit_refuses_a_bad_priority_or_tenant_in_one_line(
+    args: list[str], expected: str, cli_queue: tuple[VideoQueue, list[str]]
+) -> None:
+    vq, sent = cli_queue
+    result = CliRunner().invoke(cli.app, ["submit", "a fox", *args])
+    assert result.exit_code == 2
+    assert result.stderr == expected + "\n"
+    assert sent == [] and vq.store.redis.keys("*") == []
+
+
+def test_submit_refuses_a_priority_that_is_not_a_number(
+    cli_queue: tuple[VideoQueue, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    vq, sent = cli_queue
+    with pytest.raises(SystemExit) as info:
+        cli.main(["submit", "a fox", "--priority", "high"])
+    assert info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: Invalid value for '--priority': Input should be a valid integer"), stderr
+    assert stderr.count("\n") == 1
+    assert sent == [] and vq.store.redis.keys("*") == []
+
+
+def test_file_lines_may_carry_priority_and_tenant(tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]) -> None:
+    vq, sent = cli_queue
+    lines = [
+        {"prompt": "first", "priority": 0, "tenant": "batch"},
+        {"prompt": "second"},
+        {"prompt": "third", "priority": 9},
+    ]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == sent
+    stored = [vq.get(job_id).request for job_id in sent]
+    assert [(r.priority, r.tenant) for r in stored] == [(0, "batch"), (5, "default"), (9, "default")]
+
+
+def test_file_lines_with_a_bad_priority_or_tenant_are_named_by_line(
+    tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]
+) -> None:
+    vq, sent = cli_queue
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        '{"prompt": "fine", "priority": 7, "tenant": "acme"}\n'
+        '{"prompt": "bad", "priority": "high"}\n'
+        "\n"
+        '{"prompt": "worse", "priority": 5.5, "tenant": "a/b"}\n'
+    )
+    requests, problems = cli.read_jsonl(jobs)
+    assert [(n, r.priority, r.tenant) for n, r in requests] == [(1, 7, "acme")]
+    assert problems == {
+        "line 2: priority": f"{PRIORITY_RULE}, not 'high'",
+        "line 4: priority": f"{PRIORITY_RULE}, not 5.5",
+        "line 4: tenant": f"{TENANT_RULE}, not 'a/b'",
+    }
+    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs)])
+    assert result.exit_code == 2
+    assert "invalid line 2: priority:" in result.stderr and "invalid line 4: tenant:" in result.stderr
+    assert result.stderr.endswith("error: nothing was enqueued\n")
+    assert sent == [] and vq.store.redis.keys("*") == []

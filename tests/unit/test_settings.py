@@ -111,3 +111,76 @@ as_of = "2026-11-29"
     assert settings.default_provider == "sora"
     with pytest.raises(ValueError, match="unknown provider 'sora'; known: byteplus, veo"):
         Settings(_env_file=None, default_provider="sora")
+
+
+# ------------------------------------------------------------------ TENANT_WEIGHTS (issue 15)
+
+WEIGHT_RULE = "the weight must be a finite number greater than 0"
+WEIGHTS_SHAPE = 'must be a JSON object of tenant to weight, such as {"acme": 2, "batch": 0.5}'
+
+
+def test_tenant_weights_default_to_none_listed_and_weight_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.tenant_weights() == {}
+    assert settings.weight_of("default") == 1.0 and settings.weight_of("acme") == 1.0
+
+
+def test_tenant_weights_are_read_from_the_environment_and_dotenv(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TENANT_WEIGHTS", '{"acme": 3, "batch.eu_1-a": 0.25, "default": 2}')
+    settings = load_settings()
+    assert settings.tenant_weights() == {"acme": 3.0, "batch.eu_1-a": 0.25, "default": 2.0}
+    assert all(type(w) is float for w in settings.tenant_weights().values())
+    assert settings.weight_of("acme") == 3.0 and settings.weight_of("default") == 2.0
+    assert settings.weight_of("someone-else") == 1.0
+    settings.tenant_weights()["acme"] = 99  # a copy: the settings keep theirs
+    assert settings.weight_of("acme") == 3.0
+    monkeypatch.delenv("TENANT_WEIGHTS")
+    (tmp_path / ".env").write_text('TENANT_WEIGHTS={"acme": 1.5}\n')
+    assert Settings(_env_file=tmp_path / ".env").tenant_weights() == {"acme": 1.5}
+
+
+def test_tenant_weights_given_in_code_as_a_dict_or_json() -> None:
+    assert Settings(_env_file=None, tenant_weights={"a": 2}).weight_of("a") == 2.0
+    assert Settings(_env_file=None, tenant_weights='{"a": 0.5}').weight_of("a") == 0.5
+    assert env_name("tenant_weight_map") == "TENANT_WEIGHTS"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nope", "not valid JSON (Weight of each tenant's share"),
+        ('{"a": 1', "not valid JSON"),
+        ("[1, 2]", WEIGHTS_SHAPE),
+        ('"acme"', WEIGHTS_SHAPE),
+        ("2", WEIGHTS_SHAPE),
+        ('{"a": 0}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": -1}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": NaN}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": Infinity}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": -Infinity}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": 1e999}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": 1' + "0" * 400 + "}", f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": "2"}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": true}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": null}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"a": {"w": 1}}', f"tenant 'a': {WEIGHT_RULE}"),
+        ('{"ok": 1, "two words": 1}', "tenant 'two words': a tenant name must be 1-64 characters"),
+        ('{"": 1}', "tenant '': a tenant name must be 1-64 characters"),
+        ('{"a:b": 1}', "tenant 'a:b': a tenant name must be 1-64 characters"),
+        ('{"' + "x" * 65 + '": 1}', f"tenant '{'x' * 37}...': a tenant name must be 1-64 characters"),
+    ],
+)
+def test_an_unusable_tenant_weights_is_one_line_naming_the_variable(
+    value: str, problem: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TENANT_WEIGHTS", value)
+    with pytest.raises(InvalidSettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith(f"invalid setting TENANT_WEIGHTS: {problem}"), message
+    assert "\n" not in message
