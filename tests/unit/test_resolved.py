@@ -75,7 +75,9 @@ def test_a_stored_record_loads_and_serialises_unchanged(stored: str) -> None:
     expected = json.loads(stored)
     for hidden in ("submit_lease_until", "store_lease_until", "poll_seq"):
         del expected[hidden]
-    assert record.public_dict() == {**expected, "cancel_requested_at": None}
+    # A producer's view adds where a waiting job stands (never stored).
+    standing = {"queue_position": None, "waiting_reason": None, "estimated_start_at": None}
+    assert record.public_dict() == {**expected, "cancel_requested_at": None, **standing}
     assert build_manifest(record, None)["job"]["request"] == expected["request"]
 
 
