@@ -19,6 +19,11 @@ pytestmark = pytest.mark.integration
 BAD = [
     ("MODEL_LIMITS", "{not json", "invalid setting MODEL_LIMITS: not valid JSON"),
     ("POLL_MIN_S", "soon", "invalid setting POLL_MIN_S: Input should be a valid number"),
+    (
+        "TENANT_WEIGHTS",
+        '{"acme": 0}',
+        "invalid setting TENANT_WEIGHTS: tenant 'acme': the weight must be a finite number greater than 0",
+    ),
 ]
 
 

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest, cli
 from producer.request import resolve
 from tests.unit.helpers import seedance_request
+from tests.unit.test_pipeline import Env, make_settings, succeeded
 from tests.unit.test_resolved import BYTEPLUS_RECORD, VEO_RECORD
 from videoqueue.catalog import load_catalog
-from videoqueue.job import JobRecord
+from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
 from videoqueue.keys import job_key
 from videoqueue.resolved import ResolvedRequest
@@ -302,3 +303,27 @@ def test_file_lines_with_a_bad_priority_or_tenant_are_named_by_line(
     assert "invalid line 2: priority:" in result.stderr and "invalid line 4: tenant:" in result.stderr
     assert result.stderr.endswith("error: nothing was enqueued\n")
     assert sent == [] and vq.store.redis.keys("*") == []
+
+
+# ------------------------------------------------------------------------------- the worker
+
+
+def test_a_job_with_priority_and_tenant_runs_to_the_end_and_its_manifest_says_so(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings())
+    job_id = env.new_job()
+    job = env.job(job_id)
+    env.store.redis.set(
+        job_key(job_id),
+        job.model_copy(
+            update={"request": job.request.model_copy(update={"priority": 0, "tenant": "acme"})}
+        ).model_dump_json(),
+    )
+    env.pipeline.submit(job_id)
+    env.provider.get_results.append(succeeded())
+    env.pipeline.poll(job_id, 1)
+    env.pipeline.store_video(job_id)
+    done = env.job(job_id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert (done.request.priority, done.request.tenant) == (0, "acme")
+    manifest = json.loads((env.root / f"{job_id}.json").read_text())
+    assert (manifest["job"]["request"]["priority"], manifest["job"]["request"]["tenant"]) == (0, "acme")
