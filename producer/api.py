@@ -93,9 +93,6 @@ class VideoQueue:
             ProviderLimits.from_settings(self.store.redis, self.settings),
             self.settings.tenant_weights(),
         )
-        # A cancel of a job admitted but not yet created frees its slot: a worker admits
-        # the next waiting job at once (else the sweep would, later).
-        self.store.on_slot_freed = self._send_admit
 
     def _send_admit(self, provider: str, model: str) -> None:
         producer_app(self.settings.effective_broker_url).send_task(TASK_ADMIT, args=[provider, model])
@@ -344,12 +341,17 @@ class VideoQueue:
         there is marked `cancel_requested` and a worker cancels it at the provider (or
         discards its result if the provider can no longer stop it). Final jobs stay as
         they are."""
-        self.get(job_id)
+        job = self.get(job_id)
         now = utcnow()
+        held_slot = self.room.limits.holds_slot(job.provider, job.model, job.id)
         # Only a queued job ends at once: one further on is cancelled by a worker, which
         # asks the provider first.
         cancelled = self.store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED, cancel_requested_at=now)
         if cancelled is not None:
+            if held_slot:
+                # Admitted but not yet created: its slot is free again, and a worker admits
+                # the next waiting job at once (else the sweep would, later).
+                self._send_admit(job.provider, job.model)
             return cancelled
 
         def request_cancel(record: JobRecord) -> JobRecord | None:

@@ -118,6 +118,11 @@ class ProviderLimits:
         now = time.time()
         self._back_off(keys=[backoff_key(provider, model)], args=[now + seconds, now])
 
+    def holds_slot(self, provider: str, model: str, job_id: str) -> bool:
+        """True when the job holds a live slot of the model."""
+        lease: float | None = self.redis.zscore(slot_key(provider, model), job_id)  # type: ignore[assignment]
+        return lease is not None and lease > time.time()
+
     def in_flight(self, provider: str, model: str) -> int:
         """Jobs holding a live slot now."""
         count: int = self.redis.zcount(slot_key(provider, model), time.time(), "+inf")  # type: ignore[assignment]

@@ -405,6 +405,11 @@ class WaitingRoom:
         armed = self._arm(keys=[room_prefix(provider, model) + ":timer"], args=[at, now])
         return int(armed) == 1
 
+    def disarm_timer(self, provider: str, model: str) -> None:
+        """Forget the model's timer: its admit message is running (and re-arms the timer
+        if the opening has not come yet, as on a clock a little behind the sender's)."""
+        self.redis.delete(room_prefix(provider, model) + ":timer")
+
     def rooms(self) -> list[tuple[str, str]]:
         """(provider, model) of every room that may hold waiting jobs."""
         members: set[str] = self.redis.smembers(keys.ROOMS)  # type: ignore[assignment]

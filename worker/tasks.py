@@ -186,5 +186,8 @@ def admit(self: Task[Any, Any], provider: str, model: str) -> dict[str, Any]:
     """Admit the next waiting jobs of a model (its timer: the rate window or a back-off
     ended; or `videoqueue limits set` raised a limit) and send their submit messages."""
     room_admitter = pipeline().admitter
-    admitted = room_admitter.admit(provider, model) if room_admitter is not None else []
+    if room_admitter is None:
+        return {"provider": provider, "model": model, "admitted": 0}
+    room_admitter.room.disarm_timer(provider, model)
+    admitted = room_admitter.admit(provider, model)
     return {"provider": provider, "model": model, "admitted": len(admitted)}
