@@ -145,7 +145,6 @@ class JobStore:
         self.redis = client
         self.on_slot_freed: SlotFreed | None = None
         """Called after a move freed a slot (`frees_slot`), outside the transaction."""
-        self._enter: Any = client.register_script(room.ENTER_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -187,15 +186,9 @@ class JobStore:
                 check_and_reserve(pipe, budget or BudgetPolicy(), fresh)  # issues MULTI
             else:
                 pipe.multi()
-            last_score = 0
             for record in fresh:
                 pipe.set(job_key(record.id), record.model_dump_json())
                 _write_indexes(pipe, None, record)
-                # Its place in its model's waiting room, in enqueue order (a batch's
-                # records may share a microsecond).
-                last_score = max(room.enqueue_score(record.created_at), last_score + 1)
-                enter_keys, enter_args = room.enter_call(record, last_score)
-                self._enter(keys=enter_keys, args=enter_args, client=pipe)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
                 ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S

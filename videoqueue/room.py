@@ -343,6 +343,24 @@ class WaitingRoom:
         self._admit: Any = client.register_script(_ADMIT)
         self._position: Any = client.register_script(_POSITION)
         self._arm: Any = client.register_script(_ARM)
+        self._enter: Any = client.register_script(_ENTER)
+
+    def enter(self, job: JobRecord, score: int | None = None) -> bool:
+        """Put `job` in its model's room at `score` (default: its enqueue time,
+        `enqueue_score`) without admitting anyone; False when it waits there already (it
+        keeps its place). The submit step's `take` enters a job itself."""
+        entered = self._enter(
+            keys=[keys.ROOMS],
+            args=[
+                room_prefix(job.provider, job.model),
+                f"{job.provider}|{job.model}",
+                job.id,
+                enqueue_score(job.created_at) if score is None else score,
+                job.request.priority,
+                job.request.tenant,
+            ],
+        )
+        return int(entered) == 1
 
     def _admit_keys(self, provider: str, model: str) -> list[str]:
         return [
@@ -513,26 +531,6 @@ class WaitingRoom:
             creates_per_minute=limits.creates_per_minute,
             backoff_until=datetime.fromtimestamp(backoff_at, UTC) if backoff_at > now else None,
         )
-
-
-ENTER_SCRIPT = _ENTER
-"""The Lua script that puts a job in its room (`enter_call` gives its keys and args):
-register it once per client (`redis.Redis.register_script`) and run it on the enqueue's
-MULTI pipeline."""
-
-
-def enter_call(job: JobRecord, score: int) -> tuple[list[str], list[Any]]:
-    """The keys and args of ENTER_SCRIPT for `job` at `score` (its enqueue time,
-    `enqueue_score`, unique within a batch). Idempotent: a job already waiting keeps its
-    place."""
-    return [keys.ROOMS], [
-        room_prefix(job.provider, job.model),
-        f"{job.provider}|{job.model}",
-        job.id,
-        score,
-        job.request.priority,
-        job.request.tenant,
-    ]
 
 
 def leave(pipe: Any, job: JobRecord) -> None:

@@ -49,7 +49,11 @@ def room(client: Any, slots: int = 2, rpm: int = 1000, weights: dict[str, float]
 
 
 def enqueue(client: Any, jobs: list[JobRecord]) -> None:
+    """Store the jobs and put them in their room, as their first submit does."""
     JobStore(client).create_many(jobs)
+    for job in jobs:
+        assert room(client).enter(job)
+    assert not room(client).enter(jobs[0])  # once
 
 
 def drain(waiting: WaitingRoom, n: int) -> list[str]:
@@ -176,8 +180,8 @@ def test_limits_stored_in_redis_apply_at_once_and_fall_back_to_the_settings(clie
 
 
 def test_a_job_that_ends_while_waiting_leaves_the_room(client: Any) -> None:
+    enqueue(client, [record("j0", 0), record("j1", 1)])
     store = JobStore(client)
-    store.create_many([record("j0", 0), record("j1", 1)])
     store.transition("j0", {JobStatus.QUEUED}, JobStatus.CANCELLED)
     assert room(client).admit(PROVIDER, MODEL, now=NOW).admitted == ["j1"]
 
