@@ -428,6 +428,11 @@ class WaitingRoom:
         if the opening has not come yet, as on a clock a little behind the sender's)."""
         self.redis.delete(room_prefix(provider, model) + ":timer")
 
+    def has_waiting(self, provider: str, model: str) -> bool:
+        """True when the model's room may hold waiting jobs (it leaves `ROOMS` when an
+        admission finds it empty)."""
+        return bool(self.redis.sismember(keys.ROOMS, f"{provider}|{model}"))
+
     def rooms(self) -> list[tuple[str, str]]:
         """(provider, model) of every room that may hold waiting jobs."""
         members: set[str] = self.redis.smembers(keys.ROOMS)  # type: ignore[assignment]

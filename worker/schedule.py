@@ -93,15 +93,18 @@ def window_poll_delay(
     settings: Settings,
     rng: random.Random,
     seconds_to_deadline: float | None = None,
+    *,
+    interval_s: float | None = None,
 ) -> float:
     """Seconds until the next poll of a job submitted `elapsed_s` ago, under the learned
-    window: wait for the window to open, poll every POLL_INTERVAL_S inside it, and past
-    its end let the time overdue grow by POLL_BACKOFF per poll (capped at POLL_MAX_S).
+    window: wait for the window to open, poll every `interval_s` (default POLL_INTERVAL_S)
+    inside it, and past its end let the time overdue grow by POLL_BACKOFF per poll (capped
+    at POLL_MAX_S).
 
     Jitter is +-POLL_JITTER of one interval, not of the whole wait: a batch still spreads
     out, and the first poll still lands at the window's start, not seconds around it.
     """
-    interval = settings.poll_interval_s
+    interval = settings.poll_interval_s if interval_s is None else interval_s
     spread = settings.poll_jitter * interval
     if elapsed_s < window.start_s:
         delay = window.start_s - elapsed_s + rng.uniform(-spread, spread)

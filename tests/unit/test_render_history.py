@@ -13,7 +13,10 @@ from tests.unit.helpers import seedance_request
 from tests.unit.test_pipeline import Env, make_settings, state, succeeded
 from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.limits import ModelLimits, ProviderLimits
+from videoqueue.room import WaitingRoom
 from worker.providers.base import TaskState, TaskStatus
+from worker.pipeline import Pipeline
 from worker.render_history import RenderHistory, history_key
 
 
@@ -139,6 +142,31 @@ def test_enough_history_puts_the_first_poll_at_the_window(tmp_path: Path) -> Non
     env.provider.get_results.append(state(TaskStatus.RUNNING))
     env.pipeline.poll(job_id, 1)
     assert env.dispatch.take() == [("poll", job_id, 2, 3.0)]  # inside: every POLL_INTERVAL_S
+
+
+def test_while_jobs_wait_for_the_model_it_is_polled_at_the_backlog_interval(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(poll_interval_s=3, poll_window_low_q=0.1, poll_window_high_q=0.9))
+    client = env.store.redis
+    env.pipeline = Pipeline(
+        settings=env.settings,
+        store=env.store,
+        catalog=env.catalog,
+        providers=lambda name: env.provider,
+        storage=lambda: env.storage,
+        dispatch=env.dispatch,
+        room=WaitingRoom(client, ProviderLimits(client, ModelLimits(1, 100), {}, 900.0)),
+    )
+    history = _with_history(env)
+    job_id, waiting_id = env.new_job(), env.new_job()
+    for seconds in range(40, 51):
+        history.add(env.job(job_id), float(seconds))
+    env.pipeline.submit(job_id)
+    env.pipeline.submit(waiting_id)  # no slot left: it waits in the room
+    assert [kind for kind, *_ in env.dispatch.take()] == ["poll"]
+    _age(env, job_id, submitted_ago=44, last_change_ago=1)
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.take() == [("poll", job_id, 2, 1.0)]  # POLL_INTERVAL_BACKLOG_S, not 3 s
 
 
 def test_too_little_history_keeps_the_backoff_schedule(tmp_path: Path) -> None:

@@ -111,6 +111,16 @@ def test_learned_window_waits_polls_densely_then_backs_off() -> None:
     assert window_poll_delay(500.0, window, settings, rng) == 60.0  # capped at POLL_MAX_S
 
 
+def test_a_backlogged_model_is_polled_at_its_own_interval_inside_the_window_only() -> None:
+    settings, rng = _window_settings(), random.Random(1)
+    window = RenderWindow(40.0, 50.0)
+    busy = settings.poll_interval_backlog_s
+    assert busy == 1.0  # the default POLL_INTERVAL_BACKLOG_S
+    assert window_poll_delay(0.0, window, settings, rng, interval_s=busy) == 40.0
+    assert window_poll_delay(45.0, window, settings, rng, interval_s=busy) == 1.0
+    assert window_poll_delay(70.0, window, settings, rng, interval_s=busy) == 10.0  # overdue: as before
+
+
 def test_learned_window_jitter_is_a_share_of_one_interval() -> None:
     settings, rng = _window_settings(poll_jitter=0.2), random.Random(3)
     window = RenderWindow(40.0, 50.0)

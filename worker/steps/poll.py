@@ -213,7 +213,17 @@ class PollStep(StepBase):
                 log.warning("render history unreadable: cold schedule", extra={"job_id": job.id})
         if window is None:
             return poll_delay(elapsed, self.settings, self.rng, to_deadline, first=poll_number <= 1)
-        return window_poll_delay(elapsed, window, self.settings, self.rng, to_deadline)
+        interval = self.settings.poll_interval_backlog_s if self._backlogged(job) else None
+        return window_poll_delay(elapsed, window, self.settings, self.rng, to_deadline, interval_s=interval)
+
+    def _backlogged(self, job: JobRecord) -> bool:
+        """True when jobs wait for this job's model: its slot is wanted as soon as it frees."""
+        if self.room is None:
+            return False
+        try:
+            return self.room.has_waiting(job.provider, job.model)
+        except RedisError:
+            return False
 
     def _remember_render_time(self, job: JobRecord, state: TaskState, detected_at: datetime) -> None:
         """Add the render time of a job that just succeeded to the history (best effort)."""
