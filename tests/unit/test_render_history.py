@@ -15,8 +15,8 @@ from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.room import WaitingRoom
-from worker.providers.base import TaskState, TaskStatus
 from worker.pipeline import Pipeline
+from worker.providers.base import TaskState, TaskStatus
 from worker.render_history import RenderHistory, history_key
 
 
