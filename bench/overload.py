@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--c-backlogs", help="C: backlog sizes, comma-separated (default 200,20000; quick 4,8)")
     group.add_argument("--c-slots", type=int, help="C: slots (default 50; quick 10)")
     group.add_argument("--c-render", type=float, help="C: mean render seconds (default 1; quick 0.5)")
-    group.add_argument("--d-backlog", type=int, help="D: waiting priority-5 jobs (default 1000; quick 16)")
+    group.add_argument("--d-backlog", type=int, help="D: waiting priority-5 jobs (default 1000; quick 40)")
     group.add_argument("--d-probes", type=int, help="D: priority-9 jobs, one after the other (default 3; quick 1)")
     group.add_argument("--e-jobs", type=int, help="E: jobs per tenant (default 600; quick 16)")
     group.add_argument("--e-window", type=int, help="E: creates per window (default 200; quick 8)")
@@ -156,7 +156,7 @@ class Plan:
             c_backlogs=_ints(pick("c_backlogs", "200,20000", "4,8")),
             c_slots=pick("c_slots", 50, 10),
             c_render=pick("c_render", 1.0, 0.5),
-            d_backlog=pick("d_backlog", 1000, 16),
+            d_backlog=pick("d_backlog", 1000, 40),
             d_probes=pick("d_probes", 3, 1),
             e_jobs=pick("e_jobs", 600, 16),
             e_window=pick("e_window", 200, 8),
@@ -194,6 +194,8 @@ def check_options(options: argparse.Namespace | None, quick: bool) -> None:
     """Refuse before anything starts: bad options, or a part named explicitly that this
     code cannot run yet."""
     plan = Plan.from_options(options, quick)
+    if "D" in plan.parts and plan.d_backlog < 2 * plan.slots + plan.d_probes * max(2, plan.slots // 2):
+        raise ValueError("--d-backlog: too small to keep jobs waiting behind the probes; give at least 2 x slots more")
     if plan.explicit:
         for part in plan.parts:
             missing = missing_features(part)
@@ -625,7 +627,8 @@ def part_c(stack: BenchStack, plan: Plan) -> list[dict[str, Any]]:
 
 def part_d(stack: BenchStack, plan: Plan) -> dict[str, Any]:
     """Probes of priority 9 behind a priority-5 backlog, one at a time once the backlog
-    is flowing (at least 2 x slots creates seen)."""
+    is flowing: probe n goes in once slots + (n + 1) x max(2, slots / 2) creates were seen
+    (slots refilled since the last probe), while most of the backlog still waits."""
     backlog = _jobs("D", plan.d_backlog)
     probes_done: list[dict[str, Any]] = []
     finished = threading.Event()
@@ -633,9 +636,9 @@ def part_d(stack: BenchStack, plan: Plan) -> dict[str, Any]:
     def during(stack: BenchStack, producer: Any, jobs: list[Job]) -> dict[str, Any]:
         seq = plan.d_backlog
         for n in range(plan.d_probes):
-            _wait_creates(
-                stack, 2 * plan.slots * (n + 1), timeout=_timeout(plan, 2 * plan.slots, plan.slots, plan.render)
-            )
+            step = max(2, plan.slots // 2)
+            wait_s = _timeout(plan, 2 * plan.slots, plan.slots, plan.render)
+            _wait_creates(stack, plan.slots + step * (n + 1), timeout=wait_s)
             probe = Job(seq=seq + n, prompt=f"overload D probe #{seq + n} p9", priority=9)
             record = producer.submit(make_request(probe.prompt, priority=9))
             probe.enqueued, probe.job_id = time.time(), record.id
