@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "detection": ("bench.detection", False),
     "cold": ("bench.cold", False),
     "transfer": ("bench.transfer", True),
+    "overload": ("bench.overload", False),
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,13 +92,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def run_scenario(name: str, quick: bool, console: Console) -> dict[str, Any]:
-    """Run one scenario on a fresh stack; returns its result document."""
+def run_scenario(name: str, quick: bool, console: Console, options: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Run one scenario on a fresh stack; returns its result document. A scenario with
+    options of its own (an `add_arguments` function) gets them as `run`'s third argument."""
     module_name, needs_s3 = SCENARIOS[name]
     module = importlib.import_module(module_name)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"vq-bench-{name}-") as tmp, BenchStack(Path(tmp), moto=needs_s3) as stack:
-        result: dict[str, Any] = module.run(stack, quick)
+        if hasattr(module, "add_arguments"):
+            result: dict[str, Any] = module.run(stack, quick, options)
+        else:
+            result = module.run(stack, quick)
     document = {
         "scenario": name,
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
@@ -121,15 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     parser.add_argument("--results", type=Path, default=None, help="folder for the JSON results")
+    # Scenarios with options of their own add them (e.g. `python -m bench overload --parts A,D`).
+    modules = {name: importlib.import_module(module) for name, (module, _) in SCENARIOS.items()}
+    for module in modules.values():
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser)
     args = parser.parse_args(argv)
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    for name in args.scenarios or list(SCENARIOS):
+        check = getattr(modules[name], "check_options", None)
+        if check is not None:
+            try:
+                check(args, args.quick)
+            except ValueError as err:
+                parser.error(f"{name}: {err}")
     console = Console(width=max(160, Console().width))
     out = args.results or (RESULTS / "quick" if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.scenarios or list(SCENARIOS):
-        document = run_scenario(name, args.quick, console)
+        document = run_scenario(name, args.quick, console, args)
         path = out / f"{name}.json"
         path.write_text(json.dumps(document, indent=2, default=str) + "\n")
         console.print(f"  written to {path}")

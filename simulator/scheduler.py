@@ -102,6 +102,9 @@ class Scheduler:
         self.attempts_by_prompt: Counter[str] = Counter()
         # When each job left the active statuses, by public id; kept after a DELETE.
         self.finished_at: dict[str, float] = {}
+        # Per job, by public id and in creation order, kept after a DELETE: its prompt and
+        # model, when it was created, started running and ended, and how it ended.
+        self.timeline: dict[str, dict[str, Any]] = {}
 
     def update_config(self, changes: dict[str, Any]) -> SimConfig:
         """Apply config changes (raises pydantic.ValidationError) and reschedule."""
@@ -141,6 +144,14 @@ class Scheduler:
         self.creates_by_prompt[job.spec.prompt] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.timeline[job.public_id] = {
+            "prompt": job.spec.prompt,
+            "model": job.spec.model,
+            "created": job.created,
+            "started": None,
+            "finished": None,
+            "status": job.status,
+        }
         if expires_after is not None:
             self._push(job.created + expires_after, _EXPIRE, job.id)
         if not job.spec.markers.hold:
@@ -152,6 +163,7 @@ class Scheduler:
         job.status, job.updated = "cancelled", self._clock()
         self.in_flight -= 1
         self.finished_at[job.public_id] = job.updated
+        self.timeline[job.public_id].update(finished=job.updated, status=job.status)
 
     def forget(self, job_id: str) -> None:
         """Drop a finished job from the store."""
@@ -184,6 +196,7 @@ class Scheduler:
         elif cfg.expire_rate and self.rng.random() < cfg.expire_rate:
             job.outcome = "expired"
         job.status, job.updated, job.run_end = "running", now, now + latency
+        self.timeline[job.public_id].update(started=now, status=job.status)
         self._running[job.spec.model] += 1
         self._push(job.run_end, _FINISH, job.id)
 
@@ -192,6 +205,7 @@ class Scheduler:
         job.status, job.updated = status, at
         self.in_flight -= 1
         self.finished_at[job.public_id] = at
+        self.timeline[job.public_id].update(finished=at, status=status)
         if was_running:
             self._running[job.spec.model] -= 1
             self._fill(job.spec.model, at)
@@ -221,6 +235,13 @@ class Scheduler:
         """Unix time at which each finished job finished, by the id its client knows."""
         self.advance()
         return dict(self.finished_at)
+
+    def tasks_timeline(self) -> dict[str, dict[str, Any]]:
+        """Every job ever created (since the last reset), by the id its client knows, in
+        creation order: prompt, model, unix times created / started / finished (None until
+        then) and its status."""
+        self.advance()
+        return {public_id: dict(times) for public_id, times in self.timeline.items()}
 
     def status_calls(self) -> dict[str, int]:
         """Status calls (answered or faulted) each stored job received, by public id."""

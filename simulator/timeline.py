@@ -1,5 +1,6 @@
-"""``/_sim`` endpoints that tell when each task finished and how often it was polled, so a
-benchmark can measure detection latency and poll cost exactly."""
+"""``/_sim`` endpoints that tell when each task was created, started and finished and how
+often it was polled, so a benchmark can measure detection latency, slot use, admission
+order and poll cost exactly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from simulator.scheduler import Scheduler
 
 def timeline_routes(sim: Scheduler) -> list[Route]:
     """``GET /_sim/finished``: {task id or Veo operation name: unix time it finished};
-    ``GET /_sim/polls``: {task id or operation name: status calls it received}."""
+    ``GET /_sim/polls``: {task id or operation name: status calls it received};
+    ``GET /_sim/tasks``: {task id or operation name: {prompt, model, created, started,
+    finished, status}} for every task since the last reset, in creation order (unix times;
+    None for a moment not yet reached; kept after a DELETE)."""
 
     async def finished(request: Request) -> Response:
         return JSONResponse(sim.finished())
@@ -20,7 +24,11 @@ def timeline_routes(sim: Scheduler) -> list[Route]:
     async def polls(request: Request) -> Response:
         return JSONResponse(sim.status_calls())
 
+    async def tasks(request: Request) -> Response:
+        return JSONResponse(sim.tasks_timeline())
+
     return [
+        Route("/_sim/tasks", tasks, methods=["GET"]),
         Route("/_sim/finished", finished, methods=["GET"]),
         Route("/_sim/polls", polls, methods=["GET"]),
     ]

@@ -102,3 +102,23 @@ def test_quick_cold_fleet_sees_every_kind_end(tmp_path: Path) -> None:
     assert rows["all"]["expired_though_ended_before_deadline"] == 0
     for row in rows.values():
         assert row["jobs"] > 0 and row["status_calls_per_job"] >= 1, row
+
+
+@pytest.mark.timeout(300)
+def test_quick_overload_measures_at_the_provider_and_on_the_broker(tmp_path: Path) -> None:
+    document = _run_quick("overload", tmp_path)
+    parts = document["parts"]
+    a = parts["A"]
+    assert a["created"] == a["succeeded"] == document["plan"]["jobs"]
+    assert 0 < a["utilisation"] <= 1 and a["peak_in_flight"] <= document["plan"]["slots"]
+    assert parts["B"]["jobs"] == a["created"] and parts["B"]["inversions"] >= 0
+    # every task message counted once on the broker, per queue, the same as INFO commandstats
+    assert a["cost"]["broker_msgs_tapped"] == a["cost"]["broker_pushes_commandstats"] > 0
+    assert set(a["cost"]["msgs_by_queue_per_job"]) >= {"submit", "poll", "store"}
+    assert [run["backlog"] for run in parts["C"]] == document["plan"]["c_backlogs"]
+    assert all(run["complete"] and run["store_cmds_per_job"] > 0 for run in parts["C"])
+    for run in parts["F"]:
+        assert 0 < run["max_creates_in_60s"] <= run["rpm_limit"]
+    # D and E run once the request has issue 15's fields; until then they are skipped, saying why
+    for part in "DE":
+        assert part in parts or "issue 15" in document["skipped"][part]

@@ -90,3 +90,61 @@ def test_latency_profile_options(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.latency_profile, config.latency_sigma, config.latency_scale) == ("realistic", 0.25, 0.1)
     with pytest.raises(ValueError, match="latency_profile"):
         SimConfig(latency_profile="slow")
+
+
+def test_tasks_timeline_has_each_tasks_create_start_and_finish() -> None:
+    now = [1000.0]
+    sim = ArkSim(SimConfig(latency=2.0, concurrency_per_model=1), clock=lambda: now[0])
+    first = sim.create(parse_create({"model": PRO_15, "content": [{"type": "text", "text": "first"}]}))
+    now[0] = 1000.5
+    second = sim.create(parse_create({"model": PRO_15, "content": [{"type": "text", "text": "second"}]}))
+    timeline = sim.tasks_timeline()
+    assert list(timeline) == [first.id, second.id]
+    assert timeline[first.id] == {
+        "prompt": "first",
+        "model": PRO_15,
+        "created": 1000.0,
+        "started": 1000.0,
+        "finished": None,
+        "status": "running",
+    }
+    assert (timeline[second.id]["started"], timeline[second.id]["status"]) == (None, "queued")
+
+    now[0] = 1010.0  # the first finishes at 1002, the second starts then (one slot) and ends at 1004
+    sim.delete(first.id)  # a finished task forgotten by the provider stays in the timeline
+    timeline = sim.tasks_timeline()
+    assert timeline[first.id]["finished"] == 1002.0 and timeline[first.id]["status"] == "succeeded"
+    assert (timeline[second.id]["created"], timeline[second.id]["started"]) == (1000.5, 1002.0)
+    assert timeline[second.id]["finished"] == 1004.0
+    sim.reset()
+    assert sim.tasks_timeline() == {}
+
+
+def test_tasks_endpoint_covers_both_providers_and_cancelled_tasks() -> None:
+    client = TestClient(create_app(SimConfig(latency=0.0)))
+    started = time.time()
+    ark_id = client.post(
+        "/api/v3/contents/generations/tasks",
+        json={"model": PRO_15, "content": [{"type": "text", "text": "a fox [sim:hold]"}]},
+        headers={"Authorization": "Bearer k"},
+    ).json()["id"]
+    op_name = client.post(
+        f"/v1beta1/publishers/google/models/{VEO_FAST}:predictLongRunning",
+        json={"instances": [{"prompt": "a hare"}]},
+        headers={"x-goog-api-key": "k"},
+    ).json()["name"]
+    client.delete(f"/api/v3/contents/generations/tasks/{ark_id}", headers={"Authorization": "Bearer k"})
+    tasks = client.get("/_sim/tasks").json()
+    assert list(tasks) == [ark_id, op_name]
+    assert (tasks[ark_id]["prompt"], tasks[ark_id]["status"], tasks[ark_id]["started"]) == (
+        "a fox [sim:hold]",
+        "cancelled",
+        None,
+    )
+    assert (tasks[op_name]["prompt"], tasks[op_name]["model"], tasks[op_name]["status"]) == (
+        "a hare",
+        VEO_FAST,
+        "succeeded",
+    )
+    for times in tasks.values():
+        assert started - 1 <= times["created"] <= times["finished"] <= time.time()
