@@ -183,8 +183,8 @@ def missing_features(part: str) -> list[str]:
     needs = {"D": [("field", "priority")], "E": [("field", "tenant"), ("setting", "tenant_weights")]}
     missing = []
     for kind, name in needs.get(part, []):
-        known = VideoRequest.model_fields if kind == "field" else Settings.model_fields
-        if name not in known:
+        present = name in VideoRequest.model_fields if kind == "field" else hasattr(Settings, name)
+        if not present:
             where = "producer.VideoRequest" if kind == "field" else "the settings (TENANT_WEIGHTS)"
             missing.append(f"{name} ({kind} of {where})")
     return missing
@@ -544,9 +544,16 @@ def rolling_max(times: Sequence[float], window: float = 60.0) -> int:
 
 
 def share_measures(trace: Trace, window: int, weights: tuple[int, int]) -> dict[str, Any]:
-    """Part E: tenant A's share in every `window` consecutive creates made after both
-    tenants' jobs were all enqueued and before either had none left waiting."""
-    creates = [t for t in trace.created if t["created"] >= trace.enqueued]
+    """Part E: tenant A's share in every `window` consecutive creates made while both
+    tenants had jobs waiting: from the first create of the later tenant (before it, the
+    free slots went to the only tenant waiting, as they should) until either had none left
+    waiting."""
+    first_create = {
+        tenant: min((t["created"] for t in trace.tasks if t["job"].tenant == tenant), default=float("inf"))
+        for tenant in ("A", "B")
+    }
+    both_waiting = max(trace.enqueued, *first_create.values())
+    creates = [t for t in trace.created if t["created"] >= both_waiting]
     last_create = {
         tenant: max((t["created"] for t in trace.tasks if t["job"].tenant == tenant), default=0.0)
         for tenant in ("A", "B")

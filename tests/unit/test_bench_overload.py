@@ -85,19 +85,20 @@ def test_rolling_max_counts_a_60_second_window() -> None:
 def test_fair_share_windows_stop_when_a_tenant_runs_out() -> None:
     a = [Job(seq=n, prompt=f"#{n} A", tenant="A") for n in range(6)]
     b = [Job(seq=10 + n, prompt=f"#{10 + n} B", tenant="B") for n in range(2)]
-    # A, B, A, B then only A left: windows of 2 over the first four creates only
-    order = [a[0], b[0], a[1], b[1], a[2], a[3], a[4], a[5]]
+    # A alone, then A, B, A, B, then only A left: windows of 2 from B's first create
+    # (t=2) to before B's last one (t=4)
+    order = [a[0], a[1], b[0], a[2], b[1], a[3], a[4], a[5]]
     t = trace([(job, float(i), float(i) + 5) for i, job in enumerate(order)], 2)
     m = share_measures(t, 2, (1, 1))
-    assert m["creates_measured"] == 3  # creates before B's last one (t=3)
-    assert (m["windows"], m["worst_window_deviation_pts"]) == (2, 0.0)
+    assert m["creates_measured"] == 2
+    assert (m["windows"], m["worst_window_deviation_pts"]) == (1, 0.0)
 
 
 def test_parts_needing_issue_15_fields_are_refused_by_name_when_absent() -> None:
     options = argparse.Namespace(parts="A,D")
     if "priority" in VideoRequest.model_fields:
         check_options(options, quick=True)
-        assert make_request("x", priority=9).priority == 9  # type: ignore[attr-defined]
+        assert make_request("x", priority=9).priority == 9
         return
     assert missing_features("D") == ["priority (field of producer.VideoRequest)"]
     with pytest.raises(ValueError, match="part D needs priority"):
