@@ -95,9 +95,11 @@ class VideoQueue:
         )
         # A cancel of a job admitted but not yet created frees its slot: a worker admits
         # the next waiting job at once (else the sweep would, later).
-        self.store.on_slot_freed = self._send_admit
+        self.store.on_slot_freed = self.send_admit
 
-    def _send_admit(self, provider: str, model: str) -> None:
+    def send_admit(self, provider: str, model: str) -> None:
+        """Send the admit message of a model's waiting room (TASK_ADMIT): a worker admits
+        its next waiting jobs as far as quota allows. Raises what the broker raises."""
         producer_app(self.settings.effective_broker_url).send_task(TASK_ADMIT, args=[provider, model])
 
     def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
