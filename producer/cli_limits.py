@@ -206,8 +206,14 @@ def set_(
 def clear(model: Annotated[str, typer.Argument(help="A model of the catalog (`videoqueue models`).")]) -> None:
     """Remove a model's limits from Redis: each worker's settings apply again.
 
-    Then the model's admit message is sent, as `set` does."""
+    Then the model's admit message is sent, as `set` does. Stored limits of a model the
+    catalog no longer has are removed too (no admit message)."""
     vq = VideoQueue()
+    if model not in vq.catalog.models and model in vq.room.limits.stored():
+        # A model the catalog dropped: its stored limits go, and no job of it can wait.
+        vq.room.limits.clear_limits(model)
+        sys.stdout.write(f"{model}: limits removed from Redis (not a model of the catalog)\n")
+        return
     provider = _model_provider(vq, model)
     if not vq.room.limits.clear_limits(model):
         sys.stderr.write(f"note: Redis held no limits for {model}\n")

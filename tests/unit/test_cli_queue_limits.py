@@ -299,3 +299,12 @@ def test_the_exporter_reports_each_models_room_and_slots(vq: VideoQueue) -> None
     assert m("videoqueue_waiting_jobs", **veo) == 0 and m("videoqueue_slot_utilisation", **veo) == 0
     # Tenants are user-defined: no label carries them.
     assert all("tenant" not in s.labels for metric in registry.collect() for s in metric.samples)
+
+
+def test_limits_clear_removes_the_limits_of_a_model_the_catalog_dropped(vq: VideoQueue) -> None:
+    vq.room.limits.store_limits("retired-model-1", max_in_flight=2)
+    result = CliRunner().invoke(app, ["limits", "clear", "retired-model-1"])
+    assert result.exit_code == 0 and "not a model of the catalog" in result.stdout
+    assert vq.room.limits.stored() == {} and vq.admits == []  # type: ignore[attr-defined]
+    unknown = CliRunner().invoke(app, ["limits", "clear", "retired-model-1"])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: unknown model 'retired-model-1'")
