@@ -94,7 +94,9 @@ class VideoQueue:
             self.settings.tenant_weights(),
         )
 
-    def _send_admit(self, provider: str, model: str) -> None:
+    def send_admit(self, provider: str, model: str) -> None:
+        """Send the admit message of a model's waiting room (TASK_ADMIT): a worker admits
+        its next waiting jobs as far as quota allows. Raises what the broker raises."""
         producer_app(self.settings.effective_broker_url).send_task(TASK_ADMIT, args=[provider, model])
 
     def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
@@ -351,7 +353,7 @@ class VideoQueue:
             if held_slot:
                 # Admitted but not yet created: its slot is free again, and a worker admits
                 # the next waiting job at once (else the sweep would, later).
-                self._send_admit(job.provider, job.model)
+                self.send_admit(job.provider, job.model)
             return cancelled
 
         def request_cancel(record: JobRecord) -> JobRecord | None:

@@ -34,6 +34,8 @@ from producer.cli_budget import register as register_budget
 from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
+from producer.cli_limits import register as register_limits
+from producer.cli_queue import register as register_queue
 from producer.cli_table import Col, fit_table
 from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
@@ -631,6 +633,8 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
 
 register_budget(app)
 register_jobs(app)
+register_queue(app)
+register_limits(app)
 
 
 def _plug_in(typer_app: typer.Typer) -> None:

@@ -4,7 +4,8 @@ what `videoqueue metrics --port N` serves next to Flower's task metrics."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 
 import redis
 from prometheus_client import start_http_server
@@ -19,14 +20,25 @@ from prometheus_client.registry import Collector
 
 from videoqueue import keys, redisconn, stats
 from videoqueue.budget import from_micro
+from videoqueue.catalog import load_catalog
 from videoqueue.job import JobStatus
+from videoqueue.limits import ProviderLimits
+from videoqueue.room import PRIORITIES, WaitingRoom
+from videoqueue.settings import get_settings
 
 
 class JobMetricsCollector(Collector):
-    """Turns the counters in videoqueue.stats (and budget usage) into Prometheus metrics."""
+    """Turns the counters in videoqueue.stats (and budget usage) into Prometheus metrics,
+    with each model's waiting room and slots (`room`: the limits the exporter's settings
+    give, overridden by those stored in Redis; `models`: (provider, model) always reported,
+    the catalog's, besides those with jobs waiting or slots taken)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, room: WaitingRoom | None = None, models: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self.redis = client
+        self.room = room
+        self.models = set(models)
 
     def _hash(self, key: str) -> dict[str, str]:
         data: dict[str, str] = self.redis.hgetall(key)  # type: ignore[assignment]
@@ -89,6 +101,42 @@ class JobMetricsCollector(Collector):
             for kind in ("reserved", "spent"):
                 budget.add_metric([name, kind], float(from_micro(values.get(kind))))
         yield budget
+        if self.room is not None:
+            yield from self._rooms(self.room)
+
+    def _rooms(self, room: WaitingRoom) -> Iterator[Metric]:
+        """Per provider and model: jobs waiting (also by priority; tenants are left out of
+        the labels, being user-defined and unbounded), the longest wait, slots in use, the
+        slot limit and their ratio."""
+        labels = ["provider", "model"]
+        waiting = GaugeMetricFamily("videoqueue_waiting_jobs", "Jobs waiting in the model's room.", labels=labels)
+        by_priority = GaugeMetricFamily(
+            "videoqueue_waiting_jobs_by_priority",
+            "Jobs waiting in the model's room, by priority (0-9, 9 first).",
+            labels=[*labels, "priority"],
+        )
+        oldest = GaugeMetricFamily(
+            "videoqueue_oldest_wait_seconds", "How long the longest-waiting job has waited (0: none).", labels=labels
+        )
+        in_use = GaugeMetricFamily("videoqueue_slots_in_use", "Provider tasks in flight (live slots).", labels=labels)
+        limit = GaugeMetricFamily(
+            "videoqueue_slot_limit", "Provider tasks allowed in flight at once (the limit in force).", labels=labels
+        )
+        utilisation = GaugeMetricFamily(
+            "videoqueue_slot_utilisation", "Slots in use / the slot limit (0 to 1).", labels=labels
+        )
+        now = time.time()
+        for provider, model in sorted(self.models | set(room.models_in_use())):
+            snap = room.snapshot(provider, model, now)
+            waiting.add_metric([provider, model], float(snap.total_waiting))
+            for priority in sorted(PRIORITIES):
+                jobs = sum(n for (p, _tenant), n in snap.waiting.items() if p == priority)
+                by_priority.add_metric([provider, model, str(priority)], float(jobs))
+            oldest.add_metric([provider, model], snap.oldest_wait_s or 0.0)
+            in_use.add_metric([provider, model], float(snap.in_flight))
+            limit.add_metric([provider, model], float(snap.max_in_flight))
+            utilisation.add_metric([provider, model], snap.in_flight / snap.max_in_flight)
+        yield from (waiting, by_priority, oldest, in_use, limit, utilisation)
 
     def _histogram(self, name: str, documentation: str, key: str, bounds: tuple[float, ...]) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=["provider", "model"])
@@ -111,6 +159,10 @@ class JobMetricsCollector(Collector):
 def serve(redis_url: str, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - an exporter listens
     """Serve /metrics on `port` until interrupted."""
     client = redisconn.connect(redis_url)
-    REGISTRY.register(JobMetricsCollector(client))
+    settings = get_settings()
+    room = WaitingRoom(client, ProviderLimits.from_settings(client, settings), settings.tenant_weights())
+    catalog = load_catalog(settings.pricing_file)
+    models = [(spec.provider, spec.id) for spec in catalog.models.values()]
+    REGISTRY.register(JobMetricsCollector(client, room, models))
     start_http_server(port, addr=host)
     threading.Event().wait()

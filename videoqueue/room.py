@@ -438,6 +438,18 @@ class WaitingRoom:
         members: set[str] = self.redis.smembers(keys.ROOMS)  # type: ignore[assignment]
         return sorted(tuple(m.split("|", 1)) for m in members if "|" in m)  # type: ignore[misc]
 
+    def models_in_use(self) -> list[tuple[str, str]]:
+        """(provider, model) of every room that may hold waiting jobs (`rooms`) and of every
+        model with slots taken (a slot whose lease ran out counts until an admission drops
+        it), sorted: the models `videoqueue queue` and the metrics exporter report on."""
+        found = set(self.rooms())
+        prefix = f"{keys.LIMITS_PREFIX}slots:"
+        for key in self.redis.scan_iter(f"{prefix}*", count=500):
+            provider, sep, model = str(key).removeprefix(prefix).partition(":")
+            if sep:
+                found.add((provider, model))
+        return sorted(found)
+
     def standing(self, job: JobRecord, now: float | None = None) -> Standing:
         """Where `job` stands in its model's room (all None when it does not wait), with
         its start estimated from the model's mean render time (videoqueue.stats) and quota."""

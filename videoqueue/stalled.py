@@ -118,12 +118,41 @@ def duration_text(seconds: float) -> str:
 WAITING_FOR_ENDPOINT = "waiting for its endpoint"
 
 
-def describe(record: JobRecord, stalled_s: float | None) -> str:
+WAITING_REASONS = {
+    "in_flight_limit": "in-flight limit",
+    "rate_limit": "creates-per-minute limit",
+    "provider_backoff": "provider back-off",
+}
+"""`JobRecord.waiting_reason` (videoqueue.room.WaitingReason) in people's words."""
+
+
+def standing_text(record: JobRecord, now: datetime | None = None) -> str | None:
+    """Where a job waiting in its model's room stands, for people: "#12 in line (in-flight
+    limit), starts in ~6m" (the reason and the start each left out when unknown; "starts
+    now" when the estimate is past). None for a job that does not wait (`queue_position`
+    unset: not queued, or admitted and on its way to the provider)."""
+    if record.queue_position is None:
+        return None
+    text = f"#{record.queue_position} in line"
+    if record.waiting_reason:
+        text += f" ({WAITING_REASONS.get(record.waiting_reason, record.waiting_reason)})"
+    if record.estimated_start_at is not None:
+        ahead = (record.estimated_start_at - (now or utcnow())).total_seconds()
+        text += f", starts in ~{duration_text(ahead)}" if ahead >= 1 else ", starts now"
+    return text
+
+
+def describe(record: JobRecord, stalled_s: float | None, now: datetime | None = None) -> str:
     """The status people see: "running"; "running · stalled 6m"; "running · waiting for
     its endpoint" while its step is handed back because no worker here is configured for
     the provider endpoint its task was created with (record `waiting_for_endpoint`; the
-    whole note is on stderr in `status`). Both, joined, when both hold."""
+    whole note is on stderr in `status`). Both, joined, when both hold. A job waiting in
+    its model's room: "queued · #12 in line (in-flight limit), starts in ~6m"
+    (`standing_text`)."""
     shown = [record.status.value]
+    standing = standing_text(record, now)
+    if standing is not None:
+        shown.append(standing)
     if record.waiting_for_endpoint and not record.status.is_final:
         shown.append(WAITING_FOR_ENDPOINT)
     if stalled_s is not None:
