@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from producer.cli_table import Col, fit_table
 from videoqueue import keys
 from videoqueue.commands import error_line
 from videoqueue.commands import fail as _fail
+from videoqueue.limits import LimitSource
 
 limits_app = typer.Typer(
     help="Provider limits per model: tasks in flight and creates per minute, for the whole fleet.",
@@ -28,14 +29,17 @@ limits_app = typer.Typer(
 )
 out = Console()
 
-LimitSource = Literal["redis", "shell-settings"]
-
 # Where a limit comes from, for people: one from settings binds each worker by its own
 # settings, not the fleet, which `limits show` must not suggest (as `budget show`).
-SOURCE_LABELS: dict[LimitSource, str] = {"redis": "redis, fleet-wide", "shell-settings": "this shell's settings"}
+SOURCE_LABELS: dict[LimitSource, str] = {
+    "redis": "redis, fleet-wide",
+    "workers": "the workers' settings",
+    "shell-settings": "this shell's settings",
+}
 SETTINGS_NOTE = (
-    "note: a limit from this shell's settings (MAX_IN_FLIGHT_PER_MODEL, CREATES_PER_MINUTE_PER_MODEL, "
-    "MODEL_LIMITS) binds each worker by its own settings; `videoqueue limits set` makes it fleet-wide"
+    "note: a limit from settings (MAX_IN_FLIGHT_PER_MODEL, CREATES_PER_MINUTE_PER_MODEL, MODEL_LIMITS) "
+    "binds each worker by its own settings (shown as the workers' last admission applied them, or this "
+    "shell's before any); `videoqueue limits set` makes it fleet-wide"
 )
 
 LIMIT_COLUMNS = (
@@ -61,7 +65,8 @@ class LimitRow:
     def as_dict(self) -> dict[str, Any]:
         """`limits show --json`'s object: `{model, provider, max_in_flight,
         max_in_flight_source, creates_per_minute, creates_per_minute_source}`, a source being
-        "redis" (fleet-wide) or "shell-settings" (this shell's settings)."""
+        "redis" (`limits set`, fleet-wide), "workers" (the workers' settings, as their last
+        admission of the model applied them) or "shell-settings" (this shell's settings)."""
         return {
             "model": self.model,
             "provider": self.provider,
@@ -80,17 +85,16 @@ def limit_rows(vq: VideoQueue) -> list[LimitRow]:
     models = [*vq.catalog.models, *sorted(set(raw) - set(vq.catalog.models))]
     rows: list[LimitRow] = []
     for model in models:
-        stored: dict[str, Any] = json.loads(raw[model]) if model in raw else {}
-        in_force = limits.limits_for(model)
+        in_force, sources = limits.limits_and_sources(model)
         spec = vq.catalog.models.get(model)
         rows.append(
             LimitRow(
                 model=model,
                 provider=None if spec is None else spec.provider,
                 max_in_flight=in_force.max_in_flight,
-                max_in_flight_source="redis" if "max_in_flight" in stored else "shell-settings",
+                max_in_flight_source=sources["max_in_flight"],
                 creates_per_minute=in_force.creates_per_minute,
-                creates_per_minute_source="redis" if "creates_per_minute" in stored else "shell-settings",
+                creates_per_minute_source=sources["creates_per_minute"],
             )
         )
     return rows
@@ -108,7 +112,9 @@ def source_text(row: LimitRow) -> str:
 
 
 def _print_rows(rows: list[LimitRow]) -> None:
-    from_settings = any("shell-settings" in (r.max_in_flight_source, r.creates_per_minute_source) for r in rows)
+    from_settings = any(
+        source != "redis" for r in rows for source in (r.max_in_flight_source, r.creates_per_minute_source)
+    )
     if out.is_terminal:
         cells = [[r.model, str(r.max_in_flight), str(r.creates_per_minute), source_text(r)] for r in rows]
         out.print(fit_table(LIMIT_COLUMNS, cells, out.width))

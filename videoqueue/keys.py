@@ -136,6 +136,12 @@ limits set`; it overrides the settings' limits of that model for the whole fleet
 No TTL."""
 
 
+LIMITS_APPLIED = namespace.keep(globals(), "LIMITS_APPLIED", lambda: _key("limits:applied"))
+"""Hash: model to the JSON {"max_in_flight": N, "creates_per_minute": M, "at": epoch s}
+of the limits the last admission of that model applied (a worker's settings, or
+LIMITS_CONFIG): what a shell shows when it has other settings than the workers. No TTL."""
+
+
 # --- Waiting room (videoqueue.room) ----------------------------------------------------
 
 ROOMS = namespace.keep(globals(), "ROOMS", lambda: _key("rooms"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
@@ -36,6 +36,10 @@ if until_ > current then
 end
 return 1
 """
+
+
+LimitSource = Literal["redis", "workers", "shell-settings"]
+"""Where a limit in force comes from (`ProviderLimits.limits_and_sources`)."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,30 @@ class ProviderLimits:
         return self.overrides.get(model, self.defaults)
 
     def limits_for(self, model: str) -> ModelLimits:
-        """The limits in force for `model`: those stored by `videoqueue limits set`, else
-        the settings'."""
-        return self.stored().get(model, self.defaults_for(model))
+        """The limits in force for `model`, as the workers apply them: each field stored by
+        `videoqueue limits set`, else as the fleet's last admission of the model applied it
+        (their settings), else these settings'."""
+        return self.limits_and_sources(model)[0]
+
+    def limits_and_sources(self, model: str) -> tuple[ModelLimits, dict[str, LimitSource]]:
+        """`limits_for(model)` and where each field comes from, by field name
+        (`max_in_flight`, `creates_per_minute`): "redis" (`limits set`, fleet-wide),
+        "workers" (the workers' settings, as their last admission applied them) or
+        "shell-settings" (this process's settings)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.LIMITS_APPLIED, model)
+        pipe.hget(keys.LIMITS_CONFIG, model)
+        applied_raw, config_raw = pipe.execute()
+        base = self.defaults_for(model)
+        values: dict[str, int] = {"max_in_flight": base.max_in_flight, "creates_per_minute": base.creates_per_minute}
+        sources: dict[str, LimitSource] = dict.fromkeys(values, "shell-settings")
+        for raw, source in ((applied_raw, "workers"), (config_raw, "redis")):
+            layer = json.loads(raw) if raw else {}
+            for name in values:
+                if name in layer:
+                    values[name] = int(layer[name])
+                    sources[name] = source  # type: ignore[assignment]
+        return ModelLimits(values["max_in_flight"], values["creates_per_minute"]), sources
 
     def stored(self) -> dict[str, ModelLimits]:
         """The limits `videoqueue limits set` stored, by model (a field it did not set keeps

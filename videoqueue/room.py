@@ -72,7 +72,8 @@ local function enter(prefix, job, score, prio, tenant)
 end
 """
 
-# KEYS: 1 rooms, 2 slots, 3 creates, 4 back-off, 5 limits config, 6 due index, 7 parked index.
+# KEYS: 1 rooms, 2 slots, 3 creates, 4 back-off, 5 limits config, 6 due index, 7 parked index,
+# 8 limits applied.
 _LUA_ADMIT = """
 local function next_job(prefix)
   for p = 9, 0, -1 do
@@ -104,6 +105,7 @@ end
 
 local function admit(prefix, room, model, now, lease, cap, rpm, weights, max_n, token)
   cap, rpm = limits(model, cap, rpm)
+  redis.call('HSET', KEYS[8], model, cjson.encode({max_in_flight = cap, creates_per_minute = rpm, at = now}))
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60)
   local admitted = {}
@@ -192,7 +194,7 @@ return enter(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
-# KEYS: 1 slots, 2 creates, 3 back-off, 4 limits config.
+# KEYS: 1 slots, 2 creates, 3 back-off, 4 limits config, 5 limits applied.
 # ARGV: 1 prefix, 2 model, 3 now, 4 cap, 5 rpm, 6 weights, 7 job, 8 priority, 9 tenant.
 # Returns {position (0: not waiting), in flight, cap, creates in the last minute, rpm,
 # back-off until} (numbers as strings). The position is the job's place in the order
@@ -202,12 +204,16 @@ _POSITION = """
 local prefix, job, prio, tenant = ARGV[1], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local now = tonumber(ARGV[3])
 local cap, rpm = tonumber(ARGV[4]), tonumber(ARGV[5])
-local cfg = redis.call('HGET', KEYS[4], ARGV[2])
-if cfg then
-  local ok, c = pcall(cjson.decode, cfg)
-  if ok and type(c) == 'table' then
-    cap = tonumber(c['max_in_flight']) or cap
-    rpm = tonumber(c['creates_per_minute']) or rpm
+-- As the workers apply them: as their last admission did, overlaid by what `limits set`
+-- stored since (else this process's settings).
+for _, key in ipairs({KEYS[5], KEYS[4]}) do
+  local cfg = redis.call('HGET', key, ARGV[2])
+  if cfg then
+    local ok, c = pcall(cjson.decode, cfg)
+    if ok and type(c) == 'table' then
+      cap = tonumber(c['max_in_flight']) or cap
+      rpm = tonumber(c['creates_per_minute']) or rpm
+    end
   end
 end
 local in_flight = redis.call('ZCOUNT', KEYS[1], now, '+inf')
@@ -371,6 +377,7 @@ class WaitingRoom:
             keys.LIMITS_CONFIG,
             keys.DUE_INDEX,
             keys.PARKED_INDEX,
+            keys.LIMITS_APPLIED,
         ]
 
     def _admit_args(self, provider: str, model: str, now: float) -> list[Any]:
@@ -461,6 +468,7 @@ class WaitingRoom:
                 creates_key(job.provider, job.model),
                 backoff_key(job.provider, job.model),
                 keys.LIMITS_CONFIG,
+                keys.LIMITS_APPLIED,
             ],
             args=[
                 room_prefix(job.provider, job.model),

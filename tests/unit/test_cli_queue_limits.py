@@ -238,7 +238,7 @@ def test_limits_show_for_people_fits_80_columns_and_notes_per_worker_settings(
     monkeypatch.setattr(cli_limits, "out", Console(file=io.StringIO()))  # not a terminal: piped
     piped = CliRunner().invoke(app, ["limits", "show"])
     assert f"{MODEL}\t3\tredis\t120\tshell-settings" in piped.stdout.splitlines()
-    assert "note: a limit from this shell's settings" in piped.stderr
+    assert "note: a limit from settings" in piped.stderr
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,25 @@ def test_limits_stored_in_redis_apply_at_once_and_fall_back_to_the_settings(clie
     assert waiting.admit(PROVIDER, MODEL, now=NOW).admitted == ["j1", "j2", "j3"]
     with pytest.raises(ValueError, match="at least 1"):
         waiting.limits.store_limits(MODEL, creates_per_minute=0)
+    assert waiting.limits.limits_and_sources(MODEL)[1] == {"max_in_flight": "redis", "creates_per_minute": "workers"}
     assert waiting.limits.clear_limits(MODEL)
+    # Shown as the workers last applied them until their next admission applies the settings'.
+    assert waiting.limits.limits_and_sources(MODEL) == (
+        ModelLimits(4, 1000),
+        {"max_in_flight": "workers", "creates_per_minute": "workers"},
+    )
+    waiting.admit(PROVIDER, MODEL, now=NOW)
     assert waiting.limits.limits_for(MODEL) == ModelLimits(1, 1000)
+
+
+def test_a_shell_with_other_settings_shows_the_limits_the_workers_apply(client: Any) -> None:
+    enqueue(client, [record(f"j{i}", i) for i in range(4)])
+    room(client, slots=2).admit(PROVIDER, MODEL, now=NOW)  # a worker with MAX_IN_FLIGHT_PER_MODEL=2
+    shell = room(client, slots=100)  # a shell on the defaults
+    assert shell.limits.limits_and_sources(MODEL)[1]["max_in_flight"] == "workers"
+    assert shell.snapshot(PROVIDER, MODEL, now=NOW).max_in_flight == 2
+    standing = shell.standing(record("j3", 3), now=NOW)
+    assert (standing.queue_position, standing.waiting_reason) == (2, WaitingReason.IN_FLIGHT_LIMIT)
 
 
 def test_a_job_that_ends_while_waiting_leaves_the_room(client: Any) -> None:
