@@ -55,6 +55,24 @@ class WaitingReason(StrEnum):
     PROVIDER_BACKOFF = "provider_backoff"
 
 
+# The limits of `model` from the JSON objects each hash of `layers` holds for it, later
+# layers over earlier ones, over the defaults `cap` and `rpm`.
+_LUA_LIMITS = """
+local function limits(model, cap, rpm, layers)
+  for _, key in ipairs(layers) do
+    local cfg = redis.call('HGET', key, model)
+    if cfg then
+      local ok, c = pcall(cjson.decode, cfg)
+      if ok and type(c) == 'table' then
+        cap = tonumber(c['max_in_flight']) or cap
+        rpm = tonumber(c['creates_per_minute']) or rpm
+      end
+    end
+  end
+  return cap, rpm
+end
+"""
+
 _LUA_ENTER = """
 local function enter(prefix, job, score, prio, tenant)
   local q = prefix .. ':q:' .. prio .. ':' .. tenant
@@ -74,7 +92,9 @@ end
 
 # KEYS: 1 rooms, 2 slots, 3 creates, 4 back-off, 5 limits config, 6 due index, 7 parked index,
 # 8 limits applied.
-_LUA_ADMIT = """
+_LUA_ADMIT = (
+    _LUA_LIMITS
+    + """
 local function next_job(prefix)
   for p = 9, 0, -1 do
     local t = prefix .. ':t:' .. p
@@ -91,20 +111,9 @@ local function next_job(prefix)
   return nil
 end
 
-local function limits(model, cap, rpm)
-  local cfg = redis.call('HGET', KEYS[5], model)
-  if cfg then
-    local ok, c = pcall(cjson.decode, cfg)
-    if ok and type(c) == 'table' then
-      cap = tonumber(c['max_in_flight']) or cap
-      rpm = tonumber(c['creates_per_minute']) or rpm
-    end
-  end
-  return cap, rpm
-end
 
 local function admit(prefix, room, model, now, lease, cap, rpm, weights, max_n, token)
-  cap, rpm = limits(model, cap, rpm)
+  cap, rpm = limits(model, cap, rpm, {KEYS[5]})
   redis.call('HSET', KEYS[8], model, cjson.encode({max_in_flight = cap, creates_per_minute = rpm, at = now}))
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60)
@@ -147,6 +156,7 @@ local function admit(prefix, room, model, now, lease, cap, rpm, weights, max_n, 
   return admitted, reason, wake
 end
 """
+)
 
 # ARGV: 1 prefix, 2 room, 3 model, 4 now, 5 lease, 6 cap, 7 rpm, 8 weights, 9 max_n, 10 token.
 _ADMIT = (
@@ -200,22 +210,14 @@ return enter(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 # back-off until} (numbers as strings). The position is the job's place in the order
 # admission would follow if no other job arrived: every job of a higher priority, then
 # those of its priority whose virtual start comes first.
-_POSITION = """
+_POSITION = (
+    _LUA_LIMITS
+    + """
 local prefix, job, prio, tenant = ARGV[1], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local now = tonumber(ARGV[3])
-local cap, rpm = tonumber(ARGV[4]), tonumber(ARGV[5])
 -- As the workers apply them: as their last admission did, overlaid by what `limits set`
 -- stored since (else this process's settings).
-for _, key in ipairs({KEYS[5], KEYS[4]}) do
-  local cfg = redis.call('HGET', key, ARGV[2])
-  if cfg then
-    local ok, c = pcall(cjson.decode, cfg)
-    if ok and type(c) == 'table' then
-      cap = tonumber(c['max_in_flight']) or cap
-      rpm = tonumber(c['creates_per_minute']) or rpm
-    end
-  end
-end
+local cap, rpm = limits(ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5]), {KEYS[5], KEYS[4]})
 local in_flight = redis.call('ZCOUNT', KEYS[1], now, '+inf')
 local creates = redis.call('ZCOUNT', KEYS[2], now - 60, '+inf')
 local backoff = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -254,6 +256,7 @@ for i = 1, #others, 2 do
 end
 return {tostring(ahead + 1), tostring(in_flight), tostring(cap), tostring(creates), tostring(rpm), tostring(backoff)}
 """
+)
 
 # KEYS: 1 timer. ARGV: 1 when (epoch s), 2 now. Sets the model's timer unless one is set
 # for earlier and still to come; returns 1 when the caller is to send the admit message.

@@ -17,10 +17,9 @@ from videoqueue.job import TASK_POLL, TASK_SUBMIT, ErrorCode, JobStatus, utcnow
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.queues import VISIBILITY_MARGIN_S, broker_timing
 from videoqueue.recovery import recover_stranded
-from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings, get_settings
 from videoqueue.stalled import StallRule
-from worker.pipeline import Pipeline, StoreRetry
+from worker.pipeline import StoreRetry
 from worker.schedule import RenderWindow, poll_delay, retry_delay, window_poll_delay
 
 # Defaults, the shortened settings of the field report (a 366 s visibility timeout), and
@@ -146,16 +145,7 @@ def test_store_retry_countdowns_stay_within_the_bound(case: str, tmp_path: Path)
 def test_a_job_waiting_for_quota_sends_nothing_and_is_parked_until_its_deadline(case: str, tmp_path: Path) -> None:
     env = Env(tmp_path, settings_for(case, job_deadline_s=7200))
     limits = ProviderLimits(env.store.redis, ModelLimits(1, 1), {}, 60)
-    env.pipeline = Pipeline(
-        settings=env.settings,
-        store=env.store,
-        catalog=env.catalog,
-        providers=lambda name: env.provider,
-        storage=lambda: env.storage,
-        dispatch=env.dispatch,
-        room=WaitingRoom(env.store.redis, limits),
-        rng=random.Random(5),
-    )
+    env.use_room(limits)
     job_id = env.new_job()
     job = env.job(job_id)
     # The fleet-wide back-off a 429 with a long Retry-After leaves.

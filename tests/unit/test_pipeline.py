@@ -24,6 +24,7 @@ from videoqueue.job import ErrorCode, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger, LedgerEntry
 from videoqueue.limits import ProviderLimits
+from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
 from worker.probe import Probe
@@ -166,6 +167,23 @@ class Env:
     def _provider(self, name: str) -> FakeProvider:
         assert name == "byteplus"
         return self.provider
+
+    def use_room(self, limits: ProviderLimits) -> WaitingRoom:
+        """Give the pipeline a waiting room with `limits` on this env's Redis (jobs then
+        wait for quota), and return it."""
+        room = WaitingRoom(self.store.redis, limits)
+        self.pipeline = Pipeline(
+            settings=self.settings,
+            store=self.store,
+            catalog=self.catalog,
+            providers=self._provider,
+            storage=lambda: self.storage,
+            dispatch=self.dispatch,
+            room=room,
+            history=self.pipeline.history,
+            rng=random.Random(42),
+        )
+        return room
 
     def new_job(self, *, service_tier: str = "default", **changes: Any) -> str:
         vq = VideoQueue(self.settings, store=self.store, catalog=self.catalog)

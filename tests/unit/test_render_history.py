@@ -14,8 +14,6 @@ from tests.unit.test_pipeline import Env, make_settings, state, succeeded
 from videoqueue import keys
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.limits import ModelLimits, ProviderLimits
-from videoqueue.room import WaitingRoom
-from worker.pipeline import Pipeline
 from worker.providers.base import TaskState, TaskStatus
 from worker.render_history import RenderHistory, history_key
 
@@ -146,16 +144,7 @@ def test_enough_history_puts_the_first_poll_at_the_window(tmp_path: Path) -> Non
 
 def test_while_jobs_wait_for_the_model_it_is_polled_at_the_backlog_interval(tmp_path: Path) -> None:
     env = Env(tmp_path, make_settings(poll_interval_s=3, poll_window_low_q=0.1, poll_window_high_q=0.9))
-    client = env.store.redis
-    env.pipeline = Pipeline(
-        settings=env.settings,
-        store=env.store,
-        catalog=env.catalog,
-        providers=lambda name: env.provider,
-        storage=lambda: env.storage,
-        dispatch=env.dispatch,
-        room=WaitingRoom(client, ProviderLimits(client, ModelLimits(1, 100), {}, 900.0)),
-    )
+    env.use_room(ProviderLimits(env.store.redis, ModelLimits(1, 100), {}, 900.0))
     history = _with_history(env)
     job_id, waiting_id = env.new_job(), env.new_job()
     for seconds in range(40, 51):
