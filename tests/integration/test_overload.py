@@ -53,7 +53,8 @@ def wait_parked(store: JobStore, job_ids: Iterable[str], timeout: float = 60) ->
     """Wait until the submit of each job ran and left it waiting in its room: parked until
     its deadline, no message on its way."""
     ids = list(job_ids)
-    wait_for(lambda: all(store.parked_at(j) is not None for j in ids), timeout, f"{len(ids)} jobs parked")
+    what = f"{len(ids)} jobs parked (a job with a message on its way is not)"
+    wait_for(lambda: all(store.parked_at(j) is not None for j in ids), timeout, what)
 
 
 def created_order(stack: Stack) -> list[str]:
