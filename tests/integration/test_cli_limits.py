@@ -23,8 +23,9 @@ MODEL = "seedance-1-5-pro-251215"
 
 
 def run(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    # The shell has the fleet's settings: a limit from settings is each process's own.
-    env = stack.env(MAX_IN_FLIGHT_PER_MODEL="1")
+    # The shell keeps the default limits (100 in flight), unlike the worker (1): `queue`
+    # and `status` count with the limits the workers' admissions applied.
+    env = stack.env()
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 

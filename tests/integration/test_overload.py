@@ -12,26 +12,29 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from producer import JobRecord, JobStatus, VideoQueue, VideoRequest
-from producer.celery_client import producer_app
 from tests.integration.conftest import SIM_KEY, UNACKED, Stack
 from tests.integration.helpers import wait_for
 from videoqueue import keys, namespace
 from videoqueue.budget import usage
-from videoqueue.job import TASK_ADMIT
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ProviderLimits
 from videoqueue.room import WaitingRoom
 
 pytestmark = pytest.mark.integration
+
+CLI = str(Path(sys.executable).with_name("videoqueue"))
 
 ONE_SLOT = "1"  # MAX_IN_FLIGHT_PER_MODEL of most tests
 RENDER_S = 0.3  # the simulator's render time: short, the tests count and order, not time
@@ -218,11 +221,15 @@ def test_raising_the_in_flight_limit_admits_waiting_jobs_without_a_restart(local
     assert room.snapshot("byteplus", model).total_waiting == 5
     assert local_stack.simulator.stats()["creates_total"] == 1  # the cap binds: only the blocker
 
-    # TODO(issue 15): run `videoqueue limits set MODEL --max-in-flight 4` (the CLI another
-    # branch is building) instead of these two calls, which are what it is to do: store the
-    # fleet-wide limit, then send the admit task as producer/api.py's `_send_admit` does.
-    ProviderLimits.from_settings(local_stack.redis, vq.settings).store_limits(model, max_in_flight=4)
-    producer_app(vq.settings.effective_broker_url).send_task(TASK_ADMIT, args=["byteplus", model])
+    raised = subprocess.run(
+        [CLI, "limits", "set", model, "--max-in-flight", "4"],
+        env=local_stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert raised.returncode == 0, raised.stderr
 
     wait_for(lambda: local_stack.simulator.stats()["max_in_flight"] >= 4, 60, "4 tasks in flight at the provider")
     assert room.snapshot("byteplus", model).total_waiting == 2  # blocker + 3 = the new cap
@@ -281,15 +288,14 @@ def test_a_worker_killed_right_after_admitting_jobs_loses_none_and_its_slots_fre
     wait_for(in_the_create_calls, 30, "both admitted creates in flight")
     doomed.kill()
     assert sorted(local_stack.redis.zrange(slots, 0, -1)) == sorted(first_two)  # type: ignore[arg-type]
-    room = room_of(local_stack, vq)
-    assert room.snapshot("byteplus", model).total_waiting == 3
+    # The others wait: in the room, or with their first submit held by the dead worker
+    # (the sweep re-sends it: their due time passed).
+    assert [r.status for r in vq.store.get_many(ids[2:]) if r is not None] == [JobStatus.QUEUED] * 3
     local_stack.start_worker(concurrency=2, MAX_IN_FLIGHT_PER_MODEL="2")
 
     # The dead worker's slots free themselves when their lease ends: two waiting jobs reach
-    # the provider while a cut-off create is still unresolved. (The one whose submit the
-    # admission also sent, besides the producer's, may be resolved by then: the new worker
-    # finds that spare message and retries it when the create's lease ends. The other one's
-    # messages died with the worker: the sweep takes it back, 20 s after its create began.)
+    # the provider while a cut-off create is still unresolved (the sweep takes a cut-off
+    # create back 20 s after it began).
     wait_for(lambda: local_stack.simulator.stats()["creates_total"] >= 4, 60, "two waiting jobs created")
     unresolved = [
         r.id
@@ -305,7 +311,7 @@ def test_a_worker_killed_right_after_admitting_jobs_loses_none_and_its_slots_fre
     assert {p: stats["creates_by_prompt"].get(p, 0) for p in prompts} == dict.fromkeys(prompts, 1)
     assert stats["creates_total"] == 5
     assert local_stack.redis.zcard(slots) == 0
-    assert room.snapshot("byteplus", model).total_waiting == 0
+    assert room_of(local_stack, vq).snapshot("byteplus", model).total_waiting == 0
     assert all(done[j].recoveries >= 1 for j in unresolved), {j: done[j].recoveries for j in first_two}
 
 
@@ -349,12 +355,13 @@ def test_the_broker_carries_no_message_for_a_waiting_job(local_stack: Stack) -> 
 def test_waiting_jobs_show_their_place_in_line_and_why(local_stack: Stack) -> None:
     local_stack.simulator.configure(latency=RENDER_S)
     local_stack.start_worker(MAX_IN_FLIGHT_PER_MODEL=ONE_SLOT)
-    # The producer reads the cap from its own settings, as a deployment's producers share
-    # the workers' settings (or `videoqueue limits set` stores it in Redis).
-    vq = local_stack.queue(max_in_flight_per_model=1)
+    # The producer keeps the default limits (100 in flight), unlike the worker (1): it
+    # counts with the limits the worker's admissions applied.
+    vq = local_stack.queue()
     blocker = hold_the_slot(vq)
     jobs = vq.submit_many([VideoRequest(prompt=f"in line {i}") for i in range(4)])
     ids = [j.id for j in jobs]
+    wait_parked(vq.store, ids)  # each job enters the room when its first submit runs
 
     seen = vq.get_many(ids)
     assert [j.queue_position for j in seen] == [1, 2, 3, 4]
@@ -365,6 +372,7 @@ def test_waiting_jobs_show_their_place_in_line_and_why(local_stack: Stack) -> No
     assert (running.queue_position, running.waiting_reason) == (None, None)
 
     urgent = vq.submit(VideoRequest(prompt="in line urgent", priority=9))
+    wait_parked(vq.store, [urgent.id])
     seen = vq.get_many([urgent.id, *ids])
     assert [j.queue_position for j in seen] == [1, 2, 3, 4, 5]
     assert {j.waiting_reason for j in seen} == {"in_flight_limit"}
@@ -382,6 +390,7 @@ def test_waiting_jobs_show_their_place_in_line_and_why(local_stack: Stack) -> No
     # A model with a finished render gets an estimate: the next waiting job's start.
     blocker2 = hold_the_slot(vq)
     late = vq.submit(VideoRequest(prompt="in line after renders"))
+    wait_parked(vq.store, [late.id])
     estimate = vq.get(late.id).estimated_start_at
     assert estimate is not None and estimate >= late.created_at
     vq.cancel(late.id)
