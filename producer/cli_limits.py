@@ -21,7 +21,7 @@ from producer.cli_table import Col, fit_table
 from videoqueue import keys
 from videoqueue.commands import error_line
 from videoqueue.commands import fail as _fail
-from videoqueue.limits import LimitSource
+from videoqueue.limits import LimitSource, limit_problem
 
 limits_app = typer.Typer(
     help="Provider limits per model: tasks in flight and creates per minute, for the whole fleet.",
@@ -156,8 +156,9 @@ def _model_provider(vq: VideoQueue, model: str) -> str:
 
 
 def _whole(option: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise _fail(f"{option} must be a whole number of at least 1, not {value}")
+    problem = None if value is None else limit_problem(option, value)
+    if problem is not None:
+        raise _fail(problem)
 
 
 def _report(vq: VideoQueue, model: str, provider: str) -> None:

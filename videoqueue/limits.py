@@ -38,6 +38,22 @@ return 1
 """
 
 
+MAX_LIMIT = 1_000_000
+"""The largest limit accepted (in flight, or creates per minute): far above any provider
+quota, small enough to stay an exact number everywhere it is stored and shown."""
+
+LIMIT_NAMES = ("max_in_flight", "creates_per_minute")
+"""The limits a model has, by name (MODEL_LIMITS, `videoqueue limits set`)."""
+
+
+def limit_problem(name: str, value: object) -> str | None:
+    """What is wrong with `value` as the limit `name` (a whole number from 1 to MAX_LIMIT),
+    or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        return f"{name} must be a whole number from 1 to {MAX_LIMIT:,}, not {value!r}"
+    return None
+
+
 LimitSource = Literal["redis", "workers", "shell-settings"]
 """Where a limit in force comes from (`ProviderLimits.limits_and_sources`)."""
 
@@ -115,8 +131,9 @@ class ProviderLimits:
         the settings' value); the next admission of any worker follows them. Raises
         ValueError for a limit below 1."""
         for name, value in (("max_in_flight", max_in_flight), ("creates_per_minute", creates_per_minute)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+            problem = None if value is None else limit_problem(name, value)
+            if problem is not None:
+                raise ValueError(problem)
 
         def write(pipe: Any) -> None:
             current = pipe.hget(keys.LIMITS_CONFIG, model)
@@ -131,8 +148,14 @@ class ProviderLimits:
         self.redis.transaction(write, keys.LIMITS_CONFIG)
 
     def clear_limits(self, model: str) -> bool:
-        """Forget the stored limits of `model` (the settings' apply again); True if any were stored."""
-        return bool(self.redis.hdel(keys.LIMITS_CONFIG, model))
+        """Forget the stored limits of `model` (the settings' apply again); True if any were
+        stored. What the workers last applied is forgotten too: it held the stored limits,
+        and the workers' next admission records their settings' again."""
+        pipe = self.redis.pipeline()
+        pipe.hdel(keys.LIMITS_CONFIG, model)
+        pipe.hdel(keys.LIMITS_APPLIED, model)
+        removed, _ = pipe.execute()
+        return bool(removed)
 
     def renew(self, provider: str, model: str, job_id: str) -> None:
         """Extend a job's slot lease (each poll does): only the slots of dead jobs expire."""

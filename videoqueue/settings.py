@@ -21,7 +21,7 @@ from videoqueue import namespace
 from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
 from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
-from videoqueue.limits import ModelLimits
+from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
@@ -198,10 +198,10 @@ class Settings(BaseSettings):
     )
 
     max_in_flight_per_model: int = Field(
-        default=100, ge=1, description="Provider tasks in flight per model, across the fleet."
+        default=100, ge=1, le=MAX_LIMIT, description="Provider tasks in flight per model, across the fleet."
     )
     creates_per_minute_per_model: int = Field(
-        default=120, ge=1, description="Create requests per minute per model, across the fleet."
+        default=120, ge=1, le=MAX_LIMIT, description="Create requests per minute per model, across the fleet."
     )
     model_limits: dict[str, dict[str, int]] = Field(
         default_factory=dict,
@@ -349,6 +349,24 @@ class Settings(BaseSettings):
             return value  # an unreadable PRICING_FILE is reported where the catalog is loaded
         if value not in known:
             raise ValueError(f"unknown provider {value!r}; known: {', '.join(known)}")
+        return value
+
+    @field_validator("model_limits")
+    @classmethod
+    def _model_limits(cls, value: dict[str, dict[str, int]], info: ValidationInfo) -> dict[str, dict[str, int]]:
+        try:
+            known = load_catalog(info.data.get("pricing_file")).models
+        except ValueError:
+            known = None  # an unreadable PRICING_FILE is reported where the catalog is loaded
+        for model, limits in value.items():
+            if known is not None and model not in known:
+                raise ValueError(f"unknown model {model!r}; known: {', '.join(known)}")
+            for name, limit in limits.items():
+                if name not in LIMIT_NAMES:
+                    raise ValueError(f"{model}: unknown limit {name!r}; known: {', '.join(LIMIT_NAMES)}")
+                problem = limit_problem(name, limit)
+                if problem is not None:
+                    raise ValueError(f"{model}: {problem}")
         return value
 
     @field_validator("vq_namespace")

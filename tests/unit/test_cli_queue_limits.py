@@ -245,8 +245,9 @@ def test_limits_show_for_people_fits_80_columns_and_notes_per_worker_settings(
     ("args", "expected"),
     [
         (["no-such-model", "--max-in-flight", "2"], "error: unknown model 'no-such-model'; one of "),
-        ([MODEL, "--max-in-flight", "0"], "error: --max-in-flight must be a whole number of at least 1, not 0"),
-        ([MODEL, "--creates-per-minute", "-3"], "error: --creates-per-minute must be a whole number of at least 1"),
+        ([MODEL, "--max-in-flight", "0"], "error: --max-in-flight must be a whole number from 1 to 1,000,000, not 0"),
+        ([MODEL, "--creates-per-minute", "-3"], "error: --creates-per-minute must be a whole number from 1 to"),
+        ([MODEL, "--max-in-flight", "1000001"], "error: --max-in-flight must be a whole number from 1 to 1,000,000"),
         ([MODEL], "error: nothing to set: give --max-in-flight N, --creates-per-minute M or both"),
     ],
 )

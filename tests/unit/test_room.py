@@ -173,14 +173,15 @@ def test_limits_stored_in_redis_apply_at_once_and_fall_back_to_the_settings(clie
     waiting.limits.store_limits(MODEL, max_in_flight=4)
     assert waiting.limits.limits_for(MODEL) == ModelLimits(4, 1000)
     assert waiting.admit(PROVIDER, MODEL, now=NOW).admitted == ["j1", "j2", "j3"]
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="from 1 to 1,000,000"):
         waiting.limits.store_limits(MODEL, creates_per_minute=0)
     assert waiting.limits.limits_and_sources(MODEL)[1] == {"max_in_flight": "redis", "creates_per_minute": "workers"}
     assert waiting.limits.clear_limits(MODEL)
-    # Shown as the workers last applied them until their next admission applies the settings'.
+    # What the workers applied held the stored limit: forgotten with it, this process's
+    # settings show until the workers' next admission records theirs.
     assert waiting.limits.limits_and_sources(MODEL) == (
-        ModelLimits(4, 1000),
-        {"max_in_flight": "workers", "creates_per_minute": "workers"},
+        ModelLimits(1, 1000),
+        {"max_in_flight": "shell-settings", "creates_per_minute": "shell-settings"},
     )
     waiting.admit(PROVIDER, MODEL, now=NOW)
     assert waiting.limits.limits_for(MODEL) == ModelLimits(1, 1000)

@@ -53,6 +53,19 @@ def test_an_empty_endpoint_gives_boto3_none() -> None:
     ("variable", "value", "expected"),
     [
         ("MODEL_LIMITS", "nope", "invalid setting MODEL_LIMITS: not valid JSON (Per-model overrides, JSON:"),
+        (
+            "MODEL_LIMITS",
+            '{"veo-3.1-generate-001": {"max_in_flight": 0}}',
+            "invalid setting MODEL_LIMITS: veo-3.1-generate-001: max_in_flight must be a whole number "
+            "from 1 to 1,000,000, not 0",
+        ),
+        (
+            "MODEL_LIMITS",
+            '{"veo-3.1-generate-001": {"max_inflight": 3}}',
+            "invalid setting MODEL_LIMITS: veo-3.1-generate-001: unknown limit 'max_inflight'",
+        ),
+        ("MODEL_LIMITS", '{"nosuch": {"max_in_flight": 3}}', "invalid setting MODEL_LIMITS: unknown model"),
+        ("MAX_IN_FLIGHT_PER_MODEL", "0", "invalid setting MAX_IN_FLIGHT_PER_MODEL: Input should be greater than"),
         ("BUDGET_TAGS_USD", "{", "invalid setting BUDGET_TAGS_USD: not valid JSON (Default caps per tag"),
         ("POLL_MIN_S", "abc", "invalid setting POLL_MIN_S: Input should be a valid number"),
         ("STORAGE_URL", "ftp://x", "invalid setting STORAGE_URL: STORAGE_URL must start with file://"),
