@@ -142,6 +142,11 @@ of the limits the last admission of that model applied (a worker's settings, or
 LIMITS_CONFIG): what a shell shows when it has other settings than the workers. No TTL."""
 
 
+WEIGHTS_APPLIED = namespace.keep(globals(), "WEIGHTS_APPLIED", lambda: _key("tenant-weights:applied"))
+"""String: the JSON tenant -> weight (TENANT_WEIGHTS) the last admission applied: what
+positions are worked out with in a shell whose settings differ from the workers'. No TTL."""
+
+
 # --- Waiting room (videoqueue.room) ----------------------------------------------------
 
 ROOMS = namespace.keep(globals(), "ROOMS", lambda: _key("rooms"))

@@ -91,7 +91,7 @@ end
 """
 
 # KEYS: 1 rooms, 2 slots, 3 creates, 4 back-off, 5 limits config, 6 due index, 7 parked index,
-# 8 limits applied.
+# 8 limits applied, 9 weights applied.
 _LUA_ADMIT = (
     _LUA_LIMITS
     + """
@@ -115,6 +115,7 @@ end
 local function admit(prefix, room, model, now, lease, cap, rpm, weights, max_n, token)
   cap, rpm = limits(model, cap, rpm, {KEYS[5]})
   redis.call('HSET', KEYS[8], model, cjson.encode({max_in_flight = cap, creates_per_minute = rpm, at = now}))
+  redis.call('SET', KEYS[9], ARGV[8])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60)
   local admitted = {}
@@ -204,7 +205,7 @@ return enter(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
-# KEYS: 1 slots, 2 creates, 3 back-off, 4 limits config, 5 limits applied.
+# KEYS: 1 slots, 2 creates, 3 back-off, 4 limits config, 5 limits applied, 6 weights applied.
 # ARGV: 1 prefix, 2 model, 3 now, 4 cap, 5 rpm, 6 weights, 7 job, 8 priority, 9 tenant.
 # Returns {position (0: not waiting), in flight, cap, creates in the last minute, rpm,
 # back-off until} (numbers as strings). The position is the job's place in the order
@@ -225,7 +226,8 @@ local rank = redis.call('ZRANK', prefix .. ':q:' .. prio .. ':' .. tenant, job)
 if not rank then
   return {'0', tostring(in_flight), tostring(cap), tostring(creates), tostring(rpm), tostring(backoff)}
 end
-local weights = cjson.decode(ARGV[6])
+-- The tenants' weights as the workers' last admission applied them, else ours.
+local weights = cjson.decode(redis.call('GET', KEYS[6]) or ARGV[6])
 local ahead = rank
 for p = 9, prio + 1, -1 do
   for _, u in ipairs(redis.call('ZRANGE', prefix .. ':t:' .. p, 0, -1)) do
@@ -381,6 +383,7 @@ class WaitingRoom:
             keys.DUE_INDEX,
             keys.PARKED_INDEX,
             keys.LIMITS_APPLIED,
+            keys.WEIGHTS_APPLIED,
         ]
 
     def _admit_args(self, provider: str, model: str, now: float) -> list[Any]:
@@ -472,6 +475,7 @@ class WaitingRoom:
                 backoff_key(job.provider, job.model),
                 keys.LIMITS_CONFIG,
                 keys.LIMITS_APPLIED,
+                keys.WEIGHTS_APPLIED,
             ],
             args=[
                 room_prefix(job.provider, job.model),

@@ -187,6 +187,18 @@ def test_limits_stored_in_redis_apply_at_once_and_fall_back_to_the_settings(clie
     assert waiting.limits.limits_for(MODEL) == ModelLimits(1, 1000)
 
 
+def test_a_shell_without_the_workers_weights_shows_their_order(client: Any) -> None:
+    jobs = [record(f"B{i}", i, tenant="B") for i in range(3)] + [record(f"A{i}", 10 + i, tenant="A") for i in range(3)]
+    enqueue(client, jobs)
+    worker = room(client, slots=1, weights={"A": 3.0})
+    [first] = worker.admit(PROVIDER, MODEL, now=NOW).admitted  # the workers' weights are recorded
+    shell = room(client, slots=1)  # TENANT_WEIGHTS unset here
+    positions = {j.id: shell.standing(j, now=NOW).queue_position for j in jobs if j.id != first}
+    order = sorted(positions, key=lambda j: positions[j] or 0)
+    client.zrem(keys.slot_key(PROVIDER, MODEL), first)
+    assert order == drain(worker, 5) == ["B0", "A1", "A2", "B1", "B2"]  # unweighted: B0 A1 B1 A2 B2
+
+
 def test_a_shell_with_other_settings_shows_the_limits_the_workers_apply(client: Any) -> None:
     enqueue(client, [record(f"j{i}", i) for i in range(4)])
     room(client, slots=2).admit(PROVIDER, MODEL, now=NOW)  # a worker with MAX_IN_FLIGHT_PER_MODEL=2
