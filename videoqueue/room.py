@@ -506,13 +506,24 @@ class WaitingRoom:
             mean = self.mean_render_s(job.provider, job.model)
             # A fluid estimate: the slots free up at `cap` per mean render time.
             estimate = None if mean is None else start + (position - free) / cap * mean
-        if estimate is not None and position > max(0.0, rpm - creates):
-            estimate = max(estimate, now + (position - max(0.0, rpm - creates)) / rpm * 60.0)
+        headroom = max(0.0, rpm - creates)
+        if estimate is not None and position > headroom:
+            estimate = max(estimate, self._create_token_at(job.provider, job.model, int(position - headroom), rpm, now))
         return Standing(
             queue_position=int(position),
             waiting_reason=reason,
             estimated_start_at=None if estimate is None else datetime.fromtimestamp(estimate, UTC),
         )
+
+    def _create_token_at(self, provider: str, model: str, k: int, rpm: float, now: float) -> float:
+        """When (epoch s) the k-th create token of the model frees up: a minute after the
+        k-th oldest create of the window; past the window's creates, a minute per `rpm`."""
+        oldest: list[tuple[str, float]] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            creates_key(provider, model), now - 60, "+inf", start=k - 1, num=1, withscores=True
+        )
+        if oldest:
+            return oldest[0][1] + 60.0
+        return now + 60.0 * math.ceil(k / rpm)
 
     def mean_render_s(self, provider: str, model: str) -> float | None:
         """The mean render time (seconds) of the model's finished jobs, or None when none

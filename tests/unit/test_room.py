@@ -247,3 +247,19 @@ def test_snapshot_counts_waiting_jobs_by_priority_and_tenant(client: Any) -> Non
     assert snap.total_waiting == 2 and snap.in_flight == 1 and snap.max_in_flight == 1
     assert snap.creates_last_minute == 1
     assert snap.oldest_wait_s == pytest.approx(NOW + 5 - T0.timestamp(), abs=0.01)
+
+
+def test_a_job_held_by_the_rate_starts_when_a_create_token_frees(client: Any) -> None:
+    enqueue(client, [record(f"j{i}", i) for i in range(5)])
+    waiting = room(client, slots=10, rpm=2)
+    waiting.admit(PROVIDER, MODEL, now=NOW)  # j0, j1 at NOW: the window is full
+    client.hset(keys.STATS_RENDER_SECONDS, mapping={f"sum|{PROVIDER}|{MODEL}": 30.0, f"le=+Inf|{PROVIDER}|{MODEL}": 1})
+    starts = [waiting.standing(record(f"j{i}", i), now=NOW + 10) for i in (2, 3, 4)]
+    assert [s.waiting_reason for s in starts] == [WaitingReason.RATE_LIMIT] * 3
+    # j2 and j3 take the two tokens that free a minute after j0's and j1's creates; j4 the
+    # next minute's.
+    assert [s.estimated_start_at for s in starts] == [
+        datetime.fromtimestamp(NOW + 60, UTC),
+        datetime.fromtimestamp(NOW + 60, UTC),
+        datetime.fromtimestamp(NOW + 10 + 120, UTC),
+    ]
