@@ -513,7 +513,8 @@ def metrics(
 ) -> None:
     """Serve job-level Prometheus metrics for the whole fleet.
 
-    Jobs by status, provider and model; cost in USD; render and store times; budgets."""
+    Jobs by status, provider and model; cost in USD; render and store times; budgets;
+    each model's waiting room and slots."""
     from videoqueue.metrics import serve
 
     sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")

@@ -27,6 +27,7 @@ from typing import IO, Any, Literal
 
 from celery.signals import celeryd_after_setup, setup_logging, task_postrun, task_prerun
 
+from videoqueue.job import TASK_ADMIT
 from videoqueue.settings import get_settings
 
 LogFormat = Literal["text", "json"]
@@ -125,8 +126,10 @@ def job_context(job_id: str, task: str | None = None) -> Iterator[None]:
 
 @task_prerun.connect
 def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
-    first = args[0] if isinstance(args, list | tuple) and args else None
-    bind_job(first if isinstance(first, str) else None, getattr(task, "name", None), task_id)
+    name = getattr(task, "name", None)
+    # Every task's first argument is its job id, but the admit task's (a provider).
+    first = args[0] if isinstance(args, list | tuple) and args and name != TASK_ADMIT else None
+    bind_job(first if isinstance(first, str) else None, name, task_id)
 
 
 @task_postrun.connect

@@ -102,6 +102,17 @@ def test_task_signals_put_the_job_id_on_every_line_until_the_task_ends() -> None
     assert between["job_id"] is None and "task_id" not in between
 
 
+def test_the_admit_task_binds_no_job_id() -> None:
+    stream = configured("json")
+    task = FakeTask()
+    task.name = "videoqueue.admit"
+    task_prerun.send(sender=task, task_id="celery-task-2", task=task, args=("byteplus", "m"), kwargs={})
+    logging.getLogger("videoqueue.admission").info("admitted waiting jobs")
+    task_postrun.send(sender=task, task_id="celery-task-2", task=task, args=("byteplus", "m"), kwargs={}, retval=None)
+    (entry,) = (json.loads(line) for line in lines(stream))
+    assert entry["job_id"] is None and entry["task"] == "videoqueue.admit"
+
+
 def test_an_explicit_job_id_wins_over_the_context() -> None:
     stream = configured("text")
     other = "0b5e8f5e-0000-4000-8000-000000000000"
