@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
 from videoqueue import keys
-from videoqueue.keys import backoff_key, slot_key
+from videoqueue.keys import backoff_key, creates_key, slot_key
 
 if TYPE_CHECKING:
     from videoqueue.settings import Settings
@@ -165,6 +166,19 @@ class ProviderLimits:
         """Make every worker wait `seconds` before creating on this model again."""
         now = time.time()
         self._back_off(keys=[backoff_key(provider, model)], args=[now + seconds, now])
+
+    def stamp_create(self, provider: str, model: str, job_id: str) -> None:
+        """Count the job's create in the model's one-minute window from now, when it is sent:
+        its admission's token (keyed by the job id) is replaced by one stamped now, so a
+        create that trails its admission (a busy worker) still leaves a whole minute before
+        the token frees, and the provider never sees more than the limit in a rolling
+        minute."""
+        key = creates_key(provider, model)
+        pipe = self.redis.pipeline()
+        pipe.zrem(key, job_id)
+        pipe.zadd(key, {f"{job_id}:{uuid.uuid4().hex[:8]}": time.time()})
+        pipe.expire(key, 120)
+        pipe.execute()
 
     def holds_slot(self, provider: str, model: str, job_id: str) -> bool:
         """True when the job holds a live slot of the model."""

@@ -146,7 +146,8 @@ local function admit(prefix, room, model, now, lease, cap, rpm, weights, max_n, 
     end
     redis.call('HSET', prefix .. ':vt', p, vstart)
     redis.call('ZADD', KEYS[2], now + lease, job)
-    redis.call('ZADD', KEYS[3], now, job .. ':' .. token)
+    -- The job's create token, until its create is sent (ProviderLimits.stamp_create).
+    redis.call('ZADD', KEYS[3], now, job)
     redis.call('EXPIRE', KEYS[3], 120)
     -- Its submit message is due now: a worker that dies before sending it leaves the job
     -- to the recovery sweep, which finds it overdue.

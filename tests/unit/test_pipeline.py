@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from videoqueue.catalog import load_catalog
 from videoqueue.job import ErrorCode, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger, LedgerEntry
-from videoqueue.limits import ProviderLimits
+from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from worker.pipeline import Pipeline, StoreRetry
@@ -1550,8 +1551,27 @@ class RecordingLimits(ProviderLimits):
     def renew(self, provider: str, model: str, job_id: str) -> None:
         pass
 
+    def stamp_create(self, provider: str, model: str, job_id: str) -> None:
+        pass
+
     def back_off(self, provider: str, model: str, seconds: float) -> None:
         self.back_offs.append(seconds)
+
+
+def test_a_create_is_counted_in_the_rate_window_when_it_is_sent_not_when_admitted(env: Env) -> None:
+    room = env.use_room(ProviderLimits(env.store.redis, ModelLimits(5, 5), {}, 900.0))
+    job_id = env.new_job()
+    job = env.job(job_id)
+    creates = keys.creates_key(job.provider, job.model)
+    env.store.redis.zadd(creates, {"earlier-admission": 1.0})  # long out of the window
+    assert room.take(job, now=time.time() - 30).go  # admitted half a minute ago (a busy worker)
+    assert env.store.redis.zscore(creates, job_id) is not None
+    env.pipeline.submit(job_id)
+    assert env.job(job_id).status is JobStatus.RUNNING
+    tokens: list[tuple[str, float]] = env.store.redis.zrange(creates, 0, -1, withscores=True)  # type: ignore[assignment]
+    assert [t for t, _ in tokens if t.startswith(job_id)] != [job_id]  # the admission token is gone
+    [(token, stamped)] = [(t, at) for t, at in tokens if t.startswith(job_id)]
+    assert token.startswith(f"{job_id}:") and stamped > time.time() - 5  # stamped at the create
 
 
 def test_a_long_retry_after_backs_the_model_off_for_at_most_retry_max_s(env: Env) -> None:

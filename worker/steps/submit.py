@@ -221,6 +221,8 @@ class SubmitStep(PollStep):
         if task_id is None:
             try:
                 self.store.update(job.id, _count_attempt)
+                if self.limits is not None:
+                    self.limits.stamp_create(job.provider, job.model, job.id)
                 task_id = provider.create(job, images)
             except ProviderError as exc:
                 sent = exc.code is ErrorCode.TIMEOUT and exc.request_sent
