@@ -9,7 +9,8 @@ second lookup, so no DNS-rebinding gap), with the URL's host in the Host header 
 (SNI and certificate check). It follows redirects itself, at most `max_redirects`, checking
 every hop the same way; counts the bytes it reads against `max_bytes` (whatever
 Content-Length says) and holds the whole fetch, redirects included, to one deadline of
-`timeout_s` seconds. Proxies from the environment are not used: a proxy would resolve the
+`timeout_s` seconds (the name lookups excepted: the system resolver bounds those with its
+own timeouts). Proxies from the environment are not used: a proxy would resolve the
 name itself, after the check.
 
 `AllowList` (the FETCH_ALLOW_HOSTS setting) names trusted internal hosts: host names, IPs
@@ -23,11 +24,13 @@ httpx's AsyncClient only, and the producer cannot use httpx at all.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -329,45 +332,79 @@ class FetchLimits:
 
 
 class _Deadline:
+    """One fetch's deadline. Socket timeouts bound each operation only (a server sending a
+    byte at a time never trips them), so a timer also shuts the socket being read down
+    when the deadline passes, which ends any read in progress."""
+
     def __init__(self, url: str, timeout_s: float) -> None:
         self.url, self.timeout_s = url, timeout_s
         self.at = time.monotonic() + timeout_s
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
 
     def left(self) -> float:
         """Seconds left; raises URLTimeoutError when none are."""
         remaining = self.at - time.monotonic()
         if remaining <= 0:
-            raise URLTimeoutError(f"{self.url} did not answer within {self.timeout_s:g} s")
+            raise self.error()
         return remaining
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def error(self) -> URLTimeoutError:
+        return URLTimeoutError(f"{self.url} did not answer within {self.timeout_s:g} s")
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """The socket to shut down at the deadline (the current hop's)."""
+        with self._lock:
+            self._sock = sock
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to `address`, whatever the host name would resolve to now."""
+    """HTTP to `address`, whatever the host name would resolve to now; the TCP socket is
+    handed to `deadline` as soon as it exists."""
 
-    def __init__(self, host: str, port: int, address: IPAddress, timeout: float) -> None:
+    def __init__(self, host: str, port: int, address: IPAddress, timeout: float, deadline: _Deadline) -> None:
         super().__init__(host, port, timeout=timeout)
-        self.address = address
+        self.address, self.deadline = address, deadline
+
+    def _tcp(self) -> socket.socket:
+        sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.deadline.watch(sock)
+        return sock
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.sock = self._tcp()
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(_PinnedHTTPConnection, http.client.HTTPSConnection):
     """HTTPS to `address`, with the URL's host name for SNI and the certificate check."""
 
-    def __init__(self, host: str, port: int, address: IPAddress, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self.address = address
+    def __init__(self, host: str, port: int, address: IPAddress, timeout: float, deadline: _Deadline) -> None:
+        http.client.HTTPSConnection.__init__(self, host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address, self.deadline = address, deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((str(self.address), self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = self._context.wrap_socket(self._tcp(), server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 @dataclass
 class Response:
-    """An open answer (status below 300 or a final non-redirect): `url` after redirects,
+    """An open answer (below 400, not a redirect): `url` after redirects,
     `status`, `headers`. `chunks()` yields the body, bounded by the fetch's limits."""
 
     url: str
@@ -390,11 +427,15 @@ class Response:
             self._settimeout(self._deadline.left())
             try:
                 chunk = self._response.read1(READ_CHUNK)
-            except TimeoutError as exc:
-                raise URLTimeoutError(f"{self.url} did not answer within {self._deadline.timeout_s:g} s") from exc
             except (OSError, http.client.HTTPException) as exc:
+                if self._deadline.passed():
+                    raise self._deadline.error() from exc
                 raise URLFetchError(f"{self.url} broke off ({exc!r})") from exc
             if not chunk:
+                if self._deadline.passed():  # the socket was shut down: the end is not the body's
+                    raise self._deadline.error()
+                if length and length.isdigit() and self.read_bytes < int(length):
+                    raise URLFetchError(f"{self.url} broke off after {self.read_bytes} of {length} bytes")
                 return
             self.read_bytes += len(chunk)
             if self.read_bytes > limit:
@@ -424,25 +465,28 @@ def open_url(
     scheme or redirect target ForbiddenURLError; too many redirects ForbiddenURLError;
     timeouts URLTimeoutError; network failures URLFetchError. The connection is closed on exit."""
     deadline = _Deadline(url, limits.timeout_s)
-    current = url
-    verb = method
-    for _hop in range(limits.max_redirects + 1):
-        target = resolve(current, allow)
-        connection, response = _request(current, target, verb, headers=headers, limits=limits, deadline=deadline)
-        location = response.getheader("Location") if response.status in REDIRECT_STATUSES else None
-        if location is None:
-            try:
-                if response.status >= 400:
-                    raise URLStatusError(current, response.status)
-                yield Response(current, response.status, response.headers, response, connection, limits, deadline)
-            finally:
-                connection.close()
-            return
-        connection.close()
-        current = urljoin(current, location.strip())
-        if response.status == 303 and verb != "HEAD":
-            verb = "GET"
-    raise ForbiddenURLError(f"{url} redirects more than {limits.max_redirects} times")
+    try:
+        current = url
+        verb = method
+        for _hop in range(limits.max_redirects + 1):
+            target = resolve(current, allow)
+            connection, response = _request(current, target, verb, headers=headers, limits=limits, deadline=deadline)
+            location = response.getheader("Location") if response.status in REDIRECT_STATUSES else None
+            if location is None:
+                try:
+                    if response.status >= 400:
+                        raise URLStatusError(current, response.status)
+                    yield Response(current, response.status, response.headers, response, connection, limits, deadline)
+                finally:
+                    connection.close()
+                return
+            connection.close()
+            current = urljoin(current, location.strip())
+            if response.status == 303 and verb != "HEAD":
+                verb = "GET"
+        raise ForbiddenURLError(f"{url} redirects more than {limits.max_redirects} times")
+    finally:
+        deadline.cancel()
 
 
 def _request(
@@ -461,7 +505,7 @@ def _request(
     kind = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     failure: Exception | None = None
     for address in target.addresses:
-        connection = kind(target.host, target.port, address, min(limits.connect_timeout_s, deadline.left()))
+        connection = kind(target.host, target.port, address, min(limits.connect_timeout_s, deadline.left()), deadline)
         try:
             connection.connect()
             assert connection.sock is not None
@@ -469,13 +513,10 @@ def _request(
             connection.request(method, path, headers={"Accept-Encoding": "identity", **(headers or {})})
             connection.sock.settimeout(deadline.left())
             return connection, connection.getresponse()
-        except TimeoutError as exc:
-            connection.close()
-            if time.monotonic() >= deadline.at:
-                raise URLTimeoutError(f"{url} did not answer within {limits.timeout_s:g} s") from exc
-            failure = exc
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
+            if deadline.passed():
+                raise deadline.error() from exc
             failure = exc
     reason = failure.strerror if isinstance(failure, OSError) and failure.strerror else repr(failure)
     raise URLFetchError(f"{url} is unreachable ({reason})") from failure

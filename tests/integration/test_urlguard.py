@@ -139,6 +139,28 @@ def dripping(handler: BaseHTTPRequestHandler) -> None:
         pass
 
 
+def dripping_headers(handler: BaseHTTPRequestHandler) -> None:
+    # The status line, then a header a byte every 0.2 s: the answer never starts.
+    try:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Slow: ")
+        for _ in range(600):
+            handler.wfile.write(b"z")
+            handler.wfile.flush()
+            time.sleep(0.2)
+    except OSError:
+        pass
+    handler.close_connection = True
+
+
+def host_header(handler: BaseHTTPRequestHandler) -> None:
+    body = (handler.headers.get("Host") or "").encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/plain")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 LIMITS = FetchLimits(max_bytes=1024 * 1024, timeout_s=10)
 
 
@@ -195,6 +217,22 @@ def test_the_deadline_holds_for_the_whole_fetch_against_a_slow_server(serve: Cal
     # Each byte comes within 0.2 s, so a per-read timeout of 1 s would wait out all 120 s.
     with pytest.raises(URLTimeoutError, match="did not answer within 1 s"):
         fetch(outer.url("/slow.png"), allow, FetchLimits(max_bytes=1024, timeout_s=1))
+
+
+def test_the_deadline_holds_while_the_headers_trickle_in(serve: Callable[..., Server]) -> None:
+    outer = serve({"/slow-headers.png": dripping_headers})
+    with pytest.raises(URLTimeoutError, match="did not answer within 1 s"):
+        fetch(outer.url("/slow-headers.png"), AllowList.parse(outer.netloc), FetchLimits(max_bytes=1024, timeout_s=1))
+
+
+def test_a_name_is_fetched_at_the_address_checked_with_its_own_host_header(serve: Callable[..., Server]) -> None:
+    outer = serve({"/host": host_header})
+    port = outer.netloc.rsplit(":", 1)[1]
+    # localhost resolves to loopback only: refused unless trusted, by name or by address.
+    with pytest.raises(ForbiddenURLError, match="a loopback address"):
+        fetch(f"http://localhost:{port}/host", AllowList())
+    assert fetch(f"http://localhost:{port}/host", AllowList.parse(f"localhost:{port}")) == f"localhost:{port}".encode()
+    assert fetch(f"http://localhost:{port}/host", AllowList.parse("127.0.0.0/8, ::1")) == f"localhost:{port}".encode()
 
 
 def test_a_veo_job_whose_image_url_is_forbidden_is_refused_at_submit(local_stack: Stack) -> None:
