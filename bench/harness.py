@@ -180,6 +180,8 @@ class BenchStack:
             "max_in_flight_per_model": 1_000_000,
             "creates_per_minute_per_model": 1_000_000,
             "check_image_urls": "false",
+            # The simulator's stand-in images are on loopback: trusted by the URL guard here only.
+            "fetch_allow_hosts": self.sim_url.removeprefix("http://"),
             "log_level": "INFO",
         }
         if self.s3_endpoint:

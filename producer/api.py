@@ -34,7 +34,8 @@ from videoqueue.limits import ProviderLimits
 from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings, get_settings
-from videoqueue.urlcheck import check_image_url
+from videoqueue.urlcheck import check_image_address, check_image_url
+from videoqueue.urlguard import ForbiddenURLError
 
 
 class StoreRetryRefusedError(RequestError, ValueError):
@@ -135,18 +136,28 @@ class VideoQueue:
         return record
 
     def _check_urls(self, request: ResolvedRequest) -> None:
-        if not self.settings.check_image_urls:
-            return
+        """Every image URL through the URL guard (videoqueue.urlguard): one leading to an
+        internal address is refused even when CHECK_IMAGE_URLS is off (then only the checks
+        that need no network: IP literals and localhost)."""
+        allow = self.settings.fetch_allow_list
         problems: dict[str, str] = {}
         for role, source in request.images.items():
             url = source.url if isinstance(source, ImageUrl) else None
-            if url and url not in self._reachable:
-                why = check_image_url(url)
-                if why:
-                    url_field, _ = IMAGE_FIELDS[role]
-                    problems[url_field] = f"{url} {why}"
-                else:
-                    self._reachable.add(url)
+            if not url or url in self._reachable:
+                continue
+            url_field, _ = IMAGE_FIELDS[role]
+            try:
+                if not self.settings.check_image_urls:
+                    check_image_address(url, allow)
+                    continue
+                why = check_image_url(url, allow)
+            except ForbiddenURLError as exc:
+                problems[url_field] = str(exc)
+                continue
+            if why:
+                problems[url_field] = f"{url} {why}"
+            else:
+                self._reachable.add(url)
         if problems:
             raise InvalidRequestError(problems)
 

@@ -53,10 +53,15 @@ def main() -> int:
         return 2
     settings = Settings(vq_namespace=demo_namespace)
     env = dict(os.environ) | {"VQ_NAMESPACE": demo_namespace}
+    port = free_port()
+    if settings.byteplus_api_key is None:
+        # The simulator's stand-in images are on loopback: the URL guard trusts exactly it.
+        allow = ",".join(filter(None, [settings.fetch_allow_hosts, f"127.0.0.1:{port}"]))
+        settings = settings.model_copy(update={"fetch_allow_hosts": allow})
+        env |= {"FETCH_ALLOW_HOSTS": allow}
     started: list[ManagedProcess] = []
     try:
         if settings.byteplus_api_key is None:
-            port = free_port()
             console.print(f"No BYTEPLUS_API_KEY: using the simulator on port {port} (no cost, no network).")
             started.append(start_simulator(port, RUN_DIR, ["--latency", "6", "--latency-jitter", "4"]))
             env |= {

@@ -83,6 +83,9 @@ def exports_for(settings: Settings, namespace: str, sim_url: str | None, cwd: Pa
             "BYTEPLUS_API_KEY": SIM_BYTEPLUS_KEY,
             "VEO_BASE_URL": f"{sim_url}/",
             "GOOGLE_API_KEY": SIM_GOOGLE_KEY,
+            # The simulator serves stand-in images on loopback, which the URL guard refuses
+            # unless trusted: this exact host:port only.
+            "FETCH_ALLOW_HOSTS": urlsplit(sim_url).netloc,
         }
     return exports
 

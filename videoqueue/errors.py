@@ -25,9 +25,15 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
             VideoCheckError                          worker.storage.base
             FetchError                               worker.storage.fetch
         InvalidSettingsError (ValueError)
+            AllowListError                           videoqueue.urlguard
         EnqueueError (RuntimeError)                  producer.api
         WaitTimeoutError (TimeoutError)              producer.api
         JobFailed                                    worker.outcome
+        URLFetchError
+            ForbiddenURLError (ValueError)           videoqueue.urlguard
+            URLTooLargeError (ValueError)            videoqueue.urlguard
+            URLTimeoutError (TimeoutError)           videoqueue.urlguard
+            URLStatusError                           videoqueue.urlguard
 
 Branch bases live here, in the core, so that any part can catch a branch without importing
 the part that raises it; so do the leaves of the core's own parts. A leaf raised by one
@@ -197,3 +203,12 @@ class StorageError(VideoqueueError):
 class InvalidSettingsError(VideoqueueError, ValueError):
     """Settings that cannot be used; the message is one line naming each variable at fault
     and what it expects (never a secret's value)."""
+
+
+# -- fetching a user's URL ----------------------------------------------------------------------
+
+
+class URLFetchError(VideoqueueError):
+    """A URL a user gave could not be fetched (videoqueue.urlguard): refused by the guard,
+    unreachable, timed out, too large, an HTTP error, too many redirects. The message is
+    one line naming the URL and the cause."""

@@ -23,6 +23,7 @@ from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
 from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
+from videoqueue.urlguard import AllowList
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -272,6 +273,18 @@ class Settings(BaseSettings):
         ),
     )
     check_image_urls: bool = Field(default=True, description="Check at submit that image URLs answer like images.")
+    fetch_allow_hosts: str = Field(
+        default="",
+        description=(
+            "Trusted internal hosts the URL guard lets image URLs reach, comma separated: names, "
+            "name:port, IPs, CIDRs (10.0.0.0/8, [fd00::1]:9000). Empty: only public addresses."
+        ),
+    )
+    fetch_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Deadline in seconds for one fetch of a user's image URL by a worker, redirects included.",
+    )
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
@@ -369,6 +382,12 @@ class Settings(BaseSettings):
                     raise ValueError(f"{model}: {problem}")
         return value
 
+    @field_validator("fetch_allow_hosts")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        AllowList.parse(value)  # raises AllowListError (a ValueError) naming the bad entry
+        return value
+
     @field_validator("vq_namespace")
     @classmethod
     def _namespace_name(cls, value: str) -> str:
@@ -433,6 +452,11 @@ class Settings(BaseSettings):
         if self.s3_checksums is not None:
             return self.s3_checksums
         return "when_required" if self.s3_endpoint_url else "when_supported"
+
+    @property
+    def fetch_allow_list(self) -> AllowList:
+        """FETCH_ALLOW_HOSTS, parsed: the hosts the URL guard trusts."""
+        return AllowList.parse(self.fetch_allow_hosts)
 
     @property
     def effective_broker_url(self) -> str:

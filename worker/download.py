@@ -1,4 +1,9 @@
-"""Streaming a finished video over HTTP, chunk by chunk, never whole in memory."""
+"""Streaming a finished video over HTTP, chunk by chunk, never whole in memory; and a
+user's input image, through the URL guard.
+
+`stream_url` fetches the provider's own result URLs (ModelArk's video_url, Vertex's GCS
+objects), not URLs a user gave: it is not guarded. `fetch_image` fetches URLs users give
+and is (videoqueue.urlguard)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,15 @@ from contextlib import contextmanager
 import httpx
 
 from videoqueue.job import ErrorCode
+from videoqueue.urlguard import (
+    AllowList,
+    FetchLimits,
+    ForbiddenURLError,
+    URLFetchError,
+    URLStatusError,
+    URLTooLargeError,
+    open_url,
+)
 from worker.providers.base import ProviderError, VideoStream
 
 # Slices of a video that is already in memory (Veo's inline bytes).
@@ -79,18 +93,41 @@ def _gunzipped(response: httpx.Response) -> Iterator[bytes]:
         raise ProviderError(ErrorCode.TIMEOUT, "download broke: the gzip stream ended before its end marker")
 
 
-def fetch_image(client: httpx.Client, url: str, max_bytes: int) -> tuple[bytes, str]:
-    """Download an input image (for providers that take bytes, not URLs), refusing more
-    than `max_bytes` and anything that is not a PNG, JPEG or WebP image."""
+def fetch_image(url: str, allow: AllowList, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
+    """Download a user's input image (for providers that take bytes, not URLs) through the
+    URL guard (videoqueue.urlguard): no internal address, redirects checked, at most
+    `max_bytes`, the whole fetch within `timeout_s` seconds. Returns (bytes, MIME type).
+
+    Raises ProviderError: INVALID_REQUEST (not retried: the input is at fault) for a URL the
+    guard refuses (`allow`: trusted internal hosts), an image over `max_bytes` or anything
+    that is not a PNG, JPEG or WebP image; NOT_FOUND for an HTTP 4xx; UPSTREAM for 5xx and
+    429; TIMEOUT (retried) for a deadline passed or a network failure. Each with
+    `request_sent=False`: it happens before the provider is called."""
     from videoqueue.images import sniff_image_type
 
-    data = bytearray()
-    with stream_url(client, url) as stream:
-        for chunk in stream.chunks:
-            data.extend(chunk)
-            if len(data) > max_bytes:
-                raise ProviderError(ErrorCode.INVALID_REQUEST, f"image at {url} is over {max_bytes} bytes")
-    mime = sniff_image_type(bytes(data[:16]))
+    limits = FetchLimits(max_bytes=max_bytes, timeout_s=timeout_s)
+    try:
+        with open_url(url, allow, limits) as response:
+            data = response.read()
+    except ForbiddenURLError as exc:
+        raise ProviderError(ErrorCode.INVALID_REQUEST, f"image URL refused: {exc}", request_sent=False) from exc
+    except URLTooLargeError as exc:
+        raise ProviderError(
+            ErrorCode.INVALID_REQUEST, f"image at {url} is over {max_bytes} bytes", request_sent=False
+        ) from exc
+    except URLStatusError as exc:
+        if exc.status >= 500 or exc.status == 429:
+            raise ProviderError(
+                ErrorCode.UPSTREAM, f"image download answered HTTP {exc.status}", request_sent=False
+            ) from exc
+        raise ProviderError(
+            ErrorCode.NOT_FOUND,
+            f"image URL answered HTTP {exc.status} (expired, removed or not allowed)",
+            request_sent=False,
+        ) from exc
+    except URLFetchError as exc:  # timeouts, refused connections, broken transfers
+        raise ProviderError(ErrorCode.TIMEOUT, f"image download failed: {exc}", request_sent=False) from exc
+    mime = sniff_image_type(data[:16])
     if mime is None:
-        raise ProviderError(ErrorCode.INVALID_REQUEST, f"{url} is not a PNG, JPEG or WebP image")
-    return bytes(data), mime
+        raise ProviderError(ErrorCode.INVALID_REQUEST, f"{url} is not a PNG, JPEG or WebP image", request_sent=False)
+    return data, mime

@@ -64,6 +64,10 @@ FAST_RECOVERY = {
     "POLL_MIN_S": "1",
     "POLL_MAX_S": "3",
 }
+# The simulator's stand-in images and the suite's own test servers listen on loopback, which
+# the URL guard refuses by default: the suite's workers and producers trust it (only it).
+# Tests of the guard itself set their own allow-list (tests/integration/test_urlguard.py).
+SUITE_FETCH_ALLOW_HOSTS = "127.0.0.1"
 
 
 def setting_variables() -> set[str]:
@@ -210,6 +214,7 @@ class Stack:
             "GOOGLE_API_KEY": SIM_GOOGLE_KEY,
             "VEO_BASE_URL": f"{self.simulator.url}/",
             "STORAGE_URL": self.storage_url,
+            "FETCH_ALLOW_HOSTS": SUITE_FETCH_ALLOW_HOSTS,
         }
 
     def env(self, **overrides: str) -> dict[str, str]:
@@ -234,6 +239,7 @@ class Stack:
         return proc
 
     def queue(self, **settings: Any) -> VideoQueue:
+        settings.setdefault("fetch_allow_hosts", SUITE_FETCH_ALLOW_HOSTS)
         return VideoQueue(Settings(redis_url=REDIS_URL, _env_file=None, **settings))
 
     def stop(self) -> None:

@@ -341,6 +341,27 @@ def cases(inp: Inputs) -> list[Case]:
             (fox, "--image-url", f"http://127.0.0.1:{inp.closed_port}/first.png"),
         ),
         Case(
+            "image_url at the cloud metadata address",
+            "image_url",
+            "leads to 169.254.169.254, a cloud metadata address",
+            ({"prompt": fox, "image_url": "http://169.254.169.254/latest/meta-data/first.png"},),
+            (fox, "--image-url", "http://169.254.169.254/latest/meta-data/first.png"),
+        ),
+        Case(
+            "image_url on a private network",
+            "image_url",
+            "leads to 10.0.0.5, a private address",
+            ({"prompt": fox, "provider": "veo", "image_url": "http://10.0.0.5:9000/first.png"},),
+            (fox, "--provider", "veo", "--image-url", "http://10.0.0.5:9000/first.png"),
+        ),
+        Case(
+            "image_url as IPv4-mapped IPv6 loopback",
+            "image_url",
+            "a loopback address in IPv6 form (127.0.0.1)",
+            ({"prompt": fox, "image_url": "http://[::ffff:127.0.0.1]/first.png"},),
+            (fox, "--image-url", "http://[::ffff:127.0.0.1]/first.png"),
+        ),
+        Case(
             "image_url answering 404",
             "image_url",
             "answers HTTP 404",

@@ -26,6 +26,7 @@ def test_the_exports_name_redis_the_namespace_storage_and_the_simulator(tmp_path
         "BYTEPLUS_API_KEY": "dev-simulator-key",
         "VEO_BASE_URL": "http://127.0.0.1:8000/",
         "GOOGLE_API_KEY": "dev-simulator-google-key",
+        "FETCH_ALLOW_HOSTS": "127.0.0.1:8000",
     }
 
 

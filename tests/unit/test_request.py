@@ -226,7 +226,8 @@ def image_server() -> Iterator[str]:
 
 def test_image_urls_are_checked_before_anything_is_stored(image_server: str) -> None:
     redis = fakeredis.FakeRedis(decode_responses=True)
-    vq = VideoQueue(Settings(), store=JobStore(redis))
+    # The test server is on loopback, which the URL guard refuses unless trusted.
+    vq = VideoQueue(Settings(fetch_allow_hosts="127.0.0.1"), store=JobStore(redis))
     assert vq.prepare(VideoRequest(prompt="ok", image_url=f"{image_server}/ok.png")).record
     assert vq.prepare(VideoRequest(prompt="ok", image_url=f"{image_server}/nohead.png")).record
     for path, why in [("/gone.png", "answers HTTP 404"), ("/page", "answers text/html, not an image")]:

@@ -170,6 +170,8 @@ class VeoProvider:
         self._client = genai_client(settings, settings.provider_timeout_s)
         self._http = http
         self._output_gcs_uri = settings.veo_output_gcs_uri
+        self._fetch_allow = settings.fetch_allow_list
+        self._fetch_timeout_s = settings.fetch_timeout_s
 
     @classmethod
     def endpoint(cls, settings: Settings) -> Endpoint:
@@ -232,7 +234,7 @@ class VeoProvider:
         assert image.url is not None
         if image.url.startswith("gs://"):
             return types.Image(gcs_uri=image.url)
-        data, mime = fetch_image(self._http, image.url, MAX_IMAGE_BYTES)
+        data, mime = fetch_image(image.url, self._fetch_allow, MAX_IMAGE_BYTES, self._fetch_timeout_s)
         return types.Image(image_bytes=data, mime_type=mime)
 
     def create(self, job: JobRecord, images: dict[str, ImageInput]) -> str:
