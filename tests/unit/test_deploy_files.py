@@ -230,13 +230,19 @@ def locked() -> dict[str, list[tuple[Version, Marker | None, int]]]:
 
 
 # Where the image runs: Linux, CPython 3.11 (the Dockerfile's base).
-IMAGE_PLATFORM = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
+IMAGE_PLATFORM = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "python_version": "3.11",
+    "python_full_version": "3.11.14",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 def marker_holds(marker: Marker | None) -> bool:
-    return marker is None or marker.evaluate(
-        {**default_environment(), **IMAGE_PLATFORM, "python_full_version": "3.11.14"}
-    )
+    environment: dict[str, str] = {str(k): str(v) for k, v in default_environment().items()}
+    return marker is None or marker.evaluate({**environment, **IMAGE_PLATFORM})
 
 
 def test_the_lock_satisfies_pyproject() -> None:
@@ -264,9 +270,9 @@ def test_the_lock_satisfies_pyproject() -> None:
                 break
         else:
             raise AssertionError(f"{name} is locked only for other platforms than the image's")
-    for name, entries in pins.items():
+    for pinned, entries in pins.items():
         for version, _, hashes in entries:
-            assert hashes >= 1, f"{name}=={version} has no hash: pip --require-hashes would refuse it"
+            assert hashes >= 1, f"{pinned}=={version} has no hash: pip --require-hashes would refuse it"
     recipe = make_lock_recipe()
     assert "--generate-hashes" in recipe and "--output-file requirements.lock" in recipe
     assert LOCK.read_text().startswith(
