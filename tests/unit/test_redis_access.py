@@ -124,5 +124,5 @@ def test_the_urls_ssl_parameters_replace_the_default() -> None:
     """A private CA named in the URL (ssl_ca_certs) is what kombu uses, as redis-py does;
     redis-py's SSL connection then requires a valid certificate by default."""
     url = "rediss://:pw@10.0.0.5:6380/0?ssl_ca_certs=/etc/videoqueue/ca.pem"
-    with Connection(url, ssl=broker_use_ssl(url)) as connection:
+    with Connection(url, ssl=broker_use_ssl(url) or False) as connection:
         assert connection.ssl == {"ssl_ca_certs": "/etc/videoqueue/ca.pem"}
