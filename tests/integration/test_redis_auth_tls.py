@@ -31,10 +31,16 @@ from simulator.stack import ManagedProcess, free_port, wait_until
 from tests.integration.conftest import Simulator, Stack
 from tests.integration.helpers import redis_value, wait_status
 from worker.doctor import Status, check_redis_access
+from worker.redis_access import without_credentials
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "vq-redis-pw-6c0f93d1"
+ADMIN_PASSWORD = "vq-admin-pw-0b5d28aa"
+# The ACL user docs/production.md gives videoqueue: every key and channel, every command but
+# the administrative and dangerous ones, plus what `videoqueue doctor` reads (INFO, CONFIG GET).
+ACL_USER = "videoqueue"
+ACL_RULES = ["on", f">{PASSWORD}", "~*", "&*", "+@all", "-@admin", "-@dangerous", "+info", "+config|get"]
 WRONG_PASSWORD = "not-the-pw-41b7e2"
 CLI = "videoqueue"
 
@@ -118,11 +124,18 @@ def redis_server_binary() -> str:
 
 @contextmanager
 def redis_server(
-    directory: Path, *, host: str = "127.0.0.1", password: str | None = None, tls: TlsFiles | None = None
+    directory: Path,
+    *,
+    host: str = "127.0.0.1",
+    password: str | None = None,
+    tls: TlsFiles | None = None,
+    acl_user: bool = False,
 ) -> Iterator[str]:
     """A redis-server of its own on `host` (a free port), with `--requirepass` when
-    `password` is given and TLS only (`--port 0 --tls-port`) when `tls` is; yields the URL
-    videoqueue is given (password in it; for TLS, rediss:// with the CA in ssl_ca_certs)."""
+    `password` is given and TLS only (`--port 0 --tls-port`) when `tls` is; with `acl_user`
+    the default user gets another password and `password` belongs to the ACL user
+    videoqueue (ACL_RULES). Yields the URL videoqueue is given (its user and password in it;
+    for TLS, rediss:// with the CA in ssl_ca_certs)."""
     port = free_port()
     argv = [redis_server_binary(), "--bind", host, "--save", "", "--appendonly", "no", "--dir", str(directory)]
     # As the official redis image runs: without a password, protected mode would refuse every
@@ -133,11 +146,13 @@ def redis_server(
     else:
         argv += ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert)]
         argv += ["--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
-    if password is not None:
+    if acl_user:
+        argv += ["--requirepass", ADMIN_PASSWORD, "--user", ACL_USER, *ACL_RULES]
+    elif password is not None:
         # On the command line here, in a test: the compose file hands it over on stdin instead.
         argv += ["--requirepass", password]
     proc = ManagedProcess(f"redis-{port}", argv, {}, directory / f"redis-{port}.log")
-    auth = f":{quote(password, safe='')}@" if password else ""
+    auth = f"{ACL_USER if acl_user else ''}:{quote(password, safe='')}@" if password else ""
     if tls is None:
         url = f"redis://{auth}{host}:{port}/0"
     else:
@@ -227,11 +242,19 @@ def run_jobs_end_to_end(stack: Stack, url: str) -> None:
 # --------------------------------------------------------------------------- password
 
 
-def test_a_password_protected_redis_end_to_end(simulator: Simulator, log_dir: Path, tmp_path: Path) -> None:
-    with redis_server(tmp_path, password=PASSWORD) as url:
+@pytest.mark.parametrize("acl_user", [False, True], ids=["requirepass", "acl-user"])
+def test_a_password_protected_redis_end_to_end(
+    simulator: Simulator, log_dir: Path, tmp_path: Path, acl_user: bool
+) -> None:
+    with redis_server(tmp_path, password=PASSWORD, acl_user=acl_user) as url:
         # The server does demand the password: without it, nothing is served.
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis.from_url(url.replace(f":{PASSWORD}@", "")).ping()
+            redis.Redis.from_url(without_credentials(url)).ping()
+        if acl_user:
+            client = redis.Redis.from_url(url)
+            assert client.acl_whoami() in {"videoqueue", b"videoqueue"}
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.flushall()
         stack = stack_on(simulator, url, log_dir, tmp_path)
         try:
             run_jobs_end_to_end(stack, url)
