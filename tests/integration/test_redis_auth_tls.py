@@ -1,8 +1,9 @@
-"""Redis with a password, and over TLS with a private CA, end to end: real redis-server
-processes started here (`--requirepass`; `--tls-port` with a CA and a server certificate
-made in tmp_path), the simulator, a real `celery worker`, jobs submitted through the CLI and
-VideoQueue. The password must show in no log line, no job record, no command line and no
-CLI or doctor output; a wrong one must be one clear line, not a hang. And `videoqueue
+"""Redis with a password (requirepass, or an ACL user), and over TLS with a private CA, end
+to end: real redis-server processes started here (`--requirepass`; `--tls-port` with a CA
+and a server certificate made in tmp_path), the simulator, a real `celery worker` and Flower
+as compose starts it, jobs submitted through the CLI and VideoQueue. The password must show
+in no log line, no job record or queued message, no command line, no Flower page and no CLI
+or doctor output; a wrong one must be one clear line, not a hang. And `videoqueue
 doctor`'s `redis access` check against servers on this machine's non-loopback address."""
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from producer import JobStatus, Settings, VideoQueue, VideoRequest
 from producer.celery_client import producer_app
 from simulator.stack import ManagedProcess, free_port, wait_until
 from tests.integration.conftest import Simulator, Stack
-from tests.integration.helpers import redis_value, wait_status
+from tests.integration.helpers import redis_value, wait_for, wait_status
+from tests.integration.test_flower import Flower, flower, on_port
+from tests.unit.test_deploy_files import COMPOSE, as_argv, load
 from worker.doctor import Status, check_redis_access
 from worker.redis_access import without_credentials
 
@@ -211,10 +214,26 @@ def command_lines(stack: Stack) -> list[str]:
     return lines
 
 
-def run_jobs_end_to_end(stack: Stack, url: str) -> None:
-    """A worker on `url`; one job through the CLI and two through VideoQueue, all succeeded,
-    and the password nowhere it must not be."""
+def run_jobs_end_to_end(stack: Stack, url: str, tmp_path: Path) -> None:
+    """A worker and Flower (compose's command) on `url`; one job through the CLI and two
+    through VideoQueue, all succeeded and seen by Flower, and the password nowhere it must
+    not be."""
     stack.start_worker()
+    port = free_port()
+    flower_argv = on_port(as_argv(load(COMPOSE)["services"]["flower"]["command"]), port, tmp_path / "flower.db")
+    login = ("ops", "flower-pw-a81c")
+    flower_env = stack.env(FLOWER_BASIC_AUTH=":".join(login))
+    with flower(flower_argv, flower_env, stack.log_dir / f"flower-{port}.log", login, port) as api:
+        flower_seen = run_jobs_and_look(stack, url, api)
+        flower_log = (stack.log_dir / f"flower-{port}.log").read_text()
+    flower_seen["Flower's log"] = flower_log
+    flower_seen["Flower's command line"] = " ".join(flower_argv)
+    for where, text in flower_seen.items():
+        assert PASSWORD not in text and quote(PASSWORD, safe="") not in text, f"the Redis password is in {where}"
+
+
+def run_jobs_and_look(stack: Stack, url: str, api: Flower) -> dict[str, str]:
+    """Run the jobs; return what Flower shows of them (its API and pages, by name)."""
     submitted = cli(stack, "submit", "a fox on a password-protected redis", "--duration", "5", "--json")
     assert submitted.returncode == 0, submitted.stderr
     [record] = json.loads(submitted.stdout)
@@ -237,6 +256,10 @@ def run_jobs_end_to_end(stack: Stack, url: str) -> None:
     assert seen["worker logs"] and seen["job records and queues (every key of the database)"]
     for where, text in seen.items():
         assert PASSWORD not in text and quote(PASSWORD, safe="") not in text, f"the Redis password is in the {where}"
+    wait_for(lambda: all(api.of_job(job_id) for job_id in ids), 30, "the jobs' tasks in Flower")
+    pages = {f"Flower's {path}": api.get(path).text for path in ("/api/tasks", "/api/workers", "/broker", "/workers")}
+    assert all(api.get(path).status_code == 200 for path in ("/api/tasks", "/broker")), "Flower reached the broker"
+    return pages
 
 
 # --------------------------------------------------------------------------- password
@@ -257,7 +280,7 @@ def test_a_password_protected_redis_end_to_end(
                 client.flushall()
         stack = stack_on(simulator, url, log_dir, tmp_path)
         try:
-            run_jobs_end_to_end(stack, url)
+            run_jobs_end_to_end(stack, url, tmp_path)
         finally:
             stack.stop()
 
@@ -302,7 +325,7 @@ def test_a_tls_redis_with_a_private_ca_end_to_end(simulator: Simulator, log_dir:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=5)
         stack = stack_on(simulator, url, log_dir, tmp_path)
         try:
-            run_jobs_end_to_end(stack, url)
+            run_jobs_end_to_end(stack, url, tmp_path)
             banner = stack.workers[0].log_text()
             assert "rediss://" in banner, "the worker's broker is the TLS Redis"
         finally:
