@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -306,6 +308,20 @@ def test_a_wrong_password_is_one_clear_line_from_the_cli_and_doctor(
             assert WRONG_PASSWORD not in text and PASSWORD not in text
         # Nothing was enqueued with the wrong password, nor anything written.
         assert stack.redis.dbsize() == 0
+        # A worker with the wrong password says so, and keeps retrying (it never gives up
+        # on its broker), with the URL masked.
+        celery = str(Path(sys.executable).with_name("celery"))
+        argv = [celery, "-A", "worker", "worker", "--loglevel=INFO", "--concurrency=1", "--hostname=wrong@%h"]
+        worker = ManagedProcess("wrong-password", argv, stack.env(REDIS_URL=wrong), tmp_path / "wrong-worker.log")
+        try:
+            wait_until(
+                lambda: "invalid username-password pair" in worker.log_text() or not worker.alive(), 60, "the error"
+            )
+            log = worker.log_text()
+            assert re.search(r"Cannot connect to redis://:(\*\*|\[REDACTED\])@127\.0\.0\.1", log), log[-2000:]
+            assert WRONG_PASSWORD not in log and PASSWORD not in log
+        finally:
+            worker.stop()
 
 
 # --------------------------------------------------------------------------- TLS
