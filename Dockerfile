@@ -10,7 +10,12 @@
 #
 # docker-compose.yml runs all of them; docs/production.md explains the stack.
 
-FROM python:3.11-slim
+# The base image by digest, so that every build starts from the same bytes: the multi-arch
+# index digest of python:3.11-slim (Debian bookworm), as pinned by several public
+# repositories when it was written here (Docker Hub was not reachable). Refresh it on purpose,
+# for security updates, with `docker buildx imagetools inspect python:3.11-slim` (its
+# "Digest:" line), then rebuild and run the tests.
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -29,18 +34,18 @@ RUN groupadd --system --gid 10001 videoqueue \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone: this layer is rebuilt only when the
-# dependency list changes, not on every source edit. The image runs workers, Flower and the
-# simulator: the base dependencies and the `worker` extra, as `pip install "videoqueue[worker]"`.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['worker']))" \
-        > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, from requirements.lock alone: every package the image runs (the base
+# dependencies and the `worker` extra, as `pip install "videoqueue[worker]"`, plus the
+# build backend) at the exact version and file hashes `make lock` resolved from
+# pyproject.toml. A package whose bytes differ from the lock fails the build; nothing is
+# resolved at build time. This layer is rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps --requirement requirements.lock
 
-# Then the source, installed without its dependencies (they are in the layer above).
+# Then the source, installed without its dependencies (they are in the layer above) and
+# built with the locked setuptools (no build isolation: it would fetch an unpinned one).
 COPY . .
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
 
 USER 10001:10001

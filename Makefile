@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck unit integration redis stack worker simulator screenshot clean
+.PHONY: demo test bench lint typecheck unit integration redis stack worker simulator screenshot clean lock
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "videoqueue needs Python 3.11+")'
@@ -80,6 +80,16 @@ simulator: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
+
+# requirements.lock, what the Dockerfile installs (--require-hashes): the base dependencies,
+# the `worker` extra and the build backend of pyproject.toml, each at one version with the
+# hashes of its files, for any platform (--universal) on Python 3.11. Run after changing the
+# dependencies in pyproject.toml, or to take upgrades on purpose; review the diff.
+# Development (`make`, the .venv) keeps installing from pyproject.toml's ranges.
+lock: $(STAMP)
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \
+	| $(BIN)/uv pip compile pyproject.toml - --extra worker --universal --python-version 3.11 \
+	    --generate-hashes --custom-compile-command "make lock" --quiet --output-file requirements.lock
 
 # Flower, the Celery dashboard, on this machine only (127.0.0.1:FLOWER_PORT, default 5555),
 # with the columns that tell about jobs (each task's job id, and its job's status and cost

@@ -8,6 +8,7 @@ from functools import lru_cache
 from celery import Celery
 
 from videoqueue import namespace
+from videoqueue.brokertls import broker_use_ssl
 from videoqueue.queues import AMQP_SETTINGS, celery_conf, is_amqp
 
 
@@ -26,4 +27,6 @@ def _producer_app(broker_url: str, name: str) -> Celery:
         app.conf.update(broker_url=broker_url, **celery_conf(broker_url))
     if is_amqp(broker_url):
         app.conf.update(AMQP_SETTINGS)
+    # rediss://: verify the server's certificate, as the job store's client does.
+    app.conf.broker_use_ssl = broker_use_ssl(broker_url) or False
     return app

@@ -13,6 +13,7 @@ recovery sweep (videoqueue/recovery.py) does.
 from typing import Any
 
 from videoqueue import keys as _keys
+from videoqueue.brokertls import broker_use_ssl as _broker_use_ssl
 from videoqueue.queues import AMQP_SETTINGS, broker_timing, celery_conf, is_amqp, route_task
 from videoqueue.settings import get_settings
 
@@ -24,6 +25,9 @@ _timing = broker_timing(_settings)
 
 broker_url = _settings.effective_broker_url
 _AMQP = is_amqp(broker_url)
+# rediss://: kombu verifies the server's certificate as redis-py does (videoqueue.brokertls).
+if (_broker_tls := _broker_use_ssl(broker_url)) is not None:
+    broker_use_ssl = _broker_tls
 
 # Keep trying to reach the broker, at start-up and after losing it, for as long as it
 # takes: a worker that gives up is a worker somebody has to restart by hand.

@@ -3,6 +3,8 @@ with a one-line detail, and the report ends with a verdict.
 
 - redis: reachable, its version, and whether it keeps what it holds (AOF on, no eviction)
 - broker: reachable (only when BROKER_URL names another server than REDIS_URL)
+- redis access: the job store's (and a Redis broker's) Redis on a non-loopback address must
+  demand a password and should be reached over TLS (worker/redis_access.py)
 - storage: the backend's own probe, a small object written, read back and deleted (with the
   workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
 - provider <name>, one per registered adapter: the configured credentials, tried with the
@@ -24,6 +26,7 @@ from functools import partial
 from typing import Any
 
 from videoqueue import namespace
+from videoqueue.brokertls import broker_use_ssl
 from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
 from worker import registry
@@ -31,6 +34,7 @@ from worker.logs import redact
 from worker.probe import Status, safe_url
 from worker.providers import provider_endpoint, provider_names
 from worker.providers.registry import adapter as provider_adapter
+from worker.redis_access import RedisAccess, exposure_problems, probe_access
 from worker.storage import storage_endpoint
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "check_namespace",
     "check_provider",
     "check_redis",
+    "check_redis_access",
     "check_storage",
     "check_worker_config",
     "check_workers",
@@ -166,11 +171,35 @@ def check_broker(settings: Settings) -> Check:
     url = settings.effective_broker_url
     where = safe_url(url)
     try:
-        with Connection(url, connect_timeout=3) as connection:
+        with Connection(url, connect_timeout=3, ssl=broker_use_ssl(url) or False) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=1, timeout=5)
     except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
         return Check(name, Status.FAIL, f"cannot reach {where}: {exc}")
     return Check(name, Status.OK, f"reachable at {where}")
+
+
+def check_redis_access(settings: Settings, probe: Callable[[str], RedisAccess] = probe_access) -> Check:
+    """Whether the job store's Redis, and the broker's when it is another Redis, is safe to
+    reach where it is reached: on a non-loopback address it must demand a password (warn if
+    a client without one is served) and should be TLS (warn on redis://)."""
+    name = "redis access"
+    roles = {settings.redis_url: "job store"}
+    broker = settings.effective_broker_url
+    if broker.startswith(("redis://", "rediss://", "unix://")) and broker != settings.redis_url:
+        roles[broker] = "broker"
+    problems: list[str] = []
+    seen: list[str] = []
+    for url, role in roles.items():
+        access = probe(url)
+        where = f"{role} {safe_url(url)}"
+        found = exposure_problems(access)
+        problems += [f"{where} {problem}" for problem in found]
+        if not found:
+            how = "loopback" if access.loopback else "TLS" + (", password required" if access.open is False else "")
+            seen.append(f"{where}: {how}")
+    if problems:
+        return Check(name, Status.WARN, "; ".join(problems))
+    return Check(name, Status.OK, "; ".join(seen))
 
 
 # -- storage ------------------------------------------------------------------------------------
@@ -218,6 +247,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
     app = Celery("videoqueue-doctor", broker=settings.effective_broker_url, set_as_current=False)
     app.conf.broker_connection_timeout = 3
     app.conf.broker_connection_max_retries = 1
+    app.conf.broker_use_ssl = broker_use_ssl(settings.effective_broker_url) or False
     # Only this namespace's workers listen on its control exchange.
     app.conf.update(**namespace.celery_names())
     try:
@@ -344,6 +374,7 @@ def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
     ]
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))
+    checks.append(("redis access", lambda: check_redis_access(settings)))
     checks += [
         ("storage", lambda: check_storage(settings)),
     ]

@@ -4,6 +4,7 @@ CMD and HEALTHCHECK from the Dockerfile, its warm shutdown, and Flower as compos
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from celery import Celery
 
 from producer import VideoRequest
@@ -144,3 +146,59 @@ def test_flower_as_compose_runs_it(local_stack: Stack, tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert list(tmp_path.glob("flower.db*")), "persistent state is written to --db"
+
+
+def test_the_compose_redis_takes_its_password_on_stdin_and_its_healthcheck_passes(tmp_path: Path) -> None:
+    """The redis service's script, run by sh as in the container: the official image's
+    docker-entrypoint.sh (which drops root, then execs its arguments) is stood in for by one
+    that adds a free port, a loopback bind and a scratch directory. The server must demand
+    the password, redis-server's command line must not hold it, and the healthcheck's
+    `redis-cli ping` must pass on REDISCLI_AUTH alone."""
+    server = shutil.which("redis-server")
+    if server is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are not installed")
+    redis_service = load(COMPOSE)["services"]["redis"]
+    port = free_port()
+    shim = tmp_path / "bin" / "docker-entrypoint.sh"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "$@" --port {port} --bind 127.0.0.1 --dir {tmp_path} --save ""\n')
+    shim.chmod(0o755)
+    password = uuid.uuid4().hex
+    # What compose hands the container: the script with $$ turned into $, and the environment.
+    argv = [arg.replace("$$", "$") for arg in as_argv(redis_service["command"])]
+    env = {"PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "REDISCLI_AUTH": password}
+    assert redis_service["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    proc = ManagedProcess("compose-redis", argv, env, tmp_path / "redis.log")
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_until(lambda: answers() or not proc.alive(), 20, "the compose redis")
+        assert proc.alive(), proc.log_text()[-2000:]
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(f"redis://127.0.0.1:{port}/0").ping()
+        assert redis.Redis.from_url(url).config_get("appendonly") == {"appendonly": "yes"}
+        cmdline = Path(f"/proc/{proc.proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert "redis-server" in cmdline and password not in cmdline, "sh must exec redis-server"
+        check = healthcheck_argv(redis_service["healthcheck"])
+        assert check == ["redis-cli", "ping"]
+        ping = subprocess.run(
+            [check[0], "-p", str(port), *check[1:]], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert ping.returncode == 0 and ping.stdout.strip() == "PONG", ping.stdout + ping.stderr
+        refused = subprocess.run(
+            [check[0], "-p", str(port), *check[1:]],
+            env={"PATH": env["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "NOAUTH" in refused.stdout + refused.stderr
+    finally:
+        proc.stop()

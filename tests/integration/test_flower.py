@@ -151,15 +151,20 @@ def test_flower_as_the_readme_starts_it_shows_job_status_cost_and_failures(local
         assert "fox" not in json.dumps(api.tasks()), "no prompt reaches Flower"
 
 
+REDIS_PASSWORD = uuid.uuid4().hex
+
+
 def compose_flower(password: str) -> tuple[list[str], dict[str, str]]:
     """The compose file's Flower service, command and environment as `docker compose
-    config` resolves them with FLOWER_BASIC_AUTH=ops:<password> in the environment."""
+    config` resolves them with FLOWER_BASIC_AUTH=ops:<password> (and REDIS_PASSWORD) in the
+    environment."""
     command = compose_command()
     if command is None:
         pytest.skip("Docker Compose v2 is not installed (set VQ_DOCKER_COMPOSE to its binary)")
     env = {
         **os.environ,
         "FLOWER_BASIC_AUTH": f"ops:{password}",
+        "REDIS_PASSWORD": REDIS_PASSWORD,
         "MINIO_ROOT_USER": "videoqueue",
         "MINIO_ROOT_PASSWORD": uuid.uuid4().hex,
     }
@@ -182,7 +187,8 @@ def test_the_compose_flower_service_answers_its_api_with_the_compose_login(local
     assert compose_env["FLOWER_BASIC_AUTH"] == f"ops:{password}"
     port = free_port()
     # The service's environment, with the test's Redis for the stack's.
-    assert compose_env["REDIS_URL"] == "redis://redis:6379/0"
+    assert compose_env["REDIS_URL"] == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
+    assert REDIS_PASSWORD not in " ".join(argv), "Flower's command line holds no Redis password"
     env = {**os.environ, **compose_env, "REDIS_URL": REDIS_URL}
     auth = ("ops", password)
     log = local_stack.log_dir / "flower-compose.log"

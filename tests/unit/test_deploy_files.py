@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.markers import Marker, default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from simulator.__main__ import parse_args
 from videoqueue import namespace
@@ -32,12 +36,15 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
 MAKEFILE = ROOT / "Makefile"
 ENV_EXAMPLE = ROOT / ".env.example"
+LOCK = ROOT / "requirements.lock"
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|BASIC_AUTH|ACCESS_KEY", re.IGNORECASE)
 # ${NAME}, ${NAME:?message} or ${NAME?message}: a value that must come from outside, no default.
 REQUIRED_VAR = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(?::?\?[^}]*)?\}$")
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# An image pinned by digest, its tag kept beside it for readers: name:tag@sha256:<64 hex>.
+PINNED_IMAGE = re.compile(r"^[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}$")
 
 
 class Reset:
@@ -148,7 +155,8 @@ def shell_script(argv: list[str]) -> str:
 
 def test_one_slim_python_image_run_as_an_unprivileged_user() -> None:
     steps = instructions()
-    assert [args for keyword, args in steps if keyword == "FROM"] == ["python:3.11-slim"]
+    [base] = [args for keyword, args in steps if keyword == "FROM"]
+    assert base.startswith("python:3.11-slim@sha256:") and PINNED_IMAGE.match(base), base
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users, "the image must not run as root"
     user = users[-1].split(":")[0]
@@ -162,14 +170,16 @@ def test_dependencies_are_a_layer_of_their_own_before_the_source() -> None:
     steps = instructions()
     copies = [(i, args) for i, (keyword, args) in enumerate(steps) if keyword == "COPY"]
     [(first_copy, first)] = copies[:1]
-    assert first.split() == ["pyproject.toml", "./"]
+    assert first.split() == ["requirements.lock", "./"]
     source_at = next(i for i, args in copies if args.split()[0] == ".")
     dependency_install = [
         i for i, (keyword, args) in enumerate(steps) if keyword == "RUN" and "pip install" in args and i < source_at
     ]
     assert dependency_install and first_copy < dependency_install[0] < source_at
     after = [args for keyword, args in steps[source_at:] if keyword == "RUN"]
-    assert any("pip install --no-deps ." in args for args in after), "the source goes in without its dependencies"
+    assert any("pip install --no-deps --no-build-isolation ." in args for args in after), (
+        "the source goes in without its dependencies, built with the locked setuptools"
+    )
 
 
 def test_the_image_and_make_install_the_worker_extra() -> None:
@@ -180,15 +190,116 @@ def test_the_image_and_make_install_the_worker_extra() -> None:
     assert any(r.startswith("boto3") for r in worker_extra) and any(r.startswith("flower") for r in worker_extra)
     assert not any(r.startswith(("boto3", "flower", "google-genai")) for r in project["dependencies"])
     [layer] = [args for keyword, args in instructions() if keyword == "RUN" and "--requirement" in args]
-    argv = shlex.split(layer)
-    assert argv[:2] == ["python", "-c"], layer
-    listed = subprocess.run(
-        [sys.executable, "-c", argv[2]], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
-    assert listed == project["dependencies"] + worker_extra
+    assert shlex.split(layer) == [
+        "pip",
+        "install",
+        "--require-hashes",
+        "--no-deps",
+        "--requirement",
+        "requirements.lock",
+    ]
+    assert "--extra worker" in make_lock_recipe(), "the lock holds the worker extra"
     install = re.search(r"pip install --quiet -e '\.\[([a-z,]+)\]'", MAKEFILE.read_text())
     assert install and "worker" in install.group(1).split(","), "make installs the worker extra"
     assert "videoqueue[worker]" in project["optional-dependencies"]["dev"]
+
+
+def make_lock_recipe() -> str:
+    """The recipe of `make lock`, its lines joined."""
+    match = re.search(r"^lock:.*\n((?:\t.*\n)+)", MAKEFILE.read_text(), re.MULTILINE)
+    assert match, "the Makefile has a `lock` target"
+    return match.group(1).replace("\\\n", " ")
+
+
+def locked() -> dict[str, list[tuple[Version, Marker | None, int]]]:
+    """requirements.lock as {canonical name: [(version, marker or None, number of hashes)]};
+    a name appears more than once when the lock forks on a marker."""
+    pins: dict[str, list[tuple[Version, Marker | None, int]]] = {}
+    entry = re.compile(r"^([A-Za-z0-9._-]+)==(\S+?)(?:\s*;\s*(.+?))?\s*\\?$")
+    last: list[tuple[Version, Marker | None, int]] | None = None
+    for line in LOCK.read_text().splitlines():
+        match = entry.match(line)
+        if match:
+            name, version, marker = match.groups()
+            last = pins.setdefault(canonicalize_name(name), [])
+            last.append((Version(version), Marker(marker) if marker else None, 0))
+        elif line.strip().startswith("--hash=sha256:") and last:
+            version, marker, hashes = last[-1]
+            last[-1] = (version, marker, hashes + 1)
+    return pins
+
+
+# Where the image runs: Linux, CPython 3.11 (the Dockerfile's base).
+IMAGE_PLATFORM = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "python_version": "3.11",
+    "python_full_version": "3.11.14",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
+
+
+def marker_holds(marker: Marker | None) -> bool:
+    environment: dict[str, str] = {str(k): str(v) for k, v in default_environment().items()}
+    return marker is None or marker.evaluate({**environment, **IMAGE_PLATFORM})
+
+
+def test_the_lock_satisfies_pyproject() -> None:
+    """Every requirement the image needs (the base dependencies, the `worker` extra, the build
+    backend) is pinned in requirements.lock at a version inside its range, with hashes:
+    this fails when pyproject.toml changes without `make lock`. No network."""
+    pyproject = tomllib.loads(PYPROJECT.read_text())
+    project = pyproject["project"]
+    wanted = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["worker"],
+        *pyproject["build-system"]["requires"],
+    ]
+    pins = locked()
+    assert len(pins) > len(wanted), "the lock holds the whole tree, not only the direct requirements"
+    for line in wanted:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not in requirements.lock: run `make lock`"
+        for version, marker, _ in pins[name]:
+            if marker_holds(marker):
+                assert requirement.specifier.contains(version, prereleases=True), (
+                    f"requirements.lock pins {name}=={version}, outside {line!r}: run `make lock`"
+                )
+                break
+        else:
+            raise AssertionError(f"{name} is locked only for other platforms than the image's")
+    for pinned, entries in pins.items():
+        for version, _, hashes in entries:
+            assert hashes >= 1, f"{pinned}=={version} has no hash: pip --require-hashes would refuse it"
+    recipe = make_lock_recipe()
+    assert "--generate-hashes" in recipe and "--output-file requirements.lock" in recipe
+    assert LOCK.read_text().startswith(
+        "# This file was autogenerated by uv via the following command:\n#    make lock\n"
+    )
+
+
+def test_development_still_installs_from_pyproject() -> None:
+    # `make` (the .venv) resolves pyproject.toml's ranges; only the image uses the lock.
+    assert re.search(r"pip install --quiet -e '\.\[worker,dev\]'", MAKEFILE.read_text())
+    stamp = re.search(r"^\$\(STAMP\): pyproject\.toml\n((?:\t.*\n)+)", MAKEFILE.read_text(), re.MULTILINE)
+    assert stamp and "requirements.lock" not in stamp.group(1)
+
+
+def test_every_image_is_pinned_by_digest(services: dict[str, dict[str, Any]], sim: dict[str, Any]) -> None:
+    """The Dockerfile's FROM and every image compose pulls: tag@sha256:<digest>, including
+    the defaults of MINIO_IMAGE and MC_IMAGE. Our own image (built here) is the exception."""
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            assert PINNED_IMAGE.match(args.split()[0]), f"FROM {args}"
+    pulled = {name: s["image"] for name, s in services.items() if not s.get("build")}
+    assert set(pulled) == {"redis", "minio", "minio-init"}
+    for name, image in pulled.items():
+        assert PINNED_IMAGE.match(default_of(image)), f"{name}: {image}"
+    for name, service in sim.get("services", {}).items():
+        assert "image" not in service or service.get("build"), f"docker-compose.sim.yml {name} pulls an image"
+    assert services["redis"]["image"].startswith("redis:7@sha256:")
 
 
 def test_every_compose_service_of_ours_runs_the_image(services: dict[str, dict[str, Any]]) -> None:
@@ -231,11 +342,52 @@ def test_the_default_command_is_a_worker_started_with_exec() -> None:
 def test_redis_keeps_an_append_only_file_on_a_volume(services: dict[str, dict[str, Any]]) -> None:
     redis = services["redis"]
     assert redis["image"].split(":")[0] == "redis" and redis["image"].split(":")[1].startswith("7")
-    argv = as_argv(redis["command"])
+    argv = redis_server_argv(redis)
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
     assert "redis-data:/data" in redis["volumes"]
     assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
+
+
+def redis_server_argv(redis: dict[str, Any]) -> list[str]:
+    """The redis-server command line of the redis service's script (its first line)."""
+    script = shell_script(as_argv(redis["command"]))
+    argv = shlex.split(script.splitlines()[0].split("<<")[0])
+    assert argv[:3] == ["exec", "docker-entrypoint.sh", "redis-server"], script
+    return argv[2:]
+
+
+REDIS_PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (openssl rand -hex 32)}"
+
+
+def test_redis_requires_a_password_that_no_command_line_carries(services: dict[str, dict[str, Any]]) -> None:
+    """requirepass from REDIS_PASSWORD (no default), given to redis-server on its standard
+    input (`-`: a config file read from stdin), so it is in no argv; the healthcheck's
+    redis-cli reads REDISCLI_AUTH from its environment."""
+    redis = services["redis"]
+    assert redis["environment"] == {"REDISCLI_AUTH": REDIS_PASSWORD}
+    assert REQUIRED_VAR.match(redis["environment"]["REDISCLI_AUTH"])
+    script = shell_script(as_argv(redis["command"]))
+    first, *config, end = script.strip().splitlines()
+    assert first.endswith("<<EOF") and end == "EOF"
+    assert config == ["requirepass $$REDISCLI_AUTH"], "compose leaves $$ to the container's shell"
+    argv = redis_server_argv(redis)
+    assert argv[1] == "-", "redis-server reads its config from stdin only when `-` comes first or last"
+    assert not any("requirepass" in arg or "REDIS" in arg for arg in argv)
+    assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
+    assert redis["ports"] == ["127.0.0.1:${REDIS_PORT:-6379}:6379"]
+
+
+def test_every_redis_url_of_the_stack_carries_the_password(services: dict[str, dict[str, Any]]) -> None:
+    urls = {
+        name: s["environment"]["REDIS_URL"] for name, s in services.items() if "REDIS_URL" in s.get("environment", {})
+    }
+    assert set(urls) == {"worker", "store-worker", "flower", "metrics"}
+    for name, url in urls.items():
+        assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0", name
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name, service in services.items():
+        assert not any("REDIS_PASSWORD" in arg for arg in as_argv(service.get("command", []))), name
 
 
 def test_minio_and_its_bucket(services: dict[str, dict[str, Any]]) -> None:
@@ -316,7 +468,7 @@ def test_workers_read_dot_env_and_use_the_stacks_redis_and_minio(
     worker = services[name]
     assert worker["env_file"] == [{"path": ".env", "required": False}]
     env = worker["environment"]
-    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["REDIS_URL"] == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
     assert env["BROKER_URL"] == ""
     assert env["STORAGE_URL"].startswith("s3://") and default_of(env["STORAGE_URL"]).startswith("s3://")
     assert env["S3_ENDPOINT_URL"] == "http://minio:9000"
@@ -333,12 +485,23 @@ def test_flower_has_basic_auth_from_the_environment_and_persistent_state(
     assert "--persistent=True" in argv
     db = next(a.split("=", 1)[1] for a in argv if a.startswith("--db="))
     assert db.startswith("/data/") and "flower-data:/data" in flower["volumes"]
-    assert "--port=5555" in argv and flower["ports"] == ["${FLOWER_PORT:-5555}:5555"]
+    assert "--port=5555" in argv
     assert not any(a.startswith("--basic-auth") or a.startswith("--basic_auth") for a in argv)
     auth = flower["environment"]["FLOWER_BASIC_AUTH"]
     assert REQUIRED_VAR.match(auth), "Flower must never start without a login"
     assert "env_file" not in flower, "Flower needs no provider key"
     assert "/healthcheck" in " ".join(healthcheck_argv(flower["healthcheck"]))
+
+
+def test_flower_is_published_on_the_loopback_by_default(services: dict[str, dict[str, Any]]) -> None:
+    """Flower's API can shut workers down and revoke tasks: by default only this host
+    reaches it (docs/production.md puts a TLS proxy in front for anyone else)."""
+    [port] = services["flower"]["ports"]
+    assert port == "${FLOWER_BIND:-127.0.0.1}:${FLOWER_PORT:-5555}:5555"
+    for name, service in services.items():
+        for published in service.get("ports", []):
+            host = default_of(re.match(r"^(\$\{[^}]*\}|[^:]*):", published).group(1))  # type: ignore[union-attr]
+            assert host == "127.0.0.1", f"{name} publishes {published} beyond the loopback"
 
 
 def test_flower_options_exist() -> None:
@@ -509,6 +672,7 @@ def test_docker_compose_config_accepts_the_files(files: list[str]) -> None:
     env = {
         **os.environ,
         "FLOWER_BASIC_AUTH": "admin:test-password",
+        "REDIS_PASSWORD": "0123456789abcdef",
         "MINIO_ROOT_USER": "videoqueue",
         "MINIO_ROOT_PASSWORD": "test-password",
     }
@@ -524,17 +688,18 @@ def test_docker_compose_config_accepts_the_files(files: list[str]) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    missing = {k: v for k, v in env.items() if k != "FLOWER_BASIC_AUTH"}
-    refused = subprocess.run(
-        [*command, *args, "config", "--quiet"],
-        cwd=ROOT,
-        env=missing,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr
+    for secret in ("FLOWER_BASIC_AUTH", "REDIS_PASSWORD"):
+        missing = {k: v for k, v in env.items() if k != secret}
+        refused = subprocess.run(
+            [*command, *args, "config", "--quiet"],
+            cwd=ROOT,
+            env=missing,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0 and secret in refused.stderr
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
