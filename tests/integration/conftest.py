@@ -234,7 +234,8 @@ class Stack:
         return proc
 
     def queue(self, **settings: Any) -> VideoQueue:
-        return VideoQueue(Settings(redis_url=REDIS_URL, _env_file=None, **settings))
+        # The producer puts image files into the stack's storage (videoqueue.inputs).
+        return VideoQueue(Settings(redis_url=REDIS_URL, storage_url=self.storage_url, _env_file=None, **settings))
 
     def stop(self) -> None:
         for worker in self.workers:
