@@ -153,5 +153,6 @@ def test_image_files_reach_a_storage_folder_and_an_s3_storage_says_what_to_insta
         check=False,
     )
     assert to_folder.returncode == 0, to_folder.stderr
-    job_id = json.loads(to_folder.stdout)["id"]
+    [record] = json.loads(to_folder.stdout)
+    job_id = record["id"]
     assert (folder / "inputs" / job_id / "first_frame.png").read_bytes() == image.read_bytes()

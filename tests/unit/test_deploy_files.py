@@ -234,6 +234,7 @@ def test_redis_keeps_an_append_only_file_on_a_volume(services: dict[str, dict[st
     argv = as_argv(redis["command"])
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    assert default_of(argv[argv.index("--maxmemory") + 1]) == "1gb"  # REDIS_MAXMEMORY unset
     assert "redis-data:/data" in redis["volumes"]
     assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
 
