@@ -96,6 +96,11 @@ def _explain_one(exc: BaseException) -> Explained | None:
             f"Redis at {_redis_url()} has no such database (a server has 16 by default, 0-15; its "
             "`databases` setting says how many): pick one in range in REDIS_URL"
         )
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return Explained(
+            f"Redis at {_redis_url()} is full (used memory over its maxmemory, noeviction): nothing was "
+            "changed; raise maxmemory (REDIS_MAXMEMORY in the compose stack) or delete old jobs"
+        )
     if isinstance(exc, redis.exceptions.BusyLoadingError):
         return Explained(f"Redis at {_redis_url()} is loading its data set: try again in a moment")
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
