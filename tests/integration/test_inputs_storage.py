@@ -133,11 +133,7 @@ def test_images_go_to_the_storage_folder_not_redis_and_go_with_the_job(local_sta
 
 def test_images_go_to_s3_not_redis_and_go_with_the_job(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) -> None:
     stack, s3, bucket = s3_stack
-    vq = stack.queue(
-        s3_endpoint_url=s3.endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-    )
+    vq = stack.queue()
     client = s3.client()
 
     def exists(uri: str) -> bool:
