@@ -28,6 +28,8 @@ class StorageInputs:
         first put); reads and deletes go where each URI says."""
         self.settings = settings
         self._storage = storage
+        # One S3 client per bucket, not one per image: building a boto3 client takes tens of ms.
+        self._buckets: dict[str, Storage] = {}
 
     def put(self, key: str, data: bytes, mime_type: str) -> str:
         if self._storage is None:
@@ -35,9 +37,14 @@ class StorageInputs:
         return self._storage.put_bytes(key, data, mime_type).uri
 
     def _at(self, uri: str) -> tuple[Storage, str]:
+        parts = urlsplit(uri)
+        if parts.scheme == "s3" and parts.netloc in self._buckets:
+            return self._buckets[parts.netloc], parts.path.lstrip("/")
         located = storage_at(uri, self.settings)
         if located is None:
             raise StorageError(f"{uri} names no object of a file:// or s3:// storage")
+        if parts.scheme == "s3":
+            self._buckets[parts.netloc] = located[0]
         return located
 
     def read(self, uri: str) -> bytes | None:
