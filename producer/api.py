@@ -14,7 +14,7 @@ from typing import Any
 
 from producer.celery_client import producer_app
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
-from videoqueue import namespace
+from videoqueue import inputs, namespace
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.images import ImageFile
@@ -81,8 +81,12 @@ class VideoQueue:
         *,
         store: JobStore | None = None,
         catalog: Catalog | None = None,
+        input_storage: inputs.InputStorage | None = None,
     ) -> None:
+        """`input_storage`: where image files go (default: STORAGE_URL's, through the
+        worker side's entry point, opened when a job first has one)."""
         self.settings = settings or get_settings()
+        self._input_storage = input_storage
         # One process, one deployment: the job store and the queues are those of this namespace.
         namespace.use(self.settings.vq_namespace)
         self.store = store or JobStore.from_url(self.settings.redis_url)
@@ -94,6 +98,13 @@ class VideoQueue:
             ProviderLimits.from_settings(self.store.redis, self.settings),
             self.settings.tenant_weights(),
         )
+
+    def input_storage(self) -> inputs.InputStorage:
+        """Where this producer puts image files (videoqueue.inputs). Raises
+        InputStorageUnavailableError when this install cannot reach it."""
+        if self._input_storage is None:
+            self._input_storage = inputs.open_input_storage(self.settings)
+        return self._input_storage
 
     def send_admit(self, provider: str, model: str) -> None:
         """Send the admit message of a model's waiting room (TASK_ADMIT): a worker admits
@@ -202,11 +213,40 @@ class VideoQueue:
         repeated = sorted({c for i, c in enumerate(client_ids) if c is not None and i in repeats})
         if repeated:
             raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
-        existing = self.store.create_many(
-            records, {job.record.id: job.images for job in jobs if job.images}, self.budget
-        )
+        records = self._upload([(job.record, job.images) for job in jobs])
+        try:
+            existing = self.store.create_many(records, self.budget)
+        except BaseException:
+            self._discard_inputs(records)
+            raise
+        # A client job id that already names the same request keeps that job's images.
+        self._discard_inputs([r for r in records if r.id in existing])
         self._send([r for r in records if r.id not in existing])
         return [existing.get(r.id, r) for r in records]
+
+    def _upload(self, jobs: builtins.list[tuple[JobRecord, dict[str, ImageFile]]]) -> builtins.list[JobRecord]:
+        """Put each job's image files into object storage (videoqueue.inputs) and return
+        the records referring to them. Raises InputStorageUnavailableError or
+        InputUploadError with nothing left behind."""
+        done: builtins.list[JobRecord] = []
+        try:
+            for record, files in jobs:
+                if not files:
+                    done.append(record)
+                    continue
+                images = inputs.upload(self.input_storage(), record.id, record.request.images, files)
+                request = record.request.model_copy(update={"images": images})
+                done.append(record.model_copy(update={"request": request}))
+        except BaseException:
+            self._discard_inputs(done)
+            raise
+        return done
+
+    def _discard_inputs(self, records: builtins.list[JobRecord]) -> None:
+        """Delete the uploaded images of records that were not stored (or were withdrawn)."""
+        uris = [uri for r in records for uri in inputs.uploaded_uris(r)]
+        if uris:
+            inputs.delete_quietly(self.input_storage(), uris)
 
     def _send(self, records: list[JobRecord]) -> None:
         app = producer_app(self.settings.effective_broker_url)
@@ -220,6 +260,7 @@ class VideoQueue:
             # Jobs without a message would never move: withdraw them so the caller can retry.
             for record in records[sent:]:
                 self.store.delete(record.id)
+            self._discard_inputs(records[sent:])
             raise EnqueueError(
                 f"broker refused the job messages ({type(exc).__name__}); {sent} of {len(records)} enqueued"
             ) from exc
@@ -326,28 +367,48 @@ class VideoQueue:
             raise RetryRefusedError(f"{job_id}: cannot retry: {why}")
         if old.model not in self.catalog.models:
             raise RetryRefusedError(f"{job_id}: cannot retry: its model {old.model} is no longer in the catalog")
-        images: dict[str, ImageFile] = {}
-        for role, source in old.request.images.items():
-            if not isinstance(source, ImageUpload):
-                continue
-            image = self.store.get_input(job_id, role)
-            if image is None or image.sha256 != source.sha256:
-                raise RetryRefusedError(
-                    f"{job_id}: cannot retry: its {role.replace('_', ' ')} image {source.file!r} is no longer "
-                    "stored (inputs are kept a day past the job's deadline); submit the request again with the file"
-                )
-            images[role] = image
-        record = self._new_record(old.request, retry_of=job_id)
+        images = self._stored_images(old)
+        # The new job gets its own copy of the images under its own key: the old job's go
+        # at their release time (videoqueue.inputs), whatever becomes of the retry.
+        [record] = self._upload([(self._new_record(old.request, retry_of=job_id), images)])
         refused: list[str] = []
         if self.store.update(job_id, _retry_claim(record.id, again, refused)) is None:
+            self._discard_inputs([record])
             raise RetryRefusedError(f"{job_id}: cannot retry: {refused[-1] if refused else 'unknown job'}")
         try:
-            self.store.create_many([record], {record.id: images} if images else None, self.budget)
+            self.store.create_many([record], self.budget)
+        except BaseException:
+            self.store.update(job_id, _retry_unclaim(record.id))
+            self._discard_inputs([record])
+            raise
+        try:
             self._send([record])
         except BaseException:
             self.store.update(job_id, _retry_unclaim(record.id))
             raise
         return record
+
+    def _stored_images(self, job: JobRecord) -> dict[str, ImageFile]:
+        """The uploaded images of `job` as stored (object storage, or Redis for a job from
+        before object-storage inputs), checked against their sha256; RetryRefusedError when
+        one is gone."""
+        images: dict[str, ImageFile] = {}
+        for role, source in job.request.images.items():
+            if not isinstance(source, ImageUpload):
+                continue
+            if source.uri is None:
+                image = self.store.get_input(job.id, role)
+            else:
+                data = self.input_storage().read(source.uri)
+                image = None if data is None else ImageFile(source.file, source.mime_type, data)
+            if image is None or image.sha256 != source.sha256:
+                raise RetryRefusedError(
+                    f"{job.id}: cannot retry: its {role.replace('_', ' ')} image {source.file!r} is no longer "
+                    f"stored (inputs are kept {inputs.RETRY_GRACE_S // 3600} h past the job's end); "
+                    "submit the request again with the file"
+                )
+            images[role] = image
+        return images
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job. One not yet at the provider ends `cancelled` at once; one already

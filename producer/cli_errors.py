@@ -22,6 +22,7 @@ from producer.request import problems_of
 from videoqueue.budget import BudgetExceededError
 from videoqueue.commands import USAGE_ERROR
 from videoqueue.errors import InvalidRequestError
+from videoqueue.inputs import InputStorageUnavailableError, InputUploadError
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.settings import InvalidSettingsError, describe_invalid, get_settings
 
@@ -84,7 +85,7 @@ def _explain_one(exc: BaseException) -> Explained | None:
         return None
     if isinstance(exc, InvalidRequestError | UnknownJobError | AmbiguousJobIdError | BudgetExceededError):
         return Explained(str(exc))
-    if isinstance(exc, StoreRetryRefusedError):
+    if isinstance(exc, StoreRetryRefusedError | InputStorageUnavailableError | InputUploadError):
         return Explained(str(exc))
     if isinstance(exc, ValueError) and str(exc).startswith("cannot read PRICING_FILE"):
         return Explained(f"{exc}: fix the file or unset PRICING_FILE")
@@ -94,6 +95,11 @@ def _explain_one(exc: BaseException) -> Explained | None:
         return Explained(
             f"Redis at {_redis_url()} has no such database (a server has 16 by default, 0-15; its "
             "`databases` setting says how many): pick one in range in REDIS_URL"
+        )
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return Explained(
+            f"Redis at {_redis_url()} is full (used memory over its maxmemory, noeviction): nothing was "
+            "changed; raise maxmemory (REDIS_MAXMEMORY in the compose stack) or delete old jobs"
         )
     if isinstance(exc, redis.exceptions.BusyLoadingError):
         return Explained(f"Redis at {_redis_url()} is loading its data set: try again in a moment")

@@ -9,6 +9,8 @@ the single asyncio thread never sees a half-updated state.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
 import random
 import time
@@ -55,6 +57,23 @@ class JobSpec(Protocol):
 
 
 SpecT = TypeVar("SpecT", bound=JobSpec)
+
+
+def received_images(spec: object) -> dict[str, str]:
+    """The input images a create sent, by role, as `/_sim/tasks` shows them: an inline one
+    (a data: URI) as `sha256:<hex>` of its bytes, a linked one as its URL. Only Seedance's
+    requests carry (role, URL) pairs; Veo's record none here."""
+    found: dict[str, str] = {}
+    for item in getattr(spec, "images", ()):
+        if not (isinstance(item, tuple) and len(item) == 2):
+            continue
+        role, url = item
+        if url.startswith("data:") and "," in url:
+            data = base64.b64decode(url.split(",", 1)[1])
+            found[role] = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        else:
+            found[role] = url
+    return found
 
 
 @dataclass(kw_only=True)
@@ -151,6 +170,7 @@ class Scheduler:
             "started": None,
             "finished": None,
             "status": job.status,
+            "images": received_images(job.spec),
         }
         if expires_after is not None:
             self._push(job.created + expires_after, _EXPIRE, job.id)
@@ -239,7 +259,7 @@ class Scheduler:
     def tasks_timeline(self) -> dict[str, dict[str, Any]]:
         """Every job ever created (since the last reset), by the id its client knows, in
         creation order: prompt, model, unix times created / started / finished (None until
-        then) and its status."""
+        then), its status and the images it was sent (`received_images`)."""
         self.advance()
         return {public_id: dict(times) for public_id, times in self.timeline.items()}
 

@@ -15,7 +15,7 @@ def timeline_routes(sim: Scheduler) -> list[Route]:
     """``GET /_sim/finished``: {task id or Veo operation name: unix time it finished};
     ``GET /_sim/polls``: {task id or operation name: status calls it received};
     ``GET /_sim/tasks``: {task id or operation name: {prompt, model, created, started,
-    finished, status}} for every task since the last reset, in creation order (unix times;
+    finished, status, images}} for every task since the last reset, in creation order (unix times;
     None for a moment not yet reached; kept after a DELETE)."""
 
     async def finished(request: Request) -> Response:

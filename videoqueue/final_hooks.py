@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from videoqueue import room, stats
+from videoqueue import inputs, keys, room, stats
 from videoqueue.budget import settle
 from videoqueue.job import JobRecord
 from videoqueue.keys import ledger_entry_key
@@ -74,5 +74,14 @@ def counters(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     return lambda multi: stats.on_end(multi, after)
 
 
-FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, room_leave, counters)
+def inputs_release(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """List the job's input images in object storage for deletion (videoqueue.inputs): at
+    once after a success, a day later after another end (a retry may copy them)."""
+    when = inputs.release_at(after)
+    if when is None:
+        return None
+    return lambda multi: multi.zadd(keys.INPUTS_RELEASE_INDEX, {after.id: when})
+
+
+FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, room_leave, counters, inputs_release)
 """Every side effect of a final move, in the order they are queued."""

@@ -51,7 +51,8 @@ def frees_slot(before: JobRecord, after: JobRecord) -> bool:
     return before.status != after.status and before.status in _SLOT_STATUSES and after.status not in _AT_PROVIDER
 
 
-# Inputs outlive the job's deadline by this much, then Redis forgets them.
+# Inputs that producers before object-storage inputs stored in Redis outlive the job's
+# deadline by this much, then Redis forgets them (videoqueue.inputs holds today's rule).
 INPUT_GRACE_S = 86400
 
 
@@ -145,6 +146,9 @@ class JobStore:
         self.redis = client
         self.on_slot_freed: SlotFreed | None = None
         """Called after a move freed a slot (`frees_slot`), outside the transaction."""
+        self.on_final: Callable[[JobRecord], object] | None = None
+        """Called with the stored record after a move to a final status, outside the
+        transaction (a worker deletes the job's input images when due: videoqueue.inputs)."""
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -154,22 +158,21 @@ class JobStore:
     def create_many(
         self,
         records: Sequence[JobRecord],
-        inputs: dict[str, dict[str, ImageFile]] | None = None,
         budget: BudgetPolicy | None = None,
     ) -> dict[str, JobRecord]:
-        """Store several new records, their input images and their budget reservations in
-        one transaction: all or none. Raises BudgetExceededError when a cap would be crossed:
+        """Store several new records and their budget reservations in one transaction: all
+        or none (input images are in object storage, the records refer to them:
+        videoqueue.inputs). Raises BudgetExceededError when a cap would be crossed:
         the caps in Redis, else those of `budget` (this process's settings).
 
         A record whose client job id already names a stored job is not stored when its
         request equals that job's (`request_differences`): the result maps its id to the
-        stored job, which is neither reserved again nor given new inputs. When any request
+        stored job, which is not reserved again. When any request
         differs, DuplicateClientJobIdError names every such id and nothing is stored. The
         check runs inside the transaction that maps the ids, so producers racing with one
         client job id store one job. A retry (a record with `retry_of`) takes its client job
         id over from whichever job of its line holds it."""
         job_keys = [job_key(r.id) for r in records]
-        inputs = inputs or {}
         budget_keys = sorted({k for r in records for k in r.budget_keys})
         client_ids = {r.request.client_job_id: r.id for r in records if r.request.client_job_id}
         client_keys = [client_key(c) for c in client_ids]
@@ -191,14 +194,6 @@ class JobStore:
                 _write_indexes(pipe, None, record)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
-                ttl = int((record.deadline_at - record.created_at).total_seconds()) + INPUT_GRACE_S
-                for role, image in inputs.get(record.id, {}).items():
-                    blob = {
-                        "name": image.name,
-                        "mime_type": image.mime_type,
-                        "data": base64.b64encode(image.data).decode(),
-                    }
-                    pipe.set(input_key(record.id, role), json.dumps(blob), ex=ttl)
 
         if records:
             self.redis.transaction(write, *job_keys, *budget_keys, keys.BUDGET_CAPS, *client_keys)
@@ -232,7 +227,8 @@ class JobStore:
         return owners
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
-        """An input image stored with the job, or None."""
+        """An input image stored in Redis with a job by producers before object-storage
+        inputs (`ImageUpload.uri` None), or None; read only, for such jobs."""
         raw: str | None = self.redis.get(input_key(job_id, role))  # type: ignore[assignment]
         if not raw:
             return None
@@ -367,15 +363,17 @@ class JobStore:
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
         counters, waiting room) in the same transaction. A move that frees a slot of the
         model (`frees_slot`) frees it in the same transaction and then calls
-        `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
+        `on_slot_freed`, whose errors are logged, never raised (the sweep admits later). A
+        move to a final status then calls `on_final`, whose errors are logged too.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
         freed: list[bool] = [False]
+        ended: list[bool] = [False]
 
         def write(pipe: Any) -> None:
             result[0] = None
-            freed[0] = False
+            freed[0] = ended[0] = False
             raw = pipe.get(key)
             if not raw:
                 return
@@ -385,7 +383,7 @@ class JobStore:
                 return
             lifecycle.check(current.status, changed.status)
             new_task = _new_task(pipe, current, changed)
-            ends = changed.status.is_final and not current.status.is_final
+            ends = ended[0] = changed.status.is_final and not current.status.is_final
             # A job the store step gave up on can be stored again (`videoqueue store retry`)
             # and end a second time: its cost was settled at the first end, never again.
             settles = ends and current.settled_at is None
@@ -422,6 +420,11 @@ class JobStore:
                 self.on_slot_freed(stored.provider, stored.model)
             except Exception:
                 log.exception("admission after a freed slot failed", extra={"job_id": job_id})
+        if stored is not None and ended[0] and self.on_final is not None:
+            try:
+                self.on_final(stored)
+            except Exception:
+                log.exception("after a final move", extra={"job_id": job_id})
         return stored
 
     def transition(

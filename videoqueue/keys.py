@@ -35,9 +35,16 @@ def job_key(job_id: str) -> str:
 
 def input_key(job_id: str, role: str) -> str:
     """String: JSON {name, mime_type, data (base64)} of an input image a producer uploaded
-    (role `first_frame` or `last_frame`). TTL: the time to the job's deadline plus
-    jobstore.INPUT_GRACE_S (1 day)."""
+    (role `first_frame` or `last_frame`), as producers before object-storage inputs wrote
+    it; now only read, for such jobs (videoqueue.inputs). TTL: the time to the job's
+    deadline plus jobstore.INPUT_GRACE_S (1 day)."""
     return f"{PREFIX}input:{job_id}:{role}"
+
+
+INPUTS_RELEASE_INDEX = namespace.keep(globals(), "INPUTS_RELEASE_INDEX", lambda: _key("inputs:release"))
+"""Sorted set: the ids of final jobs whose input images in object storage are to be
+deleted, scored by when (epoch s; videoqueue.inputs). Written by the final move, emptied
+as the objects are deleted. No TTL."""
 
 
 def client_key(client_job_id: str) -> str:

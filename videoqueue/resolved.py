@@ -60,9 +60,12 @@ class ImageUrl(BaseModel):
 
 
 class ImageUpload(BaseModel):
-    """An input image read from the producer's disk, stored beside the job (the job
-    store's input key for its role) until a worker sends it: JSON `{"file", "mime_type",
-    "bytes", "sha256"}`, the file's base name, type, size in bytes and hex digest."""
+    """An input image read from the producer's disk and put into object storage under
+    the job's key (videoqueue.inputs) until a worker sends it: JSON `{"file", "mime_type",
+    "bytes", "sha256", "uri"}`, the file's base name, type, size in bytes, hex digest and
+    the object's URI (`file:///...` or `s3://bucket/key`). The record holds this
+    reference, never the bytes. `uri` is None (and left out of the JSON) in records stored
+    before inputs moved to object storage: their bytes are in the job store's input key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,6 +73,14 @@ class ImageUpload(BaseModel):
     mime_type: str
     bytes: int
     sha256: str
+    uri: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_uri(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("uri") is None:
+            data.pop("uri", None)
+        return data
 
 
 ImageSource = ImageUrl | ImageUpload
@@ -115,5 +126,10 @@ class ResolvedRequest(BaseModel):
 
     def json_fields(self) -> dict[str, Any]:
         """Every field by name, as JSON values, those left out of the stored JSON at their
-        defaults included: what two requests are compared by."""
-        return self.model_dump(mode="json", context={_WITH_DEFAULTS: True})
+        defaults included: what two requests are compared by. Where an uploaded image
+        is stored (its `uri`, under the job's own key) is not part of what was asked and is
+        left out: the same file sent twice is the same request."""
+        fields = self.model_dump(mode="json", context={_WITH_DEFAULTS: True})
+        for image in fields.get("images", {}).values():
+            image.pop("uri", None)
+        return fields

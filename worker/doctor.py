@@ -202,6 +202,65 @@ def check_redis_access(settings: Settings, probe: Callable[[str], RedisAccess] =
     return Check(name, Status.OK, "; ".join(seen))
 
 
+# -- redis memory -------------------------------------------------------------------------------
+
+MEMORY_WARN_FRACTION = 0.8
+"""`used_memory / maxmemory` from which the doctor warns: at 1.0 every write fails."""
+
+
+def memory_problems(used: int, maxmemory: int, policy: str) -> list[str]:
+    """What is wrong with a Redis's memory ceiling, given its INFO memory figures (`used`
+    and `maxmemory` in bytes, 0 for no ceiling; `policy` its maxmemory-policy): [] when
+    nothing is."""
+    problems = []
+    if maxmemory == 0:
+        problems.append(
+            "no maxmemory: Redis grows until the host runs out of memory and the kernel kills it "
+            "(set maxmemory; the compose stack: REDIS_MAXMEMORY)"
+        )
+    elif used >= MEMORY_WARN_FRACTION * maxmemory:
+        problems.append(
+            f"{used / maxmemory:.0%} of maxmemory used ({_mb(used)} of {_mb(maxmemory)}): at 100% every new job, "
+            "message and status change is refused (raise maxmemory, or end or delete old jobs)"
+        )
+    if policy != "noeviction":
+        problems.append(f"maxmemory-policy {policy} can evict job records and queued messages (use noeviction)")
+    return problems
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB"
+
+
+def check_redis_memory(name: str, url: str) -> Check:
+    """The memory ceiling of the Redis at `url` (INFO memory: no CONFIG needed): warns
+    when it has none, when its policy can evict, when it is 80 % full."""
+    import redis
+
+    where = safe_url(url)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+    except redis.RedisError as exc:
+        return Check(name, Status.FAIL, f"cannot reach {where}: {exc}")
+    finally:
+        client.close()
+    used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    problems = memory_problems(used, maxmemory, policy)
+    if problems:
+        return Check(name, Status.WARN, f"{where}: " + "; ".join(problems))
+    return Check(name, Status.OK, f"{where}: {_mb(used)} of {_mb(maxmemory)} used ({used / maxmemory:.0%}), {policy}")
+
+
+def _separate_redis_broker(settings: Settings) -> str | None:
+    """BROKER_URL when it is a Redis other than REDIS_URL (its memory is checked too)."""
+    url = settings.broker_url
+    if url and url != settings.redis_url and url.split("://", 1)[0] in {"redis", "rediss"}:
+        return url
+    return None
+
+
 # -- storage ------------------------------------------------------------------------------------
 
 
@@ -375,6 +434,10 @@ def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))
     checks.append(("redis access", lambda: check_redis_access(settings)))
+    checks.append(("redis memory", lambda: check_redis_memory("redis memory", settings.redis_url)))
+    broker_redis = _separate_redis_broker(settings)
+    if broker_redis is not None:
+        checks.append(("broker memory", lambda: check_redis_memory("broker memory", broker_redis)))
     checks += [
         ("storage", lambda: check_storage(settings)),
     ]

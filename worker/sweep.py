@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import LockError, RedisError
 
-from videoqueue import keys
+from videoqueue import inputs, keys
 from videoqueue.job import TASK_ADMIT, TASK_SUBMIT
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ProviderLimits
@@ -23,6 +23,7 @@ from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from videoqueue.stalled import StallRule
 from worker.admission import Admitter
+from worker.inputs import StorageInputs
 
 log = logging.getLogger("videoqueue.sweep")
 
@@ -40,6 +41,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
     try:
         report = recover_stranded(store, send, StallRule.from_settings(settings))
         admitted = admit_all(app, store, settings)
+        released = release_inputs(store, settings)
     finally:
         # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
         # the lock no longer owns it: the holder now is another worker, whose lock stays.
@@ -52,6 +54,8 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         )
     if admitted:
         log.info("admitted waiting jobs", extra={"count": admitted})
+    if released:
+        log.info("deleted the input images of ended jobs", extra={"count": released})
     if report.total:
         log.warning(
             "recovered stranded jobs",
@@ -75,6 +79,14 @@ def admit_all(app: Celery, store: JobStore, settings: Settings) -> int:
         broker_timing(settings).max_countdown_s,
     )
     return sum(len(admitter.admit(provider, model)) for provider, model in room.rooms())
+
+
+def release_inputs(store: JobStore, settings: Settings) -> int:
+    """Delete the input images of ended jobs that are due (videoqueue.inputs): those kept
+    for a retry, and those a worker did not delete at the final move (it died, storage
+    refused). Returns how many jobs' inputs went; a storage failure leaves them for the
+    next sweep."""
+    return inputs.release_due(store.redis, StorageInputs(settings), store.get)
 
 
 def _next_wait(store: JobStore, interval_s: float) -> float:

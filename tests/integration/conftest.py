@@ -192,6 +192,10 @@ def redis_client() -> redis.Redis:
     return client
 
 
+STORAGE_SETTINGS = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "S3_CHECKSUMS")
+"""The settings of where a stack's storage is, beside STORAGE_URL."""
+
+
 @dataclass
 class Stack:
     """One test's system: a clean Redis database, the shared simulator, its workers."""
@@ -239,8 +243,13 @@ class Stack:
         return proc
 
     def queue(self, **settings: Any) -> VideoQueue:
+        # The producer puts image files into the stack's storage (videoqueue.inputs), with
+        # the stack's S3 endpoint and credentials when it has them.
         settings.setdefault("fetch_allow_hosts", SUITE_FETCH_ALLOW_HOSTS)
-        return VideoQueue(Settings(redis_url=REDIS_URL, _env_file=None, **settings))
+        storage = {k.lower(): v for k, v in self.extra_env.items() if k in STORAGE_SETTINGS}
+        return VideoQueue(
+            Settings(redis_url=REDIS_URL, storage_url=self.storage_url, _env_file=None, **{**storage, **settings})
+        )
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -53,12 +53,13 @@ def statuses(report: DoctorReport) -> dict[str, Status]:
 
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[str]:
-    """A Redis of its own with AOF on, as docker-compose.yml runs it."""
+    """A Redis of its own with AOF on and a memory ceiling, as docker-compose.yml runs it."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
     port = free_port()
     argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""]
+    argv += ["--maxmemory", "256mb", "--maxmemory-policy", "noeviction"]
     proc = ManagedProcess("redis-aof", [*argv, "--dir", str(tmp_path)], {}, tmp_path / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
 
@@ -82,6 +83,7 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
         "namespace",
         "redis",
         "redis access",
+        "redis memory",
         "storage",
         "provider byteplus",
         "provider veo",
@@ -108,7 +110,10 @@ def test_redis_without_aof_is_a_warning(local_stack: Stack) -> None:
         assert redis_check.status is Status.OK
     else:
         assert redis_check.status is Status.WARN and "AOF off" in redis_check.detail
-        assert report.verdict.startswith("ready, with 1 warning(s) (redis)")
+        # The suite's Redis may have no memory ceiling either (`redis memory`).
+        warned = [c.name for c in report.checks if c.status is Status.WARN]
+        assert "redis" in warned and set(warned) <= {"redis", "redis memory"}, report.verdict
+        assert report.verdict.startswith(f"ready, with {len(warned)} warning(s) (redis")
     assert report.ok, report.to_text()
 
 
@@ -259,3 +264,41 @@ def test_doctor_lists_the_namespaces_workers_and_flags_one_configured_otherwise(
     assert SIM_KEY not in check.detail
     odd.stop()  # a worker that stops leaves the registry
     assert run_doctor(doctor_settings(local_stack)).named("worker config").status is Status.OK
+
+
+def test_redis_memory_warns_without_a_ceiling_near_it_and_with_an_evicting_policy(
+    local_stack: Stack, aof_redis: str
+) -> None:
+    server = redis.Redis.from_url(aof_redis)
+    # The broker on another database of the same server: its memory is checked as well.
+    settings = doctor_settings(local_stack, redis_url=aof_redis, broker_url=aof_redis.replace("/0", "/1"))
+
+    def memory() -> tuple[Status, str, Status]:
+        report = run_doctor(settings)
+        return (
+            report.named("redis memory").status,
+            report.named("redis memory").detail,
+            report.named("broker memory").status,
+        )
+
+    status, detail, broker = memory()
+    assert (status, broker) == (Status.OK, Status.OK) and "of 256 MB used" in detail and "noeviction" in detail
+
+    server.config_set("maxmemory", 0)
+    status, detail, broker = memory()
+    assert status is Status.WARN and detail.endswith(
+        "no maxmemory: Redis grows until the host runs out of memory and the kernel kills it "
+        "(set maxmemory; the compose stack: REDIS_MAXMEMORY)"
+    )
+    assert broker is Status.WARN
+
+    used = int(server.info("memory")["used_memory"])  # type: ignore[index]
+    server.config_set("maxmemory", int(used / 0.9))  # about 90 % full
+    status, detail, _ = memory()
+    assert status is Status.WARN and "of maxmemory used" in detail and "every new job" in detail
+
+    server.config_set("maxmemory", "256mb")
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    status, detail, _ = memory()
+    assert status is Status.WARN
+    assert detail.endswith("maxmemory-policy allkeys-lru can evict job records and queued messages (use noeviction)")

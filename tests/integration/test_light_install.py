@@ -115,3 +115,44 @@ def test_a_worker_without_the_worker_extra_says_what_to_install(light_venv: Path
     assert result.returncode != 0
     assert "a videoqueue worker needs the worker extra (not installed here: " in result.stderr, result.stderr
     assert 'pip install "videoqueue[worker]"' in result.stderr
+
+
+def test_image_files_reach_a_storage_folder_and_an_s3_storage_says_what_to_install(
+    light_venv: Path, tmp_path: Path
+) -> None:
+    # The producer puts image files into STORAGE_URL (videoqueue.inputs) with the worker
+    # side's backends: a local folder needs nothing more, S3 needs boto3 (the worker extra).
+    image = tmp_path / "first.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    cli = str(light_venv / "bin" / "videoqueue")
+    argv = [cli, "submit", "a fox", "--image-file", str(image), "--json"]
+    to_s3 = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env={**_env(), "STORAGE_URL": "s3://videos/renders"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert to_s3.returncode == 2, (to_s3.stdout, to_s3.stderr)
+    [line] = to_s3.stderr.splitlines()
+    assert line.startswith(
+        "error: image files are put into STORAGE_URL by the producer, which needs the worker extra here "
+        "(not installed: "
+    )
+    assert "boto3" in line and line.endswith('pip install "videoqueue[worker]"; or give the image as a URL')
+    folder = tmp_path / "store"
+    to_folder = subprocess.run(
+        argv,
+        cwd=tmp_path,
+        env={**_env(), "STORAGE_URL": f"file://{folder}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert to_folder.returncode == 0, to_folder.stderr
+    [record] = json.loads(to_folder.stdout)
+    job_id = record["id"]
+    assert (folder / "inputs" / job_id / "first_frame.png").read_bytes() == image.read_bytes()

@@ -15,7 +15,7 @@ from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.celery_client import producer_app
 from tests.integration.conftest import REDIS_URL, S3Server, Stack
 from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest, wait_status
-from videoqueue import keys, namespace
+from videoqueue import namespace
 from videoqueue.catalog import load_catalog
 from videoqueue.job import TASK_SUBMIT
 from videoqueue.resolved import ImageUpload, ResolvedRequest
@@ -248,7 +248,7 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2, [j.error for j in done]
     assert isinstance(uploaded := done[1].request.images["first_frame"], ImageUpload)
     assert uploaded.mime_type == "image/jpeg"
-    assert local_stack.redis.exists(keys.input_key(done[1].id, "first_frame")) == 1
+    assert uploaded.uri is not None and uploaded.uri.endswith(f"/inputs/{done[1].id}/first_frame.jpg")
     with pytest.raises(InvalidRequestError) as info:
         vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))
     assert "answers HTTP 404" in info.value.problems["image_url"]

@@ -151,6 +151,11 @@ def test_errors_name_the_cause_and_the_fix_without_the_password(monkeypatch: pyt
     assert explain(in_use).message.endswith("choose another --port")
     pricing = ValueError("cannot read PRICING_FILE p.toml: [Errno 2] No such file or directory: 'p.toml'")
     assert explain(pricing).message.endswith("fix the file or unset PRICING_FILE")
+    full = redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+    assert explain(full).message == (
+        "Redis at redis://:***@127.0.0.1:6390/0 is full (used memory over its maxmemory, noeviction): nothing was "
+        "changed; raise maxmemory (REDIS_MAXMEMORY in the compose stack) or delete old jobs"
+    )
 
 
 def test_settings_errors_escaping_as_pydantic_errors_are_one_line() -> None:

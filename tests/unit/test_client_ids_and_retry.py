@@ -14,7 +14,7 @@ from producer import BudgetExceededError, InvalidRequestError, JobStatus, Settin
 from producer.api import RetryRefusedError
 from tests.unit.helpers import seedance_request, walk_to
 from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
-from videoqueue.keys import client_key, input_key, job_key
+from videoqueue.keys import client_key, job_key
 from videoqueue.resolved import ImageUrl
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -152,16 +152,20 @@ def test_retry_makes_a_linked_job_with_the_same_request_and_inputs(
 ) -> None:
     image = tmp_path / "first.png"
     image.write_bytes(PNG)
-    vq, sent = _queue(redis_client, monkeypatch)
+    store = tmp_path / "store"
+    vq, sent = _queue(redis_client, monkeypatch, storage_url=f"file://{store}")
     old = vq.submit(VideoRequest(prompt="a fox", image_file=str(image), client_job_id="r-1"))
     with pytest.raises(RetryRefusedError, match="it is queued, not finished"):
         vq.retry(old.id)
     _fail(vq, old.id)
 
     new = vq.retry(old.id)
-    assert new.retry_of == old.id and new.request == old.request and new.status is JobStatus.QUEUED
+    assert new.retry_of == old.id and new.status is JobStatus.QUEUED
+    # The same request; the image is the new job's own copy, under its own key.
+    assert new.request.json_fields() == old.request.json_fields()
     assert vq.get(old.id).retried_by == [new.id]
-    assert redis_client.get(input_key(new.id, "first_frame")) == redis_client.get(input_key(old.id, "first_frame"))
+    assert (store / "inputs" / new.id / "first_frame.png").read_bytes() == PNG
+    assert (store / "inputs" / old.id / "first_frame.png").read_bytes() == PNG
     assert redis_client.get(client_key("r-1")) == new.id  # the client id names the newest attempt
     assert vq.submit(VideoRequest(prompt="a fox", image_file=str(image), client_job_id="r-1")).id == new.id
     assert sent == [old.id, new.id]
@@ -172,7 +176,7 @@ def test_retry_makes_a_linked_job_with_the_same_request_and_inputs(
     assert vq.get(old.id).retried_by == [new.id, third.id]
 
     _fail(vq, third.id, JobStatus.EXPIRED)
-    redis_client.delete(input_key(third.id, "first_frame"))
+    (store / "inputs" / third.id / "first_frame.png").unlink()
     before = _state(redis_client)
     with pytest.raises(RetryRefusedError, match=r"first frame image 'first\.png' is no longer stored"):
         vq.retry(third.id)

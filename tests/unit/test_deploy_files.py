@@ -345,6 +345,7 @@ def test_redis_keeps_an_append_only_file_on_a_volume(services: dict[str, dict[st
     argv = redis_server_argv(redis)
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    assert default_of(argv[argv.index("--maxmemory") + 1]) == "1gb"  # REDIS_MAXMEMORY unset
     assert "redis-data:/data" in redis["volumes"]
     assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
 

@@ -60,6 +60,7 @@ def test_a_crashing_check_is_a_failed_check_and_its_message_is_redacted(monkeypa
     for name in ("check_redis", "check_redis_access", "check_storage"):
         monkeypatch.setattr(doctor, name, boom)
     monkeypatch.setattr(doctor, "check_provider", lambda provider, settings: boom(settings))
+    monkeypatch.setattr(doctor, "check_redis_memory", lambda name, url: boom(Settings(_env_file=None)))
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: Check("workers", Status.OK, "fine"))
     monkeypatch.setattr(doctor, "check_worker_config", lambda settings: Check("worker config", Status.OK, "fine"))
     result = doctor.run_doctor(Settings(_env_file=None))
@@ -77,10 +78,31 @@ def test_the_broker_is_checked_only_when_it_is_another_server(monkeypatch: pytes
     )
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: ok)
     monkeypatch.setattr(doctor, "check_worker_config", lambda settings: ok)
+    monkeypatch.setattr(doctor, "check_redis_memory", lambda name, url: Check(name, Status.OK, url))
     same = doctor.run_doctor(Settings(_env_file=None))
     other = doctor.run_doctor(Settings(_env_file=None, broker_url="redis://elsewhere:6379/0"))
+    rabbit = doctor.run_doctor(Settings(_env_file=None, broker_url="amqp://guest:guest@elsewhere:5672//"))
     assert "broker" not in [c.name for c in same.checks]
     assert "broker" in [c.name for c in other.checks]
+    # A Redis broker's memory ceiling is checked as the job store's; RabbitMQ has its own.
+    assert [c.name for c in same.checks if "memory" in c.name] == ["redis memory"]
+    assert [c.name for c in other.checks if "memory" in c.name] == ["redis memory", "broker memory"]
+    assert other.named("broker memory").detail == "redis://elsewhere:6379/0"
+    assert [c.name for c in rabbit.checks if "memory" in c.name] == ["redis memory"]
+
+
+def test_memory_problems_name_a_missing_ceiling_a_full_one_and_an_evicting_policy() -> None:
+    mb = 2**20
+    assert doctor.memory_problems(10 * mb, 100 * mb, "noeviction") == []
+    assert doctor.memory_problems(79 * mb, 100 * mb, "noeviction") == []
+    [full] = doctor.memory_problems(80 * mb, 100 * mb, "noeviction")
+    assert full.startswith("80% of maxmemory used (80 MB of 100 MB): at 100% every new job")
+    [none] = doctor.memory_problems(10 * mb, 0, "noeviction")
+    assert none.startswith("no maxmemory: ")
+    assert doctor.memory_problems(10 * mb, 0, "volatile-lru") == [
+        none,
+        "maxmemory-policy volatile-lru can evict job records and queued messages (use noeviction)",
+    ]
 
 
 def test_local_storage_probe_is_written_read_and_removed(tmp_path: Path) -> None:

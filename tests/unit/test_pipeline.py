@@ -27,6 +27,7 @@ from videoqueue.ledger import Ledger, LedgerEntry
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
+from worker.inputs import StorageInputs
 from worker.pipeline import Pipeline, StoreRetry
 from worker.probe import Probe
 from worker.providers.base import ImageInput, Lookup, ProviderError, TaskState, TaskStatus, VideoStream
@@ -896,6 +897,9 @@ class BrokenStorage:
             raise self.error
         return self.inner.put_json(key, data)
 
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> Any:
+        return self.inner.put_bytes(key, data, content_type)
+
     def uri(self, key: str) -> str:
         return self.inner.uri(key)
 
@@ -1342,32 +1346,46 @@ def test_a_provider_that_cannot_be_built_fails_the_job_instead_of_stranding_it(e
     )
 
 
-def test_uploaded_and_linked_images_reach_the_provider(env: Env, tmp_path: Path) -> None:
+def _producer(env: Env, monkeypatch: pytest.MonkeyPatch) -> VideoQueue:
+    """A producer on the pipeline's store and storage whose messages go nowhere."""
+    vq = VideoQueue(
+        env.settings, store=env.store, catalog=env.catalog, input_storage=StorageInputs(env.settings, env.storage)
+    )
+    monkeypatch.setattr(vq, "_send", lambda records: None)
+    return vq
+
+
+def test_uploaded_and_linked_images_reach_the_provider(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     image = tmp_path / "first.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
-    vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
-    job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image), last_frame_url="https://x/l.png"))
-    env.store.create_many([job.record], {job.record.id: job.images})
+    vq = _producer(env, monkeypatch)
+    [job] = vq.enqueue(
+        [vq.prepare(VideoRequest(prompt="fox", image_file=str(image), last_frame_url="https://x/l.png"))]
+    )
 
-    env.pipeline.submit(job.record.id)
+    env.pipeline.submit(job.id)
 
     assert env.provider.images == {
         "first_frame": ImageInput(data=image.read_bytes(), mime_type="image/png"),
         "last_frame": ImageInput(url="https://x/l.png"),
     }
-    assert env.job(job.record.id).status is JobStatus.RUNNING
+    assert env.job(job.id).status is JobStatus.RUNNING
 
 
-def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(env: Env, tmp_path: Path) -> None:
+def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     image = tmp_path / "first.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x01" * 32)
-    vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
-    job = vq.prepare(VideoRequest(prompt="fox", image_file=str(image)))
-    env.store.create_many([job.record])  # the image itself never stored (or expired)
+    vq = _producer(env, monkeypatch)
+    [job] = vq.enqueue([vq.prepare(VideoRequest(prompt="fox", image_file=str(image)))])
+    (env.root / "inputs" / job.id / "first_frame.png").unlink()  # deleted by hand, or by a lifecycle rule
 
-    env.pipeline.submit(job.record.id)
+    env.pipeline.submit(job.id)
 
-    failed = env.job(job.record.id)
+    failed = env.job(job.id)
     assert failed.status is JobStatus.FAILED and "create" not in env.provider.names()
     assert failed.error is not None
     assert (failed.error.code, failed.error.message) == (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import random
 import statistics
@@ -92,6 +94,22 @@ def test_latency_profile_options(monkeypatch: pytest.MonkeyPatch) -> None:
         SimConfig(latency_profile="slow")
 
 
+def test_tasks_timeline_shows_the_images_a_create_sent() -> None:
+    png = b"\x89PNG\r\n\x1a\n" + b"\x07" * 8
+    inline = "data:image/png;base64," + base64.b64encode(png).decode()
+    sim = ArkSim(SimConfig(latency=2.0), clock=lambda: 1000.0)
+    content = [
+        {"type": "text", "text": "fox"},
+        {"type": "image_url", "image_url": {"url": inline}, "role": "first_frame"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/l.png"}, "role": "last_frame"},
+    ]
+    task = sim.create(parse_create({"model": PRO_15, "content": content}))
+    assert sim.tasks_timeline()[task.id]["images"] == {
+        "first_frame": f"sha256:{hashlib.sha256(png).hexdigest()}",
+        "last_frame": "https://example.com/l.png",
+    }
+
+
 def test_tasks_timeline_has_each_tasks_create_start_and_finish() -> None:
     now = [1000.0]
     sim = ArkSim(SimConfig(latency=2.0, concurrency_per_model=1), clock=lambda: now[0])
@@ -107,6 +125,7 @@ def test_tasks_timeline_has_each_tasks_create_start_and_finish() -> None:
         "started": 1000.0,
         "finished": None,
         "status": "running",
+        "images": {},
     }
     assert (timeline[second.id]["started"], timeline[second.id]["status"]) == (None, "queued")
 

@@ -22,6 +22,7 @@ from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from worker.admission import Admitter, SendAdmit
 from worker.dispatch import Dispatcher, DueTracking
+from worker.inputs import StorageInputs, release_when_due
 from worker.providers import provider_endpoint
 from worker.providers.base import Provider, ProviderError
 from worker.render_history import RenderHistory
@@ -70,6 +71,9 @@ class StepBase:
             )
             # Every move that frees a slot admits the next waiting jobs at once.
             store.on_slot_freed = self.admitter.admit
+        self.inputs = StorageInputs(settings)
+        # A success's input images go with its final move; other ends keep them for a retry.
+        store.on_final = release_when_due(store, self.inputs)
         self.history = history
         self.rng = rng or random.Random()
         self._endpoints: dict[str, Endpoint] = {}

@@ -5,15 +5,17 @@ limits and budgets, then start polling.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from videoqueue.budget import exceeded
 from videoqueue.endpoints import Endpoint
+from videoqueue.errors import StorageError
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import TaskClaimedError
 from videoqueue.lifecycle import SUBMIT_STATUSES
-from videoqueue.resolved import ImageUrl
+from videoqueue.resolved import ImageUpload, ImageUrl
 from worker.providers.base import ImageInput, Provider, ProviderError
 from worker.schedule import retry_delay
 from worker.steps.base import _charge_uncertain, log
@@ -322,17 +324,34 @@ class SubmitStep(PollStep):
         self._fail(job.id, exc.code, message, exc.provider_code)
 
     def _images(self, job: JobRecord) -> dict[str, ImageInput]:
-        """The job's input images by role; ProviderError if an uploaded one is gone."""
+        """The job's input images by role, uploaded ones read from object storage
+        (videoqueue.inputs) on every attempt; ProviderError if one is gone or is not the
+        file the producer sent (invalid_request), or storage cannot be read (upstream,
+        retried)."""
         images: dict[str, ImageInput] = {}
         for role, source in job.request.images.items():
             if isinstance(source, ImageUrl):
                 images[role] = ImageInput(url=source.url)
                 continue
-            stored = self.store.get_input(job.id, role)
-            if stored is None:
+            data = self._uploaded(job, role, source)
+            if data is None:
                 raise ProviderError(ErrorCode.INVALID_REQUEST, f"the uploaded {role} image is no longer stored")
-            images[role] = ImageInput(data=stored.data, mime_type=stored.mime_type)
+            if hashlib.sha256(data).hexdigest() != source.sha256:
+                raise ProviderError(
+                    ErrorCode.INVALID_REQUEST, f"the stored {role} image is not the file uploaded (sha256 differs)"
+                )
+            images[role] = ImageInput(data=data, mime_type=source.mime_type)
         return images
+
+    def _uploaded(self, job: JobRecord, role: str, source: ImageUpload) -> bytes | None:
+        if source.uri is None:  # stored in Redis by a producer before object-storage inputs
+            legacy = self.store.get_input(job.id, role)
+            return None if legacy is None else legacy.data
+        try:
+            return self.inputs.read(source.uri)
+        except StorageError as exc:
+            # Storage is upstream of the create here: worth another attempt, as a provider's 5xx.
+            raise ProviderError(ErrorCode.UPSTREAM, f"cannot read the uploaded {role} image: {exc}") from exc
 
 
 def _claim(now: datetime, lease_until: datetime, endpoint: Endpoint) -> Callable[[JobRecord], JobRecord | None]:

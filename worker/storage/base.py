@@ -39,6 +39,10 @@ class Storage(Protocol):
         """Write a small JSON document to `key` atomically."""
         ...
 
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Write a small object (an input image) to `key` atomically, as `content_type`."""
+        ...
+
     def uri(self, key: str) -> str:
         """The URI that names `key` in this backend."""
         ...

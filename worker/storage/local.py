@@ -121,3 +121,6 @@ class LocalStorage:
     def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:
         body = json.dumps(data, indent=2, sort_keys=True).encode()
         return self._write_atomic(key, iter([body]))
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        return self._write_atomic(key, iter([data]))

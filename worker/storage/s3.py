@@ -234,3 +234,10 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise storage_error(f"S3 write of {self.uri(key)}", exc, self.checksums) from exc
         return StoredObject(uri=self.uri(key), size=len(body))
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(f"S3 write of {self.uri(key)}", exc, self.checksums) from exc
+        return StoredObject(uri=self.uri(key), size=len(data))
