@@ -1,18 +1,24 @@
 """kombu's Redis transports (redis://, rediss://, sentinel://) with a fix that keeps a worker
 alive through a Redis restart; `register()` makes our broker URLs use them.
 
-The failure, in kombu 5.7 / Celery 5.7 (it hit about one Redis restart in three): when the
-consumer's pub/sub connection reports the lost Redis before its BRPOP connection,
-`Consumer.on_connection_error_after_connected` calls `Connection.collect()`, which closes the
-default channel. `Channel.close` first reads the reply of the BRPOP in flight (added by
-celery/kombu#1733 so that a message popped while closing is not lost); on a dead connection
-that read raises ConnectionError out of `close`, before the channel is marked closed.
-`collect()` then clears the transport's `client`, and Celery's `connection.close()` closes the
-channel a second time: its restore of the unacknowledged messages needs a new connection
-pool, and `Channel._connparams` dies on `self.connection.client.hostname` with
-AttributeError("'NoneType' object has no attribute 'hostname'") (the error of celery/kombu#582
-and celery/kombu#970, reached by another path). An AttributeError is no connection error to
+The failure, in kombu 5.7 / Celery 5.7 (it hit about one Redis restart in three): on a lost
+broker, `Consumer.on_connection_error_after_connected` calls `Connection.collect()`, which
+closes the default (consuming) channel. `Channel.close` first reads the reply of the BRPOP in
+flight (added by celery/kombu#1733 so that a message popped while closing is not lost); on
+a dead connection that read raises ConnectionError out of `close`, before the channel is
+marked closed. (When the BRPOP connection itself reported the loss, no BRPOP is in flight:
+that is the two restarts in three that went well.) `collect()` goes on to close the
+connection's other channels, but kombu's `Transport.close_connection` stops at the first
+whose close raises, as any channel's does when it must talk to the stopped Redis (restoring
+its unacknowledged messages, deleting auto-delete queues), and may never reach the default
+channel again; then it clears the transport's `client`. Celery's `connection.close()`
+closes the default channel once more: its restore of the unacknowledged messages needs a
+new connection pool, and `Channel._connparams` dies on `self.connection.client.hostname`
+with AttributeError("'NoneType' object has no attribute 'hostname'") (the error of
+celery/kombu#582 and celery/kombu#970, reached by another path; no upstream issue or fix
+for this path was found as of kombu 5.7.0). An AttributeError is no connection error to
 Celery: "Unrecoverable error", and the worker process exits.
+tests/integration/test_broker_transport.py replays it step by step.
 
 The fix, on the channel: a pending BRPOP that cannot be read because the connection is gone
 no longer aborts `close`, which goes on as it does when the BRPOP connection reports first
