@@ -6,12 +6,12 @@ broker, `Consumer.on_connection_error_after_connected` calls `Connection.collect
 closes the default (consuming) channel. `Channel.close` first reads the reply of the BRPOP in
 flight (added by celery/kombu#1733 so that a message popped while closing is not lost); on
 a dead connection that read raises ConnectionError out of `close`, before the channel is
-marked closed. (When the BRPOP connection itself reported the loss, no BRPOP is in flight:
-that is the two restarts in three that went well.) `collect()` goes on to close the
-connection's other channels, but kombu's `Transport.close_connection` stops at the first
-whose close raises, as any channel's does when it must talk to the stopped Redis (restoring
-its unacknowledged messages, deleting auto-delete queues), and may never reach the default
-channel again; then it clears the transport's `client`. Celery's `connection.close()`
+marked closed. `collect()` goes on to close the connection's channels, the default one
+again among them, but kombu's `Transport.close_connection` stops at the first whose close
+raises, as any channel's does when it must talk to the stopped Redis (restoring its
+unacknowledged messages, deleting auto-delete queues): when such a channel comes before the
+default one (as about one restart in three had it), the default channel stays half closed. Then
+`collect()` clears the transport's `client`. Celery's `connection.close()`
 closes the default channel once more: its restore of the unacknowledged messages needs a
 new connection pool, and `Channel._connparams` dies on `self.connection.client.hostname`
 with AttributeError("'NoneType' object has no attribute 'hostname'") (the error of
@@ -21,8 +21,8 @@ Celery: "Unrecoverable error", and the worker process exits.
 tests/integration/test_broker_transport.py replays it step by step.
 
 The fix, on the channel: a pending BRPOP that cannot be read because the connection is gone
-no longer aborts `close`, which goes on as it does when the BRPOP connection reports first
-(the unacknowledged messages are restored now if Redis answers, else they stay in the
+no longer aborts `close`, which goes on as it does when no BRPOP is in flight (the
+unacknowledged messages are restored now if Redis answers, else they stay in the
 broker's `unacked` hash until its visibility timeout, and the job store's recovery sweep
 drives their jobs meanwhile). And should a closed connection's channel still need a pool,
 it raises a redis ConnectionError, which Celery recovers from, not an AttributeError.
@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 # setting would take a class too, but then `Connection.as_uri()` (the worker's "Connected to
 # redis://..." line, Flower) names the class path instead of the scheme: an alias keeps it.
 SCHEMES = {"redis": "Transport", "rediss": "Transport", "sentinel": "SentinelTransport"}
-# Logged each time the fix acts: where kombu alone would have killed the worker.
+# Logged each time the fix acts: where kombu alone could have killed the worker.
 LOST_BRPOP_MESSAGE = "broker connection lost with a BRPOP in flight: the channel closes without its reply"
 
 log = logging.getLogger(__name__)

@@ -325,14 +325,14 @@ def test_every_worker_stays_up_through_five_redis_restarts(
     recovered = sum(r.recoveries > 0 for r in records)
     succeeded = sum(r.status is JobStatus.SUCCEEDED for r in records)
     restored = {kind: log.count("Restoring ") for kind, log in logs.items()}
-    # How often the fix of worker/broker_transport.py acted: each was a dead worker before it.
+    # How often the fix of worker/broker_transport.py acted: where kombu alone could have died.
     fixed = {kind: log.count(LOST_BRPOP_MESSAGE) for kind, log in logs.items()}
     print(
         f"\nredis-restarts: {RESTARTS} Redis restarts ({RESTART_DOWN_S:g} s down) under load; {len(job_ids)} jobs "
         f"submitted ({submitter.failed_submits} submit attempts refused while Redis was down, repeated), "
         f"{succeeded} succeeded; workers alive {alive}, connections per worker "
-        f"{ {kind: reconnections(log) for kind, log in logs.items()} }, restores of unacked messages at "
-        f"disconnect {restored}, closes with a lost BRPOP (the kombu bug, now survived) {fixed}; "
+        f"{ {kind: reconnections(log) for kind, log in logs.items()} }, restores of unacked messages tried "
+        f"at disconnect {restored}, channel closes past a lost BRPOP (where kombu alone could die) {fixed}; "
         f"restart->every worker reconnected max {max(reconnect_s):.1f} s; "
         f"{recovered} jobs recovered by the sweep; run {finished - started:.0f} s"
     )
