@@ -71,9 +71,12 @@ screenshot: $(STAMP)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m simulator.screenshot $(SCREENSHOT_ARGS)
 
-# Conveniences for running a fleet by hand.
+# Conveniences for running a fleet by hand. `make worker` keeps a worker up on a host without a
+# process manager: worker/supervise.py starts it again whenever it exits (after 1 s, doubling
+# up to 60 s while it keeps exiting quickly); Ctrl-C or SIGTERM reach the worker once (warm
+# shutdown) and end the loop. Celery options: `make worker WORKER_ARGS="--pool=threads -c 32"`.
 worker: $(STAMP)
-	$(BIN)/celery -A worker worker --loglevel=INFO
+	@exec $(BIN)/python -m worker.supervise -- $(BIN)/celery -A worker worker --loglevel=INFO $(WORKER_ARGS)
 
 simulator: $(STAMP)
 	$(BIN)/python -m simulator --port 8000

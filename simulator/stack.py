@@ -126,8 +126,10 @@ def start_worker(
     concurrency: int = 2,
     queues: list[str] | None = None,
     ready_timeout: float = 60.0,
+    pool: str | None = None,
 ) -> ManagedProcess:
-    """Start `celery -A worker worker` as node `name` and wait until it is ready."""
+    """Start `celery -A worker worker` as node `name` and wait until it is ready; `pool` is
+    Celery's --pool (prefork, threads, gevent...), Celery's default (prefork) if None."""
     argv = [
         _bin("celery"),
         "-A",
@@ -141,6 +143,8 @@ def start_worker(
     ]
     if queues:
         argv.append(f"--queues={','.join(queues)}")
+    if pool:
+        argv.append(f"--pool={pool}")
     proc = ManagedProcess(name, argv, env, log_dir / f"{name}.log")
     wait_until(lambda: " ready." in proc.log_text() or not proc.alive(), ready_timeout, f"worker {name}")
     if not proc.alive():

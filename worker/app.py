@@ -11,6 +11,7 @@ from celery.signals import celeryd_after_setup
 from videoqueue import namespace
 from videoqueue.queues import own_queues
 from videoqueue.settings import InvalidSettingsError, get_settings
+from worker import broker_transport
 
 try:
     # Read before Celery reads videoqueue.celeryconfig, so that settings that cannot be used stop
@@ -21,6 +22,9 @@ except InvalidSettingsError as exc:
     sys.stderr.write(f"error: {exc}\n")
     raise SystemExit(2) from None
 
+# Before any broker connection: kombu's Redis transports with the fix that keeps a worker up
+# through a Redis restart (worker/broker_transport.py).
+broker_transport.register()
 app = Celery("videoqueue")
 app.config_from_object("videoqueue.celeryconfig")
 app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

@@ -236,9 +236,9 @@ class Stack:
         found: list[str] = self.redis.keys(pattern)  # type: ignore[assignment]
         return sorted(found)
 
-    def start_worker(self, concurrency: int = 2, **env: str) -> ManagedProcess:
+    def start_worker(self, concurrency: int = 2, pool: str | None = None, **env: str) -> ManagedProcess:
         name = f"w{len(self.workers) + 1}-{uuid.uuid4().hex[:6]}"
-        proc = start_worker(name, self.env(**env), self.log_dir, concurrency=concurrency)
+        proc = start_worker(name, self.env(**env), self.log_dir, concurrency=concurrency, pool=pool)
         self.workers.append(proc)
         return proc
 
