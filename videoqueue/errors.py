@@ -11,6 +11,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
                 DuplicateClientJobIdError
             RetryRefusedError (ValueError)           producer.api
             StoreRetryRefusedError (ValueError)      producer.api
+            InputStorageUnavailableError (ValueError) videoqueue.inputs
         BudgetError
             BudgetExceededError (ValueError)
             BudgetInputError (ValueError)            producer.cli_budget
@@ -29,6 +30,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
         EnqueueError (RuntimeError)                  producer.api
         WaitTimeoutError (TimeoutError)              producer.api
         JobFailed                                    worker.outcome
+        InputUploadError (RuntimeError)              videoqueue.inputs
         URLFetchError
             ForbiddenURLError (ValueError)           videoqueue.urlguard
             URLTooLargeError (ValueError)            videoqueue.urlguard

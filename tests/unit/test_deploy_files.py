@@ -374,7 +374,7 @@ def test_redis_requires_a_password_that_no_command_line_carries(services: dict[s
     assert config == ["requirepass $$REDISCLI_AUTH"], "compose leaves $$ to the container's shell"
     argv = redis_server_argv(redis)
     assert argv[1] == "-", "redis-server reads its config from stdin only when `-` comes first or last"
-    assert not any("requirepass" in arg or "REDIS" in arg for arg in argv)
+    assert not any("requirepass" in arg or "PASSWORD" in arg or "REDISCLI_AUTH" in arg for arg in argv)
     assert healthcheck_argv(redis["healthcheck"]) == ["redis-cli", "ping"]
     assert redis["ports"] == ["127.0.0.1:${REDIS_PORT:-6379}:6379"]
 

@@ -64,7 +64,7 @@ def test_a_crashing_check_is_a_failed_check_and_its_message_is_redacted(monkeypa
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: Check("workers", Status.OK, "fine"))
     monkeypatch.setattr(doctor, "check_worker_config", lambda settings: Check("worker config", Status.OK, "fine"))
     result = doctor.run_doctor(Settings(_env_file=None))
-    assert [c.status for c in result.checks] == [Status.OK] + [Status.FAIL] * 5 + [Status.OK] * 2
+    assert [c.status for c in result.checks] == [Status.OK] + [Status.FAIL] * 6 + [Status.OK] * 2
     assert "check crashed: RuntimeError" in result.checks[1].detail
     assert "sk-xxx" not in json.dumps(result.to_dict()) + result.to_text()
 
