@@ -4,7 +4,9 @@ with a one-line detail, and the report ends with a verdict.
 - redis: reachable, its version, and whether it keeps what it holds (AOF on, no eviction)
 - broker: reachable (only when BROKER_URL names another server than REDIS_URL)
 - storage: the backend's own probe, a small object written, read back and deleted (with the
-  workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
+  workers' own S3 client); on S3 the calls a store makes (a multipart upload, an abort, reads),
+  a refused one named with the IAM action it needs; a store that refuses boto3's checksum
+  headers names S3_CHECKSUMS
 - provider <name>, one per registered adapter: the configured credentials, tried with the
   adapter's own probe (one cheap authenticated call)
 - namespace: the deployment (VQ_NAMESPACE) whose keys and queues every other check looks at

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,10 +120,15 @@ def iam_s3(log_dir: Path) -> Iterator[IamS3]:
     proc = start_moto(port, log_dir)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        default = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing-secret"}
+        default: dict[str, Any] = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing-secret",
+        }
         bucket = f"vq-{uuid.uuid4().hex[:12]}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **default).create_bucket(Bucket=bucket)
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **default)
+        boto3.client("s3", **default).create_bucket(Bucket=bucket)
+        iam = boto3.client("iam", **default)
         policy = documented_policy(bucket)
         everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
         made: dict[str, Key] = {}
@@ -178,11 +183,12 @@ def test_iam_is_enforced_and_the_worker_key_may_not_list(iam_s3: IamS3) -> None:
     """What the other tests rely on: moto refuses what the policy does not allow, here the
     listing of open uploads every store used to start with."""
     client = iam_s3.worker.s3(iam_s3.endpoint)
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: client.list_multipart_uploads(Bucket=iam_s3.bucket, Prefix=f"{PREFIX}/"),
         lambda: client.list_objects_v2(Bucket=iam_s3.bucket, Prefix=f"{PREFIX}/"),
         lambda: client.put_object(Bucket=iam_s3.bucket, Key="elsewhere/x.json", Body=b"{}"),
-    ):
+    )
+    for call in calls:
         with pytest.raises(ClientError) as refused:
             call()
         assert refused.value.response["Error"]["Code"] == "AccessDenied"

@@ -605,3 +605,24 @@ def test_s3_probe_names_the_refused_operation_and_its_permission(s3: S3Storage) 
         probe.detail
     )
     assert s3.client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # what it wrote is deleted all the same
+
+
+def test_redis_open_uploads_keeps_ids_per_object_with_a_ttl() -> None:
+    import fakeredis
+
+    from videoqueue import keys
+    from worker.open_uploads import TTL_S, RedisOpenUploads
+
+    client = fakeredis.FakeRedis()
+    uploads = RedisOpenUploads(client)
+    uploads.add("s3://videos/runs/a.mp4", "id-1")
+    uploads.add("s3://videos/runs/a.mp4", "id-2")
+    uploads.add("s3://videos/runs/b.mp4", "id-3")
+    assert uploads.ids("s3://videos/runs/a.mp4") == ["id-1", "id-2"]
+    ttl: int = client.ttl(keys.open_uploads_key("s3://videos/runs/a.mp4"))  # type: ignore[assignment]
+    assert 0 < ttl <= TTL_S
+    uploads.remove("s3://videos/runs/a.mp4", "id-1")
+    uploads.remove("s3://videos/runs/a.mp4", "id-2")
+    assert uploads.ids("s3://videos/runs/a.mp4") == []
+    assert not client.exists(keys.open_uploads_key("s3://videos/runs/a.mp4"))  # no empty set left behind
+    assert uploads.ids("s3://videos/runs/b.mp4") == ["id-3"]
