@@ -293,8 +293,9 @@ class S3Storage:
             if isinstance(exc, (BotoCoreError, ClientError)):
                 raise storage_error(f"S3 upload of {uri}", exc, self.checksums) from exc
             raise
+        completed = self._take_opened(uri)
         if self.open_uploads is not None:
-            for upload_id in self._take_opened(uri):
+            for upload_id in completed:
                 self.open_uploads.remove(uri, upload_id)
         return StoredObject(uri=uri, size=reader.bytes_read)
 
