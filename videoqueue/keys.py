@@ -221,6 +221,14 @@ SWEEP_LOCK = namespace.keep(globals(), "SWEEP_LOCK", lambda: _key("sweep:lock"))
 interval (at least 10 s); deleted by its holder when the sweep ends."""
 
 
+def open_uploads_key(uri: str) -> str:
+    """Set: the UploadIds of the S3 multipart uploads to `uri` (`s3://bucket/key`) a store
+    attempt opened and has not seen completed or aborted, so a later attempt, on any host,
+    aborts what a killed one left (worker.open_uploads). TTL: open_uploads.TTL_S (7 days),
+    renewed at each upload opened."""
+    return f"{PREFIX}s3-open-uploads:{uri}"
+
+
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 
 

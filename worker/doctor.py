@@ -6,7 +6,9 @@ with a one-line detail, and the report ends with a verdict.
 - redis access: the job store's (and a Redis broker's) Redis on a non-loopback address must
   demand a password and should be reached over TLS (worker/redis_access.py)
 - storage: the backend's own probe, a small object written, read back and deleted (with the
-  workers' own S3 client); a store that refuses boto3's checksum headers names S3_CHECKSUMS
+  workers' own S3 client); on S3 the calls a store makes (a multipart upload, an abort, reads),
+  a refused one named with the IAM action it needs; a store that refuses boto3's checksum
+  headers names S3_CHECKSUMS
 - provider <name>, one per registered adapter: the configured credentials, tried with the
   adapter's own probe (one cheap authenticated call)
 - namespace: the deployment (VQ_NAMESPACE) whose keys and queues every other check looks at

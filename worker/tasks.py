@@ -25,6 +25,7 @@ from videoqueue.room import WaitingRoom
 from videoqueue.settings import get_settings
 from worker import logs, registry
 from worker.app import app
+from worker.open_uploads import RedisOpenUploads
 from worker.outcome import JobFailed, ended_by_step, summary
 from worker.pipeline import Pipeline, StoreRetry
 from worker.providers import get_provider, provider_names, reset_providers
@@ -58,7 +59,9 @@ def _send_admit(provider: str, model: str, countdown: float) -> None:
 
 @lru_cache(maxsize=1)
 def _storage() -> Storage:
-    return open_storage(get_settings())
+    # The ids of open multipart uploads go to the job store's Redis, where the next store
+    # attempt at the key, on any host, finds and aborts what a killed one left.
+    return open_storage(get_settings(), RedisOpenUploads(pipeline().store.redis))
 
 
 @lru_cache(maxsize=1)

@@ -75,6 +75,44 @@ def test_a_store_slower_than_its_time_limit_ends_after_store_max_attempts(local_
     )
 
 
+def test_an_s3_transfer_over_its_soft_time_limit_is_retried_at_once(s3_stack: tuple[Stack, S3Server, str]) -> None:
+    """Issue 17: a transfer into S3 that hit the soft time limit waited for the rest of the
+    video inside boto3's transfer shutdown, then for the hard limit and the sweep (about
+    30 minutes with the defaults). Now the transfer stops reading at once and the store
+    step is sent again with no delay: with the sweep off, both attempts run and the job
+    ends well before the video could have been read even once."""
+    stack, _, _ = s3_stack
+    # 4 MiB sent over 300 s (a piece every 0.3 s): no attempt can finish, and one that read
+    # the whole video before giving up would outlast the test's wait.
+    stack.simulator.configure(video_pad_bytes=4 * 1024 * 1024, video_trickle_s=300.0)
+    # A 3 s soft limit (STORE_BUSY_S; the hard one is 300 s later), 2 attempts, and no
+    # sweep: only the store step's own retry can start the second attempt.
+    worker = stack.start_worker(
+        concurrency=1,
+        STORE_BUSY_S="3",
+        STORE_MAX_ATTEMPTS="2",
+        SWEEP_INTERVAL_S="0",
+        LOG_FORMAT="text",
+    )
+    vq = stack.queue()
+    job = vq.submit(VideoRequest(prompt="a fox on a very slow video host"))
+
+    done = wait_status(vq, job.id, {"succeeded", "failed", "cancelled", "expired"}, timeout=90)
+
+    assert done.status is JobStatus.FAILED, done
+    assert done.error is not None and done.error.code is ErrorCode.STORAGE
+    assert done.error.message.startswith("gave up after 2 attempts: SoftTimeLimitExceeded"), done.error.message
+    assert done.store_attempts == 2
+    log = worker.log_text()
+    failures = re.findall(r"store attempt failed attempt=(\d) error_class=(\w+)", log)
+    assert failures == [("1", "SoftTimeLimitExceeded"), ("2", "SoftTimeLimitExceeded")]
+    assert stack.simulator.stats()["video_downloads_total"] == 2
+    print(
+        f"\nstore-soft-limit-s3: failed/storage after {done.store_attempts} attempts, "
+        f"ended {(done.finished_at - done.provider_done_at).total_seconds():.1f} s after the provider's finish"  # type: ignore[operator]
+    )
+
+
 def test_store_attempts_killed_mid_transfer_are_counted_and_end_the_job(local_stack: Stack) -> None:
     """An attempt that never returns (its pool process killed, as by the kernel's OOM
     killer) counts: the count is taken when it starts, and the attempt that would exceed

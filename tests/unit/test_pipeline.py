@@ -1717,3 +1717,29 @@ def test_a_job_no_matching_worker_takes_ends_after_its_follow_window(env: Env) -
 def _ledger_entry(env: Env, job_id: str) -> LedgerEntry | None:
     """The ledger's entry of one job, or None."""
     return next((e for e in Ledger(env.store.redis).entries() if e.job_id == job_id), None)
+
+
+def test_a_store_over_its_soft_time_limit_is_retried_at_once(env: Env) -> None:
+    """The transfer hit Celery's soft time limit: the attempt counts and the step is sent
+    again with no delay (not after the back-off, nor after the lease and the sweep); once
+    the attempts are used up the job fails as after any other failure."""
+    job_id = env.downloading_job()
+    _soft_time_limit(env)
+    for attempt in (1, 2):
+        with pytest.raises(StoreRetry) as retry:
+            env.pipeline.store_video(job_id)
+        assert retry.value.countdown == 0
+        job = env.job(job_id)
+        assert (job.status, job.store_attempts, job.store_lease_until) == (JobStatus.DOWNLOADING, attempt, None)
+    env.pipeline.store_video(job_id)  # attempt 3 of STORE_MAX_ATTEMPTS=3
+    job = env.job(job_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert job.error.message.startswith("gave up after 3 attempts: SoftTimeLimitExceeded")
+
+
+def test_other_store_failures_still_back_off(env: Env) -> None:
+    job_id = env.downloading_job()
+    _storage_step("put_video")(env)
+    with pytest.raises(StoreRetry) as retry:
+        env.pipeline.store_video(job_id)
+    assert retry.value.countdown > 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -440,3 +444,185 @@ def test_a_refusal_of_the_checksum_headers_names_the_setting() -> None:
     other = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
     assert "set S3_CHECKSUMS=when_required" in str(storage_error("S3 write", refused, "when_supported"))
     assert "S3_CHECKSUMS" not in str(storage_error("S3 write", other, "when_supported"))
+
+
+# ------------------------------------------------- S3: least privilege, open uploads, probe
+
+
+class MemoryOpenUploads:
+    """OpenUploads in a dict (the workers keep them in Redis: worker.open_uploads)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, set[str]] = {}
+
+    def add(self, uri: str, upload_id: str) -> None:
+        self.held.setdefault(uri, set()).add(upload_id)
+
+    def remove(self, uri: str, upload_id: str) -> None:
+        self.held.get(uri, set()).discard(upload_id)
+
+    def ids(self, uri: str) -> list[str]:
+        return sorted(self.held.get(uri, set()))
+
+
+def calls_of(storage: S3Storage) -> list[str]:
+    """The S3 operations `storage`'s client makes from now on, in order."""
+    seen: list[str] = []
+    storage.client.meta.events.register("before-call.s3", lambda model, **_: seen.append(model.name))
+    return seen
+
+
+@pytest.fixture
+def recorded(s3: S3Storage) -> tuple[S3Storage, MemoryOpenUploads]:
+    uploads = MemoryOpenUploads()
+    settings = Settings(aws_access_key_id="test", aws_secret_access_key="test", aws_region="us-east-1")
+    return S3Storage(BUCKET, "/runs/", settings, uploads), uploads
+
+
+def open_uploads_in(storage: S3Storage) -> list[str]:
+    return [u["UploadId"] for u in storage.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
+
+
+def test_s3_upload_calls_only_what_put_get_and_abort_allow(recorded: tuple[S3Storage, MemoryOpenUploads]) -> None:
+    """No ListMultipartUploads (s3:ListBucketMultipartUploads), nor any other call a
+    least-privilege key (s3:PutObject, s3:GetObject, s3:AbortMultipartUpload) refuses."""
+    storage, uploads = recorded
+    leftover = storage.client.create_multipart_upload(Bucket=BUCKET, Key="runs/job.mp4")["UploadId"]
+    uploads.add("s3://videos/runs/job.mp4", leftover)
+    seen = calls_of(storage)
+    data = big_video(PART_BYTES + MIB)
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    storage.size("job.mp4")
+    storage.put_json("job.json", {"ok": True})
+    assert set(seen) == {
+        "AbortMultipartUpload",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "HeadObject",
+        "PutObject",
+    }, seen
+
+
+def test_s3_an_upload_left_open_by_an_earlier_attempt_is_aborted_by_the_next(
+    recorded: tuple[S3Storage, MemoryOpenUploads],
+) -> None:
+    storage, uploads = recorded
+    leftover = storage.client.create_multipart_upload(Bucket=BUCKET, Key="runs/job.mp4")["UploadId"]
+    uploads.add("s3://videos/runs/job.mp4", leftover)
+    data = big_video(PART_BYTES + MIB)
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    assert open_uploads_in(storage) == []
+    assert uploads.ids("s3://videos/runs/job.mp4") == []  # the leftover and the completed one
+    assert storage.size("job.mp4") == len(data)
+
+
+def test_s3_an_upload_is_recorded_while_open(recorded: tuple[S3Storage, MemoryOpenUploads]) -> None:
+    storage, uploads = recorded
+    during: list[list[str]] = []
+    storage.client.meta.events.register(
+        "before-call.s3.UploadPart", lambda **_: during.append(uploads.ids("s3://videos/runs/job.mp4"))
+    )
+    data = big_video(PART_BYTES + MIB)
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    assert len(during) == 2 and len(during[0]) == 1 and during[0] == during[1], during
+    assert uploads.ids("s3://videos/runs/job.mp4") == []
+
+
+class Interrupted(BaseException):
+    """As Celery's SoftTimeLimitExceeded: raised in the main thread by a signal handler."""
+
+
+def test_s3_an_interrupted_upload_stops_reading_and_is_aborted(recorded: tuple[S3Storage, MemoryOpenUploads]) -> None:
+    """Billiard raises the soft time limit from a SIGUSR1 handler in the main thread, which
+    waits for boto3's transfer threads: the one reading the source must stop there, or the
+    transfer's shutdown reads the whole (slow) video first."""
+    storage, uploads = recorded
+    total = 64
+    read: list[int] = []
+
+    def slow_chunks() -> Iterator[bytes]:
+        yield MP4_HEAD + bytes(MIB - len(MP4_HEAD))
+        for i in range(1, total):
+            time.sleep(0.02)
+            read.append(i)
+            yield bytes(MIB)
+
+    def interrupt(*_: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    # Sent once the first part is on its way (the upload is open), long before the source ends.
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            storage.put_video("job.mp4", slow_chunks(), total * MIB)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert 0 < len(read) < total - 1, len(read)
+    assert open_uploads_in(storage) == []
+    assert uploads.ids("s3://videos/runs/job.mp4") == []
+    assert storage.size("job.mp4") is None
+
+
+def test_reader_cancel_stops_every_later_read() -> None:
+    from worker.storage.s3 import TransferCancelled
+
+    reader = IteratorReader(iter([b"abc", b"def"]))
+    assert reader.read(2) == b"ab"
+    reader.cancel()
+    with pytest.raises(TransferCancelled):
+        reader.read(2)
+
+
+def test_s3_probe_makes_the_calls_of_a_store_and_leaves_nothing(s3: S3Storage) -> None:
+    seen = calls_of(s3)
+    probe = s3.probe()
+    assert probe.status is Status.OK, probe.detail
+    assert probe.detail == "wrote, read back and deleted a probe under s3://videos/runs"
+    assert {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"} <= set(seen)
+    assert {"AbortMultipartUpload", "HeadObject", "GetObject", "DeleteObject"} <= set(seen)
+    assert "ListMultipartUploads" not in seen
+    assert s3.client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    assert open_uploads_in(s3) == []
+
+
+def test_s3_probe_names_the_refused_operation_and_its_permission(s3: S3Storage) -> None:
+    def refuse(model: Any, **_: Any) -> None:
+        if model.name == "AbortMultipartUpload":
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, model.name)
+
+    s3.client.meta.events.register("before-call.s3.AbortMultipartUpload", refuse)
+    try:
+        probe = s3.probe()
+    finally:
+        s3.client.meta.events.unregister("before-call.s3.AbortMultipartUpload", refuse)
+    assert probe.status is Status.FAIL
+    assert "AbortMultipartUpload of s3://videos/runs/_doctor/probe-" in probe.detail, probe.detail
+    assert "refused (AccessDenied): the credentials need s3:AbortMultipartUpload on arn:aws:s3:::videos/runs/*" in (
+        probe.detail
+    )
+    assert s3.client.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # what it wrote is deleted all the same
+
+
+def test_redis_open_uploads_keeps_ids_per_object_with_a_ttl() -> None:
+    import fakeredis
+
+    from videoqueue import keys
+    from worker.open_uploads import TTL_S, RedisOpenUploads
+
+    client = fakeredis.FakeRedis()
+    uploads = RedisOpenUploads(client)
+    uploads.add("s3://videos/runs/a.mp4", "id-1")
+    uploads.add("s3://videos/runs/a.mp4", "id-2")
+    uploads.add("s3://videos/runs/b.mp4", "id-3")
+    assert uploads.ids("s3://videos/runs/a.mp4") == ["id-1", "id-2"]
+    ttl: int = client.ttl(keys.open_uploads_key("s3://videos/runs/a.mp4"))  # type: ignore[assignment]
+    assert 0 < ttl <= TTL_S
+    uploads.remove("s3://videos/runs/a.mp4", "id-1")
+    uploads.remove("s3://videos/runs/a.mp4", "id-2")
+    assert uploads.ids("s3://videos/runs/a.mp4") == []
+    assert not client.exists(keys.open_uploads_key("s3://videos/runs/a.mp4"))  # no empty set left behind
+    assert uploads.ids("s3://videos/runs/b.mp4") == ["id-3"]

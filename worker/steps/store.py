@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
@@ -83,7 +84,13 @@ class StoreStep(StepBase):
                 error = JobFailure(code=exc.code, message=f"could not download the video: {exc.message}")
                 self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
             return
-        except Exception as exc:  # noqa: BLE001 - every failure of an attempt counts (storage, check, time limit, bug)
+        except SoftTimeLimitExceeded as exc:
+            # The transfer outlived its soft time limit: retry at once, as the sweep would
+            # only after the lease and the hard limit (STORE_BUSY_S + 300 s).
+            self._log_store_failure(job, attempt, exc)
+            self._store_retry(job, attempt, f"{type(exc).__name__}: {exc}", at_once=True)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure of an attempt counts (storage, check, bug)
             self._log_store_failure(job, attempt, exc)
             self._store_retry(job, attempt, f"{type(exc).__name__}: {exc}")
             return
@@ -169,14 +176,15 @@ class StoreStep(StepBase):
         error = JobFailure(code=ErrorCode.STORAGE, message=f"gave up after {attempt} attempts: {reason}")
         self._finish_without_video(job, JobStatus.FAILED, error, attempt=attempt)
 
-    def _store_retry(self, job: JobRecord, attempt: int, reason: str) -> None:
+    def _store_retry(self, job: JobRecord, attempt: int, reason: str, *, at_once: bool = False) -> None:
+        """Release the lease and raise StoreRetry after the back-off (RETRY_BASE_S...), or
+        with no delay when `at_once`; end the job once the attempts are used up."""
         if attempt >= self.settings.store_max_attempts:
             self._give_up_storing(job, attempt, reason)
             return
         to_deadline = (self._store_deadline(job) - utcnow()).total_seconds()
-        countdown = min(
-            retry_delay(attempt, self.settings, self.rng), max(to_deadline, 0.0) + 0.5, self.dispatch.max_countdown_s
-        )
+        delay = 0.0 if at_once else retry_delay(attempt, self.settings, self.rng)
+        countdown = min(delay, max(to_deadline, 0.0) + 0.5, self.dispatch.max_countdown_s)
         due_at = utcnow() + timedelta(seconds=countdown)
 
         def release(record: JobRecord) -> JobRecord | None:

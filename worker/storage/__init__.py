@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
 from worker.storage.base import (
+    OpenUploads,
     Storage,
     StorageError,
     StoredObject,
@@ -16,6 +17,7 @@ from worker.storage.base import (
 )
 
 __all__ = [
+    "OpenUploads",
     "Storage",
     "StorageError",
     "StoredObject",
@@ -27,9 +29,10 @@ __all__ = [
 ]
 
 
-def open_storage(settings: Settings) -> Storage:
+def open_storage(settings: Settings, open_uploads: OpenUploads | None = None) -> Storage:
     """The backend STORAGE_URL names: `file://PATH` (relative paths from the working
-    directory) or `s3://bucket/prefix`."""
+    directory) or `s3://bucket/prefix`. `open_uploads` keeps the ids of S3 multipart
+    uploads until they are completed or aborted (the workers': in Redis)."""
     url = settings.storage_url
     if url.startswith("file://"):
         return _local(Path(url.removeprefix("file://") or "."))
@@ -38,7 +41,7 @@ def open_storage(settings: Settings) -> Storage:
         raise ValueError(f"STORAGE_URL {url!r} names no bucket")
     from worker.storage.s3 import S3Storage
 
-    return S3Storage(parts.netloc, parts.path, settings)
+    return S3Storage(parts.netloc, parts.path, settings, open_uploads)
 
 
 def storage_endpoint(settings: Settings) -> Endpoint:

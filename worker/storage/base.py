@@ -70,6 +70,24 @@ class Storage(Protocol):
         ...
 
 
+class OpenUploads(Protocol):
+    """Where the ids of multipart uploads stay while they are open, by the URI they write
+    to (`s3://bucket/key`), so that a later attempt at the same key, on any host, can abort
+    what an earlier one left (killed, or S3 down when boto3 tried to abort)."""
+
+    def add(self, uri: str, upload_id: str) -> None:
+        """Remember that `upload_id` was opened for `uri`."""
+        ...
+
+    def remove(self, uri: str, upload_id: str) -> None:
+        """Forget `upload_id`: it was completed or aborted."""
+        ...
+
+    def ids(self, uri: str) -> list[str]:
+        """The upload ids remembered for `uri`."""
+        ...
+
+
 PROBE_PREFIX = "_doctor/"
 
 

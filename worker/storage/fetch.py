@@ -156,7 +156,11 @@ def _s3_call(uri: str, settings: Settings, call: Callable[[], Any]) -> Any:
         if code in {"404", "NoSuchKey", "NotFound"}:
             raise FetchError(f"no object at {uri} ({where})") from None
         if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            raise FetchError(f"{where} refused access to {uri} ({code}): check the AWS_* credentials") from None
+            # A key without s3:ListBucket is answered 403, not 404, for an object that is gone.
+            raise FetchError(
+                f"{where} refused access to {uri} ({code}): check the AWS_* credentials (they need s3:GetObject; "
+                "without s3:ListBucket a missing object is refused too)"
+            ) from None
         raise FetchError(f"{where} answered {code or 'an error'} for {uri}: {exc}") from None
     except BotoCoreError as exc:
         raise FetchError(f"S3 unreachable ({where}) for {uri}: {exc}; check S3_ENDPOINT_URL") from None

@@ -5,19 +5,21 @@ an upload that fails is aborted, so no partial object appears under the key."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.settings import Settings
 from worker.probe import Probe
-from worker.storage.base import StorageError, StoredObject, VideoCheckError, checked_chunks, round_trip_probe
+from worker.storage.base import OpenUploads, StorageError, StoredObject, checked_chunks
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 PART_BYTES = 8 * 1024 * 1024
 CHECKSUM_SETTING = "S3_CHECKSUMS"
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+log = logging.getLogger("videoqueue.storage")
 
 
 def s3_client(settings: Settings) -> S3Client:
@@ -86,6 +90,10 @@ def checksum_hint(exc: BaseException, checksums: str) -> str:
     )
 
 
+class TransferCancelled(Exception):
+    """The upload reading this source was interrupted."""
+
+
 class IteratorReader:
     """A read()-able file over an iterator of chunks, as upload_fileobj wants.
 
@@ -97,10 +105,19 @@ class IteratorReader:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._done = False
+        self._cancelled = False
         self.bytes_read = 0
 
+    def cancel(self) -> None:
+        """Make every later read() raise TransferCancelled (from any thread)."""
+        self._cancelled = True
+
     def read(self, size: int = -1) -> bytes:
+        if self._cancelled:
+            raise TransferCancelled("the upload was interrupted")
         while not self._done and (size < 0 or self._pending_bytes < size):
+            if self._cancelled:
+                raise TransferCancelled("the upload was interrupted")
             try:
                 chunk = next(self._chunks)
             except StopIteration:
@@ -138,7 +155,10 @@ class S3Storage:
         host = f"{bucket} at {host_of(endpoint)}"
         return Endpoint("storage", host, fingerprint("s3", url.rstrip("/"), endpoint.rstrip("/"), key_id))
 
-    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: Settings, open_uploads: OpenUploads | None = None) -> None:
+        """`open_uploads`: where the ids of the multipart uploads this storage opens are
+        kept until completed or aborted (without it, uploads an attempt leaves open are
+        left to the bucket's lifecycle rule)."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.checksums = settings.effective_s3_checksums
@@ -152,9 +172,17 @@ class S3Storage:
         # A stream is read ahead into parts while others upload; boto3's default of ten
         # parts held (80 MiB) adds memory but no speed over the four in flight plus two.
         self.transfer.max_in_memory_upload_chunks = 6
+        self.open_uploads = open_uploads
+        self._lock = threading.Lock()
+        self._opened_now: dict[str, list[str]] = {}
+        self.client.meta.events.register("after-call.s3.CreateMultipartUpload", self._opened)
+
+    def object_key(self, key: str) -> str:
+        """The S3 object key of `key`: under the prefix."""
+        return f"{self.prefix}/{key}" if self.prefix else key
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
+        return self.object_key(key)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
@@ -187,7 +215,11 @@ class S3Storage:
             raise storage_error(f"S3 delete of {self.uri(key)}", exc, self.checksums) from exc
 
     def probe(self) -> Probe:
-        return round_trip_probe(self, f"s3://{self.bucket}/{self.prefix}".rstrip("/"))
+        """The calls of a store attempt, as `videoqueue doctor` makes them
+        (worker.storage.s3_probe)."""
+        from worker.storage.s3_probe import probe_s3
+
+        return probe_s3(self)
 
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         prefix = f"{self.prefix}/" if self.prefix else ""
@@ -202,30 +234,92 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise storage_error(f"S3 listing of {self.uri('')}", exc, self.checksums) from exc
 
-    def _abort_open_uploads(self, key: str) -> None:
-        """Abort multipart uploads of `key` left open by an earlier attempt (S3 was down
-        when boto3 tried to abort, or the worker died): their parts are billed and hidden."""
-        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(key))
-        for upload in listing.get("Uploads", []):
-            if upload.get("Key") == self._key(key):
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    def _opened(self, parsed: dict[str, Any] | None = None, **_: Any) -> None:
+        """botocore's after-call hook of CreateMultipartUpload (in the transfer's threads):
+        the new upload's id is recorded before any part is sent."""
+        if not parsed or "UploadId" not in parsed or "Key" not in parsed:
+            return
+        uri = f"s3://{parsed.get('Bucket') or self.bucket}/{parsed['Key']}"
+        with self._lock:
+            self._opened_now.setdefault(uri, []).append(parsed["UploadId"])
+        if self.open_uploads is not None:
+            self.open_uploads.add(uri, parsed["UploadId"])
+
+    def _abort(self, key: str, upload_id: str) -> bool:
+        """Abort one multipart upload of `key` (s3:AbortMultipartUpload); True when it is
+        gone (aborted now, or completed or aborted before), False when S3 refused or
+        could not be reached."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return True
+            log.warning(
+                "open multipart upload not aborted",
+                extra={"uri": self.uri(key), "upload_id": upload_id, "reason": str(exc)[:300]},
+            )
+            return False
+        except BotoCoreError as exc:
+            log.warning(
+                "open multipart upload not aborted",
+                extra={"uri": self.uri(key), "upload_id": upload_id, "reason": str(exc)[:300]},
+            )
+            return False
+        return True
+
+    def _abort_recorded(self, key: str, upload_ids: list[str]) -> None:
+        """Abort the uploads of `key` in `upload_ids` and forget those that are gone; the
+        rest stay recorded for the next attempt (and the bucket's lifecycle rule)."""
+        uri = self.uri(key)
+        for upload_id in upload_ids:
+            if self._abort(key, upload_id) and self.open_uploads is not None:
+                self.open_uploads.remove(uri, upload_id)
 
     def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
+        """Stream `chunks` to `key` (a multipart upload past PART_BYTES). Uploads an earlier
+        attempt left open at `key` (recorded in `open_uploads`) are aborted first; the
+        upload this attempt opens is recorded until it is completed or aborted. Needs
+        s3:PutObject and s3:AbortMultipartUpload, never a listing of the bucket's uploads."""
+        uri = self.uri(key)
+        if self.open_uploads is not None:
+            self._abort_recorded(key, self.open_uploads.ids(uri))
         reader = IteratorReader(checked_chunks(chunks, expected_size))
         try:
-            self._abort_open_uploads(key)
-            self.client.upload_fileobj(
+            self._upload(reader, key)
+        except BaseException as exc:
+            # boto3 aborts a failed upload itself, unless S3 is unreachable or the attempt
+            # is interrupted (a soft time limit): abort again; what stays open is recorded.
+            self._abort_recorded(key, self._take_opened(uri))
+            if isinstance(exc, (BotoCoreError, ClientError)):
+                raise storage_error(f"S3 upload of {uri}", exc, self.checksums) from exc
+            raise
+        completed = self._take_opened(uri)
+        if self.open_uploads is not None:
+            for upload_id in completed:
+                self.open_uploads.remove(uri, upload_id)
+        return StoredObject(uri=uri, size=reader.bytes_read)
+
+    def _take_opened(self, uri: str) -> list[str]:
+        with self._lock:
+            return self._opened_now.pop(uri, [])
+
+    def _upload(self, reader: IteratorReader, key: str) -> None:
+        """boto3's managed upload (as `upload_fileobj`), whose source stops at once when
+        the wait for it is interrupted: the transfer's shutdown waits for its threads, and
+        the one reading a slow source would otherwise read the whole video first (a soft
+        time limit would last until the hard one)."""
+        with create_transfer_manager(self.client, self.transfer) as manager:
+            future = manager.upload(
                 reader,  # type: ignore[arg-type]
                 self.bucket,
                 self._key(key),
-                ExtraArgs={"ContentType": "video/mp4"},
-                Config=self.transfer,
+                extra_args={"ContentType": "video/mp4"},
             )
-        except VideoCheckError:
-            raise
-        except (BotoCoreError, ClientError) as exc:
-            raise storage_error(f"S3 upload of {self.uri(key)}", exc, self.checksums) from exc
-        return StoredObject(uri=self.uri(key), size=reader.bytes_read)
+            try:
+                future.result()
+            except BaseException:
+                reader.cancel()
+                raise
 
     def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:
         body = json.dumps(data, indent=2, sort_keys=True).encode()
