@@ -157,4 +157,9 @@ def _settings() -> Any:
 
 def _redis_url() -> str:
     settings = _settings()
-    return redact(settings.redis_url) if settings is not None else "REDIS_URL"
+    if settings is None:
+        return "REDIS_URL"
+    if settings.redis_sentinels:
+        # The primary moves: name what the client asked for, the master and its sentinels.
+        return f"master {settings.redis_sentinel_master!r} of sentinels {settings.redis_sentinels}"
+    return redact(settings.redis_url)

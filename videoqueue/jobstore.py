@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -26,7 +26,11 @@ from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
+from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
+
+if TYPE_CHECKING:
+    from videoqueue.settings import Settings
 
 MAX_HISTORY = 50
 
@@ -138,18 +142,42 @@ def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> Non
         pipe.zadd(status_index(after.status), {job_id: before.created_at.timestamp()})
 
 
+def durable_write(before: JobRecord, after: JobRecord) -> str | None:
+    """What the change from `before` to `after` records that must survive a failover, as a
+    label, or None: "create intent" (a create is about to be sent: losing this would send a
+    second one without looking for the first), "task id" (a provider task recorded) or
+    "final move" (the job's end, with its ledger entry and settled cost)."""
+    if after.status.is_final and not before.status.is_final:
+        return "final move"
+    if after.provider_task_id and after.provider_task_id != before.provider_task_id:
+        return "task id"
+    if after.submit_intent_at is not None and after.submit_intent_at != before.submit_intent_at:
+        return "create intent"
+    return None
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, replicas: ReplicaWait | None = None) -> None:
         self.redis = client
         self.on_slot_freed: SlotFreed | None = None
         """Called after a move freed a slot (`frees_slot`), outside the transaction."""
+        self.replicas = replicas or ReplicaWait(client, DEFAULT_TIMEOUT_MS)
+        """Waits for a replica after the writes that must survive a failover (`durable_write`)."""
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
         """A store on the Redis at `url`."""
         return cls(redisconn.connect(url))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """A store on the Redis `settings` name (REDIS_URL, or the primary REDIS_SENTINELS
+        name), waiting REDIS_REPLICA_WAIT_MS for a replica after the writes that must
+        survive a failover."""
+        client = redisconn.connect_settings(settings)
+        return cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
 
     def create_many(
         self,
@@ -202,6 +230,10 @@ class JobStore:
 
         if records:
             self.redis.transaction(write, *job_keys, *budget_keys, keys.BUDGET_CAPS, *client_keys)
+            fresh = [r.id for r in records if r.id not in existing]
+            if fresh:
+                # The producer is about to be told these ids: they must outlive a failover.
+                self.replicas.after_write("create", fresh[0])
         return dict(existing)
 
     @staticmethod
@@ -372,10 +404,12 @@ class JobStore:
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
         freed: list[bool] = [False]
+        durable: list[str | None] = [None]
 
         def write(pipe: Any) -> None:
             result[0] = None
             freed[0] = False
+            durable[0] = None
             raw = pipe.get(key)
             if not raw:
                 return
@@ -414,9 +448,12 @@ class JobStore:
                 if writes is not None:
                     writes(pipe)
             result[0] = changed
+            durable[0] = durable_write(current, changed)
 
         self.redis.transaction(write, key)
         stored = result[0]
+        if stored is not None and durable[0] is not None:
+            self.replicas.after_write(durable[0], job_id)
         if stored is not None and freed[0] and self.on_slot_freed is not None:
             try:
                 self.on_slot_freed(stored.provider, stored.model)

@@ -214,6 +214,11 @@ SWEEP_LOCK = namespace.keep(globals(), "SWEEP_LOCK", lambda: _key("sweep:lock"))
 interval (at least 10 s); deleted by its holder when the sweep ends."""
 
 
+REPLICA_WAIT_MARK = namespace.keep(globals(), "REPLICA_WAIT_MARK", lambda: _key("replica-wait"))
+"""String: written just before each WAIT for a replica (videoqueue.replicawait), so that
+the WAIT's own connection has a write that follows the one to make durable. TTL: 60 s."""
+
+
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 
 
