@@ -213,9 +213,8 @@ def check_replication(settings: Settings) -> Check:
     replicas = [value for key, value in sorted(info.items()) if key.startswith("slave") and isinstance(value, dict)]
     shown = [f"{r.get('ip')}:{r.get('port')} {r.get('state')}, lag {r.get('lag')} s" for r in replicas]
     online = [r for r in replicas if r.get("state") == "online"]
-    head = f"primary {_redis_where(settings)}; " + (
-        f"{len(replicas)} replica(s): {'; '.join(shown)}" if replicas else "no replica"
-    )
+    where = _redis_where(settings) if settings.redis_sentinels else f"primary {_redis_where(settings)}"
+    head = f"{where}; " + (f"{len(replicas)} replica(s): {'; '.join(shown)}" if replicas else "no replica")
     if settings.redis_sentinels and not online:
         return Check(name, Status.WARN, f"{head}: a failover has no replica to promote")
     return Check(name, Status.OK, head)

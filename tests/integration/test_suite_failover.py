@@ -1,0 +1,344 @@
+"""Reliability suite: the Redis primary dies under load and Sentinel promotes its replica.
+
+A Redis of the suite's own: a primary, one replica (`--replicaof`) and three sentinels
+(`redis-server --sentinel` with config files written here, quorum 2), on free ports, no
+persistence (a failover, not a restart, is what keeps the data). The job store and the
+broker of two real `celery worker` processes and of the producer are configured by
+REDIS_SENTINELS and REDIS_SENTINEL_MASTER only (REDIS_URL gives the database); none of them
+is told the primary's address.
+
+A producer submits Seedance jobs continuously (a few every half second, each with its own
+client job id, retried with the same id after an error, as a producer should); once some
+have finished, the primary is killed with SIGKILL. Then: every job ends `succeeded`, the
+simulator saw exactly one create per job, the ledger holds exactly one entry per job and
+the folder one video and one manifest per job (helpers.assert_each_job_once). The test
+prints the figures docs/reliability.md quotes: the jobs, the time from the kill to a new
+primary and to every job final, and the writes lost at the failover that the sweep found
+(jobs it recovered) and the WAITs no replica confirmed.
+
+A worker that does not survive the lost connection (the kombu bug test_suite_redis_restart
+describes) is replaced, and the line says so: what is judged here is what the failover kept.
+
+Run: VQ_TEST_REDIS_URL=redis://127.0.0.1:6395/12 .venv/bin/pytest -q -s tests/integration/test_suite_failover.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer import JobRecord, JobStatus, Settings, VideoQueue, VideoRequest
+from simulator.mp4 import video_size
+from simulator.stack import ManagedProcess, free_port, wait_until
+from tests.integration.conftest import FAST_RECOVERY, Simulator, fresh_stack, running_simulator
+from tests.integration.helpers import assert_each_job_once, visible_files, wait_final
+from videoqueue import keys
+from videoqueue.jobstore import JobStore
+from videoqueue.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+MASTER = "vq-failover"
+JOBS = 60
+BATCH = 3
+BATCH_EVERY_S = 0.5
+KILL_WHEN_SUCCEEDED = 6
+FINISH_TIMEOUT_S = 150.0
+PAD_BYTES = 64 * 1024
+# Sentinel's defaults (a primary is down after 30 s without an answer; a failover may take
+# 3 min) would make the run wait half a minute before the failover even starts: 1 s and
+# 10 s make it happen within seconds of the kill, as it would with a tuned production setup.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 10000
+
+
+def _redis_server() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    return binary
+
+
+@dataclass
+class SentinelCluster:
+    """A primary, one replica and three sentinels, each a process of its own."""
+
+    root: Path
+    primary_port: int = field(default_factory=free_port)
+    replica_port: int = field(default_factory=free_port)
+    sentinel_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    @property
+    def sentinels(self) -> str:
+        """REDIS_SENTINELS for this cluster."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    @property
+    def url(self) -> str:
+        """REDIS_URL: only its database is used with REDIS_SENTINELS."""
+        return f"redis://127.0.0.1:{self.primary_port}/0"
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.processes[name] = ManagedProcess(name, argv, os.environ, self.root / f"{name}.log")
+
+    def _server(self, name: str, port: int, *extra: str) -> None:
+        data = self.root / name
+        data.mkdir()
+        base = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        self._start(name, [*base, "--save", "", "--appendonly", "no", *extra])
+        wait_until(lambda: _answers(port), 30, name)
+
+    def start(self) -> None:
+        self._server("primary", self.primary_port)
+        self._server("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
+        for index, port in enumerate(self.sentinel_ports):
+            # Sentinel rewrites its config file as it learns: each gets a file of its own.
+            conf = self.root / f"sentinel-{index}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel parallel-syncs {MASTER} 1\n"
+            )
+            self._start(f"sentinel-{index}", [_redis_server(), str(conf), "--sentinel"])
+        wait_until(self.ready, 60, "the sentinels to know the replica and each other", interval=0.5)
+
+    def ready(self) -> bool:
+        """The replica is in sync, and every sentinel monitors the primary, knows its
+        replica and the two other sentinels."""
+        primary = redis.Redis(port=self.primary_port, decode_responses=True, socket_timeout=1)
+        try:
+            info: dict[str, Any] = primary.info("replication")  # type: ignore[assignment]
+        except redis.RedisError:
+            return False
+        finally:
+            primary.close()
+        replica = info.get("slave0", {})
+        if not isinstance(replica, dict) or replica.get("state") != "online":
+            return False
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+            try:
+                replicas = client.sentinel_slaves(MASTER)  # type: ignore[no-untyped-call]
+                others = client.sentinel_sentinels(MASTER)  # type: ignore[no-untyped-call]
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+            if len(replicas) != 1 or len(others) != 2:
+                return False
+        return True
+
+    def primary(self) -> int | None:
+        """The port the first sentinel that answers names as the primary."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+            try:
+                address = client.sentinel_get_master_addr_by_name(MASTER)  # type: ignore[no-untyped-call]
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            if address:
+                return int(address[1])
+        return None
+
+    def kill_primary(self) -> None:
+        """SIGKILL: no goodbye to the replica, the sentinels or the clients."""
+        self.processes["primary"].kill()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    root = tmp_path / "sentinel-cluster"
+    root.mkdir()
+    nodes = SentinelCluster(root)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def failover_simulator(log_dir: Path) -> Iterator[Simulator]:
+    args = ["--latency", "3", "--latency-jitter", "2", "--concurrency-per-model", "10000"]
+    with running_simulator(log_dir / "failover", *args, "--video-pad-bytes", str(PAD_BYTES)) as sim:
+        yield sim
+
+
+class Producer(threading.Thread):
+    """Submits BATCH jobs every BATCH_EVERY_S until JOBS are in; a batch that fails (the
+    primary is gone, a failover is under way) is sent again with the same client job ids,
+    which return the jobs already stored instead of storing them twice."""
+
+    def __init__(self, vq: VideoQueue, token: str) -> None:
+        super().__init__(name="failover-producer", daemon=True)
+        self.vq = vq
+        self.prompts = [f"failover {token} clip {i}: a kestrel over a motorway verge" for i in range(JOBS)]
+        self.client_ids = [f"failover-{token}-{i}" for i in range(JOBS)]
+        self.job_ids: list[str] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        for start in range(0, JOBS, BATCH):
+            batch = zip(self.prompts[start : start + BATCH], self.client_ids[start : start + BATCH], strict=True)
+            requests = [VideoRequest(prompt=p, client_job_id=c) for p, c in batch]
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.job_ids += [job.id for job in self.vq.submit_many(requests)]
+                    break
+                except Exception as exc:  # any failure: retried with the same ids
+                    self.errors.append(type(exc).__name__)
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.5)
+            time.sleep(BATCH_EVERY_S)
+
+
+def test_primary_killed_under_load_every_job_once(
+    cluster: SentinelCluster, failover_simulator: Simulator, log_dir: Path, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    videos = tmp_path / "videos"
+    where = {
+        "REDIS_URL": cluster.url,
+        "REDIS_SENTINELS": cluster.sentinels,
+        "REDIS_SENTINEL_MASTER": MASTER,
+        "BROKER_URL": "",
+    }
+    settings = Settings(
+        redis_url=cluster.url, redis_sentinels=cluster.sentinels, redis_sentinel_master=MASTER, _env_file=None
+    )
+    assert settings.effective_broker_url.startswith("sentinel://")
+    store = JobStore.from_settings(settings)
+    logs = log_dir / "failover"
+    stack = fresh_stack(failover_simulator, store.redis, logs, f"file://{videos}", **FAST_RECOVERY, **where)
+    workers = [stack.start_worker(concurrency=4) for _ in range(2)]
+    replaced = 0
+    try:
+        producer = Producer(VideoQueue(settings), uuid.uuid4().hex[:6])
+        producer.start()
+
+        def enough_done() -> bool:
+            done = [r for r in store.get_many(producer.job_ids) if r is not None and r.status is JobStatus.SUCCEEDED]
+            return len(done) >= KILL_WHEN_SUCCEEDED
+
+        wait_until(enough_done, 90, f"{KILL_WHEN_SUCCEEDED} jobs succeeded", interval=0.2)
+        submitted_at_kill = len(producer.job_ids)
+        seen_at_kill = [r for r in store.get_many(producer.job_ids[:submitted_at_kill]) if r is not None]
+        at_kill = Counter(r.status.value for r in seen_at_kill)
+        killed = time.monotonic()
+        cluster.kill_primary()
+        wait_until(lambda: cluster.primary() == cluster.replica_port, 60, "the replica promoted", interval=0.1)
+        promoted = time.monotonic()
+        # Written with each WAIT (TTL 60 s), it reached the replica: the durable writes before
+        # the kill did wait for it.
+        waited_before_kill = bool(store.redis.exists(keys.REPLICA_WAIT_MARK))
+        # Writes lost at the failover, as far as a reader can see: records the new primary
+        # holds in an older version than the old one showed just before the kill (or not at all).
+        after = dict(zip((r.id for r in seen_at_kill), store.get_many([r.id for r in seen_at_kill]), strict=True))
+        lost = [r.id for r in seen_at_kill if (now := after[r.id]) is None or now.updated_at < r.updated_at]
+        producer.join(timeout=120)
+        assert not producer.is_alive(), "the producer never got its jobs in"
+
+        def replace_dead_workers() -> None:
+            nonlocal replaced
+            for index, worker in enumerate(workers):
+                if not worker.alive():
+                    workers[index] = stack.start_worker(concurrency=4)
+                    replaced += 1
+
+        final = wait_final(store, producer.job_ids, FINISH_TIMEOUT_S, between=replace_dead_workers)
+        finished = time.monotonic()
+        unconfirmed = sum(w.log_text().count("no replica confirmed a write") for w in stack.workers)
+    finally:
+        stack.stop()
+
+    records: dict[str, JobRecord] = {r.id: r for r in final if r is not None}
+    stats = failover_simulator.stats()
+    ledger = Counter(e.job_id for e in Ledger(store.redis).entries())
+    recovered = {r.id: r.recoveries for r in records.values() if r.recoveries > 0}
+    creates = [stats["creates_by_prompt"].get(p, 0) for p in producer.prompts]
+    print(
+        f"\nfailover: {JOBS} jobs ({submitted_at_kill} submitted when the primary was killed, "
+        f"[{' '.join(f'{s}={n}' for s, n in sorted(at_kill.items()))}]), "
+        f"{sum(r.status is JobStatus.SUCCEEDED for r in records.values())} succeeded; "
+        f"creates/job max {max(creates)}, ledger entries/job max {max(ledger[j] for j in records)}, "
+        f"files/job {sorted(Counter(n.split('.')[0] for n in visible_files(videos)).values())[-1:]}; "
+        f"kill -> new primary {promoted - killed:.1f} s, kill -> all final {finished - killed:.1f} s; "
+        f"{len(lost)} of {len(seen_at_kill)} records read before the kill older after it; "
+        f"{len(recovered)} jobs recovered by the sweep ({sum(recovered.values())} recoveries); "
+        f"WAITs before the kill: {'yes' if waited_before_kill else 'none'}, {unconfirmed} unconfirmed; "
+        f"{len(producer.errors)} producer batches retried ({', '.join(sorted(set(producer.errors)))}); "
+        f"{replaced} workers replaced; run {finished - started:.0f} s"
+    )
+    assert len(producer.job_ids) == JOBS
+    assert waited_before_kill, "no durable write waited for the replica"
+    assert_each_job_once(
+        records,
+        producer.prompts,
+        stats["creates_by_prompt"],
+        stats["creates_total"],
+        ledger,
+        videos,
+        video_size(PAD_BYTES),
+    )
+
+
+def test_doctor_shows_the_primary_its_replica_and_the_sentinels(cluster: SentinelCluster) -> None:
+    from worker import doctor
+
+    settings = Settings(
+        redis_url=cluster.url, redis_sentinels=cluster.sentinels, redis_sentinel_master=MASTER, _env_file=None
+    )
+    primary = f"primary 127.0.0.1:{cluster.primary_port} of master {MASTER!r}"
+    redis_check = doctor.check_redis(settings)
+    assert primary in redis_check.detail, redis_check
+    replication = doctor.check_replication(settings)
+    assert replication.status is doctor.Status.OK, replication
+    assert f"1 replica(s): 127.0.0.1:{cluster.replica_port} online" in replication.detail
+    sentinels = doctor.check_sentinels(settings)
+    assert sentinels.status is doctor.Status.OK, sentinels
+    assert sentinels.detail.startswith(f"3 of 3 sentinel(s) know {MASTER!r}")
+    assert sentinels.detail.count(f"primary 127.0.0.1:{cluster.primary_port}, 2 other sentinel(s)") == 3
+    report = doctor.run_doctor(settings)
+    assert [c.name for c in report.checks][:4] == ["namespace", "redis", "replication", "sentinels"]
+
+    unknown = doctor.check_sentinels(settings.model_copy(update={"redis_sentinel_master": "nobody"}))
+    assert unknown.status is doctor.Status.FAIL
+    assert "no sentinel answers for master 'nobody'" in unknown.detail
+    assert f"does not monitor 'nobody' (it knows: {MASTER})" in unknown.detail
+
+    gone = ",".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+    unreachable = doctor.check_sentinels(settings.model_copy(update={"redis_sentinels": gone}))
+    assert unreachable.status is doctor.Status.FAIL
+    assert unreachable.detail.count("unreachable") == 2, unreachable.detail

@@ -1,0 +1,93 @@
+"""REDIS_SENTINELS: one setting for the job store's client and the Celery broker, checked
+before anything connects."""
+
+from __future__ import annotations
+
+import pytest
+from redis.sentinel import SentinelConnectionPool
+
+from producer.celery_client import producer_app_for
+from videoqueue import redisconn
+from videoqueue.settings import InvalidSettingsError, Settings, load_settings
+
+SENTINELS = "sentinel-1:26379,sentinel-2:26380, 10.0.0.3:26381"
+
+
+def sentinel_settings(**changes: object) -> Settings:
+    fields: dict[str, object] = {
+        "redis_url": "redis://:hunter2@ignored:6379/4",
+        "redis_sentinels": SENTINELS,
+        "redis_sentinel_master": "mymaster",
+    }
+    return Settings(_env_file=None, **{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_the_broker_is_kombus_sentinel_url_with_the_password_and_database_of_redis_url() -> None:
+    settings = sentinel_settings()
+    assert settings.sentinel_nodes() == [("sentinel-1", 26379), ("sentinel-2", 26380), ("10.0.0.3", 26381)]
+    assert settings.effective_broker_url == (
+        "sentinel://:hunter2@sentinel-1:26379/4;sentinel://:hunter2@sentinel-2:26380/4;"
+        "sentinel://:hunter2@10.0.0.3:26381/4"
+    )
+    assert redisconn.broker_transport_options(settings)["master_name"] == "mymaster"
+
+
+def test_broker_url_still_wins_and_then_no_sentinel_options() -> None:
+    settings = sentinel_settings(broker_url="amqp://guest:guest@rabbit:5672//")
+    assert settings.effective_broker_url == "amqp://guest:guest@rabbit:5672//"
+    assert redisconn.broker_transport_options(settings) == {}
+
+
+def test_without_sentinels_nothing_changes() -> None:
+    settings = Settings(_env_file=None, redis_url="redis://127.0.0.1:6379/2")
+    assert settings.effective_broker_url == "redis://127.0.0.1:6379/2"
+    assert settings.sentinel_nodes() == []
+    assert redisconn.broker_transport_options(settings) == {}
+    assert not isinstance(redisconn.connect_settings(settings).connection_pool, SentinelConnectionPool)
+
+
+def test_the_job_store_client_asks_the_sentinels_for_the_master() -> None:
+    settings = sentinel_settings(redis_sentinel_password="sentinel-secret")
+    client = redisconn.connect_settings(settings)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "mymaster"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (4, "hunter2")
+    assert pool.connection_kwargs["socket_timeout"] == redisconn.COMMAND_TIMEOUT_S
+    sentinel_nodes = pool.sentinel_manager.sentinels
+    assert [node.connection_pool.connection_kwargs["port"] for node in sentinel_nodes] == [26379, 26380, 26381]
+    assert {node.connection_pool.connection_kwargs["password"] for node in sentinel_nodes} == {"sentinel-secret"}
+
+
+def test_the_producer_app_carries_the_master_name() -> None:
+    settings = sentinel_settings()
+    app = producer_app_for(settings)
+    assert app.conf.broker_url == settings.effective_broker_url
+    assert app.conf.broker_transport_options["master_name"] == "mymaster"
+    assert "password" not in app.conf.broker_transport_options["sentinel_kwargs"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"REDIS_SENTINELS": "sentinel-1"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
+        ({"REDIS_SENTINELS": "a:26379,:26380"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
+        ({"REDIS_SENTINELS": "a:99999"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
+        ({"REDIS_SENTINELS": "a:26379"}, "REDIS_SENTINEL_MASTER must name the master"),
+        (
+            {"REDIS_SENTINELS": "a:26379", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "rediss://:pw@h:6380/0"},
+            "REDIS_URL must be a redis:// URL",
+        ),
+        ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS"),
+    ],
+)
+def test_bad_sentinel_settings_are_refused_in_one_line_without_values(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert expected in message and "\n" not in message
+    assert "pw@" not in message
