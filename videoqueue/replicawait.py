@@ -85,7 +85,14 @@ class ReplicaWait:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.REPLICA_WAIT_MARK, job_id, ex=MARK_TTL_S)
         pipe.execute_command("WAIT", 1, self.timeout_ms)  # type: ignore[no-untyped-call]
-        acked = int(pipe.execute()[-1])
+        try:
+            acked = int(pipe.execute()[-1])
+        except redis.ResponseError as exc:
+            # A managed Redis may rename or forbid WAIT: then there is nothing to wait with,
+            # and the sweep covers what a failover loses, as without replicas.
+            log.warning("the server refuses WAIT: not waiting for replicas", extra={"reason": str(exc)})
+            self.timeout_ms = 0
+            return None
         if acked < 1:
             # Not fatal: the write is on the primary, and only a failover before the replica
             # catches up loses it. Then the job is found where the replica left it: the

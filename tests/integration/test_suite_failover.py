@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.sentinel import Sentinel
 
 from producer import JobRecord, JobStatus, Settings, VideoQueue, VideoRequest
 from simulator.mp4 import video_size
@@ -143,18 +144,16 @@ class SentinelCluster:
         return True
 
     def primary(self) -> int | None:
-        """The port the first sentinel that answers names as the primary."""
-        for port in self.sentinel_ports:
-            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
-            try:
-                address = client.sentinel_get_master_addr_by_name(MASTER)  # type: ignore[no-untyped-call]
-            except redis.RedisError:
-                continue
-            finally:
-                client.close()
-            if address:
-                return int(address[1])
-        return None
+        """The port of the primary as a client finds it (redis-py's `discover_master`: the
+        first sentinel that names a master it holds up and running); None while none does.
+        SENTINEL GET-MASTER-ADDR-BY-NAME names the promoted replica already while the
+        failover is under way, before clients can use it."""
+        nodes = [("127.0.0.1", port) for port in self.sentinel_ports]
+        try:
+            _host, port = Sentinel(nodes, socket_timeout=1).discover_master(MASTER)  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            return None
+        return int(port)
 
     def kill_primary(self) -> None:
         """SIGKILL: no goodbye to the replica, the sentinels or the clients."""

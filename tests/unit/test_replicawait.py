@@ -10,6 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from tests.unit.helpers import walk_to
 from tests.unit.test_jobstore import make_record
@@ -26,6 +27,7 @@ class FakePrimary:
 
     replicas: int
     acks: int = 1
+    refuse_wait: bool = False
     info_calls: int = 0
     sent: list[tuple[Any, ...]] = field(default_factory=list)
 
@@ -52,6 +54,8 @@ class FakePipeline:
 
     def execute(self) -> list[Any]:
         self.primary.sent += self.queued
+        if self.primary.refuse_wait:
+            raise redis.ResponseError("unknown command 'WAIT'")
         return [True if c[0] == "SET" else self.primary.acks for c in self.queued]
 
 
@@ -112,6 +116,16 @@ def test_an_unconfirmed_wait_is_logged_not_raised_and_the_replicas_are_counted_a
     assert (line.job_id, line.write, line.timeout_ms) == ("job-7", "final move", 500)  # type: ignore[attr-defined]
     waiter.after_write("final move", "job-8")
     assert primary.info_calls == 2
+
+
+def test_a_server_that_refuses_wait_is_not_asked_again(caplog: pytest.LogCaptureFixture) -> None:
+    primary = FakePrimary(replicas=1, refuse_wait=True)
+    waiter = _waiter(primary)
+    with caplog.at_level(logging.WARNING, logger="videoqueue.replicawait"):
+        assert waiter.after_write("create", "job-1") is None
+        assert waiter.after_write("create", "job-2") is None
+    assert [r.getMessage() for r in caplog.records] == ["the server refuses WAIT: not waiting for replicas"]
+    assert primary.sent.count(("WAIT", 1, 500)) == 1
 
 
 def test_a_server_without_info_counts_as_no_replica() -> None:
