@@ -400,7 +400,10 @@ class JobStore:
         counters, waiting room) in the same transaction. A move that frees a slot of the
         model (`frees_slot`) frees it in the same transaction and then calls
         `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
-        """
+        A change that records what must survive a failover (`durable_write`) then waits
+        for a replica (`ReplicaWait.after_write`, which raises redis.RedisError when the
+        primary is gone: the change may or may not have survived, and the caller's step,
+        idempotent, runs again)."""
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
         freed: list[bool] = [False]
@@ -452,13 +455,13 @@ class JobStore:
 
         self.redis.transaction(write, key)
         stored = result[0]
-        if stored is not None and durable[0] is not None:
-            self.replicas.after_write(durable[0], job_id)
         if stored is not None and freed[0] and self.on_slot_freed is not None:
             try:
                 self.on_slot_freed(stored.provider, stored.model)
             except Exception:
                 log.exception("admission after a freed slot failed", extra={"job_id": job_id})
+        if stored is not None and durable[0] is not None:
+            self.replicas.after_write(durable[0], job_id)
         return stored
 
     def transition(
