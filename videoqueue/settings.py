@@ -283,7 +283,9 @@ class Settings(BaseSettings):
         ),
     )
     redis_sentinel_master: str | None = Field(
-        default=None, description="The service name the sentinels monitor (sentinel.conf's `monitor <name>`)."
+        default=None,
+        validate_default=True,  # required with REDIS_SENTINELS
+        description="The service name the sentinels monitor (sentinel.conf's `monitor <name>`).",
     )
     redis_sentinel_password: SecretStr | None = Field(
         default=None, description="The sentinels' own password (their requirepass), when they ask for one."
@@ -426,25 +428,26 @@ class Settings(BaseSettings):
             _check_url_parts("BROKER_URL", value)
         return value
 
+    # Fields are validated in order: REDIS_URL before REDIS_SENTINELS before its master.
     @field_validator("redis_sentinels")
     @classmethod
-    def _sentinel_nodes(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_sentinels(value)
-        return value
-
-    @model_validator(mode="after")
-    def _sentinel_setup(self) -> Settings:
-        if self.redis_sentinels is None:
-            return self
-        if not self.redis_sentinel_master:
-            raise ValueError("REDIS_SENTINELS is set: REDIS_SENTINEL_MASTER must name the master the sentinels monitor")
-        if not self.redis_url.startswith("redis://"):
+    def _sentinel_nodes(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        parse_sentinels(value)
+        if not str(info.data.get("redis_url", "redis://")).startswith("redis://"):
             raise ValueError(
-                "REDIS_SENTINELS is set: REDIS_URL must be a redis:// URL (it gives the database and the password; "
+                "with REDIS_SENTINELS, REDIS_URL must be a redis:// URL (it gives the database and the password; "
                 "TLS and unix sockets are not supported with Sentinel)"
             )
-        return self
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("redis_sentinels") and not value:
+            raise ValueError("REDIS_SENTINELS is set: name the master the sentinels monitor")
+        return value
 
     def budget_policy(self) -> BudgetPolicy:
         """The default caps these settings give: each applies where Redis holds no cap for

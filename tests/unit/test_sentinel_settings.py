@@ -73,10 +73,10 @@ def test_the_producer_app_carries_the_master_name() -> None:
         ({"REDIS_SENTINELS": "sentinel-1"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
         ({"REDIS_SENTINELS": "a:26379,:26380"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
         ({"REDIS_SENTINELS": "a:99999"}, "REDIS_SENTINELS must be a comma-separated list of host:port"),
-        ({"REDIS_SENTINELS": "a:26379"}, "REDIS_SENTINEL_MASTER must name the master"),
+        ({"REDIS_SENTINELS": "a:26379"}, "REDIS_SENTINEL_MASTER: REDIS_SENTINELS is set: name the master"),
         (
             {"REDIS_SENTINELS": "a:26379", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "rediss://:pw@h:6380/0"},
-            "REDIS_URL must be a redis:// URL",
+            "REDIS_SENTINELS: with REDIS_SENTINELS, REDIS_URL must be a redis:// URL",
         ),
         ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS"),
     ],
@@ -91,3 +91,22 @@ def test_bad_sentinel_settings_are_refused_in_one_line_without_values(
     message = str(caught.value)
     assert expected in message and "\n" not in message
     assert "pw@" not in message
+
+
+def test_no_master_found_is_one_line_naming_the_settings_not_the_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kombu.exceptions import OperationalError
+    from redis.sentinel import MasterNotFoundError
+
+    from producer.cli_errors import explain
+
+    monkeypatch.setenv("REDIS_SENTINELS", "s1:26379,s2:26379")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "mymaster")
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@ignored:6379/0")
+    lost = MasterNotFoundError("No master found for 'mymaster' : <redis.client.Redis(<ConnectionPool(...)>)>")
+    try:
+        raise OperationalError("broker") from lost  # as kombu wraps it for a producer
+    except OperationalError as wrapped:
+        explained = [explain(lost).message, explain(wrapped).message]
+    for message in explained:
+        assert message.startswith("no sentinel names a primary for master 'mymaster' of sentinels s1:26379,s2:26379")
+        assert "REDIS_SENTINEL_MASTER" in message and "ConnectionPool" not in message and "hunter2" not in message
