@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,11 @@ from simulator.mp4 import video_size
 from simulator.stack import ManagedProcess, free_port, wait_until
 from tests.integration.conftest import FAST_RECOVERY, Simulator, fresh_stack, running_simulator
 from tests.integration.helpers import assert_each_job_once, visible_files, wait_final
+from tests.integration.replproxy import ReplicationProxy
 from videoqueue import keys
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
+from videoqueue.replicawait import DEFAULT_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +83,8 @@ class SentinelCluster:
     replica_port: int = field(default_factory=free_port)
     sentinel_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    via_proxy: bool = False
+    proxy: ReplicationProxy | None = None
 
     @property
     def sentinels(self) -> str:
@@ -103,7 +108,11 @@ class SentinelCluster:
 
     def start(self) -> None:
         self._server("primary", self.primary_port)
-        self._server("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
+        upstream = self.primary_port
+        if self.via_proxy:
+            self.proxy = ReplicationProxy(self.primary_port)
+            upstream = self.proxy.port
+        self._server("replica", self.replica_port, "--replicaof", "127.0.0.1", str(upstream))
         for index, port in enumerate(self.sentinel_ports):
             # Sentinel rewrites its config file as it learns: each gets a file of its own.
             conf = self.root / f"sentinel-{index}.conf"
@@ -162,6 +171,8 @@ class SentinelCluster:
     def stop(self) -> None:
         for process in self.processes.values():
             process.stop(timeout=10)
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 def _answers(port: int) -> bool:
@@ -174,16 +185,28 @@ def _answers(port: int) -> bool:
         client.close()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
-    root = tmp_path / "sentinel-cluster"
+@contextmanager
+def sentinel_cluster(root: Path, *, via_proxy: bool = False) -> Iterator[SentinelCluster]:
     root.mkdir()
-    nodes = SentinelCluster(root)
+    nodes = SentinelCluster(root, via_proxy=via_proxy)
     try:
         nodes.start()
         yield nodes
     finally:
         nodes.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    with sentinel_cluster(tmp_path / "sentinel-cluster") as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def lagging_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """The replica's link to the primary goes through a ReplicationProxy."""
+    with sentinel_cluster(tmp_path / "sentinel-cluster", via_proxy=True) as nodes:
+        yield nodes
 
 
 @pytest.fixture
@@ -226,6 +249,41 @@ class Producer(threading.Thread):
 def test_primary_killed_under_load_every_job_once(
     cluster: SentinelCluster, failover_simulator: Simulator, log_dir: Path, tmp_path: Path
 ) -> None:
+    run_failover("failover", cluster, failover_simulator, log_dir, tmp_path, hold_s=0.0)
+
+
+# The replication stream is dropped this long before the kill: the writes of that second are
+# on the primary only, and die with it. The WAITs outlast it (REDIS_REPLICA_WAIT_MS 3 s, not
+# 500 ms), so every durable write of that second is still waiting when the primary dies: its
+# step fails with a Redis error and runs again, instead of going on with a write no replica
+# holds. (With a WAIT shorter than the lag, a create intent could be lost after its create
+# was sent: reliability.md says what that costs.)
+HOLD_S = 1.0
+HOLD_WAIT_MS = "3000"
+
+
+def test_writes_lost_at_the_failover_are_found_and_recovered(
+    lagging_cluster: SentinelCluster, failover_simulator: Simulator, log_dir: Path, tmp_path: Path
+) -> None:
+    lost = run_failover(
+        "failover-lagging", lagging_cluster, failover_simulator, log_dir, tmp_path, hold_s=HOLD_S, wait_ms=HOLD_WAIT_MS
+    )
+    assert lost > 0, "no write was lost: the replication stream was not held"
+
+
+def run_failover(
+    name: str,
+    cluster: SentinelCluster,
+    simulator: Simulator,
+    log_dir: Path,
+    tmp_path: Path,
+    *,
+    hold_s: float,
+    wait_ms: str | None = None,
+) -> int:
+    """One run: the producer, two workers, the primary killed (`hold_s` after the replication
+    stream is dropped, if > 0); asserts every job once and returns how many of the records
+    read just before the kill were older (or gone) after it."""
     started = time.monotonic()
     videos = tmp_path / "videos"
     where = {
@@ -234,13 +292,19 @@ def test_primary_killed_under_load_every_job_once(
         "REDIS_SENTINEL_MASTER": MASTER,
         "BROKER_URL": "",
     }
+    if wait_ms is not None:
+        where["REDIS_REPLICA_WAIT_MS"] = wait_ms
     settings = Settings(
-        redis_url=cluster.url, redis_sentinels=cluster.sentinels, redis_sentinel_master=MASTER, _env_file=None
+        redis_url=cluster.url,
+        redis_sentinels=cluster.sentinels,
+        redis_sentinel_master=MASTER,
+        redis_replica_wait_ms=where.get("REDIS_REPLICA_WAIT_MS", DEFAULT_TIMEOUT_MS),
+        _env_file=None,
     )
     assert settings.effective_broker_url.startswith("sentinel://")
     store = JobStore.from_settings(settings)
-    logs = log_dir / "failover"
-    stack = fresh_stack(failover_simulator, store.redis, logs, f"file://{videos}", **FAST_RECOVERY, **where)
+    logs = log_dir / name
+    stack = fresh_stack(simulator, store.redis, logs, f"file://{videos}", **FAST_RECOVERY, **where)
     workers = [stack.start_worker(concurrency=4) for _ in range(2)]
     replaced = 0
     try:
@@ -252,6 +316,10 @@ def test_primary_killed_under_load_every_job_once(
             return len(done) >= KILL_WHEN_SUCCEEDED
 
         wait_until(enough_done, 90, f"{KILL_WHEN_SUCCEEDED} jobs succeeded", interval=0.2)
+        if hold_s > 0:
+            assert cluster.proxy is not None
+            cluster.proxy.hold()
+            time.sleep(hold_s)
         submitted_at_kill = len(producer.job_ids)
         seen_at_kill = [r for r in store.get_many(producer.job_ids[:submitted_at_kill]) if r is not None]
         at_kill = Counter(r.status.value for r in seen_at_kill)
@@ -266,6 +334,11 @@ def test_primary_killed_under_load_every_job_once(
         # holds in an older version than the old one showed just before the kill (or not at all).
         after = dict(zip((r.id for r in seen_at_kill), store.get_many([r.id for r in seen_at_kill]), strict=True))
         lost = [r.id for r in seen_at_kill if (now := after[r.id]) is None or now.updated_at < r.updated_at]
+        went_back = Counter(
+            f"{r.status.value}->{now.status.value if (now := after[r.id]) else 'gone'}"
+            for r in seen_at_kill
+            if r.id in lost
+        )
         producer.join(timeout=120)
         assert not producer.is_alive(), "the producer never got its jobs in"
 
@@ -283,18 +356,20 @@ def test_primary_killed_under_load_every_job_once(
         stack.stop()
 
     records: dict[str, JobRecord] = {r.id: r for r in final if r is not None}
-    stats = failover_simulator.stats()
+    stats = simulator.stats()
     ledger = Counter(e.job_id for e in Ledger(store.redis).entries())
     recovered = {r.id: r.recoveries for r in records.values() if r.recoveries > 0}
     creates = [stats["creates_by_prompt"].get(p, 0) for p in producer.prompts]
     print(
-        f"\nfailover: {JOBS} jobs ({submitted_at_kill} submitted when the primary was killed, "
+        f"\n{name}: {JOBS} jobs ({submitted_at_kill} submitted when the primary was killed, "
         f"[{' '.join(f'{s}={n}' for s, n in sorted(at_kill.items()))}]), "
         f"{sum(r.status is JobStatus.SUCCEEDED for r in records.values())} succeeded; "
         f"creates/job max {max(creates)}, ledger entries/job max {max(ledger[j] for j in records)}, "
         f"files/job {sorted(Counter(n.split('.')[0] for n in visible_files(videos)).values())[-1:]}; "
         f"kill -> new primary {promoted - killed:.1f} s, kill -> all final {finished - killed:.1f} s; "
-        f"{len(lost)} of {len(seen_at_kill)} records read before the kill older after it; "
+        + (f"replication stream dropped {hold_s:g} s before the kill; " if hold_s > 0 else "")
+        + f"{len(lost)} of {len(seen_at_kill)} records read before the kill older after it "
+        f"[{' '.join(f'{k}={n}' for k, n in sorted(went_back.items()))}]; "
         f"{len(recovered)} jobs recovered by the sweep ({sum(recovered.values())} recoveries); "
         f"WAITs before the kill: {'yes' if waited_before_kill else 'none'}, {unconfirmed} unconfirmed; "
         f"{len(producer.errors)} producer batches retried ({', '.join(sorted(set(producer.errors)))}); "
@@ -311,6 +386,7 @@ def test_primary_killed_under_load_every_job_once(
         videos,
         video_size(PAD_BYTES),
     )
+    return len(lost)
 
 
 def test_doctor_shows_the_primary_its_replica_and_the_sentinels(cluster: SentinelCluster) -> None:
