@@ -13,8 +13,14 @@ have finished, the primary is killed with SIGKILL. Then: every job ends `succeed
 simulator saw exactly one create per job, the ledger holds exactly one entry per job and
 the folder one video and one manifest per job (helpers.assert_each_job_once). The test
 prints the figures docs/reliability.md quotes: the jobs, the time from the kill to a new
-primary and to every job final, and the writes lost at the failover that the sweep found
-(jobs it recovered) and the WAITs no replica confirmed.
+primary and to every job final, the records the failover set back (older on the new
+primary than read just before the kill), the jobs the sweep recovered and the WAITs no
+replica confirmed.
+
+A second run sends the replica's link through a proxy (tests/integration/replproxy.py)
+that drops the replication stream 1 s before the kill: the writes of that second die with
+the primary for sure, and the run shows them found (records older on the new primary than
+read just before the kill) and recovered, every job still created and billed once.
 
 A worker that does not survive the lost connection (the kombu bug test_suite_redis_restart
 describes) is replaced, and the line says so: what is judged here is what the failover kept.
