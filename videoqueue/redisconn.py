@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.connection import parse_url
+from redis.credentials import CredentialProvider
 from redis.sentinel import Sentinel
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from videoqueue.settings import Settings
 
 CONNECT_TIMEOUT_S = 5.0
@@ -66,13 +69,44 @@ def sentinel(settings: Settings, timeout_s: float | None = None) -> Sentinel:
     return Sentinel(nodes, sentinel_kwargs=options, **_timeouts(timeout_s))  # type: ignore[no-untyped-call]
 
 
+class SentinelPassword(CredentialProvider):
+    """REDIS_SENTINEL_PASSWORD as redis-py credentials for the connections to the sentinels,
+    in a form that never shows it. It travels in kombu's transport options, which a worker
+    reports to anyone who asks (`celery inspect stats`, Flower's worker page): kombu's JSON
+    takes `__json__`, and the repr is masked too."""
+
+    def __init__(self, secret: SecretStr) -> None:
+        self._secret = secret
+
+    def get_credentials(self) -> tuple[str]:
+        """The password alone (AUTH <password>)."""
+        return (self._secret.get_secret_value(),)
+
+    def __json__(self) -> str:
+        return "**********"
+
+    def __repr__(self) -> str:
+        return "SentinelPassword('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SentinelPassword) and other._secret == self._secret
+
+    def __hash__(self) -> int:
+        return hash(self._secret)
+
+
 def sentinel_kwargs(settings: Settings, timeout_s: float | None = None) -> dict[str, Any]:
     """Connection options for the sentinels themselves: the timeouts (or `timeout_s`), and
-    their password (REDIS_SENTINEL_PASSWORD) if any. Also kombu's `sentinel_kwargs`
-    transport option."""
+    their password (REDIS_SENTINEL_PASSWORD, as a SentinelPassword) if any. Also kombu's
+    `sentinel_kwargs` transport option."""
+    return sentinel_options(settings.redis_sentinel_password, timeout_s)
+
+
+def sentinel_options(password: SecretStr | None, timeout_s: float | None = None) -> dict[str, Any]:
+    """`sentinel_kwargs` for a sentinel password (or none)."""
     options: dict[str, Any] = _timeouts(timeout_s)
-    if settings.redis_sentinel_password is not None:
-        options["password"] = settings.redis_sentinel_password.get_secret_value()
+    if password is not None:
+        options["credential_provider"] = SentinelPassword(password)
     return options
 
 
@@ -82,7 +116,12 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     sentinels; empty for any other broker."""
     if not settings.effective_broker_url.startswith("sentinel://"):
         return {}
-    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs(settings)}
+    return sentinel_transport_options(str(settings.redis_sentinel_master), settings.redis_sentinel_password)
+
+
+def sentinel_transport_options(master: str, password: SecretStr | None) -> dict[str, Any]:
+    """kombu's transport options for the Sentinel broker of `master`."""
+    return {"master_name": master, "sentinel_kwargs": sentinel_options(password)}
 
 
 def _server_auth(url: str) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from simulator.stack import ManagedProcess, free_port, wait_until
 from tests.integration.conftest import FAST_RECOVERY, Simulator, fresh_stack, running_simulator
 from tests.integration.helpers import assert_each_job_once, visible_files, wait_final
 from tests.integration.replproxy import ReplicationProxy
-from videoqueue import keys
+from videoqueue import keys, redisconn
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import Ledger
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS
@@ -90,6 +90,7 @@ class SentinelCluster:
     sentinel_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     via_proxy: bool = False
+    sentinel_password: str | None = None
     proxy: ReplicationProxy | None = None
 
     @property
@@ -128,6 +129,12 @@ class SentinelCluster:
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {MASTER} 1\n"
+                # The sentinels' own password, which they also give each other.
+                + (
+                    f"requirepass {self.sentinel_password}\nsentinel sentinel-pass {self.sentinel_password}\n"
+                    if self.sentinel_password
+                    else ""
+                )
             )
             self._start(f"sentinel-{index}", [_redis_server(), str(conf), "--sentinel"])
         wait_until(self.ready, 60, "the sentinels to know the replica and each other", interval=0.5)
@@ -146,7 +153,7 @@ class SentinelCluster:
         if not isinstance(replica, dict) or replica.get("state") != "online":
             return False
         for port in self.sentinel_ports:
-            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1)
+            client = redis.Redis(port=port, decode_responses=True, socket_timeout=1, password=self.sentinel_password)
             try:
                 replicas = client.sentinel_slaves(MASTER)  # type: ignore[no-untyped-call]
                 others = client.sentinel_sentinels(MASTER)  # type: ignore[no-untyped-call]
@@ -165,7 +172,9 @@ class SentinelCluster:
         failover is under way, before clients can use it."""
         nodes = [("127.0.0.1", port) for port in self.sentinel_ports]
         try:
-            _host, port = Sentinel(nodes, socket_timeout=1).discover_master(MASTER)  # type: ignore[no-untyped-call]
+            asking = {"password": self.sentinel_password, "socket_timeout": 1}
+            found = Sentinel(nodes, socket_timeout=1, sentinel_kwargs=asking)  # type: ignore[no-untyped-call]
+            _host, port = found.discover_master(MASTER)  # type: ignore[no-untyped-call]
         except redis.RedisError:
             return None
         return int(port)
@@ -192,9 +201,11 @@ def _answers(port: int) -> bool:
 
 
 @contextmanager
-def sentinel_cluster(root: Path, *, via_proxy: bool = False) -> Iterator[SentinelCluster]:
+def sentinel_cluster(
+    root: Path, *, via_proxy: bool = False, sentinel_password: str | None = None
+) -> Iterator[SentinelCluster]:
     root.mkdir()
-    nodes = SentinelCluster(root, via_proxy=via_proxy)
+    nodes = SentinelCluster(root, via_proxy=via_proxy, sentinel_password=sentinel_password)
     try:
         nodes.start()
         yield nodes
@@ -205,6 +216,16 @@ def sentinel_cluster(root: Path, *, via_proxy: bool = False) -> Iterator[Sentine
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
     with sentinel_cluster(tmp_path / "sentinel-cluster") as nodes:
+        yield nodes
+
+
+SENTINEL_SECRET = "sentinel-secret-7f3a"
+
+
+@pytest.fixture
+def guarded_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """Sentinels that ask for a password (REDIS_SENTINEL_PASSWORD)."""
+    with sentinel_cluster(tmp_path / "sentinel-cluster", sentinel_password=SENTINEL_SECRET) as nodes:
         yield nodes
 
 
@@ -395,12 +416,24 @@ def run_failover(
     return len(lost)
 
 
-def test_doctor_shows_the_primary_its_replica_and_the_sentinels(cluster: SentinelCluster) -> None:
+def test_doctor_shows_the_primary_its_replica_and_the_sentinels(guarded_cluster: SentinelCluster) -> None:
+    from kombu import Connection
+
     from worker import doctor
 
+    cluster = guarded_cluster
     settings = Settings(
-        redis_url=cluster.url, redis_sentinels=cluster.sentinels, redis_sentinel_master=MASTER, _env_file=None
+        redis_url=cluster.url,
+        redis_sentinels=cluster.sentinels,
+        redis_sentinel_master=MASTER,
+        redis_sentinel_password=SENTINEL_SECRET,
+        _env_file=None,
     )
+    # The job store and the broker both get through the sentinels' password.
+    assert JobStore.from_settings(settings).redis.ping()
+    with Connection(settings.effective_broker_url, transport_options=redisconn.broker_transport_options(settings)) as c:
+        c.ensure_connection(max_retries=1)
+        assert c.default_channel.client.ping()  # type: ignore[attr-defined] # kombu's Redis channel
     primary = f"primary 127.0.0.1:{cluster.primary_port} of master {MASTER!r}"
     redis_check = doctor.check_redis(settings)
     assert primary in redis_check.detail, redis_check
@@ -418,6 +451,11 @@ def test_doctor_shows_the_primary_its_replica_and_the_sentinels(cluster: Sentine
     assert unknown.status is doctor.Status.FAIL
     assert "no sentinel answers for master 'nobody'" in unknown.detail
     assert f"does not monitor 'nobody' (it knows: {MASTER})" in unknown.detail
+
+    refused = doctor.check_sentinels(settings.model_copy(update={"redis_sentinel_password": None}))
+    assert refused.status is doctor.Status.FAIL
+    assert refused.detail.count("unreachable: Authentication required") == 3, refused.detail
+    assert SENTINEL_SECRET not in sentinels.detail + refused.detail
 
     gone = ",".join(f"127.0.0.1:{free_port()}" for _ in range(2))
     unreachable = doctor.check_sentinels(settings.model_copy(update={"redis_sentinels": gone}))

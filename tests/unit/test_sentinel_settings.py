@@ -4,6 +4,7 @@ before anything connects."""
 from __future__ import annotations
 
 import pytest
+from kombu.utils import json as kombu_json
 from redis.sentinel import SentinelConnectionPool
 
 from producer.celery_client import producer_app_for
@@ -56,7 +57,8 @@ def test_the_job_store_client_asks_the_sentinels_for_the_master() -> None:
     assert pool.connection_kwargs["socket_timeout"] == redisconn.COMMAND_TIMEOUT_S
     sentinel_nodes = pool.sentinel_manager.sentinels
     assert [node.connection_pool.connection_kwargs["port"] for node in sentinel_nodes] == [26379, 26380, 26381]
-    assert {node.connection_pool.connection_kwargs["password"] for node in sentinel_nodes} == {"sentinel-secret"}
+    credentials = [node.connection_pool.connection_kwargs["credential_provider"] for node in sentinel_nodes]
+    assert {c.get_credentials() for c in credentials} == {("sentinel-secret",)}
 
 
 def test_the_producer_app_carries_the_master_name() -> None:
@@ -64,7 +66,20 @@ def test_the_producer_app_carries_the_master_name() -> None:
     app = producer_app_for(settings)
     assert app.conf.broker_url == settings.effective_broker_url
     assert app.conf.broker_transport_options["master_name"] == "mymaster"
-    assert "password" not in app.conf.broker_transport_options["sentinel_kwargs"]
+    assert "credential_provider" not in app.conf.broker_transport_options["sentinel_kwargs"]
+    assert producer_app_for(sentinel_settings()) is app
+
+
+def test_the_sentinel_password_never_shows_in_what_a_worker_reports() -> None:
+    # A worker's transport options go out in `celery inspect stats` (kombu's JSON) and to
+    # Flower's worker page.
+    settings = sentinel_settings(redis_sentinel_password="sentinel-secret")
+    options = producer_app_for(settings).conf.broker_transport_options
+    provider = options["sentinel_kwargs"]["credential_provider"]
+    assert provider.get_credentials() == ("sentinel-secret",)
+    shown = kombu_json.dumps(options) + repr(options) + str(options)
+    assert "sentinel-secret" not in shown and "**********" in shown
+    assert producer_app_for(sentinel_settings(redis_sentinel_password="another")) is not producer_app_for(settings)
 
 
 @pytest.mark.parametrize(
