@@ -294,9 +294,9 @@ class Settings(BaseSettings):
         default=DEFAULT_REPLICA_WAIT_MS,
         ge=0,
         description=(
-            "After a write that must survive a failover (a job created, a provider task id recorded, a final "
-            "move), wait this long for one replica to confirm it (WAIT), when the primary has replicas; "
-            "0: never wait."
+            "After a write that must survive a failover (a job created, a create's intent, a provider task id "
+            "recorded, a final move), wait this long for one replica to confirm it (WAIT), when the primary "
+            "has replicas; 0: never wait."
         ),
     )
 
