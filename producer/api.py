@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from producer.celery_client import producer_app
+from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import inputs, namespace
 from videoqueue.catalog import Catalog, load_catalog
@@ -89,7 +89,7 @@ class VideoQueue:
         self._input_storage = input_storage
         # One process, one deployment: the job store and the queues are those of this namespace.
         namespace.use(self.settings.vq_namespace)
-        self.store = store or JobStore.from_url(self.settings.redis_url)
+        self.store = store or JobStore.from_settings(self.settings)
         self.catalog = catalog or load_catalog(self.settings.pricing_file)
         self.budget = self.settings.budget_policy()
         self._reachable: set[str] = set()
@@ -109,7 +109,7 @@ class VideoQueue:
     def send_admit(self, provider: str, model: str) -> None:
         """Send the admit message of a model's waiting room (TASK_ADMIT): a worker admits
         its next waiting jobs as far as quota allows. Raises what the broker raises."""
-        producer_app(self.settings.effective_broker_url).send_task(TASK_ADMIT, args=[provider, model])
+        producer_app_for(self.settings).send_task(TASK_ADMIT, args=[provider, model])
 
     def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
         """Validate `request` (a VideoRequest, or a dict of its fields) and build its job
@@ -249,7 +249,7 @@ class VideoQueue:
             inputs.delete_quietly(self.input_storage(), uris)
 
     def _send(self, records: list[JobRecord]) -> None:
-        app = producer_app(self.settings.effective_broker_url)
+        app = producer_app_for(self.settings)
         sent = 0
         try:
             with app.producer_or_acquire() as producer:
@@ -347,7 +347,7 @@ class VideoQueue:
         StoreRetryRefusedError when it cannot be stored again."""
         self.get(job_id)
         reopened = reopen_for_store(self.store, job_id)
-        app = producer_app(self.settings.effective_broker_url)
+        app = producer_app_for(self.settings)
         app.send_task(TASK_STORE, args=[job_id])
         return reopened
 
@@ -436,7 +436,7 @@ class VideoQueue:
 
         requested = self.store.update(job_id, request_cancel)
         if requested is not None:
-            app = producer_app(self.settings.effective_broker_url)
+            app = producer_app_for(self.settings)
             app.send_task(TASK_CANCEL, args=[job_id])
             return requested
         return self.get(job_id)

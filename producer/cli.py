@@ -29,7 +29,7 @@ from producer.api import (
     VideoQueue,
     WaitTimeoutError,
 )
-from producer.celery_client import producer_app
+from producer.celery_client import producer_app_for
 from producer.cli_budget import register as register_budget
 from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
@@ -341,7 +341,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     else:
         for record in records:
             sys.stdout.write(record.id + "\n")
-    warning = no_worker_warning(producer_app(vq.settings.effective_broker_url))
+    warning = no_worker_warning(producer_app_for(vq.settings))
     if warning:
         sys.stderr.write(warning + "\n")
 
@@ -518,7 +518,7 @@ def metrics(
     from videoqueue.metrics import serve
 
     sys.stderr.write(f"serving videoqueue metrics on http://{host}:{port}/metrics\n")
-    serve(get_settings().redis_url, port, host)
+    serve(port, host)
 
 
 @app.command()
@@ -535,7 +535,7 @@ def recover(
     from videoqueue.recovery import recover_stranded
 
     vq = VideoQueue()
-    app_ = producer_app(vq.settings.effective_broker_url)
+    app_ = producer_app_for(vq.settings)
 
     def send(name: str, args: list[Any]) -> None:
         app_.send_task(name, args=args)

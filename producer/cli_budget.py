@@ -35,7 +35,7 @@ class BudgetInputError(BudgetError, ValueError):
 
 
 def _store() -> JobStore:
-    return JobStore.from_url(get_settings().redis_url)
+    return JobStore.from_settings(get_settings())
 
 
 def _usd(value: Decimal | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import redis.exceptions
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from redis.sentinel import MasterNotFoundError
 
 from producer.api import StoreRetryRefusedError
 from producer.request import problems_of
@@ -103,6 +104,12 @@ def _explain_one(exc: BaseException) -> Explained | None:
         )
     if isinstance(exc, redis.exceptions.BusyLoadingError):
         return Explained(f"Redis at {_redis_url()} is loading its data set: try again in a moment")
+    if any(isinstance(link, MasterNotFoundError) for link in _chain(exc)):  # kombu wraps it too
+        # Its message lists every sentinel client's repr: name what was asked instead.
+        return Explained(
+            f"no sentinel names a primary for {_redis_url()} (unreachable, or not monitoring that master): "
+            "check REDIS_SENTINELS and REDIS_SENTINEL_MASTER; `videoqueue doctor` asks each sentinel"
+        )
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         url, reason = _redis_url(), _reason(exc)
         fix = "start it (make redis) or set REDIS_URL"
@@ -163,4 +170,9 @@ def _settings() -> Any:
 
 def _redis_url() -> str:
     settings = _settings()
-    return redact(settings.redis_url) if settings is not None else "REDIS_URL"
+    if settings is None:
+        return "REDIS_URL"
+    if settings.redis_sentinels:
+        # The primary moves: name what the client asked for, the master and its sentinels.
+        return f"master {settings.redis_sentinel_master!r} of sentinels {settings.redis_sentinels}"
+    return redact(settings.redis_url)

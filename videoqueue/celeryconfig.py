@@ -13,6 +13,7 @@ recovery sweep (videoqueue/recovery.py) does.
 from typing import Any
 
 from videoqueue import keys as _keys
+from videoqueue import redisconn as _redisconn
 from videoqueue.brokertls import broker_use_ssl as _broker_use_ssl
 from videoqueue.queues import AMQP_SETTINGS, broker_timing, celery_conf, is_amqp, route_task
 from videoqueue.settings import get_settings
@@ -102,6 +103,9 @@ if not _AMQP:
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 6,
         **_keys.broker_transport_options(),
+        # With REDIS_SENTINELS (and no BROKER_URL) the broker is `sentinel://...`: kombu asks
+        # the sentinels for the primary of this master, again after a failover.
+        **_redisconn.broker_transport_options(_settings),
     }
 
 # A rolling restart (SIGTERM) first lets running tasks finish for a few seconds, then

@@ -46,8 +46,11 @@ caller's `except` changes meaning. The modules the classes moved here from re-ex
 
 Outside the tree on purpose (`OUTSIDE_THE_TREE`): exceptions that steer control flow inside
 one module and never reach a caller, so that `except VideoqueueError` never swallows them:
-`StoreRetry` (worker.pipeline: the store step asks its task to run again later) and
-`_Found` (producer.workercheck: stops waiting for replies once a worker answered).
+`StoreRetry` (worker.pipeline: the store step asks its task to run again later),
+`_Found` (producer.workercheck: stops waiting for replies once a worker answered),
+`TransferCancelled` (worker.storage.s3: ends the reads of an upload interrupted by a soft
+time limit, inside boto3's transfer) and `ProbeFailed` (worker.storage.s3_probe: one failed
+call of doctor's storage probe, turned into the probe's result).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from videoqueue.job import ErrorCode
 if TYPE_CHECKING:
     from videoqueue.jobstore import ClientIdConflict
 
-OUTSIDE_THE_TREE = frozenset({"StoreRetry", "_Found"})
+OUTSIDE_THE_TREE = frozenset({"StoreRetry", "_Found", "TransferCancelled", "ProbeFailed"})
 """Names of the exception classes deliberately not under `VideoqueueError` (see above)."""
 
 

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -26,7 +26,11 @@ from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
+from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
+
+if TYPE_CHECKING:
+    from videoqueue.settings import Settings
 
 MAX_HISTORY = 50
 
@@ -139,21 +143,45 @@ def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> Non
         pipe.zadd(status_index(after.status), {job_id: before.created_at.timestamp()})
 
 
+def durable_write(before: JobRecord, after: JobRecord) -> str | None:
+    """What the change from `before` to `after` records that must survive a failover, as a
+    label, or None: "create intent" (a create is about to be sent: losing this would send a
+    second one without looking for the first), "task id" (a provider task recorded) or
+    "final move" (the job's end, with its ledger entry and settled cost)."""
+    if after.status.is_final and not before.status.is_final:
+        return "final move"
+    if after.provider_task_id and after.provider_task_id != before.provider_task_id:
+        return "task id"
+    if after.submit_intent_at is not None and after.submit_intent_at != before.submit_intent_at:
+        return "create intent"
+    return None
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, replicas: ReplicaWait | None = None) -> None:
         self.redis = client
         self.on_slot_freed: SlotFreed | None = None
         """Called after a move freed a slot (`frees_slot`), outside the transaction."""
         self.on_final: Callable[[JobRecord], object] | None = None
         """Called with the stored record after a move to a final status, outside the
         transaction (a worker deletes the job's input images when due: videoqueue.inputs)."""
+        self.replicas = replicas or ReplicaWait(client, DEFAULT_TIMEOUT_MS)
+        """Waits for a replica after the writes that must survive a failover (`durable_write`)."""
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
         """A store on the Redis at `url`."""
         return cls(redisconn.connect(url))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """A store on the Redis `settings` name (REDIS_URL, or the primary REDIS_SENTINELS
+        name), waiting REDIS_REPLICA_WAIT_MS for a replica after the writes that must
+        survive a failover."""
+        client = redisconn.connect_settings(settings)
+        return cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
 
     def create_many(
         self,
@@ -197,6 +225,10 @@ class JobStore:
 
         if records:
             self.redis.transaction(write, *job_keys, *budget_keys, keys.BUDGET_CAPS, *client_keys)
+            fresh = [r.id for r in records if r.id not in existing]
+            if fresh:
+                # The producer is about to be told these ids: they must outlive a failover.
+                self.replicas.after_write("create", fresh[0])
         return dict(existing)
 
     @staticmethod
@@ -363,17 +395,23 @@ class JobStore:
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
         counters, waiting room) in the same transaction. A move that frees a slot of the
         model (`frees_slot`) frees it in the same transaction and then calls
-        `on_slot_freed`, whose errors are logged, never raised (the sweep admits later). A
-        move to a final status then calls `on_final`, whose errors are logged too.
+        `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
+        A change that records what must survive a failover (`durable_write`) then waits
+        for a replica (`ReplicaWait.after_write`, which raises redis.RedisError when the
+        primary is gone: the change may or may not have survived, and the caller's step,
+        idempotent, runs again). A move to a final status then calls `on_final`, whose
+        errors are logged too.
         """
         key = job_key(job_id)
         result: list[JobRecord | None] = [None]
         freed: list[bool] = [False]
         ended: list[bool] = [False]
+        durable: list[str | None] = [None]
 
         def write(pipe: Any) -> None:
             result[0] = None
             freed[0] = ended[0] = False
+            durable[0] = None
             raw = pipe.get(key)
             if not raw:
                 return
@@ -412,20 +450,29 @@ class JobStore:
                 if writes is not None:
                     writes(pipe)
             result[0] = changed
+            durable[0] = durable_write(current, changed)
 
         self.redis.transaction(write, key)
         stored = result[0]
-        if stored is not None and freed[0] and self.on_slot_freed is not None:
+        if stored is not None:
+            self._after_update(stored, freed=freed[0], durable=durable[0], ended=ended[0])
+        return stored
+
+    def _after_update(self, stored: JobRecord, *, freed: bool, durable: str | None, ended: bool) -> None:
+        """What follows a stored change, outside its transaction: admission when a slot was
+        freed, the replica wait of a durable write, the final-move callback."""
+        if freed and self.on_slot_freed is not None:
             try:
                 self.on_slot_freed(stored.provider, stored.model)
             except Exception:
-                log.exception("admission after a freed slot failed", extra={"job_id": job_id})
-        if stored is not None and ended[0] and self.on_final is not None:
+                log.exception("admission after a freed slot failed", extra={"job_id": stored.id})
+        if durable is not None:
+            self.replicas.after_write(durable, stored.id)
+        if ended and self.on_final is not None:
             try:
                 self.on_final(stored)
             except Exception:
-                log.exception("after a final move", extra={"job_id": job_id})
-        return stored
+                log.exception("after a final move", extra={"job_id": stored.id})
 
     def transition(
         self,

@@ -229,6 +229,11 @@ def open_uploads_key(uri: str) -> str:
     return f"{PREFIX}s3-open-uploads:{uri}"
 
 
+REPLICA_WAIT_MARK = namespace.keep(globals(), "REPLICA_WAIT_MARK", lambda: _key("replica-wait"))
+"""String: written just before each WAIT for a replica (videoqueue.replicawait), so that
+the WAIT's own connection has a write that follows the one to make durable. TTL: 60 s."""
+
+
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 
 

@@ -156,10 +156,11 @@ class JobMetricsCollector(Collector):
         return family
 
 
-def serve(redis_url: str, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - an exporter listens
-    """Serve /metrics on `port` until interrupted."""
-    client = redisconn.connect(redis_url)
+def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - an exporter listens
+    """Serve /metrics on `port` until interrupted, from the Redis this process's settings
+    name (REDIS_URL, or the primary REDIS_SENTINELS name)."""
     settings = get_settings()
+    client = redisconn.connect_settings(settings)
     room = WaitingRoom(client, ProviderLimits.from_settings(client, settings), settings.tenant_weights())
     catalog = load_catalog(settings.pricing_file)
     models = [(spec.provider, spec.id) for spec in catalog.models.values()]

@@ -22,6 +22,7 @@ from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
 from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
 from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
+from videoqueue.replicawait import DEFAULT_TIMEOUT_MS as DEFAULT_REPLICA_WAIT_MS
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
 from videoqueue.urlguard import AllowList
 
@@ -286,6 +287,32 @@ class Settings(BaseSettings):
         description="Deadline in seconds for one fetch of a user's image URL by a worker, redirects included.",
     )
 
+    redis_sentinels: str | None = Field(
+        default=None,
+        description=(
+            "Redis Sentinel nodes, host:port,host:port,...: the job store and the Celery broker both "
+            "connect to the primary the sentinels name (REDIS_SENTINEL_MASTER); REDIS_URL then gives only "
+            "the database number and the Redis password."
+        ),
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        validate_default=True,  # required with REDIS_SENTINELS
+        description="The service name the sentinels monitor (sentinel.conf's `monitor <name>`).",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="The sentinels' own password (their requirepass), when they ask for one."
+    )
+    redis_replica_wait_ms: int = Field(
+        default=DEFAULT_REPLICA_WAIT_MS,
+        ge=0,
+        description=(
+            "After a write that must survive a failover (a job created, a create's intent, a provider task id "
+            "recorded, a final move), wait this long for one replica to confirm it (WAIT), when the primary "
+            "has replicas; 0: never wait."
+        ),
+    )
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         default="text", description="Worker log lines: text (key=value) or json (one object per line)."
@@ -420,6 +447,27 @@ class Settings(BaseSettings):
             _check_url_parts("BROKER_URL", value)
         return value
 
+    # Fields are validated in order: REDIS_URL before REDIS_SENTINELS before its master.
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_nodes(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        parse_sentinels(value)
+        if not str(info.data.get("redis_url", "redis://")).startswith("redis://"):
+            raise ValueError(
+                "with REDIS_SENTINELS, REDIS_URL must be a redis:// URL (it gives the database and the password; "
+                "TLS and unix sockets are not supported with Sentinel)"
+            )
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("redis_sentinels") and not value:
+            raise ValueError("REDIS_SENTINELS is set: name the master the sentinels monitor")
+        return value
+
     def budget_policy(self) -> BudgetPolicy:
         """The default caps these settings give: each applies where Redis holds no cap for
         its budget (see videoqueue.budget)."""
@@ -460,8 +508,18 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        """The broker Celery connects to."""
-        return self.broker_url or self.redis_url
+        """The broker Celery connects to: BROKER_URL; else with REDIS_SENTINELS kombu's
+        `sentinel://` URL of every sentinel (with REDIS_URL's password and database, see
+        `sentinel_broker_url`); else REDIS_URL."""
+        if self.broker_url:
+            return self.broker_url
+        if self.redis_sentinels:
+            return sentinel_broker_url(self.redis_url, parse_sentinels(self.redis_sentinels))
+        return self.redis_url
+
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; empty when unset."""
+        return parse_sentinels(self.redis_sentinels) if self.redis_sentinels else []
 
 
 def env_name(field: str) -> str:
@@ -537,3 +595,34 @@ def _check_url_parts(name: str, url: str) -> None:
     database = parts.path.lstrip("/")
     if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
         raise ValueError(f"{name} names database {database!r}: a Redis database is a number (0-15 by default)")
+
+
+SENTINEL_RULE = "a comma-separated list of host:port, such as sentinel-1:26379,sentinel-2:26379"
+
+
+def parse_sentinels(value: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` as (host, port) pairs, in order; ValueError (one line,
+    naming no value) for an empty list, an entry without a host or a port out of range."""
+    nodes: list[tuple[str, int]] = []
+    for entry in value.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"REDIS_SENTINELS must be {SENTINEL_RULE}")
+        nodes.append((host, int(port)))
+    return nodes
+
+
+def sentinel_broker_url(redis_url: str, nodes: list[tuple[str, int]]) -> str:
+    """kombu's Sentinel broker URL: `sentinel://[[user]:password@]host:port/db` for each of
+    `nodes`, joined by `;`, the credentials and database taken from `redis_url`. kombu
+    reads them from the first and asks each sentinel in turn for the primary."""
+    parts = urlsplit(redis_url)
+    auth = parts.netloc.rpartition("@")[0]
+    auth = f"{auth}@" if auth else ""
+    database = parts.path.lstrip("/") or "0"
+    return ";".join(f"sentinel://{auth}{_host(host)}:{port}/{database}" for host, port in nodes)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -53,7 +53,7 @@ def _stored_video(settings: Settings, raw_id: str) -> tuple[JobRecord, str]:
     stored video, and the video's URI; else a one-line failure saying why not."""
     namespace.use(settings.vq_namespace)
     try:
-        record = lookup(JobStore.from_url(settings.redis_url), raw_id)
+        record = lookup(JobStore.from_settings(settings), raw_id)
     except UnknownJobError as exc:
         raise fail(str(exc)) from None
     if not record.status.is_final:

@@ -15,6 +15,9 @@ with a one-line detail, and the report ends with a verdict.
 - workers: which workers answer, and whether every queue has a consumer
 - worker config: the workers registered in the namespace with their provider and storage
   fingerprints (worker/registry.py), and any configured otherwise than this shell
+- replication: the primary and its replicas (INFO replication)
+- sentinels (with REDIS_SENTINELS): each sentinel, whether it answers and where it says the
+  master is (SENTINEL MASTERS), and the sentinels they know of (SENTINEL SENTINELS)
 
 Details never carry a secret: they name hosts, not credentials, and pass through
 `worker.logs.redact` all the same.
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from videoqueue import namespace
+from videoqueue import namespace, redisconn
 from videoqueue.brokertls import broker_use_ssl
 from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
@@ -48,6 +51,8 @@ __all__ = [
     "check_provider",
     "check_redis",
     "check_redis_access",
+    "check_replication",
+    "check_sentinels",
     "check_storage",
     "check_worker_config",
     "check_workers",
@@ -57,6 +62,7 @@ __all__ = [
 ]
 
 PROVIDER_PROBE_TIMEOUT_S = 10.0
+REDIS_TIMEOUT_S = 3.0
 
 _STEP_ROLES = {
     "submit": "new jobs are never submitted",
@@ -135,8 +141,8 @@ def check_redis(settings: Settings) -> Check:
     import redis
 
     name = "redis"
-    where = safe_url(settings.redis_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    where = _redis_where(settings)
+    client = redisconn.connect_settings(settings, decode_responses=False, timeout_s=REDIS_TIMEOUT_S)
     try:
         client.ping()
         info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
@@ -173,7 +179,10 @@ def check_broker(settings: Settings) -> Check:
     url = settings.effective_broker_url
     where = safe_url(url)
     try:
-        with Connection(url, connect_timeout=3, ssl=broker_use_ssl(url) or False) as connection:
+        options = redisconn.broker_transport_options(settings)
+        with Connection(
+            url, connect_timeout=3, ssl=broker_use_ssl(url) or False, transport_options=options
+        ) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, interval_step=1, timeout=5)
     except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
         return Check(name, Status.FAIL, f"cannot reach {where}: {exc}")
@@ -234,13 +243,18 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
-def check_redis_memory(name: str, url: str) -> Check:
+def check_redis_memory(name: str, url: str, settings: Settings | None = None) -> Check:
     """The memory ceiling of the Redis at `url` (INFO memory: no CONFIG needed): warns
-    when it has none, when its policy can evict, when it is 80 % full."""
+    when it has none, when its policy can evict, when it is 80 % full. With `settings`,
+    `url` is the job store's and the client is the job store's (the primary the sentinels
+    name, with REDIS_SENTINELS)."""
     import redis
 
     where = safe_url(url)
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+    if settings is not None:
+        client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
+    else:
+        client = redisconn.connect(url, timeout_s=REDIS_TIMEOUT_S)
     try:
         info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
     except redis.RedisError as exc:
@@ -261,6 +275,89 @@ def _separate_redis_broker(settings: Settings) -> str | None:
     if url and url != settings.redis_url and url.split("://", 1)[0] in {"redis", "rediss"}:
         return url
     return None
+
+
+def _redis_where(settings: Settings) -> str:
+    """The job store's Redis as a reader should see it: its URL without credentials, or
+    with REDIS_SENTINELS the master and the primary the sentinels name now."""
+    if not settings.redis_sentinels:
+        return safe_url(settings.redis_url)
+    master = settings.redis_sentinel_master
+    try:
+        host, port = redisconn.sentinel(settings, REDIS_TIMEOUT_S).discover_master(master)  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - the sentinels check says why; here the client's own error follows
+        return f"master {master!r} (no sentinel of {settings.redis_sentinels} names a primary)"
+    return f"primary {host}:{port} of master {master!r}"
+
+
+def check_replication(settings: Settings) -> Check:
+    """The primary and its replicas, from the primary's INFO replication: each replica's
+    address, state and lag. A warning when REDIS_SENTINELS is set and no replica is online
+    (a failover would have nothing to promote) or when the server named is a replica."""
+    import redis
+
+    name = "replication"
+    client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
+    try:
+        info: dict[str, Any] = client.info("replication")  # type: ignore[assignment]
+    except redis.RedisError as exc:
+        return Check(name, Status.FAIL, f"cannot read INFO replication of {_redis_where(settings)}: {exc}")
+    finally:
+        client.close()
+    if info.get("role") != "master":
+        where = f"{info.get('master_host')}:{info.get('master_port')}"
+        return Check(name, Status.WARN, f"the server named is a replica of {where}: writes fail there")
+    replicas = [value for key, value in sorted(info.items()) if key.startswith("slave") and isinstance(value, dict)]
+    shown = [f"{r.get('ip')}:{r.get('port')} {r.get('state')}, lag {r.get('lag')} s" for r in replicas]
+    online = [r for r in replicas if r.get("state") == "online"]
+    where = _redis_where(settings) if settings.redis_sentinels else f"primary {_redis_where(settings)}"
+    head = f"{where}; " + (f"{len(replicas)} replica(s): {'; '.join(shown)}" if replicas else "no replica")
+    if settings.redis_sentinels and not online:
+        return Check(name, Status.WARN, f"{head}: a failover has no replica to promote")
+    return Check(name, Status.OK, head)
+
+
+def check_sentinels(settings: Settings) -> Check:
+    """Each sentinel of REDIS_SENTINELS: does it answer, does it monitor REDIS_SENTINEL_MASTER
+    (SENTINEL MASTERS), where does it say the primary is, and how many other sentinels does
+    it know (SENTINEL SENTINELS). Fails when none answers or none knows the master; warns
+    when some do not, or when they disagree on the primary."""
+    import redis
+
+    name = "sentinels"
+    master = str(settings.redis_sentinel_master)
+    options = redisconn.sentinel_kwargs(settings, REDIS_TIMEOUT_S)
+    seen: list[str] = []
+    problems: list[str] = []
+    primaries: set[str] = set()
+    for host, port in settings.sentinel_nodes():
+        node = f"{host}:{port}"
+        client = redis.Redis(host=host, port=port, decode_responses=True, **options)
+        try:
+            masters: dict[str, Any] = client.sentinel_masters()  # type: ignore[no-untyped-call]
+            state = masters.get(master)
+            if state is None:
+                known = ", ".join(sorted(masters)) or "none"
+                problems.append(f"{node} does not monitor {master!r} (it knows: {known})")
+                continue
+            others: list[Any] = client.sentinel_sentinels(master)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            problems.append(f"{node} unreachable: {exc}")
+            continue
+        finally:
+            client.close()
+        primary = f"{state.get('ip')}:{state.get('port')}"
+        primaries.add(primary)
+        down = " (reports it down)" if state.get("is_sdown") or state.get("is_odown") else ""
+        seen.append(f"{node}: primary {primary}{down}, {len(others)} other sentinel(s), quorum {state.get('quorum')}")
+    if not seen:
+        return Check(name, Status.FAIL, f"no sentinel answers for master {master!r}: {'; '.join(problems)}")
+    head = f"{len(seen)} of {len(settings.sentinel_nodes())} sentinel(s) know {master!r}: {'; '.join(seen)}"
+    if len(primaries) > 1:
+        problems.append(f"they disagree on the primary ({', '.join(sorted(primaries))}): a failover is under way?")
+    if problems:
+        return Check(name, Status.WARN, f"{head}; {'; '.join(problems)}")
+    return Check(name, Status.OK, head)
 
 
 # -- storage ------------------------------------------------------------------------------------
@@ -309,6 +406,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
     app.conf.broker_connection_timeout = 3
     app.conf.broker_connection_max_retries = 1
     app.conf.broker_use_ssl = broker_use_ssl(settings.effective_broker_url) or False
+    app.conf.broker_transport_options = redisconn.broker_transport_options(settings)
     # Only this namespace's workers listen on its control exchange.
     app.conf.update(**namespace.celery_names())
     try:
@@ -348,11 +446,14 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
 def _backlog(settings: Settings) -> str:
     """Messages waiting in each queue, when the broker is Redis (else empty)."""
     url = settings.effective_broker_url
-    if not url.startswith(("redis://", "rediss://")):
+    if url.startswith("sentinel://"):  # the job store's primary is the broker's
+        client = redisconn.connect_settings(settings, decode_responses=False, timeout_s=REDIS_TIMEOUT_S)
+    elif url.startswith(("redis://", "rediss://")):
+        client = redisconn.connect(url, decode_responses=False, timeout_s=REDIS_TIMEOUT_S)
+    else:
         return ""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
     try:
         return ", ".join(f"{queue} {client.llen(queue)}" for queue in namespace.queues())
     except redis.RedisError:
@@ -379,9 +480,7 @@ def _shell_endpoints(settings: Settings) -> dict[str, Endpoint]:
 def check_worker_config(settings: Settings) -> Check:
     """The workers registered in the namespace with their provider and storage endpoints
     (host and fingerprint), and a warning for each that differs from this shell's."""
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=3)
+    client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
     try:
         workers = registry.registered(client)
     finally:
@@ -436,10 +535,13 @@ def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))
     checks.append(("redis access", lambda: check_redis_access(settings)))
-    checks.append(("redis memory", lambda: check_redis_memory("redis memory", settings.redis_url)))
+    checks.append(("redis memory", lambda: check_redis_memory("redis memory", settings.redis_url, settings)))
     broker_redis = _separate_redis_broker(settings)
     if broker_redis is not None:
         checks.append(("broker memory", lambda: check_redis_memory("broker memory", broker_redis)))
+    checks += [("replication", lambda: check_replication(settings))]
+    if settings.redis_sentinels:
+        checks.append(("sentinels", lambda: check_sentinels(settings)))
     checks += [
         ("storage", lambda: check_storage(settings)),
     ]

@@ -101,7 +101,7 @@ def rebuild_ledger(settings: Settings, *, prune: bool = False, dry_run: bool = F
         else:
             without += 1
             log.debug("manifest without a ledger entry", extra={"key": key})
-    store = JobStore.from_url(settings.redis_url)
+    store = JobStore.from_settings(settings)
     diff = Ledger(store.redis).merge(entries.values(), prune=prune, dry_run=dry_run)
     where = f"{describe_storage(settings)}, namespace {own}"
     if skipped:

@@ -104,7 +104,7 @@ class Heartbeat:
 
     def __init__(self, node: str, queues: list[str], settings: Settings) -> None:
         self.node = node
-        self._client = redisconn.connect(settings.redis_url)
+        self._client = redisconn.connect_settings(settings)
         self._entry = entry_for(node, queues, settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="videoqueue-registry", daemon=True)

@@ -105,7 +105,7 @@ def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
     """Start the background sweep thread (None when SWEEP_INTERVAL_S is 0)."""
     if settings.sweep_interval_s <= 0:
         return None
-    store = JobStore.from_url(settings.redis_url)
+    store = JobStore.from_settings(settings)
     stop = threading.Event()
 
     def loop() -> None:

@@ -68,7 +68,7 @@ def _storage() -> Storage:
 def pipeline() -> Pipeline:
     """The pipeline of this worker process."""
     settings = get_settings()
-    store = JobStore.from_url(settings.redis_url)
+    store = JobStore.from_settings(settings)
     return Pipeline(
         settings=settings,
         store=store,

@@ -84,6 +84,7 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
         "redis",
         "redis access",
         "redis memory",
+        "replication",
         "storage",
         "provider byteplus",
         "provider veo",
@@ -94,6 +95,7 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
     assert "AOF on" in report.named("redis").detail
     submit, poll, store = namespace.queues()
     assert f"consumers per queue: {submit} 1, {poll} 1, {store} 1" in report.named("workers").detail
+    assert report.named("replication").detail == f"primary {aof_redis}; no replica"
     assert report.verdict.startswith("ready: all 8 checks ok")
     assert report.named("worker config").detail.endswith("; all configured as this shell")
     # The probe is gone again.

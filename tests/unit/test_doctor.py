@@ -57,21 +57,21 @@ def test_a_crashing_check_is_a_failed_check_and_its_message_is_redacted(monkeypa
     def boom(settings: Settings) -> Check:
         raise RuntimeError("Authorization: Bearer sk-xxx went wrong")
 
-    for name in ("check_redis", "check_redis_access", "check_storage"):
+    for name in ("check_redis", "check_redis_access", "check_replication", "check_storage"):
         monkeypatch.setattr(doctor, name, boom)
     monkeypatch.setattr(doctor, "check_provider", lambda provider, settings: boom(settings))
-    monkeypatch.setattr(doctor, "check_redis_memory", lambda name, url: boom(Settings(_env_file=None)))
+    monkeypatch.setattr(doctor, "check_redis_memory", lambda name, url, settings=None: boom(Settings(_env_file=None)))
     monkeypatch.setattr(doctor, "check_workers", lambda settings, timeout: Check("workers", Status.OK, "fine"))
     monkeypatch.setattr(doctor, "check_worker_config", lambda settings: Check("worker config", Status.OK, "fine"))
     result = doctor.run_doctor(Settings(_env_file=None))
-    assert [c.status for c in result.checks] == [Status.OK] + [Status.FAIL] * 6 + [Status.OK] * 2
+    assert [c.status for c in result.checks] == [Status.OK] + [Status.FAIL] * 7 + [Status.OK] * 2
     assert "check crashed: RuntimeError" in result.checks[1].detail
     assert "sk-xxx" not in json.dumps(result.to_dict()) + result.to_text()
 
 
 def test_the_broker_is_checked_only_when_it_is_another_server(monkeypatch: pytest.MonkeyPatch) -> None:
     ok = Check("x", Status.OK, "fine")
-    for name in ("check_redis", "check_broker", "check_redis_access", "check_storage"):
+    for name in ("check_redis", "check_replication", "check_broker", "check_redis_access", "check_storage"):
         monkeypatch.setattr(doctor, name, lambda settings, name=name: Check(name.removeprefix("check_"), Status.OK, ""))
     monkeypatch.setattr(
         doctor, "check_provider", lambda provider, settings: Check(f"provider {provider}", Status.OK, "")

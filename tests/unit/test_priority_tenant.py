@@ -213,7 +213,7 @@ def cli_queue(monkeypatch: pytest.MonkeyPatch) -> tuple[VideoQueue, list[str]]:
     sent: list[str] = []
     monkeypatch.setattr(vq, "_send", lambda records: sent.extend(r.id for r in records))
     monkeypatch.setattr(cli, "VideoQueue", lambda: vq)
-    monkeypatch.setattr(cli, "producer_app", lambda url: None)
+    monkeypatch.setattr(cli, "producer_app_for", lambda settings: None)
     monkeypatch.setattr(cli, "no_worker_warning", lambda app: None)
     return vq, sent
 
