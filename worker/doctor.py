@@ -534,14 +534,14 @@ def _run_checks(settings: Settings, inspect_timeout: float) -> DoctorReport:
     ]
     if settings.broker_url and settings.broker_url != settings.redis_url:
         checks.append(("broker", lambda: check_broker(settings)))
+    checks += [("replication", lambda: check_replication(settings))]
+    if settings.redis_sentinels:
+        checks.append(("sentinels", lambda: check_sentinels(settings)))
     checks.append(("redis access", lambda: check_redis_access(settings)))
     checks.append(("redis memory", lambda: check_redis_memory("redis memory", settings.redis_url, settings)))
     broker_redis = _separate_redis_broker(settings)
     if broker_redis is not None:
         checks.append(("broker memory", lambda: check_redis_memory("broker memory", broker_redis)))
-    checks += [("replication", lambda: check_replication(settings))]
-    if settings.redis_sentinels:
-        checks.append(("sentinels", lambda: check_sentinels(settings)))
     checks += [
         ("storage", lambda: check_storage(settings)),
     ]

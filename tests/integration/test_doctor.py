@@ -82,9 +82,9 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
     assert [c.name for c in report.checks] == [
         "namespace",
         "redis",
+        "replication",
         "redis access",
         "redis memory",
-        "replication",
         "storage",
         "provider byteplus",
         "provider veo",
@@ -96,7 +96,7 @@ def test_all_green_with_a_worker_the_simulator_and_aof(local_stack: Stack, aof_r
     submit, poll, store = namespace.queues()
     assert f"consumers per queue: {submit} 1, {poll} 1, {store} 1" in report.named("workers").detail
     assert report.named("replication").detail == f"primary {aof_redis}; no replica"
-    assert report.verdict.startswith("ready: all 8 checks ok")
+    assert report.verdict.startswith("ready: all 10 checks ok")
     assert report.named("worker config").detail.endswith("; all configured as this shell")
     # The probe is gone again.
     assert not list((Path(local_stack.storage_url.removeprefix("file://"))).rglob("*.json"))
