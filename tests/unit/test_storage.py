@@ -19,7 +19,7 @@ from videoqueue.settings import Settings
 from worker.probe import Status
 from worker.storage import StorageError, VideoCheckError, checked_chunks
 from worker.storage.local import LocalStorage
-from worker.storage.s3 import PART_BYTES, IteratorReader, S3Storage, s3_client, storage_error
+from worker.storage.s3 import PART_BYTES, UNKNOWN_UPLOAD, IteratorReader, S3Storage, s3_client, storage_error
 
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom"
 VIDEO = MP4_HEAD + bytes(range(256)) * 4
@@ -529,6 +529,72 @@ def test_s3_an_upload_is_recorded_while_open(recorded: tuple[S3Storage, MemoryOp
     assert uploads.ids("s3://videos/runs/job.mp4") == []
 
 
+def cut_off_after(data: bytes, at: int) -> Iterator[bytes]:
+    """`data` in 1 MiB chunks, failing (as a download cut off) once `at` bytes were given."""
+    for start in range(0, len(data), MIB):
+        if start >= at:
+            raise ConnectionError("the source was cut off")
+        yield data[start : start + MIB]
+
+
+def test_s3_an_upload_whose_id_never_reached_us_is_aborted_after_a_failed_attempt(
+    recorded: tuple[S3Storage, MemoryOpenUploads],
+) -> None:
+    """A network cut can lose CreateMultipartUpload's answer after S3 opened the upload: no
+    id to record. A failed attempt records that such an upload may exist; the next lists
+    the object's uploads (when the key may) and aborts them."""
+    storage, uploads = recorded
+    elsewhere = s3_client(Settings(aws_access_key_id="test", aws_secret_access_key="test", aws_region="us-east-1"))
+    orphan = elsewhere.create_multipart_upload(Bucket=BUCKET, Key="runs/job.mp4")["UploadId"]  # not seen by `storage`
+    data = big_video(2 * PART_BYTES + MIB)
+    with pytest.raises(ConnectionError):
+        storage.put_video("job.mp4", cut_off_after(data, PART_BYTES + MIB), len(data))
+    assert uploads.ids("s3://videos/runs/job.mp4") == [UNKNOWN_UPLOAD]
+    assert open_uploads_in(storage) == [orphan]  # the failed attempt's own upload was aborted
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    assert open_uploads_in(storage) == []
+    assert uploads.ids("s3://videos/runs/job.mp4") == []
+    assert storage.size("job.mp4") == len(data)
+
+
+def test_s3_a_retried_create_lists_and_aborts_what_its_lost_first_try_opened(
+    recorded: tuple[S3Storage, MemoryOpenUploads],
+) -> None:
+    storage, _ = recorded
+    elsewhere = s3_client(Settings(aws_access_key_id="test", aws_secret_access_key="test", aws_region="us-east-1"))
+    orphan = elsewhere.create_multipart_upload(Bucket=BUCKET, Key="runs/job.mp4")["UploadId"]  # not seen by `storage`
+    assert open_uploads_in(storage) == [orphan]
+
+    def retried(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.setdefault("ResponseMetadata", {})["RetryAttempts"] = 1  # as botocore after a lost answer
+
+    storage.client.meta.events.register_first("after-call.s3.CreateMultipartUpload", retried)
+    data = big_video(PART_BYTES + MIB)
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    assert open_uploads_in(storage) == []
+
+
+def test_s3_without_the_listing_permission_an_unknown_upload_is_left_to_the_lifecycle_rule(
+    recorded: tuple[S3Storage, MemoryOpenUploads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage, uploads = recorded
+    asked: list[str] = []
+
+    def refuse(**kwargs: Any) -> Any:
+        asked.append(kwargs["Prefix"])
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListMultipartUploads")
+
+    monkeypatch.setattr(storage.client, "list_multipart_uploads", refuse)
+    uploads.add("s3://videos/runs/job.mp4", UNKNOWN_UPLOAD)
+    uploads.add("s3://videos/runs/other.mp4", UNKNOWN_UPLOAD)
+    data = big_video(PART_BYTES + MIB)
+    storage.put_video("job.mp4", in_mib_chunks(data), len(data))
+    storage.put_video("other.mp4", in_mib_chunks(data), len(data))
+    assert asked == ["runs/job.mp4"], "refused once, not asked again by this process"
+    assert uploads.held == {"s3://videos/runs/job.mp4": set(), "s3://videos/runs/other.mp4": set()}
+    assert storage.size("other.mp4") == len(data)
+
+
 class Interrupted(BaseException):
     """As Celery's SoftTimeLimitExceeded: raised in the main thread by a signal handler."""
 
@@ -563,7 +629,8 @@ def test_s3_an_interrupted_upload_stops_reading_and_is_aborted(recorded: tuple[S
         signal.signal(signal.SIGUSR1, previous)
     assert 0 < len(read) < total - 1, len(read)
     assert open_uploads_in(storage) == []
-    assert uploads.ids("s3://videos/runs/job.mp4") == []
+    # Its own upload aborted; recorded: an upload whose id never came back may exist.
+    assert uploads.ids("s3://videos/runs/job.mp4") == [UNKNOWN_UPLOAD]
     assert storage.size("job.mp4") is None
 
 

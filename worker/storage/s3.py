@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 PART_BYTES = 8 * 1024 * 1024
+UNKNOWN_UPLOAD = "?"
+"""Recorded among an object's open upload ids after a failed attempt: S3 may hold an upload
+of it whose id never reached us (CreateMultipartUpload's answer lost with the connection);
+the next attempt lists the object's uploads, if the key may (S3Storage._abort_unknown)."""
 CHECKSUM_SETTING = "S3_CHECKSUMS"
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
@@ -175,6 +179,8 @@ class S3Storage:
         self.open_uploads = open_uploads
         self._lock = threading.Lock()
         self._opened_now: dict[str, list[str]] = {}
+        self._retried_creates: set[str] = set()
+        self._listing_refused = False
         self.client.meta.events.register("after-call.s3.CreateMultipartUpload", self._opened)
 
     def object_key(self, key: str) -> str:
@@ -240,8 +246,12 @@ class S3Storage:
         if not parsed or "UploadId" not in parsed or "Key" not in parsed:
             return
         uri = f"s3://{parsed.get('Bucket') or self.bucket}/{parsed['Key']}"
+        retried = int(parsed.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0) > 0
         with self._lock:
             self._opened_now.setdefault(uri, []).append(parsed["UploadId"])
+            if retried:
+                # An earlier try of this create may have opened an upload whose answer was lost.
+                self._retried_creates.add(uri)
         if self.open_uploads is not None:
             self.open_uploads.add(uri, parsed["UploadId"])
 
@@ -275,6 +285,30 @@ class S3Storage:
             if self._abort(key, upload_id) and self.open_uploads is not None:
                 self.open_uploads.remove(uri, upload_id)
 
+    def _abort_unknown(self, key: str) -> bool:
+        """Best effort for uploads whose id never reached us (S3 opened one, its answer was
+        lost with the connection): list the open uploads of `key` and abort them. Needs
+        s3:ListBucketMultipartUploads, which the least-privilege policy leaves out: when it
+        is refused this gives up for the process's life (the bucket's lifecycle rule covers
+        them). True when done or refused, False when S3 could not be asked."""
+        if self._listing_refused:
+            return True
+        object_key = self._key(key)
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=object_key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"AccessDenied", "AllAccessDisabled"}:
+                self._listing_refused = True
+                return True
+            log.warning("open multipart uploads not listed", extra={"uri": self.uri(key), "reason": str(exc)[:300]})
+            return False
+        except BotoCoreError:
+            return False
+        for upload in listing.get("Uploads", []):
+            if upload.get("Key") == object_key:
+                self._abort(key, upload["UploadId"])
+        return True
+
     def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
         """Stream `chunks` to `key` (a multipart upload past PART_BYTES). Uploads an earlier
         attempt left open at `key` (recorded in `open_uploads`) are aborted first; the
@@ -282,14 +316,21 @@ class S3Storage:
         s3:PutObject and s3:AbortMultipartUpload, never a listing of the bucket's uploads."""
         uri = self.uri(key)
         if self.open_uploads is not None:
-            self._abort_recorded(key, self.open_uploads.ids(uri))
+            recorded = self.open_uploads.ids(uri)
+            self._abort_recorded(key, [upload_id for upload_id in recorded if upload_id != UNKNOWN_UPLOAD])
+            if UNKNOWN_UPLOAD in recorded and self._abort_unknown(key):
+                self.open_uploads.remove(uri, UNKNOWN_UPLOAD)
         reader = IteratorReader(checked_chunks(chunks, expected_size))
         try:
             self._upload(reader, key)
         except BaseException as exc:
             # boto3 aborts a failed upload itself, unless S3 is unreachable or the attempt
-            # is interrupted (a soft time limit): abort again; what stays open is recorded.
+            # is interrupted (a soft time limit): abort again; what stays open is recorded,
+            # and so is that an upload may be open whose id never reached us.
             self._abort_recorded(key, self._take_opened(uri))
+            self._take_retried(uri)
+            if self.open_uploads is not None:
+                self.open_uploads.add(uri, UNKNOWN_UPLOAD)
             if isinstance(exc, (BotoCoreError, ClientError)):
                 raise storage_error(f"S3 upload of {uri}", exc, self.checksums) from exc
             raise
@@ -297,7 +338,16 @@ class S3Storage:
         if self.open_uploads is not None:
             for upload_id in completed:
                 self.open_uploads.remove(uri, upload_id)
+        if self._take_retried(uri):
+            self._abort_unknown(key)
         return StoredObject(uri=uri, size=reader.bytes_read)
+
+    def _take_retried(self, uri: str) -> bool:
+        with self._lock:
+            if uri not in self._retried_creates:
+                return False
+            self._retried_creates.discard(uri)
+            return True
 
     def _take_opened(self, uri: str) -> list[str]:
         with self._lock:
