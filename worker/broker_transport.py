@@ -71,28 +71,24 @@ def require_open_connection(channel: kombu_redis.Channel) -> None:
         raise RedisConnectionError("the broker connection of this channel is closed")
 
 
-class Channel(kombu_redis.Channel):
+class _ClosesAfterLostConnection(kombu_redis.Channel):
+    """The fix, for kombu's Redis channel and every subclass of it (mixed in first)."""
+
+    def close(self) -> None:
+        finish_pending_brpop(self)
+        super().close()
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        require_open_connection(self)
+        return super()._connparams(asynchronous)  # type: ignore[misc]
+
+
+class Channel(_ClosesAfterLostConnection):
     """kombu's Redis channel, closing cleanly after the connection broke."""
 
-    def close(self) -> None:
-        finish_pending_brpop(self)
-        super().close()
 
-    def _connparams(self, asynchronous: bool = False) -> Any:
-        require_open_connection(self)
-        return super()._connparams(asynchronous)  # type: ignore[misc]
-
-
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(_ClosesAfterLostConnection, kombu_redis.SentinelChannel):
     """kombu's Redis Sentinel channel, with the same fix as `Channel`."""
-
-    def close(self) -> None:
-        finish_pending_brpop(self)
-        super().close()
-
-    def _connparams(self, asynchronous: bool = False) -> Any:
-        require_open_connection(self)
-        return super()._connparams(asynchronous)  # type: ignore[misc]
 
 
 class Transport(kombu_redis.Transport):
