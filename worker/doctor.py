@@ -239,13 +239,19 @@ def memory_problems(used: int, maxmemory: int, policy: str) -> list[str]:
     return problems
 
 
+def memory_full(used: int, maxmemory: int, policy: str) -> bool:
+    """Whether a Redis refuses writes now: at or over a ceiling it may not evict under."""
+    return maxmemory > 0 and used >= maxmemory and policy == "noeviction"
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
 def check_redis_memory(name: str, url: str, settings: Settings | None = None) -> Check:
     """The memory ceiling of the Redis at `url` (INFO memory: no CONFIG needed): warns
-    when it has none, when its policy can evict, when it is 80 % full. With `settings`,
+    when it has none, when its policy can evict, when it is 80 % full; fails when it is
+    full under noeviction (it refuses every write). With `settings`,
     `url` is the job store's and the client is the job store's (the primary the sentinels
     name, with REDIS_SENTINELS)."""
     import redis
@@ -264,6 +270,8 @@ def check_redis_memory(name: str, url: str, settings: Settings | None = None) ->
     used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     policy = str(info.get("maxmemory_policy", "noeviction"))
     problems = memory_problems(used, maxmemory, policy)
+    if memory_full(used, maxmemory, policy):  # every submit and status change is refused now
+        return Check(name, Status.FAIL, f"{where}: full: " + "; ".join(problems))
     if problems:
         return Check(name, Status.WARN, f"{where}: " + "; ".join(problems))
     return Check(name, Status.OK, f"{where}: {_mb(used)} of {_mb(maxmemory)} used ({used / maxmemory:.0%}), {policy}")
