@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from videoqueue import namespace, redisconn
 from videoqueue.brokertls import broker_use_ssl
@@ -189,12 +190,42 @@ def check_broker(settings: Settings) -> Check:
     return Check(name, Status.OK, f"reachable at {where}")
 
 
-def check_redis_access(settings: Settings, probe: Callable[[str], RedisAccess] = probe_access) -> Check:
+def _sentinel_primary(settings: Settings) -> tuple[str, int] | None:
+    """The primary the sentinels name now, or None when none does (the sentinels check says why)."""
+    try:
+        host, port = redisconn.sentinel(settings, REDIS_TIMEOUT_S).discover_master(settings.redis_sentinel_master)  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - reported by the sentinels and redis checks
+        return None
+    return str(host), int(port)
+
+
+def _at_address(url: str, host: str, port: int) -> str:
+    """`url` (REDIS_URL: credentials, database, options) pointed at host:port instead."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{address}" if userinfo else address))
+
+
+def check_redis_access(
+    settings: Settings,
+    probe: Callable[[str], RedisAccess] = probe_access,
+    primary: Callable[[Settings], tuple[str, int] | None] = _sentinel_primary,
+) -> Check:
     """Whether the job store's Redis, and the broker's when it is another Redis, is safe to
     reach where it is reached: on a non-loopback address it must demand a password (warn if
-    a client without one is served) and should be TLS (warn on redis://)."""
+    a client without one is served) and should be TLS (warn on redis://). With
+    REDIS_SENTINELS that is the primary the sentinels name (REDIS_URL's host is unused)."""
     name = "redis access"
-    roles = {settings.redis_url: "job store"}
+    store_url = settings.redis_url
+    if settings.redis_sentinels:
+        named = primary(settings)
+        if named is None:
+            return Check(
+                name, Status.WARN, f"no sentinel names a primary for {settings.redis_sentinel_master!r}: not checked"
+            )
+        store_url = _at_address(settings.redis_url, *named)
+    roles = {store_url: "job store"}
     broker = settings.effective_broker_url
     if broker.startswith(("redis://", "rediss://", "unix://")) and broker != settings.redis_url:
         roles[broker] = "broker"
@@ -256,7 +287,7 @@ def check_redis_memory(name: str, url: str, settings: Settings | None = None) ->
     name, with REDIS_SENTINELS)."""
     import redis
 
-    where = safe_url(url)
+    where = _redis_where(settings) if settings is not None and settings.redis_sentinels else safe_url(url)
     if settings is not None:
         client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
     else:
