@@ -12,6 +12,7 @@ import errno
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.exceptions
 from pydantic import ValidationError
@@ -27,8 +28,21 @@ from videoqueue.inputs import InputStorageUnavailableError, InputUploadError
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.settings import InvalidSettingsError, describe_invalid, get_settings
 
-# user:password@ (or :password@) in any URL.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)")
+# user:password@ (or :password@) in any URL; the password runs to the last @ before the path
+# (an unencoded @ in it is the host's separator for no client: redis-py splits at the last).
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/]+(@)")
+
+
+def masked_url(url: str) -> str:
+    """`url` with whatever precedes its host (user and password, or a bare password) shown
+    as `***`, by parsing, not by pattern: a password with a space or an unencoded @ in it
+    stays hidden too. redis://:pw@h -> redis://:***@h, redis://u:pw@h -> redis://u:***@h."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return redact(url)
+    user, colon, _ = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}" if colon else f"***@{hostport}"))
 
 
 def redact(text: str) -> str:
@@ -175,4 +189,4 @@ def _redis_url() -> str:
     if settings.redis_sentinels:
         # The primary moves: name what the client asked for, the master and its sentinels.
         return f"master {settings.redis_sentinel_master!r} of sentinels {settings.redis_sentinels}"
-    return redact(settings.redis_url)
+    return masked_url(settings.redis_url)

@@ -49,6 +49,11 @@ RETRY_GRACE_S = 86400
 """How long the inputs of a job that ended failed, expired or cancelled are kept for a
 retry (`VideoQueue.retry`), in seconds after its end."""
 
+RELEASE_RETRY_S = 600
+"""How long after a refused delete (access denied, storage down) a job's inputs are tried
+again, in seconds: the sweep takes the due jobs oldest first, a limited number at a time,
+so a job whose delete keeps failing must not stay first in line before the others."""
+
 ENTRY_POINT_GROUP = "videoqueue.storage"
 ENTRY_POINT = "inputs"
 """The entry point (in `ENTRY_POINT_GROUP`) of the factory `(Settings) -> InputStorage`."""
@@ -160,8 +165,12 @@ def release_at(record: JobRecord) -> float | None:
 
 def release(client: redis.Redis, storage: InputStorage, record: JobRecord) -> bool:
     """Delete the inputs of `record` and take it out of the release index; False (and left
-    listed, for the sweep) when the storage refused."""
+    listed, for the sweep, `RELEASE_RETRY_S` from now) when the storage refused."""
     if not delete_quietly(storage, uploaded_uris(record)):
+        # Listed again behind the jobs due now, so that the sweep's batch is not taken up for
+        # ever by deletes that keep failing. XX: only while it is listed (a concurrent release
+        # may have taken it out).
+        client.zadd(keys.INPUTS_RELEASE_INDEX, {record.id: time.time() + RELEASE_RETRY_S}, xx=True)
         return False
     client.zrem(keys.INPUTS_RELEASE_INDEX, record.id)
     return True

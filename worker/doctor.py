@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from videoqueue import namespace, redisconn
 from videoqueue.brokertls import broker_use_ssl
@@ -189,12 +190,42 @@ def check_broker(settings: Settings) -> Check:
     return Check(name, Status.OK, f"reachable at {where}")
 
 
-def check_redis_access(settings: Settings, probe: Callable[[str], RedisAccess] = probe_access) -> Check:
+def _sentinel_primary(settings: Settings) -> tuple[str, int] | None:
+    """The primary the sentinels name now, or None when none does (the sentinels check says why)."""
+    try:
+        host, port = redisconn.sentinel(settings, REDIS_TIMEOUT_S).discover_master(settings.redis_sentinel_master)  # type: ignore[no-untyped-call]
+    except Exception:  # noqa: BLE001 - reported by the sentinels and redis checks
+        return None
+    return str(host), int(port)
+
+
+def _at_address(url: str, host: str, port: int) -> str:
+    """`url` (REDIS_URL: credentials, database, options) pointed at host:port instead."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{address}" if userinfo else address))
+
+
+def check_redis_access(
+    settings: Settings,
+    probe: Callable[[str], RedisAccess] = probe_access,
+    primary: Callable[[Settings], tuple[str, int] | None] = _sentinel_primary,
+) -> Check:
     """Whether the job store's Redis, and the broker's when it is another Redis, is safe to
     reach where it is reached: on a non-loopback address it must demand a password (warn if
-    a client without one is served) and should be TLS (warn on redis://)."""
+    a client without one is served) and should be TLS (warn on redis://). With
+    REDIS_SENTINELS that is the primary the sentinels name (REDIS_URL's host is unused)."""
     name = "redis access"
-    roles = {settings.redis_url: "job store"}
+    store_url = settings.redis_url
+    if settings.redis_sentinels:
+        named = primary(settings)
+        if named is None:
+            return Check(
+                name, Status.WARN, f"no sentinel names a primary for {settings.redis_sentinel_master!r}: not checked"
+            )
+        store_url = _at_address(settings.redis_url, *named)
+    roles = {store_url: "job store"}
     broker = settings.effective_broker_url
     if broker.startswith(("redis://", "rediss://", "unix://")) and broker != settings.redis_url:
         roles[broker] = "broker"
@@ -239,18 +270,24 @@ def memory_problems(used: int, maxmemory: int, policy: str) -> list[str]:
     return problems
 
 
+def memory_full(used: int, maxmemory: int, policy: str) -> bool:
+    """Whether a Redis refuses writes now: at or over a ceiling it may not evict under."""
+    return maxmemory > 0 and used >= maxmemory and policy == "noeviction"
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
 def check_redis_memory(name: str, url: str, settings: Settings | None = None) -> Check:
     """The memory ceiling of the Redis at `url` (INFO memory: no CONFIG needed): warns
-    when it has none, when its policy can evict, when it is 80 % full. With `settings`,
+    when it has none, when its policy can evict, when it is 80 % full; fails when it is
+    full under noeviction (it refuses every write). With `settings`,
     `url` is the job store's and the client is the job store's (the primary the sentinels
     name, with REDIS_SENTINELS)."""
     import redis
 
-    where = safe_url(url)
+    where = _redis_where(settings) if settings is not None and settings.redis_sentinels else safe_url(url)
     if settings is not None:
         client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
     else:
@@ -264,6 +301,8 @@ def check_redis_memory(name: str, url: str, settings: Settings | None = None) ->
     used, maxmemory = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
     policy = str(info.get("maxmemory_policy", "noeviction"))
     problems = memory_problems(used, maxmemory, policy)
+    if memory_full(used, maxmemory, policy):  # every submit and status change is refused now
+        return Check(name, Status.FAIL, f"{where}: full: " + "; ".join(problems))
     if problems:
         return Check(name, Status.WARN, f"{where}: " + "; ".join(problems))
     return Check(name, Status.OK, f"{where}: {_mb(used)} of {_mb(maxmemory)} used ({used / maxmemory:.0%}), {policy}")

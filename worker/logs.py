@@ -63,8 +63,8 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Google's ?key=... query parameter, and Google API keys wherever they appear.
     (re.compile(r"([?&]key=)[^&\s'\"\\]+"), rf"\1{REDACTED}"),
     (re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), REDACTED),
-    # user:password@ in URLs (redis://:pw@host, https://user:pw@host).
-    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(@)"), rf"\1{REDACTED}\2"),
+    # user:password@ in URLs (redis://:pw@host, https://user:pw@host), to the last @ before the path.
+    (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/]+(@)"), rf"\1{REDACTED}\2"),
 )
 # Every secret pattern needs one of these; most log lines have none and skip the patterns.
 _TRIGGER = re.compile(

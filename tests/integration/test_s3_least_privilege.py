@@ -29,7 +29,8 @@ from botocore.exceptions import ClientError
 from producer import JobStatus, VideoRequest
 from simulator.stack import free_port, start_moto
 from tests.integration.conftest import CLEAN_SIMULATOR, REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
-from tests.integration.helpers import MP4_SAMPLE
+from tests.integration.helpers import MP4_SAMPLE, wait_for
+from videoqueue import keys
 from videoqueue.settings import Settings
 from worker.doctor import Status, run_doctor
 
@@ -234,3 +235,26 @@ def test_doctor_names_the_operation_and_the_action_a_key_lacks(stack: Stack, iam
     assert not report.ok and "storage" in report.verdict
     shown = report.to_text() + json.dumps(report.to_dict())
     assert iam_s3.no_abort.secret not in shown
+
+
+def test_a_job_with_an_image_file_runs_and_its_inputs_go_with_only_the_documented_policy(
+    stack: Stack, iam_s3: IamS3, tmp_path: Path
+) -> None:
+    """The producer (with the same key here) puts the image under PREFIX/inputs/, the worker
+    reads it and, once the job succeeded, deletes it: the documented policy must allow all
+    three, or every sweep retries the delete and the images stay until a lifecycle rule."""
+    stack.start_worker()
+    vq = stack.queue()
+    image = tmp_path / "first.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 4096)
+    job = vq.submit(VideoRequest(prompt="a first frame with a least-privilege key", image_file=str(image)))
+    done = vq.wait([job.id], timeout=90)[0]
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    admin = iam_s3.admin.s3(iam_s3.endpoint)
+
+    def inputs_left() -> int:
+        listed = admin.list_objects_v2(Bucket=iam_s3.bucket, Prefix=f"{PREFIX}/inputs/{job.id}/")
+        return int(listed.get("KeyCount", 0))
+
+    wait_for(lambda: inputs_left() == 0, 10, "the job's input image deleted")
+    assert stack.redis.zscore(keys.INPUTS_RELEASE_INDEX, job.id) is None

@@ -33,6 +33,7 @@ from producer.cli_table import ELLIPSIS, Col, cut, fit_table, wrap_words
 from videoqueue import namespace
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
+from worker import logs
 
 LONG_PATH = "file:///home/someone/projects/videoqueue/videos/2026/11/29/" + "7" * 36 + ".mp4"
 
@@ -156,6 +157,28 @@ def test_errors_name_the_cause_and_the_fix_without_the_password(monkeypatch: pyt
         "Redis at redis://:***@127.0.0.1:6390/0 is full (used memory over its maxmemory, noeviction): nothing was "
         "changed; raise maxmemory (REDIS_MAXMEMORY in the compose stack) or delete old jobs"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss@127.0.0.1:6390/0", "redis://:***@127.0.0.1:6390/0"),  # an unencoded @
+        ("redis://vq:pa ss@127.0.0.1:6390/0", "redis://vq:***@127.0.0.1:6390/0"),  # a space
+        ("redis://hunter2@127.0.0.1:6390/0", "redis://***@127.0.0.1:6390/0"),  # a bare password
+        ("redis://127.0.0.1:6390/0", "redis://127.0.0.1:6390/0"),
+    ],
+)
+def test_no_part_of_an_odd_password_is_shown(monkeypatch: pytest.MonkeyPatch, url: str, shown: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    refused = redis.exceptions.AuthenticationError("invalid username-password pair or user is disabled.")
+    assert explain(refused).message.startswith(f"Redis at {shown} refused our credentials")
+
+
+def test_redact_hides_a_password_up_to_the_last_at_sign() -> None:
+    """Text-level redaction (the CLI's last net, and worker.logs.redact): an unencoded @ in a
+    password does not leave the rest of it shown."""
+    assert redact("at redis://:p@ss@127.0.0.1:6390/0 now") == "at redis://:***@127.0.0.1:6390/0 now"
+    assert logs.redact("at redis://:p@ss@h:1/0") == f"at redis://:{logs.REDACTED}@h:1/0"
 
 
 def test_settings_errors_escaping_as_pydantic_errors_are_one_line() -> None:

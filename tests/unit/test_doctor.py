@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from videoqueue import namespace
+from videoqueue import namespace, redisconn
 from videoqueue.settings import Settings
 from worker import doctor, registry
 from worker.cli import doctor as doctor_command
@@ -103,6 +103,34 @@ def test_memory_problems_name_a_missing_ceiling_a_full_one_and_an_evicting_polic
         none,
         "maxmemory-policy volatile-lru can evict job records and queued messages (use noeviction)",
     ]
+
+
+def test_a_full_redis_fails_the_memory_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At or over maxmemory under noeviction every submit and status change is refused:
+    the doctor says NOT READY, not just warns."""
+    mb = 2**20
+
+    class FakeRedis:
+        def __init__(self, used: int, policy: str) -> None:
+            self.memory = {"used_memory": used, "maxmemory": 100 * mb, "maxmemory_policy": policy}
+
+        def info(self, section: str) -> dict[str, object]:
+            return self.memory
+
+        def close(self) -> None:
+            pass
+
+    for used, policy, expected in [
+        (113 * mb, "noeviction", Status.FAIL),
+        (100 * mb, "noeviction", Status.FAIL),
+        (90 * mb, "noeviction", Status.WARN),
+        (113 * mb, "allkeys-lru", Status.WARN),  # evicts rather than refuses: the policy's warning
+    ]:
+        fake = FakeRedis(used, policy)
+        monkeypatch.setattr(redisconn, "connect", lambda url, timeout_s, fake=fake: fake)
+        check = doctor.check_redis_memory("redis memory", "redis://127.0.0.1:6379/0")
+        assert check.status is expected, (used, policy, check.detail)
+    assert not doctor.memory_full(50 * mb, 0, "noeviction")
 
 
 def test_local_storage_probe_is_written_read_and_removed(tmp_path: Path) -> None:

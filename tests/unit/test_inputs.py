@@ -200,3 +200,34 @@ def test_records_from_before_object_storage_inputs_load_and_serialise_unchanged(
     old = {"file": "a.png", "mime_type": "image/png", "bytes": 3, "sha256": "ab"}
     image = ImageUpload.model_validate(old)
     assert image.uri is None and image.model_dump(mode="json") == old
+
+
+def test_a_delete_that_keeps_failing_does_not_hold_up_the_others(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sweep takes due jobs oldest first, `limit` at a time: a job whose inputs cannot be
+    deleted (access denied, a bucket gone) is put back RELEASE_RETRY_S later, so the jobs
+    behind it are still released."""
+    first, _ = _images(tmp_path)
+    root = tmp_path / "store"
+    vq, _ = _queue(redis_client, monkeypatch, root)
+    stuck, other = (vq.submit(VideoRequest(prompt=p, image_file=str(first))) for p in ("stuck", "other"))
+    for job_id in (stuck.id, other.id):
+        assert walk_to(vq.store, job_id, JobStatus.SUCCEEDED) is not None
+
+    class Refusing(StorageInputs):
+        def delete(self, uri: str) -> None:
+            if stuck.id in uri:
+                raise StorageError(f"S3 delete of {uri} refused (AccessDenied)")
+            super().delete(uri)
+
+    storage = Refusing(vq.settings)
+    redis_client.zadd(keys.INPUTS_RELEASE_INDEX, {stuck.id: 1.0})  # first in line
+    before = time.time()
+    assert inputs.release_due(redis_client, storage, vq.store.get, limit=1) == 0
+    retry_at = redis_client.zscore(keys.INPUTS_RELEASE_INDEX, stuck.id)
+    assert retry_at >= before + inputs.RELEASE_RETRY_S
+    assert inputs.release_due(redis_client, storage, vq.store.get, limit=1) == 1
+    assert not (root / "inputs" / other.id).exists()
+    assert (root / "inputs" / stuck.id / "first_frame.png").exists()
+    assert redis_client.zrange(keys.INPUTS_RELEASE_INDEX, 0, -1) == [stuck.id]

@@ -1388,10 +1388,11 @@ def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(
     failed = env.job(job.id)
     assert failed.status is JobStatus.FAILED and "create" not in env.provider.names()
     assert failed.error is not None
-    assert (failed.error.code, failed.error.message) == (
-        ErrorCode.INVALID_REQUEST,
-        "the uploaded first_frame image is no longer stored",
-    )
+    uri = f"file://{env.root / 'inputs' / job.id / 'first_frame.png'}"
+    assert failed.error.code is ErrorCode.INVALID_REQUEST
+    # Where it was looked for, and the likely cause: a producer that put it on its own disk.
+    assert failed.error.message.startswith(f"the uploaded first_frame image is not at {uri}: deleted since, or put")
+    assert "producers and workers must share STORAGE_URL's storage" in failed.error.message
 
 
 def test_one_ledger_entry_per_job_when_store_runs_twice_and_it_matches_the_manifest(env: Env) -> None:

@@ -126,3 +126,29 @@ def test_the_urls_ssl_parameters_replace_the_default() -> None:
     url = "rediss://:pw@10.0.0.5:6380/0?ssl_ca_certs=/etc/videoqueue/ca.pem"
     with Connection(url, ssl=broker_use_ssl(url) or False) as connection:
         assert connection.ssl == {"ssl_ca_certs": "/etc/videoqueue/ca.pem"}
+
+
+def test_with_sentinels_the_primary_they_name_is_checked_not_redis_urls_host() -> None:
+    """REDIS_URL's host is unused with REDIS_SENTINELS (docs/production.md writes `unused`):
+    the check asks the primary the sentinels name, with REDIS_URL's password and database."""
+    asked: list[str] = []
+
+    def probe(url: str) -> RedisAccess:
+        asked.append(url)
+        return RedisAccess(loopback=False, tls=False, open=True)
+
+    sentinel = settings(
+        redis_url=f"redis://:{PASSWORD}@unused:6379/2",
+        redis_sentinels="sentinel-1:26379",
+        redis_sentinel_master="mymaster",
+    )
+    check = check_redis_access(sentinel, probe, lambda s: ("10.0.1.12", 6380))
+    assert asked == [f"redis://:{PASSWORD}@10.0.1.12:6380/2"]
+    assert (
+        check.status is Status.WARN
+        and "job store redis://10.0.1.12:6380/2 (with credentials) answers without" in check.detail
+    )
+    assert "unused" not in check.detail and PASSWORD not in check.detail
+    asked.clear()
+    check = check_redis_access(sentinel, probe, lambda s: None)
+    assert asked == [] and check.status is Status.WARN and "no sentinel names a primary" in check.detail

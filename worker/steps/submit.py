@@ -335,7 +335,12 @@ class SubmitStep(PollStep):
                 continue
             data = self._uploaded(job, role, source)
             if data is None:
-                raise ProviderError(ErrorCode.INVALID_REQUEST, f"the uploaded {role} image is no longer stored")
+                raise ProviderError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"the uploaded {role} image is not at {source.uri}: deleted since, or put where this worker "
+                    "cannot read it (a file:// STORAGE_URL on the producer's host: producers and workers must "
+                    "share STORAGE_URL's storage)",
+                )
             if hashlib.sha256(data).hexdigest() != source.sha256:
                 raise ProviderError(
                     ErrorCode.INVALID_REQUEST, f"the stored {role} image is not the file uploaded (sha256 differs)"
