@@ -142,6 +142,16 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
+def is_metadata(address: IPAddress) -> bool:
+    """Is `address` a cloud metadata address, also in IPv6 form? No allow-list entry
+    trusts one: a range trusted for its internal hosts must not open the instance's
+    credentials."""
+    if address in METADATA_ADDRESSES:
+        return True
+    inner = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    return inner is not None and inner in METADATA_ADDRESSES
+
+
 def refusal(address: IPAddress) -> str | None:
     """Why `address` may not be fetched from (e.g. "a loopback address"), or None if it is
     a public address."""
@@ -268,12 +278,12 @@ def check_literal(url: str, allow: AllowList) -> None:
     """The check that needs no network: refuse `url` if it is not http(s) or its host is an
     IP literal (or `localhost`) the guard refuses. Raises ForbiddenURLError."""
     _, host, port = _parts(url)
-    if allow.trusts_host(host, port):
-        return
     address = _literal(host)
     if address is None and host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
         address = ipaddress.ip_address("127.0.0.1")
-    if address is not None and not allow.trusts_address(address, port):
+    if address is None:
+        return
+    if is_metadata(address) or not (allow.trusts_host(host, port) or allow.trusts_address(address, port)):
         why = refusal(address)
         if why:
             raise ForbiddenURLError(_forbidden(url, address, why))
@@ -300,7 +310,7 @@ def resolve(url: str, allow: AllowList) -> Target:
                 found.append(address)
     trusted_name = allow.trusts_host(host, port)
     for address in found:
-        if trusted_name or allow.trusts_address(address, port):
+        if not is_metadata(address) and (trusted_name or allow.trusts_address(address, port)):
             continue
         why = refusal(address)
         if why:

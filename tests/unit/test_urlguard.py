@@ -208,6 +208,27 @@ def test_the_allow_list_trusts_no_more_than_it_names(monkeypatch: pytest.MonkeyP
         resolve(url, AllowList.parse(allow))
 
 
+@pytest.mark.parametrize(
+    ("allow", "url", "resolves_to"),
+    [
+        ("0.0.0.0/0", "http://169.254.169.254/latest/meta-data/", None),  # a range holding it
+        ("169.254.0.0/16", "http://[::ffff:169.254.169.254]/x.png", None),  # in IPv6 form
+        ("metadata.internal", "http://metadata.internal/x.png", "169.254.169.254"),  # a trusted name
+        ("100.64.0.0/10", "http://100.100.100.200/x.png", None),  # Alibaba's, inside CGNAT
+    ],
+)
+def test_no_allow_list_entry_trusts_a_cloud_metadata_address(
+    monkeypatch: pytest.MonkeyPatch, allow: str, url: str, resolves_to: str | None
+) -> None:
+    if resolves_to is not None:
+        _resolving_to(monkeypatch, resolves_to)
+    else:
+        with pytest.raises(ForbiddenURLError, match="cloud metadata address"):
+            check_literal(url, AllowList.parse(allow))
+    with pytest.raises(ForbiddenURLError, match="cloud metadata address"):
+        resolve(url, AllowList.parse(allow))
+
+
 def test_an_unresolvable_name_is_a_fetch_error_not_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_such_name(*args: Any, **kwargs: Any) -> list[Any]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
