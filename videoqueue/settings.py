@@ -24,7 +24,7 @@ from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # no
 from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS as DEFAULT_REPLICA_WAIT_MS
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
-from videoqueue.urlguard import AllowList
+from videoqueue.urlguard import AllowList, AllowListError
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -412,7 +412,11 @@ class Settings(BaseSettings):
     @field_validator("fetch_allow_hosts")
     @classmethod
     def _allow_list(cls, value: str) -> str:
-        AllowList.parse(value)  # raises AllowListError (a ValueError) naming the bad entry
+        try:
+            AllowList.parse(value)
+        except AllowListError as exc:
+            # The settings error names the variable already.
+            raise ValueError(str(exc).removeprefix("FETCH_ALLOW_HOSTS: ")) from exc
         return value
 
     @field_validator("vq_namespace")
@@ -466,6 +470,9 @@ class Settings(BaseSettings):
     def _sentinel_master(cls, value: str | None, info: ValidationInfo) -> str | None:
         if info.data.get("redis_sentinels") and not value:
             raise ValueError("REDIS_SENTINELS is set: name the master the sentinels monitor")
+        if value and "redis_sentinels" in info.data and not info.data["redis_sentinels"]:
+            # Ignored, it would let an operator believe the fleet follows a failover.
+            raise ValueError("set without REDIS_SENTINELS: give the sentinels too, or unset it")
         return value
 
     def budget_policy(self) -> BudgetPolicy:

@@ -193,6 +193,8 @@ class AllowList:
             entry = raw.strip()
             if not entry:
                 continue
+            if "://" in entry:
+                raise AllowListError(f"FETCH_ALLOW_HOSTS: {entry!r} is a URL: give its host, or host:port")
             target, port = _split_port(entry)
             try:
                 networks.append((ipaddress.ip_network(target, strict=False), port))

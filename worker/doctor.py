@@ -519,9 +519,14 @@ def _shell_endpoints(settings: Settings) -> dict[str, Endpoint]:
 def check_worker_config(settings: Settings) -> Check:
     """The workers registered in the namespace with their provider and storage endpoints
     (host and fingerprint), and a warning for each that differs from this shell's."""
+    import redis
+
     client = redisconn.connect_settings(settings, timeout_s=REDIS_TIMEOUT_S)
     try:
         workers = registry.registered(client)
+    except redis.RedisError as exc:
+        # The redis check names the cause (a wrong password, Redis down); no crash here.
+        return Check("worker config", Status.FAIL, f"cannot read the registered workers: {type(exc).__name__}: {exc}")
     finally:
         client.close()
     return compare_workers(workers, settings)

@@ -304,6 +304,7 @@ def test_a_wrong_password_is_one_clear_line_from_the_cli_and_doctor(
         checks = {check["name"]: check for check in json.loads(doctor.stdout)["checks"]}
         assert checks["redis"]["status"] == "fail"
         assert "invalid username-password pair" in checks["redis"]["detail"], checks["redis"]
+        assert not any("check crashed" in check["detail"] for check in checks.values()), checks
         for text in (jobs.stdout + jobs.stderr, submitted.stdout + submitted.stderr, doctor.stdout + doctor.stderr):
             assert WRONG_PASSWORD not in text and PASSWORD not in text
         # Nothing was enqueued with the wrong password, nor anything written.

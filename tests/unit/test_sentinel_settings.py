@@ -94,6 +94,7 @@ def test_the_sentinel_password_never_shows_in_what_a_worker_reports() -> None:
             "REDIS_SENTINELS: with REDIS_SENTINELS, REDIS_URL must be a redis:// URL",
         ),
         ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_MASTER: set without REDIS_SENTINELS"),
     ],
 )
 def test_bad_sentinel_settings_are_refused_in_one_line_without_values(

@@ -16,6 +16,7 @@ from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest
 from videoqueue import jobstore
 from videoqueue.errors import InvalidSettingsError, URLFetchError
 from videoqueue.job import ErrorCode
+from videoqueue.settings import load_settings
 from videoqueue.urlguard import AllowList, AllowListError, ForbiddenURLError, check_literal, refusal, resolve
 from worker.download import fetch_image
 from worker.providers.base import ProviderError
@@ -169,10 +170,16 @@ def test_a_bad_allow_list_entry_is_named(entry: str) -> None:
     assert issubclass(AllowListError, InvalidSettingsError)
 
 
-def test_a_bad_allow_list_setting_is_refused_when_settings_load() -> None:
-    with pytest.raises(ValidationError, match="FETCH_ALLOW_HOSTS"):
+def test_a_bad_allow_list_setting_is_refused_when_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="'minio:notaport' has no valid port"):
         Settings(_env_file=None, fetch_allow_hosts="minio:notaport")
     assert Settings(_env_file=None).fetch_allow_list == AllowList()
+    monkeypatch.setenv("FETCH_ALLOW_HOSTS", "minio, https://images.internal/")
+    with pytest.raises(InvalidSettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid setting FETCH_ALLOW_HOSTS: 'https://images.internal/' is a URL: give its host")
+    assert message.count("FETCH_ALLOW_HOSTS") == 1, message
 
 
 @pytest.mark.parametrize(
