@@ -131,7 +131,7 @@ class Ledger:
         Raises ValueError for an unknown `by`."""
         if by not in GROUPS:
             raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
-        ledger_days.ensure(self.redis, read_entries)
+        ledger_days.ensure(self.redis, read_entries, retention.retention_s())
         rows = ledger_days.report_rows(self.redis, since, until, provider=provider, model=model, tag=tag, status=status)
         return [
             CostRow(group=group, jobs=jobs, estimate_usd=est, actual_usd=act, difference_usd=act - est)
@@ -157,8 +157,8 @@ class Ledger:
         A row added back expires when it would have; one past that is not written, its
         amounts go to the aggregates only."""
         by_id = {entry.job_id: entry for entry in found}
-        ledger_days.ensure(self.redis, read_entries)
         keep_s = retention_s if retention_s is not None else retention.retention_s()
+        ledger_days.ensure(self.redis, read_entries, keep_s)
 
         result: list[LedgerDiff] = []
 

@@ -80,47 +80,51 @@ def restate(pipe: Any, old: Any, new: Any) -> None:
     add(pipe, new)
 
 
-def totals(entries: Iterable[Any]) -> dict[str, dict[str, int]]:
-    """The aggregates of `entries`, by day and field (what `ensure` writes)."""
-    days: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for entry in entries:
-        for field, value in fields(entry).items():
-            days[entry.day][field] += value
-    return {day: dict(values) for day, values in days.items()}
-
-
-def ensure(client: redis.Redis, load: Any) -> bool:
+def ensure(client: redis.Redis, load: Any, retention_s: int) -> bool:
     """Backfill the aggregates from the per-job rows once (a deployment upgraded with rows and
-    no aggregates); True when it wrote them. `load(pipe, ids)` reads the LedgerEntry of each
-    id (`ledger.read_entries`). Runs in one transaction that WATCHes the ledger index and
-    the day keys: whatever final moves wrote meanwhile, the aggregates it stores equal the
-    rows, and the version marker is set with them, so it runs once. It must run before any
-    row expires: the sweep and every report and rebuild call it first."""
+    no aggregates); True when it wrote. `load(pipe, ids)` reads the LedgerEntry of each id
+    (`ledger.read_entries`). One transaction, WATCHing the ledger index, sets the version
+    marker with what it writes, so it runs once.
+
+    Which rows it counts: with a retention (`retention_s` > 0) a row counts in the
+    aggregates exactly when it has a TTL: the final hook, `costs rebuild` and this backfill
+    write the aggregate and the TTL together, code before aggregates wrote neither. So it
+    adds the rows without a TTL and gives each its TTL (settlement + retention; a row past
+    that goes now, its amounts stay), whatever final moves counted meanwhile; rows an old
+    worker writes later (a rolling upgrade) are counted the same way by the sweep
+    (videoqueue.retention). With retention 0 no row ever expires: the aggregates are
+    recomputed from all rows."""
     if client.get(keys.LEDGER_DAYS_VERSION) == VERSION:
         return False
-    wrote = [False]
 
-    def write(pipe: Any) -> None:
-        wrote[0] = False
+    def write(pipe: Any) -> bool:
         if pipe.get(keys.LEDGER_DAYS_VERSION) == VERSION:
-            return
-        days: list[str] = pipe.zrange(keys.LEDGER_DAYS, 0, -1)
-        if days:
-            pipe.watch(*(ledger_day_key(d) for d in days))
+            return False
         ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
-        computed = totals(load(pipe, ids))
+        days: list[str] = pipe.zrange(keys.LEDGER_DAYS, 0, -1)
+        if retention_s > 0:
+            ttls: list[int] = []
+            for start in range(0, len(ids), 500):
+                check = client.pipeline(transaction=False)
+                for job_id in ids[start : start + 500]:
+                    check.ttl(ledger_entry_key(job_id))
+                ttls.extend(check.execute())
+            ids = [i for i, ttl in zip(ids, ttls, strict=True) if ttl == -1]
+        elif days:
+            pipe.watch(*(ledger_day_key(d) for d in days))
+        entries = load(pipe, ids)
         pipe.multi()
-        for day in days:
-            pipe.delete(ledger_day_key(day))
-        pipe.delete(keys.LEDGER_DAYS)
-        for day, values in computed.items():
-            pipe.hset(ledger_day_key(day), mapping=values)
-            pipe.zadd(keys.LEDGER_DAYS, {day: day_score(day)})
+        if retention_s <= 0:
+            for day in days:
+                pipe.delete(ledger_day_key(day))
+        for entry in entries:
+            add(pipe, entry)
+            expire_row(pipe, entry, retention_s)
         pipe.set(keys.LEDGER_DAYS_VERSION, VERSION)
-        wrote[0] = True
+        return True
 
-    client.transaction(write, keys.LEDGER_INDEX, keys.LEDGER_DAYS, keys.LEDGER_DAYS_VERSION)
-    return wrote[0]
+    wrote: bool = client.transaction(write, keys.LEDGER_INDEX, keys.LEDGER_DAYS_VERSION, value_from_callable=True)  # type: ignore[arg-type, assignment]
+    return wrote
 
 
 def counted_without_row(pipe: Any, entries: Iterable[Any], retention_s: int, now: float) -> set[str]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from videoqueue import keys
+from videoqueue import keys, ledger_days
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.keys import input_key, job_key, ledger_entry_key, status_index
 from videoqueue.resolved import IMAGE_ROLES
@@ -115,14 +115,35 @@ def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds
         if not ledger:
             write.zrem(keys.ALL_INDEX, *gone)
             write.zrem(keys.INPUTS_RELEASE_INDEX, *gone)
-    if ledger:
-        for member, settled in forever:
-            write.expireat(ledger_entry_key(member), int(settled + seconds) + 1)
-        report.expiring += len(forever)
     write.execute()
-    if not ledger:
+    if ledger:
+        report.expiring += _count_rows_stored_forever(client, [m for m, _s in forever], seconds)
+    else:
         report.expiring += _expire_stored_forever(client, [m for m, _s in forever], seconds)
     return len(gone)
+
+
+def _count_rows_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:
+    """Ledger rows without a TTL were written by code before the day aggregates (an old
+    worker of a rolling upgrade, after the backfill): add each to the aggregates and give it
+    its TTL in one compare-and-set, so it is counted once (ledger_days.ensure). Returns how many."""
+    from videoqueue.ledger import LedgerEntry
+
+    count = 0
+    for job_id in job_ids:
+
+        def count_row(pipe: Any, job_id: str = job_id) -> bool:
+            raw = pipe.get(ledger_entry_key(job_id))
+            if not raw or pipe.ttl(ledger_entry_key(job_id)) != -1:
+                return False
+            entry = LedgerEntry.model_validate_json(raw)
+            pipe.multi()
+            ledger_days.add(pipe, entry)
+            ledger_days.expire_row(pipe, entry, seconds)
+            return True
+
+        count += bool(client.transaction(count_row, ledger_entry_key(job_id), value_from_callable=True))  # type: ignore[arg-type]
+    return count
 
 
 def _expire_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:

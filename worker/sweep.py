@@ -100,7 +100,7 @@ def trim_expired(store: JobStore, settings: Settings) -> retention.TrimReport:
     """Backfill the ledger's day aggregates if this deployment has none yet (before any row
     expires), then trim the index entries of records gone after JOB_RETENTION_S, at most
     RETENTION_SWEEP_BATCH a tick (videoqueue.retention)."""
-    ledger_days.ensure(store.redis, read_entries)
+    ledger_days.ensure(store.redis, read_entries, settings.job_retention_s)
     return retention.trim(store.redis, settings.job_retention_s, time.time(), settings.retention_sweep_batch)
 
 
