@@ -47,12 +47,17 @@ def short_retention(local_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def _costs(stack: Stack) -> dict[tuple[str, ...], list[dict[str, object]]]:
-    reports = {}
+    reports: dict[tuple[str, ...], list[dict[str, object]]] = {}
     for args in REPORTS:
         done = run(stack, "costs", *args, "--json")
         assert done.returncode == 0, done.stderr
         reports[args] = json.loads(done.stdout)
     return reports
+
+
+def _ttl(stack: Stack, key: str) -> int:
+    ttl: int = stack.redis.ttl(key)  # type: ignore[assignment]
+    return ttl
 
 
 def _per_job_keys(stack: Stack, job_ids: list[str]) -> list[str]:
@@ -84,8 +89,8 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     done = vq.wait([j.id for j in paid], timeout=60)
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 3
     ids = [cancelled.id, *(j.id for j in paid)]
-    assert 0 < stack.redis.ttl(job_key(paid[0].id)) <= int(RETENTION_S)
-    assert 0 < stack.redis.ttl(input_key(paid[0].id, "first_frame")) <= int(RETENTION_S)
+    assert 0 < _ttl(stack, job_key(paid[0].id)) <= int(RETENTION_S)
+    assert 0 < _ttl(stack, input_key(paid[0].id, "first_frame")) <= int(RETENTION_S)
     before = _costs(stack)
     assert before[("--by", "day")][-1]["jobs"] == 3
     assert [r["group"] for r in before[("--by", "tag")]] == ["(untagged)", "ads", "q4", "total"]
