@@ -15,6 +15,8 @@ import typer
 
 from producer.api import VideoQueue
 from videoqueue.commands import fail as _fail
+from videoqueue.errors import StorageError
+from videoqueue.inputs import InputStorageUnavailableError
 
 archive_app = typer.Typer(help="Jobs whose records expired from Redis, read back from their manifests in storage.")
 
@@ -28,11 +30,15 @@ def _retention(vq: VideoQueue) -> str:
 
 def expired_lines(vq: VideoQueue, job_ids: list[str]) -> tuple[list[str], list[str]]:
     """For ids no current record has: (lines for those archived, the ids still unknown). An
-    archived job's line says its record expired after the retention and names its manifest."""
+    archived job's line says its record expired after the retention and names its manifest.
+    A storage this install cannot read (s3:// without the worker extra) archives nothing."""
     lines: list[str] = []
     unknown: list[str] = []
     for job_id in job_ids:
-        found = vq.archived(job_id)
+        try:
+            found = vq.archived(job_id)
+        except (InputStorageUnavailableError, StorageError):
+            found = None  # a storage this shell cannot read: the id stays unknown, as before
         if found is None:
             unknown.append(job_id)
             continue
