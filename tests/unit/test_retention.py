@@ -297,8 +297,8 @@ def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_o
     active = _stored(vq, VideoRequest(prompt="still running"))
     report = retention.trim(redis_client, 3600, time.time() + 7200, 100)
     assert report.trimmed == 0 and report.expiring == 2  # the record and its ledger row
-    assert 0 < redis_client.ttl(job_key(forever.id)) <= 3600
-    assert 0 < redis_client.ttl(ledger_entry_key(forever.id)) <= 3600
+    assert 0 < redis_client.ttl(job_key(forever.id)) <= 3601  # whole seconds, rounded up
+    assert 0 < redis_client.ttl(ledger_entry_key(forever.id)) <= 3601
     assert redis_client.ttl(job_key(kept.id)) > 3600  # its own TTL
     assert redis_client.ttl(job_key(active.id)) == -1
     assert redis_client.zscore(keys.ALL_INDEX, active.id) is not None
