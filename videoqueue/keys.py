@@ -67,7 +67,8 @@ ids of expired records (videoqueue.retention). No TTL."""
 
 def status_index(status: str) -> str:
     """Sorted set: the ids of the jobs in `status` (a JobStatus value), scored by creation
-    time (epoch s). No TTL."""
+    time (epoch s); the sweep trims the ids of expired records from the final ones
+    (videoqueue.retention). No TTL."""
     return f"{PREFIX}jobs:status:{status}"
 
 
@@ -106,7 +107,8 @@ LEDGER_PREFIX = namespace.keep(globals(), "LEDGER_PREFIX", lambda: _key("ledger:
 """Prefix of LEDGER_INDEX and of every ledger_entry_key."""
 
 LEDGER_INDEX = namespace.keep(globals(), "LEDGER_INDEX", lambda: _key("ledger:index"))
-"""Sorted set: the job ids with a ledger entry, scored by settlement time (epoch s). No TTL."""
+"""Sorted set: the job ids with a ledger entry, scored by settlement time (epoch s); the
+sweep trims the ids of expired rows (videoqueue.retention). No TTL."""
 
 
 def ledger_entry_key(job_id: str) -> str:
