@@ -337,3 +337,18 @@ def test_an_expired_job_is_read_back_from_its_manifest(tmp_path: Path) -> None:
     assert archive.manifest_uri("s3://bucket", "abc") == "s3://bucket/abc.json"
     with namespace.using("other"):
         assert archive.read_archived(Folder(), url, "0c1c0196-aaaa") is None  # type: ignore[arg-type]
+
+
+def test_a_final_move_after_a_rebuild_took_its_manifest_counts_the_job_once(redis_client: Any) -> None:
+    # The store step writes the manifest, then moves the job: a `costs rebuild` in between
+    # adds the entry (and its aggregate) first.
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox"))
+    downloading = _charged(vq.store, job.id, JobStatus.DOWNLOADING)
+    assert downloading is not None
+    ended = downloading.model_copy(update={"status": JobStatus.SUCCEEDED, "finished_at": datetime.now(UTC)})
+    entry = LedgerEntry.for_job(ended)
+    assert entry is not None
+    Ledger(redis_client).merge([entry])
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert [(r.group, r.jobs) for r in Ledger(redis_client).report("status")] == [("succeeded", 1), ("total", 1)]
