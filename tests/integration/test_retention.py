@@ -103,6 +103,20 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     assert _costs(stack) == before
     assert stack.redis.zcard(keys.LEDGER_DAYS) == 1  # what stays: one day's aggregates
 
+    # `costs rebuild` reads the three manifests: their rows expired, their amounts are in the
+    # day's aggregates, so nothing is added again.
+    rebuilt = run(stack, "costs", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "added 0, changed 0, unchanged 3" in rebuilt.stdout, rebuilt.stdout
+    assert _costs(stack) == before
+    # Redis lost the aggregates too: the rebuild adds the three back, totals only (their rows
+    # would have expired).
+    stack.redis.delete(keys.LEDGER_DAYS, *stack.keys(f"{keys.LEDGER_PREFIX}day:*"))
+    rebuilt = run(stack, "costs", "rebuild")
+    assert "added 3, changed 0, unchanged 0" in rebuilt.stdout, rebuilt.stdout
+    assert _costs(stack) == before
+    assert stack.redis.zcard(keys.LEDGER_INDEX) == 0
+
     status = run(stack, "status", paid[1].id)
     assert status.returncode == 1
     manifest = f"{paid[1].id}.json"
