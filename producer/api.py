@@ -15,6 +15,7 @@ from typing import Any
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import inputs, namespace
+from videoqueue.archive import ArchivedJob, read_archived
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.images import ImageFile
@@ -275,6 +276,15 @@ class VideoQueue:
         """What was spent, grouped by day, month, provider, model, tag or status, with
         estimate and actual side by side; filters: provider, model, tag, status."""
         return Ledger(self.store.redis).report(by, since, until, **filters)
+
+    def archived(self, job_id: str) -> ArchivedJob | None:
+        """The job `job_id` (a whole id) as its manifest in storage keeps it, once its record
+        expired from Redis (JOB_RETENTION_S after it ended; videoqueue.archive), or None when
+        storage holds no manifest of it (a job that cost nothing has none). `get` never reads
+        the archive: it gives current records only, UnknownJobError for an expired one.
+        Raises InputStorageUnavailableError when this install cannot read STORAGE_URL (s3://
+        without the worker extra), StorageError when storage refuses."""
+        return read_archived(self.input_storage(), self.settings.storage_url, job_id)
 
     def get(self, job_id: str) -> JobRecord:
         """The current record of a job; UnknownJobError if there is none."""

@@ -30,6 +30,8 @@ from producer.api import (
     WaitTimeoutError,
 )
 from producer.celery_client import producer_app_for
+from producer.cli_archive import expired_lines
+from producer.cli_archive import register as register_archive
 from producer.cli_budget import register as register_budget
 from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
@@ -351,9 +353,23 @@ def status(
     job_ids: Annotated[list[str], typer.Argument(help=JOB_IDS_HELP, metavar="JOB_ID...")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
-    """Show the current record of each job."""
+    """Show the current record of each job. A job whose record expired (JOB_RETENTION_S after
+    it ended) is named with its manifest in storage (`videoqueue archive get`); exit code 1."""
     vq = VideoQueue()
-    records = vq.get_many(vq.resolve_ids(job_ids))
+    try:
+        records = vq.get_many(vq.resolve_ids(job_ids))
+    except UnknownJobError as exc:
+        lines, unknown = expired_lines(vq, [j.lower() for j in exc.job_ids])
+        if not lines:
+            raise
+        known = [j for j in job_ids if j not in exc.job_ids]
+        if known:
+            status(known, as_json=as_json)
+        for line in lines:
+            err.print(f"expired {escape(line)}", highlight=False, soft_wrap=True)
+        if unknown:
+            raise UnknownJobError(unknown) from None
+        raise typer.Exit(1) from None
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
@@ -633,6 +649,7 @@ def costs(  # noqa: PLR0917 - typer maps each parameter to an option
 
 
 register_budget(app)
+register_archive(app)
 register_jobs(app)
 register_queue(app)
 register_limits(app)

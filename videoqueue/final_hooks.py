@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from videoqueue import inputs, keys, room, stats
+from videoqueue import inputs, keys, ledger_days, retention, room, stats
 from videoqueue.budget import settle
-from videoqueue.job import JobRecord
+from videoqueue.job import JobRecord, JobStatus
 from videoqueue.keys import ledger_entry_key
 from videoqueue.ledger import LedgerEntry, write_entry
 
@@ -83,5 +83,49 @@ def inputs_release(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | N
     return lambda multi: multi.zadd(keys.INPUTS_RELEASE_INDEX, {after.id: when})
 
 
-FINAL_HOOKS: tuple[FinalHook, ...] = (ledger_entry, budget_settle, room_leave, counters, inputs_release)
+def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Add the job's cost to the ledger's day aggregates (videoqueue.ledger_days), with its
+    ledger entry; a second end moves them to the status it ends in now. An entry a rebuild
+    (`costs rebuild`, from the manifest written before this move) already stored was counted
+    then: not again."""
+    row = ledger_entry_key(after.id)
+    pipe.watch(row)  # a rebuild that writes the row now makes this move retry
+    earlier: str | None = pipe.get(row)
+    if first_end(before):
+        entry = LedgerEntry.for_job(after)
+        if entry is None or earlier:
+            return None
+        return lambda multi: ledger_days.add(multi, entry)
+    if earlier:
+        old = LedgerEntry.model_validate_json(earlier)
+    else:
+        # The row expired while the job was reopened: a second end follows a `failed` one,
+        # settled at the first end (ledger_entry keeps the day and amounts).
+        first = LedgerEntry.for_job(after)
+        if first is None or before.settled_at is None:
+            return None
+        old = first.model_copy(update={"status": JobStatus.FAILED.value, "settled_at": before.settled_at})
+    new = old.model_copy(update={"status": after.status.value})
+    return lambda multi: ledger_days.restate(multi, old, new)
+
+
+def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """Let the record, its ledger row and its legacy input keys expire JOB_RETENTION_S from
+    now (videoqueue.retention); a second end renews it. Last: the writes before it (the
+    record, a restated ledger row) clear a TTL."""
+    seconds = retention.retention_s()
+    if seconds <= 0:
+        return None
+    return lambda multi: retention.expire_final(multi, after.id, seconds)
+
+
+FINAL_HOOKS: tuple[FinalHook, ...] = (
+    ledger_entry,
+    ledger_aggregates,
+    budget_settle,
+    room_leave,
+    counters,
+    inputs_release,
+    retention_expiry,
+)
 """Every side effect of a final move, in the order they are queued."""

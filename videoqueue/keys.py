@@ -29,7 +29,8 @@ PREFIX = namespace.keep(globals(), "PREFIX", namespace.key_prefix)
 
 
 def job_key(job_id: str) -> str:
-    """String: one job's JobRecord as JSON. No TTL."""
+    """String: one job's JobRecord as JSON. TTL: none while active; JOB_RETENTION_S after a
+    final move (videoqueue.retention), renewed by a second end; none when that is 0."""
     return f"{PREFIX}job:{job_id}"
 
 
@@ -37,7 +38,7 @@ def input_key(job_id: str, role: str) -> str:
     """String: JSON {name, mime_type, data (base64)} of an input image a producer uploaded
     (role `first_frame` or `last_frame`), as producers before object-storage inputs wrote
     it; now only read, for such jobs (videoqueue.inputs). TTL: the time to the job's
-    deadline plus jobstore.INPUT_GRACE_S (1 day)."""
+    deadline plus jobstore.INPUT_GRACE_S (1 day), at most JOB_RETENTION_S after the final move."""
     return f"{PREFIX}input:{job_id}:{role}"
 
 
@@ -60,12 +61,14 @@ def task_claim_key(provider: str, task_id: str) -> str:
 
 
 ALL_INDEX = namespace.keep(globals(), "ALL_INDEX", lambda: _key("jobs:all"))
-"""Sorted set: every stored job id, scored by creation time (epoch s). No TTL."""
+"""Sorted set: every stored job id, scored by creation time (epoch s); the sweep trims the
+ids of expired records (videoqueue.retention). No TTL."""
 
 
 def status_index(status: str) -> str:
     """Sorted set: the ids of the jobs in `status` (a JobStatus value), scored by creation
-    time (epoch s). No TTL."""
+    time (epoch s); the sweep trims the ids of expired records from the final ones
+    (videoqueue.retention). No TTL."""
     return f"{PREFIX}jobs:status:{status}"
 
 
@@ -104,12 +107,33 @@ LEDGER_PREFIX = namespace.keep(globals(), "LEDGER_PREFIX", lambda: _key("ledger:
 """Prefix of LEDGER_INDEX and of every ledger_entry_key."""
 
 LEDGER_INDEX = namespace.keep(globals(), "LEDGER_INDEX", lambda: _key("ledger:index"))
-"""Sorted set: the job ids with a ledger entry, scored by settlement time (epoch s). No TTL."""
+"""Sorted set: the job ids with a ledger entry, scored by settlement time (epoch s); the
+sweep trims the ids of expired rows (videoqueue.retention). No TTL."""
 
 
 def ledger_entry_key(job_id: str) -> str:
-    """String: a job's LedgerEntry as JSON, what it cost, settled. No TTL."""
+    """String: a job's LedgerEntry as JSON, what it cost, settled. TTL: JOB_RETENTION_S after
+    the job's final move, as its record (videoqueue.retention); none when that is 0."""
     return f"{LEDGER_PREFIX}entry:{job_id}"
+
+
+LEDGER_DAYS = namespace.keep(globals(), "LEDGER_DAYS", lambda: _key("ledger:days"))
+"""Sorted set: the UTC days (`YYYY-MM-DD`) that have a ledger_day_key, scored by the day's
+start (epoch s). No TTL."""
+
+
+def ledger_day_key(day: str) -> str:
+    """Hash: the cost aggregates of one UTC day of settlement (videoqueue.ledger_days): field
+    `PART PROVIDER MODEL STATUS TAG METRIC` (space-separated; tags hold no spaces), PART `t`
+    (every job once, TAG `*`), `g` (a job under each of its tags) or `u` (untagged jobs, TAG
+    `*`); METRIC `jobs`, `est`, `act`, `unc` (integer micro-dollars). No TTL: what `videoqueue
+    costs` reads, so totals survive the per-job rows."""
+    return f"{LEDGER_PREFIX}day:{day}"
+
+
+LEDGER_DAYS_VERSION = namespace.keep(globals(), "LEDGER_DAYS_VERSION", lambda: _key("ledger:days-version"))
+"""String: the version of the day aggregates (`1`), set in the transaction that backfilled
+them from the per-job rows of a deployment that had none (videoqueue.ledger_days). No TTL."""
 
 
 # --- Provider limits (videoqueue.limits) -----------------------------------------------
@@ -214,6 +238,11 @@ def worker_key(node: str) -> str:
     """String: a worker's WorkerEntry as JSON (queues, endpoint fingerprints). TTL:
     registry.TTL_S (60 s), refreshed by the worker's heartbeat."""
     return f"{WORKERS_PREFIX}{node}"
+
+
+RETENTION_CURSOR = namespace.keep(globals(), "RETENTION_CURSOR", lambda: _key("retention:cursor"))
+"""Hash: index key to the score (epoch s) up to which the sweep's retention walk has looked
+at that index (videoqueue.retention); a walk that reaches the cut-off starts again. No TTL."""
 
 
 SWEEP_LOCK = namespace.keep(globals(), "SWEEP_LOCK", lambda: _key("sweep:lock"))

@@ -3,7 +3,9 @@ that moves the job to its final status (so never twice, whatever the redelivery)
 the reports built from it: what we spent by day, month, provider, model, tag or status.
 
 Each entry is also in the job's manifest in storage, so `videoqueue costs rebuild` can
-bring the ledger back after Redis loses it.
+bring the ledger back after Redis loses it. The per-job rows follow the job records'
+retention (JOB_RETENTION_S); reports read the per-day aggregates, which stay
+(videoqueue.ledger_days).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from videoqueue import keys, stats
+from videoqueue import keys, ledger_days, retention, stats
 from videoqueue.budget import to_micro
 from videoqueue.job import JobRecord, Usd
 from videoqueue.keys import ledger_entry_key
@@ -100,7 +102,8 @@ class Ledger:
         self.redis = client
 
     def entries(self, since: date | None = None, until: date | None = None) -> list[LedgerEntry]:
-        """Entries settled from `since` through `until` (UTC days, both inclusive)."""
+        """Entries settled from `since` through `until` (UTC days, both inclusive) whose
+        per-job rows are still stored (they expire with their jobs: JOB_RETENTION_S)."""
         low = str(datetime.combine(since, time.min, UTC).timestamp()) if since else "-inf"
         # "(" makes the bound exclusive: up to, not including, the day after `until`.
         high = f"({datetime.combine(until + timedelta(days=1), time.min, UTC).timestamp()}" if until else "+inf"
@@ -123,42 +126,60 @@ class Ledger:
         tag: str | None = None,
         status: str | None = None,
     ) -> list[CostRow]:
-        """Totals per group, with a final `total` row."""
-        selected = [
-            e
-            for e in self.entries(since, until)
-            if (provider is None or e.provider == provider)
-            and (model is None or e.model == model)
-            and (tag is None or tag in e.tags)
-            and (status is None or e.status == status)
+        """Totals per group, with a final `total` row, from the per-day aggregates
+        (videoqueue.ledger_days), so the answer stays the same after per-job rows expire.
+        Raises ValueError for an unknown `by`."""
+        if by not in GROUPS:
+            raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
+        ledger_days.ensure(self.redis, read_entries, retention.retention_s())
+        rows = ledger_days.report_rows(self.redis, since, until, provider=provider, model=model, tag=tag, status=status)
+        return [
+            CostRow(group=group, jobs=jobs, estimate_usd=est, actual_usd=act, difference_usd=act - est)
+            for group, jobs, est, act in ledger_days.summarize_days(rows, by, tag_filter=tag is not None)
         ]
-        return summarize(selected, by)
 
-    def merge(self, found: Iterable[LedgerEntry], *, prune: bool = False, dry_run: bool = False) -> LedgerDiff:
+    def merge(
+        self,
+        found: Iterable[LedgerEntry],
+        *,
+        prune: bool = False,
+        dry_run: bool = False,
+        retention_s: int | None = None,
+    ) -> LedgerDiff:
         """Bring the entries `found` (in storage) into the ledger: add those it lacks and
         replace those that differ; keep every entry not found, unless `prune` removes them.
-        With `dry_run` nothing is written. Returns what differed (or was changed)."""
+        With `dry_run` nothing is written. Returns what differed (or was changed).
+
+        The day aggregates (videoqueue.ledger_days) change with every row added, changed or
+        pruned. An entry without a row that was settled longer than `retention_s` ago
+        (default JOB_RETENTION_S) and whose day has aggregates is counted there already (its
+        row expired): it is `unchanged`, not added again (`ledger_days.counted_without_row`).
+        A row added back expires when it would have; one past that is not written, its
+        amounts go to the aggregates only."""
         by_id = {entry.job_id: entry for entry in found}
+        keep_s = retention_s if retention_s is not None else retention.retention_s()
+        ledger_days.ensure(self.redis, read_entries, keep_s)
 
         result: list[LedgerDiff] = []
 
         def write(pipe: Any) -> None:
             result.clear()
+            now = time_now()
             ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
-            current: dict[str, LedgerEntry] = {}
-            for start in range(0, len(ids), 500):
-                batch = ids[start : start + 500]
-                raws: list[str | None] = pipe.mget([ledger_entry_key(i) for i in batch])
-                current.update({i: LedgerEntry.model_validate_json(r) for i, r in zip(batch, raws, strict=True) if r})
+            current = {e.job_id: e for e in read_entries(pipe, ids)}
+            # Rows expired with their jobs still count in the day aggregates: not added again.
+            counted = ledger_days.counted_without_row(
+                pipe, [e for i, e in by_id.items() if i not in current], keep_s, now
+            )
             missing = [e for i, e in current.items() if i not in by_id]
             after = {**current, **by_id}
             if prune:
                 for entry in missing:
                     del after[entry.job_id]
             diff = LedgerDiff(
-                added=[e for i, e in by_id.items() if i not in current],
+                added=[e for i, e in by_id.items() if i not in current and i not in counted],
                 changed=[(current[i], e) for i, e in by_id.items() if i in current and current[i] != e],
-                unchanged=sum(1 for i, e in by_id.items() if current.get(i) == e),
+                unchanged=sum(1 for i, e in by_id.items() if current.get(i) == e or i in counted),
                 missing=missing,
                 pruned=prune and not dry_run,
                 before_jobs=len(current),
@@ -171,7 +192,11 @@ class Ledger:
                 return
             pipe.multi()
             for entry in diff.added:
-                write_entry(pipe, entry)
+                # A row past its retention is not written back: its amounts go to the aggregates only.
+                if ledger_days.row_alive(entry, keep_s, now):
+                    write_entry(pipe, entry)
+                    ledger_days.expire_row(pipe, entry, keep_s)
+                ledger_days.add(pipe, entry)
                 stats.add_cost(
                     pipe, entry.provider, entry.model, to_micro(entry.estimate_usd), to_micro(entry.actual_usd)
                 )
@@ -179,6 +204,8 @@ class Ledger:
                 _unindex(pipe, old)
                 pipe.set(ledger_entry_key(new.job_id), new.model_dump_json())
                 pipe.zadd(keys.LEDGER_INDEX, {new.job_id: new.settled_at.timestamp()})
+                ledger_days.expire_row(pipe, new, keep_s)
+                ledger_days.add(pipe, new)
                 stats.add_cost(pipe, new.provider, new.model, to_micro(new.estimate_usd), to_micro(new.actual_usd))
             if diff.pruned:
                 for entry in diff.missing:
@@ -204,8 +231,24 @@ class LedgerDiff(BaseModel):
     after_usd: Decimal
 
 
+def read_entries(client: Any, ids: list[str]) -> list[LedgerEntry]:
+    """The rows of `ids` still stored (a client, or a pipeline before MULTI), in batches."""
+    entries: list[LedgerEntry] = []
+    for start in range(0, len(ids), 500):
+        raws: list[str | None] = client.mget([ledger_entry_key(i) for i in ids[start : start + 500]])
+        entries.extend(LedgerEntry.model_validate_json(r) for r in raws if r)
+    return entries
+
+
+def time_now() -> float:
+    """Epoch seconds now (a function, so tests can move the clock)."""
+    return datetime.now(UTC).timestamp()
+
+
 def _unindex(pipe: Any, entry: LedgerEntry) -> None:
-    """Queue the removal of an entry and of its money from the cost statistics."""
+    """Queue the removal of an entry and of its money from the cost statistics and the day
+    aggregates."""
+    ledger_days.add(pipe, entry, -1)
     pipe.delete(ledger_entry_key(entry.job_id))
     pipe.zrem(keys.LEDGER_INDEX, entry.job_id)
     stats.add_cost(

@@ -244,6 +244,19 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         default=60.0, ge=0, description="How often a worker looks for stranded jobs (0: never)."
     )
+    job_retention_s: int = Field(
+        default=2592000,
+        description=(
+            "How long a final job record (with its ledger row and legacy input keys) is kept "
+            "after its final move, in seconds: 30 days; 0 keeps records for ever "
+            "(videoqueue/retention.py). Cost totals are kept per day whatever this is."
+        ),
+    )
+    retention_sweep_batch: int = Field(
+        default=5000,
+        gt=0,
+        description="Index entries of expired records each recovery sweep looks at, at most (bounded work per tick).",
+    )
 
     follow_past_deadline_s: float = Field(
         default=172800.0,
@@ -325,6 +338,13 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             return {key: value for key, value in data.items() if value != ""}
         return data
+
+    @field_validator("job_retention_s")
+    @classmethod
+    def _retention_not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"JOB_RETENTION_S must be 0 (keep final job records for ever) or seconds > 0, not {value}")
+        return value
 
     @field_validator("log_format", "s3_checksums", mode="before")
     @classmethod

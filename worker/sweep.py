@@ -13,9 +13,10 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import LockError, RedisError
 
-from videoqueue import inputs, keys
+from videoqueue import inputs, keys, ledger_days, retention
 from videoqueue.job import TASK_ADMIT, TASK_SUBMIT
 from videoqueue.jobstore import JobStore
+from videoqueue.ledger import read_entries
 from videoqueue.limits import ProviderLimits
 from videoqueue.queues import broker_timing
 from videoqueue.recovery import recover_stranded
@@ -42,6 +43,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         report = recover_stranded(store, send, StallRule.from_settings(settings))
         admitted = admit_all(app, store, settings)
         released = release_inputs(store, settings)
+        trimmed = trim_expired(store, settings)
     finally:
         # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
         # the lock no longer owns it: the holder now is another worker, whose lock stays.
@@ -56,6 +58,11 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         log.info("admitted waiting jobs", extra={"count": admitted})
     if released:
         log.info("deleted the input images of ended jobs", extra={"count": released})
+    if trimmed.trimmed or trimmed.expiring:
+        log.info(
+            "trimmed the indexes of expired job records",
+            extra={"count": trimmed.trimmed, "expiring": trimmed.expiring, "looked_at": trimmed.looked_at},
+        )
     if report.total:
         log.warning(
             "recovered stranded jobs",
@@ -87,6 +94,14 @@ def release_inputs(store: JobStore, settings: Settings) -> int:
     refused). Returns how many jobs' inputs went; a storage failure leaves them for the
     next sweep."""
     return inputs.release_due(store.redis, StorageInputs(settings), store.get)
+
+
+def trim_expired(store: JobStore, settings: Settings) -> retention.TrimReport:
+    """Backfill the ledger's day aggregates if this deployment has none yet (before any row
+    expires), then trim the index entries of records gone after JOB_RETENTION_S, at most
+    RETENTION_SWEEP_BATCH a tick (videoqueue.retention)."""
+    ledger_days.ensure(store.redis, read_entries, settings.job_retention_s)
+    return retention.trim(store.redis, settings.job_retention_s, time.time(), settings.retention_sweep_batch)
 
 
 def _next_wait(store: JobStore, interval_s: float) -> float:

@@ -1,0 +1,354 @@
+"""Retention on fakeredis: final records expire with their ledger rows, the ledger's day
+aggregates keep every report the same, the backfill of an upgraded deployment, the
+sweep's bounded trim, and `costs rebuild` (Ledger.merge) with rows that expired."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+from pydantic import ValidationError
+
+from producer import Settings, VideoQueue, VideoRequest
+from tests.unit.helpers import walk_to
+from videoqueue import archive, keys, ledger_days, namespace, retention
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus
+from videoqueue.jobstore import JobStore
+from videoqueue.keys import job_key, ledger_entry_key, status_index
+from videoqueue.ledger import GROUPS, Ledger, LedgerEntry, read_entries, summarize, write_entry
+from videoqueue.settings import get_settings
+
+DAY_S = 86400
+RETENTION = 30 * DAY_S
+
+
+@pytest.fixture
+def redis_client() -> Any:
+    return fakeredis.FakeRedis(decode_responses=True)
+
+
+def _entry(job_id: str, days_ago: float, status: str, tags: tuple[str, ...], act: str, **more: Any) -> LedgerEntry:
+    return LedgerEntry(
+        job_id=job_id,
+        provider=more.get("provider", "byteplus"),
+        model=more.get("model", "seedance-1-5-pro-251215"),
+        status=status,
+        tags=tags,
+        settled_at=datetime.now(UTC) - timedelta(days=days_ago),
+        estimate_usd=Decimal("0.249163"),
+        actual_usd=Decimal(act),
+        billed_units=1,
+        unit="token",
+        uncertain_usd=Decimal(more.get("unc", "0")),
+    )
+
+
+ENTRIES = [
+    _entry("a", 1, "succeeded", ("ads",), "0.25"),
+    _entry("b", 1, "succeeded", ("ads", "q4"), "0.40", provider="veo", model="veo-3.1-fast-generate-001"),
+    _entry("c", 2, "cancelled", (), "3.20", provider="veo", model="veo-3.1-generate-001"),
+    _entry("d", 40, "failed", ("q4",), "0.20", unc="0.20"),
+    _entry("e", 70, "succeeded", (), "0.123457"),
+]
+
+
+def _rows(rows: list[Any]) -> list[tuple[str, int, Decimal, Decimal]]:
+    return [(r.group, r.jobs, r.estimate_usd, r.actual_usd) for r in rows]
+
+
+def _expected(entries: list[LedgerEntry], by: str, **filters: Any) -> list[tuple[str, int, Decimal, Decimal]]:
+    """What the report of the per-job rows said before aggregates (ledger.summarize)."""
+    selected = [
+        e
+        for e in entries
+        if all(
+            (e.tags if name == "tag" else (getattr(e, name),)).__contains__(value)
+            for name, value in filters.items()
+            if value is not None
+        )
+    ]
+    return _rows(summarize(selected, by))
+
+
+FILTERS: list[dict[str, str]] = [
+    {},
+    {"provider": "veo"},
+    {"model": "seedance-1-5-pro-251215"},
+    {"status": "succeeded"},
+    {"tag": "q4"},
+    {"tag": "ads", "provider": "byteplus"},
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("by", GROUPS)
+def test_reports_from_aggregates_equal_reports_of_the_rows_and_survive_their_expiry(
+    redis_client: Any, by: str, filters: dict[str, str]
+) -> None:
+    ledger = Ledger(redis_client)
+    ledger.merge(ENTRIES, retention_s=0)
+    if by == "tag" and "tag" in filters:
+        # Under a tag filter, by tag shows that tag only (co-tags are not kept per day).
+        expected = [r for r in _expected(ENTRIES, by, **filters) if r[0] in {filters["tag"], "total"}]
+    else:
+        expected = _expected(ENTRIES, by, **filters)
+    assert _rows(ledger.report(by, **filters)) == expected  # type: ignore[arg-type]
+    redis_client.delete(*(ledger_entry_key(e.job_id) for e in ENTRIES))  # every row expired
+    assert ledger.entries() == []
+    assert _rows(ledger.report(by, **filters)) == expected  # type: ignore[arg-type]
+
+
+def test_a_report_over_a_period_reads_only_its_days(redis_client: Any) -> None:
+    ledger = Ledger(redis_client)
+    ledger.merge(ENTRIES, retention_s=0)
+    day = (datetime.now(UTC) - timedelta(days=40)).date()
+    assert _rows(ledger.report("status", day, day)) == [
+        ("failed", 1, Decimal("0.249163"), Decimal("0.20")),
+        ("total", 1, Decimal("0.249163"), Decimal("0.20")),
+    ]
+    aggregate = redis_client.hgetall(keys.ledger_day_key(day.isoformat()))
+    assert aggregate["t byteplus seedance-1-5-pro-251215 failed * unc"] == "200000"
+    assert aggregate["g byteplus seedance-1-5-pro-251215 failed q4 jobs"] == "1"
+
+
+def _old_rows(redis_client: Any, entries: list[LedgerEntry]) -> None:
+    """Rows as the code before aggregates wrote them: write_entry alone, no TTL."""
+    pipe = redis_client.pipeline()
+    for entry in entries:
+        write_entry(pipe, entry)
+    pipe.execute()
+
+
+def test_the_backfill_counts_an_upgraded_deployments_rows_once(redis_client: Any) -> None:
+    _old_rows(redis_client, ENTRIES)
+    assert redis_client.get(keys.LEDGER_DAYS_VERSION) is None
+    # A new worker's final move writes its row, its aggregate and its TTL before any backfill ran.
+    new = _entry("f", 0, "succeeded", ("ads",), "0.50")
+    pipe = redis_client.pipeline()
+    write_entry(pipe, new)
+    ledger_days.add(pipe, new)
+    ledger_days.expire_row(pipe, new, RETENTION)
+    pipe.execute()
+
+    assert ledger_days.ensure(redis_client, read_entries, RETENTION) is True
+    assert redis_client.get(keys.LEDGER_DAYS_VERSION) == ledger_days.VERSION
+    assert ledger_days.ensure(redis_client, read_entries, RETENTION) is False  # once
+    # Counted rows follow the retention: d and e are past it and went, their amounts stay.
+    assert redis_client.ttl(ledger_entry_key("a")) > 0
+    assert redis_client.exists(ledger_entry_key("d"), ledger_entry_key("e")) == 0
+    ledger = Ledger(redis_client)
+    for by in GROUPS:
+        assert _rows(ledger.report(by)) == _expected([*ENTRIES, new], by)  # type: ignore[arg-type]
+
+
+def test_the_backfill_with_retention_zero_recomputes_from_the_rows(redis_client: Any) -> None:
+    _old_rows(redis_client, ENTRIES[:3])
+    pipe = redis_client.pipeline()
+    ledger_days.add(pipe, ENTRIES[0])  # counted by a new worker meanwhile
+    pipe.execute()
+    assert ledger_days.ensure(redis_client, read_entries, 0) is True
+    assert redis_client.ttl(ledger_entry_key("a")) == -1
+    assert _rows(Ledger(redis_client).report("tag")) == _expected(ENTRIES[:3], "tag")
+
+
+def test_a_row_an_old_worker_writes_after_the_backfill_is_counted_by_the_sweep(redis_client: Any) -> None:
+    assert ledger_days.ensure(redis_client, read_entries, RETENTION) is True
+    _old_rows(redis_client, [ENTRIES[3]])  # 40 days old: below the cut-off
+    report = retention.trim(redis_client, RETENTION, time.time(), 100)
+    assert report.expiring == 1
+    assert _rows(Ledger(redis_client).report("day")) == _expected([ENTRIES[3]], "day")
+    assert retention.trim(redis_client, RETENTION, time.time(), 100).expiring == 0  # once
+
+
+def test_a_report_backfills_first(redis_client: Any) -> None:
+    pipe = redis_client.pipeline()
+    for entry in ENTRIES:
+        write_entry(pipe, entry)
+    pipe.execute()
+    assert _rows(Ledger(redis_client).report("provider")) == _expected(ENTRIES, "provider")
+
+
+def test_a_rebuild_does_not_count_again_an_entry_whose_row_expired(redis_client: Any) -> None:
+    ledger = Ledger(redis_client)
+    ledger.merge(ENTRIES, retention_s=RETENTION)
+    # d (40 days) and e (70 days) are past the retention: their rows are not written back,
+    # their amounts are in the aggregates.
+    assert sorted(e.job_id for e in ledger.entries()) == ["a", "b", "c"]
+    assert 0 < redis_client.ttl(ledger_entry_key("a")) <= RETENTION
+    expected = _expected(ENTRIES, "day")
+    assert _rows(ledger.report("day")) == expected
+
+    again = ledger.merge(ENTRIES, retention_s=RETENTION)  # the same manifests, rows of d, e gone
+    assert (again.added, again.changed, again.unchanged) == ([], [], 5)
+    assert _rows(ledger.report("day")) == expected
+
+    # A row lost within the retention (Redis lost it) was never counted... but its
+    # aggregate is: the rule counts a row-less recent entry as new, so the aggregate must
+    # have gone with it (a Redis that lost the row lost the aggregate written with it).
+    redis_client.flushall()
+    lost = ledger.merge(ENTRIES, retention_s=RETENTION)
+    assert sorted(e.job_id for e in lost.added) == ["a", "b", "c", "d", "e"]
+    assert _rows(ledger.report("day")) == expected
+
+
+def test_a_rebuild_keeps_aggregates_consistent_with_changes_and_prunes(redis_client: Any) -> None:
+    ledger = Ledger(redis_client)
+    ledger.merge(ENTRIES[:3], retention_s=RETENTION)
+    changed = ENTRIES[0].model_copy(update={"actual_usd": Decimal("0.30"), "status": "cancelled"})
+    ledger.merge([changed, ENTRIES[1]], prune=True, retention_s=RETENTION)  # a changed, c pruned
+    assert _rows(ledger.report("status")) == _expected([changed, ENTRIES[1]], "status")
+    assert _rows(ledger.report("tag")) == _expected([changed, ENTRIES[1]], "tag")
+    assert 0 < redis_client.ttl(ledger_entry_key("a")) <= RETENTION  # a changed row keeps expiring
+
+
+def _queue(redis_client: Any, **settings: Any) -> VideoQueue:
+    return VideoQueue(Settings(**settings), store=JobStore(redis_client))
+
+
+def _stored(vq: VideoQueue, request: VideoRequest) -> JobRecord:
+    job = vq.prepare(request)
+    vq.store.create_many([job.record], budget=vq.budget)
+    return job.record
+
+
+def _charged(store: JobStore, job_id: str, status: JobStatus) -> JobRecord | None:
+    return walk_to(store, job_id, status, cost_usd=Decimal("0.249163"), billed_units=103818)
+
+
+def test_a_final_move_sets_the_retention_on_the_record_and_its_ledger_row(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox", tags=("ads",)))
+    assert redis_client.ttl(job_key(job.id)) == -1  # active: kept
+    _charged(vq.store, job.id, JobStatus.SUCCEEDED)
+    assert RETENTION - 5 <= redis_client.ttl(job_key(job.id)) <= RETENTION
+    assert RETENTION - 5 <= redis_client.ttl(ledger_entry_key(job.id)) <= RETENTION
+    assert [r.jobs for r in Ledger(redis_client).report("tag")] == [1, 1]
+
+
+def test_retention_zero_keeps_final_records_and_a_negative_one_is_refused(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOB_RETENTION_S", "0")
+    get_settings.cache_clear()
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox"))
+    _charged(vq.store, job.id, JobStatus.SUCCEEDED)
+    assert redis_client.ttl(job_key(job.id)) == -1
+    assert retention.trim(redis_client, 0, time.time() + 10 * RETENTION, 100).looked_at == 0
+    with pytest.raises(ValidationError, match="JOB_RETENTION_S must be 0"):
+        Settings(job_retention_s=-1)
+
+
+def test_a_second_end_renews_the_retention_and_moves_the_aggregates(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox", tags=("ads",)))
+    _charged(vq.store, job.id, JobStatus.DOWNLOADING)
+    failure = JobFailure(code=ErrorCode.STORAGE, message="bucket refused")
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.FAILED, error=failure)
+    redis_client.expire(job_key(job.id), 100)
+    redis_client.delete(ledger_entry_key(job.id))  # the row expired while the job waited
+    assert [r.group for r in Ledger(redis_client).report("status")] == ["failed", "total"]
+
+    vq.store.transition(job.id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    assert redis_client.ttl(job_key(job.id)) == -1  # active again: kept
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert redis_client.ttl(job_key(job.id)) > RETENTION - 5
+    assert _rows(Ledger(redis_client).report("status"))[0][:2] == ("succeeded", 1)
+    assert Ledger(redis_client).report("status")[-1].jobs == 1
+
+
+def _ended_jobs(vq: VideoQueue, count: int) -> list[JobRecord]:
+    jobs = [_stored(vq, VideoRequest(prompt=f"fox {n}")) for n in range(count)]
+    for job in jobs:
+        _charged(vq.store, job.id, JobStatus.SUCCEEDED)
+    return jobs
+
+
+def test_the_sweep_trims_expired_records_in_bounded_batches(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    jobs = _ended_jobs(vq, 12)
+    for job in jobs:  # expired
+        redis_client.delete(job_key(job.id), ledger_entry_key(job.id))
+    later = time.time() + RETENTION + 10
+    indexes = len(retention.final_indexes()) + 1
+    batch = 3 * indexes  # 3 a tick per index
+    looked: list[int] = []
+    while redis_client.zcard(keys.ALL_INDEX) or redis_client.zcard(keys.LEDGER_INDEX):
+        report = retention.trim(redis_client, RETENTION, later, batch)
+        assert report.looked_at <= batch
+        looked.append(report.trimmed)
+        assert len(looked) < 20
+    assert looked[:4] == [6, 6, 6, 6]  # 3 from the succeeded index, 3 from the ledger index
+    assert redis_client.zcard(status_index(JobStatus.SUCCEEDED)) == 0
+    # The totals stayed.
+    assert Ledger(redis_client).report("day")[-1].jobs == 12
+
+
+def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_one(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    kept, forever = _ended_jobs(vq, 2)
+    redis_client.persist(job_key(forever.id))  # as before retention, or after a retry's claim
+    redis_client.persist(ledger_entry_key(forever.id))
+    active = _stored(vq, VideoRequest(prompt="still running"))
+    report = retention.trim(redis_client, 3600, time.time() + 7200, 100)
+    assert report.trimmed == 0 and report.expiring == 2  # the record and its ledger row
+    assert 0 < redis_client.ttl(job_key(forever.id)) <= 3601  # whole seconds, rounded up
+    assert 0 < redis_client.ttl(ledger_entry_key(forever.id)) <= 3601
+    assert redis_client.ttl(job_key(kept.id)) > 3600  # its own TTL
+    assert redis_client.ttl(job_key(active.id)) == -1
+    assert redis_client.zscore(keys.ALL_INDEX, active.id) is not None
+
+
+def test_a_retry_of_a_job_whose_record_expired_is_unknown_and_its_client_id_is_free(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox", client_job_id="order-1"))
+    _charged(vq.store, job.id, JobStatus.SUCCEEDED)
+    redis_client.delete(job_key(job.id))  # expired; client:order-1 still names it (90 days)
+    again = _stored(vq, VideoRequest(prompt="another fox", client_job_id="order-1"))
+    assert vq.store.get(again.id) is not None
+
+
+def test_an_expired_job_is_read_back_from_its_manifest(tmp_path: Path) -> None:
+    document = {
+        "manifest_version": 1,
+        "job_id": "0c1c0196-aaaa",
+        "namespace": namespace.DEFAULT,
+        "job": {"status": "succeeded"},
+    }
+    (tmp_path / "0c1c0196-aaaa.json").write_text(__import__("json").dumps(document))
+
+    class Folder:
+        def read(self, uri: str) -> bytes | None:
+            path = Path(uri.removeprefix("file://"))
+            return path.read_bytes() if path.is_file() else None
+
+    url = f"file://{tmp_path}"
+    found = archive.read_archived(Folder(), url, "0c1c0196-aaaa")  # type: ignore[arg-type]
+    assert found is not None and found.record == {"status": "succeeded"}
+    assert found.uri == (tmp_path / "0c1c0196-aaaa.json").as_uri()
+    assert archive.read_archived(Folder(), url, "0c1c0196-bbbb") is None  # type: ignore[arg-type]
+    assert archive.manifest_uri(url, "../etc/passwd") is None
+    assert archive.manifest_uri("s3://bucket/videos/", "abc") == "s3://bucket/videos/abc.json"
+    assert archive.manifest_uri("s3://bucket", "abc") == "s3://bucket/abc.json"
+    with namespace.using("other"):
+        assert archive.read_archived(Folder(), url, "0c1c0196-aaaa") is None  # type: ignore[arg-type]
+
+
+def test_a_final_move_after_a_rebuild_took_its_manifest_counts_the_job_once(redis_client: Any) -> None:
+    # The store step writes the manifest, then moves the job: a `costs rebuild` in between
+    # adds the entry (and its aggregate) first.
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox"))
+    downloading = _charged(vq.store, job.id, JobStatus.DOWNLOADING)
+    assert downloading is not None
+    ended = downloading.model_copy(update={"status": JobStatus.SUCCEEDED, "finished_at": datetime.now(UTC)})
+    entry = LedgerEntry.for_job(ended)
+    assert entry is not None
+    Ledger(redis_client).merge([entry])
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert [(r.group, r.jobs) for r in Ledger(redis_client).report("status")] == [("succeeded", 1), ("total", 1)]

@@ -1,0 +1,171 @@
+"""Retention: a final job record, its ledger row and its legacy input keys expire
+JOB_RETENTION_S after the job's final move (0: kept for ever), and the recovery sweep trims
+the index entries of the records gone.
+
+**Expiry.** The final move sets the TTLs in its own transaction (`expire_final`, run by the
+final hook `final_hooks.retention`); a job that ends a second time (`videoqueue store
+retry`) gets them renewed. A write of a final record that is not a move (a retry's claim on
+the job it retries) stores it without a TTL; the sweep's walk below gives such a record, and
+every record stored before retention existed, its TTL: its end plus JOB_RETENTION_S.
+
+**Trimming** (`trim`, from worker/sweep.py). The indexes keep an id after its record expired
+(Redis does not tell which). Rather than keep a per-job key or index member to find them
+(memory per finished job is what retention saves), the walk reads the indexes the job
+already has: each final status index, scored by creation time, and the ledger index,
+scored by settlement time. A record can only have expired when its score is older than now
+- JOB_RETENTION_S (it ended after it was created), so the walk looks only at members scored
+up to that cut-off, from a cursor (`keys.RETENTION_CURSOR`) kept per index, a bounded batch
+per sweep tick (RETENTION_SWEEP_BATCH over all indexes), whatever the backlog; it checks
+each with one TTL in a pipeline and removes the gone ones from that index and from
+ALL_INDEX and INPUTS_RELEASE_INDEX (the ledger walk from LEDGER_INDEX). Once the walk reaches
+the cut-off it starts again from the oldest, so the few members left (records of long
+jobs, expiring soon) are looked at again next round. In steady state the range below the
+cut-off holds only those, so a tick costs a few commands.
+
+What stays after a record expires: the ledger's day aggregates (videoqueue.ledger_days),
+the job's manifest in storage (videoqueue.archive), and the counters of videoqueue.stats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from videoqueue import keys, ledger_days
+from videoqueue.job import JobRecord, JobStatus
+from videoqueue.keys import input_key, job_key, ledger_entry_key, status_index
+from videoqueue.resolved import IMAGE_ROLES
+
+
+def retention_s() -> int:
+    """JOB_RETENTION_S of this process's settings (0: keep final records for ever)."""
+    from videoqueue.settings import get_settings
+
+    return get_settings().job_retention_s
+
+
+def expire_final(pipe: Any, job_id: str, seconds: int) -> None:
+    """Queue, on the final move's MULTI pipeline, the expiry of a final record, its ledger
+    row and its legacy input keys `seconds` from now (an input key whose own TTL is
+    shorter keeps it: LT)."""
+    pipe.expire(job_key(job_id), seconds)
+    pipe.expire(ledger_entry_key(job_id), seconds)
+    for role in IMAGE_ROLES:
+        pipe.expire(input_key(job_id, role), seconds, lt=True)
+
+
+def final_indexes() -> list[str]:
+    """The index keys a final job stays in by creation time: one per final status."""
+    return [status_index(status) for status in JobStatus if status.is_final]
+
+
+@dataclass
+class TrimReport:
+    """What one walk did: ids removed from the indexes, records given a TTL, entries looked at."""
+
+    trimmed: int = 0
+    expiring: int = 0
+    looked_at: int = 0
+    by_index: dict[str, int] = field(default_factory=dict)
+
+
+def trim(client: redis.Redis, seconds: int, now: float, batch: int) -> TrimReport:
+    """Walk the final status indexes and the ledger index below now - `seconds` (epoch s),
+    at most `batch` members in all, from each index's cursor; remove the ids whose record (or
+    ledger row) is gone, give a TTL to those stored without one. Nothing when `seconds` is 0."""
+    report = TrimReport()
+    if seconds <= 0:
+        return report
+    cutoff = now - seconds
+    indexes = [*final_indexes(), keys.LEDGER_INDEX]
+    share = max(1, batch // len(indexes))
+    for index in indexes:
+        gone = _walk(client, index, cutoff=cutoff, limit=share, seconds=seconds, report=report)
+        report.by_index[index] = gone
+        report.trimmed += gone
+    return report
+
+
+def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds: int, report: TrimReport) -> int:
+    cursor: str | None = client.hget(keys.RETENTION_CURSOR, index)  # type: ignore[assignment]
+    low = f"({cursor}" if cursor else "-inf"
+    members: list[tuple[str, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        index, low, cutoff, start=0, num=limit, withscores=True
+    )
+    report.looked_at += len(members)
+    if len(members) < limit:
+        client.hdel(keys.RETENTION_CURSOR, index)  # the cut-off reached: next round from the oldest
+    else:
+        client.hset(keys.RETENTION_CURSOR, index, repr(members[-1][1]))
+    if not members:
+        return 0
+    ledger = index == keys.LEDGER_INDEX
+    key_of = ledger_entry_key if ledger else job_key
+    check = client.pipeline(transaction=False)
+    for member, _score in members:
+        check.ttl(key_of(member))
+    ttls = check.execute()
+    gone = [m for (m, _s), ttl in zip(members, ttls, strict=True) if ttl == -2]
+    forever = [(m, s) for (m, s), ttl in zip(members, ttls, strict=True) if ttl == -1]
+    write = client.pipeline(transaction=False)
+    if gone:
+        write.zrem(index, *gone)
+        if not ledger:
+            write.zrem(keys.ALL_INDEX, *gone)
+            write.zrem(keys.INPUTS_RELEASE_INDEX, *gone)
+    write.execute()
+    if ledger:
+        report.expiring += _count_rows_stored_forever(client, [m for m, _s in forever], seconds)
+    else:
+        report.expiring += _expire_stored_forever(client, [m for m, _s in forever], seconds)
+    return len(gone)
+
+
+def _count_rows_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:
+    """Ledger rows without a TTL were written by code before the day aggregates (an old
+    worker of a rolling upgrade, after the backfill): add each to the aggregates and give it
+    its TTL in one compare-and-set, so it is counted once (ledger_days.ensure). Returns how many."""
+    from videoqueue.ledger import LedgerEntry
+
+    count = 0
+    for job_id in job_ids:
+
+        def count_row(pipe: Any, job_id: str = job_id) -> bool:
+            raw = pipe.get(ledger_entry_key(job_id))
+            if not raw or pipe.ttl(ledger_entry_key(job_id)) != -1:
+                return False
+            entry = LedgerEntry.model_validate_json(raw)
+            pipe.multi()
+            ledger_days.add(pipe, entry)
+            ledger_days.expire_row(pipe, entry, seconds)
+            return True
+
+        count += bool(client.transaction(count_row, ledger_entry_key(job_id), value_from_callable=True))  # type: ignore[arg-type]
+    return count
+
+
+def _expire_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:
+    """Give the final records stored without a TTL (written before retention, or by a write
+    that was not a move) their end plus `seconds`, each in a compare-and-set (a record
+    reopened meanwhile by `store retry` is active again and keeps no TTL). Returns how many."""
+    count = 0
+    for job_id in job_ids:
+
+        def expire(pipe: Any, job_id: str = job_id) -> bool:
+            raw = pipe.get(job_key(job_id))
+            if not raw or pipe.ttl(job_key(job_id)) != -1:
+                return False
+            record = JobRecord.model_validate_json(raw)
+            if not record.status.is_final:
+                return False
+            until = int((record.finished_at or record.updated_at).timestamp() + seconds) + 1
+            pipe.multi()
+            pipe.expireat(job_key(job_id), until)
+            for role in IMAGE_ROLES:
+                pipe.expireat(input_key(job_id, role), until, lt=True)
+            return True
+
+        count += bool(client.transaction(expire, job_key(job_id), value_from_callable=True))  # type: ignore[arg-type]
+    return count
