@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 MAX_HISTORY = 50
 
-# Records `JobStore.last_seen` keeps per thread at most (a step sees one job, the odd
-# admission a few more): past this the memory starts again.
+# Records a thread remembers at most (`JobStore.last_seen`, where `update` starts): a step
+# sees one job, the odd admission a few more; past this the memory starts again.
 _SEEN_MAX = 64
 
 log = logging.getLogger("videoqueue.jobstore")
@@ -158,6 +158,55 @@ def durable_write(before: JobRecord, after: JobRecord) -> str | None:
     if after.submit_intent_at is not None and after.submit_intent_at != before.submit_intent_at:
         return "create intent"
     return None
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A change of a record made ready for `movescript.MOVE`: the record to store, the
+    task claim key ("" for none) and every write that goes with it."""
+
+    stored_raw: str
+    claim: str
+    writes: Writes
+    freed: bool
+    ends: bool
+
+    @classmethod
+    def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
+        """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
+        place) and gather its writes: indexes and counts, the slot it frees, the final
+        hooks' writes. The hooks read with `client`, before the script: what they read (the
+        ledger entry of a job's earlier end) is written only by this job's own final moves,
+        and those are serialized by the record's compare-and-set, so it cannot change
+        between this read and the script."""
+        job_id = changed.id
+        new_task = _new_task(current, changed)
+        ends = changed.status.is_final and not current.status.is_final
+        # A job the store step gave up on can be stored again (`videoqueue store retry`)
+        # and end a second time: its cost was settled at the first end, never again.
+        settles = ends and current.settled_at is None
+        now = utcnow()
+        changed.updated_at = now
+        if changed.status.is_final and changed.finished_at is None:
+            changed.finished_at = now
+        if changed.status != current.status:
+            changed.history = [
+                *changed.history[-(MAX_HISTORY - 1) :],
+                {"at": now.isoformat(), "from": current.status, "to": changed.status},
+            ]
+        if settles:
+            changed.settled_at = changed.finished_at  # the ledger entry's settled_at
+        hook_writes = [hook(client, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
+        writes = Writes()
+        _write_indexes(writes, current, changed)
+        freed = frees_slot(current, changed)
+        if freed:
+            writes.zrem(slot_key(changed.provider, changed.model), job_id)
+        for queue in hook_writes:
+            if queue is not None:
+                queue(writes)
+        claim = task_claim_key(changed.provider, new_task) if new_task else ""
+        return cls(changed.model_dump_json(), claim, writes, freed, ends)
 
 
 class JobStore:
@@ -301,7 +350,7 @@ class JobStore:
         if not raw:
             return None
         record = JobRecord.model_validate_json(raw)
-        self._saw(record)
+        self._saw(record, raw)
         return record
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
@@ -415,81 +464,75 @@ class JobStore:
         errors are logged too.
         """
         key = job_key(job_id)
-        raw: str | None = self.redis.get(key)  # type: ignore[assignment]
+        # Start from the record this thread just read or stored, if any (a step reads its
+        # job, then moves it): the script's compare-and-set tells if it is still current.
+        raw = self._seen_raw(job_id)
+        verified = raw is None
+        if raw is None:
+            raw = self.redis.get(key)  # type: ignore[assignment]
         while raw:
             current = JobRecord.model_validate_json(raw)
             changed = mutate(current.model_copy(deep=True))
-            if changed is None:
-                self._saw(current)
-                return None
+            moves = changed is not None and changed.status is not current.status
+            if changed is None or (moves and not lifecycle.allowed(current.status, changed.status)):
+                if not verified:
+                    # Declined (or refused) on a remembered record, which may be stale:
+                    # decide on the stored one.
+                    fresh: str | None = self.redis.get(key)  # type: ignore[assignment]
+                    verified = True
+                    if fresh != raw:
+                        raw = fresh
+                        continue
+                if changed is None:
+                    self._saw(current, raw)
+                    return None
             lifecycle.check(current.status, changed.status)
-            new_task = _new_task(current, changed)
-            ends = changed.status.is_final and not current.status.is_final
-            # A job the store step gave up on can be stored again (`videoqueue store retry`)
-            # and end a second time: its cost was settled at the first end, never again.
-            settles = ends and current.settled_at is None
-            now = utcnow()
-            changed.updated_at = now
-            if changed.status.is_final and changed.finished_at is None:
-                changed.finished_at = now
-            if changed.status != current.status:
-                changed.history = [
-                    *changed.history[-(MAX_HISTORY - 1) :],
-                    {"at": now.isoformat(), "from": current.status, "to": changed.status},
-                ]
-            if settles:
-                changed.settled_at = changed.finished_at  # the ledger entry's settled_at
-            # The hooks read with the plain client, before the script: what they read (the
-            # ledger entry of a job's earlier end) is written only by this job's own final
-            # moves, and those are serialized by the record's compare-and-set below, so it
-            # cannot change between this read and the script.
-            hook_writes = [hook(self.redis, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
-            writes = Writes()
-            _write_indexes(writes, current, changed)
-            freed = frees_slot(current, changed)
-            if freed:
-                writes.zrem(slot_key(changed.provider, changed.model), job_id)
-            for queue in hook_writes:
-                if queue is not None:
-                    queue(writes)
-            claim = task_claim_key(changed.provider, new_task) if new_task else ""
+            move = _Move.of(self.redis, current, changed)
             reply = self._move(
                 keys=[key],
-                args=[
-                    raw,
-                    changed.model_dump_json(),
-                    claim,
-                    job_id,
-                    TASK_CLAIM_TTL_S,
-                    *writes.args,
-                ],
+                args=[raw, move.stored_raw, move.claim, job_id, TASK_CLAIM_TTL_S, *move.writes.args],
             )
             code, carried = reply_code(reply)
             if code == CLAIMED:
-                raise TaskClaimedError(str(new_task), str(carried))
+                raise TaskClaimedError(str(changed.provider_task_id), str(carried))
             if code == CHANGED:
                 raw = carried  # moved on meanwhile: compute the move again from what it is now
+                verified = True
                 continue
             if code != STORED:
+                self._forget(job_id)
                 return None
-            self._saw(changed)
-            self._after_update(changed, freed=freed, durable=durable_write(current, changed), ended=ends)
+            self._saw(changed, move.stored_raw)
+            self._after_update(changed, freed=move.freed, durable=durable_write(current, changed), ended=move.ends)
             return changed
+        self._forget(job_id)
         return None
 
-    def _saw(self, record: JobRecord) -> None:
-        """Remember the last record this thread read or stored of a job, for `last_seen`."""
-        seen: dict[str, JobRecord] | None = getattr(self._seen, "records", None)
+    def _records_seen(self) -> dict[str, tuple[JobRecord, str]]:
+        seen: dict[str, tuple[JobRecord, str]] | None = getattr(self._seen, "records", None)
         if seen is None or len(seen) >= _SEEN_MAX:
             seen = self._seen.records = {}
-        seen[record.id] = record
+        return seen
+
+    def _saw(self, record: JobRecord, raw: str) -> None:
+        """Remember the last record this thread read or stored of a job (and its JSON as
+        stored), for `last_seen` and as where the next `update` starts."""
+        self._records_seen()[record.id] = (record, raw)
+
+    def _seen_raw(self, job_id: str) -> str | None:
+        entry = self._records_seen().get(job_id)
+        return entry[1] if entry else None
+
+    def _forget(self, job_id: str) -> None:
+        self._records_seen().pop(job_id, None)
 
     def last_seen(self, job_id: str) -> JobRecord | None:
         """The record of `job_id` as this thread last read (`get`, `update`) or stored it,
         taken out of the memory; None when this thread has not seen it since. What a task
-        reports to Flower after its step (no second read: the step has just seen the job)."""
-        seen: dict[str, JobRecord] | None = getattr(self._seen, "records", None)
-        return seen.pop(job_id, None) if seen else None
+        reports to Flower after its step (no second read: the step has just seen the job).
+        A task calls it before its step too, so that a step starts from a fresh read."""
+        entry = self._records_seen().pop(job_id, None)
+        return entry[0] if entry else None
 
     def _after_update(self, stored: JobRecord, *, freed: bool, durable: str | None, ended: bool) -> None:
         """What follows a stored change, outside its transaction: admission when a slot was

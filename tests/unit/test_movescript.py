@@ -223,3 +223,40 @@ def test_durations_count_one_bucket_each_and_the_exporter_cumulates_them_with_ol
     assert [bucket(le) for le in ("10.0", "30.0", "60.0", "120.0", "7200.0", "+Inf")] == [1, 1, 3, 4, 4, 5]
     assert registry.get_sample_value("videoqueue_provider_render_seconds_count", labels) == 5
     assert registry.get_sample_value("videoqueue_provider_render_seconds_sum", labels) == 145 + 5 + 45 + 100000
+
+
+def test_a_move_starts_from_the_record_the_thread_last_saw_and_a_stale_one_costs_a_retry_not_a_wrong_answer(
+    store: JobStore, client: Any
+) -> None:
+    other = JobStore(client)
+    reads: list[str] = []
+    original_get = client.get
+
+    def counting_get(name: str) -> Any:
+        reads.append(name)
+        return original_get(name)
+
+    client.get = counting_get
+    seen = store.get("a")
+    assert seen is not None and reads == [job_key("a")]
+    moved = store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+    assert moved is not None and reads == [job_key("a")]  # no second read of the record
+
+    # Another worker moves it on: what this thread remembers is stale.
+    assert other.transition("a", {JobStatus.SUBMITTING}, JobStatus.RUNNING, provider_task_id="t-a") is not None
+    # A move that the stale record declines is decided on the stored one...
+    assert store.transition("a", {JobStatus.RUNNING}, JobStatus.DOWNLOADING) is not None
+    # ... and one the stale record refuses as illegal too.
+    store.get("b")  # remembers b in queued
+    assert other.transition("b", {JobStatus.QUEUED}, JobStatus.SUBMITTING) is not None
+
+    def to_running(record: JobRecord) -> JobRecord:
+        record.status = JobStatus.RUNNING  # illegal from queued, legal from submitting
+        return record
+
+    stored = store.update("b", to_running)
+    assert stored is not None and stored.status is JobStatus.RUNNING
+    # A move the stored record declines too is declined.
+    assert store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING) is None
+    record = store.get("a")
+    assert record is not None and record.status is JobStatus.DOWNLOADING
