@@ -1,14 +1,18 @@
 """What a job's final move does besides storing its record: the one place for it.
 
 When a job reaches a final status (`videoqueue.job.FINAL_STATUSES`) from an active one,
-`JobStore.update` runs every hook of `FINAL_HOOKS`, in order, inside the transaction that
-stores the move: the side effects happen with the move, exactly once, whatever the
-redelivery, or not at all. Events and webhooks go here too, as further hooks.
+`JobStore.update` runs every hook of `FINAL_HOOKS`, in order, and their writes go into the
+script that stores the move (videoqueue.movescript): the side effects happen with the move,
+exactly once, whatever the redelivery, or not at all. Events and webhooks go here too, as
+further hooks.
 
-A hook is called as `hook(pipe, before, after)`: `pipe` is the job store's pipeline while it
-still WATCHes the job (a read on it runs at once, before MULTI), `before` the record as it
-was and `after` as it will be stored. It returns the writes to queue in the MULTI (a
-function of the pipeline), or None for none. Most ends settle the job's cost: `before` has
+A hook is called as `hook(pipe, before, after)`: `pipe` is a Redis client for reads, which
+run at once, before the move (safe for keys only this job's own final moves write: those
+are serialized by the record's compare-and-set), `before` the record as it was and `after`
+as it will be stored. It returns the writes to queue with the move (a function of a
+pipeline-like recorder, `movescript.Writes`: set, delete, expire, pexpire, hset, hincrby,
+hincrbyfloat, zadd, zrem, sadd, srem), or None for none. A move that loses its
+compare-and-set runs the hooks again on the current record. Most ends settle the job's cost: `before` has
 no `settled_at`. A job the store step gave up on can be stored again (`videoqueue store
 retry`) and end a second time; its cost was settled at the first end, never again, so a
 hook that counts money checks `settled_at`.
@@ -26,7 +30,7 @@ from videoqueue.keys import ledger_entry_key
 from videoqueue.ledger import LedgerEntry, write_entry
 
 Writes = Callable[[Any], None]
-"""Commands a hook queues on the MULTI pipeline of the final move."""
+"""Commands a hook queues on the recorder of the final move (`movescript.Writes`)."""
 
 FinalHook = Callable[[Any, JobRecord, JobRecord], Writes | None]
 """A side effect of a final move: (pipe, before, after) -> the writes to queue, or None."""

@@ -1,8 +1,10 @@
 """The job store: one JSON record per job in Redis, indexed by status and creation time.
 
-Every change is a compare-and-set (WATCH/MULTI/EXEC): the caller's function sees the
-current record and returns the new one, or None to leave it alone. A task that runs twice
-therefore finds the record already moved on and changes nothing.
+Every change is a compare-and-set: the caller's function sees the current record and
+returns the new one, or None to leave it alone; one server-side script (videoqueue.movescript)
+stores it with everything that goes with it only if the record is still the one read. A task
+that runs twice therefore finds the record already moved on and changes nothing. (New
+records are stored in a WATCH/MULTI/EXEC transaction: `create_many`, once per batch.)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import builtins
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
+from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Writes, reply_code
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
@@ -33,6 +37,10 @@ if TYPE_CHECKING:
     from videoqueue.settings import Settings
 
 MAX_HISTORY = 50
+
+# Records a thread remembers at most (`JobStore.last_seen`, where `update` starts): a step
+# sees one job, the odd admission a few more; past this the memory starts again.
+_SEEN_MAX = 64
 
 log = logging.getLogger("videoqueue.jobstore")
 
@@ -106,22 +114,17 @@ CLIENT_ID_TTL_S = 90 * 86400
 TASK_CLAIM_TTL_S = 7 * 86400
 
 
-def _new_task(pipe: Any, current: JobRecord, changed: JobRecord) -> str | None:
-    """The provider task id a change records, if it records one; inside a WATCHed
-    transaction, before MULTI: raises TaskClaimedError when another job holds it."""
+def _new_task(current: JobRecord, changed: JobRecord) -> str | None:
+    """The provider task id a change records, if it records one (the move's script claims
+    it for the job: TaskClaimedError when another job holds it)."""
     task_id = changed.provider_task_id
     if not task_id or task_id == current.provider_task_id:
         return None
-    claim = task_claim_key(changed.provider, task_id)
-    pipe.watch(claim)
-    owner = pipe.get(claim)
-    if owner and owner != changed.id:
-        raise TaskClaimedError(task_id, owner)
     return task_id
 
 
 def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> None:
-    """Queue, on a MULTI pipeline, what the indexes and counts of jobs say about a job
+    """Queue, on a MULTI pipeline or a move's `Writes`, what the indexes and counts of jobs say about a job
     stored new (`before` None) or changed: the index of all jobs, the index and count of
     its status (both scored by creation time), and the due index (active jobs only)."""
     job_id = after.id
@@ -157,11 +160,62 @@ def durable_write(before: JobRecord, after: JobRecord) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Move:
+    """A change of a record made ready for `movescript.MOVE`: the record to store, the
+    task claim key ("" for none) and every write that goes with it."""
+
+    stored_raw: str
+    claim: str
+    writes: Writes
+    freed: bool
+    ends: bool
+
+    @classmethod
+    def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
+        """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
+        place) and gather its writes: indexes and counts, the slot it frees, the final
+        hooks' writes. The hooks read with `client`, before the script: what they read (the
+        ledger entry of a job's earlier end) is written only by this job's own final moves,
+        and those are serialized by the record's compare-and-set, so it cannot change
+        between this read and the script."""
+        job_id = changed.id
+        new_task = _new_task(current, changed)
+        ends = changed.status.is_final and not current.status.is_final
+        # A job the store step gave up on can be stored again (`videoqueue store retry`)
+        # and end a second time: its cost was settled at the first end, never again.
+        settles = ends and current.settled_at is None
+        now = utcnow()
+        changed.updated_at = now
+        if changed.status.is_final and changed.finished_at is None:
+            changed.finished_at = now
+        if changed.status != current.status:
+            changed.history = [
+                *changed.history[-(MAX_HISTORY - 1) :],
+                {"at": now.isoformat(), "from": current.status, "to": changed.status},
+            ]
+        if settles:
+            changed.settled_at = changed.finished_at  # the ledger entry's settled_at
+        hook_writes = [hook(client, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
+        writes = Writes()
+        _write_indexes(writes, current, changed)
+        freed = frees_slot(current, changed)
+        if freed:
+            writes.zrem(slot_key(changed.provider, changed.model), job_id)
+        for queue in hook_writes:
+            if queue is not None:
+                queue(writes)
+        claim = task_claim_key(changed.provider, new_task) if new_task else ""
+        return cls(changed.model_dump_json(), claim, writes, freed, ends)
+
+
 class JobStore:
     """Reads and compare-and-set writes of job records."""
 
     def __init__(self, client: redis.Redis, replicas: ReplicaWait | None = None) -> None:
         self.redis = client
+        self._move: Any = client.register_script(MOVE)
+        self._seen = threading.local()
         self.on_slot_freed: SlotFreed | None = None
         """Called after a move freed a slot (`frees_slot`), outside the transaction."""
         self.on_final: Callable[[JobRecord], object] | None = None
@@ -293,7 +347,11 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The record of `job_id`, or None."""
         raw: str | None = self.redis.get(job_key(job_id))  # type: ignore[assignment]
-        return JobRecord.model_validate_json(raw) if raw else None
+        if not raw:
+            return None
+        record = JobRecord.model_validate_json(raw)
+        self._saw(record, raw)
+        return record
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records in the order of `job_ids`; None where unknown."""
@@ -388,13 +446,16 @@ class JobStore:
         """Compare-and-set: apply `mutate` to the current record and store what it returns.
 
         Returns the stored record, or None when the job is unknown or `mutate` declined.
-        A record that takes a provider task id claims the task for this job in the same
-        transaction; raises TaskClaimedError when another job holds it. A change of status
+        The record is stored by one script call (videoqueue.movescript) only if it is still
+        the one `mutate` saw; else `mutate` runs again on the current record. Everything
+        below that happens "with the move" is written by that same script, atomically.
+        A record that takes a provider task id claims the task for this job with the move;
+        raises TaskClaimedError, storing nothing, when another job holds it. A change of status
         must be a move of the lifecycle table (videoqueue.lifecycle): raises
         IllegalTransitionError, storing nothing, for any other. A move to a final status
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
-        counters, waiting room) in the same transaction. A move that frees a slot of the
-        model (`frees_slot`) frees it in the same transaction and then calls
+        counters, waiting room) with the move. A move that frees a slot of the
+        model (`frees_slot`) frees it with the move and then calls
         `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
         A change that records what must survive a failover (`durable_write`) then waits
         for a replica (`ReplicaWait.after_write`, which raises redis.RedisError when the
@@ -403,60 +464,75 @@ class JobStore:
         errors are logged too.
         """
         key = job_key(job_id)
-        result: list[JobRecord | None] = [None]
-        freed: list[bool] = [False]
-        ended: list[bool] = [False]
-        durable: list[str | None] = [None]
-
-        def write(pipe: Any) -> None:
-            result[0] = None
-            freed[0] = ended[0] = False
-            durable[0] = None
-            raw = pipe.get(key)
-            if not raw:
-                return
+        # Start from the record this thread just read or stored, if any (a step reads its
+        # job, then moves it): the script's compare-and-set tells if it is still current.
+        raw = self._seen_raw(job_id)
+        verified = raw is None
+        if raw is None:
+            raw = self.redis.get(key)  # type: ignore[assignment]
+        while raw:
             current = JobRecord.model_validate_json(raw)
             changed = mutate(current.model_copy(deep=True))
-            if changed is None:
-                return
+            moves = changed is not None and changed.status is not current.status
+            if changed is None or (moves and not lifecycle.allowed(current.status, changed.status)):
+                if not verified:
+                    # Declined (or refused) on a remembered record, which may be stale:
+                    # decide on the stored one.
+                    fresh: str | None = self.redis.get(key)  # type: ignore[assignment]
+                    verified = True
+                    if fresh != raw:
+                        raw = fresh
+                        continue
+                if changed is None:
+                    self._saw(current, raw)
+                    return None
             lifecycle.check(current.status, changed.status)
-            new_task = _new_task(pipe, current, changed)
-            ends = ended[0] = changed.status.is_final and not current.status.is_final
-            # A job the store step gave up on can be stored again (`videoqueue store retry`)
-            # and end a second time: its cost was settled at the first end, never again.
-            settles = ends and current.settled_at is None
-            now = utcnow()
-            changed.updated_at = now
-            if changed.status.is_final and changed.finished_at is None:
-                changed.finished_at = now
-            if changed.status != current.status:
-                changed.history = [
-                    *changed.history[-(MAX_HISTORY - 1) :],
-                    {"at": now.isoformat(), "from": current.status, "to": changed.status},
-                ]
-            if settles:
-                changed.settled_at = changed.finished_at  # the ledger entry's settled_at
-            # The hooks read first (the pipeline is still immediate), then queue their writes.
-            hook_writes = [hook(pipe, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
-            pipe.multi()
-            pipe.set(key, changed.model_dump_json())
-            if new_task:
-                pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
-            _write_indexes(pipe, current, changed)
-            if frees_slot(current, changed):
-                pipe.zrem(slot_key(changed.provider, changed.model), job_id)
-                freed[0] = True
-            for writes in hook_writes:
-                if writes is not None:
-                    writes(pipe)
-            result[0] = changed
-            durable[0] = durable_write(current, changed)
+            move = _Move.of(self.redis, current, changed)
+            reply = self._move(
+                keys=[key],
+                args=[raw, move.stored_raw, move.claim, job_id, TASK_CLAIM_TTL_S, *move.writes.args],
+            )
+            code, carried = reply_code(reply)
+            if code == CLAIMED:
+                raise TaskClaimedError(str(changed.provider_task_id), str(carried))
+            if code == CHANGED:
+                raw = carried  # moved on meanwhile: compute the move again from what it is now
+                verified = True
+                continue
+            if code != STORED:
+                self._forget(job_id)
+                return None
+            self._saw(changed, move.stored_raw)
+            self._after_update(changed, freed=move.freed, durable=durable_write(current, changed), ended=move.ends)
+            return changed
+        self._forget(job_id)
+        return None
 
-        self.redis.transaction(write, key)
-        stored = result[0]
-        if stored is not None:
-            self._after_update(stored, freed=freed[0], durable=durable[0], ended=ended[0])
-        return stored
+    def _records_seen(self) -> dict[str, tuple[JobRecord, str]]:
+        seen: dict[str, tuple[JobRecord, str]] | None = getattr(self._seen, "records", None)
+        if seen is None or len(seen) >= _SEEN_MAX:
+            seen = self._seen.records = {}
+        return seen
+
+    def _saw(self, record: JobRecord, raw: str) -> None:
+        """Remember the last record this thread read or stored of a job (and its JSON as
+        stored), for `last_seen` and as where the next `update` starts."""
+        self._records_seen()[record.id] = (record, raw)
+
+    def _seen_raw(self, job_id: str) -> str | None:
+        entry = self._records_seen().get(job_id)
+        return entry[1] if entry else None
+
+    def _forget(self, job_id: str) -> None:
+        self._records_seen().pop(job_id, None)
+
+    def last_seen(self, job_id: str) -> JobRecord | None:
+        """The record of `job_id` as this thread last read (`get`, `update`) or stored it,
+        taken out of the memory; None when this thread has not seen it since. What a task
+        reports to Flower after its step (no second read: the step has just seen the job).
+        A task calls it before its step too, so that a step starts from a fresh read."""
+        entry = self._records_seen().pop(job_id, None)
+        return entry[0] if entry else None
 
     def _after_update(self, stored: JobRecord, *, freed: bool, durable: str | None, ended: bool) -> None:
         """What follows a stored change, outside its transaction: admission when a slot was

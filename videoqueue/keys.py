@@ -212,8 +212,10 @@ STATS_COST = namespace.keep(globals(), "STATS_COST", lambda: _key("stats:cost"))
 `jobs|provider|model`, of settled jobs. No TTL."""
 
 STATS_RENDER_SECONDS = namespace.keep(globals(), "STATS_RENDER_SECONDS", lambda: _key("stats:render_seconds"))
-"""Hash: histogram of render times (`le=BOUND|provider|model` counts, `sum|provider|model`
-seconds). No TTL."""
+"""Hash: histogram of render times: `bucket=BOUND|provider|model` counts the renders of that
+bucket alone (the first bound not exceeded, or +Inf), `sum|provider|model` their seconds;
+`le=BOUND|provider|model` are cumulative counts written by earlier versions, which the
+exporter adds in (videoqueue.metrics). No TTL."""
 
 STATS_STORE_SECONDS = namespace.keep(globals(), "STATS_STORE_SECONDS", lambda: _key("stats:store_seconds"))
 """Hash: histogram of store (download and upload) times, fields as STATS_RENDER_SECONDS.

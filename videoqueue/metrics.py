@@ -139,18 +139,31 @@ class JobMetricsCollector(Collector):
         yield from (waiting, by_priority, oldest, in_use, limit, utilisation)
 
     def _histogram(self, name: str, documentation: str, key: str, bounds: tuple[float, ...]) -> HistogramMetricFamily:
+        """One histogram family from a hash of videoqueue.stats: per-bucket counts
+        (`bucket=<bound>|provider|model`) cumulated here, plus the cumulative counts
+        (`le=<bound>|...`) that earlier versions stored, so a fleet's counts carry over."""
         family = HistogramMetricFamily(name, documentation, labels=["provider", "model"])
-        counts: dict[str, dict[str, float]] = {}
+        cumulative: dict[str, dict[str, float]] = {}
+        own: dict[str, dict[str, float]] = {}
         sums: dict[str, float] = {}
         for field, value in self._hash(key).items():
             head, label = field.split("|", 1)
             if head == "sum":
                 sums[label] = float(value)
+            elif head.startswith(stats.BUCKET):
+                own.setdefault(label, {})[head.removeprefix(stats.BUCKET)] = float(value)
             else:
-                counts.setdefault(label, {})[head.removeprefix("le=")] = float(value)
-        for label, seen in sorted(counts.items()):
-            # Buckets are cumulative and stored only once hit: an absent bound counted 0.
-            rows = [(str(float(b)), seen.get(str(b), 0.0)) for b in bounds] + [("+Inf", seen.get("+Inf", 0.0))]
+                cumulative.setdefault(label, {})[head.removeprefix(stats.CUMULATIVE)] = float(value)
+        for label in sorted(set(cumulative) | set(own)):
+            # Either kind is stored only once hit: an absent bound counted 0.
+            old, new = cumulative.get(label, {}), own.get(label, {})
+            rows: list[tuple[str, float]] = []
+            running = 0.0
+            for bound in bounds:
+                running += new.get(str(bound), 0.0)
+                rows.append((str(float(bound)), old.get(str(bound), 0.0) + running))
+            running += new.get("+Inf", 0.0)
+            rows.append(("+Inf", old.get("+Inf", 0.0) + running))
             provider, model = label.split("|", 1)
             family.add_metric([provider, model], rows, sum_value=sums.get(label, 0.0))
         return family

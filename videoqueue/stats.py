@@ -15,6 +15,11 @@ from videoqueue.job import JobRecord
 RENDER_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200)
 STORE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300)
 
+# Field prefixes of the histograms' hashes: a bucket's own count (written now), and the
+# cumulative count up to a bound (written by versions before per-bucket fields, still read).
+BUCKET = "bucket="
+CUMULATIVE = "le="
+
 
 def jobs_field(status: str, provider: str, model: str) -> str:
     """Field of keys.STATS_JOBS counting jobs in one status of one model."""
@@ -65,10 +70,13 @@ def add_cost(pipe: Any, provider: str, model: str, estimate_micro: int, actual_m
 
 
 def _observe(pipe: Any, key: str, buckets: tuple[float, ...], job: JobRecord, seconds: float) -> None:
-    label = f"{job.provider}|{job.model}"
+    """Count one duration in its own bucket only, `bucket=<bound>|provider|model` (the
+    first bound it does not exceed, else +Inf), and add it to `sum|provider|model`: two
+    writes, where cumulative buckets took one per bound passed. The exporter cumulates
+    (videoqueue.metrics), adding the cumulative `le=<bound>|...` fields that versions before
+    this one wrote."""
     seconds = max(seconds, 0.0)
-    for bound in buckets:
-        if seconds <= bound:
-            pipe.hincrby(key, f"le={bound}|{label}", 1)
-    pipe.hincrby(key, f"le=+Inf|{label}", 1)
+    bound = next((b for b in buckets if seconds <= b), "+Inf")
+    label = f"{job.provider}|{job.model}"
+    pipe.hincrby(key, f"{BUCKET}{bound}|{label}", 1)
     pipe.hincrbyfloat(key, f"sum|{label}", seconds)

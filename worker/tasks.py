@@ -132,10 +132,19 @@ _STORE_RETRY: dict[str, Any] = {
 }
 
 
+def _start(job_id: str) -> datetime:
+    """When the step starts; forgets what this thread saw of the job before (a run that
+    raised before `_finish`), so that `_finish` reports only what this run saw."""
+    pipeline().store.last_seen(job_id)
+    return utcnow()
+
+
 def _finish(job_id: str, started: datetime) -> dict[str, Any]:
     """What the task returns for Flower (`outcome.summary`); raises JobFailed if this run
-    of the step ended the job failed or expired (the job store already recorded it)."""
-    record = pipeline().store.get(job_id)
+    of the step ended the job failed or expired (the job store already recorded it).
+    Built from the record the step last read or stored (no second read), else read."""
+    store = pipeline().store
+    record = store.last_seen(job_id) or store.get(job_id)
     failed = ended_by_step(record, started)
     if failed is not None:
         raise failed
@@ -149,7 +158,7 @@ _TASK: dict[str, Any] = {"bind": True, "throws": (JobFailed,), **_STORE_RETRY}
 @app.task(name=TASK_SUBMIT, **_TASK)
 def submit(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Create the provider task of a job (once), then schedule its first poll."""
-    started = utcnow()
+    started = _start(job_id)
     pipeline().submit(job_id)
     return _finish(job_id, started)
 
@@ -157,7 +166,7 @@ def submit(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
 @app.task(name=TASK_POLL, **_TASK)
 def poll(self: Task[Any, Any], job_id: str, seq: int) -> dict[str, Any]:
     """One status call; re-schedules itself with a countdown until the provider is done."""
-    started = utcnow()
+    started = _start(job_id)
     pipeline().poll(job_id, seq)
     return _finish(job_id, started)
 
@@ -165,7 +174,7 @@ def poll(self: Task[Any, Any], job_id: str, seq: int) -> dict[str, Any]:
 @app.task(name=TASK_STORE, **_TASK)
 def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Stream the video into storage, write the manifest, mark the job succeeded."""
-    started = utcnow()
+    started = _start(job_id)
     try:
         pipeline().store_video(job_id)
     except StoreRetry as retry:
@@ -179,7 +188,7 @@ def store(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
 @app.task(name=TASK_CANCEL, **_TASK)
 def cancel(self: Task[Any, Any], job_id: str) -> dict[str, Any]:
     """Cancel a job at the provider, as the producer asked."""
-    started = utcnow()
+    started = _start(job_id)
     pipeline().cancel(job_id)
     return _finish(job_id, started)
 

@@ -225,3 +225,29 @@ def test_celery_logfile_gets_the_same_lines(tmp_path: Path, monkeypatch: pytest.
     logging.getLogger().handlers[0].close()
     [line] = logfile.read_text().splitlines()
     assert line.endswith(f"job_id={JOB} task=videoqueue.submit")
+
+
+def test_skipping_the_patterns_for_lines_with_no_trigger_word_never_changes_a_line() -> None:
+    def every_pattern(text: str) -> str:
+        for pattern, replacement in logs._SECRET_PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    google = "AIza" + "B" * 35
+    lines = [
+        "provider task created job_id=0193f6a2-aaaa-bbbb-cccc-123456789abc",
+        "Authorization: Bearer abc.def",
+        "{'AUTHORIZATION': 'Basic dXNlcjpwdw=='}",
+        "bearer xyz",
+        "X-Goog-Api-Key: k123",
+        "API-KEY=v1 Api_Key: v2 apikey=v3",
+        "ACCESS_TOKEN=t refresh-token: r Client_Secret=c",
+        "aws_secret_access_key=s SECRET_KEY=s2 PassWord=p passwd=q",
+        "GET https://host/v1/models?key=abc&x=1",
+        f"sent with {google} inside",
+        f"sent with {google.lower()} inside",
+        "redis://:pw@host:6379/0 https://user:pa55@example.com/path",
+        "no secret here: a/b c=d",
+    ]
+    for line in lines:
+        assert logs.redact(line) == every_pattern(line), line

@@ -1,0 +1,186 @@
+"""A status move as one server-side script: the compare-and-set of a job record with every
+write that goes with it (task claim, indexes, counters, slot, final-move hooks).
+
+`JobStore.update` computes the new record in Python from the record it read, queues the
+writes that go with it on a `Writes` recorder (the same calls a redis-py pipeline takes,
+so the final-move hooks are unchanged), then runs `MOVE` once: the script stores
+everything only if the record is still, byte for byte, the one the move was computed from
+and the task, if the move records one, is not claimed by another job. One round trip
+instead of WATCH, GET, MULTI ... EXEC, and nothing to retry in Python unless the record
+changed meanwhile (the script then returns the current record, so no second GET).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+# KEYS[1]: the job record. ARGV: [1] the record (its JSON) the move was computed from,
+# [2] the new record, [3] the task claim key or "", [4] the job id, [5] the claim's TTL (s),
+# then the queued writes, each as: command, argument count, arguments.
+# Replies: {0} record gone; {1, current record} changed meanwhile; {2, owner} the task is
+# claimed by another job; {3} stored. The checks come before any write: a refused move
+# writes nothing.
+# The queued writes name their keys in ARGV, not KEYS: this store runs on one Redis (or a
+# Sentinel-watched primary), never a Cluster, where that would be refused.
+MOVE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {0} end
+if raw ~= ARGV[1] then return {1, raw} end
+if ARGV[3] ~= '' then
+  local owner = redis.call('GET', ARGV[3])
+  if owner and owner ~= ARGV[4] then return {2, owner} end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
+local i = 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+  i = i + 2 + n
+end
+return {3}
+"""
+
+GONE, CHANGED, CLAIMED, STORED = 0, 1, 2, 3
+"""The first element of `MOVE`'s reply."""
+
+Arg = str | int | float
+
+
+def _seconds(value: int | timedelta) -> int:
+    return int(value.total_seconds()) if isinstance(value, timedelta) else int(value)
+
+
+def _millis(value: int | timedelta) -> int:
+    return int(value.total_seconds() * 1000) if isinstance(value, timedelta) else int(value)
+
+
+class Writes:
+    """Records the writes a pipeline would queue, for `MOVE`: a stand-in for the MULTI
+    pipeline the final-move hooks (videoqueue.final_hooks) and the index helpers are
+    given. It takes the write commands they use, with redis-py's signatures (a subset of
+    options); anything else is an AttributeError, found by the first test of a new hook.
+    Replies are never returned (a MULTI's were not used either)."""
+
+    def __init__(self) -> None:
+        self.args: list[Arg] = []
+        """The recorded writes: command, argument count, arguments, one after another."""
+
+    def __len__(self) -> int:
+        """How many writes were recorded."""
+        count, i = 0, 0
+        while i < len(self.args):
+            count += 1
+            i += 2 + int(self.args[i + 1])
+        return count
+
+    def _add(self, command: str, *args: Arg) -> None:
+        self.args.extend((command, len(args), *args))
+
+    def set(
+        self,
+        name: str,
+        value: Arg,
+        *,
+        ex: int | timedelta | None = None,
+        px: int | timedelta | None = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> None:
+        """SET name value [EX s] [PX ms] [NX|XX]."""
+        args: list[Arg] = [name, value]
+        if ex is not None:
+            args += ["EX", _seconds(ex)]
+        if px is not None:
+            args += ["PX", _millis(px)]
+        if nx:
+            args.append("NX")
+        if xx:
+            args.append("XX")
+        self._add("SET", *args)
+
+    def delete(self, *names: str) -> None:
+        """DEL names..."""
+        if names:
+            self._add("DEL", *names)
+
+    def expire(self, name: str, time: int | timedelta) -> None:
+        """EXPIRE name seconds."""
+        self._add("EXPIRE", name, _seconds(time))
+
+    def pexpire(self, name: str, time: int | timedelta) -> None:
+        """PEXPIRE name milliseconds."""
+        self._add("PEXPIRE", name, _millis(time))
+
+    def hset(
+        self, name: str, key: str | None = None, value: Arg | None = None, mapping: dict[str, Arg] | None = None
+    ) -> None:
+        """HSET name field value [field value ...]."""
+        pairs: list[Arg] = []
+        if key is not None:
+            if value is None:
+                raise ValueError("hset: a field needs a value")
+            pairs += [key, value]
+        for field, item in (mapping or {}).items():
+            pairs += [field, item]
+        if not pairs:
+            raise ValueError("hset: no field given")
+        self._add("HSET", name, *pairs)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """INCRBY name amount."""
+        self._add("INCRBY", name, int(amount))
+
+    incrby = incr
+
+    def hincrby(self, name: str, key: str, amount: int = 1) -> None:
+        """HINCRBY name field amount."""
+        self._add("HINCRBY", name, key, int(amount))
+
+    def hincrbyfloat(self, name: str, key: str, amount: float = 1.0) -> None:
+        """HINCRBYFLOAT name field amount."""
+        self._add("HINCRBYFLOAT", name, key, float(amount))
+
+    def zadd(
+        self,
+        name: str,
+        mapping: dict[str, float],
+        *,
+        nx: bool = False,
+        xx: bool = False,
+        gt: bool = False,
+        lt: bool = False,
+    ) -> None:
+        """ZADD name [NX|XX] [GT|LT] score member [score member ...]."""
+        if not mapping:
+            raise ValueError("zadd: no member given")
+        flags: list[Arg] = [flag for flag, on in (("NX", nx), ("XX", xx), ("GT", gt), ("LT", lt)) if on]
+        pairs: list[Arg] = []
+        for member, score in mapping.items():
+            pairs += [float(score), member]
+        self._add("ZADD", name, *flags, *pairs)
+
+    def zrem(self, name: str, *values: str) -> None:
+        """ZREM name members..."""
+        if values:
+            self._add("ZREM", name, *values)
+
+    def sadd(self, name: str, *values: Arg) -> None:
+        """SADD name members..."""
+        if values:
+            self._add("SADD", name, *values)
+
+    def srem(self, name: str, *values: Arg) -> None:
+        """SREM name members..."""
+        if values:
+            self._add("SREM", name, *values)
+
+
+def reply_code(reply: Any) -> tuple[int, str | None]:
+    """`MOVE`'s reply as (code, the record or owner it carries, or None)."""
+    code = int(reply[0])
+    carried = reply[1] if len(reply) > 1 else None
+    if isinstance(carried, bytes):
+        carried = carried.decode()
+    return code, carried
