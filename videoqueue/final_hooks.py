@@ -6,9 +6,9 @@ script that stores the move (videoqueue.movescript): the side effects happen wit
 exactly once, whatever the redelivery, or not at all. Events and webhooks go here too, as
 further hooks.
 
-A hook is called as `hook(pipe, before, after)`: `pipe` is a Redis client for reads, which
-run at once, before the move (safe for keys only this job's own final moves write: those
-are serialized by the record's compare-and-set), `before` the record as it was and `after`
+A hook is called as `hook(pipe, before, after)`: `pipe` reads (`get`), at once, before the
+move (`movescript.Reads`: the script stores the move only if every key read still holds
+what was read, else the move runs again), `before` the record as it was and `after`
 as it will be stored. It returns the writes to queue with the move (a function of a
 pipeline-like recorder, `movescript.Writes`: set, delete, expire, pexpire, hset, hincrby,
 hincrbyfloat, zadd, zrem, sadd, srem), or None for none. A move that loses its
@@ -93,8 +93,7 @@ def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes 
     (`costs rebuild`, from the manifest written before this move) already stored was counted
     then: not again."""
     row = ledger_entry_key(after.id)
-    pipe.watch(row)  # a rebuild that writes the row now makes this move retry
-    earlier: str | None = pipe.get(row)
+    earlier: str | None = pipe.get(row)  # checked by the move: a rebuild writing it now makes it run again
     if first_end(before):
         entry = LedgerEntry.for_job(after)
         if entry is None or earlier:

@@ -29,7 +29,7 @@ from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
-from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Writes, reply_code
+from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Reads, Writes, reply_code
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
@@ -167,6 +167,7 @@ class _Move:
 
     stored_raw: str
     claim: str
+    reads: Reads
     writes: Writes
     freed: bool
     ends: bool
@@ -175,10 +176,9 @@ class _Move:
     def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
         """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
         place) and gather its writes: indexes and counts, the slot it frees, the final
-        hooks' writes. The hooks read with `client`, before the script: what they read (the
-        ledger entry of a job's earlier end) is written only by this job's own final moves,
-        and those are serialized by the record's compare-and-set, so it cannot change
-        between this read and the script."""
+        hooks' writes. The hooks read with `client`, before the script, through `Reads`: the
+        script stores the move only if every key they read (a job's ledger row, which a
+        `costs rebuild` may write meanwhile) still holds what they read."""
         job_id = changed.id
         new_task = _new_task(current, changed)
         ends = changed.status.is_final and not current.status.is_final
@@ -196,7 +196,8 @@ class _Move:
             ]
         if settles:
             changed.settled_at = changed.finished_at  # the ledger entry's settled_at
-        hook_writes = [hook(client, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
+        reads = Reads(client)
+        hook_writes = [hook(reads, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
         writes = Writes()
         _write_indexes(writes, current, changed)
         freed = frees_slot(current, changed)
@@ -206,7 +207,7 @@ class _Move:
             if queue is not None:
                 queue(writes)
         claim = task_claim_key(changed.provider, new_task) if new_task else ""
-        return cls(changed.model_dump_json(), claim, writes, freed, ends)
+        return cls(changed.model_dump_json(), claim, reads, writes, freed, ends)
 
 
 class JobStore:
@@ -490,7 +491,15 @@ class JobStore:
             move = _Move.of(self.redis, current, changed)
             reply = self._move(
                 keys=[key],
-                args=[raw, move.stored_raw, move.claim, job_id, TASK_CLAIM_TTL_S, *move.writes.args],
+                args=[
+                    raw,
+                    move.stored_raw,
+                    move.claim,
+                    job_id,
+                    TASK_CLAIM_TTL_S,
+                    *move.reads.args(),
+                    *move.writes.args,
+                ],
             )
             code, carried = reply_code(reply)
             if code == CLAIMED:

@@ -17,23 +17,30 @@ from typing import Any
 
 # KEYS[1]: the job record. ARGV: [1] the record (its JSON) the move was computed from,
 # [2] the new record, [3] the task claim key or "", [4] the job id, [5] the claim's TTL (s),
-# then the queued writes, each as: command, argument count, arguments.
-# Replies: {0} record gone; {1, current record} changed meanwhile; {2, owner} the task is
-# claimed by another job; {3} stored. The checks come before any write: a refused move
-# writes nothing.
+# [6] the number G of other keys the move's hooks read, then G triples (key, "1" if it held
+# a value else "0", the value), then the queued writes, each as: command, argument count,
+# arguments.
+# Replies: {0} record gone; {1, current record} the record, or a key a hook read, changed
+# meanwhile; {2, owner} the task is claimed by another job; {3} stored. The checks come
+# before any write: a refused move writes nothing.
 # The queued writes name their keys in ARGV, not KEYS: this store runs on one Redis (or a
 # Sentinel-watched primary), never a Cluster, where that would be refused.
 MOVE = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0} end
 if raw ~= ARGV[1] then return {1, raw} end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  local value = redis.call('GET', ARGV[i])
+  if (ARGV[i + 1] == '1') ~= (value ~= false) or (value and value ~= ARGV[i + 2]) then return {1, raw} end
+  i = i + 3
+end
 if ARGV[3] ~= '' then
   local owner = redis.call('GET', ARGV[3])
   if owner and owner ~= ARGV[4] then return {2, owner} end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
-local i = 6
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
   redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
@@ -54,6 +61,37 @@ def _seconds(value: int | timedelta) -> int:
 
 def _millis(value: int | timedelta) -> int:
     return int(value.total_seconds() * 1000) if isinstance(value, timedelta) else int(value)
+
+
+class Reads:
+    """What the final-move hooks read before `MOVE` (plain GETs on `client`), kept so the
+    script stores the move only if every key read still holds what was read: the check
+    WATCH made when the hooks read inside the transaction (a `costs rebuild` writing a
+    job's ledger row while its final move is computed makes the move run again)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.seen: dict[str, str | None] = {}
+        """Each key read, with the value its first read returned (None: no such key)."""
+
+    def get(self, name: str) -> str | None:
+        """GET name, remembered for the script's check."""
+        value: Any = self.client.get(name)
+        if isinstance(value, bytes):
+            value = value.decode()
+        self.seen.setdefault(name, value)
+        return value  # type: ignore[no-any-return]
+
+    def watch(self, *names: str) -> None:
+        """Nothing: what a hook then reads with `get` is checked by the script (the name is
+        kept for hooks written for a WATCHing pipeline)."""
+
+    def args(self) -> list[Arg]:
+        """The keys read, for `MOVE`: their count, then (key, "1" or "0", value) each."""
+        out: list[Arg] = [len(self.seen)]
+        for name, value in self.seen.items():
+            out += [name, "0" if value is None else "1", value or ""]
+        return out
 
 
 class Writes:
@@ -105,9 +143,19 @@ class Writes:
         if names:
             self._add("DEL", *names)
 
-    def expire(self, name: str, time: int | timedelta) -> None:
-        """EXPIRE name seconds."""
-        self._add("EXPIRE", name, _seconds(time))
+    def expire(
+        self,
+        name: str,
+        time: int | timedelta,
+        *,
+        nx: bool = False,
+        xx: bool = False,
+        gt: bool = False,
+        lt: bool = False,
+    ) -> None:
+        """EXPIRE name seconds [NX|XX|GT|LT]."""
+        flags: list[Arg] = [flag for flag, on in (("NX", nx), ("XX", xx), ("GT", gt), ("LT", lt)) if on]
+        self._add("EXPIRE", name, _seconds(time), *flags)
 
     def pexpire(self, name: str, time: int | timedelta) -> None:
         """PEXPIRE name milliseconds."""

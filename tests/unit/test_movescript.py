@@ -19,7 +19,7 @@ from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import JobStore, TaskClaimedError
 from videoqueue.keys import job_key, status_index, task_claim_key
 from videoqueue.metrics import JobMetricsCollector
-from videoqueue.movescript import MOVE, Writes
+from videoqueue.movescript import MOVE, Reads, Writes
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_the_recorder_writes_what_a_pipeline_writes() -> None:
     _calls(writes)
     assert len(writes) == 19
     by_script.set("job", "old")
-    reply = by_script.register_script(MOVE)(keys=["job"], args=["old", "new", "", "j", 60, *writes.args])
+    reply = by_script.register_script(MOVE)(keys=["job"], args=["old", "new", "", "j", 60, 0, *writes.args])
     assert reply == [3]
     assert snapshot(by_script) == snapshot(by_pipeline)
 
@@ -171,9 +171,29 @@ def test_a_refused_move_writes_none_of_its_queued_writes() -> None:
     client.set("job", "current")
     writes = Writes()
     _calls(writes)
-    reply = client.register_script(MOVE)(keys=["job"], args=["older", "new", "", "j", 60, *writes.args])
+    reply = client.register_script(MOVE)(keys=["job"], args=["older", "new", "", "j", 60, 0, *writes.args])
     assert reply == [1, "current"]
     assert client.keys("*") == ["job"] and client.get("job") == "current"
+
+
+def test_a_key_a_hook_read_that_changed_meanwhile_refuses_the_move() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    client.set("job", "current")
+    client.set("row", "read")
+    reads = Reads(client)
+    assert reads.get("row") == "read" and reads.get("absent") is None
+    writes = Writes()
+    writes.set("out", "1")
+    move = client.register_script(MOVE)
+    client.set("row", "rewritten")  # e.g. a costs rebuild, between the hook's read and the move
+    assert move(keys=["job"], args=["current", "new", "", "j", 60, *reads.args(), *writes.args]) == [1, "current"]
+    client.set("row", "read")
+    client.set("absent", "now here")
+    assert move(keys=["job"], args=["current", "new", "", "j", 60, *reads.args(), *writes.args]) == [1, "current"]
+    assert client.get("job") == "current" and client.get("out") is None
+    client.delete("absent")
+    assert move(keys=["job"], args=["current", "new", "", "j", 60, *reads.args(), *writes.args]) == [3]
+    assert client.get("job") == "new" and client.get("out") == "1"
 
 
 def test_the_flower_summary_is_built_from_what_the_step_last_saw(store: JobStore) -> None:
