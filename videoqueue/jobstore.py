@@ -218,7 +218,7 @@ class JobStore:
             else:
                 pipe.multi()
             for record in fresh:
-                pipe.set(job_key(record.id), record.model_dump_json())
+                pipe.set(job_key(record.id), record.to_store_json())
                 _write_indexes(pipe, None, record)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
@@ -248,7 +248,7 @@ class JobStore:
             raw = pipe.get(job_key(owner_id))
             if not raw:
                 continue  # the job it named is gone (an enqueue undone): the id is free
-            owner = JobRecord.model_validate_json(raw)
+            owner = JobRecord.from_store_json(raw)
             differences = request_differences(owner.request, record.request)
             if differences:
                 conflicts.append(ClientIdConflict(client_id, owner_id, differences))
@@ -293,14 +293,14 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The record of `job_id`, or None."""
         raw: str | None = self.redis.get(job_key(job_id))  # type: ignore[assignment]
-        return JobRecord.model_validate_json(raw) if raw else None
+        return JobRecord.from_store_json(raw) if raw else None
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records in the order of `job_ids`; None where unknown."""
         if not job_ids:
             return []
         raws: list[str | None] = self.redis.mget([job_key(j) for j in job_ids])  # type: ignore[assignment]
-        return [JobRecord.model_validate_json(r) if r else None for r in raws]
+        return [JobRecord.from_store_json(r) if r else None for r in raws]
 
     def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
         """Newest first, optionally only those in `status`."""
@@ -415,7 +415,7 @@ class JobStore:
             raw = pipe.get(key)
             if not raw:
                 return
-            current = JobRecord.model_validate_json(raw)
+            current = JobRecord.from_store_json(raw)
             changed = mutate(current.model_copy(deep=True))
             if changed is None:
                 return
@@ -439,7 +439,7 @@ class JobStore:
             # The hooks read first (the pipeline is still immediate), then queue their writes.
             hook_writes = [hook(pipe, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
             pipe.multi()
-            pipe.set(key, changed.model_dump_json())
+            pipe.set(key, changed.to_store_json())
             if new_task:
                 pipe.set(task_claim_key(changed.provider, new_task), job_id, ex=TASK_CLAIM_TTL_S)
             _write_indexes(pipe, current, changed)

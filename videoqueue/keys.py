@@ -29,7 +29,8 @@ PREFIX = namespace.keep(globals(), "PREFIX", namespace.key_prefix)
 
 
 def job_key(job_id: str) -> str:
-    """String: one job's JobRecord as JSON. No TTL."""
+    """String: one job's JobRecord as compact JSON (`JobRecord.to_store_json`,
+    videoqueue.storedform; the full JSON of earlier versions still reads). No TTL."""
     return f"{PREFIX}job:{job_id}"
 
 
@@ -108,7 +109,8 @@ LEDGER_INDEX = namespace.keep(globals(), "LEDGER_INDEX", lambda: _key("ledger:in
 
 
 def ledger_entry_key(job_id: str) -> str:
-    """String: a job's LedgerEntry as JSON, what it cost, settled. No TTL."""
+    """String: a job's LedgerEntry as compact JSON (`LedgerEntry.to_store_json`; the full
+    JSON of earlier versions still reads), what it cost, settled. No TTL."""
     return f"{LEDGER_PREFIX}entry:{job_id}"
 
 
