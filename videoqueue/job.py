@@ -201,10 +201,8 @@ class JobRecord(BaseModel):
         """The record as the job store holds it: compact JSON (videoqueue.storedform) that
         `model_validate_json` (or `from_store_json`) reads back into a record equal to this
         one. Not for people or manifests: those get `model_dump_json` / `public_dict`."""
-        data = pydantic_core.from_json(self.model_dump_json())  # faster than model_dump(mode="json")
-        storedform.drop_defaults(data, _RECORD_DEFAULTS)
+        data = self.model_dump(mode="json", exclude_defaults=True)  # the request's too
         request = data["request"]
-        storedform.drop_defaults(request, _REQUEST_DEFAULTS)
         for name in ("provider", "model"):
             if request.get(name) == data[name]:
                 del request[name]
@@ -289,21 +287,6 @@ def derived_budget_keys(created_at: datetime, tags: tuple[str, ...]) -> list[str
     return counters
 
 
-def _json_defaults(model: type[BaseModel]) -> dict[str, Any]:
-    """Each field of `model` that has a default, to its default as a JSON value."""
-    out: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        if field.exclude or field.is_required():
-            continue
-        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
-        out[name] = pydantic_core.to_jsonable_python(default)
-    return out
-
-
-_RECORD_DEFAULTS = _json_defaults(JobRecord)
-_REQUEST_DEFAULTS = {
-    name: value for name, value in _json_defaults(ResolvedRequest).items() if name not in ("priority", "tenant")
-}
 _TIME_FIELDS = tuple(
     name
     for name, field in JobRecord.model_fields.items()
