@@ -132,7 +132,11 @@ def _sample(url: str) -> dict[str, str]:
 def memory_stats(url: str) -> dict[str, float]:
     """Redis's own split of its used memory (MEMORY STATS): the data, the key tables (main
     and expiry dictionaries of db 0) and the client connections' buffers."""
-    stats: dict[str, Any] = redis.Redis.from_url(url).memory_stats()  # type: ignore[assignment]
+    client = redis.Redis.from_url(url)
+    # The slow log keeps the arguments of up to 128 slow commands (most are, on a busy
+    # machine): hundreds of bytes per job at N = 2,000 that no job holds.
+    client.slowlog_reset()
+    stats: dict[str, Any] = client.memory_stats()  # type: ignore[assignment]
     db: dict[str, Any] = stats.get("db.0") or {}
     return {
         "used_memory": float(stats["total.allocated"]),
