@@ -206,8 +206,9 @@ class JobRecord(BaseModel):
         for name in ("provider", "model"):
             if request.get(name) == data[name]:
                 del request[name]
-        # Left out when derived (the usual case); a record whose creation time is kept as
-        # text (not UTC) keeps them, since they are worked out from it.
+        # Left out when derived (the usual case), and derived again in the namespace the
+        # record is read in, which is the one whose key holds it. A record whose creation
+        # time is kept as text (not UTC) keeps them, since they are worked out from it.
         if storedform.in_utc(self.created_at) and self.budget_keys == derived_budget_keys(
             self.created_at, self.request.tags
         ):
