@@ -93,7 +93,7 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         active_ids = sorted({i for index in active_index_keys() for i in pipe.zrange(index, 0, -1)})
         if active_ids:
             pipe.watch(*[job_key(i) for i in active_ids])  # rewritten below with their keys
-        records = [JobRecord.model_validate_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
+        records = [JobRecord.from_store_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
         entry_ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
         entries = [
             LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [ledger_entry_key(i) for i in entry_ids]) if r
@@ -104,7 +104,7 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
         created: dict[str, datetime] = {}
         for job_id, raw in zip(undated, _read_all(pipe, [job_key(i) for i in undated]), strict=True):
             if raw:
-                created[job_id] = JobRecord.model_validate_json(raw).created_at
+                created[job_id] = JobRecord.from_store_json(raw).created_at
         target: dict[str, list[int]] = {}
         from_settlement = 0
         for entry in entries:
@@ -156,7 +156,7 @@ def rebuild_counters(client: redis.Redis, *, dry_run: bool = False) -> CounterRe
                 if ttl:
                     pipe.expire(key, ttl)
         for record in rekeyed:
-            pipe.set(job_key(record.id), record.model_dump_json())
+            pipe.set(job_key(record.id), record.to_store_json())
 
     client.transaction(write, keys.LEDGER_INDEX, *active_index_keys())
     return result[0]

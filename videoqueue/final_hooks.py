@@ -53,7 +53,7 @@ def ledger_entry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | Non
     if not earlier:
         return None
     restated = LedgerEntry.model_validate_json(earlier).model_copy(update={"status": after.status.value})
-    return lambda multi: multi.set(ledger_entry_key(after.id), restated.model_dump_json())
+    return lambda multi: multi.set(ledger_entry_key(after.id), restated.to_store_json())
 
 
 def budget_settle(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:

@@ -8,9 +8,10 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
-from videoqueue import namespace
+from videoqueue import keys, namespace, storedform
 from videoqueue.resolved import ResolvedRequest
 
 
@@ -181,6 +182,8 @@ class JobRecord(BaseModel):
         "cancel_requested". When it was asked for is unknown: the record's `updated_at`
         (no earlier than the request) stands in. The provider's own status was not kept
         beside that marker, so it reads as unknown (None)."""
+        if storedform.is_compact(data):
+            return _from_stored(data)
         if not isinstance(data, dict):
             return data
         marker = data.get("provider_status") == "cancel_requested"
@@ -193,6 +196,39 @@ class JobRecord(BaseModel):
         if requested and data.get("cancel_requested_at") is None:
             data["cancel_requested_at"] = data.get("updated_at")
         return data
+
+    def to_store_json(self) -> str:
+        """The record as the job store holds it: compact JSON (videoqueue.storedform) that
+        `model_validate_json` (or `from_store_json`) reads back into a record equal to this
+        one. Not for people or manifests: those get `model_dump_json` / `public_dict`."""
+        data = self.model_dump(mode="json", exclude_defaults=True)  # the request's too
+        request = data["request"]
+        for name in ("provider", "model"):
+            if request.get(name) == data[name]:
+                del request[name]
+        # Left out when derived (the usual case), and derived again in the namespace the
+        # record is read in, which is the one whose key holds it. A record whose creation
+        # time is kept as text (not UTC) keeps them, since they are worked out from it.
+        if storedform.in_utc(self.created_at) and self.budget_keys == derived_budget_keys(
+            self.created_at, self.request.tags
+        ):
+            data.pop("budget_keys", None)
+        else:
+            data["budget_keys"] = list(self.budget_keys)
+        if self.manifest_uri and self.output_uri:
+            data["manifest_uri"] = storedform.relative_uri(self.manifest_uri, self.output_uri)
+        if self.history and storedform.in_utc(self.created_at):
+            data["history"] = storedform.encode_history(
+                data["history"], self.created_at, self.status.value, self.updated_at
+            )
+        storedform.encode_times(data, self.__dict__, "created_at", _TIME_FIELDS)
+        return pydantic_core.to_json({"v": storedform.VERSION, **data}).decode()
+
+    @classmethod
+    def from_store_json(cls, raw: str | bytes) -> JobRecord:
+        """A record from what the job store holds: the compact form of `to_store_json`, or
+        the full JSON that versions before it wrote."""
+        return cls.model_validate_json(raw)
 
     @property
     def cancel_requested(self) -> bool:
@@ -241,3 +277,36 @@ class JobRecord(BaseModel):
             None if self.estimated_start_at is None else self.estimated_start_at.isoformat().replace("+00:00", "Z")
         )
         return data
+
+
+def derived_budget_keys(created_at: datetime, tags: tuple[str, ...]) -> list[str]:
+    """The budget counters a job created at `created_at` with `tags` counts against: its
+    day, its month, each tag (videoqueue.budget.keys_for), in the current namespace."""
+    day = created_at.date().isoformat()
+    counters = [keys.budget_counter_key(f"day:{day}"), keys.budget_counter_key(f"month:{day[:7]}")]
+    counters.extend(keys.budget_counter_key(f"tag:{tag}") for tag in dict.fromkeys(tags))
+    return counters
+
+
+_TIME_FIELDS = tuple(
+    name
+    for name, field in JobRecord.model_fields.items()
+    if not field.exclude and field.annotation in (datetime, datetime | None)
+)
+
+
+def _from_stored(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a record from its compact stored form (`JobRecord.to_store_json`)."""
+    data = {name: value for name, value in data.items() if name != "v"}
+    origin = storedform.decode_times(data, "created_at", _TIME_FIELDS)
+    request = data["request"] = dict(data.get("request") or {})
+    request.setdefault("provider", data.get("provider"))
+    request.setdefault("model", data.get("model"))
+    if "budget_keys" not in data and isinstance(data.get("created_at"), datetime):
+        data["budget_keys"] = derived_budget_keys(data["created_at"], tuple(request.get("tags") or ()))
+    if data.get("manifest_uri") and data.get("output_uri"):
+        data["manifest_uri"] = storedform.absolute_uri(data["manifest_uri"], data["output_uri"])
+    history = data.get("history")
+    if history and origin is not None:
+        data["history"] = storedform.decode_history(history, origin, data["status"], data["updated_at"])
+    return data

@@ -207,7 +207,7 @@ class _Move:
             if queue is not None:
                 queue(writes)
         claim = task_claim_key(changed.provider, new_task) if new_task else ""
-        return cls(changed.model_dump_json(), claim, reads, writes, freed, ends)
+        return cls(changed.to_store_json(), claim, reads, writes, freed, ends)
 
 
 class JobStore:
@@ -273,7 +273,7 @@ class JobStore:
             else:
                 pipe.multi()
             for record in fresh:
-                pipe.set(job_key(record.id), record.model_dump_json())
+                pipe.set(job_key(record.id), record.to_store_json())
                 _write_indexes(pipe, None, record)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
@@ -303,7 +303,7 @@ class JobStore:
             raw = pipe.get(job_key(owner_id))
             if not raw:
                 continue  # the job it named is gone (an enqueue undone): the id is free
-            owner = JobRecord.model_validate_json(raw)
+            owner = JobRecord.from_store_json(raw)
             differences = request_differences(owner.request, record.request)
             if differences:
                 conflicts.append(ClientIdConflict(client_id, owner_id, differences))
@@ -350,7 +350,7 @@ class JobStore:
         raw: str | None = self.redis.get(job_key(job_id))  # type: ignore[assignment]
         if not raw:
             return None
-        record = JobRecord.model_validate_json(raw)
+        record = JobRecord.from_store_json(raw)
         self._saw(record, raw)
         return record
 
@@ -359,7 +359,7 @@ class JobStore:
         if not job_ids:
             return []
         raws: list[str | None] = self.redis.mget([job_key(j) for j in job_ids])  # type: ignore[assignment]
-        return [JobRecord.model_validate_json(r) if r else None for r in raws]
+        return [JobRecord.from_store_json(r) if r else None for r in raws]
 
     def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
         """Newest first, optionally only those in `status`."""
@@ -472,7 +472,7 @@ class JobStore:
         if raw is None:
             raw = self.redis.get(key)  # type: ignore[assignment]
         while raw:
-            current = JobRecord.model_validate_json(raw)
+            current = JobRecord.from_store_json(raw)
             changed = mutate(current.model_copy(deep=True))
             moves = changed is not None and changed.status is not current.status
             if changed is None or (moves and not lifecycle.allowed(current.status, changed.status)):

@@ -29,8 +29,10 @@ PREFIX = namespace.keep(globals(), "PREFIX", namespace.key_prefix)
 
 
 def job_key(job_id: str) -> str:
-    """String: one job's JobRecord as JSON. TTL: none while active; JOB_RETENTION_S after a
-    final move (videoqueue.retention), renewed by a second end; none when that is 0."""
+    """String: one job's JobRecord as compact JSON (`JobRecord.to_store_json`,
+    videoqueue.storedform; the full JSON of earlier versions still reads). TTL: none while
+    active; JOB_RETENTION_S after a final move (videoqueue.retention), renewed by a second
+    end; none when that is 0."""
     return f"{PREFIX}job:{job_id}"
 
 
@@ -112,7 +114,8 @@ sweep trims the ids of expired rows (videoqueue.retention). No TTL."""
 
 
 def ledger_entry_key(job_id: str) -> str:
-    """String: a job's LedgerEntry as JSON, what it cost, settled. TTL: JOB_RETENTION_S after
+    """String: a job's LedgerEntry as compact JSON (`LedgerEntry.to_store_json`; the full
+    JSON of earlier versions still reads), what it cost, settled. TTL: JOB_RETENTION_S after
     the job's final move, as its record (videoqueue.retention); none when that is 0."""
     return f"{LEDGER_PREFIX}entry:{job_id}"
 

@@ -15,10 +15,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+import pydantic_core
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from videoqueue import keys, ledger_days, retention, stats
+from videoqueue import keys, ledger_days, retention, stats, storedform
 from videoqueue.budget import to_micro
 from videoqueue.job import JobRecord, Usd
 from videoqueue.keys import ledger_entry_key
@@ -52,6 +53,32 @@ class LedgerEntry(BaseModel):
     # written before it was recorded.
     submitted_at: datetime | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_stored_form(cls, data: Any) -> Any:
+        """Rows in the compact stored form (`to_store_json`) read as the full ones."""
+        if not storedform.is_compact(data):
+            return data
+        data = {name: value for name, value in data.items() if name != "v"}
+        storedform.decode_times(data, "settled_at", _ROW_TIMES)
+        for name, default in _ROW_DEFAULTS.items():
+            data.setdefault(name, default)
+        data.setdefault("actual_usd", data.get("estimate_usd"))
+        return data
+
+    def to_store_json(self) -> str:
+        """The entry as the ledger holds it in Redis: compact JSON (videoqueue.storedform:
+        times as integers, `status` "succeeded", `unit` "token", empty `tags`, no
+        `billed_units`, no `uncertain_usd` and `actual_usd` equal to `estimate_usd` left
+        out) that `model_validate_json` reads back into an equal entry. Manifests keep the
+        full form (`model_dump`)."""
+        data = self.model_dump(mode="json")
+        storedform.drop_defaults(data, _ROW_DEFAULTS)
+        if data["actual_usd"] == data["estimate_usd"]:
+            del data["actual_usd"]
+        storedform.encode_times(data, self.__dict__, "settled_at", _ROW_TIMES)
+        return pydantic_core.to_json({"v": storedform.VERSION, **data}).decode()
+
     @property
     def day(self) -> str:
         """UTC day of settlement, YYYY-MM-DD."""
@@ -79,9 +106,21 @@ class LedgerEntry(BaseModel):
         )
 
 
+# What the compact stored form leaves out: a field absent there reads as this value.
+_ROW_DEFAULTS: dict[str, Any] = {
+    "status": "succeeded",
+    "tags": [],
+    "billed_units": None,
+    "unit": "token",
+    "uncertain_usd": 0,
+    "submitted_at": None,
+}
+_ROW_TIMES = ("settled_at", "submitted_at")
+
+
 def write_entry(pipe: Any, entry: LedgerEntry) -> None:
     """Queue the writes of an entry on a MULTI pipeline (idempotent: NX, same score)."""
-    pipe.set(ledger_entry_key(entry.job_id), entry.model_dump_json(), nx=True)
+    pipe.set(ledger_entry_key(entry.job_id), entry.to_store_json(), nx=True)
     pipe.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
 
 
@@ -202,7 +241,7 @@ class Ledger:
                 )
             for old, new in diff.changed:
                 _unindex(pipe, old)
-                pipe.set(ledger_entry_key(new.job_id), new.model_dump_json())
+                pipe.set(ledger_entry_key(new.job_id), new.to_store_json())
                 pipe.zadd(keys.LEDGER_INDEX, {new.job_id: new.settled_at.timestamp()})
                 ledger_days.expire_row(pipe, new, keep_s)
                 ledger_days.add(pipe, new)

@@ -122,3 +122,21 @@ def test_quick_overload_measures_at_the_provider_and_on_the_broker(tmp_path: Pat
     # D and E run once the request has issue 15's fields; until then they are skipped, saying why
     for part in "DE":
         assert part in parts or "issue 15" in document["skipped"][part]
+
+
+@pytest.mark.timeout(300)
+def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
+    document = _run_quick("memory", tmp_path)
+    assert document["counts"]["succeeded"] == document["jobs"] == 100
+    queued = {row["kind"]: row for row in document["queued"]["kinds"]}
+    finished = {row["kind"]: row for row in document["finished"]["kinds"]}
+    # The job's own keys, by kind, with the placeholders for its ids.
+    assert {"vq@bench:job:{job}", "vq@bench:client:{client}", "vq@bench:jobs:all"} <= set(queued)
+    assert {"vq@bench:ledger:entry:{job}", "vq@bench:task:byteplus:{task}"} <= set(finished)
+    assert queued["vq@bench:job:{job}"]["keys"] == 100 and queued["vq@bench:jobs:all"]["members"] == 100
+    for phase in (document["queued"], document["finished"]):
+        assert phase["store_bytes_per_job"] > phase["store_bytes_per_job_sum_of_keys"] / 2 > 0
+    assert document["broker_bytes_per_queued_message"] > 0
+    # What Redis holds is the compact stored form.
+    assert json.loads(document["finished"]["sample"]["record"])["v"] == 2
+    assert json.loads(document["finished"]["sample"]["ledger_row"])["v"] == 2

@@ -1,0 +1,236 @@
+"""Memory per job (issue 18): what each Redis key of a job costs in the job store, queued
+and again once real workers have finished it, and what a queued message costs the broker.
+
+N jobs of a typical request are enqueued: a prompt of 200 characters, two tags and a
+client job id (`shop-order-2026-12-06-NNNNNNN`), the default model and parameters. Every
+key of the job store is then grouped by kind, the job's own ids replaced by placeholders
+(`job:{job}`, `client:{client}`, `task:byteplus:{task}`): a kind that holds one key per job
+is counted as MEMORY USAGE of its keys over N; a key shared by the jobs (an index, a
+counter) as its MEMORY USAGE over N, its members (ZCARD, HLEN) given beside. The totals
+are the sum of the kinds and, as the figure that counts everything (MEMORY USAGE leaves out
+a zset member's dictionary entry, the key tables' buckets and the expiry entries of keys
+with a TTL), the delta over N of Redis's data plus key tables (MEMORY STATS
+`dataset.bytes` + `overhead.hashtable.*`): the target's figure. The used_memory delta is
+given beside; it also holds the connections' buffers, which are not per job.
+
+Target (issue 18): at most 1.2 KB per queued job and 1.0 KB per finished job.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import redis
+
+from bench.harness import BenchStack, redis_counters
+from producer import VideoRequest
+
+TARGET_QUEUED_B = 1200
+TARGET_FINISHED_B = 1000
+
+PROMPT = (
+    "A slow dolly shot through a rain-soaked night market in Taipei: neon signs reflect in "
+    "puddles, steam rises from food stalls, a vendor hands a paper bowl of noodles to a "
+    "customer, shallow depth of field, 35 mm film look. "
+)
+TAGS = ("campaign-winter-sale", "team-social")
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CLIENT = re.compile(r"client:shop-order-[0-9-]+$")
+_TASK = re.compile(r"(task:[^:]+:).+$")
+
+
+def prompt(i: int) -> str:
+    """A prompt of exactly 200 characters, numbered so that no two jobs are the same."""
+    suffix = f" Take {i:07d}."
+    return (PROMPT * 2)[: 200 - len(suffix)] + suffix
+
+
+def request(i: int) -> VideoRequest:
+    """The typical request of the scenario: 200-character prompt, two tags, a client job id."""
+    return VideoRequest(prompt=prompt(i), tags=TAGS, client_job_id=f"shop-order-2026-12-06-{i:07d}")
+
+
+def kind_of(key: str) -> str:
+    """A key's kind: the key with the job's own ids replaced by placeholders."""
+    key = _UUID.sub("{job}", key)
+    key = _CLIENT.sub("client:{client}", key)
+    return _TASK.sub(r"\1{task}", key)
+
+
+def _members(client: redis.Redis, key: str, kind: str) -> int | None:
+    count: Any = {"zset": client.zcard, "hash": client.hlen, "set": client.scard, "list": client.llen}.get(kind)
+    return int(count(key)) if count else None
+
+
+def key_kinds(url: str, jobs: int) -> list[dict[str, Any]]:
+    """Every key of the Redis at `url` grouped by kind, with its bytes per job."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    names = sorted(client.scan_iter(count=1000))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.memory_usage(name, samples=0)
+        pipe.type(name)
+        pipe.ttl(name)
+    answers = pipe.execute()
+    kinds: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(names):
+        usage, kind, ttl = answers[3 * i : 3 * i + 3]
+        row = kinds.setdefault(
+            kind_of(name), {"kind": kind_of(name), "type": kind, "keys": 0, "bytes": 0, "ttl": ttl > 0, "members": 0}
+        )
+        row["keys"] += 1
+        row["bytes"] += int(usage or 0)
+        members = _members(client, name, kind)
+        if members is not None:
+            row["members"] += members
+    rows = []
+    for row in kinds.values():
+        per_job = row["keys"] > 1 or "{" in row["kind"]
+        rows.append(
+            {
+                "kind": row["kind"],
+                "type": row["type"],
+                "keys": row["keys"],
+                "members": row["members"] if row["type"] != "string" else None,
+                "ttl": row["ttl"],
+                "bytes_per_key": round(row["bytes"] / row["keys"]),
+                "bytes_per_member": round(row["bytes"] / row["members"]) if row["members"] else None,
+                "per_job_key": per_job,
+                "bytes_per_job": round(row["bytes"] / jobs, 1),
+            }
+        )
+    return sorted(rows, key=lambda r: -r["bytes_per_job"])
+
+
+def _record_sizes(url: str) -> dict[str, float]:
+    """Average length (bytes) of the stored JSON of records and ledger rows."""
+    client = redis.Redis.from_url(url)
+    out: dict[str, float] = {}
+    for label, pattern in (("record_json_bytes", "*:job:*"), ("ledger_row_json_bytes", "*:ledger:entry:*")):
+        names = list(client.scan_iter(match=pattern, count=1000))
+        if names:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.strlen(name)
+            out[label] = round(sum(pipe.execute()) / len(names), 1)
+    return out
+
+
+def _sample(url: str) -> dict[str, str]:
+    """One stored record and ledger row, as they are in Redis (for the report)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    out: dict[str, str] = {}
+    for label, pattern in (("record", "*:job:*"), ("ledger_row", "*:ledger:entry:*")):
+        for name in client.scan_iter(match=pattern, count=1000):
+            out[label] = str(client.get(name))
+            break
+    return out
+
+
+def memory_stats(url: str) -> dict[str, float]:
+    """Redis's own split of its used memory (MEMORY STATS): the data, the key tables (main
+    and expiry dictionaries of db 0) and the client connections' buffers."""
+    client = redis.Redis.from_url(url)
+    # The slow log keeps the arguments of up to 128 slow commands (most are, on a busy
+    # machine): hundreds of bytes per job at N = 2,000 that no job holds.
+    client.slowlog_reset()
+    stats: dict[str, Any] = client.memory_stats()  # type: ignore[assignment]
+    db: dict[str, Any] = stats.get("db.0") or {}
+    return {
+        "used_memory": float(stats["total.allocated"]),
+        "dataset": float(stats["dataset.bytes"]),
+        "key_tables": float(db.get("overhead.hashtable.main", 0)) + float(db.get("overhead.hashtable.expires", 0)),
+        "clients": float(stats["clients.normal"]),
+    }
+
+
+def _phase(stack: BenchStack, jobs: int, base: dict[str, float], label: str) -> dict[str, Any]:
+    now = memory_stats(stack.store_url)
+    delta = {name: (now[name] - base[name]) / jobs for name in now}
+    kinds = key_kinds(stack.store_url, jobs)
+    return {
+        "phase": label,
+        # Everything Redis holds for the jobs: their data plus the key tables' entries and
+        # buckets; the connections' buffers (not per job) are left out, and given apart.
+        "store_bytes_per_job": round(delta["dataset"] + delta["key_tables"]),
+        "store_bytes_per_job_used_memory": round(delta["used_memory"]),
+        "store_bytes_per_job_dataset": round(delta["dataset"]),
+        "store_bytes_per_job_key_tables": round(delta["key_tables"]),
+        "store_client_buffers_bytes": round(delta["clients"] * jobs),
+        "store_bytes_per_job_sum_of_keys": round(sum(r["bytes_per_job"] for r in kinds)),
+        "kinds": kinds,
+        **_record_sizes(stack.store_url),
+        "sample": _sample(stack.store_url),
+    }
+
+
+def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
+    """Enqueue 2,000 jobs (quick: 100), measure; let one worker finish them, measure."""
+    jobs = 100 if quick else 2000
+    stack.stop_workers()
+    stack.flush()
+    stack.sim_reset()
+    stack.sim_config(latency=0.0, latency_jitter=0.0)
+    env = stack.env(poll_initial_s=1, poll_jitter=0)
+    producer = stack.producer(env)
+    store0, broker0 = memory_stats(stack.store_url), redis_counters(stack.broker_url)
+    for first in range(0, jobs, 500):
+        producer.submit_many([request(i) for i in range(first, min(first + 500, jobs))])
+    broker_q = redis_counters(stack.broker_url)
+    queued = _phase(stack, jobs, store0, "queued")
+    stack.start_workers(1, concurrency=2, pool="prefork", env=env)
+    stack.wait_final(jobs, 900, interval=0.5)
+    stack.stop_workers()
+    counts = stack.counts()
+    finished = _phase(stack, jobs, store0, "finished")
+    broker_per_message = round((broker_q["used_memory"] - broker0["used_memory"]) / jobs)
+
+    rows: list[dict[str, Any]] = []
+    by_kind: dict[str, dict[str, Any]] = {}
+    for phase in (queued, finished):
+        for kind in phase["kinds"]:
+            row = by_kind.setdefault(kind["kind"], {"key kind": kind["kind"], "type": kind["type"]})
+            row[f"{phase['phase']} B/job"] = kind["bytes_per_job"]
+            if kind["members"] is not None:
+                row[f"{phase['phase']} members"] = kind["members"]
+    rows += sorted(by_kind.values(), key=lambda r: -(r.get("finished B/job") or r.get("queued B/job") or 0))
+    rows.append(
+        {
+            "key kind": "total: sum of the key kinds",
+            "queued B/job": queued["store_bytes_per_job_sum_of_keys"],
+            "finished B/job": finished["store_bytes_per_job_sum_of_keys"],
+        }
+    )
+    for label, name in (
+        ("key tables (main and expiry dicts): delta / N", "store_bytes_per_job_key_tables"),
+        ("total: dataset + key tables delta / N (the target's figure)", "store_bytes_per_job"),
+        ("used_memory delta / N (with connection buffers)", "store_bytes_per_job_used_memory"),
+    ):
+        rows.append({"key kind": label, "queued B/job": queued[name], "finished B/job": finished[name]})
+    rows.append({"key kind": "broker: used_memory delta / N, queued", "queued B/job": broker_per_message})
+    met_q = queued["store_bytes_per_job"] <= TARGET_QUEUED_B
+    met_f = finished["store_bytes_per_job"] <= TARGET_FINISHED_B
+    return {
+        "rows": rows,
+        "jobs": jobs,
+        "counts": counts,
+        "request": {"prompt_chars": len(prompt(0)), "tags": list(TAGS), "client_job_id": request(0).client_job_id},
+        "queued": queued,
+        "finished": finished,
+        "broker_bytes_per_queued_message": broker_per_message,
+        "targets": {
+            "queued_bytes": TARGET_QUEUED_B,
+            "finished_bytes": TARGET_FINISHED_B,
+            "queued_met": met_q,
+            "finished_met": met_f,
+        },
+        "notes": [
+            f"record JSON {queued.get('record_json_bytes')} B queued, {finished.get('record_json_bytes')} B "
+            f"finished; ledger row JSON {finished.get('ledger_row_json_bytes')} B",
+            f"per queued job {queued['store_bytes_per_job']} B (target {TARGET_QUEUED_B}: "
+            f"{'met' if met_q else 'not met'}), per finished job {finished['store_bytes_per_job']} B "
+            f"(target {TARGET_FINISHED_B}: {'met' if met_f else 'not met'}); jobs by status {counts}",
+        ],
+    }

@@ -1,0 +1,397 @@
+"""The compact stored form of job records and ledger rows (issue 18, videoqueue.storedform):
+what is written reads back equal, what versions before it wrote still reads, and what users
+see (public_dict, the models' own JSON, manifests) does not change."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import fakeredis
+import pytest
+
+from tests.unit.helpers import seedance_request
+from videoqueue import budget, keys
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, derived_budget_keys
+from videoqueue.jobstore import JobStore
+from videoqueue.keys import job_key, ledger_entry_key
+from videoqueue.ledger import Ledger, LedgerEntry, write_entry
+from videoqueue.resolved import ImageUpload, ImageUrl
+
+T0 = datetime(2026, 12, 6, 7, 25, 22, 165574, tzinfo=UTC)
+
+# Records and a ledger row as the code before the compact form stored them (taken from a
+# `python -m bench memory` run, namespace `default`): they must still read.
+OLD_QUEUED = (
+    '{"id":"5493b520-b60d-419e-8d1b-3cc9a310b1e7","status":"queued","provider":"byteplus","model":'
+    '"seedance-1-5-pro-251215","request":{"prompt":"A slow dolly shot through a night market.",'
+    '"provider":"byteplus","model":"seedance-1-5-pro-251215","duration":5,"resolution":"720p",'
+    '"ratio":"16:9","audio":true,"seed":1450690959,"service_tier":"default","images":{},'
+    '"negative_prompt":null,"person_generation":null,"tags":["campaign-winter-sale","team-social"],'
+    '"client_job_id":"shop-order-2026-12-06-0000080"},"provider_task_id":null,"provider_status":null,'
+    '"provider_endpoint":null,"provider_fingerprint":null,"waiting_for_endpoint":null,"attempts":0,'
+    '"submit_errors":0,"submit_rate_limits":0,"uncertain_creates":0,"cost_estimate_usd":0.249163,'
+    '"cost_usd":null,"uncertain_cost_usd":null,"billed_units":null,"billed_unit":"token","budget_keys":'
+    '["vq:budget:day:2026-12-06","vq:budget:month:2026-12","vq:budget:tag:campaign-winter-sale",'
+    '"vq:budget:tag:team-social"],"output_uri":null,"manifest_uri":null,"video_url":null,"error":null,'
+    '"cancel_requested_at":null,"poll_seq":0,"poll_errors":0,"store_attempts":0,"store_lease_until":null,'
+    '"store_retries":0,"store_retried_at":null,"submit_intent_at":null,"next_due_at":null,"recoveries":0,'
+    '"submit_lease_until":null,"created_at":"2026-12-06T07:25:22.169590Z","updated_at":'
+    '"2026-12-06T07:25:22.169590Z","submitted_at":null,"provider_done_at":null,"finished_at":null,'
+    '"settled_at":null,"result_expires_at":null,"deadline_at":"2026-12-06T09:25:22.169590Z",'
+    '"past_deadline_at":null,"notes":[],"history":[],"retry_of":null,"retried_by":[]}'
+)
+OLD_FAILED_IN_STORAGE = (
+    '{"id":"90cd4315-27c3-4fc1-b680-b86c9e19676f","status":"failed","provider":"byteplus","model":'
+    '"seedance-1-5-pro-251215","request":{"prompt":"A slow dolly shot.","provider":"byteplus","model":'
+    '"seedance-1-5-pro-251215","duration":5,"resolution":"720p","ratio":"16:9","audio":true,"seed":821649374,'
+    '"service_tier":"default","images":{},"negative_prompt":null,"person_generation":null,"tags":[],'
+    '"client_job_id":null},"provider_task_id":"cgt-20261206072531-9f4e069d","provider_status":"succeeded",'
+    '"provider_endpoint":"127.0.0.1:50763","provider_fingerprint":"2b372e27a0b1","waiting_for_endpoint":null,'
+    '"attempts":1,"submit_errors":0,"submit_rate_limits":0,"uncertain_creates":0,"cost_estimate_usd":0.249163,'
+    '"cost_usd":0.249163,"uncertain_cost_usd":null,"billed_units":103818,"billed_unit":"token","budget_keys":'
+    '["vq:budget:day:2026-12-06","vq:budget:month:2026-12"],"output_uri":null,"manifest_uri":null,'
+    '"video_url":"http://127.0.0.1:50763/files/cgt-20261206072531-9f4e069d.mp4","error":{"code":"storage",'
+    '"message":"disk full","provider_code":null},"cancel_requested_at":null,"poll_seq":1,"poll_errors":0,'
+    '"store_attempts":3,"store_lease_until":null,"store_retries":0,"store_retried_at":null,'
+    '"submit_intent_at":null,"next_due_at":"2026-12-06T07:50:32.963217Z","recoveries":0,'
+    '"submit_lease_until":null,"created_at":"2026-12-06T07:25:22.165574Z","updated_at":'
+    '"2026-12-06T07:25:32.980066Z","submitted_at":"2026-12-06T07:25:31.518811Z","provider_done_at":'
+    '"2026-12-06T07:25:32.537356Z","finished_at":"2026-12-06T07:25:32.972249Z","settled_at":'
+    '"2026-12-06T07:25:32.972249Z","result_expires_at":null,"deadline_at":"2026-12-06T09:25:22.165574Z",'
+    '"past_deadline_at":null,"notes":[],"history":[{"at":"2026-12-06T07:25:31.494855+00:00","from":"queued",'
+    '"to":"submitting"},{"at":"2026-12-06T07:25:31.520398+00:00","from":"submitting","to":"running"},'
+    '{"at":"2026-12-06T07:25:32.544239+00:00","from":"running","to":"downloading"},'
+    '{"at":"2026-12-06T07:25:32.980066+00:00","from":"downloading","to":"failed"}],"retry_of":null,'
+    '"retried_by":[]}'
+)
+OLD_LEDGER_ROW = (
+    '{"job_id":"d7c03edf-0a2a-4bed-8eb0-7ed1df7271fa","provider":"byteplus","model":"seedance-1-5-pro-251215",'
+    '"status":"succeeded","tags":["campaign-winter-sale","team-social"],"settled_at":"2026-12-06T07:25:34.466161Z",'
+    '"estimate_usd":0.249163,"actual_usd":0.249163,"billed_units":103818,"unit":"token","uncertain_usd":0.0,'
+    '"submitted_at":"2026-12-06T07:25:22.174908Z"}'
+)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def moves(*steps: tuple[float, str, str]) -> list[dict[str, Any]]:
+    """History entries as JobStore.update writes them: `at` an ISO text, statuses as JobStatus."""
+    return [{"at": at(s).isoformat(), "from": JobStatus(a), "to": JobStatus(b)} for s, a, b in steps]
+
+
+def every_field_set() -> JobRecord:
+    """A record in which no stored field holds its default."""
+    request = seedance_request(
+        "a red fox in snow, " * 10,
+        seed=42,
+        images={
+            "first_frame": ImageUpload(
+                file="fox.png", mime_type="image/png", bytes=1234, sha256="ab" * 32, uri="file:///in/fox.png"
+            ),
+            "last_frame": ImageUrl(url="https://example.com/end.png"),
+        },
+        negative_prompt="blur",
+        person_generation="allow_adult",
+        tags=("a", "b"),
+        client_job_id="order-1",
+        priority=7,
+        tenant="shop",
+    )
+    return JobRecord(
+        id="5493b520-b60d-419e-8d1b-3cc9a310b1e7",
+        status=JobStatus.FAILED,
+        provider="byteplus",
+        model="seedance-1-5-pro-251215",
+        request=request,
+        provider_task_id="cgt-1",
+        provider_status="failed",
+        provider_endpoint="ark.example.com",
+        provider_fingerprint="2b372e27a0b1",
+        waiting_for_endpoint="ark.other.com",
+        attempts=2,
+        submit_errors=1,
+        submit_rate_limits=3,
+        uncertain_creates=1,
+        cost_estimate_usd=Decimal("0.249163"),
+        cost_usd=Decimal("0.2"),
+        uncertain_cost_usd=Decimal("0.1"),
+        billed_units=103818,
+        billed_unit="second",
+        budget_keys=["vq:budget:custom"],
+        output_uri="s3://bucket/videos/x.mp4",
+        manifest_uri="s3://bucket/videos/x.json",
+        video_url="https://cdn.example.com/x.mp4",
+        error=JobFailure(code=ErrorCode.STORAGE, message="disk full", provider_code="E1"),
+        cancel_requested_at=at(5),
+        poll_seq=4,
+        poll_errors=1,
+        store_attempts=3,
+        store_lease_until=at(60),
+        store_retries=1,
+        store_retried_at=at(70),
+        submit_intent_at=at(1),
+        next_due_at=at(30),
+        recoveries=2,
+        submit_lease_until=at(2),
+        created_at=T0,
+        updated_at=at(80),
+        submitted_at=at(1.5),
+        provider_done_at=at(40),
+        finished_at=at(79),
+        settled_at=at(79.5),
+        result_expires_at=at(86400),
+        deadline_at=at(7200),
+        past_deadline_at=at(7300),
+        notes=["a note"],
+        history=[
+            *moves((1, "queued", "submitting"), (2, "submitting", "running"), (40, "running", "downloading")),
+            {"at": at(80).isoformat(), "from": JobStatus.DOWNLOADING, "to": JobStatus.FAILED},
+        ],
+        retry_of="older-job",
+        retried_by=["newer-job"],
+    )
+
+
+def finished_record(**changes: Any) -> JobRecord:
+    """A succeeded record as the pipeline leaves it."""
+    fields: dict[str, Any] = {
+        "id": "90cd4315-27c3-4fc1-b680-b86c9e19676f",
+        "status": JobStatus.SUCCEEDED,
+        "provider": "byteplus",
+        "model": "seedance-1-5-pro-251215",
+        "request": seedance_request(tags=("t",), seed=7),
+        "cost_estimate_usd": Decimal("0.249163"),
+        "cost_usd": Decimal("0.249163"),
+        "created_at": T0,
+        "updated_at": at(10.5),
+        "finished_at": at(10.4),
+        "deadline_at": at(7200),
+        "history": moves(
+            (9, "queued", "submitting"),
+            (9.1, "submitting", "running"),
+            (10, "running", "downloading"),
+            (10.5, "downloading", "succeeded"),
+        ),
+    }
+    fields.update(changes)
+    fields.setdefault("budget_keys", derived_budget_keys(fields["created_at"], fields["request"].tags))
+    return JobRecord(**fields)
+
+
+def stored_json(client: Any, key: str) -> dict[str, Any]:
+    """The JSON object stored at `key`."""
+    value: dict[str, Any] = json.loads(client.get(key))
+    return value
+
+
+def read_back(record: JobRecord) -> JobRecord:
+    return JobRecord.from_store_json(record.to_store_json())
+
+
+def as_before(record: JobRecord) -> JobRecord:
+    """What the full JSON form reads back as: the reference for the compact form."""
+    return JobRecord.model_validate_json(record.model_dump_json())
+
+
+def test_the_fixture_sets_every_stored_field() -> None:
+    record = every_field_set()
+    unset = [
+        name
+        for name, field in JobRecord.model_fields.items()
+        if not field.exclude
+        and not field.is_required()
+        and getattr(record, name) == field.get_default(call_default_factory=True)
+    ]
+    assert unset == []
+
+
+@pytest.mark.parametrize("make", [every_field_set, finished_record], ids=["every field set", "finished"])
+def test_a_record_reads_back_equal_and_shows_the_same(make: Any) -> None:
+    record = make()
+    back = read_back(record)
+    assert back == record
+    assert back == as_before(record)
+    assert back.public_dict() == record.public_dict()
+    assert back.model_dump_json() == record.model_dump_json()
+    assert back.to_store_json() == record.to_store_json()
+
+
+def test_the_stored_form_leaves_out_defaults_and_what_the_record_repeats() -> None:
+    record = finished_record()
+    stored = json.loads(record.to_store_json())
+    assert stored["v"] == 2
+    assert None not in stored.values() and 0 not in stored.values() and [] not in stored.values()
+    assert "provider" not in stored["request"] and "model" not in stored["request"]
+    assert "budget_keys" not in stored  # worked out from created_at and the tags
+    assert isinstance(stored["created_at"], int) and stored["updated_at"] == 10_500_000
+    # The last move is the record's status at its updated_at; the others say only where to.
+    assert stored["history"] == [[9_000_000, "submitting"], [9_100_000, "running"], [10_000_000, "downloading"], []]
+    assert len(record.to_store_json()) < len(record.model_dump_json()) / 2
+
+
+def test_a_manifest_beside_its_video_is_stored_as_its_extension() -> None:
+    video = "s3://bucket/videos/2026-12-06/90cd4315.mp4"
+    record = finished_record(output_uri=video, manifest_uri="s3://bucket/videos/2026-12-06/90cd4315.json")
+    assert json.loads(record.to_store_json())["manifest_uri"] == ".json"
+    assert read_back(record) == record
+    for elsewhere in ("s3://other/90cd4315.json", "s3://bucket/videos/2026-12-06/90cd4315.mp4/x.json"):
+        moved = finished_record(output_uri=video, manifest_uri=elsewhere)
+        assert json.loads(moved.to_store_json())["manifest_uri"] == elsewhere
+        assert read_back(moved) == moved
+    no_dot = finished_record(output_uri="file:///out/video", manifest_uri="file:///out/video.json")
+    assert read_back(no_dot) == no_dot
+
+
+def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
+    history = [
+        {"at": at(1).isoformat(), "from": "submitting", "to": "queued"},  # truncated: not from queued
+        {"at": at(2).isoformat(), "from": "queued", "to": "submitting", "by": "sweep"},  # another shape
+        {"at": "2026-12-06T09:25:22+02:00", "from": "submitting", "to": "running"},  # not in UTC
+        {"at": at(3).isoformat(), "from": "downloading", "to": "failed"},  # a gap
+        {"at": at(4).isoformat(), "from": "failed", "to": "downloading"},  # a store retry
+        {"at": "2026-12-06T07:25:27.000000+00:00", "from": "downloading", "to": "failed"},  # not as isoformat
+        {"at": "2026-W49-7T07:25:27+00:00", "from": "failed", "to": "downloading"},  # a week date
+    ]
+    # The last move is not the record's status, and the updated_at is later than it.
+    record = finished_record(status=JobStatus.FAILED, history=history, updated_at=at(9))
+    stored = json.loads(record.to_store_json())["history"]
+    assert stored[0] == [1_000_000, "queued", "submitting"]
+    assert stored[1] == history[1] and stored[2] == history[2]
+    assert stored[3] == [3_000_000, "failed", "downloading"]
+    assert stored[4] == [4_000_000, "downloading"]
+    assert stored[5:] == history[5:]
+    assert read_back(record) == record
+    # Moves at whole seconds, and a last move at another time than updated_at.
+    whole = finished_record(
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        updated_at=datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC),
+        history=[{"at": "2026-01-01T00:00:05+00:00", "from": "downloading", "to": "succeeded"}],
+    )
+    assert json.loads(whole.to_store_json())["history"] == [[5_000_000, "succeeded", "downloading"]]
+    assert read_back(whole) == whole
+
+
+def test_times_not_in_utc_are_kept_as_text() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    record = finished_record(deadline_at=at(7200).astimezone(plus_two))
+    assert json.loads(record.to_store_json())["deadline_at"] == "2026-12-06T11:25:22.165574+02:00"
+    assert read_back(record).public_dict() == record.public_dict()
+    # A creation time not in UTC: nothing is counted from it, and the budget keys are kept.
+    local = finished_record(created_at=T0.astimezone(plus_two))
+    stored = json.loads(local.to_store_json())
+    assert stored["created_at"] == local.model_dump(mode="json")["created_at"]
+    assert stored["budget_keys"] == local.budget_keys and isinstance(stored["history"][0], dict)
+    assert read_back(local) == local and read_back(local).public_dict() == local.public_dict()
+
+
+def test_budget_keys_other_than_the_derived_ones_are_kept() -> None:
+    for budget_keys in ([], ["vq:budget:day:2026-12-05"]):
+        record = finished_record(budget_keys=budget_keys)
+        assert json.loads(record.to_store_json())["budget_keys"] == budget_keys
+        assert read_back(record).budget_keys == budget_keys
+
+
+def test_derived_budget_keys_are_the_budgets_own() -> None:
+    record = finished_record(request=seedance_request(tags=("b", "a", "b")))
+    assert derived_budget_keys(record.created_at, record.request.tags) == budget.keys_for(record)
+
+
+def test_the_store_retry_check_reads_the_compact_history() -> None:
+    record = JobRecord.model_validate_json(OLD_FAILED_IN_STORAGE)
+    back = read_back(record)
+    assert back.history[-1] == {"at": "2026-12-06T07:25:32.980066+00:00", "from": "downloading", "to": "failed"}
+    assert back.store_retry_refusal(at(100)) is None
+    assert back.store_retry_refusal(at(100)) == record.store_retry_refusal(at(100))
+
+
+@pytest.mark.parametrize("old", [OLD_QUEUED, OLD_FAILED_IN_STORAGE], ids=["queued", "failed in storage"])
+def test_records_stored_before_still_read_and_move_on(old: str) -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = JobStore(client)
+    record = JobRecord.model_validate_json(old)
+    client.set(job_key(record.id), old)
+    assert store.get(record.id) == record
+    assert store.get_many([record.id]) == [record]
+    changed = store.update(record.id, lambda r: r.model_copy(update={"notes": ["upgraded"]}))
+    assert changed is not None
+    assert stored_json(client, job_key(record.id))["v"] == 2  # rewritten in the compact form at its next change
+    after = store.get(record.id)
+    assert after == changed
+    assert after.model_copy(update={"notes": [], "updated_at": record.updated_at}) == record
+
+
+def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = JobStore(client)
+    record = finished_record(
+        status=JobStatus.QUEUED, history=[], updated_at=T0, finished_at=None, cost_usd=None, created_at=T0
+    )
+    store.create_many([record])
+    assert stored_json(client, job_key(record.id))["v"] == 2
+    moved = store.transition(record.id, {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+    assert moved is not None and store.get(record.id) == moved
+    assert [(h["from"], h["to"]) for h in moved.history] == [("queued", "submitting")]
+
+
+def every_field_row() -> LedgerEntry:
+    return LedgerEntry(
+        job_id="j1",
+        provider="google",
+        model="veo-3.1-fast",
+        status="failed",
+        tags=("a", "b"),
+        settled_at=at(80),
+        estimate_usd=Decimal("0.4"),
+        actual_usd=Decimal("0.5"),
+        billed_units=8,
+        unit="second",
+        uncertain_usd=Decimal("0.1"),
+        submitted_at=T0,
+    )
+
+
+def test_a_ledger_row_reads_back_equal() -> None:
+    full = every_field_row()
+    plain = LedgerEntry(
+        job_id="j2",
+        provider="byteplus",
+        model="m",
+        status="succeeded",
+        tags=(),
+        settled_at=at(80),
+        estimate_usd=Decimal("0.249163"),
+        actual_usd=Decimal("0.249163"),
+        billed_units=None,
+        unit="token",
+    )
+    for entry in (full, plain):
+        back = LedgerEntry.model_validate_json(entry.to_store_json())
+        assert back == entry == LedgerEntry.model_validate_json(entry.model_dump_json())
+        assert back.model_dump(mode="json") == entry.model_dump(mode="json")  # as manifests hold it
+    assert json.loads(plain.to_store_json()) == {
+        "v": 2,
+        "job_id": "j2",
+        "provider": "byteplus",
+        "model": "m",
+        "settled_at": int((at(80) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1_000_000),
+        "estimate_usd": 0.249163,
+    }
+    assert json.loads(full.to_store_json())["submitted_at"] == -80_000_000
+
+
+def test_ledger_rows_stored_before_still_read() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    entry = LedgerEntry.model_validate_json(OLD_LEDGER_ROW)
+    client.set(ledger_entry_key(entry.job_id), OLD_LEDGER_ROW)
+    client.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
+    new = every_field_row()
+    pipe = client.pipeline()
+    write_entry(pipe, new)
+    pipe.execute()
+    assert sorted(Ledger(client).entries(), key=lambda e: e.job_id) == [entry, new]
+    assert stored_json(client, ledger_entry_key(new.job_id))["v"] == 2

@@ -1,0 +1,170 @@
+"""The compact stored form of job records and ledger rows in Redis (issue 18: a smaller job).
+
+What Redis holds is JSON with `"v": 2`; the models' own JSON (`model_dump_json`, manifests,
+`videoqueue status --json`) is unchanged. The stored form leaves out what can be worked
+out again, and reads back into a model equal to the one written:
+
+- fields at their defaults (None, 0, empty lists, `"token"`) are left out;
+- times are integers: a record's `created_at` (a ledger row's `settled_at`) in microseconds
+  since the epoch, every other time in microseconds from it;
+- a manifest's URI beside its video (same name, `.json`) is its extension: `".json"`;
+- history moves are `[at, to]`, `from` left out when it is the previous move's `to`
+  (`queued` for the first); the last move leaves out `to` when it is the record's status,
+  and then `at` too (`[]`) when it is the record's `updated_at`.
+
+Each shortening is checked as it is made (the value it reads back as must be the value
+written) and a value that would not read back the same is stored as it is: a time not in
+UTC stays an ISO string, a history entry of another shape stays an object. Records and
+rows without `"v"` (written before) read as they always did.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+VERSION = 2
+"""The `v` of the compact form; JSON without `v` is the models' own form."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_ZERO = timedelta(0)
+_FIRST_STATUS = "queued"
+
+
+def is_compact(data: object) -> bool:
+    """Whether `data` (a parsed JSON object) is in the compact stored form."""
+    return isinstance(data, dict) and data.get("v") == VERSION
+
+
+def in_utc(value: object) -> bool:
+    """Whether `value` is a datetime in UTC (any tzinfo of offset 0)."""
+    return isinstance(value, datetime) and value.utcoffset() == _ZERO
+
+
+def time_to_int(value: datetime, origin: datetime = _EPOCH) -> int:
+    """A UTC time as whole microseconds after `origin` (negative before it)."""
+    return (value - origin) // _US
+
+
+def int_to_time(value: int, origin: datetime = _EPOCH) -> datetime:
+    """The time `value` microseconds after `origin` (a UTC time), in UTC."""
+    return origin + value * _US
+
+
+def encode_times(
+    data: dict[str, Any], values: Mapping[str, datetime | None], origin_field: str, names: Iterable[str]
+) -> None:
+    """Replace in `data` (a JSON-mode dump) the times `names` by integers: `origin_field`
+    from the epoch, the others from it. Times not in UTC are left as they are."""
+    origin = values[origin_field]
+    if not in_utc(origin):
+        return
+    assert origin is not None
+    data[origin_field] = time_to_int(origin)
+    for name in names:
+        value = values.get(name)
+        if name != origin_field and name in data and in_utc(value):
+            assert value is not None
+            data[name] = time_to_int(value, origin)
+
+
+def decode_times(data: dict[str, Any], origin_field: str, names: Iterable[str]) -> datetime | None:
+    """Undo `encode_times` in place; returns the origin time (None if it was kept as text)."""
+    raw = data.get(origin_field)
+    if not isinstance(raw, int):
+        return None
+    origin = data[origin_field] = int_to_time(raw)
+    for name in names:
+        value = data.get(name)
+        if name != origin_field and isinstance(value, int) and not isinstance(value, bool):
+            data[name] = int_to_time(value, origin)
+    return origin
+
+
+# What `datetime.isoformat()` writes for a UTC time (the `at` of a move): only a text of
+# this form reads back the same from an integer. Microseconds are left out when 0.
+_UTC_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.(?!000000)\d{6})?\+00:00")
+
+
+def _move_at(at: object, origin: datetime) -> int | None:
+    """A move's `at` (an ISO text) as microseconds from `origin`, if it reads back the same."""
+    if not isinstance(at, str) or _UTC_ISO.fullmatch(at) is None:
+        return None
+    try:
+        return time_to_int(datetime.fromisoformat(at), origin)
+    except ValueError:  # a day or an hour out of range
+        return None
+
+
+def encode_history(
+    history: list[dict[str, Any]], origin: datetime, status: str, updated_at: datetime
+) -> list[Any] | None:
+    """The compact form of a record's history (see the module docstring), or None when the
+    list is empty. `origin` is the record's `created_at`, in UTC."""
+    if not history:
+        return None
+    out: list[Any] = []
+    previous = _FIRST_STATUS
+    for entry in history:
+        source, target = entry.get("from"), entry.get("to")
+        at = (
+            _move_at(entry.get("at"), origin) if len(entry) == 3 and source is not None and target is not None else None
+        )
+        if at is None or not isinstance(source, str) or not isinstance(target, str):
+            out.append(dict(entry))  # stored as it is
+            previous = target if isinstance(target, str) else ""
+            continue
+        move: list[Any] = [at, str(target)]
+        if str(source) != previous:
+            move.append(str(source))
+        out.append(move)
+        previous = str(target)
+    last = out[-1]
+    if isinstance(last, list) and len(last) == 2 and last[1] == str(status):
+        last.pop()
+        if in_utc(updated_at) and history[-1]["at"] == updated_at.astimezone(UTC).isoformat():
+            last.pop()
+    return out
+
+
+def decode_history(stored: list[Any], origin: datetime, status: str, updated_at: datetime) -> list[dict[str, Any]]:
+    """Undo `encode_history`: the moves as `{"at": ISO text, "from", "to"}`."""
+    history: list[dict[str, Any]] = []
+    previous = _FIRST_STATUS
+    for move in stored:
+        if isinstance(move, dict):
+            history.append(move)
+            target = move.get("to")
+            previous = target if isinstance(target, str) else ""
+            continue
+        # `[]` is only ever the last move: the record's status at its updated_at.
+        at = int_to_time(move[0], origin).isoformat() if move else updated_at.astimezone(UTC).isoformat()
+        target = move[1] if len(move) > 1 else str(status)
+        source = move[2] if len(move) > 2 else previous
+        history.append({"at": at, "from": source, "to": target})
+        previous = target
+    return history
+
+
+def relative_uri(uri: str, base: str) -> str:
+    """`uri` as its extension when it is `base` with another one (a manifest beside its
+    video: `.json`), else as it is. A URI never starts with a dot, so none is taken for one."""
+    stem, dot, _ = base.rpartition(".")
+    if dot and uri.startswith(stem + ".") and "/" not in uri[len(stem) :]:
+        return uri[len(stem) :]
+    return uri
+
+
+def absolute_uri(stored: str, base: str) -> str:
+    """Undo `relative_uri`."""
+    return base.rpartition(".")[0] + stored if stored.startswith(".") else stored
+
+
+def drop_defaults(data: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Remove from `data` the fields whose value is their default in `defaults`."""
+    for name, default in defaults.items():
+        if name in data and data[name] == default:
+            del data[name]
