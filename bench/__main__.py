@@ -38,6 +38,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "cold": ("bench.cold", False),
     "transfer": ("bench.transfer", True),
     "overload": ("bench.overload", False),
+    "day": ("bench.day", False),
 }
 RESULTS = Path(__file__).parent / "results"
 
