@@ -268,7 +268,6 @@ def _table(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "broker_cmd/s": s["broker_cmds_per_s"],
             "redis_cores": s["redis_cpu_cores"],
             "worker_cores": s["worker_cpu_cores"],
-            "per_node": "/".join(f"{cores:.2f}" for cores in s["node_cpu_cores"].values()),
             "worker_rss_mib": s["worker_rss_mib"],
             "host_cpu_%": s["host_cpu_pct"],
             "unacked": s["broker_unacked"],
