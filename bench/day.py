@@ -23,7 +23,10 @@ messages waiting on the broker, unacknowledged ones: countdowns held by a worker
 
 At the end: the slope of the job store's memory over the first part of the enqueueing
 (the first retention period, at most a third of it) and over its last third, and their
-ratio (levelled off: the last slope at most a tenth of the first); that every job
+ratio (levelled off: the last slope at most a tenth of the first), with whether the host
+kept up meanwhile (unfinished records do not expire, so a backlog grows the memory whatever
+the retention: if it did not, lower `--day-rate` or give the store node more processes,
+`--day-store-concurrency`); that every job
 succeeded, from the counters and from the ledger's report by status; the ledger's total
 (`VideoQueue.costs`, what `videoqueue costs` prints) against the sum of the ledger entries
 of every manifest in the storage folder, and the difference; and a census of the job
@@ -43,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.day_measure import LEVEL_RATIO, Sampler, final_checks, key_census, memory_slopes
+from bench.day_measure import KEPT_UP_S, LEVEL_RATIO, Sampler, final_checks, key_census, memory_slopes
 from bench.harness import BenchStack
 from producer import VideoQueue, VideoRequest
 from videoqueue import namespace
@@ -65,6 +68,7 @@ class Plan:
     sample_s: float
     render: tuple[float, float]
     fleet: str
+    store_concurrency: int
     timeout_s: float
     keep_videos: bool
 
@@ -87,6 +91,7 @@ class Plan:
             sample_s=float(pick("day_sample", 30.0, 1.0)),
             render=(float(low), float(high or low)),
             fleet=str(pick("day_fleet", "split", "split")),
+            store_concurrency=int(pick("day_store_concurrency", 2, 2)),
             timeout_s=float(timeout) if timeout is not None else jobs / rate + (120 if quick else 1800),
             keep_videos=bool(opts.get("day_keep_videos")),
         )
@@ -101,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--day-sample", type=float, help="seconds between samples (default 30; quick 1)")
     group.add_argument("--day-render", help="render seconds MIN,MAX, uniform (default 1,3)")
     group.add_argument("--day-fleet", choices=["split", "prefork"], help="worker host layout (default split)")
+    group.add_argument("--day-store-concurrency", type=int, help="split: store node's prefork processes (default 2)")
     group.add_argument("--day-timeout", type=float, help="seconds the run may take (default jobs/rate + 1800)")
     group.add_argument("--day-keep-videos", action="store_true", help="keep the stored videos (6.6 GB at full size)")
 
@@ -108,8 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_options(options: argparse.Namespace | None, quick: bool) -> None:
     """Refuse bad sizes before anything starts."""
     plan = Plan.from_options(options, quick)
-    if plan.jobs < 1 or plan.rate <= 0 or plan.sample_s <= 0 or plan.retention_s < 0:
-        raise ValueError("--day-jobs, --day-rate and --day-sample must be positive, --day-retention at least 0")
+    if plan.jobs < 1 or plan.rate <= 0 or plan.sample_s <= 0 or plan.retention_s < 0 or plan.store_concurrency < 1:
+        raise ValueError(
+            "--day-jobs, --day-rate, --day-sample and --day-store-concurrency must be positive, "
+            "--day-retention at least 0"
+        )
     if not 0 <= plan.render[0] <= plan.render[1]:
         raise ValueError("--day-render: MIN,MAX with 0 <= MIN <= MAX")
 
@@ -123,7 +132,7 @@ def run(stack: BenchStack, quick: bool, options: argparse.Namespace | None) -> d
     low, high = plan.render
     stack.sim_config(latency=low, latency_jitter=high - low)
     env = stack.env(job_retention_s=plan.retention_s)
-    _start_fleet(stack, plan.fleet, env)
+    _start_fleet(stack, plan, env)
     producer = stack.producer(env)
     sampler = Sampler(stack)
     feeder = Feeder(producer, plan.jobs, plan.rate)
@@ -174,13 +183,14 @@ def run(stack: BenchStack, quick: bool, options: argparse.Namespace | None) -> d
     }
 
 
-def _start_fleet(stack: BenchStack, fleet: str, env: dict[str, str]) -> None:
-    if fleet == "prefork":
+def _start_fleet(stack: BenchStack, plan: Plan, env: dict[str, str]) -> None:
+    if plan.fleet == "prefork":
         stack.start_workers(1, concurrency=2, pool="prefork", env=env)
         return
     submit_poll = f"{namespace.queue('submit')},{namespace.queue('poll')}"
     stack.start_workers(1, concurrency=32, pool="threads", env=env, extra_args=["-Q", submit_poll])
-    stack.start_workers(1, concurrency=2, pool="prefork", env=env, extra_args=["-Q", namespace.queue("store")])
+    store = ["-Q", namespace.queue("store")]
+    stack.start_workers(1, concurrency=plan.store_concurrency, pool="prefork", env=env, extra_args=store)
 
 
 class Feeder(threading.Thread):
@@ -201,7 +211,7 @@ class Feeder(threading.Thread):
                 elapsed = time.monotonic() - started
                 due = min(self.jobs, int(elapsed * self.rate) + 1)
                 if due <= self.sent:
-                    time.sleep(min(0.2, (self.sent + 1) / self.rate - elapsed))
+                    time.sleep(min(0.2, self.sent / self.rate - elapsed))  # until the next is due
                     continue
                 self.lag_max_s = max(self.lag_max_s, elapsed - self.sent / self.rate)
                 count = min(due - self.sent, 500)
@@ -290,7 +300,9 @@ def _notes(
         f"renders {plan.render[0]:g}-{plan.render[1]:g} s, JOB_RETENTION_S={plan.retention_s}, fleet {plan.fleet}",
         f"job-store memory slope: first {memory['slope_first_bytes_per_s']} B/s "
         f"({memory['bytes_kept_per_job_first']} B per job), last third {memory['slope_last_bytes_per_s']} B/s: "
-        f"ratio {memory['ratio_last_to_first']} (levelled off at <= {LEVEL_RATIO}: {memory['levelled_off']})",
+        f"ratio {memory['ratio_last_to_first']} (levelled off at <= {LEVEL_RATIO}: {memory['levelled_off']}); "
+        f"jobs queued or in flight in the last third at most {memory['unfinished_max_last']} "
+        f"(host kept up, <= {KEPT_UP_S} s of jobs: {memory['kept_up']})",
         f"every job succeeded: {checks['every_job_succeeded']} (counters {checks['succeeded_by_counters']}, "
         f"ledger {checks['succeeded_by_ledger']}, manifests {checks['succeeded_by_manifests']} of {checks['jobs']}; "
         f"other statuses {checks['other_statuses_by_counters'] or 'none'})",

@@ -26,6 +26,9 @@ from videoqueue.ledger import TOTAL, LedgerEntry
 FINAL = {status.value for status in JobStatus if status.is_final}
 ACTIVE = {status.value for status in JobStatus if not status.is_final} - {JobStatus.QUEUED.value}
 LEVEL_RATIO = 0.1  # the last slope at most this share of the first: levelled off
+# The host kept up when no more than this many seconds of jobs were ever queued or in
+# flight in the last third: a 3 s render, its first poll and the store take well under it.
+KEPT_UP_S = 15
 TOP_COMMANDS = 8  # busiest commands kept per sample and Redis
 CENSUS_SAMPLE = 50  # keys per pattern whose MEMORY USAGE is read
 
@@ -135,12 +138,16 @@ def _rss_mib(pid: int) -> float:
 def memory_slopes(samples: list[dict[str, Any]], enqueue_s: float, retention_s: int, rate: float) -> dict[str, Any]:
     """Least-squares slopes of the job store's used_memory (bytes/s) while jobs were being
     enqueued: over its first part (the first retention period, at most a third of it: before
-    any record could expire) and over its last third."""
+    any record could expire) and over its last third; and whether the host kept up in that
+    last third (at most KEPT_UP_S seconds of jobs unfinished), without which the memory
+    grows with the backlog whatever the retention."""
     first_end = min(float(retention_s), enqueue_s / 3) if retention_s else enqueue_s / 3
     first = [s for s in samples if s["t_s"] <= first_end]
     last = [s for s in samples if enqueue_s * 2 / 3 <= s["t_s"] <= enqueue_s]
     slope_first, slope_last = _slope(first), _slope(last)
     ratio = slope_last / slope_first if slope_first and slope_last is not None else None
+    # Unfinished records do not expire: a backlog grows the memory whatever the retention.
+    unfinished = max((s["queued"] + s["active"] for s in last), default=None)
     return {
         "first_window_s": [0, round(first_end, 1)],
         "last_window_s": [round(enqueue_s * 2 / 3, 1), round(enqueue_s, 1)],
@@ -150,6 +157,8 @@ def memory_slopes(samples: list[dict[str, Any]], enqueue_s: float, retention_s: 
         "bytes_kept_per_job_last": None if slope_last is None else round(slope_last / rate),
         "ratio_last_to_first": None if ratio is None else round(ratio, 3),
         "levelled_off": None if ratio is None else ratio <= LEVEL_RATIO,
+        "unfinished_max_last": unfinished,
+        "kept_up": None if unfinished is None else unfinished <= KEPT_UP_S * rate,
         "peak_store_used_memory": max((s["store_used_memory"] for s in samples), default=0),
         "end_store_used_memory": samples[-1]["store_used_memory"] if samples else 0,
     }
