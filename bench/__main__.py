@@ -40,6 +40,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "transfer": ("bench.transfer", True),
     "overload": ("bench.overload", False),
     "memory": ("bench.memory", False),
+    "day": ("bench.day", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

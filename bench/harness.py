@@ -49,7 +49,11 @@ def start_redis(name: str, log_dir: Path) -> tuple[ManagedProcess, str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    # --dir: a redis-server loads any dump.rdb in its working directory at start, and the bench
+    # runs from the repository, where one was once committed (another run's keys in ours).
+    data = log_dir / name
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)]
     proc = ManagedProcess(name, argv, os.environ, log_dir / f"{name}.log")
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,24 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     # What Redis holds is the compact stored form.
     assert json.loads(document["finished"]["sample"]["record"])["v"] == 2
     assert json.loads(document["finished"]["sample"]["ledger_row"])["v"] == 2
+
+
+@pytest.mark.timeout(300)
+def test_quick_day_samples_the_run_and_checks_every_job_and_the_ledger(tmp_path: Path) -> None:
+    document = _run_quick("day", tmp_path)
+    plan, checks = document["plan"], document["checks"]
+    assert checks["jobs"] == plan["jobs"] == 200
+    # counted by the fleet's counters and the ledger, not by records (they may have expired)
+    assert checks["succeeded_by_counters"] == checks["succeeded_by_ledger"] == 200
+    assert checks["every_job_succeeded"] is True
+    # every job cost money, so every manifest has a ledger entry, and the totals agree
+    assert checks["manifests"] == checks["manifests_with_ledger_entry"] == checks["ledger_jobs"] == 200
+    assert Decimal(checks["difference_usd"]) == 0
+    assert checks["ledger_equals_manifests"] is True and float(checks["ledger_usd"]) > 0
+    samples = document["samples"]
+    assert len(samples) >= 10 and samples[-1]["succeeded"] == 200
+    assert all(s["store_used_memory"] > 0 and s["broker_used_memory"] > 0 for s in samples)
+    assert any(s["store_cmds_per_s"] > 0 and s["worker_cpu_cores"] > 0 for s in samples)
+    assert document["memory"]["slope_first_bytes_per_s"] is not None
+    assert document["memory"]["slope_last_bytes_per_s"] is not None
+    assert document["census"] and all(row["keys"] > 0 for row in document["census"])
