@@ -42,7 +42,7 @@ def active(client: fakeredis.FakeRedis, *job_ids: str, due: float = NOW - 1) -> 
 
 
 def timer(client: fakeredis.FakeRedis) -> float | None:
-    value = client.get(keys.PARK_TIMER)
+    value: str | None = client.get(keys.PARK_TIMER)  # type: ignore[assignment]
     return float(value) if value is not None else None
 
 
