@@ -38,6 +38,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "cold": ("bench.cold", False),
     "transfer": ("bench.transfer", True),
     "overload": ("bench.overload", False),
+    "held": ("bench.held", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

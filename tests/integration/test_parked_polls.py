@@ -11,7 +11,7 @@ import pytest
 
 from producer import JobStatus, VideoRequest
 from tests.integration.conftest import UNACKED, Stack
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import wait_for, wait_status
 from videoqueue import keys, namespace
 from videoqueue.parking import eta_task_limit
 
@@ -19,9 +19,10 @@ pytestmark = pytest.mark.integration
 
 # Why the bound is shrunk: Celery's cap on held messages (worker_eta_task_limit, derived
 # from HELD_MESSAGES_MAX) is 2,500 by default; showing a worker past it with the defaults
-# would take thousands of renders in flight. With a bound of 10 the cap is 210, so 250
-# renders polled every few seconds would fill it many times over if anything but the
-# bound limited what the worker holds.
+# would take thousands of renders in flight. With a bound of 10 the cap is 210: 250
+# renders, each with its first poll 300 s away (all within a horizon of 600 s, so only the
+# bound parks them), would hold the worker at the cap for those 300 s, taking nothing, if
+# anything but the bound limited what it holds.
 HELD_MAX = 10
 RENDERS = 250
 
@@ -34,9 +35,10 @@ def test_a_worker_at_its_held_bound_with_many_renders_in_flight_still_takes_a_fr
         concurrency=4,
         pool="threads",
         HELD_MESSAGES_MAX=str(HELD_MAX),
-        POLL_INITIAL_S="1",
-        POLL_MIN_S="1",
-        POLL_MAX_S="5",
+        COUNTDOWN_HORIZON_S="600",
+        POLL_INITIAL_S="300",
+        POLL_MIN_S="300",
+        POLL_MAX_S="600",
     )
     vq = local_stack.queue()
     long_jobs = vq.submit_many([VideoRequest(prompt=f"long render {i} [sim:latency=900]") for i in range(RENDERS)])
@@ -46,20 +48,19 @@ def test_a_worker_at_its_held_bound_with_many_renders_in_flight_still_takes_a_fr
         running: int = redis.zcard(keys.status_index(JobStatus.RUNNING))  # type: ignore[assignment]
         return running >= RENDERS
 
+    # Past the first HELD_MAX, every first poll is parked: the worker keeps taking submits.
     wait_for(all_running, 180, f"{RENDERS} renders in flight")
-    # Polls are due every 1-5 s, all within the horizon (60 s): only the bound parks them.
-    wait_for(lambda: bool(redis.zcard(keys.PARKED_INDEX)), 30, "polls parked at the bound")
+    parked: int = redis.zcard(keys.PARKED_INDEX)  # type: ignore[assignment]
+    assert parked >= RENDERS - HELD_MAX
     held: int = redis.hlen(UNACKED)  # type: ignore[assignment]
     assert held < eta_task_limit(HELD_MAX)
 
+    # A fresh job is claimed and created (its own first poll is 300 s away too).
     fresh = vq.submit(VideoRequest(prompt="a fresh job [sim:latency=1]"))
-    done = vq.wait([fresh.id], timeout=120)[0]
-    assert done.status is JobStatus.SUCCEEDED
-    # Taken and done while every long render is still in flight: nothing waited for them.
+    wait_status(vq, fresh.id, {"running"}, timeout=60)
+    # Taken while every long render is still in flight, none yet polled.
     states = vq.get_many([job.id for job in long_jobs])
     assert all(state is not None and state.status is JobStatus.RUNNING for state in states)
-    held = redis.hlen(UNACKED)  # type: ignore[assignment]
-    assert held < eta_task_limit(HELD_MAX)
 
 
 def test_parked_polls_are_sent_when_due_by_the_timer_not_the_sweep(local_stack: Stack) -> None:
