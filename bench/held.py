@@ -13,7 +13,8 @@ worker (threads pool, 4 slots), the simulator rendering for 600 s, default poll 
 
 For each: enqueue the renders, wait until they are all running (or the count stops
 growing: the worker at Celery's cap), then read kombu's `unacked` hash on the broker Redis
-(messages held), the worker's RSS, the parked index, and enqueue one fresh job: the
+(messages held), the messages waiting in the queues (not yet delivered: the worker's
+backlog), the worker's RSS, the parked index, and enqueue one fresh job: the
 seconds from its enqueue to its claim (`submitting`), or "not taken" after a minute.
 """
 
@@ -32,7 +33,7 @@ import redis
 
 from bench.harness import BenchStack, enqueue, tree_rss_mib
 from producer import VideoQueue, VideoRequest
-from videoqueue import keys
+from videoqueue import keys, namespace
 from videoqueue.job import JobStatus
 from videoqueue.parking import eta_task_limit
 
@@ -42,7 +43,9 @@ FRESH_WAIT_S = 60.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`--held-before REF`: the git ref whose code is the `before` case (empty: skip it)."""
-    parser.add_argument("--held-before", default="main", help="held: the git ref run as the before case (empty: skip it)")
+    parser.add_argument(
+        "--held-before", default="main", help="held: the git ref run as the before case (empty: skip it)"
+    )
 
 
 def export_ref(ref: str, into: Path) -> Path | None:
@@ -101,6 +104,7 @@ def measure(stack: BenchStack, case: str, env: dict[str, str], renders: int, tim
     broker = redis.Redis.from_url(stack.broker_url)
     unacked_key = keys.broker_transport_options().get("unacked_key", "unacked")
     held = int(broker.hlen(unacked_key))  # type: ignore[arg-type]
+    backlog = sum(int(broker.llen(namespace.queue(step))) for step in ("submit", "poll", "store"))  # type: ignore[arg-type]
     rss = tree_rss_mib(worker.proc.pid)
     parked = int(stack.jobs.redis.zcard(keys.PARKED_INDEX))
     fresh = fresh_job_wait(stack, producer)
@@ -112,6 +116,7 @@ def measure(stack: BenchStack, case: str, env: dict[str, str], renders: int, tim
         "fill s": round(fill_s, 1),
         "held messages (unacked)": held,
         "parked": parked,
+        "messages in queues": backlog,
         "worker RSS MiB": round(rss, 1),
         "KiB per held message": None,
         "fresh job taken in s": round(fresh, 2) if fresh is not None else f"not taken in {FRESH_WAIT_S:g} s",
