@@ -103,10 +103,11 @@ def measure(stack: BenchStack, case: str, env: dict[str, str], renders: int, tim
     time.sleep(10)  # let the polls of the last jobs settle into their schedule
     broker = redis.Redis.from_url(stack.broker_url)
     unacked_key = keys.broker_transport_options().get("unacked_key", "unacked")
-    held = int(broker.hlen(unacked_key))  # type: ignore[arg-type]
-    backlog = sum(int(broker.llen(namespace.queue(step))) for step in ("submit", "poll", "store"))  # type: ignore[arg-type]
+    held: int = broker.hlen(unacked_key)  # type: ignore[assignment]
+    lengths: list[int] = [broker.llen(namespace.queue(step)) for step in ("submit", "poll", "store")]  # type: ignore[misc]
+    backlog = sum(lengths)
     rss = tree_rss_mib(worker.proc.pid)
-    parked = int(stack.jobs.redis.zcard(keys.PARKED_INDEX))
+    parked: int = stack.jobs.redis.zcard(keys.PARKED_INDEX)  # type: ignore[assignment]
     fresh = fresh_job_wait(stack, producer)
     stack.stop_workers()
     return {
