@@ -68,6 +68,14 @@ class DueTracking:
         if placed.timer_countdown is not None and self.send_unpark is not None:
             self.send_unpark(placed.timer_countdown)
 
+    def arm_timer(self) -> None:
+        """Make sure the park timer runs by the earliest parked step, for steps parked
+        elsewhere (a job the waiting room parked until its deadline): sends the unpark
+        message unless a timer already runs by then."""
+        countdown = self.parking.arm()
+        if countdown is not None and self.send_unpark is not None:
+            self.send_unpark(countdown)
+
     def submit(self, job_id: str, countdown: float) -> None:
         job = self.jobs.get(job_id)
         to_deadline = (job.deadline_at - utcnow()).total_seconds() if job is not None else 0.0

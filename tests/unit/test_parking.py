@@ -12,6 +12,7 @@ import pytest
 from tests.unit.test_pipeline import Env, make_settings
 from videoqueue import keys
 from videoqueue.job import TASK_POLL, TASK_SUBMIT, JobStatus
+from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.parking import Parking, eta_task_limit
 from videoqueue.recovery import run_park_timer
 
@@ -198,3 +199,22 @@ def test_the_timer_skips_jobs_that_ended_and_sends_the_step_their_status_calls_f
     parking_ = env.pipeline.dispatch.parking
     assert run_park_timer(env.store, parking_, lambda n, a, c: sent.append((n, a, c)), lambda c: None) == [queued]
     assert sent == [(TASK_SUBMIT, [queued], 0.0)]
+
+
+def test_a_job_the_waiting_room_parks_until_its_deadline_arms_the_timer(tmp_path: Path) -> None:
+    env = Env(tmp_path, make_settings(job_deadline_s=7200))
+    limits = ProviderLimits(env.store.redis, ModelLimits(1, 1), {}, 60)
+    env.use_room(limits)
+    unparks: list[float] = []
+    env.pipeline.dispatch.send_unpark = unparks.append
+    job_id = env.new_job()
+    job = env.job(job_id)
+    limits.back_off(job.provider, job.model, 500.0)  # no quota: it waits in the room
+    env.pipeline.submit(job_id)
+    assert env.store.parked_at(job_id) == pytest.approx(job.deadline_at.timestamp())
+    # One unpark message, by the deadline (bounded by the broker's countdown): at the
+    # deadline the timer sends its submit, which ends it, not the next sweep.
+    [countdown] = unparks
+    assert 0 < countdown <= min(7200.0, env.pipeline.dispatch.max_countdown_s)
+    env.pipeline.submit(job_id)  # its submit again (a duplicate): the timer is armed already
+    assert len(unparks) == 1
