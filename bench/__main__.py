@@ -41,6 +41,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "overload": ("bench.overload", False),
     "memory": ("bench.memory", False),
     "day": ("bench.day", False),
+    "held": ("bench.held", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -15,6 +15,7 @@ from typing import Any
 from videoqueue import keys as _keys
 from videoqueue import redisconn as _redisconn
 from videoqueue.brokertls import broker_use_ssl as _broker_use_ssl
+from videoqueue.parking import eta_task_limit as _eta_task_limit
 from videoqueue.queues import AMQP_SETTINGS, broker_timing, celery_conf, is_amqp, route_task
 from videoqueue.settings import get_settings
 
@@ -76,9 +77,13 @@ task_acks_on_failure = True
 # submits that another worker could run now. Countdown (ETA) messages are not limited by
 # this (Celery raises the prefetch count for them)...
 worker_prefetch_multiplier = 1
-# ...so this bounds them instead: past it, a worker stops taking messages and leaves
-# them to the rest of the fleet (a held message costs about a kilobyte).
-worker_eta_task_limit = 5000
+# ...so this bounds them instead: at it, a worker stops taking messages altogether, due
+# work included (measured: a fresh job stayed queued with every thread idle). A held
+# message costs about 9 KB of the worker's memory (measured, issue 18), not one. The
+# pipeline keeps the fleet's held countdown messages under HELD_MESSAGES_MAX (longer or
+# further waits are parked in the job store, videoqueue.parking), and this limit is set
+# above that bound with a margin, so no worker ever reaches it.
+worker_eta_task_limit = _eta_task_limit(_settings.held_messages_max)
 
 # The longest a task may run: a store of a large video. The soft limit raises inside the
 # task (the store step counts a failed attempt); the hard one kills the pool child (the

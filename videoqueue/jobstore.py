@@ -405,7 +405,8 @@ class JobStore:
 
     def park(self, job_id: str, when: float) -> None:
         """Record that the job's next step is due at `when` but was not sent (the wait is
-        longer than a countdown may be): the sweep sends it then (`unpark_due`)."""
+        longer than a countdown may be): the sweep sends it then (`unpark_due`). The
+        pipeline parks through `videoqueue.parking` (which also arms the park timer)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(keys.DUE_INDEX, {job_id: when}, xx=True)
         pipe.zadd(keys.PARKED_INDEX, {job_id: when})

@@ -79,9 +79,14 @@ DUE_INDEX = namespace.keep(globals(), "DUE_INDEX", lambda: _key("jobs:due"))
 recovery sweep reads. A job leaves it when it ends. No TTL."""
 
 PARKED_INDEX = namespace.keep(globals(), "PARKED_INDEX", lambda: _key("jobs:parked"))
-"""Sorted set: job ids whose next step waits longer than a countdown may (a long
-Retry-After, a fleet-wide back-off), so no message was sent; scored like DUE_INDEX, the
-sweep sends the step when due. No TTL."""
+"""Sorted set: job ids whose next step was not sent as a countdown message (its wait is
+beyond COUNTDOWN_HORIZON_S, or HELD_MESSAGES_MAX were held), scored like DUE_INDEX; the
+park timer (PARK_TIMER) sends each step when due, the sweep too as a safety net. No TTL."""
+
+PARK_TIMER = namespace.keep(globals(), "PARK_TIMER", lambda: _key("jobs:parked:timer"))
+"""String: when (epoch s) the one unpark message (`videoqueue.unpark`) sent for the parked
+steps is due (videoqueue.parking); a step parked for earlier re-arms it. TTL: until then,
+plus 5 s, so a lost message leaves no timer and the sweep arms a new one."""
 
 
 # --- Budgets (videoqueue.budget) -------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from videoqueue import namespace
-from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT
+from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.settings import Settings
 
 
@@ -48,6 +48,7 @@ _STEP_OF_TASK = {
     TASK_CANCEL: "submit",
     TASK_ADMIT: "submit",
     TASK_POLL: "poll",
+    TASK_UNPARK: "poll",
     TASK_STORE: "store",
 }
 

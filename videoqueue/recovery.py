@@ -1,8 +1,9 @@
 """Putting stranded jobs back on their way.
 
-A step that must wait longer than a message's countdown may (videoqueue.queues.broker_timing)
-sends nothing: it parks the job (`JobStore.park`, a separate index), and the sweep sends
-the step as soon as it is due: a parked wait is not a lost message.
+A step that waits beyond the countdown horizon, or is sent when the fleet holds its bound
+of countdown messages (videoqueue.parking), sends nothing: it parks the job (a separate
+index), and the park timer (`run_park_timer`) sends the step when due, the sweep too
+(`send_parked`): a parked wait is not a lost message.
 
 Every step that schedules a job's next message records when it is due
 (`next_due_at`, indexed in Redis). A stalled job (videoqueue.stalled: overdue by more than
@@ -24,6 +25,7 @@ from typing import Any
 from videoqueue.job import TASK_POLL, TASK_STORE, TASK_SUBMIT, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.lifecycle import SUBMIT_STATUSES
+from videoqueue.parking import Parking
 from videoqueue.stalled import StallRule, due_of
 
 Send = Callable[[str, list[Any]], None]
@@ -119,3 +121,29 @@ def send_parked(
         send(name, args)
         report.unparked.append(job_id)
     return report
+
+
+SendAfter = Callable[[str, list[Any], float], None]
+"""Sends a task (name, arguments) after a countdown (s)."""
+
+
+def run_park_timer(
+    store: JobStore, parking: Parking, send: SendAfter, send_unpark: Callable[[float], None]
+) -> list[str]:
+    """One run of the park timer (the `videoqueue.unpark` task): send the parked steps due
+    now, and those due within the lead with their remaining countdown (`Parking.take_due`,
+    at most a batch; each step taken by one run only), then send the next unpark message
+    the re-armed timer calls for. Returns the ids sent. A run that dies after the take
+    leaves those jobs in the due index only: stalled, recovered by the sweep."""
+    unparked = parking.take_due()
+    ids = [job_id for job_id, _ in unparked.steps]
+    sent: list[str] = []
+    for (job_id, countdown), record in zip(unparked.steps, store.get_many(ids), strict=True):
+        if record is None or record.status.is_final:
+            continue
+        name, args = _message_for(record)
+        send(name, args, countdown)
+        sent.append(job_id)
+    if unparked.timer_countdown is not None:
+        send_unpark(unparked.timer_countdown)
+    return sent

@@ -257,6 +257,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Index entries of expired records each recovery sweep looks at, at most (bounded work per tick).",
     )
+    countdown_horizon_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "The near future: a step due within this many seconds is sent as a countdown message "
+            "(held by a worker until due); a longer wait is parked in the job store and the park "
+            "timer sends it when due (docs/architecture.md, Parked steps). Never above the "
+            "broker's own bound (max_countdown_s of the visibility timeout)."
+        ),
+    )
+    held_messages_max: int = Field(
+        default=2000,
+        ge=1,
+        description=(
+            "The most countdown messages the fleet holds at once (each about 9 KB of a worker's "
+            "memory); a step sent when that many are held is parked instead. Celery's "
+            "worker_eta_task_limit is set above it (celeryconfig.py), so no worker ever reaches "
+            "Celery's cap and stops taking new work."
+        ),
+    )
 
     follow_past_deadline_s: float = Field(
         default=172800.0,

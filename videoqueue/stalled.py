@@ -9,7 +9,7 @@ The rule (docs/reliability.md, "Stalled jobs"):
 - expected interval: the countdown the last step chose, `due - updated_at` (the step
   records the job right after sending its next message), at most the longest countdown
   the broker holds safely (`BrokerTiming.max_countdown_s`: a longer wait is parked and
-  sent by the sweep when due). Zero while a create or store attempt holds a lease: then
+  sent by the park timer when due). Zero while a create or store attempt holds a lease: then
   the due time is the lease's end and already allows a whole attempt.
 - allowance: max(STALL_FACTOR x interval, RECOVER_AFTER_S), doubled for each earlier
   recovery of the job (at most 2**MAX_DOUBLINGS): a job that is only waiting in a long

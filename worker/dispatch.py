@@ -12,7 +12,7 @@ from typing import Protocol
 
 from videoqueue.job import utcnow
 from videoqueue.jobstore import JobStore
-from videoqueue.queues import broker_timing
+from videoqueue.parking import Parking
 from videoqueue.settings import Settings
 
 log = logging.getLogger("videoqueue.pipeline")
@@ -33,25 +33,48 @@ class DueTracking:
     the recovery sweep can tell a job that lost its message from one that is waiting.
 
     Every countdown a step schedules passes here, and here it is bounded: a submit never
-    waits past the job's deadline (it then runs at the deadline, and ends the job), and no
-    message is sent with a countdown longer than the broker holds one safely
-    (`BrokerTiming.max_countdown_s`; on Redis a longer one would be delivered a second time
-    once the visibility timeout passed). A longer wait is parked in the job store instead
-    (due index plus parked index) and the sweep sends the step when it is due."""
+    waits past the job's deadline (it then runs at the deadline, and ends the job), and a
+    step is sent as a countdown message only when it is due within COUNTDOWN_HORIZON_S
+    (never more than the broker holds one safely, `BrokerTiming.max_countdown_s`) and
+    fewer than HELD_MESSAGES_MAX countdown messages are held fleet-wide. Otherwise it is
+    parked in the job store (due index plus parked index, `videoqueue.parking`) and the
+    park timer, one `videoqueue.unpark` message sent by `send_unpark`, sends it when due
+    (the sweep too, as a safety net). So what a worker holds is bounded by a setting, not
+    by the jobs in flight."""
 
-    def __init__(self, inner: Dispatcher, jobs: JobStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        inner: Dispatcher,
+        jobs: JobStore,
+        settings: Settings,
+        send_unpark: Callable[[float], None] | None = None,
+    ) -> None:
+        """`send_unpark` sends the unpark message after a countdown (s); without it parked
+        steps wait for the sweep."""
         self.inner = inner
         self.jobs = jobs
-        self.max_countdown_s = broker_timing(settings).max_countdown_s
+        self.parking = Parking.from_settings(jobs.redis, settings)
+        # The broker's own bound, which Celery's store retries (worker/tasks.py) keep to.
+        self.max_countdown_s = self.parking.longest_countdown_s
+        self.send_unpark = send_unpark
 
     def _send(self, job_id: str, countdown: float, send: Callable[[float], None]) -> None:
         due = (utcnow() + timedelta(seconds=countdown)).timestamp()
-        if countdown > self.max_countdown_s:
-            self.jobs.park(job_id, due)
-            log.info("wait parked in the job store", extra={"job_id": job_id, "countdown": round(countdown, 1)})
+        placed = self.parking.place(job_id, due)
+        if placed.send:
+            send(countdown)
             return
-        send(countdown)
-        self.jobs.mark_due(job_id, due)
+        log.info("wait parked in the job store", extra={"job_id": job_id, "countdown": round(countdown, 1)})
+        if placed.timer_countdown is not None and self.send_unpark is not None:
+            self.send_unpark(placed.timer_countdown)
+
+    def arm_timer(self) -> None:
+        """Make sure the park timer runs by the earliest parked step, for steps parked
+        elsewhere (a job the waiting room parked until its deadline): sends the unpark
+        message unless a timer already runs by then."""
+        countdown = self.parking.arm()
+        if countdown is not None and self.send_unpark is not None:
+            self.send_unpark(countdown)
 
     def submit(self, job_id: str, countdown: float) -> None:
         job = self.jobs.get(job_id)

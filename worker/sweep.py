@@ -14,10 +14,11 @@ from celery import Celery
 from redis.exceptions import LockError, RedisError
 
 from videoqueue import inputs, keys, ledger_days, retention
-from videoqueue.job import TASK_ADMIT, TASK_SUBMIT
+from videoqueue.job import TASK_ADMIT, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import read_entries
 from videoqueue.limits import ProviderLimits
+from videoqueue.parking import Parking
 from videoqueue.queues import broker_timing
 from videoqueue.recovery import recover_stranded
 from videoqueue.room import WaitingRoom
@@ -41,6 +42,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
 
     try:
         report = recover_stranded(store, send, StallRule.from_settings(settings))
+        rearm_park_timer(app, store, settings)
         admitted = admit_all(app, store, settings)
         released = release_inputs(store, settings)
         trimmed = trim_expired(store, settings)
@@ -104,16 +106,16 @@ def trim_expired(store: JobStore, settings: Settings) -> retention.TrimReport:
     return retention.trim(store.redis, settings.job_retention_s, time.time(), settings.retention_sweep_batch)
 
 
-def _next_wait(store: JobStore, interval_s: float) -> float:
-    """Seconds to the next sweep: SWEEP_INTERVAL_S, or sooner when a parked step falls due
-    before then (at least a second apart)."""
-    try:
-        parked = store.next_parked_at()
-    except RedisError:
-        return interval_s
-    if parked is None:
-        return interval_s
-    return min(interval_s, max(1.0, parked - time.time()))
+def rearm_park_timer(app: Celery, store: JobStore, settings: Settings) -> float | None:
+    """Arm the park timer for the earliest parked step when no timer runs by then (its
+    unpark message was lost: a worker died holding it, Redis lost the key) and send the
+    unpark message. Returns its countdown (s), or None when a timer was in place or
+    nothing is parked."""
+    countdown = Parking.from_settings(store.redis, settings).arm()
+    if countdown is not None:
+        _send(app, TASK_UNPARK, [], countdown)
+        log.info("park timer armed by the sweep", extra={"countdown": round(countdown, 1)})
+    return countdown
 
 
 def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
@@ -124,7 +126,7 @@ def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
     stop = threading.Event()
 
     def loop() -> None:
-        while not stop.wait(_next_wait(store, settings.sweep_interval_s)):
+        while not stop.wait(settings.sweep_interval_s):
             try:
                 sweep_once(app, store, settings)
             except RedisError as exc:

@@ -17,10 +17,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
-from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, utcnow
+from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ProviderLimits
 from videoqueue.queues import broker_timing
+from videoqueue.recovery import run_park_timer
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import get_settings
 from worker import logs, registry
@@ -57,6 +58,14 @@ def _send_admit(provider: str, model: str, countdown: float) -> None:
     admit.apply_async((provider, model), **_when(countdown))
 
 
+def _send_unpark(countdown: float) -> None:
+    unpark.apply_async((), **_when(countdown))
+
+
+def _send_after(name: str, args: list[Any], countdown: float) -> None:
+    app.send_task(name, args=args, countdown=_when(countdown).get("countdown"))
+
+
 @lru_cache(maxsize=1)
 def _storage() -> Storage:
     # The ids of open multipart uploads go to the job store's Redis, where the next store
@@ -78,6 +87,7 @@ def pipeline() -> Pipeline:
         dispatch=CeleryDispatcher(),
         room=WaitingRoom(store.redis, ProviderLimits.from_settings(store.redis, settings), settings.tenant_weights()),
         send_admit=_send_admit,
+        send_unpark=_send_unpark,
         history=RenderHistory(
             store.redis,
             size=settings.poll_history_size,
@@ -203,3 +213,12 @@ def admit(self: Task[Any, Any], provider: str, model: str) -> dict[str, Any]:
     room_admitter.room.disarm_timer(provider, model)
     admitted = room_admitter.admit(provider, model)
     return {"provider": provider, "model": model, "admitted": len(admitted)}
+
+
+@app.task(name=TASK_UNPARK, bind=True, **_STORE_RETRY)
+def unpark(self: Task[Any, Any]) -> dict[str, Any]:
+    """The park timer (videoqueue.parking): send the parked steps now due (and those due
+    within the lead, with their remaining countdown), then the next unpark message."""
+    steps = pipeline()
+    sent = run_park_timer(steps.store, steps.dispatch.parking, _send_after, _send_unpark)
+    return {"sent": len(sent)}

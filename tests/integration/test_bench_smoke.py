@@ -162,3 +162,17 @@ def test_quick_day_samples_the_run_and_checks_every_job_and_the_ledger(tmp_path:
     assert document["memory"]["slope_first_bytes_per_s"] is not None
     assert document["memory"]["slope_last_bytes_per_s"] is not None
     assert document["census"] and all(row["keys"] > 0 for row in document["census"])
+
+
+@pytest.mark.timeout(300)
+def test_quick_held_measures_what_a_worker_holds_and_takes_a_fresh_job(tmp_path: Path) -> None:
+    document = _run_quick("held", tmp_path)
+    rows = {row["case"].split(" ")[0]: row for row in document["rows"]}
+    after = rows["after"]
+    assert after["running"] == after["renders enqueued"] == 300
+    # Quick: HELD_MESSAGES_MAX=20 with 300 renders in flight: the rest are parked.
+    assert after["parked"] > 0
+    assert 0 <= after["held messages (unacked)"] < 300 and after["worker RSS MiB"] > 0
+    assert isinstance(after["fresh job taken in s"], float)
+    # The 'before' case runs main's code when git can export it; else the note says so.
+    assert "before" in rows or any(note.startswith("before: skipped") for note in document["notes"])

@@ -49,16 +49,19 @@ class StepBase:
         send_admit: SendAdmit | None = None,
         history: RenderHistory | None = None,
         rng: random.Random | None = None,
+        send_unpark: Callable[[float], None] | None = None,
     ) -> None:
         """`room`: the waiting rooms whose admission hands out quota (its limits are the
         steps' `limits` unless those are given); `send_admit` sends a model's admit message
-        after a countdown (its timer; without it only the sweep admits on time alone)."""
+        after a countdown (its timer; without it only the sweep admits on time alone);
+        `send_unpark` sends the park timer's unpark message after a countdown (without it
+        only the sweep sends parked steps)."""
         self.settings = settings
         self.store = store
         self.catalog = catalog
         self.providers = providers
         self.storage = storage
-        self.dispatch = DueTracking(dispatch, store, settings)
+        self.dispatch = DueTracking(dispatch, store, settings, send_unpark)
         self.limits = limits if limits is not None or room is None else room.limits
         self.room = room
         self.admitter: Admitter | None = None

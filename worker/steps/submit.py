@@ -76,6 +76,9 @@ class SubmitStep(PollStep):
             return True
         take = self.room.take(job)
         self.admitter.carry_out(job.provider, job.model, take.admission, skip=job.id)
+        if not take.go:
+            # The room parked it until its deadline: the park timer ends it then, on time.
+            self.dispatch.arm_timer()
         return take.go
 
     def _over_budget(self, job: JobRecord) -> bool:
