@@ -1,8 +1,16 @@
 """Memory per job (issue 18): what each Redis key of a job costs in the job store, queued
 and again once real workers have finished it, and what a queued message costs the broker.
 
-N jobs of a typical request are enqueued: a prompt of 200 characters, two tags and a
-client job id (`shop-order-2026-12-06-NNNNNNN`), the default model and parameters. Every
+N jobs of one request are enqueued (`--memory-request`, default `both`: one after the
+other in the same run, on a flushed store each time):
+
+- `typical`: a prompt of 200 characters, two tags and a client job id
+  (`shop-order-2026-12-06-NNNNNNN`), the default model and parameters;
+- `overhead`: the request of the overhead bench (`bench/drain.py`, `harness.enqueue`): a
+  prompt `overhead N`, no tags, no client job id, the default model and parameters. The
+  issue's targets were set against this one ("3.0 KB today" is its finished job).
+
+Every
 key of the job store is then grouped by kind, the job's own ids replaced by placeholders
 (`job:{job}`, `client:{client}`, `task:byteplus:{task}`): a kind that holds one key per job
 is counted as MEMORY USAGE of its keys over N; a key shared by the jobs (an index, a
@@ -18,7 +26,9 @@ Target (issue 18): at most 1.2 KB per queued job and 1.0 KB per finished job.
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -50,6 +60,36 @@ def prompt(i: int) -> str:
 def request(i: int) -> VideoRequest:
     """The typical request of the scenario: 200-character prompt, two tags, a client job id."""
     return VideoRequest(prompt=prompt(i), tags=TAGS, client_job_id=f"shop-order-2026-12-06-{i:07d}")
+
+
+def overhead_request(i: int) -> VideoRequest:
+    """The overhead bench's request (`harness.enqueue(producer, n, "overhead")`)."""
+    return VideoRequest(prompt=f"overhead {i}")
+
+
+REQUESTS: dict[str, Callable[[int], VideoRequest]] = {"typical": request, "overhead": overhead_request}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The memory scenario's option (`python -m bench memory --memory-request overhead`)."""
+    group = parser.add_argument_group("memory options")
+    group.add_argument(
+        "--memory-request",
+        choices=[*REQUESTS, "both"],
+        default="both",
+        help="the request measured: typical (200-character prompt, two tags, a client job id), "
+        "overhead (the overhead bench's), or both, one after the other (default)",
+    )
+
+
+def _describe(name: str) -> dict[str, Any]:
+    sample = REQUESTS[name](0)
+    return {
+        "name": name,
+        "prompt_chars": len(sample.prompt),
+        "tags": list(sample.tags),
+        "client_job_id": sample.client_job_id,
+    }
 
 
 def kind_of(key: str) -> str:
@@ -166,8 +206,26 @@ def _phase(stack: BenchStack, jobs: int, base: dict[str, float], label: str) -> 
     }
 
 
-def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
-    """Enqueue 2,000 jobs (quick: 100), measure; let one worker finish them, measure."""
+def run(stack: BenchStack, quick: bool, options: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Measure each request asked for (`--memory-request`, default both): the top-level
+    figures are the first one's (typical when both), every request's under `by_request`."""
+    choice = getattr(options, "memory_request", None) or "both"
+    names = list(REQUESTS) if choice == "both" else [choice]
+    results = {name: measure(stack, quick, name) for name in names}
+    first = results[names[0]]
+    rows = [{"request": name, **row} for name, result in results.items() for row in result["rows"]]
+    return {
+        **first,
+        "rows": rows,
+        "by_request": {name: {k: v for k, v in result.items() if k != "rows"} for name, result in results.items()},
+        "notes": [f"{name}: {note}" for name, result in results.items() for note in result["notes"]],
+    }
+
+
+def measure(stack: BenchStack, quick: bool, name: str) -> dict[str, Any]:
+    """Enqueue 2,000 jobs of request `name` (quick: 100), measure; let one worker finish
+    them, measure."""
+    make = REQUESTS[name]
     jobs = 100 if quick else 2000
     stack.stop_workers()
     stack.flush()
@@ -177,7 +235,7 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
     producer = stack.producer(env)
     store0, broker0 = memory_stats(stack.store_url), redis_counters(stack.broker_url)
     for first in range(0, jobs, 500):
-        producer.submit_many([request(i) for i in range(first, min(first + 500, jobs))])
+        producer.submit_many([make(i) for i in range(first, min(first + 500, jobs))])
     broker_q = redis_counters(stack.broker_url)
     queued = _phase(stack, jobs, store0, "queued")
     stack.start_workers(1, concurrency=2, pool="prefork", env=env)
@@ -203,12 +261,12 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
             "finished B/job": finished["store_bytes_per_job_sum_of_keys"],
         }
     )
-    for label, name in (
+    for label, field in (
         ("key tables (main and expiry dicts): delta / N", "store_bytes_per_job_key_tables"),
         ("total: dataset + key tables delta / N (the target's figure)", "store_bytes_per_job"),
         ("used_memory delta / N (with connection buffers)", "store_bytes_per_job_used_memory"),
     ):
-        rows.append({"key kind": label, "queued B/job": queued[name], "finished B/job": finished[name]})
+        rows.append({"key kind": label, "queued B/job": queued[field], "finished B/job": finished[field]})
     rows.append({"key kind": "broker: used_memory delta / N, queued", "queued B/job": broker_per_message})
     met_q = queued["store_bytes_per_job"] <= TARGET_QUEUED_B
     met_f = finished["store_bytes_per_job"] <= TARGET_FINISHED_B
@@ -216,7 +274,7 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
         "rows": rows,
         "jobs": jobs,
         "counts": counts,
-        "request": {"prompt_chars": len(prompt(0)), "tags": list(TAGS), "client_job_id": request(0).client_job_id},
+        "request": _describe(name),
         "queued": queued,
         "finished": finished,
         "broker_bytes_per_queued_message": broker_per_message,

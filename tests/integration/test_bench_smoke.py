@@ -138,6 +138,13 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     for phase in (document["queued"], document["finished"]):
         assert phase["store_bytes_per_job"] > phase["store_bytes_per_job_sum_of_keys"] / 2 > 0
     assert document["broker_bytes_per_queued_message"] > 0
+    # Both requests measured in the one run: the typical one on top, the overhead bench's beside.
+    assert set(document["by_request"]) == {"typical", "overhead"}
+    assert document["request"]["name"] == "typical"
+    overhead = document["by_request"]["overhead"]
+    assert overhead["request"] == {"name": "overhead", "prompt_chars": 10, "tags": [], "client_job_id": None}
+    assert overhead["counts"]["succeeded"] == 100
+    assert "vq@bench:client:{client}" not in {row["kind"] for row in overhead["queued"]["kinds"]}
     # What Redis holds is the compact stored form.
     assert json.loads(document["finished"]["sample"]["record"])["v"] == 2
     assert json.loads(document["finished"]["sample"]["ledger_row"])["v"] == 2
