@@ -62,15 +62,18 @@ def task_claim_key(provider: str, task_id: str) -> str:
     return f"{PREFIX}task:{provider}:{task_id}"
 
 
-ALL_INDEX = namespace.keep(globals(), "ALL_INDEX", lambda: _key("jobs:all"))
-"""Sorted set: every stored job id, scored by creation time (epoch s); the sweep trims the
-ids of expired records (videoqueue.retention). No TTL."""
+LEGACY_ALL_INDEX = namespace.keep(globals(), "LEGACY_ALL_INDEX", lambda: _key("jobs:all"))
+"""Sorted set, no longer written nor read: every job id by creation time, as versions before
+issue 18 kept it (the union of the status indexes, same scores: about 170 B per job). All
+jobs are read from the status indexes now (`JobStore.list`, `ids_starting_with`); the
+recovery sweep UNLINKs a stale one each tick (`retention.drop_legacy_all_index`)."""
 
 
 def status_index(status: str) -> str:
     """Sorted set: the ids of the jobs in `status` (a JobStatus value), scored by creation
-    time (epoch s); the sweep trims the ids of expired records from the final ones
-    (videoqueue.retention). No TTL."""
+    time (epoch s); together they hold every stored job once (a move takes it from one to
+    the other in one transaction), so "all jobs" is read from them; the sweep trims the ids
+    of expired records from the final ones (videoqueue.retention). No TTL."""
     return f"{PREFIX}jobs:status:{status}"
 
 

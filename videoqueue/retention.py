@@ -17,7 +17,7 @@ scored by settlement time. A record can only have expired when its score is olde
 up to that cut-off, from a cursor (`keys.RETENTION_CURSOR`) kept per index, a bounded batch
 per sweep tick (RETENTION_SWEEP_BATCH over all indexes), whatever the backlog; it checks
 each with one TTL in a pipeline and removes the gone ones from that index and from
-ALL_INDEX and INPUTS_RELEASE_INDEX (the ledger walk from LEDGER_INDEX). Once the walk reaches
+INPUTS_RELEASE_INDEX (the ledger walk from LEDGER_INDEX). Once the walk reaches
 the cut-off it starts again from the oldest, so the few members left (records of long
 jobs, expiring soon) are looked at again next round. In steady state the range below the
 cut-off holds only those, so a tick costs a few commands.
@@ -54,6 +54,14 @@ def expire_final(pipe: Any, job_id: str, seconds: int) -> None:
     pipe.expire(ledger_entry_key(job_id), seconds)
     for role in IMAGE_ROLES:
         pipe.expire(input_key(job_id, role), seconds, lt=True)
+
+
+def drop_legacy_all_index(client: redis.Redis) -> int:
+    """UNLINK `jobs:all` (keys.LEGACY_ALL_INDEX), the index of all jobs that versions before
+    issue 18 wrote: nothing reads it now, and a deployment upgraded keeps a stale one for
+    ever otherwise. One command per sweep tick (also while old producers of a rolling
+    upgrade still add to it); freed in the background. Returns 1 when there was one."""
+    return int(client.unlink(keys.LEGACY_ALL_INDEX))  # type: ignore[arg-type]
 
 
 def final_indexes() -> list[str]:
@@ -113,7 +121,6 @@ def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds
     if gone:
         write.zrem(index, *gone)
         if not ledger:
-            write.zrem(keys.ALL_INDEX, *gone)
             write.zrem(keys.INPUTS_RELEASE_INDEX, *gone)
     write.execute()
     if ledger:

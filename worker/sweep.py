@@ -101,7 +101,9 @@ def release_inputs(store: JobStore, settings: Settings) -> int:
 def trim_expired(store: JobStore, settings: Settings) -> retention.TrimReport:
     """Backfill the ledger's day aggregates if this deployment has none yet (before any row
     expires), then trim the index entries of records gone after JOB_RETENTION_S, at most
-    RETENTION_SWEEP_BATCH a tick (videoqueue.retention)."""
+    RETENTION_SWEEP_BATCH a tick (videoqueue.retention); drop the stale index of all jobs an
+    earlier version kept."""
+    retention.drop_legacy_all_index(store.redis)
     ledger_days.ensure(store.redis, read_entries, settings.job_retention_s)
     return retention.trim(store.redis, settings.job_retention_s, time.time(), settings.retention_sweep_batch)
 

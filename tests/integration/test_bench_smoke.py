@@ -132,9 +132,10 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     queued = {row["kind"]: row for row in document["queued"]["kinds"]}
     finished = {row["kind"]: row for row in document["finished"]["kinds"]}
     # The job's own keys, by kind, with the placeholders for its ids.
-    assert {"vq@bench:job:{job}", "vq@bench:client:{client}", "vq@bench:jobs:all"} <= set(queued)
+    assert {"vq@bench:job:{job}", "vq@bench:client:{client}", "vq@bench:jobs:status:queued"} <= set(queued)
+    assert "vq@bench:jobs:all" not in queued  # no index of all jobs: the status indexes are
     assert {"vq@bench:ledger:entry:{job}", "vq@bench:task:byteplus:{task}"} <= set(finished)
-    assert queued["vq@bench:job:{job}"]["keys"] == 100 and queued["vq@bench:jobs:all"]["members"] == 100
+    assert queued["vq@bench:job:{job}"]["keys"] == 100 and queued["vq@bench:jobs:status:queued"]["members"] == 100
     for phase in (document["queued"], document["finished"]):
         assert phase["store_bytes_per_job"] > phase["store_bytes_per_job_sum_of_keys"] / 2 > 0
     assert document["broker_bytes_per_queued_message"] > 0

@@ -67,7 +67,7 @@ def _per_job_keys(stack: Stack, job_ids: list[str]) -> list[str]:
 
 
 def _index_entries(stack: Stack, job_ids: list[str]) -> list[str]:
-    indexes = [keys.ALL_INDEX, keys.LEDGER_INDEX, keys.INPUTS_RELEASE_INDEX]
+    indexes = [keys.LEGACY_ALL_INDEX, keys.LEDGER_INDEX, keys.INPUTS_RELEASE_INDEX]
     indexes += [status_index(s) for s in JobStatus]
     return [f"{i} {j}" for i in indexes for j in job_ids if stack.redis.zscore(i, j) is not None]
 

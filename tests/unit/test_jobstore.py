@@ -84,7 +84,8 @@ def test_create_of_an_existing_id_raises_and_changes_nothing(store: JobStore, re
     assert raw(redis_client, "a") == before
     assert status_members(redis_client, JobStatus.RUNNING) == set()
     assert status_members(redis_client, JobStatus.QUEUED) == {"a"}
-    assert redis_client.zscore(keys.ALL_INDEX, "a") == T0.timestamp()
+    assert redis_client.zscore(status_index(JobStatus.QUEUED), "a") == T0.timestamp()
+    assert not redis_client.exists(keys.LEGACY_ALL_INDEX)  # no index of all jobs: the status ones are
 
 
 def test_create_many_stores_all(store: JobStore) -> None:
@@ -116,6 +117,43 @@ def test_list_is_newest_first_limited_and_filtered_by_status(store: JobStore) ->
     assert [r.id for r in store.list(JobStatus.QUEUED)] == ["newest", "mid", "old"]
     assert [r.id for r in store.list(JobStatus.RUNNING)] == ["new"]
     assert store.list(JobStatus.FAILED) == []
+
+
+def test_list_of_all_statuses_merges_the_status_indexes_as_one_index_of_all_jobs_would(
+    store: JobStore, redis_client: Any
+) -> None:
+    # What jobs:all (gone in issue 18) gave: ZREVRANGE by creation time, ties by the greater id.
+    store.create_many([make_record(f"q{i}", minutes=i) for i in range(5)])
+    store.create_many([make_record(f"r{i}", minutes=i, status=JobStatus.RUNNING) for i in range(0, 5, 2)])
+    walk_to(store, "q3", JobStatus.SUCCEEDED)
+    reference = {f"q{i}": i for i in range(5)} | {f"r{i}": i for i in range(0, 5, 2)}
+    expected = sorted(reference, key=lambda job_id: (reference[job_id], job_id), reverse=True)
+    assert [r.id for r in store.list(limit=100)] == expected
+    for limit in (1, 3, 7):
+        assert [r.id for r in store.list(limit=limit)] == expected[:limit]
+    # A job seen in two status indexes (moved while they were read) shows once.
+    redis_client.zadd(status_index(JobStatus.FAILED), {"q4": (T0 + timedelta(minutes=4)).timestamp()})
+    assert [r.id for r in store.list(limit=100)] == expected
+
+
+def test_ids_starting_with_finds_jobs_in_every_status_once(store: JobStore, redis_client: Any) -> None:
+    store.create_many([make_record("abc-1"), make_record("abd-2", minutes=1), make_record("xyz", minutes=2)])
+    walk_to(store, "abd-2", JobStatus.SUCCEEDED)
+    redis_client.zadd(status_index(JobStatus.FAILED), {"abc-1": T0.timestamp()})  # mid-move: in two
+    assert sorted(store.ids_starting_with("ab")) == ["abc-1", "abd-2"]
+    assert store.ids_starting_with("abd") == ["abd-2"]
+    assert len(store.ids_starting_with("a", limit=1)) == 1
+    assert store.ids_starting_with("q") == []
+    assert store.ids_starting_with("ab[") == []  # a glob character is taken as itself
+
+
+def test_the_sweep_drops_the_stale_index_of_all_jobs_an_earlier_version_kept(redis_client: Any) -> None:
+    from videoqueue import retention
+
+    redis_client.zadd(keys.LEGACY_ALL_INDEX, {"old-job": 1.0})
+    assert retention.drop_legacy_all_index(redis_client) == 1
+    assert not redis_client.exists(keys.LEGACY_ALL_INDEX)
+    assert retention.drop_legacy_all_index(redis_client) == 0  # a second tick: nothing to do
 
 
 def test_count_by_status_follows_transitions(store: JobStore) -> None:
@@ -238,7 +276,6 @@ def test_delete_removes_record_and_indexes(store: JobStore, redis_client: Any) -
     store.delete("a")
     assert store.get("a") is None
     assert [r.id for r in store.list()] == ["b"]
-    assert redis_client.zscore(keys.ALL_INDEX, "a") is None
     for status in JobStatus:
         assert "a" not in status_members(redis_client, status)
     counts = store.count_by_status()

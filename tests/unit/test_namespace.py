@@ -30,7 +30,7 @@ def every_name() -> list[str]:
         keys.INPUTS_RELEASE_INDEX,
         keys.client_key("c1"),
         keys.task_claim_key("byteplus", "t1"),
-        keys.ALL_INDEX,
+        keys.LEGACY_ALL_INDEX,
         keys.status_index("queued"),
         keys.DUE_INDEX,
         keys.PARKED_INDEX,

@@ -278,7 +278,7 @@ def test_the_sweep_trims_expired_records_in_bounded_batches(redis_client: Any) -
     indexes = len(retention.final_indexes()) + 1
     batch = 3 * indexes  # 3 a tick per index
     looked: list[int] = []
-    while redis_client.zcard(keys.ALL_INDEX) or redis_client.zcard(keys.LEDGER_INDEX):
+    while any(redis_client.zcard(i) for i in [*retention.final_indexes(), keys.LEDGER_INDEX]):
         report = retention.trim(redis_client, RETENTION, later, batch)
         assert report.looked_at <= batch
         looked.append(report.trimmed)
@@ -301,7 +301,7 @@ def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_o
     assert 0 < redis_client.ttl(ledger_entry_key(forever.id)) <= 3601
     assert redis_client.ttl(job_key(kept.id)) > 3600  # its own TTL
     assert redis_client.ttl(job_key(active.id)) == -1
-    assert redis_client.zscore(keys.ALL_INDEX, active.id) is not None
+    assert redis_client.zscore(status_index(JobStatus.QUEUED), active.id) is not None
 
 
 def test_a_retry_of_a_job_whose_record_expired_is_unknown_and_its_client_id_is_free(redis_client: Any) -> None:
