@@ -160,6 +160,20 @@ def durable_write(before: JobRecord, after: JobRecord) -> str | None:
     return None
 
 
+def clear_final(record: JobRecord) -> None:
+    """Drop, in place, what a final record no longer means (issue 18: a finished job keeps
+    less): when the next step is due, the create and store leases, the endpoint it waited
+    for, and the provider's short-lived video URL unless the job failed (`videoqueue store
+    retry` of a failed job fetches the video from there; the manifest never keeps it). A
+    store retry sets its own lease and due time again."""
+    record.next_due_at = None
+    record.submit_lease_until = None
+    record.store_lease_until = None
+    record.waiting_for_endpoint = None
+    if record.status is not JobStatus.FAILED:
+        record.video_url = None
+
+
 @dataclass(frozen=True)
 class _Move:
     """A change of a record made ready for `movescript.MOVE`: the record to store, the
@@ -196,6 +210,8 @@ class _Move:
             ]
         if settles:
             changed.settled_at = changed.finished_at  # the ledger entry's settled_at
+        if changed.status.is_final:
+            clear_final(changed)
         reads = Reads(client)
         hook_writes = [hook(reads, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
         writes = Writes()

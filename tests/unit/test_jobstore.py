@@ -156,6 +156,34 @@ def test_the_sweep_drops_the_stale_index_of_all_jobs_an_earlier_version_kept(red
     assert retention.drop_legacy_all_index(redis_client) == 0  # a second tick: nothing to do
 
 
+def test_a_final_record_keeps_no_field_meaningless_once_final(store: JobStore, redis_client: Any) -> None:
+    now = utcnow()
+    busy = {
+        "next_due_at": now,
+        "store_lease_until": now + timedelta(minutes=5),
+        "waiting_for_endpoint": "waits for a worker configured for ark.example",
+        "video_url": "https://provider.example/v.mp4?sig=1",
+    }
+    store.create_many([make_record("ok"), make_record("bad", minutes=1), make_record("off", minutes=2)])
+    for job_id in ("ok", "bad", "off"):
+        walk_to(store, job_id, JobStatus.DOWNLOADING, **busy)
+        assert store.get(job_id).next_due_at is not None  # type: ignore[union-attr]
+    walk_to(store, "ok", JobStatus.SUCCEEDED)
+    store.transition("bad", {JobStatus.DOWNLOADING}, JobStatus.FAILED)
+    store.transition("off", {JobStatus.DOWNLOADING}, JobStatus.CANCELLED)
+    for job_id in ("ok", "bad", "off"):
+        record = store.get(job_id)
+        assert record is not None and record.status.is_final
+        assert (record.next_due_at, record.store_lease_until, record.submit_lease_until) == (None, None, None)
+        assert record.waiting_for_endpoint is None
+        stored = json.loads(raw(redis_client, job_id) or "")
+        assert not {"next_due_at", "store_lease_until", "waiting_for_endpoint"} & set(stored)
+    # A failed job keeps the provider's URL: `videoqueue store retry` fetches its video from there.
+    assert store.get("bad").video_url == busy["video_url"]  # type: ignore[union-attr]
+    assert store.get("ok").video_url is None and store.get("off").video_url is None  # type: ignore[union-attr]
+    assert store.get("bad").store_retry_refusal(utcnow()) is None  # type: ignore[union-attr]
+
+
 def test_count_by_status_follows_transitions(store: JobStore) -> None:
     store.create_many([make_record("a"), make_record("b", minutes=1), make_record("c", minutes=2)])
     counts = store.count_by_status()
