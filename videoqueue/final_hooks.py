@@ -114,12 +114,19 @@ def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes 
 
 def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     """Let the record, its ledger row and its legacy input keys expire JOB_RETENTION_S from
-    now (videoqueue.retention); a second end renews it. Last: the writes before it (the
+    now (videoqueue.retention); a second end renews it. The task claim and the client job id
+    key are shortened to it (`retention.expire_links`). Last: the writes before it (the
     record, a restated ledger row) clear a TTL."""
     seconds = retention.retention_s()
     if seconds <= 0:
         return None
-    return lambda multi: retention.expire_final(multi, after.id, seconds)
+    first = first_end(before)
+
+    def expire(multi: Any) -> None:
+        retention.expire_final(multi, after.id, seconds)
+        retention.expire_links(multi, after, seconds, first)
+
+    return expire
 
 
 FINAL_HOOKS: tuple[FinalHook, ...] = (

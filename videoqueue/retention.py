@@ -35,7 +35,7 @@ import redis
 
 from videoqueue import keys, ledger_days
 from videoqueue.job import JobRecord, JobStatus
-from videoqueue.keys import input_key, job_key, ledger_entry_key, status_index
+from videoqueue.keys import client_key, input_key, job_key, ledger_entry_key, status_index, task_claim_key
 from videoqueue.resolved import IMAGE_ROLES
 
 
@@ -54,6 +54,26 @@ def expire_final(pipe: Any, job_id: str, seconds: int) -> None:
     pipe.expire(ledger_entry_key(job_id), seconds)
     for role in IMAGE_ROLES:
         pipe.expire(input_key(job_id, role), seconds, lt=True)
+
+
+def expire_links(pipe: Any, record: JobRecord, seconds: int, first_end: bool) -> None:
+    """Queue, on the final move's pipeline, the expiry of the keys that name the job: so
+    that nothing of a job outlives its record by long.
+
+    - Its provider task's claim (7 days from the create): `seconds` from now, but no less
+      than the job's deadline span (deadline - creation), and only ever shortened (LT). A
+      lookup of another job (an interrupted create) looks at the tasks made since its own
+      create intent, until its deadline: a task made before now is seen at most a deadline
+      span from now, and while seen it must stay claimed, or that job would adopt it.
+    - Its client job id (90 days from the submit): `seconds` from now (LT), at the first end
+      only. Until then the key names this job (a retry, which re-points it, is made only of
+      an ended job); at a second end (`store retry`) it may name the retry, kept as it is.
+      Once the record is gone the id is free anyway (`_client_id_owners`)."""
+    if record.provider_task_id:
+        span = int((record.deadline_at - record.created_at).total_seconds()) + 1
+        pipe.expire(task_claim_key(record.provider, record.provider_task_id), max(seconds, span), lt=True)
+    if first_end and record.request.client_job_id:
+        pipe.expire(client_key(record.request.client_job_id), seconds, lt=True)
 
 
 def drop_legacy_all_index(client: redis.Redis) -> int:

@@ -244,6 +244,37 @@ def test_retention_zero_keeps_final_records_and_a_negative_one_is_refused(
         Settings(job_retention_s=-1)
 
 
+def test_nothing_of_a_job_outlives_a_short_retention_but_what_a_lookup_still_needs(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOB_RETENTION_S", "600")
+    get_settings.cache_clear()
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox", client_job_id="order-1"))
+    walk_to(vq.store, job.id, JobStatus.RUNNING, provider_task_id="task-1")
+    claim, client = keys.task_claim_key(job.provider, "task-1"), keys.client_key("order-1")
+    assert redis_client.ttl(claim) > 6 * DAY_S and redis_client.ttl(client) > 80 * DAY_S
+    _charged(vq.store, job.id, JobStatus.SUCCEEDED)
+    assert 590 <= redis_client.ttl(job_key(job.id)) <= 600
+    assert 590 <= redis_client.ttl(client) <= 600  # the client job id: with the record
+    # The task claim: until no other job's lookup can see the task (its own deadline span).
+    span = (job.deadline_at - job.created_at).total_seconds()
+    assert span - 10 <= redis_client.ttl(claim) <= span + 1
+
+
+def test_a_retry_keeps_its_client_job_id_when_the_job_it_retries_ends_again(redis_client: Any) -> None:
+    vq = _queue(redis_client)
+    job = _stored(vq, VideoRequest(prompt="fox", client_job_id="order-2"))
+    _charged(vq.store, job.id, JobStatus.DOWNLOADING)
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.FAILED)
+    client = keys.client_key("order-2")
+    assert RETENTION - 5 <= redis_client.ttl(client) <= RETENTION
+    redis_client.set(client, "the-retry", ex=90 * DAY_S)  # `videoqueue retry` points it at the new job
+    vq.store.transition(job.id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)  # a second end
+    assert redis_client.ttl(client) > 89 * DAY_S
+
+
 def test_a_second_end_renews_the_retention_and_moves_the_aggregates(redis_client: Any) -> None:
     vq = _queue(redis_client)
     job = _stored(vq, VideoRequest(prompt="fox", tags=("ads",)))
