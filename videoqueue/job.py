@@ -223,6 +223,8 @@ class JobRecord(BaseModel):
                 data["history"], self.created_at, self.status.value, self.updated_at
             )
         storedform.encode_times(data, self.__dict__, "created_at", _TIME_FIELDS)
+        data["request"] = storedform.rename(data["request"], storedform.REQUEST_NAMES)
+        data = storedform.rename(data, storedform.RECORD_NAMES)
         return pydantic_core.to_json({"v": storedform.VERSION, **data}).decode()
 
     @classmethod
@@ -296,11 +298,15 @@ _TIME_FIELDS = tuple(
 )
 
 
+_LONG_RECORD_NAMES = storedform.long_names(storedform.RECORD_NAMES)
+_LONG_REQUEST_NAMES = storedform.long_names(storedform.REQUEST_NAMES)
+
+
 def _from_stored(data: dict[str, Any]) -> dict[str, Any]:
     """The fields of a record from its compact stored form (`JobRecord.to_store_json`)."""
-    data = {name: value for name, value in data.items() if name != "v"}
+    data = storedform.rename({name: value for name, value in data.items() if name != "v"}, _LONG_RECORD_NAMES)
     origin = storedform.decode_times(data, "created_at", _TIME_FIELDS)
-    request = data["request"] = dict(data.get("request") or {})
+    request = data["request"] = storedform.rename(dict(data.get("request") or {}), _LONG_REQUEST_NAMES)
     request.setdefault("provider", data.get("provider"))
     request.setdefault("model", data.get("model"))
     if "budget_keys" not in data and isinstance(data.get("created_at"), datetime):

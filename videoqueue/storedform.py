@@ -10,7 +10,10 @@ out again, and reads back into a model equal to the one written:
 - a manifest's URI beside its video (same name, `.json`) is its extension: `".json"`;
 - history moves are `[at, to]`, `from` left out when it is the previous move's `to`
   (`queued` for the first); the last move leaves out `to` when it is the record's status,
-  and then `at` too (`[]`) when it is the record's `updated_at`.
+  and then `at` too (`[]`) when it is the record's `updated_at`;
+- a record's field names, and its request's, are one to three letters (`RECORD_NAMES`,
+  `REQUEST_NAMES`: a fixed table, never changed, only added to); a name not in the table is
+  written as it is, and the long names still read (records written before the table).
 
 Each shortening is checked as it is made (the value it reads back as must be the value
 written) and a value that would not read back the same is stored as it is: a time not in
@@ -161,6 +164,97 @@ def relative_uri(uri: str, base: str) -> str:
 def absolute_uri(stored: str, base: str) -> str:
     """Undo `relative_uri`."""
     return base.rpartition(".")[0] + stored if stored.startswith(".") else stored
+
+
+RECORD_NAMES: dict[str, str] = {
+    "status": "s",
+    "provider": "p",
+    "model": "m",
+    "request": "r",
+    "provider_task_id": "t",
+    "provider_status": "ps",
+    "provider_endpoint": "pe",
+    "provider_fingerprint": "pf",
+    "waiting_for_endpoint": "we",
+    "attempts": "a",
+    "submit_errors": "se",
+    "submit_rate_limits": "sr",
+    "uncertain_creates": "uc",
+    "cost_estimate_usd": "ce",
+    "cost_usd": "c",
+    "uncertain_cost_usd": "cu",
+    "billed_units": "bu",
+    "billed_unit": "bn",
+    "budget_keys": "bk",
+    "output_uri": "o",
+    "manifest_uri": "mu",
+    "video_url": "vu",
+    "error": "e",
+    "cancel_requested_at": "ca",
+    "poll_seq": "pq",
+    "poll_errors": "pr",
+    "store_attempts": "sa",
+    "store_lease_until": "sl",
+    "store_retries": "st",
+    "store_retried_at": "sx",
+    "submit_intent_at": "si",
+    "next_due_at": "nd",
+    "recoveries": "rc",
+    "submit_lease_until": "su",
+    "created_at": "ct",
+    "updated_at": "ut",
+    "submitted_at": "sb",
+    "provider_done_at": "pd",
+    "finished_at": "fa",
+    "settled_at": "xa",
+    "result_expires_at": "re",
+    "deadline_at": "dl",
+    "past_deadline_at": "pl",
+    "notes": "n",
+    "history": "h",
+    "retry_of": "ro",
+    "retried_by": "rb",
+}
+"""A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
+
+REQUEST_NAMES: dict[str, str] = {
+    "prompt": "p",
+    "provider": "pv",
+    "model": "m",
+    "duration": "d",
+    "resolution": "rs",
+    "ratio": "ra",
+    "audio": "au",
+    "seed": "sd",
+    "service_tier": "st",
+    "images": "im",
+    "negative_prompt": "np",
+    "person_generation": "pg",
+    "tags": "tg",
+    "client_job_id": "cj",
+    "priority": "pr",
+    "tenant": "tn",
+}
+"""A resolved request's field -> its name in a stored record's JSON."""
+
+
+def rename(data: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """`data` with its keys renamed by `names` (others kept), in the same order."""
+    return {names.get(name, name): value for name, value in data.items()}
+
+
+def long_names(names: Mapping[str, str]) -> dict[str, str]:
+    """The reverse of a table of short names."""
+    return {short: name for name, short in names.items()}
+
+
+def with_long_names(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record's JSON object (parsed) with the long field names, its request's too:
+    for people and tests reading what Redis holds; still compact otherwise."""
+    out = rename(record, long_names(RECORD_NAMES))
+    if isinstance(out.get("request"), dict):
+        out["request"] = rename(out["request"], long_names(REQUEST_NAMES))
+    return out
 
 
 def drop_defaults(data: dict[str, Any], defaults: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ from videoqueue.images import ImageFile
 from videoqueue.job import JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.resolved import ImageUpload
+from videoqueue.storedform import with_long_names
 from worker.inputs import StorageInputs
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
@@ -71,7 +72,7 @@ def test_the_record_keeps_a_reference_and_the_bytes_are_in_storage_not_redis(
     vq, sent = _queue(redis_client, monkeypatch, root)
     job = vq.submit(VideoRequest(prompt="a fox", image_file=str(first), last_frame_file=str(last)))
 
-    stored = json.loads(redis_client.get(keys.job_key(job.id)))
+    stored = with_long_names(json.loads(redis_client.get(keys.job_key(job.id))))
     assert stored["request"]["images"] == {
         "first_frame": {
             "file": "first.png",

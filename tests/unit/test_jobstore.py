@@ -17,6 +17,7 @@ from videoqueue.images import ImageFile
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError, JobStore
 from videoqueue.keys import input_key, job_key, status_index
+from videoqueue.storedform import with_long_names
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -176,7 +177,7 @@ def test_a_final_record_keeps_no_field_meaningless_once_final(store: JobStore, r
         assert record is not None and record.status.is_final
         assert (record.next_due_at, record.store_lease_until, record.submit_lease_until) == (None, None, None)
         assert record.waiting_for_endpoint is None
-        stored = json.loads(raw(redis_client, job_id) or "")
+        stored = with_long_names(json.loads(raw(redis_client, job_id) or ""))
         assert not {"next_due_at", "store_lease_until", "waiting_for_endpoint"} & set(stored)
     # A failed job keeps the provider's URL: `videoqueue store retry` fetches its video from there.
     assert store.get("bad").video_url == busy["video_url"]  # type: ignore[union-attr]

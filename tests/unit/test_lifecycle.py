@@ -18,6 +18,7 @@ from videoqueue.job import ACTIVE_STATUSES, FINAL_STATUSES, JobRecord, JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.keys import job_key
 from videoqueue.lifecycle import ENTRY, MOVES, SUBMIT_STATUSES, allowed, sources
+from videoqueue.storedform import with_long_names
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -158,5 +159,5 @@ def test_records_of_earlier_versions_read_with_their_cancel_request(store: JobSt
     # The next write stores the current form.
     store.update("a", lambda r: r)
     raw: str = store.redis.get(job_key("a"))  # type: ignore[assignment]
-    stored = json.loads(raw)
+    stored = with_long_names(json.loads(raw))
     assert "cancel_requested" not in stored and stored["cancel_requested_at"] is not None

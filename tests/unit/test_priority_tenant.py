@@ -22,6 +22,7 @@ from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, request_differences
 from videoqueue.keys import job_key
 from videoqueue.resolved import ResolvedRequest
+from videoqueue.storedform import with_long_names
 
 PRIORITY_RULE = "must be a whole number from 0 to 9 (higher first; default 5)"
 TENANT_RULE = "must be 1-64 characters, each an ASCII letter, a digit, '.', '_' or '-'"
@@ -141,7 +142,7 @@ def test_a_record_with_the_fields_round_trips_through_the_job_store() -> None:
     vq = VideoQueue(Settings(_env_file=None), store=JobStore(redis))
     prepared = vq.prepare(VideoRequest(prompt="a fox", priority=8, tenant="acme"))
     vq.store.create_many([prepared.record])
-    stored = json.loads(redis.get(job_key(prepared.record.id)))
+    stored = with_long_names(json.loads(redis.get(job_key(prepared.record.id))))
     assert (stored["request"]["priority"], stored["request"]["tenant"]) == (8, "acme")
     loaded = vq.get(prepared.record.id)
     assert (loaded.request.priority, loaded.request.tenant) == (8, "acme")

@@ -18,7 +18,8 @@ from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, derived_
 from videoqueue.jobstore import JobStore, clear_final
 from videoqueue.keys import job_key, ledger_entry_key
 from videoqueue.ledger import Ledger, LedgerEntry, write_entry
-from videoqueue.resolved import ImageUpload, ImageUrl
+from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
+from videoqueue.storedform import RECORD_NAMES, REQUEST_NAMES, with_long_names
 
 T0 = datetime(2026, 12, 6, 7, 25, 22, 165574, tzinfo=UTC)
 
@@ -223,7 +224,7 @@ def test_a_record_reads_back_equal_and_shows_the_same(make: Any) -> None:
 
 def test_the_stored_form_leaves_out_defaults_and_what_the_record_repeats() -> None:
     record = finished_record()
-    stored = json.loads(record.to_store_json())
+    stored = with_long_names(json.loads(record.to_store_json()))
     assert stored["v"] == 2
     assert None not in stored.values() and 0 not in stored.values() and [] not in stored.values()
     assert "provider" not in stored["request"] and "model" not in stored["request"]
@@ -237,11 +238,11 @@ def test_the_stored_form_leaves_out_defaults_and_what_the_record_repeats() -> No
 def test_a_manifest_beside_its_video_is_stored_as_its_extension() -> None:
     video = "s3://bucket/videos/2026-12-06/90cd4315.mp4"
     record = finished_record(output_uri=video, manifest_uri="s3://bucket/videos/2026-12-06/90cd4315.json")
-    assert json.loads(record.to_store_json())["manifest_uri"] == ".json"
+    assert with_long_names(json.loads(record.to_store_json()))["manifest_uri"] == ".json"
     assert read_back(record) == record
     for elsewhere in ("s3://other/90cd4315.json", "s3://bucket/videos/2026-12-06/90cd4315.mp4/x.json"):
         moved = finished_record(output_uri=video, manifest_uri=elsewhere)
-        assert json.loads(moved.to_store_json())["manifest_uri"] == elsewhere
+        assert with_long_names(json.loads(moved.to_store_json()))["manifest_uri"] == elsewhere
         assert read_back(moved) == moved
     no_dot = finished_record(output_uri="file:///out/video", manifest_uri="file:///out/video.json")
     assert read_back(no_dot) == no_dot
@@ -259,7 +260,7 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
     ]
     # The last move is not the record's status, and the updated_at is later than it.
     record = finished_record(status=JobStatus.FAILED, history=history, updated_at=at(9))
-    stored = json.loads(record.to_store_json())["history"]
+    stored = with_long_names(json.loads(record.to_store_json()))["history"]
     assert stored[0] == [1_000_000, "queued", "submitting"]
     assert stored[1] == history[1] and stored[2] == history[2]
     assert stored[3] == [3_000_000, "failed", "downloading"]
@@ -272,27 +273,42 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
         updated_at=datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC),
         history=[{"at": "2026-01-01T00:00:05+00:00", "from": "downloading", "to": "succeeded"}],
     )
-    assert json.loads(whole.to_store_json())["history"] == [[5_000_000, "succeeded", "downloading"]]
+    assert with_long_names(json.loads(whole.to_store_json()))["history"] == [[5_000_000, "succeeded", "downloading"]]
     assert read_back(whole) == whole
 
 
 def test_times_not_in_utc_are_kept_as_text() -> None:
     plus_two = timezone(timedelta(hours=2))
     record = finished_record(deadline_at=at(7200).astimezone(plus_two))
-    assert json.loads(record.to_store_json())["deadline_at"] == "2026-12-06T11:25:22.165574+02:00"
+    assert with_long_names(json.loads(record.to_store_json()))["deadline_at"] == "2026-12-06T11:25:22.165574+02:00"
     assert read_back(record).public_dict() == record.public_dict()
     # A creation time not in UTC: nothing is counted from it, and the budget keys are kept.
     local = finished_record(created_at=T0.astimezone(plus_two))
-    stored = json.loads(local.to_store_json())
+    stored = with_long_names(json.loads(local.to_store_json()))
     assert stored["created_at"] == local.model_dump(mode="json")["created_at"]
     assert stored["budget_keys"] == local.budget_keys and isinstance(stored["history"][0], dict)
     assert read_back(local) == local and read_back(local).public_dict() == local.public_dict()
 
 
+def test_field_names_are_short_in_redis_and_the_long_ones_still_read() -> None:
+    record = finished_record()
+    stored = json.loads(record.to_store_json())
+    # A fixed table: no two fields share a short name, no short name is a long one.
+    for names, fields in ((RECORD_NAMES, JobRecord.model_fields), (REQUEST_NAMES, ResolvedRequest.model_fields)):
+        assert len(set(names.values())) == len(names) and not set(names.values()) & set(fields)
+        assert set(names) <= set(fields)
+    assert "status" not in stored and stored["s"] == "succeeded" and "prompt" not in stored["r"]
+    assert with_long_names(stored)["status"] == "succeeded" and "prompt" in with_long_names(stored)["request"]
+    # The compact form of before the table (long names, `"v": 2`) reads the same.
+    long_form = json.dumps(with_long_names(stored), separators=(",", ":"))
+    assert JobRecord.from_store_json(long_form) == record == read_back(record)
+    assert len(record.to_store_json()) < len(long_form) - 100
+
+
 def test_budget_keys_other_than_the_derived_ones_are_kept() -> None:
     for budget_keys in ([], ["vq:budget:day:2026-12-05"]):
         record = finished_record(budget_keys=budget_keys)
-        assert json.loads(record.to_store_json())["budget_keys"] == budget_keys
+        assert with_long_names(json.loads(record.to_store_json()))["budget_keys"] == budget_keys
         assert read_back(record).budget_keys == budget_keys
 
 
