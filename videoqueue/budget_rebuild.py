@@ -217,6 +217,9 @@ def rebuild_counters(
         if active_ids:
             pipe.watch(*[job_key(i) for i in active_ids])  # rewritten below with their keys
         records = [JobRecord.from_store_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
+        # First, so that the WATCH on the day hashes also covers a row changed in place
+        # (`costs rebuild` restates its day's aggregates with it) while the rows are read.
+        tag_spent, jobs_per_day = _aggregates(pipe)
         entry_ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
         entries = [
             LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [ledger_entry_key(i) for i in entry_ids]) if r
@@ -229,7 +232,6 @@ def rebuild_counters(
             if raw:
                 created[job_id] = JobRecord.from_store_json(raw).created_at
         target, from_settlement = _spent_from_rows(entries, created)
-        tag_spent, jobs_per_day = _aggregates(pipe)
         for tag, spent in tag_spent.items():
             counter = target.setdefault(budget_counter_key(f"tag:{tag}"), [0, 0])
             counter[1] = max(counter[1], spent)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -168,4 +169,4 @@ def test_budget_rebuild_after_the_rows_expired_keeps_what_was_spent(short_retent
     stack.redis.delete(counters[0])
     again = run(stack, "budget", "rebuild")
     assert "tag:ads: spent $0.0000 -> $" in again.stdout, again.stdout
-    assert usage(stack.redis, counters[0]) == (0, spent[0])
+    assert usage(stack.redis, counters[0]) == (Decimal(0), spent[0])
