@@ -188,7 +188,9 @@ def rebuild(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; write nothing.")] = False,
 ) -> None:
     """Recount every budget counter: spent from the cost ledger, reserved from the jobs not
-    ended yet. Prints each counter that changed."""
+    ended yet. Prints each counter that changed, and the day and month counters it kept
+    (their jobs' ledger rows may have expired: spent is never lowered). Tag counters take
+    spent from the ledger's day aggregates, which outlive the rows."""
     result = rebuild_counters(_store().redis, dry_run=dry_run)
     verb = "would change" if dry_run else "changed"
     sys.stdout.write(
@@ -206,6 +208,13 @@ def rebuild(
         sys.stdout.write(
             f"{result.day_from_settlement} entries of jobs no longer in the store and written before entries "
             "recorded their submission: counted on the day they were settled\n"
+        )
+    if result.kept and result.cutoff:
+        sys.stdout.write(
+            f"kept {len(result.kept)} day/month counters, not recounted: their jobs' ledger rows may have "
+            f"expired (JOB_RETENTION_S; the period started before {result.cutoff:%Y-%m-%d %H:%M} UTC, or "
+            f"rows of its settlement days are gone): spent not lowered, reserved recounted: "
+            f"{', '.join(result.kept)}\n"
         )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
@@ -14,7 +16,8 @@ from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_for
 from tests.integration.test_cli import run
 from videoqueue import keys
-from videoqueue.keys import input_key, job_key, ledger_entry_key, status_index
+from videoqueue.budget import usage
+from videoqueue.keys import budget_counter_key, input_key, job_key, ledger_entry_key, status_index
 from videoqueue.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -135,3 +138,35 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     assert unknown.returncode != 0 and "unknown job" in unknown.stderr, unknown.stderr
     assert run(stack, "archive", "get", cancelled.id).returncode == 1
     assert vq.archived(paid[2].id) is not None and vq.archived(cancelled.id) is None
+
+
+def test_budget_rebuild_after_the_rows_expired_keeps_what_was_spent(short_retention: Stack) -> None:
+    # Recounted from the rows alone, the tag (all time) and today's counters would drop to
+    # zero once the rows expired, and the caps would let the same money be spent again.
+    stack = short_retention
+    vq = stack.queue()
+    jobs = [vq.submit(VideoRequest(prompt=f"spent {i}", tags=("ads",))) for i in range(2)]
+    stack.start_worker()
+    assert [j.status for j in vq.wait([j.id for j in jobs], timeout=60)] == [JobStatus.SUCCEEDED] * 2
+    today = datetime.now(UTC).date().isoformat()
+    counters = [budget_counter_key(b) for b in ("tag:ads", f"day:{today}", f"month:{today[:7]}")]
+    spent = [usage(stack.redis, c)[1] for c in counters]
+    assert spent[0] > 0 and spent == [spent[0]] * 3
+    wait_for(lambda: not _per_job_keys(stack, [j.id for j in jobs]), 60, "ledger rows expired")
+
+    dry = run(stack, "budget", "rebuild", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "0 counters would change" in dry.stdout, dry.stdout
+    rebuilt = run(stack, "budget", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "counted 0 ledger entries (spent)" in rebuilt.stdout and "0 counters changed" in rebuilt.stdout
+    # A 4 s retention is under the one-day margin: today's and this month's counters cannot
+    # be recounted from rows, and the command says so.
+    assert "kept 2 day/month counters, not recounted" in rebuilt.stdout, rebuilt.stdout
+    assert f"day:{today}, month:{today[:7]}" in rebuilt.stdout
+    assert [usage(stack.redis, c)[1] for c in counters] == spent
+    # Redis lost the tag counter: the day aggregates give it back in full.
+    stack.redis.delete(counters[0])
+    again = run(stack, "budget", "rebuild")
+    assert "tag:ads: spent $0.0000 -> $" in again.stdout, again.stdout
+    assert usage(stack.redis, counters[0]) == (Decimal(0), spent[0])
