@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from videoqueue import keys
+from videoqueue import keys, stats
 from videoqueue.job import JobRecord
 from videoqueue.keys import backoff_key, creates_key, room_prefix, room_queue_key, slot_key
 from videoqueue.limits import ProviderLimits
@@ -529,11 +529,10 @@ class WaitingRoom:
     def mean_render_s(self, provider: str, model: str) -> float | None:
         """The mean render time (seconds) of the model's finished jobs, or None when none
         finished yet (videoqueue.stats' histogram)."""
-        label = f"{provider}|{model}"
-        total, count = self.redis.hmget(keys.STATS_RENDER_SECONDS, [f"sum|{label}", f"le=+Inf|{label}"])  # type: ignore[misc]
-        if not count or int(count) <= 0:
+        count, total = stats.observations(self.redis, keys.STATS_RENDER_SECONDS, stats.RENDER_BUCKETS, provider, model)
+        if count <= 0:
             return None
-        return float(total or 0.0) / int(count)
+        return total / count
 
     def snapshot(self, provider: str, model: str, now: float | None = None) -> RoomSnapshot:
         """The model's room and quota now (not one atomic read: a live view)."""

@@ -80,3 +80,14 @@ def _observe(pipe: Any, key: str, buckets: tuple[float, ...], job: JobRecord, se
     label = f"{job.provider}|{job.model}"
     pipe.hincrby(key, f"{BUCKET}{bound}|{label}", 1)
     pipe.hincrbyfloat(key, f"sum|{label}", seconds)
+
+
+def observations(client: Any, key: str, buckets: tuple[float, ...], provider: str, model: str) -> tuple[int, float]:
+    """How many durations of one model a histogram (`key`: keys.STATS_RENDER_SECONDS or
+    STATS_STORE_SECONDS, with its `buckets`) counted, and their sum in seconds: one HMGET of
+    its per-bucket fields plus the cumulative +Inf count of earlier versions."""
+    label = f"{provider}|{model}"
+    names = [f"{BUCKET}{bound}|{label}" for bound in (*buckets, "+Inf")]
+    values = client.hmget(key, [f"sum|{label}", f"{CUMULATIVE}+Inf|{label}", *names])
+    total, *counts = values
+    return sum(int(c) for c in counts if c), float(total or 0.0)

@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 
 from tests.unit.helpers import seedance_request
-from videoqueue import keys
+from videoqueue import keys, stats
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ModelLimits, ProviderLimits
@@ -164,6 +164,25 @@ def test_standing_says_why_and_estimates_from_render_times(client: Any) -> None:
     standing = waiting.standing(last, now=NOW)
     # 3rd in line, 0 slots free, 2 slots of 30 s each: 1.5 renders' time.
     assert standing.estimated_start_at == datetime.fromtimestamp(NOW + 45, UTC)
+
+
+def test_the_estimate_reads_the_per_bucket_histogram_and_the_cumulative_one_of_earlier_versions(client: Any) -> None:
+    waiting = room(client, slots=2)
+    assert waiting.mean_render_s(PROVIDER, MODEL) is None
+    # What the final move writes now (stats.on_end: one bucket per render): 20 s and 100 s.
+    pipe = client.pipeline()
+    for seconds in (20, 100):
+        start = datetime.fromtimestamp(NOW, UTC)
+        done = record(f"done{seconds}", 0).model_copy(
+            update={"submitted_at": start, "provider_done_at": start + timedelta(seconds=seconds)}
+        )
+        stats.on_end(pipe, done)
+    pipe.execute()
+    assert waiting.mean_render_s(PROVIDER, MODEL) == pytest.approx(60.0)
+    # Plus what an earlier version counted cumulatively: two renders, 30 s in all.
+    client.hincrby(keys.STATS_RENDER_SECONDS, f"le=+Inf|{PROVIDER}|{MODEL}", 2)
+    client.hincrbyfloat(keys.STATS_RENDER_SECONDS, f"sum|{PROVIDER}|{MODEL}", 30)
+    assert waiting.mean_render_s(PROVIDER, MODEL) == pytest.approx(150 / 4)
 
 
 def test_limits_stored_in_redis_apply_at_once_and_fall_back_to_the_settings(client: Any) -> None:
