@@ -28,6 +28,7 @@ the job's manifest in storage (videoqueue.archive), and the counters of videoque
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,49 +151,55 @@ def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds
     return len(gone)
 
 
+def _each_stored_forever(
+    client: redis.Redis, key: Callable[[str], str], job_ids: list[str], give_ttl: Callable[[Any, str, str], bool]
+) -> int:
+    """For each job whose `key(job_id)` still exists without a TTL, call `give_ttl(pipe,
+    job_id, value)` in a compare-and-set on that key (WATCHed; `give_ttl` queues its writes
+    after `pipe.multi()`, or returns False to leave it). Returns how many were given one."""
+    count = 0
+    for job_id in job_ids:
+
+        def one(pipe: Any, job_id: str = job_id) -> bool:
+            raw = pipe.get(key(job_id))
+            if not raw or pipe.ttl(key(job_id)) != -1:
+                return False
+            return give_ttl(pipe, job_id, raw)
+
+        count += bool(client.transaction(one, key(job_id), value_from_callable=True))  # type: ignore[arg-type]
+    return count
+
+
 def _count_rows_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:
     """Ledger rows without a TTL were written by code before the day aggregates (an old
     worker of a rolling upgrade, after the backfill): add each to the aggregates and give it
     its TTL in one compare-and-set, so it is counted once (ledger_days.ensure). Returns how many."""
     from videoqueue.ledger import LedgerEntry
 
-    count = 0
-    for job_id in job_ids:
+    def count_row(pipe: Any, _job_id: str, raw: str) -> bool:
+        entry = LedgerEntry.model_validate_json(raw)
+        pipe.multi()
+        ledger_days.add(pipe, entry)
+        ledger_days.expire_row(pipe, entry, seconds)
+        return True
 
-        def count_row(pipe: Any, job_id: str = job_id) -> bool:
-            raw = pipe.get(ledger_entry_key(job_id))
-            if not raw or pipe.ttl(ledger_entry_key(job_id)) != -1:
-                return False
-            entry = LedgerEntry.model_validate_json(raw)
-            pipe.multi()
-            ledger_days.add(pipe, entry)
-            ledger_days.expire_row(pipe, entry, seconds)
-            return True
-
-        count += bool(client.transaction(count_row, ledger_entry_key(job_id), value_from_callable=True))  # type: ignore[arg-type]
-    return count
+    return _each_stored_forever(client, ledger_entry_key, job_ids, count_row)
 
 
 def _expire_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int) -> int:
     """Give the final records stored without a TTL (written before retention, or by a write
     that was not a move) their end plus `seconds`, each in a compare-and-set (a record
     reopened meanwhile by `store retry` is active again and keeps no TTL). Returns how many."""
-    count = 0
-    for job_id in job_ids:
 
-        def expire(pipe: Any, job_id: str = job_id) -> bool:
-            raw = pipe.get(job_key(job_id))
-            if not raw or pipe.ttl(job_key(job_id)) != -1:
-                return False
-            record = JobRecord.model_validate_json(raw)
-            if not record.status.is_final:
-                return False
-            until = int((record.finished_at or record.updated_at).timestamp() + seconds) + 1
-            pipe.multi()
-            pipe.expireat(job_key(job_id), until)
-            for role in IMAGE_ROLES:
-                pipe.expireat(input_key(job_id, role), until, lt=True)
-            return True
+    def expire(pipe: Any, job_id: str, raw: str) -> bool:
+        record = JobRecord.model_validate_json(raw)
+        if not record.status.is_final:
+            return False
+        until = int((record.finished_at or record.updated_at).timestamp() + seconds) + 1
+        pipe.multi()
+        pipe.expireat(job_key(job_id), until)
+        for role in IMAGE_ROLES:
+            pipe.expireat(input_key(job_id, role), until, lt=True)
+        return True
 
-        count += bool(client.transaction(expire, job_key(job_id), value_from_callable=True))  # type: ignore[arg-type]
-    return count
+    return _each_stored_forever(client, job_key, job_ids, expire)
