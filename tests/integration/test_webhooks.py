@@ -21,6 +21,7 @@ from producer.webhooks import verify
 from simulator.stack import ManagedProcess, _bin, wait_until
 from tests.integration.conftest import REDIS_URL, Stack
 from tests.integration.receiver import Receiver
+from tests.integration.test_cli import run
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +182,27 @@ def test_webhook_urls_the_settings_do_not_allow_are_refused_before_anything_is_s
     assert vq.list() == []
     allowed = local_stack.queue(**PRODUCER)
     assert allowed.submit(VideoRequest(prompt="a fox", webhook_url="http://127.0.0.1:9/h")).status is JobStatus.QUEUED
+
+
+def test_the_cli_submits_with_a_webhook_shows_its_deliveries_and_replays(
+    local_stack: Stack, receiver: Receiver
+) -> None:
+    local_stack.extra_env.update(WEBHOOK_ENV)
+    local_stack.start_worker(concurrency=2)
+    submitted = run(local_stack, "submit", "a fox", "--webhook-url", receiver.url, "--webhook-event", "started",
+                    "--webhook-event", "final")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert run(local_stack, "wait", job_id).returncode == 0
+    wait_until(lambda: len(receiver.received) == 2, 30, "started and succeeded")
+    assert sorted(e["type"] for e in _verified(receiver)) == ["job.started", "job.succeeded"]
+    wait_until(lambda: "delivered" in run(local_stack, "webhooks", "status", job_id).stdout.split("job.succeeded")[-1],
+               10, "the delivery recorded")
+    shown = run(local_stack, "webhooks", "status", job_id[:8])
+    assert f"{job_id}:succeeded" in shown.stdout and "attempts 1" in shown.stdout and "last code 200" in shown.stdout
+    replayed = run(local_stack, "webhooks", "replay", job_id)
+    assert replayed.returncode == 0, replayed.stderr
+    wait_until(lambda: len(receiver.received) == 3, 30, "the replay")
+    assert receiver.received[2].headers["webhook-id"] == f"{job_id}:succeeded"
+    bad = run(local_stack, "submit", "a fox", "--webhook-url", receiver.url, "--webhook-event", "done")
+    assert bad.returncode == 2 and "webhook_events" in bad.stderr and "nothing was enqueued" in bad.stderr
