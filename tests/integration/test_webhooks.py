@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from simulator.stack import ManagedProcess, _bin, wait_until
 from tests.integration.conftest import REDIS_URL, Stack
 from tests.integration.receiver import Receiver
 from tests.integration.test_cli import run
+from videoqueue import keys
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +208,21 @@ def test_the_cli_submits_with_a_webhook_shows_its_deliveries_and_replays(
     assert receiver.received[2].headers["webhook-id"] == f"{job_id}:succeeded"
     bad = run(local_stack, "submit", "a fox", "--webhook-url", receiver.url, "--webhook-event", "done")
     assert bad.returncode == 2 and "webhook_events" in bad.stderr and "nothing was enqueued" in bad.stderr
+
+
+def test_a_delivery_no_task_was_sent_for_is_sent_by_the_sweep(local_stack: Stack, receiver: Receiver) -> None:
+    """What a worker killed between a move and its send leaves: the delivery written with
+    the move, no task. Here the producer ends the job (a queued one cancelled) and sends
+    nothing; the sweep finds it overdue in the delivery index."""
+    vq = local_stack.queue(**PRODUCER)
+    vq.store.on_deliveries = None  # the send that a crash would lose
+    job = vq.submit(VideoRequest(prompt="a fox", webhook_url=receiver.url))
+    assert vq.cancel(job.id).status is JobStatus.CANCELLED
+    # The sweep sends a delivery DELIVERY_GRACE_S (30 s) after it was owed; the test makes
+    # it due now instead of waiting, as that time passing would.
+    delivery_id = f"{job.id}:cancelled"
+    assert local_stack.redis.zadd(keys.DELIVERIES_DUE, {delivery_id: time.time() - 1}, xx=True) == 0
+    local_stack.start_worker(concurrency=2, SWEEP_INTERVAL_S="1", **WEBHOOK_ENV)
+    wait_until(lambda: len(receiver.received) == 1, 30, "the swept delivery")
+    [event] = _verified(receiver)
+    assert event["type"] == "job.cancelled" and receiver.received[0].headers["webhook-id"] == delivery_id
