@@ -38,8 +38,8 @@ from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
 from producer.cli_limits import register as register_limits
 from producer.cli_queue import register as register_queue
-from producer.cli_webhooks import register as register_webhooks
 from producer.cli_table import Col, fit_table
+from producer.cli_webhooks import register as register_webhooks
 from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
 from videoqueue.budget import BudgetExceededError

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, SecretStr
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from videoqueue import keys, retention
 from videoqueue.errors import InvalidRequestError, RequestError
@@ -102,7 +103,7 @@ def secrets_of(secret: SecretStr | str | Sequence[str]) -> list[str]:
             raise ValueError(f"secret {position} does not start with whsec_ (whsec_ followed by base64)")
         try:
             Webhook(item)
-        except Exception as exc:
+        except (ValueError, EmptyWebhookSecretError) as exc:  # binascii.Error is a ValueError
             raise ValueError(f"secret {position} is not whsec_ followed by base64 ({type(exc).__name__})") from None
     return items
 
@@ -190,7 +191,12 @@ def planned(before: JobRecord, after: JobRecord) -> list[Delivery]:
             msg_id += f":{after.status.value}:{int(after.updated_at.timestamp() * 1_000_000)}"
         out.append(
             Delivery(
-                id=msg_id, job_id=after.id, kind="webhook", type=f"job.{event}", target=request.webhook_url, created_at=now
+                id=msg_id,
+                job_id=after.id,
+                kind="webhook",
+                type=f"job.{event}",
+                target=request.webhook_url,
+                created_at=now,
             )
         )
     if request.on_complete is not None and after.status.is_final:

@@ -60,6 +60,7 @@ def claim(client: redis.Redis, delivery_id: str, lease_s: float, now: float) -> 
     body; None when there is nothing to attempt now: unknown (expired), done, leased by
     another attempt, or its retry not yet due (the index keeps when)."""
     name = keys.deliveries_key(webhooks.job_of(delivery_id))
+    pipe: Any
     with client.pipeline() as pipe:
         while True:
             try:
@@ -103,6 +104,7 @@ def record(client: redis.Redis, claimed: Delivery, outcome: Outcome, now: float)
     else:
         update["state"] = "failed"
     after = claimed.model_copy(update=update)
+    pipe: Any
     with client.pipeline() as pipe:
         try:
             pipe.watch(name)
@@ -198,7 +200,7 @@ def _send_completion(delivery: Delivery, body: str, send_task: SendTask) -> Outc
     try:
         queue = delivery.queue or webhooks.DEFAULT_TASK_QUEUE
         send_task(delivery.target, args=[json.loads(body)], queue=queue, task_id=delivery.id)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the broker raised, the sweep tries again
         # The broker refused: again at the sweep's next look (the index keeps it due).
         return Outcome("pending", error=f"{type(exc).__name__}: {exc}", retry_in=DELIVERY_GRACE_S)
     return Outcome("delivered")

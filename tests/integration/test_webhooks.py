@@ -106,7 +106,9 @@ def test_a_receiver_refusing_with_a_4xx_is_not_retried(local_stack: Stack) -> No
         vq = local_stack.queue(**PRODUCER)
         job = vq.submit(VideoRequest(prompt="a fox", webhook_url=refusing.url))
         vq.wait([job.id], timeout=60)
-        wait_until(lambda: bool(vq.webhook_status(job.id)) and vq.webhook_status(job.id)[0].state != "pending", 30, "ended")
+        wait_until(
+            lambda: bool(vq.webhook_status(job.id)) and vq.webhook_status(job.id)[0].state != "pending", 30, "ended"
+        )
         [delivery] = vq.webhook_status(job.id)
         assert (delivery.state, delivery.attempts, delivery.last_code) == ("failed", 1, 410)
         assert len(refusing.received) == 1
@@ -131,15 +133,24 @@ def test_replay_delivers_again_with_the_same_webhook_id(local_stack: Stack, rece
     wait_until(lambda: vq.webhook_status(job.id)[0].state == "delivered", 10, "the replay recorded")
 
 
-def test_a_completion_task_of_the_producers_own_app_runs_once_with_the_record(
-    local_stack: Stack, log_dir: Any
-) -> None:
+def test_a_completion_task_of_the_producers_own_app_runs_once_with_the_record(local_stack: Stack, log_dir: Any) -> None:
     queue = f"completion-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "COMPLETION_BROKER_URL": REDIS_URL}
     own = ManagedProcess(
         f"completion-{queue}",
-        [_bin("celery"), "-A", "tests.integration.completion_app", "worker", "-Q", queue, "--concurrency=1",
-         "--loglevel=INFO", f"--hostname={queue}@%h", "--without-gossip", "--without-mingle"],
+        [
+            _bin("celery"),
+            "-A",
+            "tests.integration.completion_app",
+            "worker",
+            "-Q",
+            queue,
+            "--concurrency=1",
+            "--loglevel=INFO",
+            f"--hostname={queue}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         env,
         log_dir / f"{queue}.log",
     )
@@ -147,11 +158,9 @@ def test_a_completion_task_of_the_producers_own_app_runs_once_with_the_record(
         wait_until(lambda: " ready." in own.log_text() or not own.alive(), 60, "the producer's own worker")
         local_stack.start_worker(concurrency=2)
         vq = local_stack.queue()
-        job = vq.submit(
-            VideoRequest(prompt="a fox", on_complete="completion_test.on_video", on_complete_queue=queue)
-        )
+        job = vq.submit(VideoRequest(prompt="a fox", on_complete="completion_test.on_video", on_complete_queue=queue))
         [done] = vq.wait([job.id], timeout=60)
-        results = redis.Redis.from_url(REDIS_URL)
+        results: Any = redis.Redis.from_url(REDIS_URL)
         wait_until(lambda: results.llen("completion-test:records") >= 1, 30, "the completion task")
         wait_until(lambda: vq.webhook_status(job.id)[0].state == "delivered", 10, "the delivery recorded")
         [delivery] = vq.webhook_status(job.id)
@@ -191,15 +200,27 @@ def test_the_cli_submits_with_a_webhook_shows_its_deliveries_and_replays(
 ) -> None:
     local_stack.extra_env.update(WEBHOOK_ENV)
     local_stack.start_worker(concurrency=2)
-    submitted = run(local_stack, "submit", "a fox", "--webhook-url", receiver.url, "--webhook-event", "started",
-                    "--webhook-event", "final")
+    submitted = run(
+        local_stack,
+        "submit",
+        "a fox",
+        "--webhook-url",
+        receiver.url,
+        "--webhook-event",
+        "started",
+        "--webhook-event",
+        "final",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert run(local_stack, "wait", job_id).returncode == 0
     wait_until(lambda: len(receiver.received) == 2, 30, "started and succeeded")
     assert sorted(e["type"] for e in _verified(receiver)) == ["job.started", "job.succeeded"]
-    wait_until(lambda: "delivered" in run(local_stack, "webhooks", "status", job_id).stdout.split("job.succeeded")[-1],
-               10, "the delivery recorded")
+    wait_until(
+        lambda: "delivered" in run(local_stack, "webhooks", "status", job_id).stdout.split("job.succeeded")[-1],
+        10,
+        "the delivery recorded",
+    )
     shown = run(local_stack, "webhooks", "status", job_id[:8])
     assert f"{job_id}:succeeded" in shown.stdout and "attempts 1" in shown.stdout and "last code 200" in shown.stdout
     replayed = run(local_stack, "webhooks", "replay", job_id)
