@@ -181,7 +181,10 @@ def attempt(
         },
     )
     if stored and outcome.retry_in is not None and outcome.retry_in <= settings.countdown_horizon_s:
-        send_task(TASK_DELIVER, args=[delivery.id], countdown=outcome.retry_in or None)
+        # As every countdown the steps send: none, or at least a second (RabbitMQ's delayed
+        # delivery counts whole seconds).
+        countdown = max(1.0, outcome.retry_in) if outcome.retry_in > 0 else None
+        send_task(TASK_DELIVER, args=[delivery.id], countdown=countdown)
     return outcome
 
 
