@@ -24,7 +24,7 @@ from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.resolved import FINAL_EVENTS
 from videoqueue.settings import Settings
-from worker.deliver import Outcome, _webhook_outcome, claim, record
+from worker.deliver import Outcome, _webhook_outcome, claim, record, send_due
 
 SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
 
@@ -239,3 +239,20 @@ def test_the_retry_schedule_and_what_is_retried() -> None:
     assert _webhook_outcome(first, 0, "redirect", SCHEDULE).state == "failed"
     last = first.model_copy(update={"attempts": len(SCHEDULE)})
     assert _webhook_outcome(last, 503, None, SCHEDULE).state == "failed"
+
+
+def test_the_sweep_sends_what_is_overdue_once_a_grace(client: Any) -> None:
+    store = JobStore(client)
+    job = _job(store, webhook_url="https://h.example.com/")
+    store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)  # owed, its task never sent
+    delivery_id = f"{job.id}:cancelled"
+    owed_at = client.zscore(keys.DELIVERIES_DUE, delivery_id)
+    sent: list[tuple[str, list[str]]] = []
+
+    def send(name: str, args: list[str]) -> None:
+        sent.append((name, args))
+
+    assert send_due(client, send, now=owed_at - 1) == []  # within its grace: the worker's send
+    assert send_due(client, send, now=owed_at) == [delivery_id]
+    assert sent == [("videoqueue.deliver_webhook", [delivery_id])]
+    assert send_due(client, send, now=owed_at + 1) == []  # moved on a grace, not sent each tick
