@@ -42,6 +42,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "memory": ("bench.memory", False),
     "day": ("bench.day", False),
     "held": ("bench.held", False),
+    "webhooks": ("bench.webhooks", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
-from videoqueue import inputs, namespace
+from videoqueue import inputs, namespace, webhooks
 from videoqueue.archive import ArchivedJob, read_archived
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
@@ -22,6 +22,7 @@ from videoqueue.images import ImageFile
 from videoqueue.job import (
     TASK_ADMIT,
     TASK_CANCEL,
+    TASK_DELIVER,
     TASK_STORE,
     TASK_SUBMIT,
     JobRecord,
@@ -91,6 +92,8 @@ class VideoQueue:
         # One process, one deployment: the job store and the queues are those of this namespace.
         namespace.use(self.settings.vq_namespace)
         self.store = store or JobStore.from_settings(self.settings)
+        # A job this producer ends (a queued one cancelled) is told of at once, not by the sweep.
+        self.store.on_deliveries = self.send_deliveries
         self.catalog = catalog or load_catalog(self.settings.pricing_file)
         self.budget = self.settings.budget_policy()
         self._reachable: set[str] = set()
@@ -112,12 +115,36 @@ class VideoQueue:
         its next waiting jobs as far as quota allows. Raises what the broker raises."""
         producer_app_for(self.settings).send_task(TASK_ADMIT, args=[provider, model])
 
+    def send_deliveries(self, delivery_ids: Iterable[str]) -> None:
+        """Send the delivery task (TASK_DELIVER, the `webhooks` queue) of each of
+        `delivery_ids` (videoqueue.webhooks). Raises what the broker raises."""
+        app = producer_app_for(self.settings)
+        for delivery_id in delivery_ids:
+            app.send_task(TASK_DELIVER, args=[delivery_id])
+
+    def webhook_status(self, job_id: str) -> builtins.list[webhooks.Delivery]:
+        """The deliveries of a job (its webhooks, its completion task), oldest first: state,
+        attempts, last status code, last error. Raises UnknownJobError when the job is
+        unknown; empty when it asked for none, or none is owed yet."""
+        job = self.get(job_id)
+        return webhooks.deliveries(self.store.redis, job.id)
+
+    def webhook_replay(self, job_id: str) -> webhooks.Delivery:
+        """Deliver the webhook of a job's end again, with the same `webhook-id` (attempts
+        reset), and return it. Raises UnknownJobError, or UnknownDeliveryError when the
+        job has no such webhook (none asked for, not ended, expired)."""
+        job = self.get(job_id)
+        delivery = webhooks.replay(self.store.redis, job.id)
+        self.send_deliveries([delivery.id])
+        return delivery
+
     def prepare(self, request: VideoRequest | Mapping[str, Any]) -> PreparedJob:
         """Validate `request` (a VideoRequest, or a dict of its fields) and build its job
         without storing or sending anything. Raises InvalidRequestError."""
         request = VideoRequest.parse(dict(request) if isinstance(request, Mapping) else request)
         resolved, images = resolve(request, self.catalog, self.settings.default_provider)
         self._check_urls(resolved)
+        webhooks.check_request(resolved, self.settings)
         if resolved.seed is None:
             # A seed of our own makes the job reproducible and lets a worker recognise its
             # provider task after a crash between the create call and recording its id.

@@ -39,6 +39,7 @@ from producer.cli_jobs import register as register_jobs
 from producer.cli_limits import register as register_limits
 from producer.cli_queue import register as register_queue
 from producer.cli_table import Col, fit_table
+from producer.cli_webhooks import register as register_webhooks
 from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
 from videoqueue.budget import BudgetExceededError
@@ -284,6 +285,19 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         str | None,
         typer.Option(help='Whose share of the quota the job counts to (default "default"; weights: TENANT_WEIGHTS).'),
     ] = None,
+    on_complete: Annotated[
+        str | None, typer.Option(help="Your Celery task sent the final job record when the job ends.")
+    ] = None,
+    on_complete_queue: Annotated[
+        str | None, typer.Option(help='The queue of --on-complete (default "celery").')
+    ] = None,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="Where the job's end is POSTed, signed with WEBHOOK_SECRET (https).")
+    ] = None,
+    webhook_event: Annotated[
+        list[str] | None,
+        typer.Option(metavar="EVENT", help="final (default), started, progress, or one end; repeatable."),
+    ] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
 ) -> None:
@@ -316,9 +330,14 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
                 "client_job_id": client_job_id,
                 "priority": priority,
                 "tenant": tenant,
+                "on_complete": on_complete,
+                "on_complete_queue": on_complete_queue,
+                "webhook_url": webhook_url,
             }
             if tag:
                 fields["tags"] = tuple(tag)
+            if webhook_event:
+                fields["webhook_events"] = tuple(webhook_event)
             requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
             problems = {}
         prepared = _prepare_all(vq, requests, problems)
@@ -653,6 +672,7 @@ register_archive(app)
 register_jobs(app)
 register_queue(app)
 register_limits(app)
+register_webhooks(app)
 
 
 def _plug_in(typer_app: typer.Typer) -> None:

@@ -21,9 +21,11 @@ from videoqueue.images import ImageFile, read_image_file
 from videoqueue.resolved import (
     DEFAULT_PRIORITY,
     DEFAULT_TENANT,
+    FINAL_EVENTS,
     MAX_PRIORITY,
     MIN_PRIORITY,
     TENANT_RULE,
+    WEBHOOK_EVENTS,
     ImageRole,
     ImageSource,
     ImageUpload,
@@ -35,6 +37,9 @@ from videoqueue.resolved import (
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
 MAX_TAGS = 20
+# A Celery task name (`myapp.tasks.on_video`) or queue name, as the completion task takes them.
+_CELERY_NAME = r"^[A-Za-z_][A-Za-z0-9_.:@-]{0,199}$"
+MAX_WEBHOOK_URL_CHARS = 2048
 
 # Older ModelArk integrations wrote generation parameters into the prompt text
 # (`--dur 10 --rt 9:16 --rs 1080p --wm true`); ModelArk warns against mixing them with the
@@ -115,6 +120,10 @@ class VideoRequest(BaseModel):
     client_job_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
     priority: int = DEFAULT_PRIORITY
     tenant: str = DEFAULT_TENANT
+    on_complete: str | None = Field(default=None, pattern=_CELERY_NAME)
+    on_complete_queue: str | None = Field(default=None, pattern=_CELERY_NAME)
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS)
+    webhook_events: tuple[str, ...] | None = Field(default=None, strict=False)
 
     if not TYPE_CHECKING:  # type checkers keep the field-by-field signature pydantic gives
 
@@ -165,6 +174,36 @@ class VideoRequest(BaseModel):
         if parts.username is not None or parts.password is not None:
             # It would be stored in the job record and shown to everyone who reads it.
             raise ValueError("must not contain a user name or password")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_is_http(cls, value: str | None) -> str | None:
+        # The scheme and the address it leads to are checked at submit, with the settings
+        # (videoqueue.webhooks.check_url): WEBHOOK_ALLOW_HTTP, WEBHOOK_ALLOW_PRIVATE.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an https:// URL with a host")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain a user name or password")
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events_are_known(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one event (or leave it out: the final events)")
+        unknown = [name for name in value if name not in WEBHOOK_EVENTS and name != "final"]
+        if unknown:
+            raise ValueError(
+                f"unknown event {unknown[0]!r}; known: final ({', '.join(FINAL_EVENTS)}), started, progress"
+            )
         return value
 
     @field_validator("priority", mode="before")
@@ -294,6 +333,7 @@ def resolve(
             f"{request.person_generation!r} is not allowed for {spec.id}; allowed: {allowed}"
         )
     images, files = _images(request, spec, problems)
+    events = _notifications(request, problems)
     if problems:
         raise InvalidRequestError(problems)
 
@@ -314,8 +354,31 @@ def resolve(
         client_job_id=request.client_job_id,
         priority=request.priority,
         tenant=request.tenant,
+        on_complete=request.on_complete,
+        on_complete_queue=request.on_complete_queue,
+        webhook_url=request.webhook_url,
+        webhook_events=events,
     )
     return resolved, files
+
+
+def webhook_events(names: Sequence[str] | None) -> tuple[str, ...]:
+    """The events `names` asks for, each once, in `WEBHOOK_EVENTS` order (`final` stands
+    for the four final ones); the final events when `names` is None."""
+    if names is None:
+        return FINAL_EVENTS
+    wanted = {e for name in names for e in (FINAL_EVENTS if name == "final" else (name,))}
+    return tuple(e for e in WEBHOOK_EVENTS if e in wanted)
+
+
+def _notifications(request: VideoRequest, problems: dict[str, str]) -> tuple[str, ...]:
+    """The webhook events of `request`, noting in `problems` a field given without the one
+    it goes with (the settings' checks of the URL come at submit: videoqueue.webhooks)."""
+    if request.on_complete_queue is not None and request.on_complete is None:
+        problems["on_complete_queue"] = "goes with on_complete (the task to send there)"
+    if request.webhook_events is not None and request.webhook_url is None:
+        problems["webhook_events"] = "goes with webhook_url (where to send them)"
+    return webhook_events(request.webhook_events)
 
 
 IMAGE_FIELDS: dict[ImageRole, tuple[str, str]] = {

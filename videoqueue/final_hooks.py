@@ -10,7 +10,7 @@ A hook is called as `hook(pipe, before, after)`: `pipe` reads (`get`), at once, 
 move (`movescript.Reads`: the script stores the move only if every key read still holds
 what was read, else the move runs again), `before` the record as it was and `after`
 as it will be stored. It returns the writes to queue with the move (a function of a
-pipeline-like recorder, `movescript.Writes`: set, delete, expire, pexpire, hset, hincrby,
+pipeline-like recorder, `movescript.Writes`: set, delete, expire, pexpire, hset, hsetnx, hincrby,
 hincrbyfloat, zadd, zrem, sadd, srem), or None for none. A move that loses its
 compare-and-set runs the hooks again on the current record. Most ends settle the job's cost: `before` has
 no `settled_at`. A job the store step gave up on can be stored again (`videoqueue store
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from videoqueue import inputs, keys, ledger_days, retention, room, stats
+from videoqueue import inputs, keys, ledger_days, retention, room, stats, webhooks
 from videoqueue.budget import settle
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.keys import ledger_entry_key
@@ -112,6 +112,16 @@ def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes 
     return lambda multi: ledger_days.restate(multi, old, new)
 
 
+def notifications(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """The webhook of the job's end and its completion task, if its request asks for them,
+    written to its delivery record (videoqueue.webhooks), kept as long as the record; the
+    worker sends them after the move, the sweep if it does not."""
+    deliveries = webhooks.owed(before, after)
+    if not deliveries:
+        return None
+    return lambda multi: webhooks.queue_owed(multi, deliveries, final=True)
+
+
 def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     """Let the record, its ledger row and its legacy input keys expire JOB_RETENTION_S from
     now (videoqueue.retention); a second end renews it. The task claim and the client job id
@@ -136,6 +146,7 @@ FINAL_HOOKS: tuple[FinalHook, ...] = (
     room_leave,
     counters,
     inputs_release,
+    notifications,
     retention_expiry,
 )
 """Every side effect of a final move, in the order they are queued."""

@@ -64,6 +64,7 @@ TASK_STORE = "videoqueue.store"
 TASK_CANCEL = "videoqueue.cancel"
 TASK_ADMIT = "videoqueue.admit"
 TASK_UNPARK = "videoqueue.unpark"
+TASK_DELIVER = "videoqueue.deliver_webhook"
 
 # The queues of the namespace this process serves (videoqueue.namespace): read them as
 # `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from videoqueue import final_hooks, keys, lifecycle, redisconn, room, stats
+from videoqueue import final_hooks, keys, lifecycle, redisconn, room, stats, webhooks
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
@@ -185,6 +185,8 @@ class _Move:
     writes: Writes
     freed: bool
     ends: bool
+    deliveries: tuple[str, ...] = ()
+    """The ids of the notifications the move owes (videoqueue.webhooks), to send after it."""
 
     @classmethod
     def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
@@ -214,6 +216,7 @@ class _Move:
             clear_final(changed)
         reads = Reads(client)
         hook_writes = [hook(reads, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
+        hook_writes.append(webhooks.on_status_change(current, changed))  # started, progress
         writes = Writes()
         _write_indexes(writes, current, changed)
         freed = frees_slot(current, changed)
@@ -223,7 +226,8 @@ class _Move:
             if queue is not None:
                 queue(writes)
         claim = task_claim_key(changed.provider, new_task) if new_task else ""
-        return cls(changed.to_store_json(), claim, reads, writes, freed, ends)
+        deliveries = tuple(webhooks.owed_ids(current, changed))
+        return cls(changed.to_store_json(), claim, reads, writes, freed, ends, deliveries)
 
 
 class JobStore:
@@ -238,6 +242,9 @@ class JobStore:
         self.on_final: Callable[[JobRecord], object] | None = None
         """Called with the stored record after a move to a final status, outside the
         transaction (a worker deletes the job's input images when due: videoqueue.inputs)."""
+        self.on_deliveries: Callable[[builtins.list[str]], object] | None = None
+        """Called with the ids of the notifications a stored move owes (videoqueue.webhooks),
+        outside the transaction: a worker sends their tasks at once (else the sweep does)."""
         self.replicas = replicas or ReplicaWait(client, DEFAULT_TIMEOUT_MS)
         """Waits for a replica after the writes that must survive a failover (`durable_write`)."""
 
@@ -543,6 +550,11 @@ class JobStore:
                 return None
             self._saw(changed, move.stored_raw)
             self._after_update(changed, freed=move.freed, durable=durable_write(current, changed), ended=move.ends)
+            if move.deliveries and self.on_deliveries is not None:
+                try:
+                    self.on_deliveries(list(move.deliveries))
+                except Exception:
+                    log.exception("sending deliveries after a move", extra={"job_id": job_id})
             return changed
         self._forget(job_id)
         return None

@@ -276,6 +276,24 @@ REPLICA_WAIT_MARK = namespace.keep(globals(), "REPLICA_WAIT_MARK", lambda: _key(
 the WAIT's own connection has a write that follows the one to make durable. TTL: 60 s."""
 
 
+# --- Notifications: webhooks and completion tasks (videoqueue.webhooks) ----------------
+
+
+def deliveries_key(job_id: str) -> str:
+    """Hash: one job's deliveries (its webhooks and its completion task), each delivery id
+    (`<job id>:<event>`, the `webhook-id`) to its Delivery as JSON (state, attempts, last
+    status code, last error, delivered_at) and `<id>:body` to the body it sends. Written by
+    the move that owes it; TTL: JOB_RETENTION_S from the job's final move, like its record."""
+    return f"{PREFIX}deliveries:{job_id}"
+
+
+DELIVERIES_DUE = namespace.keep(globals(), "DELIVERIES_DUE", lambda: _key("deliveries:due"))
+"""Sorted set: the ids of deliveries not yet done, scored by when (epoch s) the sweep sends
+them (again): a little after the move for one just owed (the worker sends it at once), the
+end of an attempt's lease, or a retry's time beyond COUNTDOWN_HORIZON_S. No TTL: a delivery
+leaves it when delivered or given up."""
+
+
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 
 

@@ -190,6 +190,10 @@ class Writes:
         """HINCRBYFLOAT name field amount."""
         self._add("HINCRBYFLOAT", name, key, float(amount))
 
+    def hsetnx(self, name: str, key: str, value: Arg) -> None:
+        """HSETNX name field value."""
+        self._add("HSETNX", name, key, value)
+
     def zadd(
         self,
         name: str,

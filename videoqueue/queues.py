@@ -10,7 +10,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from videoqueue import namespace
-from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK
+from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_DELIVER, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.settings import Settings
 
 
@@ -32,15 +32,26 @@ memory, and a killed worker strands nothing. Native delayed delivery routes thro
 exchanges; publisher confirms make a send return only once the broker has the message."""
 
 
+WEBHOOKS = "webhooks"
+"""The queue of deliveries (webhooks and completion tasks: videoqueue.webhooks), beside the
+three step queues: `vq.webhooks`, `vq@N.webhooks`. Network waits like polls: a thread pool's."""
+
+
+def consumed_queues(name: str | None = None) -> tuple[str, ...]:
+    """Every queue a worker of namespace `name` (default: the current one) consumes unless
+    told otherwise: the three step queues, then the deliveries' queue."""
+    return (*namespace.queues(name), namespace.queue(WEBHOOKS, name))
+
+
 def task_queues(broker_url: str) -> tuple[Queue, ...]:
     """The queues of the current namespace for `broker_url`: on RabbitMQ quorum queues
     behind topic exchanges (what native delayed delivery binds to), on Redis plain direct ones."""
     if is_amqp(broker_url):
         return tuple(
             Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
-            for name in namespace.queues()
+            for name in consumed_queues()
         )
-    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in namespace.queues())
+    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in consumed_queues())
 
 
 _STEP_OF_TASK = {
@@ -50,6 +61,7 @@ _STEP_OF_TASK = {
     TASK_POLL: "poll",
     TASK_UNPARK: "poll",
     TASK_STORE: "store",
+    TASK_DELIVER: WEBHOOKS,
 }
 
 
@@ -74,8 +86,8 @@ def own_queues(selected: list[str]) -> tuple[list[str], list[str]]:
     default name (`vq.submit`) means that step's queue here (`vq@N.submit`), so one command
     line (compose's WORKER_QUEUES, the README's) serves every namespace. Returns (the
     queues to consume, the names that belong to another namespace or to no step)."""
-    own = namespace.queues()
-    by_default_name = dict(zip(namespace.queues(namespace.DEFAULT), own, strict=True))
+    own = consumed_queues()
+    by_default_name = dict(zip(consumed_queues(namespace.DEFAULT), own, strict=True))
     mapped: list[str] = []
     foreign: list[str] = []
     for name in selected:

@@ -4,8 +4,9 @@ model's defaults filled in and checked against what that model supports.
 `producer.request.resolve` builds it from what a user asked for; workers, the catalog's cost
 estimate, budgets and the ledger read it. Its JSON is the `request` object of a stored job
 record, a manifest and `videoqueue status --json`: the field order here is the order there.
-`priority` and `tenant` are left out of that JSON while they hold their defaults, so that
-records stored before they existed load and serialise back unchanged.
+`priority`, `tenant` and the notification fields (`on_complete`, `on_complete_queue`,
+`webhook_url`, `webhook_events`) are left out of that JSON while they hold their defaults,
+so that records stored before they existed load and serialise back unchanged.
 """
 
 from __future__ import annotations
@@ -40,9 +41,26 @@ TENANT_RULE = "must be 1-64 characters, each an ASCII letter, a digit, '.', '_' 
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
+FINAL_EVENTS: tuple[str, ...] = ("succeeded", "failed", "cancelled", "expired")
+"""The webhook events of a job's end, one per final status: what a request with a
+`webhook_url` is told unless it names its `webhook_events`."""
+
+WEBHOOK_EVENTS: tuple[str, ...] = (*FINAL_EVENTS, "started", "progress")
+"""Every webhook event: the final ones; `started`, the provider accepted the task (the move
+to `running`); `progress`, every other status change that is not an end. A delivery's
+`type` is the event with `job.` before it (`job.succeeded`)."""
+
 # Left out of the stored JSON while they hold these defaults (see the module docstring).
-_OMITTED_AT_DEFAULT: dict[str, object] = {"priority": DEFAULT_PRIORITY, "tenant": DEFAULT_TENANT}
+_OMITTED_AT_DEFAULT: dict[str, object] = {
+    "priority": DEFAULT_PRIORITY,
+    "tenant": DEFAULT_TENANT,
+    "on_complete": None,
+    "on_complete_queue": None,
+    "webhook_url": None,
+    "webhook_events": FINAL_EVENTS,
+}
 _WITH_DEFAULTS = "videoqueue.with_defaults"
+_ABSENT = object()
 
 
 def is_tenant_name(name: object) -> bool:
@@ -90,8 +108,11 @@ class ResolvedRequest(BaseModel):
     """One job's parameters as stored: `duration` in seconds, `resolution` like "720p",
     `ratio` like "16:9", `seed` None only when the producer did not set one (it does before
     storing), `images` by role, `priority` 0-9 (higher first), `tenant` whose share of the
-    quota the job counts to. Its JSON leaves out `priority` and `tenant` at their defaults;
-    `json_fields` gives every field."""
+    quota the job counts to; `on_complete` the producer's Celery task sent the final record
+    when the job ends (on `on_complete_queue`, else Celery's routing of that name);
+    `webhook_url` where the `webhook_events` (`WEBHOOK_EVENTS`) are POSTed, signed
+    (videoqueue.webhooks). Its JSON leaves out `priority`, `tenant` and those four at their
+    defaults; `json_fields` gives every field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -111,6 +132,10 @@ class ResolvedRequest(BaseModel):
     client_job_id: str | None = None
     priority: int = DEFAULT_PRIORITY
     tenant: str = DEFAULT_TENANT
+    on_complete: str | None = None
+    on_complete_queue: str | None = None
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = FINAL_EVENTS
 
     @model_serializer(mode="wrap")
     def _omit_new_fields_at_default(
@@ -120,7 +145,8 @@ class ResolvedRequest(BaseModel):
         context = info.context
         if not (isinstance(context, dict) and context.get(_WITH_DEFAULTS)):
             for name, default in _OMITTED_AT_DEFAULT.items():
-                if name in data and data[name] == default:
+                value = data.get(name, _ABSENT)
+                if value == default or (isinstance(value, list) and tuple(value) == default):
                     del data[name]
         return data
 

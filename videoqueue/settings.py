@@ -25,6 +25,7 @@ from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS as DEFAULT_REPLICA_WAIT_MS
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
 from videoqueue.urlguard import AllowList, AllowListError
+from videoqueue.webhooks import secrets_of
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
@@ -319,6 +320,31 @@ class Settings(BaseSettings):
         gt=0,
         description="Deadline in seconds for one fetch of a user's image URL by a worker, redirects included.",
     )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The Standard Webhooks secret(s) deliveries are signed with, `whsec_` + base64, comma "
+            "separated to rotate (each signs; receivers accept any of theirs). Required to submit a "
+            "job with a webhook_url."
+        ),
+    )
+    webhook_allow_http: bool = Field(default=False, description="Accept http:// webhook URLs (default: https only).")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, private and link-local addresses (tests, one host); never metadata.",
+    )
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, description="Deadline in seconds of one webhook POST (a timeout is retried)."
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        description=(
+            "Seconds before each webhook attempt, after the previous one failed on a timeout, a "
+            "connection error, a 429 or a 5xx (Svix's: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, "
+            "10 h); as JSON. Waits beyond COUNTDOWN_HORIZON_S wait in the delivery index for the sweep."
+        ),
+    )
 
     redis_sentinels: str | None = Field(
         default=None,
@@ -457,6 +483,20 @@ class Settings(BaseSettings):
         except AllowListError as exc:
             # The settings error names the variable already.
             raise ValueError(str(exc).removeprefix("FETCH_ALLOW_HOSTS: ")) from exc
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secrets_of(value)  # ValueError naming which one (never its value)
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _webhook_schedule(cls, value: list[float]) -> list[float]:
+        if any(not math.isfinite(wait) or wait < 0 for wait in value):
+            raise ValueError("each wait must be a finite number of seconds, 0 or more")
         return value
 
     @field_validator("vq_namespace")

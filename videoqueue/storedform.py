@@ -234,6 +234,10 @@ REQUEST_NAMES: dict[str, str] = {
     "client_job_id": "cj",
     "priority": "pr",
     "tenant": "tn",
+    "on_complete": "oc",
+    "on_complete_queue": "oq",
+    "webhook_url": "wu",
+    "webhook_events": "we",
 }
 """A resolved request's field -> its name in a stored record's JSON."""
 

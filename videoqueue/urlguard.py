@@ -471,9 +471,11 @@ def open_url(
     *,
     method: str = "GET",
     headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> Iterator[Response]:
     """Open `url` through the guard and yield its final answer (redirects followed, each hop
-    checked). An HTTP error status (400-599) raises URLStatusError; a refused address,
+    checked; `body` is sent with the first request only: a POST is not followed, give it
+    `max_redirects=0`). An HTTP error status (400-599) raises URLStatusError; a refused address,
     scheme or redirect target ForbiddenURLError; too many redirects ForbiddenURLError;
     timeouts URLTimeoutError; network failures URLFetchError. The connection is closed on exit."""
     deadline = _Deadline(url, limits.timeout_s)
@@ -482,7 +484,9 @@ def open_url(
         verb = method
         for _hop in range(limits.max_redirects + 1):
             target = resolve(current, allow)
-            connection, response = _request(current, target, verb, headers=headers, limits=limits, deadline=deadline)
+            connection, response = _request(
+                current, target, verb, headers=headers, limits=limits, deadline=deadline, body=body
+            )
             location = response.getheader("Location") if response.status in REDIRECT_STATUSES else None
             if location is None:
                 try:
@@ -496,6 +500,7 @@ def open_url(
             current = urljoin(current, location.strip())
             if response.status == 303 and verb != "HEAD":
                 verb = "GET"
+            body = None
         raise ForbiddenURLError(f"{url} redirects more than {limits.max_redirects} times")
     finally:
         deadline.cancel()
@@ -509,6 +514,7 @@ def _request(
     headers: dict[str, str] | None,
     limits: FetchLimits,
     deadline: _Deadline,
+    body: bytes | None = None,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     parts = urlsplit(url)
     path = parts.path or "/"
@@ -522,7 +528,7 @@ def _request(
             connection.connect()
             assert connection.sock is not None
             connection.sock.settimeout(deadline.left())
-            connection.request(method, path, headers={"Accept-Encoding": "identity", **(headers or {})})
+            connection.request(method, path, body=body, headers={"Accept-Encoding": "identity", **(headers or {})})
             connection.sock.settimeout(deadline.left())
             return connection, connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from videoqueue import namespace, redisconn
 from videoqueue.brokertls import broker_use_ssl
 from videoqueue.endpoints import Endpoint
+from videoqueue.queues import consumed_queues
 from videoqueue.settings import Settings
 from worker import registry
 from worker.logs import redact
@@ -69,6 +70,7 @@ _STEP_ROLES = {
     "submit": "new jobs are never submitted",
     "poll": "running jobs are never polled",
     "store": "finished videos are never stored",
+    "webhooks": "webhooks and completion tasks are never delivered",
 }
 
 
@@ -461,7 +463,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
             Status.FAIL,
             f"no worker answered within {timeout:g} s: queued jobs wait until one starts",
         )
-    consumers = {queue: 0 for queue in namespace.queues()}
+    consumers = {queue: 0 for queue in consumed_queues()}
     for queues in replies.values():
         for queue in queues or []:
             queue_name = queue.get("name") if isinstance(queue, dict) else None
@@ -476,7 +478,7 @@ def check_workers(settings: Settings, timeout: float = 2.0) -> Check:
         head += f"; waiting: {backlog}"
     idle = [queue for queue, count in consumers.items() if count == 0]
     if idle:
-        roles = dict(zip(namespace.queues(), _STEP_ROLES.values(), strict=True))
+        roles = dict(zip(consumed_queues(), _STEP_ROLES.values(), strict=True))
         why = "; ".join(f"no worker consumes {queue}: {roles[queue]}" for queue in idle)
         return Check(name, Status.WARN, f"{head}; {why}")
     return Check(name, Status.OK, head)
@@ -494,7 +496,7 @@ def _backlog(settings: Settings) -> str:
     import redis
 
     try:
-        return ", ".join(f"{queue} {client.llen(queue)}" for queue in namespace.queues())
+        return ", ".join(f"{queue} {client.llen(queue)}" for queue in consumed_queues())
     except redis.RedisError:
         return ""
     finally:

@@ -14,7 +14,7 @@ from celery import Celery
 from redis.exceptions import LockError, RedisError
 
 from videoqueue import inputs, keys, ledger_days, retention
-from videoqueue.job import TASK_ADMIT, TASK_SUBMIT, TASK_UNPARK
+from videoqueue.job import TASK_ADMIT, TASK_DELIVER, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import read_entries
 from videoqueue.limits import ProviderLimits
@@ -24,6 +24,7 @@ from videoqueue.recovery import recover_stranded
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
 from videoqueue.stalled import StallRule
+from worker import deliver
 from worker.admission import Admitter
 from worker.inputs import StorageInputs
 
@@ -46,6 +47,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         admitted = admit_all(app, store, settings)
         released = release_inputs(store, settings)
         trimmed = trim_expired(store, settings)
+        delivered = deliver.send_due(store.redis, app.send_task, time.time())
     finally:
         # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
         # the lock no longer owns it: the holder now is another worker, whose lock stays.
@@ -58,6 +60,8 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         )
     if admitted:
         log.info("admitted waiting jobs", extra={"count": admitted})
+    if delivered:
+        log.info("sent deliveries due", extra={"count": len(delivered), "ids": ",".join(delivered[:20])})
     if released:
         log.info("deleted the input images of ended jobs", extra={"count": released})
     if trimmed.trimmed or trimmed.expiring:
@@ -125,6 +129,8 @@ def start_sweeper(app: Celery, settings: Settings) -> threading.Thread | None:
     if settings.sweep_interval_s <= 0:
         return None
     store = JobStore.from_settings(settings)
+    # A job the sweep ends (past its deadline) is told of at once, not at the next sweep.
+    store.on_deliveries = lambda ids: [app.send_task(TASK_DELIVER, args=[i]) for i in ids]
     stop = threading.Event()
 
     def loop() -> None:

@@ -17,14 +17,23 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
-from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK, utcnow
+from videoqueue.job import (
+    TASK_ADMIT,
+    TASK_CANCEL,
+    TASK_DELIVER,
+    TASK_POLL,
+    TASK_STORE,
+    TASK_SUBMIT,
+    TASK_UNPARK,
+    utcnow,
+)
 from videoqueue.jobstore import JobStore
 from videoqueue.limits import ProviderLimits
 from videoqueue.queues import broker_timing
 from videoqueue.recovery import run_park_timer
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import get_settings
-from worker import logs, registry
+from worker import deliver, logs, registry
 from worker.app import app
 from worker.open_uploads import RedisOpenUploads
 from worker.outcome import JobFailed, ended_by_step, summary
@@ -66,6 +75,12 @@ def _send_after(name: str, args: list[Any], countdown: float) -> None:
     app.send_task(name, args=args, countdown=_when(countdown).get("countdown"))
 
 
+def send_deliveries(delivery_ids: list[str]) -> None:
+    """Send the task of each delivery a move owes (videoqueue.webhooks), at once."""
+    for delivery_id in delivery_ids:
+        deliver_webhook.apply_async((delivery_id,))
+
+
 @lru_cache(maxsize=1)
 def _storage() -> Storage:
     # The ids of open multipart uploads go to the job store's Redis, where the next store
@@ -78,6 +93,7 @@ def pipeline() -> Pipeline:
     """The pipeline of this worker process."""
     settings = get_settings()
     store = JobStore.from_settings(settings)
+    store.on_deliveries = send_deliveries
     return Pipeline(
         settings=settings,
         store=store,
@@ -222,3 +238,11 @@ def unpark(self: Task[Any, Any]) -> dict[str, Any]:
     steps = pipeline()
     sent = run_park_timer(steps.store, steps.dispatch.parking, _send_after, _send_unpark)
     return {"sent": len(sent)}
+
+
+@app.task(name=TASK_DELIVER, bind=True, **_STORE_RETRY)
+def deliver_webhook(self: Task[Any, Any], delivery_id: str) -> dict[str, Any]:
+    """One attempt at a delivery (worker.deliver): a job's webhook POSTed, signed, or its
+    completion task sent; the next attempt scheduled when one is due."""
+    outcome = deliver.attempt(pipeline().store.redis, delivery_id, get_settings(), app.send_task)
+    return {"delivery_id": delivery_id, "state": outcome.state, "code": outcome.code, "error": outcome.error}

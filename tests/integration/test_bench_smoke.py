@@ -184,3 +184,12 @@ def test_quick_held_measures_what_a_worker_holds_and_takes_a_fresh_job(tmp_path:
     assert isinstance(after["fresh job taken in s"], float)
     # The 'before' case runs main's code when git can export it; else the note says so.
     assert "before" in rows or any(note.startswith("before: skipped") for note in document["notes"])
+
+
+@pytest.mark.timeout(300)
+def test_quick_webhooks_delivers_every_job_and_verifies_every_request(tmp_path: Path) -> None:
+    [row] = _run_quick("webhooks", tmp_path)["rows"]
+    assert row["delivered"] == row["jobs"] == row["records_delivered"] == 50
+    assert row["unverified"] == row["unknown_ids"] == 0
+    # The only ids answered 2xx twice are the replays the bench makes on purpose.
+    assert row["ids_2xx_more_than_once"] == row["replayed"]

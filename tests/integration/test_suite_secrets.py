@@ -32,9 +32,11 @@ import pytest
 import redis
 
 from producer import JobStatus, VideoRequest
+from producer.webhooks import verify
 from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, UNACKED, S3Server, Stack
 from tests.integration.helpers import redis_value, wait_status
+from tests.integration.receiver import Receiver
 from tests.integration.test_cli import run
 from videoqueue import namespace
 from videoqueue.job import QUEUE_SUBMIT
@@ -48,6 +50,8 @@ SECRETS = {
     "BYTEPLUS_API_KEY": SIM_KEY,
     "GOOGLE_API_KEY": SIM_GOOGLE_KEY,
     "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+    # Signs the webhook of one job below (its receiver on loopback, over http: allowed here).
+    "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"secrets-suite-webhook-key-77e1c").decode(),
 }
 FLOWER_USER, FLOWER_PASSWORD = "vq", "flower-pw-3c41"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -293,6 +297,9 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
             "BYTEPLUS_API_KEY": SECRETS["BYTEPLUS_API_KEY"],
             "GOOGLE_API_KEY": SECRETS["GOOGLE_API_KEY"],
             "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
+            "WEBHOOK_SECRET": SECRETS["WEBHOOK_SECRET"],
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOW_PRIVATE": "true",
             "COLUMNS": "2000",
         }
     )
@@ -308,14 +315,15 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
         start_debug_worker(stack),
     ]
     stack.workers.extend(workers)
-    vq = stack.queue()
+    vq = stack.queue(webhook_secret=SECRETS["WEBHOOK_SECRET"], webhook_allow_http=True, webhook_allow_private=True)
+    receiver = Receiver().start()
     image_file = tmp_path / "first.png"
     image_file.write_bytes(PNG)
     image_url = f"{stack.simulator.url}/_sim/image.png"
 
     jobs = vq.submit_many(
         [
-            VideoRequest(prompt="secrets suite: seedance text", duration=5),
+            VideoRequest(prompt="secrets suite: seedance text", duration=5, webhook_url=receiver.url),
             VideoRequest(prompt="secrets suite: seedance from a url", image_url=image_url, audio=False),
             VideoRequest(prompt="secrets suite: seedance from a file", image_file=str(image_file), tags=("secrets",)),
             VideoRequest(prompt="secrets suite: veo", provider="veo", duration=6),
@@ -351,6 +359,10 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     assert by_prompt["secrets suite: unsafe [sim:fail]"].status is JobStatus.FAILED
     assert by_prompt["secrets suite: held [sim:hold]"].status is JobStatus.CANCELLED
     assert {j.provider for j in done if j.status is JobStatus.SUCCEEDED} == {"byteplus", "veo"}
+    # The webhook was signed with the secret (which the scans below must find nowhere).
+    wait_until(lambda: len(receiver.received) == 1, 30, "the webhook")
+    receiver.stop()
+    assert verify(receiver.received[0].headers, receiver.received[0].body, SECRETS["WEBHOOK_SECRET"])
 
     # Flower: wait until it has seen every job's submit task, then read all it shows.
     def flower_saw_all() -> bool:
@@ -438,6 +450,7 @@ def test_the_scanner_finds_a_planted_key(local_stack: Stack) -> None:
         json.dumps({"body": base64.b64encode(b"x" * 7 + SIM_GOOGLE_KEY.encode()).decode(), "properties": {}}),
     )
     r.zadd("suite:z", {f"member-{AWS_SECRET.upper()}": 1})
+    r.hset("suite:h", "field", json.dumps({"headers": {"secret": SECRETS["WEBHOOK_SECRET"]}}))
     scanner, seen = Scanner(), RedisScan()
     scan_redis(client, scanner, seen)
     found = {hit.split(": ")[-1].split(" ")[0] for hit in scanner.hits}

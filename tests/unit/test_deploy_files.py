@@ -27,6 +27,7 @@ from packaging.version import Version
 
 from simulator.__main__ import parse_args
 from videoqueue import namespace
+from videoqueue.queues import consumed_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -437,8 +438,8 @@ def test_the_two_kinds_of_worker_share_the_queues_out(services: dict[str, dict[s
     assert store["WORKER_POOL"] == "prefork"
     io_queues, store_queues = set(io["WORKER_QUEUES"].split(",")), set(store["WORKER_QUEUES"].split(","))
     # The default names, which a worker of any namespace maps to its own queues.
-    submit, poll, store_queue = namespace.queues(namespace.DEFAULT)
-    assert io_queues == {submit, poll}
+    submit, poll, store_queue, deliveries = consumed_queues(namespace.DEFAULT)
+    assert io_queues == {submit, poll, deliveries}
     assert store_queues == {store_queue}
     assert "${WORKER_POOL:+--pool=$WORKER_POOL}" in shell_script(dockerfile_cmd())
     assert "${WORKER_QUEUES:+--queues=$WORKER_QUEUES}" in shell_script(dockerfile_cmd())
@@ -634,8 +635,8 @@ def test_commands_reference_modules_that_exist(services: dict[str, dict[str, Any
     from worker.app import app as celery_app
 
     queues = {queue.name for queue in celery_app.conf.task_queues}
-    # The three step queues of the namespace the worker app was first read in.
-    assert any(queues == set(namespace.queues(name)) for name in (namespace.DEFAULT, "test", namespace.current()))
+    # The three step queues and the deliveries' queue of the namespace the worker app was first read in.
+    assert any(queues == set(consumed_queues(name)) for name in (namespace.DEFAULT, "test", namespace.current()))
 
 
 # -- the real tools, where they are installed ------------------------------------------------

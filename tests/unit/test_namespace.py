@@ -98,7 +98,7 @@ def test_default_namespace_keeps_todays_names() -> None:
     ]
     assert (contract.QUEUE_SUBMIT, contract.QUEUE_POLL, contract.QUEUE_STORE) == ("vq.submit", "vq.poll", "vq.store")
     assert namespace.queues() == ("vq.submit", "vq.poll", "vq.store")
-    assert [q.name for q in task_queues(REDIS)] == ["vq.submit", "vq.poll", "vq.store"]
+    assert [q.name for q in task_queues(REDIS)] == ["vq.submit", "vq.poll", "vq.store", "vq.webhooks"]
     assert namespace.celery_names() == {"control_exchange": "celery", "event_exchange": "celeryev"}
     assert keys.broker_transport_options() == {}  # kombu's own `unacked` keys
 
@@ -115,7 +115,8 @@ def test_another_namespace_prefixes_every_key_and_queue() -> None:
             "vq@demo.store",
         )
         assert namespace.queues() == ("vq@demo.submit", "vq@demo.poll", "vq@demo.store")
-        assert [q.name for q in task_queues(REDIS)] == list(namespace.queues())
+        assert [q.name for q in task_queues(REDIS)] == [*namespace.queues(), "vq@demo.webhooks"]
+        assert route_task(contract.TASK_DELIVER, [], {}, {}) == {"queue": "vq@demo.webhooks"}
         assert route_task(contract.TASK_POLL, [], {}, {}) == {"queue": "vq@demo.poll"}
         assert route_task(contract.TASK_CANCEL, [], {}, {}) == {"queue": "vq@demo.submit"}
         assert namespace.celery_names()["control_exchange"] == "vq@demo"
