@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from producer import JobStatus, VideoRequest
 from simulator.stack import ManagedProcess, free_port, http_ok, wait_until
 from tests.integration.conftest import Stack
-from tests.integration.helpers import wait_for, wait_final, wait_status
+from tests.integration.helpers import wait_final, wait_for, wait_status
 from worker.callback_url import callback_token
 
 pytestmark = pytest.mark.integration

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -14,11 +15,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.unit.helpers import seedance_request, walk_to
+from tests.unit.test_pipeline import Env, make_settings, state, succeeded
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import JobStore
 from videoqueue.settings import Settings, describe_invalid
 from worker.callback_url import callback_token, callback_url, callbacks_on, token_matches
 from worker.callbacks import create_app
+from worker.providers.base import TaskStatus
 from worker.schedule import safety_poll_delay
 
 SECRET = "callback-test-secret"
@@ -65,6 +68,7 @@ def test_the_safety_poll_is_slow_and_never_past_the_deadline() -> None:
 
 
 # -- the receiver ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def store() -> JobStore:
@@ -150,7 +154,11 @@ def test_an_unknown_job_is_404(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"id": "cgt-other", "status": "succeeded"}, {"id": "cgt-1", "status": "running"}, {"id": "cgt-1", "status": "queued"}],
+    [
+        {"id": "cgt-other", "status": "succeeded"},
+        {"id": "cgt-1", "status": "running"},
+        {"id": "cgt-1", "status": "queued"},
+    ],
 )
 def test_nothing_to_learn_sends_no_poll(
     client: TestClient, store: JobStore, sent: list[tuple[str, int]], body: dict[str, str]
@@ -169,3 +177,46 @@ def test_a_job_not_running_gets_no_poll(client: TestClient, store: JobStore, sen
 
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"ok": True}
+
+
+# -- the poll step with callbacks on (tests/unit/test_pipeline.py's scripted provider) -------
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path, make_settings(callback_base_url=BASE, callback_secret=SECRET, callback_safety_poll_s=300))
+
+
+def test_with_callbacks_the_regular_polls_of_modelark_jobs_are_the_safety_net(env: Env) -> None:
+    job_id = env.new_job()
+    env.pipeline.submit(job_id)
+    assert env.dispatch.take() == [("poll", job_id, 1, 300.0)]
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.take() == [("poll", job_id, 2, 300.0)]
+
+
+def test_the_callbacks_poll_and_the_regular_one_make_one_chain(env: Env) -> None:
+    job_id = env.running_job()
+    # A callback (a lie, or a status that was not final after all) sends poll 1 at once:
+    # it finds the task running and schedules poll 2.
+    env.provider.get_results.append(state(TaskStatus.RUNNING))
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.take() == [("poll", job_id, 2, 300.0)]
+    assert env.job(job_id).poll_seq == 2
+    # The regular poll 1, when due, is behind: dropped without a status call.
+    env.pipeline.poll(job_id, 1)
+    assert env.dispatch.take() == [] and env.provider.names() == ["get"]
+
+
+def test_a_callbacks_poll_that_sees_the_end_leaves_the_regular_one_nothing_to_do(env: Env) -> None:
+    job_id = env.running_job()
+    env.provider.get_results.append(succeeded())
+    env.pipeline.poll(job_id, 1)
+    assert env.job(job_id).status is JobStatus.DOWNLOADING
+    assert env.dispatch.take() == [("store", job_id, None, 0)]
+    env.pipeline.store_video(job_id)
+    assert env.job(job_id).status is JobStatus.SUCCEEDED
+    env.dispatch.take()
+    env.pipeline.poll(job_id, 1)  # the regular poll, due minutes later
+    assert env.dispatch.take() == [] and env.provider.names() == ["get", "open_video"]
