@@ -47,6 +47,8 @@ class CallbackSender:
     async def run(self) -> None:
         """Until cancelled: bring the tasks up to date at each event time and send the
         callbacks queued meanwhile."""
+        # httpx logs each request's URL at INFO: a callback URL carries the receiver's token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         async with httpx.AsyncClient(timeout=_POST_TIMEOUT_S) as client:
             while True:
                 now = self.sim.advance()
