@@ -127,6 +127,11 @@ def serve(port: int, host: str, settings: Settings) -> None:
     from worker.app import app as celery_app  # reads the settings and joins their namespace
 
     logs.configure(settings.log_level)
+    # uvicorn's own lines (start, errors with their tracebacks) in our format, redacted.
+    server_log = logging.getLogger("uvicorn")
+    server_log.handlers[:] = [logs.make_handler(logs.log_format())]
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
     store = JobStore.from_settings(settings)
 
     def send_poll(job_id: str, seq: int) -> None:

@@ -72,8 +72,11 @@ def test_a_callback_ends_the_job_without_waiting_for_the_next_poll(local_stack: 
     records = wait_final(vq.store, [j.id for j in jobs], timeout=60)
     for record in records:
         assert record is not None and record.status is JobStatus.SUCCEEDED, record
-        # One status call: the one the callback's poll made.
+        # One status call: the one the callback's poll made; and the job ended before its
+        # first regular poll could have come (300 s -20 % jitter after submit).
         assert status_calls(local_stack, record.provider_task_id) == 1
+        assert record.finished_at and record.submitted_at
+        assert (record.finished_at - record.submitted_at).total_seconds() < 240
     assert local_stack.simulator.stats()["callbacks_sent_total"] >= 3
 
 
