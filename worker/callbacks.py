@@ -15,7 +15,8 @@ callback sends nothing: the first to send the poll of a (job, seq) takes a Redis
 
 Answers: 200 poll sent; 202 nothing to do (a status that is not final, a task id that is
 not the job's, a job not running, a poll already sent); 400 a body that is not a task;
-403 a token that is not the job's; 404 an unknown job. The path carries the token: it is
+403 a token that is not the job's; 404 an unknown job; 413 a body over 64 KiB; 503 the
+job store or the broker unreachable (nothing sent: the provider may call again). The path carries the token: it is
 never logged (no access log; worker.logs redacts it wherever it appears).
 """
 
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -59,14 +62,9 @@ def create_app(settings: Settings, store: JobStore, send_poll: SendPoll) -> Star
     assert settings.callback_secret is not None, "CALLBACK_SECRET is required"
     secret = settings.callback_secret.get_secret_value()
 
-    def byteplus(request: Request, body: bytes) -> Response:
-        job_id = request.path_params["job_id"]
-        if not token_matches(secret, job_id, request.path_params["token"]):
-            log.warning("callback refused: bad token", extra={"job_id": job_id})
-            return JSONResponse({"error": "forbidden"}, status_code=403)
-        task = _task(body)
-        if task is None:
-            return JSONResponse({"error": "the body is not a ModelArk task object"}, status_code=400)
+    def act(job_id: str, task: dict[str, Any]) -> Response:
+        """What a callback with a good token and a task body calls for (blocking: the job
+        store's client)."""
         job = store.get(job_id)
         if job is None:
             return JSONResponse({"error": "unknown job"}, status_code=404)
@@ -79,18 +77,37 @@ def create_app(settings: Settings, store: JobStore, send_poll: SendPoll) -> Star
         if job.status is not JobStatus.RUNNING:
             return _ignored(f"job {job.status.value}")
         seq = job.poll_seq
-        if not store.redis.set(keys.callback_poll_key(job_id, seq), "1", nx=True, ex=SENT_MARK_TTL_S):
+        mark = keys.callback_poll_key(job_id, seq)
+        if not store.redis.set(mark, "1", nx=True, ex=SENT_MARK_TTL_S):
             return _ignored("poll already sent")
-        send_poll(job_id, seq)
+        try:
+            send_poll(job_id, seq)
+        except Exception:
+            # Not sent: the provider's retry (or the safety net) must still be able to.
+            store.redis.delete(mark)
+            raise
         log.info("callback: poll sent", extra={"job_id": job_id, "provider_status": status, "seq": seq})
         return JSONResponse({"poll": "sent"})
 
     async def receive(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
-        # The job store's client blocks: off the event loop.
-        return await run_in_threadpool(byteplus, request, body)
+        job_id = request.path_params["job_id"]
+        # The token first: nothing else of a forged request is read.
+        if not token_matches(secret, job_id, request.path_params["token"]):
+            log.warning("callback refused: bad token", extra={"job_id": job_id})
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse({"error": "body too large"}, status_code=413)
+        task = _task(body)
+        if task is None:
+            return JSONResponse({"error": "the body is not a ModelArk task object"}, status_code=400)
+        try:
+            return await run_in_threadpool(act, job_id, task)
+        except (RedisError, OSError, KombuError):
+            log.exception("callback not acted on: job store or broker unreachable", extra={"job_id": job_id})
+            return JSONResponse({"error": "try again"}, status_code=503)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})

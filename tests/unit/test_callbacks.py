@@ -175,6 +175,30 @@ def test_a_job_not_running_gets_no_poll(client: TestClient, store: JobStore, sen
     assert sent == []
 
 
+def test_a_poll_not_sent_can_be_sent_by_the_next_callback(store: JobStore) -> None:
+    sent: list[tuple[str, int]] = []
+    broker_up = False
+
+    def send(job_id: str, seq: int) -> None:
+        if not broker_up:
+            raise OSError("broker unreachable")
+        sent.append((job_id, seq))
+
+    client = TestClient(create_app(settings(), store, send))
+    running_job(store)
+    body = {"id": "cgt-1", "status": "succeeded"}
+    assert post(client, "job-1", body).status_code == 503
+    broker_up = True
+    assert post(client, "job-1", body).status_code == 200
+    assert sent == [("job-1", 3)]
+
+
+def test_a_body_too_large_is_413(client: TestClient, store: JobStore) -> None:
+    running_job(store)
+    token = callback_token(SECRET, "job-1")
+    assert client.post(f"/callbacks/byteplus/job-1/{token}", content=b" " * (65 * 1024)).status_code == 413
+
+
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"ok": True}
 
