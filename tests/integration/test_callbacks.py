@@ -99,11 +99,14 @@ def test_a_forged_callback_is_refused_and_changes_nothing(local_stack: Stack) ->
 
 def test_a_lying_callback_with_a_good_token_changes_nothing(local_stack: Stack) -> None:
     receiver = with_callbacks(local_stack)
-    local_stack.start_worker()
+    worker = local_stack.start_worker()
     vq = local_stack.queue()
-    job = vq.submit(VideoRequest(prompt="lied about [sim:latency=10]"))
+    job = vq.submit(VideoRequest(prompt="lied about [sim:latency=20]"))
     running = wait_status(vq, job.id, {"running"}, timeout=30)
     task_id = running.provider_task_id
+    # No worker while the lies come: their poll waits, so the second one is a true duplicate
+    # (once a poll has run and advanced poll_seq, a new callback may send the next one).
+    worker.stop()
 
     # Another task's end: not the job's task, no poll.
     assert receiver.post(job.id, {"id": "cgt-someone-else", "status": "succeeded"}).status_code == 202
@@ -112,6 +115,7 @@ def test_a_lying_callback_with_a_good_token_changes_nothing(local_stack: Stack) 
     lie = {"id": task_id, "status": "succeeded", "content": {"video_url": "http://attacker/v.mp4"}}
     assert receiver.post(job.id, lie).status_code == 200
     assert receiver.post(job.id, lie).status_code == 202
+    local_stack.start_worker()
     wait_for(lambda: status_calls(local_stack, task_id) == 1, 20, "the poll the lie sent")
     wait_for(lambda: vq.get(job.id).poll_seq > running.poll_seq, 20, "that poll to schedule the next")
     time.sleep(1.0)
