@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name in args.scenarios or list(SCENARIOS):
         document = run_scenario(name, args.quick, console, args)
-        path = out / f"{name}.json"
+        # A scenario whose options change what it measures may name its own file.
+        result_name = getattr(modules[name], "result_name", None)
+        path = out / f"{result_name(args) if result_name else name}.json"
         path.write_text(json.dumps(document, indent=2, default=str) + "\n")
         console.print(f"  written to {path}")
     return 0

@@ -40,6 +40,9 @@ _CONFIG_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("expire-rate", float, "probability a task ends expired"),
     ("seed", int, "seed of the random source (default: unseeded)"),
     ("public-url", str, "base of video URLs (default: the request's scheme://host:port)"),
+    ("callback-delay-s", float, "seconds from a task's status change to its callback POST (default 0)"),
+    ("callback-loss-rate", float, "probability a callback is never sent (default 0)"),
+    ("callback-duplicate-rate", float, "probability a callback is sent twice (default 0)"),
 )
 
 

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from simulator.ark import ArkSim, Task, ark_routes
+from simulator.callbacks import sending_callbacks
 from simulator.config import SimConfig
 from simulator.mp4 import video_response
 from simulator.timeline import timeline_routes
@@ -98,7 +99,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/_sim/config", set_config, methods=["POST"]),
         *timeline_routes(sim),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=sending_callbacks)
     app.add_middleware(ApiDelay, sim=sim)
     app.state.sim = sim
     return app

@@ -29,6 +29,8 @@ class Task(Job[TaskSpec]):
 
     seed: int
     tokens: int
+    # The base of its video URL, as the create saw it (a callback has no request of its own).
+    base: str = ""
 
     @property
     def error(self) -> dict[str, str] | None:
@@ -72,6 +74,9 @@ class Task(Job[TaskSpec]):
 class ArkSim(Scheduler):
     """The shared scheduler plus the ModelArk task operations."""
 
+    # Called when a callback is queued in `outbox` (simulator/callbacks.py wakes on it).
+    callback_queued: Callable[[], None] | None = None
+
     def check_create_faults(self, spec: TaskSpec) -> None:
         """Raise the injected 429/500 for this create attempt, if any (no task is created)."""
         fault = self.create_fault(spec.prompt, spec.markers)
@@ -86,15 +91,31 @@ class ArkSim(Scheduler):
         if fault is not None:
             raise internal_error()
 
-    def create(self, spec: TaskSpec) -> Task:
-        """Create a queued task and start it at once if its model has a free slot."""
+    def reset(self) -> None:
+        """Forget every job, counter and callback not yet sent; reseed the random source."""
+        super().reset()
+        # (callback URL, task body) of each status change of a task that asked for
+        # callbacks, oldest first, until simulator/callbacks.py sends them.
+        self.outbox: list[tuple[str, dict[str, Any]]] = []
+
+    def create(self, spec: TaskSpec, base: str = "") -> Task:
+        """Create a queued task and start it at once if its model has a free slot;
+        `base`: the base URL its video link will have."""
         now = self.advance()
         task_id = self._new_id(now)
         seed = spec.seed if spec.seed is not None else self.rng.randint(0, 2**31 - 1)
         tokens = completion_tokens(spec.resolution, spec.ratio, spec.duration)
-        task = Task(id=task_id, spec=spec, created=now, updated=now, seed=seed, tokens=tokens)
+        task = Task(id=task_id, spec=spec, created=now, updated=now, seed=seed, tokens=tokens, base=base)
         self.admit(task, spec.execution_expires_after)
         return task
+
+    def status_changed(self, job: Any) -> None:
+        """Queue the callback of a task that asked for them: the task as a status call
+        would return it now."""
+        if isinstance(job, Task) and job.spec.callback_url:
+            self.outbox.append((job.spec.callback_url, job.to_json(self.config.public_url or job.base)))
+            if self.callback_queued is not None:
+                self.callback_queued()
 
     def _new_id(self, now: float) -> str:
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H%M%S")
@@ -199,7 +220,7 @@ def ark_routes(sim: ArkSim) -> list[Route]:
             raise invalid("body", "the request body is not valid JSON") from None
         spec = parse_create(body)
         sim.check_create_faults(spec)
-        task = sim.create(spec)
+        task = sim.create(spec, public_base(sim, request))
         if spec.markers.slowcreate:
             await asyncio.sleep(spec.markers.slowcreate)
         return JSONResponse({"id": task.id})

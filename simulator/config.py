@@ -41,6 +41,11 @@ class SimConfig(BaseModel):
     expire_rate: float = Field(default=0.0, ge=0, le=1)
     seed: int | None = None
     public_url: str | None = None
+    # ModelArk callbacks (a create's callback_url): seconds from the status change to the
+    # POST, and the fraction of callbacks never sent and sent twice (simulator/callbacks.py).
+    callback_delay_s: float = Field(default=0.0, ge=0)
+    callback_loss_rate: float = Field(default=0.0, ge=0, le=1)
+    callback_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("video_pad_bytes")
     @classmethod

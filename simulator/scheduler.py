@@ -26,7 +26,16 @@ from simulator.markers import Markers
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "expired")
 ACTIVE = ("queued", "running")
 # Provider counters reported at /_sim/stats next to the create counters.
-REPORTED_COUNTERS = ("gets_total", "lists_total", "deletes_total", "video_downloads_total", "vertex_fetches_total")
+REPORTED_COUNTERS = (
+    "gets_total",
+    "lists_total",
+    "deletes_total",
+    "video_downloads_total",
+    "vertex_fetches_total",
+    "callbacks_sent_total",
+    "callbacks_lost_total",
+    "callbacks_failed_total",
+)
 
 # Heap event kinds; at equal times a finish wins over an expiry.
 _FINISH, _EXPIRE = 0, 1
@@ -184,6 +193,7 @@ class Scheduler:
         self.in_flight -= 1
         self.finished_at[job.public_id] = job.updated
         self.timeline[job.public_id].update(finished=job.updated, status=job.status)
+        self.status_changed(job)
 
     def forget(self, job_id: str) -> None:
         """Drop a finished job from the store."""
@@ -219,6 +229,7 @@ class Scheduler:
         self.timeline[job.public_id].update(started=now, status=job.status)
         self._running[job.spec.model] += 1
         self._push(job.run_end, _FINISH, job.id)
+        self.status_changed(job)
 
     def _settle(self, job: Job[Any], at: float, status: str) -> None:
         was_running = job.status == "running"
@@ -226,9 +237,17 @@ class Scheduler:
         self.in_flight -= 1
         self.finished_at[job.public_id] = at
         self.timeline[job.public_id].update(finished=at, status=status)
+        self.status_changed(job)
         if was_running:
             self._running[job.spec.model] -= 1
             self._fill(job.spec.model, at)
+
+    def status_changed(self, job: Job[Any]) -> None:
+        """Called after each status change of a job (a provider's callbacks hook in here)."""
+
+    def next_event_at(self) -> float | None:
+        """Unix time of the next start/finish/expiry due, None when none is."""
+        return self._events[0][0] if self._events else None
 
     # -- injected request faults -----------------------------------------------------------
 

@@ -122,6 +122,8 @@ class TaskSpec:
     seed: int | None
     images: tuple[tuple[str, str], ...] = ()
     markers: Markers = field(default_factory=Markers)
+    # Where to POST the task when its status changes (simulator/callbacks.py); None: nowhere.
+    callback_url: str | None = None
 
 
 def _opt(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -208,6 +210,9 @@ def parse_create(body: Any) -> TaskSpec:
     seed: int | None = _opt(body, "seed", int, None)
     if seed is not None and not -1 <= seed <= 2**32 - 1:
         raise invalid("seed", f"{seed} is outside -1..4294967295")
+    callback_url: str | None = _opt(body, "callback_url", str, None)
+    if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+        raise invalid("callback_url", "must be an http:// or https:// URL")
     try:
         markers = parse_markers(prompt)
     except MarkerError as err:
@@ -224,4 +229,5 @@ def parse_create(body: Any) -> TaskSpec:
         seed=None if seed == -1 else seed,
         images=images,
         markers=markers,
+        callback_url=callback_url,
     )

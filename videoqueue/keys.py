@@ -271,6 +271,13 @@ def open_uploads_key(uri: str) -> str:
     return f"{PREFIX}s3-open-uploads:{uri}"
 
 
+def callback_poll_key(job_id: str, seq: int) -> str:
+    """String: set when a provider callback sent the poll of a job with this poll_seq, so
+    that a duplicate of the callback sends none (worker.callbacks). TTL:
+    callbacks.SENT_MARK_TTL_S (1 h)."""
+    return f"{PREFIX}callback-poll:{job_id}:{seq}"
+
+
 REPLICA_WAIT_MARK = namespace.keep(globals(), "REPLICA_WAIT_MARK", lambda: _key("replica-wait"))
 """String: written just before each WAIT for a replica (videoqueue.replicawait), so that
 the WAIT's own connection has a write that follows the one to make durable. TTL: 60 s."""

@@ -177,6 +177,27 @@ class Settings(BaseSettings):
     poll_history_cache_s: float = Field(
         default=30.0, ge=0, description="How long a worker process reuses the render times it read from Redis."
     )
+    callback_base_url: str | None = Field(
+        default=None,
+        description=(
+            "Where ModelArk calls back when a task's status changes: creates carry "
+            "callback_url=<this>/callbacks/byteplus/<job id>/<token>, served by `videoqueue callbacks`. "
+            "Unset: no callbacks, polls only."
+        ),
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        validate_default=True,  # required with CALLBACK_BASE_URL
+        description="The HMAC-SHA256 key of the callback URLs' tokens; required with CALLBACK_BASE_URL.",
+    )
+    callback_safety_poll_s: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "With callbacks on, the interval of the regular polls of ModelArk jobs: a safety net for "
+            "a callback that never comes (still bounded by the job's deadline)."
+        ),
+    )
 
     uncertain_creates_max: int = Field(
         default=2,
@@ -553,6 +574,23 @@ class Settings(BaseSettings):
         if value and "redis_sentinels" in info.data and not info.data["redis_sentinels"]:
             # Ignored, it would let an operator believe the fleet follows a failover.
             raise ValueError("set without REDIS_SENTINELS: give the sentinels too, or unset it")
+        return value
+
+    @field_validator("callback_base_url")
+    @classmethod
+    def _callback_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("CALLBACK_BASE_URL must start with https:// (or http://)")
+        _check_url_parts("CALLBACK_BASE_URL", value)
+        return value.rstrip("/")
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _callback_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("callback_base_url") and (value is None or not value.get_secret_value()):
+            raise ValueError("CALLBACK_BASE_URL is set: give the key its tokens are signed with")
         return value
 
     def budget_policy(self) -> BudgetPolicy:

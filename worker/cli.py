@@ -160,3 +160,28 @@ def costs_rebuild(
     sys.stdout.write(f"ledger merged from storage: {totals}\n")
     if diff.added or diff.changed or (diff.pruned and diff.missing):
         sys.stdout.write("budgets count from the ledger: `videoqueue budget rebuild` recounts them\n")
+
+
+def callbacks(
+    port: Annotated[int, typer.Option(help="Port to receive callbacks on.")] = 9809,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Receive ModelArk's task callbacks and send each job's poll at once.
+
+    Serves POST /callbacks/byteplus/<job id>/<token> (the callback_url creates carry when
+    CALLBACK_BASE_URL is set) and GET /healthz. Needs CALLBACK_SECRET, the workers' key of
+    the tokens. A callback only hastens the poll: the status call decides."""
+    require_worker_extra("callbacks")
+    try:
+        settings = get_settings()
+    except InvalidSettingsError as exc:
+        raise fail(str(exc)) from None
+    if settings.callback_secret is None:
+        raise fail("set CALLBACK_SECRET (the key the workers sign callback URLs with) to receive callbacks")
+    try:
+        from worker.callbacks import serve
+    except ImportError as exc:
+        raise needs_worker_extra("callbacks", [exc.name or str(exc)]) from None
+    namespace.use(settings.vq_namespace)
+    sys.stderr.write(f"receiving provider callbacks on http://{host}:{port}/callbacks/\n")
+    serve(port, host, settings)

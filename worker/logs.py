@@ -65,6 +65,8 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), REDACTED),
     # user:password@ in URLs (redis://:pw@host, https://user:pw@host), to the last @ before the path.
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^\s/]+(@)"), rf"\1{REDACTED}\2"),
+    # The token of a provider callback URL (/callbacks/byteplus/<job id>/<token>, worker.callback_url).
+    (re.compile(r"(/callbacks/[a-z]+/[^/\s'\"]+/)[^/\s'\",;&}\]\\]+"), rf"\1{REDACTED}"),
 )
 # Every secret pattern needs one of these (in any case); most log lines have none and skip
 # the patterns. Substring tests of the case-folded text: a case-insensitive regex of these
@@ -81,6 +83,7 @@ _TRIGGERS = (
     "key=",
     "aiza",
     "://",
+    "/callbacks/",
 )
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 

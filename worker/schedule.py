@@ -117,6 +117,13 @@ def window_poll_delay(
     return _bounded(delay, seconds_to_deadline)
 
 
+def safety_poll_delay(settings: Settings, rng: random.Random, seconds_to_deadline: float | None = None) -> float:
+    """Seconds until the next poll of a job whose provider calls back (CALLBACK_BASE_URL):
+    CALLBACK_SAFETY_POLL_S +-POLL_JITTER, for a callback that was lost. Never later than
+    the job's deadline (while it is ahead), like every poll."""
+    return _bounded(_jittered(settings.callback_safety_poll_s, settings.poll_jitter, rng), seconds_to_deadline)
+
+
 def retry_delay(
     attempt: int,
     settings: Settings,

@@ -94,6 +94,9 @@ CLEAN_SIMULATOR: dict[str, Any] = {
     "fail_rate": 0.0,
     "expire_rate": 0.0,
     "seed": None,
+    "callback_delay_s": 0.0,
+    "callback_loss_rate": 0.0,
+    "callback_duplicate_rate": 0.0,
 }
 
 

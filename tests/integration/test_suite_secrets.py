@@ -33,13 +33,14 @@ import redis
 
 from producer import JobStatus, VideoRequest
 from producer.webhooks import verify
-from simulator.stack import ManagedProcess, free_port, start_worker, wait_until
+from simulator.stack import ManagedProcess, free_port, http_ok, start_worker, wait_until
 from tests.integration.conftest import REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, UNACKED, S3Server, Stack
 from tests.integration.helpers import redis_value, wait_status
 from tests.integration.receiver import Receiver
 from tests.integration.test_cli import run
 from videoqueue import namespace
 from videoqueue.job import QUEUE_SUBMIT
+from worker.callback_url import callback_token
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,9 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
     # Signs the webhook of one job below (its receiver on loopback, over http: allowed here).
     "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"secrets-suite-webhook-key-77e1c").decode(),
+    # The workers sign each job's callback URL with it, the receiver checks with it; each
+    # job's token (its HMAC) is looked for too, once the job ids are known.
+    "CALLBACK_SECRET": "callback-secret-9e21d0",
 }
 FLOWER_USER, FLOWER_PASSWORD = "vq", "flower-pw-3c41"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -290,6 +294,17 @@ def flower_pages(flower: Flower, worker_nodes: list[str]) -> dict[str, httpx.Res
 # --------------------------------------------------------------------------- the suite
 
 
+def start_callbacks(stack: Stack, port: int) -> ManagedProcess:
+    """`videoqueue callbacks` on `port`, stopped with the stack."""
+    cli = str(Path(sys.executable).with_name("videoqueue"))
+    argv = [cli, "callbacks", "--port", str(port), "--host", "127.0.0.1"]
+    proc = ManagedProcess("callbacks", argv, stack.env(), stack.log_dir / "callbacks.log")
+    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz") or not proc.alive(), 30, "callback receiver")
+    assert proc.alive(), proc.log_text()
+    stack.workers.append(proc)
+    return proc
+
+
 def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) -> None:
     stack, s3, bucket = s3_stack
     stack.extra_env.update(
@@ -303,6 +318,11 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
             "COLUMNS": "2000",
         }
     )
+    callbacks_port = free_port()
+    stack.extra_env.update(
+        {"CALLBACK_BASE_URL": f"http://127.0.0.1:{callbacks_port}", "CALLBACK_SECRET": SECRETS["CALLBACK_SECRET"]}
+    )
+    receiver = start_callbacks(stack, callbacks_port)
     client = redis.Redis.from_url(REDIS_URL, decode_responses=False)
     scanner = Scanner()
     seen = RedisScan()
@@ -344,6 +364,8 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     scanner.scan("cli", "submit --json", cli_submit.stdout + cli_submit.stderr)
     ids = [j.id for j in jobs] + [json.loads(cli_submit.stdout)[0]["id"]]
     held = jobs[-1]
+    for job_id in ids:
+        NEEDLES[f"callback token of {job_id}"] = needles(callback_token(SECRETS["CALLBACK_SECRET"], job_id))
 
     # Mid-flight: the held job is at the provider, polls are held in `unacked` by countdown.
     wait_status(vq, held.id, {"running"}, timeout=60)
@@ -413,6 +435,7 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
         log_lines += text.count(b"\n")
         for number, line in enumerate(text.splitlines(), start=1):
             scanner.scan("logs", f"{log_file.name}:{number}", line)
+    assert "callback: poll sent" in receiver.log_text()  # callbacks came, carrying tokens
     worker_logs = "".join(w.log_text() for w in workers)
     assert all(job_id in worker_logs for job_id in ids)  # the logs we read are the run's logs
     assert '"level": "DEBUG"' in workers[1].log_text()
@@ -451,6 +474,7 @@ def test_the_scanner_finds_a_planted_key(local_stack: Stack) -> None:
     )
     r.zadd("suite:z", {f"member-{AWS_SECRET.upper()}": 1})
     r.hset("suite:h", "field", json.dumps({"headers": {"secret": SECRETS["WEBHOOK_SECRET"]}}))
+    r.set("suite:s", f"callback_url carried {SECRETS['CALLBACK_SECRET']} in the clear")
     scanner, seen = Scanner(), RedisScan()
     scan_redis(client, scanner, seen)
     found = {hit.split(": ")[-1].split(" ")[0] for hit in scanner.hits}

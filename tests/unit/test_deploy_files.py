@@ -306,7 +306,7 @@ def test_every_image_is_pinned_by_digest(services: dict[str, dict[str, Any]], si
 def test_every_compose_service_of_ours_runs_the_image(services: dict[str, dict[str, Any]]) -> None:
     # The image is the one with the worker extra; compose installs nothing of its own.
     ours = {name: s for name, s in services.items() if name not in {"redis", "minio", "minio-init"}}
-    assert set(ours) == {"worker", "store-worker", "flower", "metrics", "simulator"}
+    assert set(ours) == {"worker", "store-worker", "flower", "metrics", "callbacks", "simulator"}
     for name, service in ours.items():
         assert service["build"] == ".", name
 
@@ -384,7 +384,7 @@ def test_every_redis_url_of_the_stack_carries_the_password(services: dict[str, d
     urls = {
         name: s["environment"]["REDIS_URL"] for name, s in services.items() if "REDIS_URL" in s.get("environment", {})
     }
-    assert set(urls) == {"worker", "store-worker", "flower", "metrics"}
+    assert set(urls) == {"worker", "store-worker", "flower", "metrics", "callbacks"}
     for name, url in urls.items():
         assert url == f"redis://:{REDIS_PASSWORD}@redis:6379/0", name
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -524,7 +524,7 @@ def test_flower_options_exist() -> None:
 def test_the_simulator_runs_only_under_the_sim_profile(services: dict[str, dict[str, Any]]) -> None:
     assert services["simulator"]["profiles"] == ["sim"]
     for name, service in services.items():
-        if name != "simulator":
+        if name not in {"simulator", "callbacks"}:
             assert "profiles" not in service, name
             assert "simulator" not in service.get("depends_on", {}), name
     argv = as_argv(services["simulator"]["command"])
@@ -532,6 +532,21 @@ def test_the_simulator_runs_only_under_the_sim_profile(services: dict[str, dict[
     args = parse_args(argv[3:])
     assert (args.host, args.port, args.public_url) == ("0.0.0.0", 8000, "http://simulator:8000")
     assert "_sim/health" in " ".join(healthcheck_argv(services["simulator"]["healthcheck"]))
+
+
+def test_the_callback_receiver_runs_under_its_profile_without_provider_keys(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    service = services["callbacks"]
+    assert service["profiles"] == ["callbacks"]
+    assert as_argv(service["command"]) == ["videoqueue", "callbacks", "--host", "0.0.0.0", "--port", "9809"]
+    assert "env_file" not in service, "no .env: no provider key reaches a public endpoint"
+    env = service["environment"]
+    # Passed through from .env or the shell, with no value (and no warning) when unset.
+    assert "CALLBACK_SECRET" in env and env["CALLBACK_SECRET"] is None
+    assert not any(SECRET_NAME.search(name) for name in env if name not in {"CALLBACK_SECRET"})
+    assert service["ports"] == ["127.0.0.1:${CALLBACKS_PORT:-9809}:9809"]
+    assert "/healthz" in " ".join(healthcheck_argv(service["healthcheck"]))
 
 
 @pytest.mark.parametrize("name", WORKERS)

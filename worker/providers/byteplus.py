@@ -28,6 +28,7 @@ from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.job import ErrorCode, JobRecord
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 from videoqueue.settings import Settings
+from worker.callback_url import callback_url
 from worker.download import stream_url
 from worker.probe import Probe, Status, safe_url
 from worker.providers.base import (
@@ -222,6 +223,7 @@ class BytePlusProvider:
         self._client = ark_client(settings, httpx.Timeout(settings.provider_timeout_s, connect=10.0))
         self._http = http
         self._catalog = load_catalog(settings.pricing_file)
+        self._settings = settings
 
     @classmethod
     def endpoint(cls, settings: Settings) -> Endpoint:
@@ -260,6 +262,8 @@ class BytePlusProvider:
                 seed=request.seed,
                 service_tier=request.service_tier,
                 execution_expires_after=expires_after_tag(job.id),
+                # ModelArk POSTs the task there when its status changes (None: not sent).
+                callback_url=callback_url(self._settings, job.id),
             )
         except ArkAPIError as exc:
             raise map_ark_error(exc, creating=True) from exc

@@ -13,8 +13,9 @@ from redis.exceptions import RedisError
 
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, utcnow
 from videoqueue.settings import Settings
+from worker.callback_url import callbacks_on
 from worker.providers.base import Provider, ProviderError, TaskState, TaskStatus
-from worker.schedule import poll_delay, render_window, retry_delay, window_poll_delay
+from worker.schedule import poll_delay, render_window, retry_delay, safety_poll_delay, window_poll_delay
 from worker.steps.base import StepBase, _deadline_s, log
 
 
@@ -202,8 +203,11 @@ class PollStep(StepBase):
 
     def _poll_countdown(self, job: JobRecord, poll_number: int) -> float:
         """Seconds until poll number `poll_number`: the learned window when enough render
-        times of this kind of job are known, else the cold schedule."""
+        times of this kind of job are known, else the cold schedule; with callbacks on for
+        the job's provider, the slow safety net (its callback sends the poll that matters)."""
         to_deadline = self._seconds_to_deadline(job)
+        if callbacks_on(self.settings, job.provider):
+            return safety_poll_delay(self.settings, self.rng, to_deadline)
         elapsed = (utcnow() - job.submitted_at).total_seconds() if job.submitted_at else 0.0
         window = None
         if self.history is not None and self.settings.poll_schedule == "learned" and job.submitted_at:
