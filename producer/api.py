@@ -341,13 +341,14 @@ class VideoQueue:
         `timeout` seconds pass first. `on_update` is called with the records on every read:
         the first, then whenever the event stream (videoqueue.events) names some of them,
         and every eventwait.FULL_READ_EVERY_S. Only the jobs an event names are read again
-        (videoqueue.eventwait), so waiting costs Redis work per event, not per job and
-        second. The records carry no waiting-room standing (`get_many` does).
-        `poll_interval` is ignored: it set the pause of the polling wait of earlier versions.
+        (without `on_update`, only those an event ends: videoqueue.eventwait), so waiting
+        costs Redis work per event, not per job and second. The records carry no
+        waiting-room standing (`get_many` does). `poll_interval` is ignored: it set the
+        pause of the polling wait of earlier versions.
         """
         del poll_interval
         client = self.store.redis
-        plan = WaitPlan(job_ids, timeout, now=time.monotonic())
+        plan = WaitPlan(job_ids, timeout, now=time.monotonic(), every_change=on_update is not None)
         plan.since = stream.newest_id(client)  # before the first read: no change falls between
         while True:
             ids = plan.to_read(time.monotonic())

@@ -42,7 +42,9 @@ def watch(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
     since: Annotated[
         str | None,
-        typer.Option(metavar="ID", help='Start after this event id ("0": from the oldest kept); default: new events only.'),
+        typer.Option(
+            metavar="ID", help='Start after this event id ("0": from the oldest kept); default: new events only.'
+        ),
     ] = None,
 ) -> None:
     """Follow job status changes as they happen, one line each, like `tail -f`.

@@ -39,7 +39,7 @@ FULL_READ_EVERY_S = 30.0
 class WaitPlan:
     """What a wait on `job_ids` does next: which records to read, how long to block on the
     stream, whether it is done or out of time. Times are monotonic seconds given by the
-    caller; `timeout` None waits for ever."""
+    caller; `timeout` None waits for ever; `every_change`: see the attribute."""
 
     def __init__(
         self,
@@ -47,9 +47,14 @@ class WaitPlan:
         timeout: float | None,
         *,
         now: float,
+        every_change: bool = True,
         full_every_s: float = FULL_READ_EVERY_S,
     ) -> None:
         self.job_ids = list(job_ids)
+        self.every_change = every_change
+        """True: a job is read again at each of its events (the caller shows every change,
+        `on_update`); False: only at an event that ends it (or reopens it), which is all a
+        caller waiting for the ends needs."""
         self.deadline = None if timeout is None else now + timeout
         self.full_every_s = full_every_s
         self.since = "0-0"
@@ -75,10 +80,14 @@ class WaitPlan:
             self._stale.discard(record.id)
 
     def saw(self, events: Sequence[JobEvent]) -> None:
-        """Take in the events just read from the stream: the jobs they name are read again."""
+        """Take in the events just read from the stream: the jobs they name are read again
+        (with `every_change` False, only where the event ends the job, or reopens one
+        read as final)."""
         if events:
             self.since = events[-1].id
-        self._stale.update(e.job_id for e in events if e.job_id in self._wanted)
+        for event in events:
+            if event.job_id in self._wanted and (self.every_change or event.final != self._final(event.job_id)):
+                self._stale.add(event.job_id)
 
     def _final(self, job_id: str) -> bool:
         record = self._records.get(job_id)

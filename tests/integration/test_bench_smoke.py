@@ -190,7 +190,13 @@ def test_quick_held_measures_what_a_worker_holds_and_takes_a_fresh_job(tmp_path:
 def test_quick_waiting_measures_both_waits_against_the_mover_alone(tmp_path: Path) -> None:
     document = _run_quick("waiting", tmp_path)
     rows = {row["case"].split(":")[0]: row for row in document["rows"]}
-    assert set(rows) == {"mover alone", "before", "after"}
+    assert set(rows) == {
+        "mover alone",
+        "before",
+        "before, records only",
+        "after",
+        "after, with on_update (as `videoqueue wait`)",
+    }
     assert document["moves"] > 0 and document["stream_bytes_per_entry"] > 0
     for case in ("before", "after"):
         assert rows[case]["jobs waited on"] == 300

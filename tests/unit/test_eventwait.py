@@ -58,3 +58,17 @@ def test_block_times_and_the_timeout() -> None:
     assert plan.block_ms(113.0) == 1
     endless = WaitPlan(["a"], None, now=0.0, full_every_s=2)
     assert endless.block_ms(1.5) == 500 and not endless.timed_out(10**9)  # up to the full read
+
+
+def test_without_every_change_only_an_end_or_a_reopening_is_read_again() -> None:
+    plan = WaitPlan(["a", "b"], None, now=0.0, every_change=False)
+    plan.read([rec("a", JobStatus.QUEUED), rec("b", JobStatus.FAILED)])
+    plan.saw([event("1-0", "a", JobStatus.SUBMITTING), event("2-0", "a", JobStatus.RUNNING)])
+    assert plan.to_read(1.0) == []
+    plan.saw([event("3-0", "b", JobStatus.DOWNLOADING)])  # `store retry` reopened it
+    assert plan.to_read(1.0) == ["b"]
+    plan.read([rec("b", JobStatus.DOWNLOADING)])
+    plan.saw([event("4-0", "a", JobStatus.SUCCEEDED), event("5-0", "b", JobStatus.SUCCEEDED)])
+    assert plan.to_read(2.0) == ["a", "b"]
+    plan.read([rec("a", JobStatus.SUCCEEDED), rec("b", JobStatus.SUCCEEDED)])
+    assert plan.done
