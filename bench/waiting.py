@@ -164,7 +164,7 @@ def run(stack: BenchStack, quick: bool) -> dict[str, Any]:
     vq = stack.producer(stack.env())
     client = redis.Redis.from_url(stack.store_url)
     ids = write_jobs(vq, jobs)
-    stream_bytes = client.memory_usage(keys.EVENTS_STREAM, samples=0) or 0
+    stream_bytes: int = client.memory_usage(keys.EVENTS_STREAM, samples=0) or 0  # type: ignore[assignment]
     stream_entries: int = client.xlen(keys.EVENTS_STREAM)  # type: ignore[assignment]
     mover = Mover(JobStore.from_url(stack.store_url), ids[: jobs // 2], MOVES_PER_S)
     mover.start()

@@ -5,6 +5,7 @@ change of a job is one event, in order, final ones with cost, output or error;
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from producer import WaitTimeoutError
 from tests.integration.conftest import Stack
-from videoqueue import events
+from videoqueue import events, keys
 from videoqueue.events import JobEvent
 from videoqueue.job import ErrorCode, JobStatus
 
@@ -37,7 +38,7 @@ def until_final(follow: object, job_id: str) -> list[JobEvent]:
 def assert_a_chain(seen: list[JobEvent]) -> None:
     """Each event starts where the one before ended; the first is the job's creation."""
     assert (seen[0].old_status, seen[0].status) == (None, JobStatus.QUEUED)
-    for before, after in zip(seen, seen[1:], strict=False):
+    for before, after in itertools.pairwise(seen):
         assert after.old_status is before.status
         assert events.order(after.id) > events.order(before.id)
         assert after.at >= before.at
@@ -57,7 +58,8 @@ def test_a_job_life_is_one_event_per_status_change_and_the_last_carries_cost_and
     assert record.cost_usd is not None and record.cost_usd > 0
     # The follower made before the submit saw the same events; each event once.
     assert until_final(follow, job.id) == seen
-    assert len(vq.store.redis.xrange(events.keys.EVENTS_STREAM)) == len(seen)
+    stored: int = vq.store.redis.xlen(keys.EVENTS_STREAM)  # type: ignore[assignment]
+    assert stored == len(seen)
 
 
 def test_a_failed_job_event_carries_its_error_and_events_resume_from_an_id(local_stack: Stack) -> None:
@@ -96,7 +98,7 @@ def test_watch_follows_named_jobs_and_exits_when_they_end(local_stack: Stack) ->
     replayed = run(local_stack, "watch", job.id, "--json", "--since", since, timeout=30)
     assert replayed.returncode == 0, replayed.stderr
     objects = [json.loads(text) for text in replayed.stdout.splitlines()]
-    assert [(o["old_status"], o["status"]) for o in objects][0] == (None, "queued")
+    assert (objects[0]["old_status"], objects[0]["status"]) == (None, "queued")
     assert objects[-1]["status"] == "succeeded" and objects[-1]["output_uri"] == vq.get(job.id).output_uri
     # A job that has ended: named on stderr, nothing to follow.
     again = run(local_stack, "watch", job.id, timeout=30)
