@@ -32,7 +32,7 @@ from videoqueue.job import JobFailure, JobRecord, JobStatus
 log = logging.getLogger("videoqueue.events")
 
 DEFAULT_MAXLEN = 1_000_000
-"""EVENTS_MAXLEN's default: about 6 events a job, so the last ~160,000 jobs' lives; 80-120 B
+"""EVENTS_MAXLEN's default: about 5 events a job, so the last ~200,000 jobs' lives; 80-120 B
 an entry in Redis (docs/benchmarks.md, "Producer waiting on 10,000 jobs")."""
 
 ERROR_MESSAGE_MAX = 300
