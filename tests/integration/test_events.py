@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from producer import WaitTimeoutError
 from tests.integration.conftest import Stack
+from tests.integration.helpers import wait_for
 from videoqueue import events, keys
 from videoqueue.events import JobEvent
 from videoqueue.job import ErrorCode, JobStatus
@@ -123,3 +126,28 @@ def test_wait_returns_every_record_in_order_and_times_out_with_them(local_stack:
     assert [r.id for r in timed_out.value.jobs] == [ids[0], slow.id]
     assert not timed_out.value.jobs[1].status.is_final
     vq.cancel(slow.id)
+
+
+def test_watch_all_follows_every_job_until_ctrl_c(local_stack: Stack) -> None:
+    local_stack.start_worker()
+    vq = local_stack.queue()
+    watch = subprocess.Popen(
+        [CLI, "watch", "--all", "--json"],
+        env=local_stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
+    reader.start()
+    try:
+        # A few seconds at the provider: its end comes after the watch has started.
+        job = vq.submit({"prompt": "a fox [sim:latency=4]"})
+        wait_for(lambda: any(f'"{job.id}"' in line and '"succeeded"' in line for line in lines), 60, "its end")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, stderr = watch.communicate(timeout=30)
+    assert watch.returncode == 0 and stderr == ""  # Ctrl-C: a clean end, no traceback
+    ends = [json.loads(line) for line in lines if f'"{job.id}"' in line]
+    assert ends[-1]["old_status"] == "downloading" and ends[-1]["cost_usd"] > 0
