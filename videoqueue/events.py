@@ -15,7 +15,9 @@ An entry's fields, short since the stream holds a million of them (all strings):
 entered; `t` when, in epoch seconds (ms precision); and for a final status, where known:
 `c` the actual cost in USD (a decimal), `o` the output URI, `ec`/`em` the error code and
 message (cut to ERROR_MESSAGE_MAX characters: the record has it whole). `encode` and
-`decode` do no I/O: the sync and the asyncio producers share them.
+`decode` do no I/O: the sync and the asyncio producers share them, and an asyncio reader
+sends the same XREAD / XREVRANGE and reads the replies with `entries`, `decode_all` and
+`last_id` (what `read_events` and `newest_id` do on a sync client).
 """
 
 from __future__ import annotations
