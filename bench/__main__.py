@@ -43,6 +43,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "day": ("bench.day", False),
     "held": ("bench.held", False),
     "webhooks": ("bench.webhooks", False),
+    "waiting": ("bench.waiting", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

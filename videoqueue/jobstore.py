@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from videoqueue import final_hooks, keys, lifecycle, redisconn, room, stats, webhooks
+from videoqueue import events, final_hooks, keys, lifecycle, redisconn, room, stats, webhooks
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
@@ -189,12 +189,16 @@ class _Move:
     """The ids of the notifications the move owes (videoqueue.webhooks), to send after it."""
 
     @classmethod
-    def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
+    def of(
+        cls, client: Any, current: JobRecord, changed: JobRecord, events_maxlen: int = events.DEFAULT_MAXLEN
+    ) -> _Move:
         """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
         place) and gather its writes: indexes and counts, the slot it frees, the final
-        hooks' writes. The hooks read with `client`, before the script, through `Reads`: the
-        script stores the move only if every key they read (a job's ledger row, which a
-        `costs rebuild` may write meanwhile) still holds what they read."""
+        hooks' writes, and its event when the status changes (videoqueue.events, the
+        stream capped at about `events_maxlen` entries). The hooks read with `client`,
+        before the script, through `Reads`: the script stores the move only if every key
+        they read (a job's ledger row, which a `costs rebuild` may write meanwhile) still
+        holds what they read."""
         job_id = changed.id
         new_task = _new_task(current, changed)
         ends = changed.status.is_final and not current.status.is_final
@@ -225,6 +229,8 @@ class _Move:
         for queue in hook_writes:
             if queue is not None:
                 queue(writes)
+        if changed.status != current.status:
+            writes.xadd(keys.EVENTS_STREAM, events.encode(current, changed), maxlen=events_maxlen)
         claim = task_claim_key(changed.provider, new_task) if new_task else ""
         deliveries = tuple(webhooks.owed_ids(current, changed))
         return cls(changed.to_store_json(), claim, reads, writes, freed, ends, deliveries)
@@ -247,6 +253,8 @@ class JobStore:
         outside the transaction: a worker sends their tasks at once (else the sweep does)."""
         self.replicas = replicas or ReplicaWait(client, DEFAULT_TIMEOUT_MS)
         """Waits for a replica after the writes that must survive a failover (`durable_write`)."""
+        self.events_maxlen = events.DEFAULT_MAXLEN
+        """About how many entries the event stream keeps (EVENTS_MAXLEN; videoqueue.events)."""
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -259,7 +267,9 @@ class JobStore:
         name), waiting REDIS_REPLICA_WAIT_MS for a replica after the writes that must
         survive a failover."""
         client = redisconn.connect_settings(settings)
-        return cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
+        store = cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
+        store.events_maxlen = settings.events_maxlen
+        return store
 
     def create_many(
         self,
@@ -268,7 +278,8 @@ class JobStore:
     ) -> dict[str, JobRecord]:
         """Store several new records and their budget reservations in one transaction: all
         or none (input images are in object storage, the records refer to them:
-        videoqueue.inputs). Raises BudgetExceededError when a cap would be crossed:
+        videoqueue.inputs), each with its `queued` event (videoqueue.events). Raises
+        BudgetExceededError when a cap would be crossed:
         the caps in Redis, else those of `budget` (this process's settings).
 
         A record whose client job id already names a stored job is not stored when its
@@ -298,6 +309,7 @@ class JobStore:
             for record in fresh:
                 pipe.set(job_key(record.id), record.to_store_json())
                 _write_indexes(pipe, None, record)
+                pipe.xadd(keys.EVENTS_STREAM, events.encode(None, record), maxlen=self.events_maxlen, approximate=True)
                 if record.request.client_job_id:
                     pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
 
@@ -492,7 +504,8 @@ class JobStore:
         must be a move of the lifecycle table (videoqueue.lifecycle): raises
         IllegalTransitionError, storing nothing, for any other. A move to a final status
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
-        counters, waiting room) with the move. A move that frees a slot of the
+        counters, waiting room) with the move. A change of status appends its event to the
+        event stream (videoqueue.events) with the move. A move that frees a slot of the
         model (`frees_slot`) frees it with the move and then calls
         `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
         A change that records what must survive a failover (`durable_write`) then waits
@@ -525,7 +538,7 @@ class JobStore:
                     self._saw(current, raw)
                     return None
             lifecycle.check(current.status, changed.status)
-            move = _Move.of(self.redis, current, changed)
+            move = _Move.of(self.redis, current, changed, self.events_maxlen)
             reply = self._move(
                 keys=[key],
                 args=[

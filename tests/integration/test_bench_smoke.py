@@ -193,3 +193,21 @@ def test_quick_webhooks_delivers_every_job_and_verifies_every_request(tmp_path: 
     assert row["unverified"] == row["unknown_ids"] == 0
     # The only ids answered 2xx twice are the replays the bench makes on purpose.
     assert row["ids_2xx_more_than_once"] == row["replayed"]
+
+
+def test_quick_waiting_measures_both_waits_against_the_mover_alone(tmp_path: Path) -> None:
+    document = _run_quick("waiting", tmp_path)
+    rows = {row["case"].split(":")[0]: row for row in document["rows"]}
+    assert set(rows) == {
+        "mover alone",
+        "before",
+        "before, records only",
+        "after",
+        "after, with on_update (as `videoqueue wait`)",
+    }
+    assert document["moves"] > 0 and document["stream_bytes_per_entry"] > 0
+    for case in ("before", "after"):
+        assert rows[case]["jobs waited on"] == 300
+        assert rows[case]["wait's cmds/s"] is not None and rows[case]["MGET/s"] > 0
+    assert rows["after"]["XREAD/s"] > 0 and rows["before"]["XREAD/s"] == 0
+    assert set(document["ratio_before_to_after"]) == {"wait's cmds/s", "wait's keys read/s", "wait's KiB sent/s"}

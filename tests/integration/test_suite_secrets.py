@@ -336,14 +336,14 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     ]
     stack.workers.extend(workers)
     vq = stack.queue(webhook_secret=SECRETS["WEBHOOK_SECRET"], webhook_allow_http=True, webhook_allow_private=True)
-    receiver = Receiver().start()
+    webhooks_receiver = Receiver().start()
     image_file = tmp_path / "first.png"
     image_file.write_bytes(PNG)
     image_url = f"{stack.simulator.url}/_sim/image.png"
 
     jobs = vq.submit_many(
         [
-            VideoRequest(prompt="secrets suite: seedance text", duration=5, webhook_url=receiver.url),
+            VideoRequest(prompt="secrets suite: seedance text", duration=5, webhook_url=webhooks_receiver.url),
             VideoRequest(prompt="secrets suite: seedance from a url", image_url=image_url, audio=False),
             VideoRequest(prompt="secrets suite: seedance from a file", image_file=str(image_file), tags=("secrets",)),
             VideoRequest(prompt="secrets suite: veo", provider="veo", duration=6),
@@ -382,9 +382,9 @@ def test_secrets_suite(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) ->
     assert by_prompt["secrets suite: held [sim:hold]"].status is JobStatus.CANCELLED
     assert {j.provider for j in done if j.status is JobStatus.SUCCEEDED} == {"byteplus", "veo"}
     # The webhook was signed with the secret (which the scans below must find nowhere).
-    wait_until(lambda: len(receiver.received) == 1, 30, "the webhook")
-    receiver.stop()
-    assert verify(receiver.received[0].headers, receiver.received[0].body, SECRETS["WEBHOOK_SECRET"])
+    wait_until(lambda: len(webhooks_receiver.received) == 1, 30, "the webhook")
+    webhooks_receiver.stop()
+    assert verify(webhooks_receiver.received[0].headers, webhooks_receiver.received[0].body, SECRETS["WEBHOOK_SECRET"])
 
     # Flower: wait until it has seen every job's submit task, then read all it shows.
     def flower_saw_all() -> bool:
