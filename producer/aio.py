@@ -54,7 +54,11 @@ class AsyncVideoQueue:
         client of its job store (default: REDIS_URL's, or REDIS_SENTINELS' primary)."""
         self.sync = queue or VideoQueue(settings)
         self.settings = self.sync.settings
-        self.store = AsyncJobStore(client or redisconn.connect_settings_async(self.settings), self.sync.store.replicas)
+        self.store = AsyncJobStore(
+            client or redisconn.connect_settings_async(self.settings),
+            self.sync.store.replicas,
+            self.sync.store.events_maxlen,
+        )
 
     async def __aenter__(self) -> AsyncVideoQueue:
         return self

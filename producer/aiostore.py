@@ -22,7 +22,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from videoqueue import lifecycle
+from videoqueue import events, lifecycle
 from videoqueue.budget import BudgetPolicy
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import (
@@ -47,10 +47,17 @@ class AsyncJobStore:
     replies). `replicas`: the replica wait of the sync store on the same Redis, or None for
     none."""
 
-    def __init__(self, client: redis.asyncio.Redis, replicas: ReplicaWait | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        replicas: ReplicaWait | None = None,
+        events_maxlen: int = events.DEFAULT_MAXLEN,
+    ) -> None:
         self.redis = client
         self._move: Any = client.register_script(MOVE)
         self.replicas = replicas
+        self.events_maxlen = events_maxlen
+        """About how many entries the event stream keeps (EVENTS_MAXLEN; videoqueue.events)."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The record of `job_id`, or None."""
@@ -101,7 +108,9 @@ class AsyncJobStore:
             while True:
                 try:
                     await pipe.watch(*create_watch_keys(records))
-                    _, snapshot = await settle(lambda s: create(s, records, budget, existing), self._fetch)
+                    _, snapshot = await settle(
+                        lambda s: create(s, records, budget, existing, self.events_maxlen), self._fetch
+                    )
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for command in commands(snapshot):
                         pipe.execute_command(*command)
@@ -132,7 +141,7 @@ class AsyncJobStore:
             def prepare(reads: Snapshot, proposed: JobRecord = proposed, current: JobRecord = current) -> Any:
                 # Move.of completes the record in place: each run on a copy of its own.
                 changed = proposed.model_copy(deep=True)
-                return Move.of(reads, current, changed), changed
+                return Move.of(reads, current, changed, self.events_maxlen), changed
 
             (move, changed), _ = await settle(prepare, self._fetch)
             code, carried = move_reply(changed, await self._move(keys=[key], args=move.args(raw, job_id)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from videoqueue import final_hooks, keys, lifecycle, redisconn, room, stats
+from videoqueue import events, final_hooks, keys, lifecycle, redisconn, room, stats
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
@@ -187,12 +187,16 @@ class _Move:
     ends: bool
 
     @classmethod
-    def of(cls, client: Any, current: JobRecord, changed: JobRecord) -> _Move:
+    def of(
+        cls, client: Any, current: JobRecord, changed: JobRecord, events_maxlen: int = events.DEFAULT_MAXLEN
+    ) -> _Move:
         """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
         place) and gather its writes: indexes and counts, the slot it frees, the final
-        hooks' writes. The hooks read with `client`, before the script, through `Reads`: the
-        script stores the move only if every key they read (a job's ledger row, which a
-        `costs rebuild` may write meanwhile) still holds what they read."""
+        hooks' writes, and its event when the status changes (videoqueue.events, the
+        stream capped at about `events_maxlen` entries). The hooks read with `client`,
+        before the script, through `Reads`: the script stores the move only if every key
+        they read (a job's ledger row, which a `costs rebuild` may write meanwhile) still
+        holds what they read."""
         job_id = changed.id
         new_task = _new_task(current, changed)
         ends = changed.status.is_final and not current.status.is_final
@@ -222,6 +226,8 @@ class _Move:
         for queue in hook_writes:
             if queue is not None:
                 queue(writes)
+        if changed.status != current.status:
+            writes.xadd(keys.EVENTS_STREAM, events.encode(current, changed), maxlen=events_maxlen)
         claim = task_claim_key(changed.provider, new_task) if new_task else ""
         return cls(changed.to_store_json(), claim, reads, writes, freed, ends)
 
@@ -263,12 +269,17 @@ def create_watch_keys(records: Sequence[JobRecord]) -> list[str]:
 
 
 def create(
-    pipe: Any, records: Sequence[JobRecord], budget: BudgetPolicy | None, existing: dict[str, JobRecord]
+    pipe: Any,
+    records: Sequence[JobRecord],
+    budget: BudgetPolicy | None,
+    existing: dict[str, JobRecord],
+    events_maxlen: int = events.DEFAULT_MAXLEN,
 ) -> None:
     """The body of `create_many`'s transaction, on a pipeline WATCHing `create_watch_keys`
     (or a `snapshot.Snapshot` of it: producer/aiostore.py): read, decide, issue MULTI and
     queue the writes. Fills `existing` (cleared first) with the stored jobs that client job
-    ids already name; raises as `create_many` says."""
+    ids already name; raises as `create_many` says. Each new job's `queued` event goes with
+    it (the stream capped at about `events_maxlen` entries)."""
     existing.clear()
     taken = [r.id for r in records if pipe.exists(job_key(r.id))]
     if taken:
@@ -282,6 +293,7 @@ def create(
     for record in fresh:
         pipe.set(job_key(record.id), record.to_store_json())
         _write_indexes(pipe, None, record)
+        pipe.xadd(keys.EVENTS_STREAM, events.encode(None, record), maxlen=events_maxlen, approximate=True)
         if record.request.client_job_id:
             pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
 
@@ -327,6 +339,8 @@ class JobStore:
         transaction (a worker deletes the job's input images when due: videoqueue.inputs)."""
         self.replicas = replicas or ReplicaWait(client, DEFAULT_TIMEOUT_MS)
         """Waits for a replica after the writes that must survive a failover (`durable_write`)."""
+        self.events_maxlen = events.DEFAULT_MAXLEN
+        """About how many entries the event stream keeps (EVENTS_MAXLEN; videoqueue.events)."""
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -339,7 +353,9 @@ class JobStore:
         name), waiting REDIS_REPLICA_WAIT_MS for a replica after the writes that must
         survive a failover."""
         client = redisconn.connect_settings(settings)
-        return cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
+        store = cls(client, ReplicaWait(client, settings.redis_replica_wait_ms))
+        store.events_maxlen = settings.events_maxlen
+        return store
 
     def create_many(
         self,
@@ -348,7 +364,8 @@ class JobStore:
     ) -> dict[str, JobRecord]:
         """Store several new records and their budget reservations in one transaction: all
         or none (input images are in object storage, the records refer to them:
-        videoqueue.inputs). Raises BudgetExceededError when a cap would be crossed:
+        videoqueue.inputs), each with its `queued` event (videoqueue.events). Raises
+        BudgetExceededError when a cap would be crossed:
         the caps in Redis, else those of `budget` (this process's settings).
 
         A record whose client job id already names a stored job is not stored when its
@@ -360,7 +377,9 @@ class JobStore:
         id over from whichever job of its line holds it."""
         existing: dict[str, JobRecord] = {}
         if records:
-            self.redis.transaction(lambda pipe: create(pipe, records, budget, existing), *create_watch_keys(records))
+            self.redis.transaction(
+                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen), *create_watch_keys(records)
+            )
             fresh = [r.id for r in records if r.id not in existing]
             if fresh:
                 # The producer is about to be told these ids: they must outlive a failover.
@@ -521,7 +540,8 @@ class JobStore:
         must be a move of the lifecycle table (videoqueue.lifecycle): raises
         IllegalTransitionError, storing nothing, for any other. A move to a final status
         runs the final-move hooks (videoqueue.final_hooks: ledger, budgets, limit slot,
-        counters, waiting room) with the move. A move that frees a slot of the
+        counters, waiting room) with the move. A change of status appends its event to the
+        event stream (videoqueue.events) with the move. A move that frees a slot of the
         model (`frees_slot`) frees it with the move and then calls
         `on_slot_freed`, whose errors are logged, never raised (the sweep admits later).
         A change that records what must survive a failover (`durable_write`) then waits
@@ -554,7 +574,7 @@ class JobStore:
                     self._saw(current, raw)
                     return None
             lifecycle.check(current.status, changed.status)
-            move = _Move.of(self.redis, current, changed)
+            move = _Move.of(self.redis, current, changed, self.events_maxlen)
             code, carried = move_reply(changed, self._move(keys=[key], args=move.args(raw, job_id)))
             if code == CHANGED:
                 raw = carried  # moved on meanwhile: compute the move again from what it is now

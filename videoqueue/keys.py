@@ -92,6 +92,13 @@ steps is due (videoqueue.parking); a step parked for earlier re-arms it. TTL: un
 plus 5 s, so a lost message leaves no timer and the sweep arms a new one."""
 
 
+EVENTS_STREAM = namespace.keep(globals(), "EVENTS_STREAM", lambda: _key("events"))
+"""Stream: one entry per status change of any job, appended by the change's own write
+(videoqueue.events: fields `j` job id, `f` old status, absent for a created job, `s` new
+status, `t` epoch s; a final one adds `c` cost USD, `o` output URI, `ec`/`em` error code
+and message). Capped at about EVENTS_MAXLEN entries (XADD MAXLEN ~). No TTL."""
+
+
 # --- Budgets (videoqueue.budget) -------------------------------------------------------
 
 BUDGET_PREFIX = namespace.keep(globals(), "BUDGET_PREFIX", lambda: _key("budget:"))

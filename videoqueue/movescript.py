@@ -12,6 +12,7 @@ changed meanwhile (the script then returns the current record, so no second GET)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -223,6 +224,19 @@ class Writes:
         """SREM name members..."""
         if values:
             self._add("SREM", name, *values)
+
+    def xadd(self, name: str, fields: Mapping[str, Arg], maxlen: int | None = None, approximate: bool = True) -> None:
+        """XADD name [MAXLEN [~] count] * field value [field value ...]: the entry's id is the
+        server's ("*"), given when the script runs."""
+        if not fields:
+            raise ValueError("xadd: no field given")
+        args: list[Arg] = [name]
+        if maxlen is not None:
+            args += ["MAXLEN", *(["~"] if approximate else []), int(maxlen)]
+        args.append("*")
+        for field, value in fields.items():
+            args += [field, value]
+        self._add("XADD", *args)
 
 
 def reply_code(reply: Any) -> tuple[int, str | None]:

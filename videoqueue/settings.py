@@ -21,6 +21,7 @@ from videoqueue import namespace
 from videoqueue.budget import AMOUNT_RULE, BudgetPolicy, parse_usd
 from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidSettingsError as InvalidSettingsError  # noqa: PLC0414 - re-export
+from videoqueue.events import DEFAULT_MAXLEN as DEFAULT_EVENTS_MAXLEN
 from videoqueue.limits import LIMIT_NAMES, MAX_LIMIT, ModelLimits, limit_problem
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS as DEFAULT_REPLICA_WAIT_MS
 from videoqueue.resolved import TENANT_RULE, is_tenant_name
@@ -343,6 +344,14 @@ class Settings(BaseSettings):
             "After a write that must survive a failover (a job created, a create's intent, a provider task id "
             "recorded, a final move), wait this long for one replica to confirm it (WAIT), when the primary "
             "has replicas; 0: never wait."
+        ),
+    )
+    events_maxlen: int = Field(
+        default=DEFAULT_EVENTS_MAXLEN,
+        ge=1000,
+        description=(
+            "About how many status changes the event stream keeps (XADD MAXLEN ~, ~100 B each): what "
+            "`videoqueue watch --since` and `VideoQueue.events` can still read back."
         ),
     )
 

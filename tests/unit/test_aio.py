@@ -36,7 +36,11 @@ DUE = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def _state(client: Any) -> dict[str, Any]:
-    return {key: client.dump(key) for key in client.keys("*")}
+    """Every key's value; the event stream's entries without their ids (the time they were
+    added)."""
+    state = {key: client.dump(key) for key in client.keys("*") if key != keys.EVENTS_STREAM}
+    state["events"] = [fields for _id, fields in client.xrange(keys.EVENTS_STREAM)]
+    return state
 
 
 # The I/O-free pieces

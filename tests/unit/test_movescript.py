@@ -44,6 +44,7 @@ def snapshot(client: Any) -> dict[str, Any]:
             "hash": client.hgetall,
             "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
             "set": lambda k: sorted(client.smembers(k)),
+            "stream": client.xrange,
         }[kind](key)
         dump[key] = (kind, value, client.ttl(key) > 0)
     return dump
