@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio
+from videoqueue.eventwait import WaitPlan
 
 from producer.aiostore import AsyncJobStore
-from producer.api import PreparedJob, VideoQueue, cancel_queued, check_batch, request_cancel
+from producer.api import PreparedJob, VideoQueue, WaitTimeoutError, cancel_queued, check_batch, request_cancel
 from producer.celery_client import producer_app_for
 from producer.request import VideoRequest
-from videoqueue import inputs, redisconn
+from videoqueue import events as stream
+from videoqueue import inputs, keys, redisconn
+from videoqueue.events import JobEvent
 from videoqueue.job import TASK_CANCEL, JobRecord, JobStatus, utcnow
 from videoqueue.jobids import known
 from videoqueue.settings import Settings
@@ -145,3 +149,77 @@ class AsyncVideoQueue:
             await asyncio.to_thread(app.send_task, TASK_CANCEL, args=[job_id])
             return requested
         return await self.get(job_id)
+
+    async def wait(
+        self,
+        job_ids: Sequence[str],
+        timeout: float | None = None,
+        *,
+        on_update: Callable[[builtins.list[JobRecord]], object] | None = None,
+    ) -> builtins.list[JobRecord]:
+        """`VideoQueue.wait`, without blocking the event loop: the records (in order) once
+        every job is final. The same decisions (videoqueue.eventwait): the records read
+        once, then only those the event stream names, and all still pending now and then.
+        Raises UnknownJobError (before waiting), WaitTimeoutError after `timeout` seconds.
+        `on_update` is called with the records on every read. Each wait holds one
+        connection of the client's pool while it blocks on the stream (XREAD BLOCK, at most
+        events.MAX_BLOCK_MS at a time)."""
+        plan = WaitPlan(job_ids, timeout, now=time.monotonic())
+        plan.since = await self._newest_id()  # before the first read: no change falls between
+        while True:
+            ids = plan.to_read(time.monotonic())
+            if ids:
+                plan.read(known(ids, await self.store.get_many(ids)))
+                if on_update:
+                    on_update(plan.records())
+            if plan.done:
+                return plan.records()
+            if plan.timed_out(time.monotonic()):
+                raise WaitTimeoutError(plan.records())
+            plan.saw(await self._read_events(plan.since, plan.block_ms(time.monotonic())))
+
+    async def events(
+        self,
+        since: str | None = None,
+        *,
+        job_ids: Iterable[str] | None = None,
+        block: float | None = None,
+    ) -> AsyncIterator[JobEvent]:
+        """`VideoQueue.events` as an async generator: the status changes of jobs, oldest
+        first, after event id `since` ("0": the oldest kept; None: from now on, the position
+        taken at the first iteration), of every job or only of `job_ids`. Each read blocks
+        on the stream (XREAD BLOCK) without blocking the event loop; with `block` seconds,
+        ends when none (of those jobs) came for that long (None: never ends). Resume a
+        later call from the last event's `id`. Raises redis.RedisError when Redis is gone.
+
+        >>> async for event in vq.events(since="0"):
+        ...     print(event.job_id, event.status)
+        """
+        position = await self._newest_id() if since is None else since
+        wanted = None if job_ids is None else set(job_ids)
+        quiet_since = time.monotonic()
+        while True:
+            wait_ms = stream.MAX_BLOCK_MS
+            if block is not None:
+                left = block - (time.monotonic() - quiet_since)
+                if left <= 0:
+                    return
+                wait_ms = min(wait_ms, max(1, int(left * 1000)))
+            found = await self._read_events(position, wait_ms)
+            if found:
+                position = found[-1].id
+            for event in found:
+                if wanted is None or event.job_id in wanted:
+                    yield event
+                    quiet_since = time.monotonic()
+
+    async def _newest_id(self) -> str:
+        """`events.newest_id` on the asyncio client."""
+        return stream.last_id(await self.store.redis.xrevrange(keys.EVENTS_STREAM, "+", "-", count=1))
+
+    async def _read_events(self, since: str, block_ms: int, count: int = 1000) -> builtins.list[JobEvent]:
+        """`events.read_events` on the asyncio client: up to `count` events after `since`,
+        blocking up to `block_ms` (1 to events.MAX_BLOCK_MS) for one."""
+        block = max(1, min(block_ms, stream.MAX_BLOCK_MS))
+        reply = await self.store.redis.xread({keys.EVENTS_STREAM: since}, count=count, block=block)
+        return stream.decode_all(stream.entries(reply))
