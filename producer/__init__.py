@@ -22,6 +22,7 @@ from videoqueue.errors import (
     StorageError,
     VideoqueueError,
 )
+from videoqueue.events import JobEvent
 from videoqueue.job import ErrorCode, JobError, JobFailure, JobRecord, JobStatus
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import CostRow, LedgerEntry
@@ -37,6 +38,7 @@ __all__ = [
     "ErrorCode",
     "InvalidRequestError",
     "JobError",
+    "JobEvent",
     "JobFailure",
     "JobRecord",
     "JobStatus",

@@ -7,17 +7,20 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
+from videoqueue import events as stream
 from videoqueue import inputs, namespace
 from videoqueue.archive import ArchivedJob, read_archived
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
+from videoqueue.events import JobEvent
+from videoqueue.eventwait import WaitPlan
 from videoqueue.images import ImageFile
 from videoqueue.job import (
     TASK_ADMIT,
@@ -330,27 +333,70 @@ class VideoQueue:
         job_ids: Sequence[str],
         timeout: float | None = None,
         *,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         on_update: Callable[[builtins.list[JobRecord]], None] | None = None,
     ) -> builtins.list[JobRecord]:
         """Block until every job is final and return their records (in order).
 
         Raises UnknownJobError for unknown ids (before waiting) and WaitTimeoutError when
-        `timeout` seconds pass first. `on_update` is called with the records on every check.
+        `timeout` seconds pass first. `on_update` is called with the records on every read:
+        the first, then whenever the event stream (videoqueue.events) names some of them,
+        and every eventwait.FULL_READ_EVERY_S. Only the jobs an event names are read again
+        (videoqueue.eventwait), so waiting costs Redis work per event, not per job and
+        second. The records carry no waiting-room standing (`get_many` does).
+        `poll_interval` is ignored: it set the pause of the polling wait of earlier versions.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        del poll_interval
+        client = self.store.redis
+        plan = WaitPlan(job_ids, timeout, now=time.monotonic())
+        plan.since = stream.newest_id(client)  # before the first read: no change falls between
         while True:
-            records = self.get_many(job_ids)
-            if on_update:
-                on_update(records)
-            if all(r.status.is_final for r in records):
-                return records
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(records)
-            pause = poll_interval
-            if deadline is not None:
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
-            time.sleep(pause)
+            ids = plan.to_read(time.monotonic())
+            if ids:
+                plan.read(records(self.store, ids))
+                if on_update:
+                    on_update(plan.records())
+            if plan.done:
+                return plan.records()
+            if plan.timed_out(time.monotonic()):
+                raise WaitTimeoutError(plan.records())
+            plan.saw(stream.read_events(client, plan.since, block_ms=plan.block_ms(time.monotonic())))
+
+    def events(
+        self,
+        since: str | None = None,
+        *,
+        job_ids: Iterable[str] | None = None,
+        block: float | None = None,
+    ) -> Iterator[JobEvent]:
+        """The status changes of jobs as they happen, oldest first (videoqueue.events): those
+        after event id `since` (`"0"`: from the oldest the stream still keeps, EVENTS_MAXLEN;
+        None: only those from now on, the position taken at this call), of every job or
+        only of `job_ids` (whole ids). Blocks for the next event; with `block` seconds, ends
+        when none (of those jobs) came for that long (None: never ends). Resume a later call from the last
+        event's `id`. Raises redis.RedisError when Redis is gone."""
+        client = self.store.redis
+        start = stream.newest_id(client) if since is None else since
+        wanted = None if job_ids is None else set(job_ids)
+        return self._follow(start, wanted, block)
+
+    def _follow(self, since: str, wanted: set[str] | None, block: float | None) -> Iterator[JobEvent]:
+        client = self.store.redis
+        quiet_since = time.monotonic()
+        while True:
+            wait_ms = stream.MAX_BLOCK_MS
+            if block is not None:
+                left = block - (time.monotonic() - quiet_since)
+                if left <= 0:
+                    return
+                wait_ms = min(wait_ms, max(1, int(left * 1000)))
+            found = stream.read_events(client, since, block_ms=wait_ms)
+            if found:
+                since = found[-1].id
+            for event in found:
+                if wanted is None or event.job_id in wanted:
+                    yield event
+                    quiet_since = time.monotonic()
 
     def store_retry(self, job_id: str) -> JobRecord:
         """Store again a job the store step gave up on, while the provider still holds its

@@ -39,6 +39,7 @@ from producer.cli_jobs import register as register_jobs
 from producer.cli_limits import register as register_limits
 from producer.cli_queue import register as register_queue
 from producer.cli_table import Col, fit_table
+from producer.cli_watch import register as register_watch
 from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
 from videoqueue.budget import BudgetExceededError
@@ -653,6 +654,7 @@ register_archive(app)
 register_jobs(app)
 register_queue(app)
 register_limits(app)
+register_watch(app)
 
 
 def _plug_in(typer_app: typer.Typer) -> None:

@@ -157,6 +157,12 @@ def decode_all(found: list[tuple[Any, dict[Any, Any]]]) -> list[JobEvent]:
     return events
 
 
+def order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`, or `<ms>`) as a key that sorts as the stream does."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def last_id(reply: Any) -> str:
     """The id after which a reader starts to see only new events, from an XREVRANGE
     `+ - COUNT 1` reply: the newest entry's, or "0-0" for an empty stream."""
