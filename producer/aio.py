@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import redis.asyncio
-from videoqueue.eventwait import WaitPlan
 
 from producer.aiostore import AsyncJobStore
 from producer.api import PreparedJob, VideoQueue, WaitTimeoutError, cancel_queued, check_batch, request_cancel
@@ -31,6 +30,7 @@ from producer.request import VideoRequest
 from videoqueue import events as stream
 from videoqueue import inputs, keys, redisconn
 from videoqueue.events import JobEvent
+from videoqueue.eventwait import WaitPlan
 from videoqueue.job import TASK_CANCEL, JobRecord, JobStatus, utcnow
 from videoqueue.jobids import known
 from videoqueue.settings import Settings
@@ -184,7 +184,7 @@ class AsyncVideoQueue:
         *,
         job_ids: Iterable[str] | None = None,
         block: float | None = None,
-    ) -> AsyncIterator[JobEvent]:
+    ) -> AsyncGenerator[JobEvent, None]:
         """`VideoQueue.events` as an async generator: the status changes of jobs, oldest
         first, after event id `since` ("0": the oldest kept; None: from now on, the position
         taken at the first iteration), of every job or only of `job_ids`. Each read blocks

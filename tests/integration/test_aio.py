@@ -4,6 +4,7 @@ stream from async code, as a FastAPI or aiohttp handler would."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,9 @@ async def test_events_are_resumable_from_an_event_id(local_stack: Stack) -> None
         await vq.wait([job.id], timeout=60)
         # Every change is in the stream; the first is the one the async store wrote.
         seen = [e async for e in vq.events(START, job_ids=[job.id], block=1)]
-        assert [e.status for e in seen][0] is JobStatus.QUEUED and seen[0].old_status is None
+        assert seen[0].status is JobStatus.QUEUED and seen[0].old_status is None
         assert seen[-1].status is JobStatus.SUCCEEDED and seen[-1].output_uri
-        assert all(e.old_status is p.status for p, e in zip(seen, seen[1:], strict=False))
+        assert all(e.old_status is p.status for p, e in pairwise(seen))
         # From the id of any event on: the ones after it, and nothing more.
         resumed = [e async for e in vq.events(seen[1].id, job_ids=[job.id], block=1)]
         assert resumed == seen[2:]
