@@ -5,6 +5,7 @@ out (`_send` records what it would send), as in test_client_ids_and_retry.py."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 from producer import InvalidRequestError, JobStatus, Settings, VideoQueue, VideoRequest
 from producer.aio import AsyncVideoQueue
 from producer.aiostore import AsyncJobStore
+from producer.api import WaitTimeoutError, cancel_queued, check_batch, request_cancel
 from tests.unit.helpers import walk_to
 from videoqueue import keys
-from videoqueue.jobids import UnknownJobError
-from videoqueue.jobstore import DuplicateClientJobIdError, JobStore
+from videoqueue.jobids import UnknownJobError, known
+from videoqueue.jobstore import DuplicateClientJobIdError, JobStore, newest
+from videoqueue.limits import live_lease
 from videoqueue.snapshot import Snapshot, commands, settle
 
 
@@ -222,3 +225,51 @@ async def test_a_move_that_loses_its_compare_and_set_is_computed_again(monkeypat
     assert seen == ["queued", "submitting"]
     assert moved is not None and moved.status is JobStatus.SUBMITTING and moved.next_due_at == DUE
     assert vq.get(job.id).next_due_at == DUE
+
+
+def test_the_shared_pieces() -> None:
+    # The merge of `list`: newest first, ties by the greater id, a job in two indexes once.
+    assert newest([[("a", 3.0), ("b", 1.0)], [("c", 3.0), ("a", 2.0)], []], 3) == ["c", "a", "b"]
+    assert live_lease(None) is False and live_lease(time.time() + 60) and not live_lease(time.time() - 1)
+    with pytest.raises(UnknownJobError) as unknown:
+        known(["x", "y"], [None, None])
+    assert "x" in str(unknown.value) and "y" in str(unknown.value)
+
+
+def test_the_cancel_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    vq, _, _, _ = _queues(monkeypatch)
+    job = vq.submit({"prompt": "x"})
+    now = datetime.now(UTC)
+    queued = cancel_queued(now)(job.model_copy(deep=True))
+    assert queued is not None and queued.status is JobStatus.CANCELLED and queued.cancel_requested_at == now
+    running = walk_to(vq.store, job.id, JobStatus.RUNNING)
+    assert running is not None and cancel_queued(now)(running) is None
+    requested = request_cancel(now)(running.model_copy(deep=True))
+    assert requested is not None and requested.cancel_requested
+    assert request_cancel(now)(requested) is None  # already requested
+    with pytest.raises(InvalidRequestError, match="repeated within one submission: r-1"):
+        check_batch(vq.prepare_many([{"prompt": "a", "client_job_id": "r-1"}]) * 2)
+
+
+@pytest.mark.asyncio
+async def test_wait_and_events_on_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    vq, aq, _, _ = _queues(monkeypatch)
+    ended, pending = await aq.submit({"prompt": "ends"}), await aq.submit({"prompt": "stays"})
+    await aq.cancel(ended.id)
+    [done] = await aq.wait([ended.id], timeout=5)
+    assert done.status is JobStatus.CANCELLED
+    with pytest.raises(WaitTimeoutError) as late:
+        await aq.wait([ended.id, pending.id], timeout=0.2)
+    assert [j.status for j in late.value.jobs] == [JobStatus.CANCELLED, JobStatus.QUEUED]
+    with pytest.raises(UnknownJobError):
+        await aq.wait(["nope"], timeout=1)
+    everything = [e async for e in aq.events("0", block=0.1)]
+    assert [(e.job_id, e.status) for e in everything] == [
+        (ended.id, JobStatus.QUEUED),
+        (pending.id, JobStatus.QUEUED),
+        (ended.id, JobStatus.CANCELLED),
+    ]
+    # Resumed from an event id: what came after it; of one job only.
+    assert [e async for e in aq.events(everything[0].id, job_ids=[ended.id], block=0.1)] == everything[2:]
+    # The sync producer reads the same stream the same way.
+    assert list(vq.events("0", block=0.1)) == everything
