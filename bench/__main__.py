@@ -42,6 +42,7 @@ SCENARIOS: dict[str, tuple[str, bool]] = {
     "memory": ("bench.memory", False),
     "day": ("bench.day", False),
     "held": ("bench.held", False),
+    "waiting": ("bench.waiting", False),
 }
 RESULTS = Path(__file__).parent / "results"
 

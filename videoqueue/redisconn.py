@@ -25,9 +25,10 @@ CONNECT_TIMEOUT_S = 5.0
 """Seconds to open a connection (TCP, and TLS for rediss://)."""
 
 COMMAND_TIMEOUT_S = 30.0
-"""Seconds to wait for one reply. videoqueue sends no blocking command to the job store;
-its slowest, a transaction over a batch of jobs or a SCAN page, takes milliseconds, so a
-reply this late means the server is gone: redis-py raises TimeoutError (a RedisError,
+"""Seconds to wait for one reply. videoqueue's one blocking command, the XREAD of the
+event stream, blocks at most events.MAX_BLOCK_MS (5 s); its slowest others, a transaction
+over a batch of jobs or a SCAN page, take milliseconds, so a reply this late means the
+server is gone: redis-py raises TimeoutError (a RedisError,
 which the tasks retry)."""
 
 

@@ -184,3 +184,16 @@ def test_quick_held_measures_what_a_worker_holds_and_takes_a_fresh_job(tmp_path:
     assert isinstance(after["fresh job taken in s"], float)
     # The 'before' case runs main's code when git can export it; else the note says so.
     assert "before" in rows or any(note.startswith("before: skipped") for note in document["notes"])
+
+
+@pytest.mark.timeout(300)
+def test_quick_waiting_measures_both_waits_against_the_mover_alone(tmp_path: Path) -> None:
+    document = _run_quick("waiting", tmp_path)
+    rows = {row["case"].split(":")[0]: row for row in document["rows"]}
+    assert set(rows) == {"mover alone", "before", "after"}
+    assert document["moves"] > 0 and document["stream_bytes_per_entry"] > 0
+    for case in ("before", "after"):
+        assert rows[case]["jobs waited on"] == 300
+        assert rows[case]["wait's cmds/s"] is not None and rows[case]["MGET/s"] > 0
+    assert rows["after"]["XREAD/s"] > 0 and rows["before"]["XREAD/s"] == 0
+    assert set(document["ratio_before_to_after"]) == {"wait's cmds/s", "wait's keys read/s", "wait's KiB sent/s"}
