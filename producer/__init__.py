@@ -4,6 +4,7 @@ Imports no provider SDK and no boto3 (nor the worker package): `pip install vide
 the `worker` extra, is enough for a producer.
 """
 
+from producer.aio import AsyncVideoQueue
 from producer.api import (
     EnqueueError,
     RetryRefusedError,
@@ -30,6 +31,7 @@ from videoqueue.settings import Settings
 
 __all__ = [
     "AmbiguousJobIdError",
+    "AsyncVideoQueue",
     "BudgetError",
     "BudgetExceededError",
     "CostRow",

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from producer.celery_client import producer_app_for
@@ -33,7 +33,7 @@ from videoqueue.job import (
     utcnow,
 )
 from videoqueue.jobids import records, resolve_ids
-from videoqueue.jobstore import JobStore
+from videoqueue.jobstore import JobStore, Mutation, transition
 from videoqueue.ledger import CostRow, GroupBy, Ledger
 from videoqueue.limits import ProviderLimits
 from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
@@ -217,6 +217,12 @@ class VideoQueue:
         (InvalidRequestError names the item). Then store all records and enqueue them.
         Items whose client job id is already used are returned as `submit` does; one whose
         request differs refuses the whole batch."""
+        return self.enqueue(self.prepare_many(requests))
+
+    def prepare_many(self, requests: Iterable[VideoRequest | Mapping[str, Any]]) -> builtins.list[PreparedJob]:
+        """`prepare` each request, as `submit_many` does before storing anything: raises
+        InvalidRequestError naming every bad item (`[i].field`) and every client job id
+        repeated within the batch."""
         jobs: list[PreparedJob] = []
         problems: dict[str, str] = {}
         for index, request in enumerate(requests):
@@ -230,7 +236,7 @@ class VideoQueue:
             problems[f"[{index}].client_job_id"] = f"{client_ids[index]!r} repeats item [{first}]"
         if problems:
             raise InvalidRequestError(problems)
-        return self.enqueue(jobs)
+        return jobs
 
     def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
@@ -238,12 +244,7 @@ class VideoQueue:
         a job with the same request, that job's stored record (its id differs from the
         prepared one) and no message. Raises DuplicateClientJobIdError when it named a
         different request."""
-        records = [job.record for job in jobs]
-        client_ids = [r.request.client_job_id for r in records]
-        repeats = repeated_client_ids(client_ids)
-        repeated = sorted({c for i, c in enumerate(client_ids) if c is not None and i in repeats})
-        if repeated:
-            raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
+        check_batch(jobs)
         records = self._upload([(job.record, job.images) for job in jobs])
         try:
             existing = self.store.create_many(records, self.budget)
@@ -504,7 +505,7 @@ class VideoQueue:
         held_slot = self.room.limits.holds_slot(job.provider, job.model, job.id)
         # Only a queued job ends at once: one further on is cancelled by a worker, which
         # asks the provider first.
-        cancelled = self.store.transition(job_id, {JobStatus.QUEUED}, JobStatus.CANCELLED, cancel_requested_at=now)
+        cancelled = self.store.update(job_id, cancel_queued(now))
         if cancelled is not None:
             if held_slot:
                 # Admitted but not yet created: its slot is free again, and a worker admits
@@ -512,18 +513,42 @@ class VideoQueue:
                 self.send_admit(job.provider, job.model)
             return cancelled
 
-        def request_cancel(record: JobRecord) -> JobRecord | None:
-            if record.status.is_final or record.cancel_requested:
-                return None
-            record.cancel_requested_at = now
-            return record
-
-        requested = self.store.update(job_id, request_cancel)
+        requested = self.store.update(job_id, request_cancel(now))
         if requested is not None:
             app = producer_app_for(self.settings)
             app.send_task(TASK_CANCEL, args=[job_id])
             return requested
         return self.get(job_id)
+
+
+def check_batch(jobs: builtins.list[PreparedJob]) -> None:
+    """Refuse (InvalidRequestError) a batch about to be stored in which a client job id
+    repeats: `enqueue`'s check, for batches not made by `prepare_many`."""
+    client_ids = [job.record.request.client_job_id for job in jobs]
+    repeats = repeated_client_ids(client_ids)
+    repeated = sorted({c for i, c in enumerate(client_ids) if c is not None and i in repeats})
+    if repeated:
+        raise InvalidRequestError({"client_job_id": f"repeated within one submission: {', '.join(repeated)}"})
+
+
+def cancel_queued(now: datetime) -> Mutation:
+    """`cancel`'s first move: a job still queued ends `cancelled` at once (declined in any
+    other status)."""
+    return transition({JobStatus.QUEUED}, JobStatus.CANCELLED, cancel_requested_at=now)
+
+
+def request_cancel(now: datetime) -> Mutation:
+    """`cancel`'s second move, for a job already further on: mark it `cancel_requested`
+    (a worker then cancels it at the provider); declined when it is final or already so
+    marked."""
+
+    def mutate(record: JobRecord) -> JobRecord | None:
+        if record.status.is_final or record.cancel_requested:
+            return None
+        record.cancel_requested_at = now
+        return record
+
+    return mutate
 
 
 def _retry_claim(new_id: str, again: bool, refused: list[str]) -> Callable[[JobRecord], JobRecord | None]:

@@ -14,6 +14,7 @@ from typing import Any
 _PRODUCER_API = frozenset(
     {
         "AmbiguousJobIdError",
+        "AsyncVideoQueue",
         "EnqueueError",
         "RetryRefusedError",
         "UnknownJobError",

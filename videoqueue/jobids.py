@@ -52,7 +52,12 @@ class AmbiguousJobIdError(JobStoreError, ValueError):
 
 def records(store: JobStore, job_ids: Sequence[str]) -> list[JobRecord]:
     """The current records of `job_ids`, in order; UnknownJobError naming every unknown id."""
-    found = store.get_many(list(job_ids))
+    return known(job_ids, store.get_many(list(job_ids)))
+
+
+def known(job_ids: Sequence[str], found: Sequence[JobRecord | None]) -> list[JobRecord]:
+    """The records `found` for `job_ids` (None where unknown), or UnknownJobError naming
+    every unknown id (`records`, and the asyncio producer's reads)."""
     unknown = [j for j, r in zip(job_ids, found, strict=True) if r is None]
     if unknown:
         raise UnknownJobError(unknown)

@@ -29,7 +29,7 @@ from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0
 from videoqueue.images import ImageFile
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
-from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Reads, Writes, reply_code
+from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Arg, Reads, Writes, reply_code
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
 from videoqueue.resolved import IMAGE_ROLES, ResolvedRequest
 
@@ -235,6 +235,99 @@ class _Move:
         deliveries = tuple(webhooks.owed_ids(current, changed))
         return cls(changed.to_store_json(), claim, reads, writes, freed, ends, deliveries)
 
+    def args(self, raw: str, job_id: str) -> list[Arg]:
+        """`MOVE`'s ARGV for this move of job `job_id` computed from its record `raw` (its
+        KEYS: the record's key alone)."""
+        return [raw, self.stored_raw, self.claim, job_id, TASK_CLAIM_TTL_S, *self.reads.args(), *self.writes.args]
+
+
+Move = _Move
+"""A move made ready for `MOVE` (`Move.of`), for drivers of the job store other than
+`JobStore` (the asyncio one: producer/aiostore.py)."""
+
+
+def move_reply(changed: JobRecord, reply: Any) -> tuple[int, str | None]:
+    """`MOVE`'s reply to the move to `changed` as (code, the record it carries, or None);
+    raises TaskClaimedError when another job holds the task it records."""
+    code, carried = reply_code(reply)
+    if code == CLAIMED:
+        raise TaskClaimedError(str(changed.provider_task_id), str(carried))
+    return code, carried
+
+
+def newest(indexes: Iterable[Iterable[tuple[str, float]]], count: int) -> list[str]:
+    """The `count` newest ids of the newest (member, score) pairs of each status index, as
+    one index of all jobs would give them (ties: the greater id first, as ZREVRANGE); a job
+    read in two indexes (moving meanwhile) once."""
+    scored = sorted(((score, member) for members in indexes for member, score in members), reverse=True)
+    return list(dict.fromkeys(member for _score, member in scored))[:count]
+
+
+def create_watch_keys(records: Sequence[JobRecord]) -> list[str]:
+    """The keys the transaction of `create_many` WATCHes: the records' own keys, their
+    budget counters, the caps and their client job ids."""
+    job_keys = [job_key(r.id) for r in records]
+    budget_keys = sorted({k for r in records for k in r.budget_keys})
+    client_keys = [client_key(r.request.client_job_id) for r in records if r.request.client_job_id]
+    return [*job_keys, *budget_keys, keys.BUDGET_CAPS, *dict.fromkeys(client_keys)]
+
+
+def create(
+    pipe: Any,
+    records: Sequence[JobRecord],
+    budget: BudgetPolicy | None,
+    existing: dict[str, JobRecord],
+    events_maxlen: int = events.DEFAULT_MAXLEN,
+) -> None:
+    """The body of `create_many`'s transaction, on a pipeline WATCHing `create_watch_keys`
+    (or a `snapshot.Snapshot` of it: producer/aiostore.py): read, decide, issue MULTI and
+    queue the writes. Fills `existing` (cleared first) with the stored jobs that client job
+    ids already name; raises as `create_many` says. Each new job's `queued` event goes with
+    it (the stream capped at about `events_maxlen` entries)."""
+    existing.clear()
+    taken = [r.id for r in records if pipe.exists(job_key(r.id))]
+    if taken:
+        raise JobExistsError(", ".join(taken))
+    existing.update(_client_id_owners(pipe, records))
+    fresh = [r for r in records if r.id not in existing]
+    if any(r.budget_keys for r in fresh):
+        check_and_reserve(pipe, budget or BudgetPolicy(), fresh)  # issues MULTI
+    else:
+        pipe.multi()
+    for record in fresh:
+        pipe.set(job_key(record.id), record.to_store_json())
+        _write_indexes(pipe, None, record)
+        pipe.xadd(keys.EVENTS_STREAM, events.encode(None, record), maxlen=events_maxlen, approximate=True)
+        if record.request.client_job_id:
+            pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
+
+
+def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobRecord]:
+    """Inside a WATCHed transaction, before MULTI: the stored job each record's client
+    job id already names, by record id, where the requests are equal; raises
+    DuplicateClientJobIdError for those that differ."""
+    owners: dict[str, JobRecord] = {}
+    conflicts: list[ClientIdConflict] = []
+    for record in records:
+        client_id = record.request.client_job_id
+        if not client_id or record.retry_of:
+            continue
+        owner_id = pipe.get(client_key(client_id))
+        if not owner_id:
+            continue
+        raw = pipe.get(job_key(owner_id))
+        if not raw:
+            continue  # the job it named is gone (an enqueue undone): the id is free
+        owner = JobRecord.from_store_json(raw)
+        differences = request_differences(owner.request, record.request)
+        if differences:
+            conflicts.append(ClientIdConflict(client_id, owner_id, differences))
+        else:
+            owners[record.id] = owner
+    if conflicts:
+        raise DuplicateClientJobIdError(conflicts)
+    return owners
+
 
 class JobStore:
     """Reads and compare-and-set writes of job records."""
@@ -289,64 +382,16 @@ class JobStore:
         check runs inside the transaction that maps the ids, so producers racing with one
         client job id store one job. A retry (a record with `retry_of`) takes its client job
         id over from whichever job of its line holds it."""
-        job_keys = [job_key(r.id) for r in records]
-        budget_keys = sorted({k for r in records for k in r.budget_keys})
-        client_ids = {r.request.client_job_id: r.id for r in records if r.request.client_job_id}
-        client_keys = [client_key(c) for c in client_ids]
         existing: dict[str, JobRecord] = {}
-
-        def write(pipe: Any) -> None:
-            existing.clear()
-            taken = [r.id for r, k in zip(records, job_keys, strict=True) if pipe.exists(k)]
-            if taken:
-                raise JobExistsError(", ".join(taken))
-            existing.update(self._client_id_owners(pipe, records))
-            fresh = [r for r in records if r.id not in existing]
-            if any(r.budget_keys for r in fresh):
-                check_and_reserve(pipe, budget or BudgetPolicy(), fresh)  # issues MULTI
-            else:
-                pipe.multi()
-            for record in fresh:
-                pipe.set(job_key(record.id), record.to_store_json())
-                _write_indexes(pipe, None, record)
-                pipe.xadd(keys.EVENTS_STREAM, events.encode(None, record), maxlen=self.events_maxlen, approximate=True)
-                if record.request.client_job_id:
-                    pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
-
         if records:
-            self.redis.transaction(write, *job_keys, *budget_keys, keys.BUDGET_CAPS, *client_keys)
+            self.redis.transaction(
+                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen), *create_watch_keys(records)
+            )
             fresh = [r.id for r in records if r.id not in existing]
             if fresh:
                 # The producer is about to be told these ids: they must outlive a failover.
                 self.replicas.after_write("create", fresh[0])
         return dict(existing)
-
-    @staticmethod
-    def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobRecord]:
-        """Inside a WATCHed transaction, before MULTI: the stored job each record's client
-        job id already names, by record id, where the requests are equal; raises
-        DuplicateClientJobIdError for those that differ."""
-        owners: dict[str, JobRecord] = {}
-        conflicts: list[ClientIdConflict] = []
-        for record in records:
-            client_id = record.request.client_job_id
-            if not client_id or record.retry_of:
-                continue
-            owner_id = pipe.get(client_key(client_id))
-            if not owner_id:
-                continue
-            raw = pipe.get(job_key(owner_id))
-            if not raw:
-                continue  # the job it named is gone (an enqueue undone): the id is free
-            owner = JobRecord.from_store_json(raw)
-            differences = request_differences(owner.request, record.request)
-            if differences:
-                conflicts.append(ClientIdConflict(client_id, owner_id, differences))
-            else:
-                owners[record.id] = owner
-        if conflicts:
-            raise DuplicateClientJobIdError(conflicts)
-        return owners
 
     def get_input(self, job_id: str, role: str) -> ImageFile | None:
         """An input image stored in Redis with a job by producers before object-storage
@@ -408,9 +453,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for each in JobStatus:
             pipe.zrevrange(status_index(each), 0, count - 1, withscores=True)
-        scored = sorted(((score, member) for members in pipe.execute() for member, score in members), reverse=True)
-        ids = list(dict.fromkeys(member for _score, member in scored))[:count]
-        return [r for r in self.get_many(ids) if r is not None]
+        return [r for r in self.get_many(newest(pipe.execute(), count)) if r is not None]
 
     def ids_starting_with(self, prefix: str, limit: int = 10) -> builtins.list[str]:
         """Up to `limit` ids of stored jobs that start with `prefix`, in no particular order.
@@ -539,21 +582,7 @@ class JobStore:
                     return None
             lifecycle.check(current.status, changed.status)
             move = _Move.of(self.redis, current, changed, self.events_maxlen)
-            reply = self._move(
-                keys=[key],
-                args=[
-                    raw,
-                    move.stored_raw,
-                    move.claim,
-                    job_id,
-                    TASK_CLAIM_TTL_S,
-                    *move.reads.args(),
-                    *move.writes.args,
-                ],
-            )
-            code, carried = reply_code(reply)
-            if code == CLAIMED:
-                raise TaskClaimedError(str(changed.provider_task_id), str(carried))
+            code, carried = move_reply(changed, self._move(keys=[key], args=move.args(raw, job_id)))
             if code == CHANGED:
                 raw = carried  # moved on meanwhile: compute the move again from what it is now
                 verified = True
@@ -628,14 +657,21 @@ class JobStore:
         or a narrower set: a step's compare-and-set on its own state. Raises
         IllegalTransitionError, before reading the job, when the lifecycle table allows no
         move from one of them to `to`."""
-        allowed = lifecycle.check_sources(allowed_from, to)
+        return self.update(job_id, transition(allowed_from, to, **changes))
 
-        def mutate(record: JobRecord) -> JobRecord | None:
-            if record.status not in allowed:
-                return None
-            updated = record.model_copy(update={**changes, "status": to})
-            if to.is_final and updated.finished_at is None:
-                updated.finished_at = utcnow()
-            return updated
 
-        return self.update(job_id, mutate)
+def transition(allowed_from: Iterable[JobStatus], to: JobStatus, **changes: Any) -> Mutation:
+    """The mutation of `JobStore.transition`: a move to `to` from one of `allowed_from`
+    setting `changes`, declined from any other status. Raises IllegalTransitionError at
+    once when the lifecycle table allows no move from one of them to `to`."""
+    allowed = lifecycle.check_sources(allowed_from, to)
+
+    def mutate(record: JobRecord) -> JobRecord | None:
+        if record.status not in allowed:
+            return None
+        updated = record.model_copy(update={**changes, "status": to})
+        if to.is_final and updated.finished_at is None:
+            updated.finished_at = utcnow()
+        return updated
+
+    return mutate

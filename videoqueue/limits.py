@@ -183,9 +183,15 @@ class ProviderLimits:
     def holds_slot(self, provider: str, model: str, job_id: str) -> bool:
         """True when the job holds a live slot of the model."""
         lease: float | None = self.redis.zscore(slot_key(provider, model), job_id)  # type: ignore[assignment]
-        return lease is not None and lease > time.time()
+        return live_lease(lease)
 
     def in_flight(self, provider: str, model: str) -> int:
         """Jobs holding a live slot now."""
         count: int = self.redis.zcount(slot_key(provider, model), time.time(), "+inf")  # type: ignore[assignment]
         return count
+
+
+def live_lease(lease: float | None) -> bool:
+    """True when a slot's lease (its score in `keys.slot_key`, epoch seconds; None: no
+    slot) has not run out: the job holds a live slot (`ProviderLimits.holds_slot`)."""
+    return lease is not None and lease > time.time()

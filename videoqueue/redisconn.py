@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 from redis.connection import parse_url
 from redis.credentials import CredentialProvider
 from redis.sentinel import Sentinel
@@ -55,6 +57,26 @@ def connect_settings(
     client: redis.Redis = sentinel(settings, timeout_s).master_for(  # type: ignore[no-untyped-call]
         str(settings.redis_sentinel_master),
         decode_responses=decode_responses,
+        health_check_interval=30,
+        **_server_auth(settings.redis_url),
+    )
+    return client
+
+
+def connect_settings_async(settings: Settings, *, timeout_s: float | None = None) -> redis.asyncio.Redis:
+    """`connect_settings` for asyncio code (producer/aio.py): a `redis.asyncio` client of
+    REDIS_URL, or of the primary REDIS_SENTINELS name, with the same timeouts, decoded
+    replies and authentication. Lazy, as `connect_settings`."""
+    nodes = settings.sentinel_nodes()
+    if not nodes:
+        options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 30, **_timeouts(timeout_s)}
+        return redis.asyncio.Redis.from_url(settings.redis_url, **options)
+    watchers = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        nodes, sentinel_kwargs=sentinel_kwargs(settings, timeout_s), **_timeouts(timeout_s)
+    )
+    client: redis.asyncio.Redis = watchers.master_for(
+        str(settings.redis_sentinel_master),
+        decode_responses=True,
         health_check_interval=30,
         **_server_auth(settings.redis_url),
     )

@@ -126,3 +126,20 @@ def test_no_master_found_is_one_line_naming_the_settings_not_the_clients(monkeyp
     for message in explained:
         assert message.startswith("no sentinel names a primary for master 'mymaster' of sentinels s1:26379,s2:26379")
         assert "REDIS_SENTINEL_MASTER" in message and "ConnectionPool" not in message and "hunter2" not in message
+
+
+def test_the_asyncio_client_asks_the_sentinels_as_the_sync_one() -> None:
+    from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+
+    settings = sentinel_settings(redis_sentinel_password="sentinel-secret")
+    pool = redisconn.connect_settings_async(settings).connection_pool
+    assert isinstance(pool, AsyncSentinelPool) and pool.service_name == "mymaster"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (4, "hunter2")
+    assert pool.connection_kwargs["socket_timeout"] == redisconn.COMMAND_TIMEOUT_S
+    sentinel_nodes = pool.sentinel_manager.sentinels
+    assert [node.connection_pool.connection_kwargs["port"] for node in sentinel_nodes] == [26379, 26380, 26381]
+    credentials = [node.connection_pool.connection_kwargs["credential_provider"] for node in sentinel_nodes]
+    assert {c.get_credentials() for c in credentials} == {("sentinel-secret",)}
+    plain = redisconn.connect_settings_async(Settings(_env_file=None, redis_url="redis://127.0.0.1:6379/3"))
+    assert plain.connection_pool.connection_kwargs["db"] == 3
+    assert plain.connection_pool.connection_kwargs["socket_connect_timeout"] == redisconn.CONNECT_TIMEOUT_S
