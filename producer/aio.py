@@ -63,6 +63,7 @@ class AsyncVideoQueue:
             self.sync.store.replicas,
             self.sync.store.events_maxlen,
         )
+        self.store.on_deliveries = self.sync.send_deliveries
 
     async def __aenter__(self) -> AsyncVideoQueue:
         return self

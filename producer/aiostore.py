@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import redis
@@ -41,6 +42,8 @@ from videoqueue.movescript import CHANGED, MOVE, STORED
 from videoqueue.replicawait import ReplicaWait
 from videoqueue.snapshot import Read, Snapshot, commands, settle
 
+log = logging.getLogger(__name__)
+
 
 class AsyncJobStore:
     """Reads and compare-and-set writes of job records on a `redis.asyncio` client (decoded
@@ -58,6 +61,10 @@ class AsyncJobStore:
         self.replicas = replicas
         self.events_maxlen = events_maxlen
         """About how many entries the event stream keeps (EVENTS_MAXLEN; videoqueue.events)."""
+        self.on_deliveries: Callable[[builtins.list[str]], object] | None = None
+        """`JobStore.on_deliveries`: called, in a thread, with the ids of the notifications
+        a stored move owes (videoqueue.webhooks), so their tasks go at once (else the sweep
+        sends them)."""
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The record of `job_id`, or None."""
@@ -128,7 +135,7 @@ class AsyncJobStore:
         record remembered between calls). Returns the stored record, or None when the job
         is unknown or `mutate` declined; raises IllegalTransitionError, TaskClaimedError.
         The replica wait after a durable write as there; no slot or final callbacks (a
-        producer sets none)."""
+        producer sets none); `on_deliveries` as there."""
         key = job_key(job_id)
         raw: str | None = await self.redis.get(key)
         while raw:
@@ -153,6 +160,11 @@ class AsyncJobStore:
             durable = durable_write(current, changed)
             if durable is not None:
                 await self._replica_wait(durable, changed.id)
+            if move.deliveries and self.on_deliveries is not None:
+                try:
+                    await asyncio.to_thread(self.on_deliveries, list(move.deliveries))
+                except Exception:
+                    log.exception("sending deliveries after a move", extra={"job_id": job_id})
             return changed  # type: ignore[no-any-return]
         return None
 

@@ -5,6 +5,7 @@ out (`_send` records what it would send), as in test_client_ids_and_retry.py."""
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -186,6 +187,20 @@ async def test_cancel_a_queued_job_ends_it_and_settles_as_the_sync_cancel(monkey
     assert (await aq.cancel(b.id)).status is JobStatus.CANCELLED  # final: left as it is
     counts = vq.store.count_by_status()
     assert counts["cancelled"] == 2 and counts["queued"] == 0
+
+
+@pytest.mark.asyncio
+async def test_an_async_cancel_sends_the_deliveries_its_move_owes(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "whsec_" + base64.b64encode(b"unit-test-webhook-key").decode()
+    _vq, aq, client, _ = _queues(
+        monkeypatch, webhook_secret=secret, webhook_allow_http=True, webhook_allow_private=True
+    )
+    owed: list[list[str]] = []
+    aq.store.on_deliveries = owed.append
+    job = await aq.submit({"prompt": "told when cancelled", "webhook_url": "http://127.0.0.1:9/hook"})
+    assert (await aq.cancel(job.id)).status is JobStatus.CANCELLED
+    assert owed == [[f"{job.id}:cancelled"]]
+    assert client.zscore(keys.DELIVERIES_DUE, f"{job.id}:cancelled") is not None  # the outbox, for the sweep
 
 
 @pytest.mark.asyncio
