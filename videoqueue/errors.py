@@ -12,6 +12,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
             RetryRefusedError (ValueError)           producer.api
             StoreRetryRefusedError (ValueError)      producer.api
             InputStorageUnavailableError (ValueError) videoqueue.inputs
+            UnknownDeliveryError (LookupError)       videoqueue.webhooks
         BudgetError
             BudgetExceededError (ValueError)
             BudgetInputError (ValueError)            producer.cli_budget
@@ -31,6 +32,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
         WaitTimeoutError (TimeoutError)              producer.api
         JobFailed                                    worker.outcome
         InputUploadError (RuntimeError)              videoqueue.inputs
+        WebhookVerificationError (ValueError)        producer.webhooks
         URLFetchError
             ForbiddenURLError (ValueError)           videoqueue.urlguard
             URLTooLargeError (ValueError)            videoqueue.urlguard
