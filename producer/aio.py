@@ -197,22 +197,10 @@ class AsyncVideoQueue:
         ...     print(event.job_id, event.status)
         """
         position = await self._newest_id() if since is None else since
-        wanted = None if job_ids is None else set(job_ids)
-        quiet_since = time.monotonic()
-        while True:
-            wait_ms = stream.MAX_BLOCK_MS
-            if block is not None:
-                left = block - (time.monotonic() - quiet_since)
-                if left <= 0:
-                    return
-                wait_ms = min(wait_ms, max(1, int(left * 1000)))
-            found = await self._read_events(position, wait_ms)
-            if found:
-                position = found[-1].id
-            for event in found:
-                if wanted is None or event.job_id in wanted:
-                    yield event
-                    quiet_since = time.monotonic()
+        follow = stream.Follower(position, job_ids, block, now=time.monotonic())
+        while (wait_ms := follow.block_ms(time.monotonic())) is not None:
+            for event in follow.take(await self._read_events(follow.since, wait_ms), time.monotonic()):
+                yield event
 
     async def _newest_id(self) -> str:
         """`events.newest_id` on the asyncio client."""

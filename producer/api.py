@@ -404,27 +404,15 @@ class VideoQueue:
         when none (of those jobs) came for that long (None: never ends). Resume a later call from the last
         event's `id`. Raises redis.RedisError when Redis is gone."""
         client = self.store.redis
-        start = stream.newest_id(client) if since is None else since
-        wanted = None if job_ids is None else set(job_ids)
-        return self._follow(start, wanted, block)
+        follow = stream.Follower(
+            stream.newest_id(client) if since is None else since, job_ids, block, now=time.monotonic()
+        )
+        return self._follow(follow)
 
-    def _follow(self, since: str, wanted: set[str] | None, block: float | None) -> Iterator[JobEvent]:
-        client = self.store.redis
-        quiet_since = time.monotonic()
-        while True:
-            wait_ms = stream.MAX_BLOCK_MS
-            if block is not None:
-                left = block - (time.monotonic() - quiet_since)
-                if left <= 0:
-                    return
-                wait_ms = min(wait_ms, max(1, int(left * 1000)))
-            found = stream.read_events(client, since, block_ms=wait_ms)
-            if found:
-                since = found[-1].id
-            for event in found:
-                if wanted is None or event.job_id in wanted:
-                    yield event
-                    quiet_since = time.monotonic()
+    def _follow(self, follow: stream.Follower) -> Iterator[JobEvent]:
+        while (wait_ms := follow.block_ms(time.monotonic())) is not None:
+            found = stream.read_events(self.store.redis, follow.since, block_ms=wait_ms)
+            yield from follow.take(found, time.monotonic())
 
     def store_retry(self, job_id: str) -> JobRecord:
         """Store again a job the store step gave up on, while the provider still holds its

@@ -23,6 +23,7 @@ sends the same XREAD / XREVRANGE and reads the replies with `entries`, `decode_a
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -188,3 +189,42 @@ def newest_id(client: Any) -> str:
     """The id of the newest event now, "0-0" when there is none (sync client): a `since`
     that sees every event stored after this call."""
     return last_id(client.xrevrange(keys.EVENTS_STREAM, "+", "-", count=1))
+
+
+class Follower:
+    """The decisions of following the stream for a reader (`VideoQueue.events`,
+    `AsyncVideoQueue.events`), without I/O: where the next read starts, how long it may
+    block (ms), which events to hand on. `job_ids` None: every job's; `block` seconds: stop
+    once none of those came for that long (None: never). Times are monotonic seconds given
+    by the caller, as:
+
+        follow = Follower(since, job_ids, block, now=monotonic())
+        while (wait_ms := follow.block_ms(monotonic())) is not None:
+            yield from follow.take(<read_events(since=follow.since, block_ms=wait_ms)>, monotonic())
+    """
+
+    def __init__(self, since: str, job_ids: Iterable[str] | None, block: float | None, *, now: float) -> None:
+        self.since = since
+        """The id of the last event read: where the next read starts."""
+        self.wanted = None if job_ids is None else set(job_ids)
+        self.block = block
+        self._quiet_since = now
+
+    def block_ms(self, now: float) -> int | None:
+        """How long the next read may block (1 to MAX_BLOCK_MS ms), or None: stop, none of
+        the wanted events came for `block` seconds."""
+        if self.block is None:
+            return MAX_BLOCK_MS
+        left = self.block - (now - self._quiet_since)
+        if left <= 0:
+            return None
+        return min(MAX_BLOCK_MS, max(1, int(left * 1000)))
+
+    def take(self, found: list[JobEvent], now: float) -> list[JobEvent]:
+        """The wanted events among those just read; the next read starts after the last."""
+        if found:
+            self.since = found[-1].id
+        kept = [event for event in found if self.wanted is None or event.job_id in self.wanted]
+        if kept:
+            self._quiet_since = now
+        return kept

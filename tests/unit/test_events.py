@@ -159,3 +159,19 @@ def test_read_events_from_an_id_and_only_new_ones(client: Any) -> None:
     store.create_many([make_record("b")])
     assert [e.job_id for e in read_events(client, since, block_ms=10)] == ["b"]
     assert events.newest_id(fakeredis.FakeRedis(decode_responses=True)) == "0-0"
+
+
+def test_a_follower_hands_on_the_wanted_events_and_stops_after_block_seconds_of_none() -> None:
+    def event(entry_id: str, job_id: str) -> JobEvent:
+        return JobEvent(entry_id, job_id, None, JobStatus.QUEUED, T1)
+
+    follow = events.Follower("5-0", ["a"], 2.0, now=100.0)
+    assert follow.block_ms(100.0) == 2000
+    assert follow.take([event("6-0", "b"), event("7-0", "a")], 101.0) == [event("7-0", "a")]
+    assert follow.since == "7-0"
+    assert follow.block_ms(102.5) == 500  # quiet since the wanted event at 101
+    assert follow.take([event("8-0", "b")], 103.0) == []  # another job's: not a sign of life
+    assert follow.since == "8-0" and follow.block_ms(103.0) is None
+    forever = events.Follower("$", None, None, now=0.0)
+    assert forever.block_ms(10_000.0) == events.MAX_BLOCK_MS
+    assert forever.take([event("1-0", "z")], 1.0) == [event("1-0", "z")]
