@@ -14,6 +14,7 @@ import typer
 from producer.api import VideoQueue
 from videoqueue import events
 from videoqueue.commands import fail as _fail
+from videoqueue.errors import InvalidRequestError
 from videoqueue.events import JobEvent
 from videoqueue.jobids import records
 
@@ -54,13 +55,18 @@ def watch(
     events after ID first (each line of --json carries its `id`)."""
     if bool(job_ids) == all_jobs:
         raise _fail("name the jobs to watch, or give --all (not both)")
+    if since is not None:
+        try:
+            events.check_since(since)
+        except InvalidRequestError as exc:
+            raise _fail(f"--since: {exc.problems['since']}") from None
     vq = VideoQueue()
     client = vq.store.redis
     start = events.newest_id(client)  # before the records are read: no change falls between
     wanted: set[str] | None = None
     ended_at_start: set[str] = set()
     if job_ids:
-        ids = vq.resolve_ids(job_ids)
+        ids = list(dict.fromkeys(vq.resolve_ids(job_ids)))  # a job named twice: once
         wanted = set(ids)
         for record in records(vq.store, ids):
             if record.status.is_final:

@@ -38,13 +38,15 @@ def verify(
     body: bytes | str,
     secret: str | Sequence[str],
     *,
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    tolerance: timedelta | float = DEFAULT_TOLERANCE,
 ) -> dict[str, Any]:
     """The delivery's payload (`{"type", "timestamp", "data"}`) once its signature checks
     out with one of the secrets (`whsec_...`: a string, comma separated, or a list: a
     receiver rotating secrets accepts the old and the new) and its `webhook-timestamp` is
-    within `tolerance` of now. Raises WebhookVerificationError; ValueError for a secret
+    within `tolerance` of now (a timedelta, or seconds). Raises WebhookVerificationError; ValueError for a secret
     that is not `whsec_` + base64."""
+    if not isinstance(tolerance, timedelta):
+        tolerance = timedelta(seconds=tolerance)
     lowered = {name.lower(): value for name, value in headers.items()}
     msg_id = lowered.get("webhook-id")
     stamp = lowered.get("webhook-timestamp")

@@ -23,6 +23,7 @@ sends the same XREAD / XREVRANGE and reads the replies with `entries`, `decode_a
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from videoqueue import keys
+from videoqueue.errors import InvalidRequestError
 from videoqueue.job import JobFailure, JobRecord, JobStatus
 
 log = logging.getLogger("videoqueue.events")
@@ -51,6 +53,18 @@ START = "0"
 
 NEW = "$"
 """`since` for events after the newest one now (what XREAD calls `$`)."""
+
+_EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+
+def check_since(since: str) -> str:
+    """`since` if a reader can start after it: an event id (`<ms>-<seq>`, or `<ms>`), START
+    or NEW; else InvalidRequestError naming it (not Redis's own error, later)."""
+    if since == NEW or _EVENT_ID.fullmatch(since):
+        return since
+    raise InvalidRequestError(
+        {"since": f"{since[:40]!r} is not an event id (like 1735733130250-0, as events carry), '0' or '$'"}
+    )
 
 
 @dataclass(frozen=True)
@@ -204,7 +218,7 @@ class Follower:
     """
 
     def __init__(self, since: str, job_ids: Iterable[str] | None, block: float | None, *, now: float) -> None:
-        self.since = since
+        self.since = check_since(since)
         """The id of the last event read: where the next read starts."""
         self.wanted = None if job_ids is None else set(job_ids)
         self.block = block

@@ -30,6 +30,9 @@ from videoqueue.webhooks import secrets_of
 
 BYTEPLUS_DEFAULT_BASE_URL = "https://ark.ap-southeast.bytepluses.com/api/v3"
 
+MIN_CALLBACK_SECRET_CHARS = 16
+"""The shortest CALLBACK_SECRET taken: the key of every callback URL's token."""
+
 
 class Settings(BaseSettings):
     """Every knob of videoqueue. Field names map to upper-case environment variables."""
@@ -600,6 +603,11 @@ class Settings(BaseSettings):
     def _callback_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if info.data.get("callback_base_url") and (value is None or not value.get_secret_value()):
             raise ValueError("CALLBACK_BASE_URL is set: give the key its tokens are signed with")
+        if value is not None and 0 < len(value.get_secret_value()) < MIN_CALLBACK_SECRET_CHARS:
+            raise ValueError(
+                f"too short: at least {MIN_CALLBACK_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`), "
+                "or a callback URL's token could be guessed"
+            )
         return value
 
     def budget_policy(self) -> BudgetPolicy:

@@ -124,11 +124,14 @@ def sign(secrets: Sequence[str], msg_id: str, body: bytes, at: datetime | None =
 # --- checks at submit -----------------------------------------------------------------------
 
 
+EVERY_ADDRESS = "0.0.0.0/0,::/0"
+
+
 def allow_list(settings: Settings) -> AllowList:
     """The addresses a webhook may reach besides public ones: all of them with
     WEBHOOK_ALLOW_PRIVATE (the URL guard still refuses cloud metadata), else none."""
     if settings.webhook_allow_private:
-        return AllowList.parse("0.0.0.0/0,::/0")
+        return AllowList.parse(EVERY_ADDRESS)
     return AllowList()
 
 
@@ -143,10 +146,22 @@ def check_url(url: str, settings: Settings) -> str | None:
         resolve(url, allow_list(settings))
     except ForbiddenURLError as exc:
         reason = str(exc).split(": not fetched", 1)[0]
-        return f"{reason}: no webhook goes there (WEBHOOK_ALLOW_PRIVATE allows private addresses)"
+        if not settings.webhook_allow_private and _allowed_if_private(url):
+            return f"{reason}: no webhook goes there (WEBHOOK_ALLOW_PRIVATE allows private addresses)"
+        return f"{reason}: no webhook goes there"
     except URLFetchError as exc:
         return str(exc)
     return None
+
+
+def _allowed_if_private(url: str) -> bool:
+    """Whether WEBHOOK_ALLOW_PRIVATE would let `url` through (not for cloud metadata, a bad
+    port...): only then does a refusal name it."""
+    try:
+        resolve(url, AllowList.parse(EVERY_ADDRESS))
+    except URLFetchError:
+        return False
+    return True
 
 
 def check_request(request: ResolvedRequest, settings: Settings) -> None:

@@ -67,10 +67,13 @@ def create_app(settings: Settings, store: JobStore, send_poll: SendPoll) -> Star
         store's client)."""
         job = store.get(job_id)
         if job is None:
+            # Its token is good: a job of another namespace (VQ_NAMESPACE), or expired.
+            log.info("callback for an unknown job", extra={"job_id": job_id})
             return JSONResponse({"error": "unknown job"}, status_code=404)
         status = task["status"]
         if task["id"] != job.provider_task_id:
-            log.warning("callback ignored: not the job's task", extra={"job_id": job_id})
+            # Also the usual race of a fast render: its callback before the task id is stored.
+            log.info("callback ignored: not the job's task", extra={"job_id": job_id})
             return _ignored("not the job's task")
         if status not in FINAL_TASK_STATUSES:
             return _ignored(f"task {status}: nothing to learn")

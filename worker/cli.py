@@ -163,7 +163,7 @@ def costs_rebuild(
 
 
 def callbacks(
-    port: Annotated[int, typer.Option(help="Port to receive callbacks on.")] = 9809,
+    port: Annotated[int, typer.Option(help="Port to receive callbacks on.", min=1, max=65535)] = 9809,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Receive ModelArk's task callbacks and send each job's poll at once.

@@ -47,6 +47,8 @@ class Outcome:
     code: int | None = None
     error: str | None = None
     retry_in: float | None = None
+    counted: bool = True
+    """False: no attempt was made (this worker cannot sign): it does not count."""
 
 
 def retryable(code: int | None) -> bool:
@@ -92,11 +94,16 @@ def claim(client: redis.Redis, delivery_id: str, lease_s: float, now: float) -> 
                 continue
 
 
-def record(client: redis.Redis, claimed: Delivery, outcome: Outcome, now: float) -> bool:
+def record(client: redis.Redis, claimed: Delivery, outcome: Outcome, now: float, horizon_s: float) -> bool:
     """Store the outcome of the attempt `claimed` made, if the record still holds that
-    attempt (not replayed meanwhile); returns whether it was stored."""
+    attempt (not replayed meanwhile); returns whether it was stored. A retry due within
+    `horizon_s` (COUNTDOWN_HORIZON_S) goes as a countdown message: the index keeps it a
+    grace longer, for a message lost with its worker; a later one is the sweep's to send,
+    when due."""
     name = keys.deliveries_key(claimed.job_id)
     update: dict[str, Any] = {"lease_until": None, "last_code": outcome.code, "last_error": outcome.error}
+    if not outcome.counted:
+        update["attempts"] = claimed.attempts - 1
     if outcome.state == "delivered":
         update |= {"state": "delivered", "delivered_at": now}
     elif outcome.retry_in is not None:
@@ -115,7 +122,9 @@ def record(client: redis.Redis, claimed: Delivery, outcome: Outcome, now: float)
             pipe.multi()
             pipe.hset(name, claimed.id, after.to_json())
             if after.state == "pending" and after.next_at is not None:
-                pipe.zadd(keys.DELIVERIES_DUE, {claimed.id: after.next_at + DELIVERY_GRACE_S})
+                counted_down = outcome.retry_in is not None and outcome.retry_in <= horizon_s
+                grace = DELIVERY_GRACE_S if counted_down else 0.0
+                pipe.zadd(keys.DELIVERIES_DUE, {claimed.id: after.next_at + grace})
             else:
                 pipe.zrem(keys.DELIVERIES_DUE, claimed.id)
             pipe.execute()
@@ -165,10 +174,23 @@ def attempt(
     delivery, body = claimed
     if delivery.kind == "task":
         outcome = _send_completion(delivery, body, send_task)
+    elif settings.webhook_secret is None:
+        # Not this worker's to make (it could not sign): uncounted, again a grace later,
+        # when a worker that can may take it.
+        log.error(
+            "webhook not sent: WEBHOOK_SECRET is not set on this worker",
+            extra={"job_id": delivery.job_id, "delivery_id": delivery.id},
+        )
+        outcome = Outcome(
+            "pending",
+            error="WEBHOOK_SECRET is not set on the worker that took it",
+            retry_in=DELIVERY_GRACE_S,
+            counted=False,
+        )
     else:
         code, error = post(delivery, body, settings)
         outcome = _webhook_outcome(delivery, code, error, settings.webhook_retry_schedule_s)
-    stored = record(client, delivery, outcome, now())
+    stored = record(client, delivery, outcome, now(), settings.countdown_horizon_s)
     log.info(
         "delivery attempted",
         extra={

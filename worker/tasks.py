@@ -8,6 +8,7 @@ Flower shows that task as FAILURE with the job's error."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -42,6 +43,8 @@ from worker.providers import get_provider, provider_names, reset_providers
 from worker.render_history import RenderHistory
 from worker.storage import Storage, open_storage
 from worker.sweep import start_sweeper
+
+log = logging.getLogger("videoqueue.worker")
 
 
 class CeleryDispatcher:
@@ -139,6 +142,11 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     node = str(getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker")
     queues = sorted(app.amqp.queues.consume_from)
     _heartbeats.append(registry.start_heartbeat(node, queues, get_settings()))
+    if get_settings().webhook_secret is None and any(q.endswith("webhooks") for q in queues):
+        log.warning(
+            "WEBHOOK_SECRET is not set: this worker takes webhook deliveries but cannot sign them; "
+            "each one it takes waits for a worker that can"
+        )
 
 
 @worker_shutdown.connect

@@ -58,6 +58,10 @@ def test_the_secret_is_required_with_the_base_url_and_never_shown() -> None:
         Settings(_env_file=None, callback_base_url="cb.example.com", callback_secret=SECRET)
     shown = repr(settings())
     assert SECRET not in shown
+    with pytest.raises(ValueError) as short:
+        Settings(_env_file=None, callback_base_url=BASE, callback_secret="short-key")
+    described = describe_invalid(short.value)  # type: ignore[arg-type]
+    assert "at least 16 characters" in described and "short-key" not in described
 
 
 def test_the_safety_poll_is_slow_and_never_past_the_deadline() -> None:

@@ -14,6 +14,7 @@ import pytest
 from tests.unit.helpers import walk_to
 from tests.unit.test_jobstore import make_record
 from videoqueue import events, keys
+from videoqueue.errors import InvalidRequestError
 from videoqueue.events import JobEvent, decode, encode, read_events
 from videoqueue.job import ErrorCode, JobFailure, JobStatus
 from videoqueue.jobstore import JobStore
@@ -175,3 +176,14 @@ def test_a_follower_hands_on_the_wanted_events_and_stops_after_block_seconds_of_
     forever = events.Follower("$", None, None, now=0.0)
     assert forever.block_ms(10_000.0) == events.MAX_BLOCK_MS
     assert forever.take([event("1-0", "z")], 1.0) == [event("1-0", "z")]
+
+
+@pytest.mark.parametrize("since", ["garbage", "-5", "1-2-3", "", "1735733130250-x"])
+def test_a_since_that_is_no_event_id_is_refused_before_any_read(since: str) -> None:
+    with pytest.raises(InvalidRequestError, match="not an event id"):
+        events.Follower(since, None, None, now=0.0)
+
+
+@pytest.mark.parametrize("since", ["$", "0", "1735733130250", "1735733130250-7"])
+def test_event_ids_start_and_new_are_taken(since: str) -> None:
+    assert events.check_since(since) == since

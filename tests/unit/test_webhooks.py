@@ -20,11 +20,12 @@ from tests.unit.helpers import seedance_request, walk_to
 from videoqueue import keys, webhooks
 from videoqueue.catalog import load_catalog
 from videoqueue.errors import InvalidRequestError
-from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.job import TASK_DELIVER, JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobStore
 from videoqueue.resolved import FINAL_EVENTS
 from videoqueue.settings import Settings
-from worker.deliver import Outcome, _webhook_outcome, claim, record, send_due
+from videoqueue.webhooks import DELIVERY_GRACE_S
+from worker.deliver import Outcome, _webhook_outcome, attempt, claim, record, send_due
 
 SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
 
@@ -40,6 +41,7 @@ BODY = json.dumps({"type": "job.succeeded", "timestamp": "2026-01-01T00:00:00+00
 def test_a_signed_delivery_verifies_and_gives_its_payload() -> None:
     headers = webhooks.sign([SECRET], "j:succeeded", BODY)
     assert verify(headers, BODY, SECRET) == json.loads(BODY)
+    assert verify(headers, BODY, SECRET, tolerance=60) == json.loads(BODY)  # seconds do too
     assert headers["webhook-signature"].startswith("v1,")
 
 
@@ -155,16 +157,20 @@ def test_submit_checks_the_url_and_the_secret() -> None:
         webhooks.check_request(request, Settings())
     with pytest.raises(InvalidRequestError, match="not https"):
         webhooks.check_request(request, Settings(webhook_secret=SECRET))
-    with pytest.raises(InvalidRequestError, match="loopback"):
+    with pytest.raises(InvalidRequestError, match=r"loopback.*WEBHOOK_ALLOW_PRIVATE allows"):
         webhooks.check_request(request, Settings(webhook_secret=SECRET, webhook_allow_http=True))
     webhooks.check_request(
         request, Settings(webhook_secret=SECRET, webhook_allow_http=True, webhook_allow_private=True)
     )
     metadata = seedance_request(webhook_url="http://169.254.169.254/latest")
-    with pytest.raises(InvalidRequestError, match=r"169\.254\.169\.254"):
+    with pytest.raises(InvalidRequestError, match=r"169\.254\.169\.254") as refused:
         webhooks.check_request(
             metadata, Settings(webhook_secret=SECRET, webhook_allow_http=True, webhook_allow_private=True)
         )
+    assert "WEBHOOK_ALLOW_PRIVATE" not in str(refused.value)  # it would not help: metadata is never reached
+    with pytest.raises(InvalidRequestError) as refused:
+        webhooks.check_request(metadata, Settings(webhook_secret=SECRET, webhook_allow_http=True))
+    assert "WEBHOOK_ALLOW_PRIVATE" not in str(refused.value)
 
 
 @pytest.fixture
@@ -215,13 +221,20 @@ def test_an_attempt_is_claimed_once_and_its_outcome_recorded(client: Any) -> Non
     first = claim(client, delivery_id, lease_s=30, now=1000.0)
     assert first is not None and first[0].attempts == 1
     assert claim(client, delivery_id, lease_s=30, now=1001.0) is None  # leased
-    assert record(client, first[0], Outcome("pending", code=503, retry_in=5.0), now=1002.0)
+    assert record(client, first[0], Outcome("pending", code=503, retry_in=5.0), now=1002.0, horizon_s=60)
+    # Within the horizon a countdown message brings the retry; the index, a grace later.
+    assert client.zscore(keys.DELIVERIES_DUE, delivery_id) == 1007.0 + DELIVERY_GRACE_S
     assert claim(client, delivery_id, lease_s=30, now=1003.0) is None  # not yet due
     second = claim(client, delivery_id, lease_s=30, now=1007.0)
     assert second is not None and second[0].attempts == 2
-    assert record(client, second[0], Outcome("delivered", code=204), now=1008.0)
+    assert record(client, second[0], Outcome("pending", code=503, retry_in=300.0), now=1008.0, horizon_s=60)
+    # Beyond it no message is sent: the sweep sends the retry as soon as it is due.
+    assert client.zscore(keys.DELIVERIES_DUE, delivery_id) == 1308.0
+    third = claim(client, delivery_id, lease_s=30, now=1308.0)
+    assert third is not None and third[0].attempts == 3
+    assert record(client, third[0], Outcome("delivered", code=204), now=1309.0, horizon_s=60)
     [done] = webhooks.deliveries(client, job.id)
-    assert (done.state, done.attempts, done.last_code) == ("delivered", 2, 204)
+    assert (done.state, done.attempts, done.last_code) == ("delivered", 3, 204)
     assert client.zscore(keys.DELIVERIES_DUE, delivery_id) is None
     # A replay makes it pending again, same id, attempts reset.
     again = webhooks.replay(client, job.id)
@@ -256,3 +269,22 @@ def test_the_sweep_sends_what_is_overdue_once_a_grace(client: Any) -> None:
     assert send_due(client, send, now=owed_at) == [delivery_id]
     assert sent == [("videoqueue.deliver_webhook", [delivery_id])]
     assert send_due(client, send, now=owed_at + 1) == []  # moved on a grace, not sent each tick
+
+
+def test_a_worker_without_the_secret_makes_no_attempt_and_counts_none(client: Any) -> None:
+    store = JobStore(client)
+    job = _job(store, webhook_url="https://h.example.com/")
+    store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
+    delivery_id = f"{job.id}:cancelled"
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send_task(name: str, **options: Any) -> None:
+        sent.append((name, options))
+
+    outcome = attempt(client, delivery_id, Settings(_env_file=None), send_task, now=lambda: 1000.0)
+    assert (outcome.state, outcome.counted) == ("pending", False)
+    [left] = webhooks.deliveries(client, job.id)
+    assert (left.state, left.attempts, left.lease_until) == ("pending", 0, None)
+    assert "WEBHOOK_SECRET" in (left.last_error or "")
+    # Offered again a grace later (a countdown), never at once: no loop between such workers.
+    assert sent == [(TASK_DELIVER, {"args": [delivery_id], "countdown": DELIVERY_GRACE_S})]
