@@ -10,12 +10,12 @@ video it should be).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO
 
 import av
 import av.error
@@ -96,7 +96,7 @@ class JoinResult:
     copied: bool
 
 
-Source = Path | IO[bytes]
+Source = Path | io.IOBase
 """A video to read: a file, or an open binary file object (the simulator's clips in memory)."""
 
 
@@ -152,16 +152,35 @@ def probe(video: Source) -> MediaInfo:
     """Read `video`'s container: duration and the parameters of its first video and audio
     streams. Only headers are read (no frame is decoded). MediaError if it is not a video."""
     with _open(video) as container:
-        stream = _video_stream(container, video)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        params = _video_params(stream)
-        return MediaInfo(
-            duration_s=_duration_s(container),
-            width=params.width,
-            height=params.height,
-            video=params,
-            audio=_audio_params(audio) if audio is not None else None,
-        )
+        return _info(container, video)
+
+
+def _info(container: InputContainer, video: Source) -> MediaInfo:
+    params = _video_params(_video_stream(container, video))
+    audio = container.streams.audio[0] if container.streams.audio else None
+    return MediaInfo(
+        duration_s=_duration_s(container),
+        width=params.width,
+        height=params.height,
+        video=params,
+        audio=_audio_params(audio) if audio is not None else None,
+    )
+
+
+def verify(video: Source) -> MediaInfo:
+    """`probe`, and decode the first video frame: what the store step's check asks of a
+    stored video (reads the headers and the first key frame, not the whole file).
+    MediaError if it is not a video or its first frame does not decode."""
+    with _open(video) as container:
+        info = _info(container, video)
+        _first_frame(container, video)
+        return info
+
+
+def _first_frame(container: InputContainer, video: Source) -> VideoFrame:
+    for frame in _decoded(container, _video_stream(container, video), video):
+        return frame
+    raise MediaError(f"{video} has no decodable video frame")
 
 
 def _decoded(container: InputContainer, stream: VideoStream, video: Source) -> Iterator[VideoFrame]:
