@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import re
 import threading
 import time
@@ -18,8 +20,10 @@ from google.genai import errors, types
 
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
+from simulator.clips import Shape, clips
 from simulator.scheduler import Scheduler
 from simulator.vertex import RAI_REASON, Operation
+from worker import media
 
 FAST = "veo-3.1-fast-generate-001"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -142,6 +146,7 @@ def served_video(sim: Scheduler, name: str, sample: int = 0) -> bytes:
 
 
 def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
+    clips(Shape(6, "9:16"))  # made once per shape (simulator/clips.py), not timed below
     name = generate(express, duration_seconds=6, aspect_ratio="9:16", generate_audio=True, seed=7)
     assert re.fullmatch(f"{EXPRESS_RESOURCE}/operations/{OP_ID}", name)
     assert fetch(express, name).done is None
@@ -409,3 +414,16 @@ def test_google_api_key_option_falls_back_to_env(monkeypatch: pytest.MonkeyPatch
     assert config_from_args(parse_args([])).google_api_key == "from-env"
     assert config_from_args(parse_args(["--google-api-key", "cli"])).google_api_key == "cli"
     assert SimConfig(google_api_key="k").public_dict()["google_api_key"] == "***"
+
+
+def test_an_inline_first_frame_is_shown_by_its_sha256(
+    express: genai.Client, http: httpx.Client, sim: Scheduler
+) -> None:
+    set_config(http, latency=0.0)
+    name = generate(express, image=types.Image(image_bytes=PNG, mime_type="image/png"), duration_seconds=6)
+    wait_done(express, name)
+    shown = http.get(f"/_sim/tasks/{name}").json()
+    assert shown["images_sha256"] == {"first_frame": hashlib.sha256(PNG).hexdigest()}
+    video = served_video(sim, name)
+    assert shown["video_sha256"] == hashlib.sha256(video).hexdigest()
+    assert abs(media.probe(io.BytesIO(video)).duration_s - 6) < 0.1
