@@ -34,7 +34,7 @@ SAMPLE_PNG = bytes.fromhex(
 
 class ApiDelay:
     """ASGI middleware: waits `api_delay` seconds before every provider API call (not
-    the /_sim control endpoints, not video files)."""
+    the /_sim control endpoints, not video files or Cloud Storage objects)."""
 
     def __init__(self, app: ASGIApp, sim: ArkSim) -> None:
         self.app = app
@@ -42,7 +42,7 @@ class ApiDelay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         delay = self.sim.config.api_delay
-        if delay and scope["type"] == "http" and not scope["path"].startswith(("/_sim", "/files/")):
+        if delay and scope["type"] == "http" and not scope["path"].startswith(("/_sim", "/files/", "/storage/")):
             await asyncio.sleep(delay)
         await self.app(scope, receive, send)
 

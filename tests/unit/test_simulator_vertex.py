@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import google.oauth2.credentials
 import httpx
@@ -194,7 +195,7 @@ def test_image_to_video_in_project_mode(project: genai.Client, sim: Scheduler) -
     assert served_video(sim, name, 0) != served_video(sim, name, 1)
 
 
-def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
+def test_storage_uri_answers_gcs_uris(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     name = generate(express, output_gcs_uri="gs://bucket/prefix/", number_of_videos=2)
     operation = wait_done(express, name)
     assert operation.response is not None
@@ -202,6 +203,11 @@ def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
     op_id = name.rpartition("/")[2]
     assert [v.uri for v in videos] == [f"gs://bucket/prefix/{op_id}/sample_{n}.mp4" for n in range(2)]
     assert all(v.video_bytes is None and v.mime_type == "video/mp4" for v in videos)
+    # The objects, by the Cloud Storage JSON API's media download: the same clips as inline.
+    for n in range(2):
+        path = f"/storage/v1/b/bucket/o/{quote(f'prefix/{op_id}/sample_{n}.mp4', safe='')}?alt=media"
+        assert http.get(path).content == served_video(sim, name, n)
+    assert http.get(f"/storage/v1/b/bucket/o/prefix%2F{op_id}%2Fsample_2.mp4?alt=media").status_code == 404
 
 
 def test_fail_marker_is_the_safety_filter(express: genai.Client, http: httpx.Client) -> None:
