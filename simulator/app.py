@@ -20,7 +20,7 @@ from simulator.ark import ArkSim, Task, ark_routes
 from simulator.callbacks import sending_callbacks
 from simulator.clips import Shape, clip, last_frame_png, variant_of
 from simulator.config import SimConfig
-from simulator.mp4 import task_video, video_response
+from simulator.mp4 import UNDECODABLE, task_video, video_response
 from simulator.scheduler import Job
 from simulator.timeline import timeline_routes
 from simulator.vertex import vertex_routes
@@ -89,7 +89,10 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         if request.method == "GET":
             sim.counters["video_downloads_total"] += 1
         # The first request for a shape makes its clips (about 0.1 s a clip): off the loop.
-        data = await asyncio.to_thread(task_video, task.id, task.shape)
+        if task.spec.markers.badvideo:
+            data = UNDECODABLE
+        else:
+            data = await asyncio.to_thread(task_video, task.id, task.shape)
         return video_response(data, sim.config.video_pad_bytes, sim.config.video_trickle_s)
 
     async def last_frame(request: Request) -> Response:
