@@ -23,7 +23,7 @@ FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
 def test_an_undecodable_video_is_refused_in_local_storage(local_stack: Stack, tmp_path: Path) -> None:
-    local_stack.start_worker(**FAST_GIVE_UP)
+    local_stack.start_worker(concurrency=2, pool=None, **FAST_GIVE_UP)
     vq = local_stack.queue()
     good = vq.submit(VideoRequest(prompt="a decodable clip", duration=4, ratio="9:16"))
     bad = vq.submit(VideoRequest(prompt="a clip that does not decode [sim:badvideo]"))
@@ -45,7 +45,7 @@ def test_an_undecodable_video_is_refused_in_local_storage(local_stack: Stack, tm
 
 def test_an_undecodable_video_is_refused_and_deleted_in_s3(s3_stack: tuple[Stack, S3Server, str]) -> None:
     stack, s3, bucket = s3_stack
-    stack.start_worker(**FAST_GIVE_UP)
+    stack.start_worker(concurrency=2, pool=None, **FAST_GIVE_UP)
     vq = stack.queue()
     good = vq.submit(VideoRequest(prompt="a decodable clip in s3"))
     bad = vq.submit(VideoRequest(prompt="an s3 clip that does not decode [sim:badvideo]"))
