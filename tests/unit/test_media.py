@@ -9,6 +9,9 @@ from pathlib import Path
 
 import av
 import pytest
+from av.container import OutputContainer
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
 from moto import mock_aws
 
 from simulator import clips
@@ -161,3 +164,24 @@ def test_ranged_object_reads_like_the_object(s3: S3Storage) -> None:
     ranged.seek(1024 * 1024 - 3)
     assert ranged.read(6) == data[1024 * 1024 - 3 : 1024 * 1024 + 3]
     assert ranged.gets == 4
+
+
+def test_a_scene_without_sound_is_joined_with_silence(tmp_path: Path) -> None:
+    silent = tmp_path / "silent.mp4"
+    with av.open(str(silent), "w", format="mp4") as container:
+        assert isinstance(container, OutputContainer)
+        stream = container.add_stream("libx264", rate=FPS)
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height, stream.pix_fmt = *WIDE.size, "yuv420p"
+        for index in range(WIDE.duration_s * FPS):
+            frame = VideoFrame(*WIDE.size, "rgb24")
+            frame.planes[0].update(frame_rgb(WIDE, 4, index))
+            container.mux(stream.encode(frame.reformat(format="yuv420p")))
+        container.mux(stream.encode(None))
+    assert not media.probe(silent).has_audio
+
+    result = media.join([silent, write(tmp_path / "loud.mp4", clip(WIDE, 0))], tmp_path / "movie.mp4")
+
+    assert not result.copied
+    info = media.probe(tmp_path / "movie.mp4")
+    assert info.has_audio and abs(info.duration_s - 2 * WIDE.duration_s) <= 0.1
