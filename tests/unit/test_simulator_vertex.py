@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import google.oauth2.credentials
 import httpx
@@ -18,9 +21,10 @@ from google.genai import errors, types
 
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
-from simulator.mp4 import sample_bytes
+from simulator.clips import Shape, clips
 from simulator.scheduler import Scheduler
-from simulator.vertex import RAI_REASON
+from simulator.vertex import RAI_REASON, Operation
+from worker import media
 
 FAST = "veo-3.1-fast-generate-001"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -135,7 +139,15 @@ def wait_done(client: genai.Client, name: str, timeout: float = 5) -> types.Gene
         time.sleep(0.03)
 
 
-def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client) -> None:
+def served_video(sim: Scheduler, name: str, sample: int = 0) -> bytes:
+    """The clip the simulator serves as video `sample` of operation `name`."""
+    op = sim.tasks[name.rpartition("/")[2]]
+    assert isinstance(op, Operation)
+    return op.video(sample)
+
+
+def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
+    clips(Shape(6, "9:16"))  # made once per shape (simulator/clips.py), not timed below
     name = generate(express, duration_seconds=6, aspect_ratio="9:16", generate_audio=True, seed=7)
     assert re.fullmatch(f"{EXPRESS_RESOURCE}/operations/{OP_ID}", name)
     assert fetch(express, name).done is None
@@ -149,7 +161,7 @@ def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client
     assert operation.response.rai_media_filtered_reasons is None
     videos = operation.response.generated_videos or []
     assert len(videos) == 1 and videos[0].video is not None
-    assert videos[0].video.video_bytes == sample_bytes()
+    assert videos[0].video.video_bytes == served_video(sim, name)
     assert videos[0].video.mime_type == "video/mp4" and videos[0].video.uri is None
     current = stats(http)
     assert current["by_status"]["succeeded"] == 1 and current["in_flight"] == 0
@@ -179,10 +191,11 @@ def test_image_to_video_in_project_mode(project: genai.Client, sim: Scheduler) -
     operation = wait_done(project, name)
     assert operation.response is not None
     videos = operation.response.generated_videos or []
-    assert [v.video.video_bytes == sample_bytes() for v in videos if v.video] == [True, True]
+    assert [v.video.video_bytes for v in videos if v.video] == [served_video(sim, name, n) for n in (0, 1)]
+    assert served_video(sim, name, 0) != served_video(sim, name, 1)
 
 
-def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
+def test_storage_uri_answers_gcs_uris(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     name = generate(express, output_gcs_uri="gs://bucket/prefix/", number_of_videos=2)
     operation = wait_done(express, name)
     assert operation.response is not None
@@ -190,6 +203,11 @@ def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
     op_id = name.rpartition("/")[2]
     assert [v.uri for v in videos] == [f"gs://bucket/prefix/{op_id}/sample_{n}.mp4" for n in range(2)]
     assert all(v.video_bytes is None and v.mime_type == "video/mp4" for v in videos)
+    # The objects, by the Cloud Storage JSON API's media download: the same clips as inline.
+    for n in range(2):
+        path = f"/storage/v1/b/bucket/o/{quote(f'prefix/{op_id}/sample_{n}.mp4', safe='')}?alt=media"
+        assert http.get(path).content == served_video(sim, name, n)
+    assert http.get(f"/storage/v1/b/bucket/o/prefix%2F{op_id}%2Fsample_2.mp4?alt=media").status_code == 404
 
 
 def test_fail_marker_is_the_safety_filter(express: genai.Client, http: httpx.Client) -> None:
@@ -360,18 +378,20 @@ def test_veo_operations_share_scheduler_and_stats(express: genai.Client, http: h
     assert current["creates_by_prompt"] == {"job 0": 1, "job 1": 1, "[sim:hold]": 1, "ark": 1}
 
 
-def test_video_padding_is_inline_too(express: genai.Client, http: httpx.Client) -> None:
+def test_video_padding_is_inline_too(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     set_config(http, video_pad_bytes=1000, latency=0.0)
-    operation = wait_done(express, generate(express))
+    name = generate(express)
+    operation = wait_done(express, name)
     assert operation.response is not None and operation.response.generated_videos
     video = operation.response.generated_videos[0].video
     assert video is not None and video.video_bytes is not None
-    base = len(sample_bytes())
-    assert video.video_bytes[:base] == sample_bytes() and len(video.video_bytes) == base + 1000
+    served = served_video(sim, name)
+    base = len(served)
+    assert video.video_bytes[:base] == served and len(video.video_bytes) == base + 1000
     assert video.video_bytes[base : base + 8] == (1000).to_bytes(4, "big") + b"free"
 
 
-def test_raw_wire_format(http: httpx.Client) -> None:
+def test_raw_wire_format(http: httpx.Client, sim: Scheduler) -> None:
     headers = {"Authorization": "Bearer tok"}
     body: dict[str, Any] = {
         "instances": [
@@ -388,7 +408,7 @@ def test_raw_wire_format(http: httpx.Client) -> None:
     data = http.post(f"{url}:fetchPredictOperation", json={"operationName": name}, headers=headers).json()
     assert data.keys() == {"name", "done", "response"} and data["done"] is True
     assert data["response"]["@type"] == "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
-    assert base64.b64decode(data["response"]["videos"][0]["bytesBase64Encoded"]) == sample_bytes()
+    assert base64.b64decode(data["response"]["videos"][0]["bytesBase64Encoded"]) == served_video(sim, name)
 
     held = http.post(f"{url}:predictLongRunning", json={"instances": [{"prompt": "[sim:hold]"}]}, headers=headers)
     pending = http.post(f"{url}:fetchPredictOperation", json={"operationName": held.json()["name"]}, headers=headers)
@@ -400,3 +420,16 @@ def test_google_api_key_option_falls_back_to_env(monkeypatch: pytest.MonkeyPatch
     assert config_from_args(parse_args([])).google_api_key == "from-env"
     assert config_from_args(parse_args(["--google-api-key", "cli"])).google_api_key == "cli"
     assert SimConfig(google_api_key="k").public_dict()["google_api_key"] == "***"
+
+
+def test_an_inline_first_frame_is_shown_by_its_sha256(
+    express: genai.Client, http: httpx.Client, sim: Scheduler
+) -> None:
+    set_config(http, latency=0.0)
+    name = generate(express, image=types.Image(image_bytes=PNG, mime_type="image/png"), duration_seconds=6)
+    wait_done(express, name)
+    shown = http.get(f"/_sim/tasks/{name}").json()
+    assert shown["images_sha256"] == {"first_frame": hashlib.sha256(PNG).hexdigest()}
+    video = served_video(sim, name)
+    assert shown["video_sha256"] == hashlib.sha256(video).hexdigest()
+    assert abs(media.probe(io.BytesIO(video)).duration_s - 6) < 0.1
