@@ -214,6 +214,9 @@ RECORD_NAMES: dict[str, str] = {
     "history": "h",
     "retry_of": "ro",
     "retried_by": "rb",
+    "movie_id": "mv",
+    "scene": "sn",
+    "after_job": "aj",
 }
 """A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
 
