@@ -26,6 +26,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
         StorageError
             VideoCheckError                          worker.storage.base
             FetchError                               worker.storage.fetch
+            MediaError                               worker.media
         InvalidSettingsError (ValueError)
             AllowListError                           videoqueue.urlguard
         EnqueueError (RuntimeError)                  producer.api
