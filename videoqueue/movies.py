@@ -221,7 +221,7 @@ def update(
         pipe.set(key, changed.model_dump_json(exclude_defaults=True))
         return changed
 
-    stored: MovieRecord | None = client.transaction(attempt, key, value_from_callable=True)  # type: ignore[arg-type]
+    stored: MovieRecord | None = client.transaction(attempt, key, value_from_callable=True)  # type: ignore[arg-type,assignment]
     return stored
 
 
