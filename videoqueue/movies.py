@@ -252,7 +252,7 @@ def owed_at(client: redis.Redis, movie_id: str) -> float | None:
 
 _SETTLE = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and score == ARGV[2] then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 0
 """
 

@@ -94,7 +94,7 @@ class MovieStep(CancelStep):
 
     def _last_frame(self, job: JobRecord) -> bytes:
         """The last frame of a stored scene, as PNG, decoded from the stored video."""
-        from worker import media  # noqa: PLC0415 - PyAV: loaded only by the workers that make movies
+        from worker import media
 
         if not job.output_uri:
             raise StorageError(f"job {job.id} succeeded without a stored video")
@@ -170,7 +170,7 @@ class MovieStep(CancelStep):
 
     def _assemble(self, movie: MovieRecord, jobs: dict[str, JobRecord]) -> None:
         """Join the stored scenes into `<movie_id>.mp4` and write `<movie_id>.json`."""
-        from worker import media  # noqa: PLC0415 - PyAV: loaded only by the workers that make movies
+        from worker import media
 
         storage = self.storage()
         with tempfile.TemporaryDirectory(prefix="vq-movie-") as tmp:
