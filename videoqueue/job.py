@@ -183,6 +183,9 @@ class JobRecord(BaseModel):
     # budget reserved but its submit waits (the submit step does nothing) until the movie's
     # advance gives it the first frame and clears this.
     after_job: str | None = None
+    # The provider's URL of the video's last frame (a PNG), when it gives one (ModelArk, for
+    # a task created with `return_last_frame`): the next scene's first frame.
+    last_frame_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod

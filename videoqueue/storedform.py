@@ -217,6 +217,7 @@ RECORD_NAMES: dict[str, str] = {
     "movie_id": "mv",
     "scene": "sn",
     "after_job": "aj",
+    "last_frame_url": "lu",
 }
 """A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
 

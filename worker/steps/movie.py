@@ -23,10 +23,14 @@ from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError
 from videoqueue.movies import Decision, MovieRecord, MovieState
 from videoqueue.resolved import ImageRole, ImageSource, ImageUpload
+from worker.download import stream_url
+from worker.providers import download_client
+from worker.providers.base import ProviderError
 from worker.steps.base import log
 from worker.steps.cancel import CancelStep
 
 _CHUNK = 1 << 20
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class MovieStep(CancelStep):
@@ -93,8 +97,23 @@ class MovieStep(CancelStep):
         self.dispatch.submit(job.id, countdown=0.0)
 
     def _last_frame(self, job: JobRecord) -> bytes:
-        """The last frame of a stored scene, as PNG, decoded from the stored video."""
-        from worker import media
+        """The last frame of a stored scene, as PNG: the provider's (ModelArk returns it when
+        asked, `JobRecord.last_frame_url`), else, or if it is gone, decoded from the stored
+        video (Veo)."""
+        from worker import media  # PyAV: loaded by the workers that make movies only
+
+        if job.last_frame_url:
+            try:
+                with stream_url(download_client(self.settings), job.last_frame_url) as stream:
+                    png = b"".join(stream.chunks)
+                if png.startswith(_PNG):
+                    return png
+                log.warning("the provider's last frame is no PNG: decoding the video", extra={"job_id": job.id})
+            except ProviderError as exc:
+                log.warning(
+                    "the provider's last frame is gone: decoding the video",
+                    extra={"job_id": job.id, "reason": str(exc)},
+                )
 
         if not job.output_uri:
             raise StorageError(f"job {job.id} succeeded without a stored video")
@@ -170,7 +189,7 @@ class MovieStep(CancelStep):
 
     def _assemble(self, movie: MovieRecord, jobs: dict[str, JobRecord]) -> None:
         """Join the stored scenes into `<movie_id>.mp4` and write `<movie_id>.json`."""
-        from worker import media
+        from worker import media  # PyAV: loaded by the workers that make movies only
 
         storage = self.storage()
         with tempfile.TemporaryDirectory(prefix="vq-movie-") as tmp:
