@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from simulator.clips import Shape
 from simulator.scheduler import STATUSES, Job, Scheduler
 from simulator.validation import ApiError, TaskSpec, completion_tokens, invalid, parse_create
 
@@ -31,6 +32,11 @@ class Task(Job[TaskSpec]):
     tokens: int
     # The base of its video URL, as the create saw it (a callback has no request of its own).
     base: str = ""
+
+    @property
+    def shape(self) -> Shape:
+        """What its video is made for (simulator/clips.py)."""
+        return Shape(self.spec.duration, self.spec.ratio)
 
     @property
     def error(self) -> dict[str, str] | None:
@@ -67,6 +73,8 @@ class Task(Job[TaskSpec]):
         }
         if self.status == "succeeded":
             data["content"] = {"video_url": f"{public_base}/files/{self.id}.mp4"}
+            if spec.return_last_frame:
+                data["content"]["last_frame_url"] = f"{public_base}/files/{self.id}.png"
             data["usage"] = {"completion_tokens": self.tokens, "total_tokens": self.tokens}
         return data
 

@@ -4,13 +4,14 @@ aspect ratio, small (WIDTH pixels wide), made with PyAV once per shape and kept 
 Each shape comes in VARIANTS clips; a task's clip is picked by its id (`variant_of`), so
 two tasks' videos differ (unless their ids collide modulo VARIANTS). Every frame shows its
 number and the clip's variant in big digits on a background of the variant's colour, so a
-last frame can be told from any other; the sound is a tone of the variant's pitch. The
+last frame can be told from any other; the sound is a tone of the variant's pitch (10 + variant periods per 64 ms). The
 clips of one shape are padded (an MP4 `free` box) to one size, so a shape's download size
 does not depend on the task (`simulator.mp4.video_size`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -24,11 +25,16 @@ import av
 from av.audio.frame import AudioFrame
 from av.container import OutputContainer
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
+
+from worker import media
 
 WIDTH = 160
 FPS = 24
 VARIANTS = 8
-AUDIO_RATE = 24_000
+AUDIO_RATE = 16_000
+AUDIO_BIT_RATE = 24_000
+TONE_SAMPLES = 1024  # one AAC frame
 # Height over width of each ratio the providers take ("adaptive" renders as 16:9).
 RATIOS = {
     "16:9": Fraction(9, 16),
@@ -122,11 +128,17 @@ def _video_frame(shape: Shape, variant: int, index: int) -> VideoFrame:
     return frame
 
 
-def _tone(variant: int, start: int, count: int) -> AudioFrame:
-    pitch = 220.0 * 2 ** (variant / 12)
-    samples = array("h", (round(8000 * math.sin(2 * math.pi * pitch * (start + n) / AUDIO_RATE)) for n in range(count)))
+def _tone(variant: int) -> bytes:
+    """One audio frame (TONE_SAMPLES, s16 mono) of the variant's tone: a whole number of
+    periods, so every frame of a clip is the same and it is computed once."""
+    periods = 10 + variant
+    wave = (round(8000 * math.sin(2 * math.pi * periods * n / TONE_SAMPLES)) for n in range(TONE_SAMPLES))
+    return array("h", wave).tobytes()
+
+
+def _audio_frame(tone: bytes, start: int, count: int) -> AudioFrame:
     frame = AudioFrame(format="s16", layout="mono", samples=count)
-    frame.planes[0].update(samples.tobytes())
+    frame.planes[0].update(tone[: count * 2])
     frame.sample_rate = AUDIO_RATE
     frame.pts = start
     frame.time_base = Fraction(1, AUDIO_RATE)
@@ -140,16 +152,19 @@ def make_clip(shape: Shape, variant: int) -> bytes:
     out = io.BytesIO()
     with av.open(out, "w", format="mp4") as container:
         assert isinstance(container, OutputContainer)
-        video = container.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "g": str(FPS)})
+        options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(FPS)}
+        video = container.add_stream("libx264", rate=FPS, options=options)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         audio = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        audio.bit_rate = AUDIO_BIT_RATE
+        to_yuv = VideoReformatter()  # one swscale context for the clip, not one per frame
         for index in range(shape.duration_s * FPS):
-            frame = _video_frame(shape, variant, index).reformat(format="yuv420p")
+            frame = to_yuv.reformat(_video_frame(shape, variant, index), format="yuv420p")
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        total = shape.duration_s * AUDIO_RATE
-        for start in range(0, total, 1024):
-            container.mux(audio.encode(_tone(variant, start, min(1024, total - start))))
+        total, tone = shape.duration_s * AUDIO_RATE, _tone(variant)
+        for start in range(0, total, TONE_SAMPLES):
+            container.mux(audio.encode(_audio_frame(tone, start, min(TONE_SAMPLES, total - start))))
         container.mux(audio.encode(None))
     return out.getvalue()
 
@@ -177,3 +192,10 @@ def clips(shape: Shape) -> tuple[bytes, ...]:
 def clip(shape: Shape, variant: int) -> bytes:
     """One clip of `shape` (see `clips`)."""
     return clips(shape)[variant % VARIANTS]
+
+
+@functools.lru_cache(maxsize=256)
+def last_frame_png(shape: Shape, variant: int) -> bytes:
+    """The last frame of a clip as PNG: decoded from the clip by worker/media.py, so it is
+    byte for byte what the worker takes from the stored video."""
+    return media.last_frame_png(io.BytesIO(clip(shape, variant)))

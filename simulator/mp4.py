@@ -1,4 +1,5 @@
-"""The sample video served for succeeded tasks, optionally padded to any size.
+"""The video served for a succeeded task (simulator/clips.py: a real clip of its shape),
+optionally padded to any size.
 
 Padding is a trailing MP4 `free` box, which players ignore, generated on the fly so that
 multi-gigabyte downloads never sit in memory.
@@ -9,25 +10,28 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
-from functools import cache
-from importlib import resources
 
 from starlette.responses import StreamingResponse
+
+from simulator.clips import Shape, clip, clips, variant_of
 
 CHUNK_SIZE = 64 * 1024
 _ZEROS = bytes(CHUNK_SIZE)
 _MAX_32BIT_BOX = 0xFFFFFFFF
 
 
-@cache
-def sample_bytes() -> bytes:
-    """Return the bundled sample MP4 (about 33 KB, 2 s, H.264 + AAC)."""
-    return resources.files("simulator").joinpath("assets/sample.mp4").read_bytes()
+DEFAULT_SHAPE = Shape(5, "16:9")  # a ModelArk create that names neither
 
 
-def video_size(pad_bytes: int) -> int:
-    """Return the size of the served file for a given padding size."""
-    return len(sample_bytes()) + pad_bytes
+def task_video(task_id: str, shape: Shape) -> bytes:
+    """The clip a task serves: of its shape, the variant its id picks."""
+    return clip(shape, variant_of(task_id))
+
+
+def video_size(pad_bytes: int, shape: Shape = DEFAULT_SHAPE) -> int:
+    """Return the size of the served file of a shape for a given padding size (every
+    clip of a shape has the same size)."""
+    return len(clips(shape)[0]) + pad_bytes
 
 
 def free_box_header(box_size: int) -> bytes:
@@ -38,17 +42,16 @@ def free_box_header(box_size: int) -> bytes:
     return struct.pack(">I4sQ", 1, b"free", box_size)
 
 
-def padded_video(pad_bytes: int) -> bytes:
+def padded_video(data: bytes, pad_bytes: int) -> bytes:
     """Return the whole served file at once, for APIs that answer videos inline."""
     if pad_bytes <= 0:
-        return sample_bytes()
+        return data
     header = free_box_header(pad_bytes)
-    return sample_bytes() + header + bytes(pad_bytes - len(header))
+    return data + header + bytes(pad_bytes - len(header))
 
 
-async def iter_video(pad_bytes: int) -> AsyncIterator[bytes]:
-    """Yield the sample video followed by ``pad_bytes`` of `free` box, in 64 KiB chunks."""
-    data = sample_bytes()
+async def iter_video(data: bytes, pad_bytes: int) -> AsyncIterator[bytes]:
+    """Yield the video `data` followed by ``pad_bytes`` of `free` box, in 64 KiB chunks."""
     for start in range(0, len(data), CHUNK_SIZE):
         yield data[start : start + CHUNK_SIZE]
     if pad_bytes <= 0:
@@ -74,14 +77,15 @@ async def trickled(chunks: AsyncIterator[bytes], total: int, seconds: float) -> 
             yield chunk[start : start + TRICKLE_PIECE]
 
 
-def video_response(pad_bytes: int, trickle_s: float = 0.0) -> StreamingResponse:
-    """Build a streaming ``video/mp4`` response with an exact Content-Length, sent over
-    ``trickle_s`` seconds if that is set."""
-    body = iter_video(pad_bytes)
+def video_response(data: bytes, pad_bytes: int, trickle_s: float = 0.0) -> StreamingResponse:
+    """Build a streaming ``video/mp4`` response of `data` and its padding with an exact
+    Content-Length, sent over ``trickle_s`` seconds if that is set."""
+    size = len(data) + pad_bytes
+    body = iter_video(data, pad_bytes)
     if trickle_s > 0:
-        body = trickled(body, video_size(pad_bytes), trickle_s)
+        body = trickled(body, size, trickle_s)
     return StreamingResponse(
         body,
         media_type="video/mp4",
-        headers={"Content-Length": str(video_size(pad_bytes)), "Accept-Ranges": "none"},
+        headers={"Content-Length": str(size), "Accept-Ranges": "none"},
     )

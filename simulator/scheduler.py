@@ -70,8 +70,11 @@ SpecT = TypeVar("SpecT", bound=JobSpec)
 
 def received_images(spec: object) -> dict[str, str]:
     """The input images a create sent, by role, as `/_sim/tasks` shows them: an inline one
-    (a data: URI) as `sha256:<hex>` of its bytes, a linked one as its URL. Only Seedance's
-    requests carry (role, URL) pairs; Veo's record none here."""
+    (a data: URI) as `sha256:<hex>` of its bytes, a linked one as its URL. Seedance's
+    requests carry (role, URL) pairs; Veo's carry what they show already (`received`)."""
+    received = getattr(spec, "received", None)
+    if received is not None:
+        return dict(received)
     found: dict[str, str] = {}
     for item in getattr(spec, "images", ()):
         if not (isinstance(item, tuple) and len(item) == 2):

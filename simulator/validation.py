@@ -124,6 +124,8 @@ class TaskSpec:
     markers: Markers = field(default_factory=Markers)
     # Where to POST the task when its status changes (simulator/callbacks.py); None: nowhere.
     callback_url: str | None = None
+    # `return_last_frame`: the finished task carries `content.last_frame_url`, a PNG.
+    return_last_frame: bool = False
 
 
 def _opt(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -213,6 +215,7 @@ def parse_create(body: Any) -> TaskSpec:
     callback_url: str | None = _opt(body, "callback_url", str, None)
     if callback_url is not None and not callback_url.startswith(("http://", "https://")):
         raise invalid("callback_url", "must be an http:// or https:// URL")
+    return_last_frame: bool = _opt(body, "return_last_frame", bool, False)
     try:
         markers = parse_markers(prompt)
     except MarkerError as err:
@@ -230,4 +233,5 @@ def parse_create(body: Any) -> TaskSpec:
         images=images,
         markers=markers,
         callback_url=callback_url,
+        return_last_frame=return_last_frame,
     )

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from simulator.clips import Shape, clip, clips, variant_of
 from simulator.mp4 import padded_video
 from simulator.scheduler import ACTIVE, Job, Scheduler
 from simulator.vertex_errors import (
@@ -50,10 +51,10 @@ _EXPRESS = "/publishers/google/models/{model}"
 _PROJECT = "/projects/{project}/locations/{location}" + _EXPRESS
 
 
-@lru_cache(maxsize=4)
-def video_base64(pad_bytes: int) -> str:
-    """Return the padded sample video, base64-encoded as operations carry it."""
-    return base64.b64encode(padded_video(pad_bytes)).decode("ascii")
+@lru_cache(maxsize=64)
+def video_base64(shape: Shape, variant: int, pad_bytes: int) -> str:
+    """Return a padded clip (simulator/clips.py), base64-encoded as operations carry it."""
+    return base64.b64encode(padded_video(clip(shape, variant), pad_bytes)).decode("ascii")
 
 
 @dataclass(kw_only=True)
@@ -66,6 +67,15 @@ class Operation(Job[VeoSpec]):
     def public_id(self) -> str:
         """Clients know an operation by its full resource name."""
         return self.name
+
+    @property
+    def shape(self) -> Shape:
+        """What its videos are made for (simulator/clips.py)."""
+        return Shape(self.spec.duration, self.spec.aspect_ratio)
+
+    def video(self, sample: int) -> bytes:
+        """The clip of its video number `sample` (each sample a different variant)."""
+        return clip(self.shape, variant_of(self.id) + sample)
 
     def error(self) -> dict[str, Any] | None:
         """The google.rpc.Status of a finished operation that failed, else None.
@@ -111,7 +121,11 @@ class Operation(Job[VeoSpec]):
         if uri is not None:
             prefix = f"{uri.rstrip('/')}/{self.id}"
             return [{"gcsUri": f"{prefix}/sample_{n}.mp4", "mimeType": "video/mp4"} for n in range(count)]
-        return [{"bytesBase64Encoded": video_base64(pad_bytes), "mimeType": "video/mp4"}] * count
+        first = variant_of(self.id)
+        return [
+            {"bytesBase64Encoded": video_base64(self.shape, first + n, pad_bytes), "mimeType": "video/mp4"}
+            for n in range(count)
+        ]
 
 
 def create_operation(sim: Scheduler, resource: str, spec: VeoSpec) -> Operation:
@@ -211,6 +225,9 @@ def vertex_routes(sim: Scheduler) -> list[Route]:
         op = find_operation(sim, resource, name)
         if sim.poll_fault(op):
             raise GoogleError("UNAVAILABLE", UNAVAILABLE_MESSAGE)
+        if op.status == "succeeded":
+            # The first answer of a shape makes its clips (about 0.1 s a clip): off the loop.
+            await asyncio.to_thread(clips, op.shape)
         return JSONResponse(op.to_json(sim.config.video_pad_bytes))
 
     routes: list[Route] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,6 +49,8 @@ class VeoSpec:
     negative_prompt: str | None = None
     storage_uri: str | None = None
     images: tuple[str, ...] = ()
+    # What `/_sim/tasks` shows of each image, by Seedance's role names (`_check_image`).
+    received: tuple[tuple[str, str], ...] = ()
     markers: Markers = field(default_factory=Markers)
 
 
@@ -84,11 +87,12 @@ def is_image(data: bytes) -> bool:
     return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
-def _check_image(instance: dict[str, Any], key: str) -> bool:
-    """Validate ``instances[0].<key>``; return whether it was given."""
+def _check_image(instance: dict[str, Any], key: str) -> str | None:
+    """Validate ``instances[0].<key>``; return None if it was not given, else what
+    `/_sim/tasks` shows of it: `sha256:<hex>` of inline bytes, or the gcsUri."""
     image = instance.get(key)
     if image is None:
-        return False
+        return None
     where = f"instances[0].{key}"
     if not isinstance(image, dict):
         raise invalid_argument(where, "expected an object")
@@ -101,7 +105,7 @@ def _check_image(instance: dict[str, Any], key: str) -> bool:
     if uri is not None:
         if not isinstance(uri, str) or not uri.startswith("gs://") or len(uri) <= len("gs://"):
             raise invalid_argument(f"{where}.gcsUri", "expected a gs://bucket/object URI")
-        return True
+        return uri
     if not isinstance(data, str):
         raise invalid_argument(f"{where}.bytesBase64Encoded", "expected a base64 string")
     # Protobuf's JSON mapping accepts both base64 alphabets, padded or not.
@@ -112,7 +116,7 @@ def _check_image(instance: dict[str, Any], key: str) -> bool:
         raise invalid_argument(f"{where}.bytesBase64Encoded", "not valid base64") from None
     if not is_image(raw):
         raise GoogleError("INVALID_ARGUMENT", INVALID_IMAGE)
-    return True
+    return f"sha256:{hashlib.sha256(raw).hexdigest()}"
 
 
 def _markers(prompt: str) -> Markers:
@@ -140,8 +144,9 @@ def parse_predict(model: str, body: Any) -> VeoSpec:
         raise invalid_argument("body", "expected a JSON object")
     instance = _instance(body)
     prompt: str = _opt(instance, "prompt", str, "instances[0].") or ""
-    has_image = _check_image(instance, "image")
-    has_last = _check_image(instance, "lastFrame")
+    image = _check_image(instance, "image")
+    last = _check_image(instance, "lastFrame")
+    has_image, has_last = image is not None, last is not None
     if not prompt.strip() and not has_image:
         raise invalid_argument("instances[0].prompt", "a prompt or an image is required")
     if has_last and not has_image:
@@ -175,5 +180,6 @@ def parse_predict(model: str, body: Any) -> VeoSpec:
         negative_prompt=_param(params, "negativePrompt", str, None),
         storage_uri=storage_uri,
         images=tuple(key for key, given in (("image", has_image), ("lastFrame", has_last)) if given),
+        received=tuple((role, seen) for role, seen in (("first_frame", image), ("last_frame", last)) if seen),
         markers=_markers(prompt),
     )

@@ -25,6 +25,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
         ProviderError
         StorageError
             VideoCheckError                          worker.storage.base
+                VideoDecodeError                     worker.storage.base
             FetchError                               worker.storage.fetch
             MediaError                               worker.media
         InvalidSettingsError (ValueError)

@@ -264,6 +264,22 @@ class Settings(BaseSettings):
             "provider still holds the video (ModelArk: 24 h)."
         ),
     )
+    store_media_check: bool = Field(
+        default=True,
+        description=(
+            "The store step reads each stored video with PyAV (container, streams, first frame; "
+            "S3: by ranged GETs) and fails the attempt if it does not decode or its duration is "
+            "off (worker/media.py)."
+        ),
+    )
+    store_duration_tolerance_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How far a stored video's duration may be from the one requested, in seconds, "
+            "before the store check refuses it (providers round: Seedance's 5 s is 121 frames)."
+        ),
+    )
     sweep_interval_s: float = Field(
         default=60.0, ge=0, description="How often a worker looks for stranded jobs (0: never)."
     )

@@ -10,6 +10,7 @@ video it should be).
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.stream import Stream
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
 from av.video.stream import VideoStream
 
 from videoqueue.errors import StorageError
@@ -94,14 +96,18 @@ class JoinResult:
     copied: bool
 
 
-def _open(video: Path) -> InputContainer:
+Source = Path | io.IOBase
+"""A video to read: a file, or an open binary file object (the simulator's clips in memory)."""
+
+
+def _open(video: Source) -> InputContainer:
     try:
-        return av.open(str(video), "r")
+        return av.open(str(video) if isinstance(video, Path) else video, "r")
     except (av.error.FFmpegError, OSError) as exc:
         raise MediaError(f"cannot open {video} as a video: {exc}") from exc
 
 
-def _video_stream(container: InputContainer, video: Path) -> VideoStream:
+def _video_stream(container: InputContainer, video: Source) -> VideoStream:
     if not container.streams.video:
         raise MediaError(f"{video} has no video stream")
     return container.streams.video[0]
@@ -142,30 +148,49 @@ def _audio_params(stream: AudioStream) -> AudioParams:
     )
 
 
-def probe(video: Path) -> MediaInfo:
+def probe(video: Source) -> MediaInfo:
     """Read `video`'s container: duration and the parameters of its first video and audio
     streams. Only headers are read (no frame is decoded). MediaError if it is not a video."""
     with _open(video) as container:
-        stream = _video_stream(container, video)
-        audio = container.streams.audio[0] if container.streams.audio else None
-        params = _video_params(stream)
-        return MediaInfo(
-            duration_s=_duration_s(container),
-            width=params.width,
-            height=params.height,
-            video=params,
-            audio=_audio_params(audio) if audio is not None else None,
-        )
+        return _info(container, video)
 
 
-def _decoded(container: InputContainer, stream: VideoStream, video: Path) -> Iterator[VideoFrame]:
+def _info(container: InputContainer, video: Source) -> MediaInfo:
+    params = _video_params(_video_stream(container, video))
+    audio = container.streams.audio[0] if container.streams.audio else None
+    return MediaInfo(
+        duration_s=_duration_s(container),
+        width=params.width,
+        height=params.height,
+        video=params,
+        audio=_audio_params(audio) if audio is not None else None,
+    )
+
+
+def verify(video: Source) -> MediaInfo:
+    """`probe`, and decode the first video frame: what the store step's check asks of a
+    stored video (reads the headers and the first key frame, not the whole file).
+    MediaError if it is not a video or its first frame does not decode."""
+    with _open(video) as container:
+        info = _info(container, video)
+        _first_frame(container, video)
+        return info
+
+
+def _first_frame(container: InputContainer, video: Source) -> VideoFrame:
+    for frame in _decoded(container, _video_stream(container, video), video):
+        return frame
+    raise MediaError(f"{video} has no decodable video frame")
+
+
+def _decoded(container: InputContainer, stream: VideoStream, video: Source) -> Iterator[VideoFrame]:
     try:
         yield from container.decode(stream)
     except av.error.FFmpegError as exc:
         raise MediaError(f"cannot decode {video}: {exc}") from exc
 
 
-def _last_frame(video: Path) -> VideoFrame:
+def _last_frame(video: Source) -> VideoFrame:
     with _open(video) as container:
         stream = _video_stream(container, video)
         duration = _duration_s(container)
@@ -200,7 +225,7 @@ def frame_png(frame: VideoFrame) -> bytes:
     return b"".join(bytes(packet) for packet in packets)
 
 
-def last_frame_png(video: Path) -> bytes:
+def last_frame_png(video: Source) -> bytes:
     """The last decoded frame of `video` as PNG bytes (the frame's own size).
     MediaError if the file cannot be decoded or has no video frame."""
     return frame_png(_last_frame(video))
@@ -286,6 +311,7 @@ def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> 
         assert isinstance(vout, VideoStream) and isinstance(aout, AudioStream)
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         resampler = AudioResampler(format="fltp", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
+        scaler = VideoReformatter()  # one swscale context while the scenes' size stays
         offset = 0.0
         next_pts = 0  # in frames of `fps`: kept increasing across scenes
         samples = 0  # audio written so far, in samples at AUDIO_RATE
@@ -295,7 +321,7 @@ def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> 
                     pts = max(next_pts, round((offset + (frame.time or 0.0)) * fps))
                     if pts >= round((offset + info.duration_s) * fps):
                         continue
-                    image = frame.reformat(width=width, height=height, format="yuv420p")
+                    image = scaler.reformat(frame, width=width, height=height, format="yuv420p")
                     image.pts, image.time_base = pts, 1 / fps
                     dst.mux(vout.encode(image))
                     next_pts = pts + 1

@@ -27,6 +27,7 @@ from videoqueue.ledger import Ledger, LedgerEntry
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
+from simulator.clips import Shape, clip
 from worker.inputs import StorageInputs
 from worker.pipeline import Pipeline, StoreRetry
 from worker.probe import Probe
@@ -34,7 +35,8 @@ from worker.providers.base import ImageInput, Lookup, ProviderError, TaskState, 
 from worker.storage import Storage
 from worker.storage.local import LocalStorage
 
-VIDEO = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 500
+# A real 5 s clip (the requests' default duration): the store step reads it with PyAV.
+VIDEO = clip(Shape(5, "16:9"), 0)
 MODEL = "seedance-1-5-pro-251215"  # $2.4 per million tokens with audio, half that on flex
 
 
@@ -890,10 +892,10 @@ class BrokenStorage:
     step: str
     error: BaseException
 
-    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> Any:
+    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None, check: Any = None) -> Any:
         if self.step == "put_video":
             raise self.error
-        return self.inner.put_video(key, chunks, expected_size)
+        return self.inner.put_video(key, chunks, expected_size, check)
 
     def put_json(self, key: str, data: dict[str, Any]) -> Any:
         if self.step == "put_json":

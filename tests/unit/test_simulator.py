@@ -23,7 +23,7 @@ from byteplussdkarkruntime._exceptions import (
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
 from simulator.ark import ArkSim
-from simulator.mp4 import free_box_header, sample_bytes
+from simulator.mp4 import DEFAULT_SHAPE, free_box_header, task_video
 from simulator.validation import completion_tokens, parse_create
 
 PRO_15 = "seedance-1-5-pro-251215"
@@ -286,7 +286,7 @@ def test_video_trickle_spreads_the_download_over_the_set_time(ark: Any, http: ht
     started = time.monotonic()
     body = http.get(f"/files/{task.id}.mp4", timeout=10).content
     took = time.monotonic() - started
-    assert body == sample_bytes()
+    assert body == task_video(task.id, DEFAULT_SHAPE)
     assert 0.9 <= took < 3.0
 
 
@@ -340,9 +340,10 @@ def test_video_padding_appends_a_free_box(ark: Any, http: httpx.Client) -> None:
     set_config(http, video_pad_bytes=pad, latency=0.0)
     task, _ = wait_for(ark, create(ark), "succeeded")
     response = http.get(task.content.video_url)
-    base = len(sample_bytes())
+    video = task_video(task.id, DEFAULT_SHAPE)
+    base = len(video)
     assert len(response.content) == int(response.headers["content-length"]) == base + pad
-    assert response.content[:base] == sample_bytes()
+    assert response.content[:base] == video
     assert response.content[base : base + 8] == pad.to_bytes(4, "big") + b"free"
     assert response.content[base + 8 :].count(0) == pad - 8
 

@@ -18,9 +18,8 @@ from google.genai import errors, types
 
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
-from simulator.mp4 import sample_bytes
 from simulator.scheduler import Scheduler
-from simulator.vertex import RAI_REASON
+from simulator.vertex import RAI_REASON, Operation
 
 FAST = "veo-3.1-fast-generate-001"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -135,7 +134,14 @@ def wait_done(client: genai.Client, name: str, timeout: float = 5) -> types.Gene
         time.sleep(0.03)
 
 
-def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client) -> None:
+def served_video(sim: Scheduler, name: str, sample: int = 0) -> bytes:
+    """The clip the simulator serves as video `sample` of operation `name`."""
+    op = sim.tasks[name.rpartition("/")[2]]
+    assert isinstance(op, Operation)
+    return op.video(sample)
+
+
+def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     name = generate(express, duration_seconds=6, aspect_ratio="9:16", generate_audio=True, seed=7)
     assert re.fullmatch(f"{EXPRESS_RESOURCE}/operations/{OP_ID}", name)
     assert fetch(express, name).done is None
@@ -149,7 +155,7 @@ def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client
     assert operation.response.rai_media_filtered_reasons is None
     videos = operation.response.generated_videos or []
     assert len(videos) == 1 and videos[0].video is not None
-    assert videos[0].video.video_bytes == sample_bytes()
+    assert videos[0].video.video_bytes == served_video(sim, name)
     assert videos[0].video.mime_type == "video/mp4" and videos[0].video.uri is None
     current = stats(http)
     assert current["by_status"]["succeeded"] == 1 and current["in_flight"] == 0
@@ -179,7 +185,8 @@ def test_image_to_video_in_project_mode(project: genai.Client, sim: Scheduler) -
     operation = wait_done(project, name)
     assert operation.response is not None
     videos = operation.response.generated_videos or []
-    assert [v.video.video_bytes == sample_bytes() for v in videos if v.video] == [True, True]
+    assert [v.video.video_bytes for v in videos if v.video] == [served_video(sim, name, n) for n in (0, 1)]
+    assert served_video(sim, name, 0) != served_video(sim, name, 1)
 
 
 def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
@@ -360,18 +367,20 @@ def test_veo_operations_share_scheduler_and_stats(express: genai.Client, http: h
     assert current["creates_by_prompt"] == {"job 0": 1, "job 1": 1, "[sim:hold]": 1, "ark": 1}
 
 
-def test_video_padding_is_inline_too(express: genai.Client, http: httpx.Client) -> None:
+def test_video_padding_is_inline_too(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     set_config(http, video_pad_bytes=1000, latency=0.0)
-    operation = wait_done(express, generate(express))
+    name = generate(express)
+    operation = wait_done(express, name)
     assert operation.response is not None and operation.response.generated_videos
     video = operation.response.generated_videos[0].video
     assert video is not None and video.video_bytes is not None
-    base = len(sample_bytes())
-    assert video.video_bytes[:base] == sample_bytes() and len(video.video_bytes) == base + 1000
+    served = served_video(sim, name)
+    base = len(served)
+    assert video.video_bytes[:base] == served and len(video.video_bytes) == base + 1000
     assert video.video_bytes[base : base + 8] == (1000).to_bytes(4, "big") + b"free"
 
 
-def test_raw_wire_format(http: httpx.Client) -> None:
+def test_raw_wire_format(http: httpx.Client, sim: Scheduler) -> None:
     headers = {"Authorization": "Bearer tok"}
     body: dict[str, Any] = {
         "instances": [
@@ -388,7 +397,7 @@ def test_raw_wire_format(http: httpx.Client) -> None:
     data = http.post(f"{url}:fetchPredictOperation", json={"operationName": name}, headers=headers).json()
     assert data.keys() == {"name", "done", "response"} and data["done"] is True
     assert data["response"]["@type"] == "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
-    assert base64.b64decode(data["response"]["videos"][0]["bytesBase64Encoded"]) == sample_bytes()
+    assert base64.b64decode(data["response"]["videos"][0]["bytesBase64Encoded"]) == served_video(sim, name)
 
     held = http.post(f"{url}:predictLongRunning", json={"instances": [{"prompt": "[sim:hold]"}]}, headers=headers)
     pending = http.post(f"{url}:fetchPredictOperation", json={"operationName": held.json()["name"]}, headers=headers)

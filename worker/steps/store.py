@@ -16,7 +16,7 @@ from worker.providers.base import ProviderError
 from worker.providers.registry import adapter
 from worker.schedule import retry_delay
 from worker.steps.base import StepBase, log
-from worker.storage import VideoCheckError
+from worker.storage import MediaCheck, VideoCheckError
 
 
 class StoreRetry(Exception):
@@ -58,7 +58,7 @@ class StoreStep(StepBase):
         try:
             storage = self.storage()
             with self.providers(job.provider).open_video(job) as stream:
-                stored = storage.put_video(video_key, stream.chunks, stream.size)
+                stored = storage.put_video(video_key, stream.chunks, stream.size, self._media_check(job))
             # Read back what the backend holds, not what we think we sent.
             held = storage.size(video_key)
             if held != stored.size:
@@ -116,6 +116,13 @@ class StoreStep(StepBase):
             )
             return
         log.info("video stored", extra={"job_id": job.id, "uri": stored.uri, "bytes": stored.size})
+
+    def _media_check(self, job: JobRecord) -> MediaCheck | None:
+        """What the stored video must be (STORE_MEDIA_CHECK): decodable, and of the
+        requested duration within STORE_DURATION_TOLERANCE_S."""
+        if not self.settings.store_media_check:
+            return None
+        return MediaCheck(float(job.request.duration), self.settings.store_duration_tolerance_s)
 
     def _start_store_attempt(self, job: JobRecord) -> JobRecord | None:
         """Count a new store attempt and take the store lease, or decide there is none to

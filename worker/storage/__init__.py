@@ -8,20 +8,24 @@ from urllib.parse import unquote, urlsplit
 from videoqueue.endpoints import Endpoint
 from videoqueue.settings import Settings
 from worker.storage.base import (
+    MediaCheck,
     OpenUploads,
     Storage,
     StorageError,
     StoredObject,
     VideoCheckError,
+    VideoDecodeError,
     checked_chunks,
 )
 
 __all__ = [
+    "MediaCheck",
     "OpenUploads",
     "Storage",
     "StorageError",
     "StoredObject",
     "VideoCheckError",
+    "VideoDecodeError",
     "checked_chunks",
     "open_storage",
     "storage_at",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from videoqueue.errors import StorageError as StorageError  # noqa: PLC0414 - re-export
+from worker import media
 from worker.probe import Probe, Status
 
 MP4_BOX_TYPES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide"}
@@ -17,6 +18,37 @@ MP4_BOX_TYPES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide"}
 
 class VideoCheckError(StorageError):
     """The bytes are not the video we expected (wrong size, not an MP4)."""
+
+
+class VideoDecodeError(VideoCheckError):
+    """The stored file has an MP4's signature and size but is not the video asked for:
+    PyAV cannot read its container or decode its first frame, or its duration is further
+    than the tolerance from the one requested (`MediaCheck`)."""
+
+
+@dataclass(frozen=True)
+class MediaCheck:
+    """What the store step's check asks of a stored video beyond its bytes (`checked_chunks`):
+    PyAV reads its container (a video stream, the duration) and decodes its first frame
+    (worker/media.py `verify`); the duration, when one was requested (`duration_s`, in
+    seconds), must be within `tolerance_s` of it."""
+
+    duration_s: float | None
+    tolerance_s: float
+
+    def verify(self, video: media.Source, where: str) -> media.MediaInfo:
+        """Check `video` (a path, or a seekable binary file object); `where` names it in
+        errors. VideoDecodeError if it fails."""
+        try:
+            info = media.verify(video)
+        except media.MediaError as exc:
+            raise VideoDecodeError(f"{where} is not a decodable video: {exc}") from exc
+        if self.duration_s is not None and abs(info.duration_s - self.duration_s) > self.tolerance_s:
+            raise VideoDecodeError(
+                f"{where} lasts {info.duration_s:.2f} s, {self.duration_s:g} s were requested "
+                f"(tolerance {self.tolerance_s:g} s)"
+            )
+        return info
 
 
 @dataclass(frozen=True)
@@ -30,9 +62,11 @@ class StoredObject:
 class Storage(Protocol):
     """A place for videos and their manifests."""
 
-    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
-        """Stream `chunks` to `key`, checked by `checked_chunks`; nothing is left at `key`
-        if the stream or the check fails."""
+    def put_video(
+        self, key: str, chunks: Iterator[bytes], expected_size: int | None, check: MediaCheck | None = None
+    ) -> StoredObject:
+        """Stream `chunks` to `key`, checked by `checked_chunks`, then the written object by
+        `check` if one is given; nothing is left at `key` if the stream or a check fails."""
         ...
 
     def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:

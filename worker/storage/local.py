@@ -13,7 +13,7 @@ from typing import Any
 
 from videoqueue.endpoints import Endpoint, fingerprint
 from worker.probe import Probe
-from worker.storage.base import StorageError, StoredObject, checked_chunks, round_trip_probe
+from worker.storage.base import MediaCheck, StorageError, StoredObject, checked_chunks, round_trip_probe
 
 
 def _disk(call: Callable[..., Any], *args: Any) -> Any:
@@ -86,7 +86,9 @@ class LocalStorage:
             except (OSError, ValueError) as exc:
                 raise StorageError(f"cannot read {path}: {exc}") from exc
 
-    def _write_atomic(self, key: str, chunks: Iterator[bytes]) -> StoredObject:
+    def _write_atomic(
+        self, key: str, chunks: Iterator[bytes], check: Callable[[Path], object] | None = None
+    ) -> StoredObject:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,8 @@ class LocalStorage:
                     size += len(chunk)
                 _disk(out.flush)
                 _disk(os.fsync, out.fileno())
+            if check is not None:
+                check(Path(tmp_name))  # the whole file, before it is at `key`
             _disk(os.replace, tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
@@ -115,8 +119,11 @@ class LocalStorage:
                 leftover.unlink()
         return StoredObject(uri=target.as_uri(), size=size)
 
-    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
-        return self._write_atomic(key, checked_chunks(chunks, expected_size))
+    def put_video(
+        self, key: str, chunks: Iterator[bytes], expected_size: int | None, check: MediaCheck | None = None
+    ) -> StoredObject:
+        verify = None if check is None else (lambda path: check.verify(path, self.uri(key)))
+        return self._write_atomic(key, checked_chunks(chunks, expected_size), verify)
 
     def put_json(self, key: str, data: dict[str, Any]) -> StoredObject:
         body = json.dumps(data, indent=2, sort_keys=True).encode()

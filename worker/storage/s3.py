@@ -4,6 +4,7 @@ an upload that fails is aborted, so no partial object appears under the key."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -19,7 +20,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from videoqueue.endpoints import Endpoint, fingerprint, host_of
 from videoqueue.settings import Settings
 from worker.probe import Probe
-from worker.storage.base import OpenUploads, StorageError, StoredObject, checked_chunks
+from worker.storage.base import (
+    MediaCheck,
+    OpenUploads,
+    StorageError,
+    StoredObject,
+    VideoCheckError,
+    checked_chunks,
+)
+from worker.storage.s3_ranged import RangedObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -309,11 +318,15 @@ class S3Storage:
                 self._abort(key, upload["UploadId"])
         return True
 
-    def put_video(self, key: str, chunks: Iterator[bytes], expected_size: int | None) -> StoredObject:
+    def put_video(
+        self, key: str, chunks: Iterator[bytes], expected_size: int | None, check: MediaCheck | None = None
+    ) -> StoredObject:
         """Stream `chunks` to `key` (a multipart upload past PART_BYTES). Uploads an earlier
         attempt left open at `key` (recorded in `open_uploads`) are aborted first; the
         upload this attempt opens is recorded until it is completed or aborted. Needs
-        s3:PutObject and s3:AbortMultipartUpload, never a listing of the bucket's uploads."""
+        s3:PutObject and s3:AbortMultipartUpload, never a listing of the bucket's uploads.
+        `check` reads the uploaded object by ranged GETs (s3:GetObject; the worker keeps no
+        copy of the video) and deletes it if it fails."""
         uri = self.uri(key)
         if self.open_uploads is not None:
             recorded = self.open_uploads.ids(uri)
@@ -340,7 +353,18 @@ class S3Storage:
                 self.open_uploads.remove(uri, upload_id)
         if self._take_retried(uri):
             self._abort_unknown(key)
+        if check is not None:
+            self._check(key, reader.bytes_read, check)
         return StoredObject(uri=uri, size=reader.bytes_read)
+
+    def _check(self, key: str, size: int, check: MediaCheck) -> None:
+        uri = self.uri(key)
+        try:
+            check.verify(RangedObject(self.client, self.bucket, self._key(key), size), uri)
+        except VideoCheckError:
+            with contextlib.suppress(StorageError):
+                self.delete(key)
+            raise
 
     def _take_retried(self, uri: str) -> bool:
         with self._lock:
