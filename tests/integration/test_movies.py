@@ -4,6 +4,7 @@ HTTP (real decodable MP4s), storage local and S3 (moto over HTTP)."""
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 from decimal import Decimal
@@ -50,6 +51,11 @@ def _data_uri_bytes(uri: str) -> bytes:
     return base64.b64decode(data)
 
 
+def _pixels(png: bytes) -> bytes:
+    with av.open(io.BytesIO(png)) as container:
+        return bytes(next(container.decode(video=0)).reformat(format="rgb24").planes[0])
+
+
 def _check_movie(vq: VideoQueue, stack: Stack, movie: MovieRecord, read: Any) -> None:
     assert movie.state is MovieState.SUCCEEDED, movie.error
     jobs = vq.get_many([s.job_id for s in movie.scenes])
@@ -62,11 +68,12 @@ def _check_movie(vq: VideoQueue, stack: Stack, movie: MovieRecord, read: Any) ->
         sent = creates[after.request.prompt]["images"]
         assert [role for role, _ in sent] == ["first_frame"]
         assert before.output_uri is not None
-        if before.last_frame_url:  # ModelArk's own, asked for at create (return_last_frame)
-            last_frame = httpx.get(before.last_frame_url, timeout=5).content
-        else:
-            last_frame = last_frame_png(read(before.output_uri))
+        # ModelArk's own last frame, asked for at create (return_last_frame).
+        assert before.last_frame_url is not None
+        last_frame = httpx.get(before.last_frame_url, timeout=5).content
         assert _data_uri_bytes(sent[0][1]) == last_frame
+        # ... which is the stored video's last frame, as the worker decodes it for Veo.
+        assert _pixels(last_frame) == _pixels(last_frame_png(read(before.output_uri)))
     # The joined film decodes, has sound, and lasts as long as its scenes together.
     assert movie.output_uri is not None and movie.manifest_uri is not None
     assert movie.output_uri.endswith(f"{movie.id}.mp4") and movie.manifest_uri.endswith(f"{movie.id}.json")
