@@ -29,7 +29,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from videoqueue import keys
+from videoqueue import keys, retention
 from videoqueue.errors import RequestError
 from videoqueue.job import JobRecord, JobStatus, Usd, utcnow
 
@@ -205,7 +205,8 @@ def update(
 ) -> MovieRecord | None:
     """Compare-and-set of a movie's record (WATCH, GET, MULTI, SET): `mutate` sees the
     current record and returns the new one, or None to leave it; runs again if the record
-    changed meanwhile. Returns what was stored, or None."""
+    changed meanwhile. Returns what was stored, or None. An ended movie's record expires
+    JOB_RETENTION_S later, as its scenes' records do."""
     key = keys.movie_key(movie_id)
 
     def attempt(pipe: Any) -> MovieRecord | None:
@@ -219,6 +220,9 @@ def update(
             changed.finished_at = utcnow()
         pipe.multi()
         pipe.set(key, changed.model_dump_json(exclude_defaults=True))
+        seconds = retention.retention_s() if changed.state.is_final else 0
+        if seconds > 0:  # an ended movie goes with its scenes' records (JOB_RETENTION_S)
+            pipe.expire(key, seconds)
         return changed
 
     stored: MovieRecord | None = client.transaction(attempt, key, value_from_callable=True)  # type: ignore[arg-type,assignment]

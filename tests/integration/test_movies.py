@@ -52,7 +52,7 @@ def _data_uri_bytes(uri: str) -> bytes:
 
 
 def _pixels(png: bytes) -> bytes:
-    with av.open(io.BytesIO(png)) as container:
+    with av.open(io.BytesIO(png), "r") as container:
         return bytes(next(container.decode(video=0)).reformat(format="rgb24").planes[0])
 
 
@@ -82,7 +82,7 @@ def _check_movie(vq: VideoQueue, stack: Stack, movie: MovieRecord, read: Any) ->
     assert info.has_audio
     scenes_s = sum(probe(read(j.output_uri or "")).duration_s for j in jobs)
     assert abs(info.duration_s - scenes_s) <= 0.1, (info.duration_s, scenes_s)
-    with av.open(str(film)) as container:
+    with av.open(str(film), "r") as container:
         assert sum(1 for _ in container.decode(video=0)) > 0
     manifest = json.loads(read(movie.manifest_uri).read_bytes())
     assert [s["job_id"] for s in manifest["scenes"]] == [j.id for j in jobs]

@@ -19,6 +19,7 @@ import pytest
 
 from producer.api import VideoQueue
 from producer.request import VideoRequest
+from simulator.clips import Shape, clip
 from videoqueue import keys
 from videoqueue.catalog import load_catalog
 from videoqueue.job import ErrorCode, JobRecord, JobStatus, utcnow
@@ -27,7 +28,6 @@ from videoqueue.ledger import Ledger, LedgerEntry
 from videoqueue.limits import ModelLimits, ProviderLimits
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings
-from simulator.clips import Shape, clip
 from worker.inputs import StorageInputs
 from worker.pipeline import Pipeline, StoreRetry
 from worker.probe import Probe
