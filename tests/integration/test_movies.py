@@ -7,7 +7,10 @@ import base64
 import io
 import itertools
 import json
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import av
@@ -186,3 +189,40 @@ def test_a_storyboard_is_checked_before_anything_is_stored(local_stack: Stack) -
     assert "scenes[1].image_url" in raised.value.problems
     assert local_stack.keys("*movie:*") == []
     assert vq.list() == []
+
+
+def test_the_cli_submits_follows_and_cancels_a_movie(local_stack: Stack, tmp_path: Path) -> None:
+    local_stack.start_worker(concurrency=2)
+    cli = str(Path(sys.executable).with_name("videoqueue"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, *args], env=local_stack.env(), capture_output=True, text=True, timeout=120, check=False
+        )
+
+    board = tmp_path / "storyboard.json"
+    board.write_text(
+        json.dumps({"name": "cli", "scenes": [{"prompt": "one", "duration": 4}, {"prompt": "two", "duration": 4}]})
+    )
+    submitted = run("movie", str(board))
+    assert submitted.returncode == 0, submitted.stderr
+    movie_id = submitted.stdout.strip()
+    vq = local_stack.queue()
+    movie = _wait_movie(vq, movie_id)
+    assert movie.state is MovieState.SUCCEEDED, movie.error
+
+    shown = run("movie", "status", movie_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["state"] == "succeeded" and [s["status"] for s in data["scenes"]] == ["succeeded", "succeeded"]
+    assert data["output_uri"] == movie.output_uri
+    text = run("movie", "status", movie_id)
+    assert f"movie {movie_id} 'cli': succeeded" in text.stdout and "total: $" in text.stdout
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"scenes": [{"prompt": "one", "duration": 99}]}))
+    refused = run("movie", str(bad))
+    assert refused.returncode == 2 and "invalid scenes[0].duration" in refused.stderr
+    ended = run("movie", "cancel", movie_id)  # an ended movie stays as it is
+    assert ended.returncode == 0 and ended.stdout.strip() == f"movie {movie_id}: succeeded"
+    assert run("movie", "status", "no-such-movie").returncode == 2
