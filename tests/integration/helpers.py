@@ -12,9 +12,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from producer import JobRecord, JobStatus, VideoQueue
+from simulator.clips import Shape, clip, variant_of
+from simulator.mp4 import video_size
 from videoqueue.jobstore import JobStore
 
 MP4_SAMPLE = Path(__file__).resolve().parents[2] / "simulator" / "assets" / "sample.mp4"
+
+
+def served_video(job: JobRecord) -> bytes:
+    """The clip the simulator serves for `job`'s task (simulator/clips.py), unpadded."""
+    assert job.provider_task_id is not None, job.id
+    task_id = job.provider_task_id.rpartition("/")[2]  # a Veo operation: its id
+    return clip(Shape(job.request.duration, job.request.ratio), variant_of(task_id))
+
+
+def served_size(job: JobRecord, pad_bytes: int = 0) -> int:
+    """The size of the video the simulator serves for `job` with `pad_bytes` of padding."""
+    return video_size(pad_bytes, Shape(job.request.duration, job.request.ratio))
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -40,10 +54,12 @@ def local_path(uri: str) -> Path:
     return Path(parts.path)
 
 
-def assert_mp4(data: bytes) -> None:
-    """The bytes are the simulator's MP4."""
+def assert_mp4(data: bytes, job: JobRecord | None = None) -> None:
+    """The bytes are an MP4 (the start of one); with `job`, the start of the video the
+    simulator served for it."""
     assert data[4:8] == b"ftyp", data[:16]
-    assert data == MP4_SAMPLE.read_bytes()[: len(data)]
+    if job is not None:
+        assert data == served_video(job)[: len(data)]
 
 
 def read_manifest(path: Path) -> dict[str, object]:

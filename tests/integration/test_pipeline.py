@@ -14,7 +14,7 @@ import pytest
 from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.celery_client import producer_app
 from tests.integration.conftest import REDIS_URL, S3Server, Stack
-from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest, wait_status
+from tests.integration.helpers import assert_mp4, local_path, read_manifest, served_size, wait_status
 from videoqueue import namespace
 from videoqueue.catalog import load_catalog
 from videoqueue.job import TASK_SUBMIT
@@ -47,13 +47,12 @@ def test_many_jobs_end_to_end_into_a_local_folder(local_stack: Stack) -> None:
     done = vq.wait([j.id for j in jobs], timeout=180)
 
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 30, [j.error for j in done]
-    sample_size = MP4_SAMPLE.stat().st_size
     for job in done:
         assert job.output_uri is not None and job.manifest_uri is not None
         video = local_path(job.output_uri)
         assert video.name == f"{job.id}.mp4"
-        assert video.stat().st_size == sample_size
-        assert_mp4(video.read_bytes())
+        assert video.stat().st_size == served_size(job)
+        assert_mp4(video.read_bytes(), job)
         manifest = read_manifest(local_path(job.manifest_uri))
         assert manifest["job_id"] == job.id
         expected = _expected_cost(job.request)
@@ -86,14 +85,14 @@ def test_many_jobs_end_to_end_into_s3(s3_stack: tuple[Stack, S3Server, str]) -> 
 
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 6, [j.error for j in done]
     client = s3.client()
-    expected_size = MP4_SAMPLE.stat().st_size + 9 * 1024 * 1024
     for job in done:
+        expected_size = served_size(job, 9 * 1024 * 1024)
         assert job.output_uri == f"s3://{bucket}/renders/{job.id}.mp4"
         head = client.head_object(Bucket=bucket, Key=f"renders/{job.id}.mp4")
         assert head["ContentLength"] == expected_size
         assert head["ContentType"] == "video/mp4"
         first = client.get_object(Bucket=bucket, Key=f"renders/{job.id}.mp4", Range="bytes=0-1023")["Body"].read()
-        assert_mp4(first)
+        assert_mp4(first, job)
         manifest = json.loads(client.get_object(Bucket=bucket, Key=f"renders/{job.id}.json")["Body"].read())
         assert manifest["video"] == {"uri": job.output_uri, "bytes": expected_size, "content_type": "video/mp4"}
         assert Decimal(str(manifest["cost"]["actual_usd"])) == job.cost_usd == _expected_cost(job.request)

@@ -15,7 +15,7 @@ import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
 from tests.integration.conftest import S3Server, Stack
-from tests.integration.helpers import MP4_SAMPLE, assert_mp4
+from tests.integration.helpers import assert_mp4, served_size
 from tests.integration.s3proxy import checksum_refusing_proxy
 from tests.integration.test_cli import CLI
 
@@ -45,7 +45,7 @@ def test_videos_and_manifests_go_through_a_store_that_refuses_checksum_headers(
     assert any(m == "PUT" and "partNumber=" in q for m, q in methods)  # and UploadPart
 
     client = s3.client()  # straight to moto, to see what was stored
-    sizes = {small.id: MP4_SAMPLE.stat().st_size, big.id: MP4_SAMPLE.stat().st_size + PAD}
+    sizes = {small.id: served_size(small), big.id: served_size(big, PAD)}
     for job_id, size in sizes.items():
         head = client.head_object(Bucket=bucket, Key=f"renders/{job_id}.mp4")
         assert head["ContentLength"] == size

@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from producer import JobStatus, VideoRequest
 from simulator.stack import free_port, start_moto
 from tests.integration.conftest import CLEAN_SIMULATOR, REDIS_URL, SIM_GOOGLE_KEY, SIM_KEY, Simulator, Stack
-from tests.integration.helpers import MP4_SAMPLE, wait_for
+from tests.integration.helpers import served_size, wait_for
 from videoqueue import keys
 from videoqueue.settings import Settings
 from worker.doctor import Status, run_doctor
@@ -207,7 +207,7 @@ def test_jobs_store_with_only_the_documented_policy(stack: Stack, iam_s3: IamS3)
     assert all(job.store_attempts == 1 for job in [vq.get(small.id), *done])
 
     admin = iam_s3.admin.s3(iam_s3.endpoint)
-    sizes = {small.id: MP4_SAMPLE.stat().st_size, **{job.id: MP4_SAMPLE.stat().st_size + PAD for job in big}}
+    sizes = {small.id: served_size(small), **{job.id: served_size(job, PAD) for job in big}}
     for job_id, size in sizes.items():
         assert admin.head_object(Bucket=iam_s3.bucket, Key=f"{PREFIX}/{job_id}.mp4")["ContentLength"] == size
         manifest = json.loads(admin.get_object(Bucket=iam_s3.bucket, Key=f"{PREFIX}/{job_id}.json")["Body"].read())

@@ -11,7 +11,7 @@ import pytest
 
 from producer import ErrorCode, JobStatus, VideoRequest
 from tests.integration.conftest import S3Server, Stack
-from tests.integration.helpers import MP4_SAMPLE, assert_mp4, local_path, read_manifest
+from tests.integration.helpers import assert_mp4, local_path, read_manifest, served_size, served_video
 from videoqueue.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
@@ -52,8 +52,8 @@ def test_veo_text_and_image_to_video_into_a_local_folder(local_stack: Stack, tmp
         )
         assert job.billed_units == job.request.duration
         video = local_path(job.output_uri or "")
-        assert video.stat().st_size == MP4_SAMPLE.stat().st_size
-        assert_mp4(video.read_bytes())
+        assert video.stat().st_size == served_size(job)
+        assert_mp4(video.read_bytes(), job)
         manifest = read_manifest(local_path(job.manifest_uri or ""))
         assert manifest["cost"] == {
             "estimate_usd": float(job.cost_estimate_usd),
@@ -83,7 +83,7 @@ def test_veo_into_s3(s3_stack: tuple[Stack, S3Server, str], tmp_path: Path) -> N
     client = s3.client()
     for job in done:
         body = client.get_object(Bucket=bucket, Key=f"renders/{job.id}.mp4")["Body"].read()
-        assert body == MP4_SAMPLE.read_bytes()
+        assert body == served_video(job)
         manifest = json.loads(client.get_object(Bucket=bucket, Key=f"renders/{job.id}.json")["Body"].read())
         assert manifest["job"]["provider"] == "veo"
         assert manifest["cost"]["actual_usd"] == float(job.cost_usd or 0) == 0.4  # 4 s x $0.10 at 720p with audio
