@@ -4,6 +4,7 @@ HTTP (real decodable MP4s), storage local and S3 (moto over HTTP)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import itertools
 import json
@@ -123,6 +124,29 @@ def test_a_four_scene_movie_with_continuity_into_s3(s3_stack: tuple[Stack, S3Ser
     movie = _wait_movie(vq, vq.submit_movie(_storyboard()).id)
 
     _check_movie(vq, stack, movie, read)
+
+
+def test_a_veo_movie_takes_each_first_frame_from_the_stored_video(local_stack: Stack) -> None:
+    local_stack.start_worker(concurrency=2)
+    vq = local_stack.queue()
+    scenes = [
+        {"prompt": f"veo scene {i + 1}: waves on a beach", "provider": "veo", "duration": d}
+        for i, d in enumerate([4, 6, 4])
+    ]
+
+    movie = _wait_movie(vq, vq.submit_movie({"scenes": scenes}).id)
+
+    assert movie.state is MovieState.SUCCEEDED, movie.error
+    jobs = vq.get_many([s.job_id for s in movie.scenes])
+    for before, after in itertools.pairwise(jobs):
+        assert before.last_frame_url is None  # Veo gives none: the worker decodes the stored video
+        response = httpx.get(f"{local_stack.simulator.url}/_sim/tasks/{after.provider_task_id}", timeout=30)
+        response.raise_for_status()
+        sent = response.json()["images_sha256"]["first_frame"]
+        assert sent == hashlib.sha256(last_frame_png(local_path(before.output_uri or ""))).hexdigest()
+    film = probe(local_path(movie.output_uri or ""))
+    assert film.has_audio
+    assert abs(film.duration_s - sum(probe(local_path(j.output_uri or "")).duration_s for j in jobs)) <= 0.1
 
 
 def test_a_failing_scene_is_retried_then_fails_the_movie_naming_it(local_stack: Stack) -> None:
