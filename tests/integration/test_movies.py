@@ -18,7 +18,7 @@ import av
 import httpx
 import pytest
 
-from producer import InvalidRequestError, JobStatus, VideoQueue
+from producer import BudgetExceededError, InvalidRequestError, JobStatus, VideoQueue
 from producer.movie import Movie
 from tests.integration.conftest import S3Server, Stack
 from tests.integration.helpers import local_path, wait_for
@@ -194,6 +194,24 @@ def test_cancel_mid_movie(local_stack: Stack) -> None:
     assert movie.state is MovieState.CANCELLED and movie.output_uri is None
     # Nothing is left reserved: every job ended, so every reservation was settled.
     assert all(j.settled_at is not None for j in jobs)
+
+
+def test_the_whole_movie_is_reserved_against_the_budget_at_submit(local_stack: Stack) -> None:
+    vq = local_stack.queue(budget_daily_usd=Decimal("1.00"))
+    estimate = sum(r.record.cost_estimate_usd for r in vq.prepare_many(_storyboard().scenes))
+    assert Decimal("0.50") < estimate  # four scenes: more than half the cap
+
+    with pytest.raises(BudgetExceededError):
+        vq.submit_movie(_storyboard(tags=("over",)).model_copy(update={"scenes": _storyboard().scenes * 2}))
+    assert vq.list() == [] and local_stack.keys("*movie:*") == []  # nothing stored
+
+    movie = vq.submit_movie(_storyboard())  # no worker: nothing renders, all of it reserved
+    with pytest.raises(BudgetExceededError):
+        vq.submit_movie(_storyboard())
+    cancelled = vq.cancel_movie(movie.id)
+    assert cancelled.state is MovieState.CANCELLED
+    assert [j.status for j in vq.get_many(movie.job_ids())] == [JobStatus.CANCELLED] * len(DURATIONS)
+    vq.submit_movie(_storyboard())  # the cancel released every scene's reservation
 
 
 def test_a_storyboard_is_checked_before_anything_is_stored(local_stack: Stack) -> None:
