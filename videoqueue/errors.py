@@ -29,6 +29,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
                 VideoDecodeError                     worker.storage.base
             FetchError                               worker.storage.fetch
             MediaError                               worker.media
+            VideoGoneError                           worker.steps.movie
         InvalidSettingsError (ValueError)
             AllowListError                           videoqueue.urlguard
         EnqueueError (RuntimeError)                  producer.api

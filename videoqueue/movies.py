@@ -315,6 +315,19 @@ def retry_record(old: JobRecord, new_id: str, seed: int, budget_keys: Callable[[
     return record
 
 
+def retried_by(new_id: str) -> Callable[[JobRecord], JobRecord | None]:
+    """The mutation naming a scene's next attempt on the job it retries (`retried_by`, as
+    `videoqueue retry` does); declined when already named."""
+
+    def mutate(record: JobRecord) -> JobRecord | None:
+        if new_id in record.retried_by:
+            return None
+        record.retried_by = [*record.retried_by, new_id]
+        return record
+
+    return mutate
+
+
 def released(first_frame: Any, allowed: timedelta) -> Callable[[JobRecord], JobRecord | None]:
     """The mutation letting a waiting scene go: its first frame (`first_frame`, an
     ImageSource) set, `after_job` cleared, due now, and its deadline from now (it waited

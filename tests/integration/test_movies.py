@@ -165,6 +165,7 @@ def test_a_failing_scene_is_retried_then_fails_the_movie_naming_it(local_stack: 
     first, retry = vq.get_many(scene.job_ids)
     assert first.status is retry.status is JobStatus.FAILED
     assert retry.retry_of == first.id and retry.request.seed != first.request.seed
+    assert first.retried_by == [retry.id]
     assert movie.error is not None and movie.error.startswith(f"scene 2 (job {retry.id}) failed after 2 attempts")
     assert "sensitive content" in movie.error
     # The scene after it never started, and its reservation is released.

@@ -23,6 +23,7 @@ from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.jobstore import JobExistsError
 from videoqueue.movies import Decision, MovieRecord, MovieState
 from videoqueue.resolved import ImageRole, ImageSource, ImageUpload
+from worker import media
 from worker.download import stream_url
 from worker.providers import download_client
 from worker.providers.base import ProviderError
@@ -33,14 +34,20 @@ _CHUNK = 1 << 20
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
+class VideoGoneError(StorageError):
+    """A scene's stored video is no longer where its record says."""
+
+
 class MovieStep(CancelStep):
     """Moves movies on; a cancel-step subclass because a failed movie stops its scenes
     still at the provider."""
 
     def movie_advance(self, movie_id: str) -> str:
-        """Do what the movie needs now; returns the last decision's action (for Flower)."""
+        """Do what the movie needs now; returns the actions carried out, comma separated, or
+        the decision that stopped it (`wait`, `none`), for Flower."""
         client = self.store.redis
         seen = movies.owed_at(client, movie_id)
+        done: list[str] = []
         action = "none"
         for _ in range(64):  # each round settles one scene; a movie has far fewer
             movie = movies.get(client, movie_id)
@@ -52,10 +59,11 @@ class MovieStep(CancelStep):
             if action in ("none", "wait"):
                 break
             self._carry_out(movie, jobs, decision)
+            done.append(action)
             if action in ("fail", "assemble", "finish"):
                 break
         movies.advanced(client, movie_id, seen)
-        return action
+        return ",".join(done) or action
 
     def _jobs(self, movie: MovieRecord) -> dict[str, JobRecord]:
         ids = movie.job_ids()
@@ -63,6 +71,13 @@ class MovieStep(CancelStep):
 
     def _carry_out(self, movie: MovieRecord, jobs: dict[str, JobRecord], decision: Decision) -> None:
         log.info("movie advance", extra={"movie_id": movie.id, "action": decision.action, "scene": decision.scene})
+        try:
+            self._do(movie, jobs, decision)
+        except (media.MediaError, VideoGoneError) as exc:
+            # Nothing a later run could change: a stored scene that cannot be decoded or joined, or is gone.
+            self._fail_movie(movie, jobs, f"cannot {decision.action} the movie: {exc}")
+
+    def _do(self, movie: MovieRecord, jobs: dict[str, JobRecord], decision: Decision) -> None:
         if decision.action == "release" and decision.scene is not None:
             self._release(movie, jobs, decision.scene)
         elif decision.action == "retry" and decision.scene is not None:
@@ -100,8 +115,6 @@ class MovieStep(CancelStep):
         """The last frame of a stored scene, as PNG: the provider's (ModelArk returns it when
         asked, `JobRecord.last_frame_url`), else, or if it is gone, decoded from the stored
         video (Veo)."""
-        from worker import media  # PyAV: loaded by the workers that make movies only
-
         if job.last_frame_url:
             try:
                 with stream_url(download_client(self.settings), job.last_frame_url) as stream:
@@ -116,10 +129,10 @@ class MovieStep(CancelStep):
                 )
 
         if not job.output_uri:
-            raise StorageError(f"job {job.id} succeeded without a stored video")
+            raise VideoGoneError(f"job {job.id} succeeded without a stored video")
         data = self.inputs.read(job.output_uri)
         if data is None:
-            raise StorageError(f"the video of job {job.id} is gone from {job.output_uri}")
+            raise VideoGoneError(f"the video of job {job.id} is gone from {job.output_uri}")
         with tempfile.TemporaryDirectory(prefix="vq-movie-") as tmp:
             path = Path(tmp) / "scene.mp4"
             path.write_bytes(data)
@@ -163,6 +176,7 @@ class MovieStep(CancelStep):
             return current
 
         movies.update(self.store.redis, movie.id, add)
+        self.store.update(old.id, movies.retried_by(new_id))
         log.info("movie scene retried", extra={"movie_id": movie.id, "scene": index, "job_id": new_id})
         self.dispatch.submit(new_id, countdown=0.0)
 
@@ -189,8 +203,6 @@ class MovieStep(CancelStep):
 
     def _assemble(self, movie: MovieRecord, jobs: dict[str, JobRecord]) -> None:
         """Join the stored scenes into `<movie_id>.mp4` and write `<movie_id>.json`."""
-        from worker import media  # PyAV: loaded by the workers that make movies only
-
         storage = self.storage()
         with tempfile.TemporaryDirectory(prefix="vq-movie-") as tmp:
             paths: list[Path] = []
@@ -198,7 +210,7 @@ class MovieStep(CancelStep):
                 job = jobs[scene.job_id]
                 data = self.inputs.read(job.output_uri) if job.output_uri else None
                 if data is None:
-                    raise StorageError(f"the video of scene {scene.index + 1} (job {job.id}) is gone")
+                    raise VideoGoneError(f"the video of scene {scene.index + 1} (job {job.id}) is gone")
                 path = Path(tmp) / f"scene-{scene.index:03d}.mp4"
                 path.write_bytes(data)
                 paths.append(path)
