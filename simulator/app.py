@@ -20,7 +20,7 @@ from simulator.ark import ArkSim, Task, ark_routes
 from simulator.callbacks import sending_callbacks
 from simulator.clips import Shape, clip, last_frame_png, variant_of
 from simulator.config import SimConfig
-from simulator.mp4 import task_video, video_response
+from simulator.mp4 import UNDECODABLE, task_video, video_response
 from simulator.scheduler import Job
 from simulator.timeline import timeline_routes
 from simulator.vertex import vertex_routes
@@ -34,7 +34,7 @@ SAMPLE_PNG = bytes.fromhex(
 
 class ApiDelay:
     """ASGI middleware: waits `api_delay` seconds before every provider API call (not
-    the /_sim control endpoints, not video files)."""
+    the /_sim control endpoints, not video files or Cloud Storage objects)."""
 
     def __init__(self, app: ASGIApp, sim: ArkSim) -> None:
         self.app = app
@@ -42,7 +42,7 @@ class ApiDelay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         delay = self.sim.config.api_delay
-        if delay and scope["type"] == "http" and not scope["path"].startswith(("/_sim", "/files/")):
+        if delay and scope["type"] == "http" and not scope["path"].startswith(("/_sim", "/files/", "/storage/")):
             await asyncio.sleep(delay)
         await self.app(scope, receive, send)
 
@@ -89,7 +89,10 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         if request.method == "GET":
             sim.counters["video_downloads_total"] += 1
         # The first request for a shape makes its clips (about 0.1 s a clip): off the loop.
-        data = await asyncio.to_thread(task_video, task.id, task.shape)
+        if task.spec.markers.badvideo:
+            data = UNDECODABLE
+        else:
+            data = await asyncio.to_thread(task_video, task.id, task.shape)
         return video_response(data, sim.config.video_pad_bytes, sim.config.video_trickle_s)
 
     async def last_frame(request: Request) -> Response:

@@ -11,15 +11,19 @@ does not depend on the task (`simulator.mp4.video_size`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
+import os
 import struct
+import tempfile
 import threading
 import zlib
 from array import array
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 from av.audio.frame import AudioFrame
@@ -173,16 +177,37 @@ def _free_box(size: int) -> bytes:
     return struct.pack(">I4s", size, b"free") + bytes(size - 8)
 
 
+# Made clips also go to a folder shared by the machine's simulator processes (tests start
+# many), named by what decides their bytes: this generator's version and PyAV's.
+GENERATOR_VERSION = 1
+CACHE_DIR = Path(tempfile.gettempdir()) / f"videoqueue-sim-clips-{GENERATOR_VERSION}-av{av.__version__}"
+
 _lock = threading.Lock()
 _clips: dict[Shape, tuple[bytes, ...]] = {}
 
 
+def _cached_clip(shape: Shape, variant: int) -> bytes:
+    """One unpadded clip from CACHE_DIR, made and written there (atomically) if missing."""
+    path = CACHE_DIR / f"{shape.duration_s}s-{shape.ratio.replace(':', 'x')}-{variant}.mp4"
+    with contextlib.suppress(OSError):
+        return path.read_bytes()
+    data = make_clip(shape, variant)
+    with contextlib.suppress(OSError):  # no cache is only slower
+        CACHE_DIR.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=CACHE_DIR, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    return data
+
+
 def clips(shape: Shape) -> tuple[bytes, ...]:
-    """The VARIANTS clips of `shape`, each padded to the same size; made on first use."""
+    """The VARIANTS clips of `shape`, each padded to the same size; made on first use (in
+    this process, or read from CACHE_DIR)."""
     with _lock:
         made = _clips.get(shape)
         if made is None:
-            raw = [make_clip(shape, variant) for variant in range(VARIANTS)]
+            raw = [_cached_clip(shape, variant) for variant in range(VARIANTS)]
             size = max(map(len, raw)) + 8
             made = tuple(clip + _free_box(size - len(clip)) for clip in raw)
             _clips[shape] = made

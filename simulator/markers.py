@@ -34,11 +34,14 @@ class Markers:
     get500: int = 0
     slowcreate: float = 0.0
     reasonsonly: bool = False
+    # `[sim:badvideo]`: the task succeeds but its video is an MP4 by its first box only
+    # (simulator.mp4.UNDECODABLE), for the store step's check.
+    badvideo: bool = False
 
 
 _MARKER_RE = re.compile(r"\[sim:([a-z0-9]+)(?:=([^\]]*))?\]")
 _CODE_RE = re.compile(r"[A-Za-z0-9_.]+")
-_FLAGS = ("expire", "hold", "reasonsonly")
+_FLAGS = ("expire", "hold", "reasonsonly", "badvideo")
 _COUNTS = ("create429", "create500", "get500")
 _SECONDS = ("latency", "slowcreate")
 

@@ -21,6 +21,8 @@ _MAX_32BIT_BOX = 0xFFFFFFFF
 
 
 DEFAULT_SHAPE = Shape(5, "16:9")  # a ModelArk create that names neither
+# What `[sim:badvideo]` serves: an `ftyp` box, then bytes no demuxer reads as a video.
+UNDECODABLE = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\xa5" * 4000
 
 
 def task_video(task_id: str, shape: Shape) -> bytes:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from simulator.clips import Shape, clip, clips, variant_of
-from simulator.mp4 import padded_video
+from simulator.mp4 import padded_video, video_response
 from simulator.scheduler import ACTIVE, Job, Scheduler
 from simulator.vertex_errors import (
     GRPC_CODES,
@@ -230,7 +230,28 @@ def vertex_routes(sim: Scheduler) -> list[Route]:
             await asyncio.to_thread(clips, op.shape)
         return JSONResponse(op.to_json(sim.config.video_pad_bytes))
 
-    routes: list[Route] = []
+    async def gcs_object(request: Request) -> Response:
+        # The Cloud Storage JSON API's media download of what a `storageUri` operation
+        # answered (gs://<bucket>/<prefix>/<operation id>/sample_<n>.mp4): the same clip
+        # an inline answer carries. No auth: a stand-in for the bucket, not for IAM.
+        uri = f"gs://{request.path_params['bucket']}/{request.path_params['name']}"
+        parent, _, file_name = uri.rpartition("/")
+        prefix, _, op_id = parent.rpartition("/")
+        op = sim.tasks.get(op_id)
+        sample = file_name.removeprefix("sample_").removesuffix(".mp4")
+        if (
+            not isinstance(op, Operation)
+            or op.status != "succeeded"
+            or op.spec.storage_uri is None
+            or op.spec.storage_uri.rstrip("/") != prefix
+            or not sample.isdigit()
+            or int(sample) >= op.spec.sample_count
+        ):
+            return JSONResponse({"error": {"code": 404, "message": f"No such object: {uri}"}}, status_code=404)
+        data = await asyncio.to_thread(op.video, int(sample))
+        return video_response(data, sim.config.video_pad_bytes, sim.config.video_trickle_s)
+
+    routes: list[Route] = [Route("/storage/v1/b/{bucket}/o/{name:path}", gcs_object, methods=["GET"])]
     for version in API_VERSIONS:
         for path in (_EXPRESS, _PROJECT):
             routes.append(Route(f"/{version}{path}:predictLongRunning", _endpoint(sim, predict), methods=["POST"]))

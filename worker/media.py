@@ -236,7 +236,7 @@ def join(scenes: Sequence[Path], out: Path) -> JoinResult:
     starting where the previous one ends (its container duration).
 
     Stream copy (packets remuxed, timestamps offset per scene) when every scene has the
-    same video and audio parameters (`VideoParams`, `AudioParams`, both H.264/AAC), else
+    same video and audio parameters (`VideoParams`, `AudioParams`: H.264 and AAC), else
     decode and re-encode (to the first scene's size, silence where a scene has no audio).
     MediaError if a scene cannot be read, ValueError if `scenes` is empty. `out` is
     overwritten; on error it may hold a partial file (the caller writes to a temporary one).
@@ -247,7 +247,8 @@ def join(scenes: Sequence[Path], out: Path) -> JoinResult:
     first = infos[0]
     copy = (
         first.video.codec == "h264"
-        and (first.audio is None or first.audio.codec == "aac")
+        and first.audio is not None  # a film without sound gets a silent AAC track
+        and first.audio.codec == "aac"
         and all(info.video == first.video and info.audio == first.audio for info in infos)
     )
     try:
@@ -294,7 +295,7 @@ def _remux(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> Non
             offset += Fraction(info.duration_s).limit_denominator(1_000_000)
 
 
-def _fps(infos: Sequence[MediaInfo], scenes: Sequence[Path]) -> Fraction:
+def _fps(scenes: Sequence[Path]) -> Fraction:
     with _open(scenes[0]) as container:
         rate = container.streams.video[0].average_rate
     return Fraction(rate) if rate else Fraction(DEFAULT_FPS)
@@ -302,7 +303,7 @@ def _fps(infos: Sequence[MediaInfo], scenes: Sequence[Path]) -> Fraction:
 
 def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> None:
     first = infos[0]
-    fps = _fps(infos, scenes)
+    fps = _fps(scenes)
     width, height = first.width - first.width % 2, first.height - first.height % 2
     with av.open(str(out), "w", format="mp4") as dst:
         assert isinstance(dst, OutputContainer)
@@ -335,7 +336,7 @@ def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> 
                         samples = _mux_audio(dst, aout, chunk, samples)
                 resampler = AudioResampler(format="fltp", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
             offset += info.duration_s
-            # Silence (or a cut) up to the scene's end keeps the next scene's sound in sync.
+            # Silence up to the scene's end keeps the next scene's sound in sync.
             samples = _pad_audio(dst, aout, samples, round(offset * AUDIO_RATE))
         dst.mux(vout.encode(None))
         dst.mux(aout.encode(None))

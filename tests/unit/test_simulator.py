@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +26,10 @@ from byteplussdkarkruntime._exceptions import (
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
 from simulator.ark import ArkSim
+from simulator.clips import Shape
 from simulator.mp4 import DEFAULT_SHAPE, free_box_header, task_video
 from simulator.validation import completion_tokens, parse_create
+from worker import media
 
 PRO_15 = "seedance-1-5-pro-251215"
 PRO_10 = "seedance-1-0-pro-250528"
@@ -409,3 +414,39 @@ def test_api_delay_slows_provider_calls_but_not_control_endpoints(http: httpx.Cl
         set_config(http, api_delay=0)
     assert api_seconds >= 0.3
     assert control_seconds < 0.3
+
+
+def test_videos_are_real_clips_of_the_requested_shape(ark: Any, http: httpx.Client) -> None:
+    set_config(http, latency=0.0)
+    task, _ = wait_for(ark, create(ark, duration=4, ratio="9:16"), "succeeded")
+    body = http.get(task.content.video_url).content
+    assert body == task_video(task.id, Shape(4, "9:16"))
+    info = media.probe(io.BytesIO(body))
+    assert abs(info.duration_s - 4) < 0.1 and (info.width, info.height) == (160, 284) and info.has_audio
+    assert getattr(task.content, "last_frame_url", None) is None  # not asked for
+
+
+def test_return_last_frame_serves_the_videos_last_frame(ark: Any, http: httpx.Client) -> None:
+    set_config(http, latency=0.0)
+    task, _ = wait_for(ark, create(ark, return_last_frame=True), "succeeded")
+    assert task.content.last_frame_url == f"{str(http.base_url).rstrip('/')}/files/{task.id}.png"
+    response = http.get(task.content.last_frame_url)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    video = http.get(task.content.video_url).content
+    assert response.content == media.last_frame_png(io.BytesIO(video))
+    # The next scene starts from it, linked or inline: /_sim/tasks/{id} shows its sha256 either way.
+    digest = hashlib.sha256(response.content).hexdigest()
+    inline = "data:image/png;base64," + base64.b64encode(response.content).decode()
+    for url in (task.content.last_frame_url, inline):
+        content = [{"type": "text", "text": "next scene"}, {"type": "image_url", "image_url": {"url": url}}]
+        following = ark.content_generation.tasks.create(model=PRO_15, content=content).id
+        shown = http.get(f"/_sim/tasks/{following}").json()
+        assert shown["images_sha256"] == {"first_frame": digest}
+    assert http.get(f"/_sim/tasks/{task.id}").json()["last_frame_sha256"] == digest
+    assert http.get("/_sim/tasks/cgt-unknown").status_code == 404
+
+
+def test_no_last_frame_unless_asked(ark: Any, http: httpx.Client) -> None:
+    set_config(http, latency=0.0)
+    task, _ = wait_for(ark, create(ark), "succeeded")
+    assert http.get(f"/files/{task.id}.png").status_code == 404

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import google.oauth2.credentials
 import httpx
@@ -18,8 +21,10 @@ from google.genai import errors, types
 
 from simulator import SimConfig, create_app
 from simulator.__main__ import config_from_args, parse_args
+from simulator.clips import Shape, clips
 from simulator.scheduler import Scheduler
 from simulator.vertex import RAI_REASON, Operation
+from worker import media
 
 FAST = "veo-3.1-fast-generate-001"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -142,6 +147,7 @@ def served_video(sim: Scheduler, name: str, sample: int = 0) -> bytes:
 
 
 def test_text_to_video_in_express_mode(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
+    clips(Shape(6, "9:16"))  # made once per shape (simulator/clips.py), not timed below
     name = generate(express, duration_seconds=6, aspect_ratio="9:16", generate_audio=True, seed=7)
     assert re.fullmatch(f"{EXPRESS_RESOURCE}/operations/{OP_ID}", name)
     assert fetch(express, name).done is None
@@ -189,7 +195,7 @@ def test_image_to_video_in_project_mode(project: genai.Client, sim: Scheduler) -
     assert served_video(sim, name, 0) != served_video(sim, name, 1)
 
 
-def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
+def test_storage_uri_answers_gcs_uris(express: genai.Client, http: httpx.Client, sim: Scheduler) -> None:
     name = generate(express, output_gcs_uri="gs://bucket/prefix/", number_of_videos=2)
     operation = wait_done(express, name)
     assert operation.response is not None
@@ -197,6 +203,11 @@ def test_storage_uri_answers_gcs_uris(express: genai.Client) -> None:
     op_id = name.rpartition("/")[2]
     assert [v.uri for v in videos] == [f"gs://bucket/prefix/{op_id}/sample_{n}.mp4" for n in range(2)]
     assert all(v.video_bytes is None and v.mime_type == "video/mp4" for v in videos)
+    # The objects, by the Cloud Storage JSON API's media download: the same clips as inline.
+    for n in range(2):
+        path = f"/storage/v1/b/bucket/o/{quote(f'prefix/{op_id}/sample_{n}.mp4', safe='')}?alt=media"
+        assert http.get(path).content == served_video(sim, name, n)
+    assert http.get(f"/storage/v1/b/bucket/o/prefix%2F{op_id}%2Fsample_2.mp4?alt=media").status_code == 404
 
 
 def test_fail_marker_is_the_safety_filter(express: genai.Client, http: httpx.Client) -> None:
@@ -409,3 +420,16 @@ def test_google_api_key_option_falls_back_to_env(monkeypatch: pytest.MonkeyPatch
     assert config_from_args(parse_args([])).google_api_key == "from-env"
     assert config_from_args(parse_args(["--google-api-key", "cli"])).google_api_key == "cli"
     assert SimConfig(google_api_key="k").public_dict()["google_api_key"] == "***"
+
+
+def test_an_inline_first_frame_is_shown_by_its_sha256(
+    express: genai.Client, http: httpx.Client, sim: Scheduler
+) -> None:
+    set_config(http, latency=0.0)
+    name = generate(express, image=types.Image(image_bytes=PNG, mime_type="image/png"), duration_seconds=6)
+    wait_done(express, name)
+    shown = http.get(f"/_sim/tasks/{name}").json()
+    assert shown["images_sha256"] == {"first_frame": hashlib.sha256(PNG).hexdigest()}
+    video = served_video(sim, name)
+    assert shown["video_sha256"] == hashlib.sha256(video).hexdigest()
+    assert abs(media.probe(io.BytesIO(video)).duration_s - 6) < 0.1

@@ -45,16 +45,17 @@ class RangedObject(io.RawIOBase):
         return self.position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self.position >= self.size:
-            return 0
-        start = self.position - self.position % BLOCK_BYTES
-        if start != self._block_start:
-            self._block = self._get(start, min(self.size, start + BLOCK_BYTES) - 1)
-            self._block_start = start
-        chunk = self._block[self.position - start : self.position - start + len(buffer)]
-        buffer[: len(chunk)] = chunk
-        self.position += len(chunk)
-        return len(chunk)
+        done = 0
+        while done < len(buffer) and self.position < self.size:
+            start = self.position - self.position % BLOCK_BYTES
+            if start != self._block_start:
+                self._block = self._get(start, min(self.size, start + BLOCK_BYTES) - 1)
+                self._block_start = start
+            chunk = self._block[self.position - start : self.position - start + len(buffer) - done]
+            buffer[done : done + len(chunk)] = chunk
+            done += len(chunk)
+            self.position += len(chunk)
+        return done
 
     def _get(self, first: int, last: int) -> bytes:
         self.gets += 1
