@@ -170,14 +170,19 @@ def scene_costs(movie: MovieRecord, jobs: Mapping[str, JobRecord]) -> list[Decim
     return costs
 
 
-def manifest(movie: MovieRecord, jobs: Mapping[str, JobRecord], duration_s: float | None) -> dict[str, Any]:
-    """The movie's manifest (`<movie_id>.json`): each scene's index, job, cost; the total."""
+def manifest(
+    movie: MovieRecord, jobs: Mapping[str, JobRecord], duration_s: float | None, copied: bool | None = None
+) -> dict[str, Any]:
+    """The movie's manifest (`<movie_id>.json`): each scene's index, job, cost; the total;
+    the film's duration (s) and whether the scenes were joined by stream copy (`copied`,
+    False: re-encoded)."""
     costs = scene_costs(movie, jobs)
     return {
         "movie_id": movie.id,
         "name": movie.name,
         "tags": list(movie.tags),
         "duration_s": duration_s,
+        "stream_copy": copied,
         "scenes": [
             {"index": scene.index, "job_id": scene.job_id, "attempts": scene.job_ids, "cost_usd": float(cost)}
             for scene, cost in zip(movie.scenes, costs, strict=True)

@@ -217,7 +217,7 @@ class MovieStep(CancelStep):
             out = Path(tmp) / "movie.mp4"
             joined = media.join(paths, out)
             stored = storage.put_video(f"{movie.id}.mp4", _chunks(out), out.stat().st_size)
-        manifest = movies.manifest(movie, jobs, joined.duration_s)
+        manifest = movies.manifest(movie, jobs, joined.duration_s, joined.copied)
         manifest_uri = storage.put_json(f"{movie.id}.json", manifest).uri
         total = sum(movies.scene_costs(movie, jobs), Decimal(0))
         movies.update(
