@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from producer.request import VideoRequest
-from videoqueue import movies
+from videoqueue import keys, movies
 from videoqueue.errors import InvalidRequestError
 from videoqueue.job import JobRecord, utcnow
 from videoqueue.movies import MovieRecord, MovieState, UnknownMovieError
@@ -128,7 +128,10 @@ def submit(vq: VideoQueue, movie: Movie | Mapping[str, Any]) -> MovieRecord:
     """Validate `movie`, then store every scene's job and the movie's record in one
     transaction (the whole estimate reserved against the budgets: BudgetExceededError
     stores nothing) and send the scenes that may start: the first with continuity, all
-    without. Raises InvalidRequestError before anything is stored."""
+    without. Raises InvalidRequestError before anything is stored; EnqueueError (nothing
+    left stored) when the broker refuses the first messages."""
+    from producer.api import EnqueueError
+
     record, jobs = prepare(vq, Movie.parse(movie))
     records = vq._upload([(job.record, job.images) for job in jobs])
     try:
@@ -136,7 +139,19 @@ def submit(vq: VideoQueue, movie: Movie | Mapping[str, Any]) -> MovieRecord:
     except BaseException:
         vq._discard_inputs(records)
         raise
-    vq._send([r for r in records if r.after_job is None])
+    try:
+        vq._send([r for r in records if r.after_job is None])
+    except EnqueueError:
+        # The scenes nothing was sent for are withdrawn (`_send`); the waiting ones go too,
+        # and the movie unless a scene was sent (without continuity): then it fails, naming
+        # a withdrawn scene, when the advance of a sent one finds it gone.
+        waiting = [r for r in records if r.after_job is not None]
+        for job in waiting:
+            vq.store.delete(job.id)
+        vq._discard_inputs(waiting)
+        if not any(vq.store.get_many([r.id for r in records])):
+            vq.store.redis.delete(keys.movie_key(record.id))
+        raise
     return record
 
 

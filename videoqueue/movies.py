@@ -117,7 +117,7 @@ class Decision:
 
 def decide(movie: MovieRecord, jobs: Mapping[str, JobRecord]) -> Decision:
     """The one next thing to do for `movie`, from its scenes' current jobs (`jobs` by id;
-    one missing counts as failed). Scenes are looked at in order: with continuity the
+    one missing fails the movie). Scenes are looked at in order: with continuity the
     first scene not yet succeeded decides; without, a failed scene decides before those
     still rendering."""
     if movie.state.is_final:
@@ -129,8 +129,8 @@ def decide(movie: MovieRecord, jobs: Mapping[str, JobRecord]) -> Decision:
             continue
         if job is None or job.status.is_final:
             why = failure_of(scene, job)
-            if job is not None and job.cancel_requested:
-                return Decision("fail", scene.index, why)  # cancelled on purpose: not retried
+            if job is None or job.cancel_requested:
+                return Decision("fail", scene.index, why)  # gone, or cancelled on purpose: not retried
             if len(scene.job_ids) <= movie.scene_retries:
                 return Decision("retry", scene.index, why)
             return Decision("fail", scene.index, why)

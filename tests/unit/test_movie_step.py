@@ -3,10 +3,15 @@ pipeline with fakes (tests/unit/test_pipeline.py's Env)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from producer import api
+from producer.api import VideoQueue
 from tests.unit.test_pipeline import Env, make_settings
 from videoqueue import keys, movies
 from videoqueue.job import JobStatus, utcnow
@@ -56,3 +61,24 @@ def test_a_scene_whose_video_is_gone_fails_the_movie_once_and_stops_the_rest(env
     assert env.store.redis.zcard(keys.MOVIES_DUE) == 1  # owed by the second scene's end, meanwhile
     assert env.pipeline.movie_advance(movie.id) == "none"  # a second run changes nothing
     assert env.store.redis.zcard(keys.MOVIES_DUE) == 0
+
+
+class _RefusingApp:
+    """A Celery app whose broker refuses every message."""
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[None]:
+        yield None
+
+    def send_task(self, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+
+def test_a_movie_the_broker_refuses_leaves_nothing_stored(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api, "producer_app_for", lambda settings: _RefusingApp())
+    vq = VideoQueue(env.settings, store=env.store, catalog=env.catalog)
+    scenes = [{"prompt": f"scene {i}", "duration": 5} for i in range(3)]
+    with pytest.raises(api.EnqueueError):
+        vq.submit_movie({"scenes": scenes})
+    assert vq.list() == []
+    assert env.store.redis.keys("*movie:*") == []

@@ -81,8 +81,8 @@ def test_a_scene_cancelled_on_purpose_is_not_retried() -> None:
     assert movies.decide(movie(["a"], ["b"]), {"a": cancelled, "b": job("b", after_job="a")}).action == "fail"
 
 
-def test_a_missing_job_counts_as_failed() -> None:
-    assert movies.decide(movie(["a"], scene_retries=0), {}).action == "fail"
+def test_a_missing_job_fails_the_movie() -> None:
+    assert movies.decide(movie(["a"]), {}).action == "fail"
 
 
 def test_without_continuity_a_failure_decides_before_scenes_rendering() -> None:
