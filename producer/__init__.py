@@ -11,6 +11,7 @@ from producer.api import (
     VideoQueue,
     WaitTimeoutError,
 )
+from producer.movie import Movie
 from producer.request import VideoRequest
 from videoqueue.errors import (
     BudgetError,
@@ -27,6 +28,7 @@ from videoqueue.events import JobEvent
 from videoqueue.job import ErrorCode, JobError, JobFailure, JobRecord, JobStatus
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.ledger import CostRow, LedgerEntry
+from videoqueue.movies import MovieRecord, MovieState, UnknownMovieError
 from videoqueue.settings import Settings
 
 __all__ = [
@@ -46,12 +48,16 @@ __all__ = [
     "JobStatus",
     "JobStoreError",
     "LedgerEntry",
+    "Movie",
+    "MovieRecord",
+    "MovieState",
     "ProviderError",
     "RequestError",
     "RetryRefusedError",
     "Settings",
     "StorageError",
     "UnknownJobError",
+    "UnknownMovieError",
     "VideoQueue",
     "VideoRequest",
     "VideoqueueError",

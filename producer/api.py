@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
@@ -41,6 +41,10 @@ from videoqueue.room import WaitingRoom
 from videoqueue.settings import Settings, get_settings
 from videoqueue.urlcheck import check_image_address, check_image_url
 from videoqueue.urlguard import ForbiddenURLError
+
+if TYPE_CHECKING:
+    from producer.movie import Movie
+    from videoqueue.movies import MovieRecord
 
 
 class StoreRetryRefusedError(RequestError, ValueError):
@@ -507,6 +511,30 @@ class VideoQueue:
             app.send_task(TASK_CANCEL, args=[job_id])
             return requested
         return self.get(job_id)
+
+    # --- movies (producer/movie.py) ---------------------------------------------------------
+
+    def submit_movie(self, movie: Movie | Mapping[str, Any]) -> MovieRecord:
+        """Validate a storyboard (`producer.movie.Movie`, or a dict of its fields), store
+        every scene's job and the movie in one transaction, reserving the whole estimate,
+        and send the scenes that may start. Raises InvalidRequestError before any write."""
+        from producer import movie as movies_api
+
+        return movies_api.submit(self, movie)
+
+    def movie(self, movie_id: str) -> MovieRecord:
+        """A movie's record (its scenes' job ids, state, output, total cost). Raises
+        UnknownMovieError."""
+        from producer import movie as movies_api
+
+        return movies_api.get(self, movie_id)[0]
+
+    def cancel_movie(self, movie_id: str) -> MovieRecord:
+        """Cancel a movie: its scenes not yet rendered are cancelled (their reservations
+        released) and it ends `cancelled`. Raises UnknownMovieError."""
+        from producer import movie as movies_api
+
+        return movies_api.cancel(self, movie_id)
 
 
 def check_batch(jobs: builtins.list[PreparedJob]) -> None:

@@ -37,6 +37,7 @@ from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
 from producer.cli_jobs import register as register_jobs
 from producer.cli_limits import register as register_limits
+from producer.cli_movie import register as register_movie
 from producer.cli_queue import register as register_queue
 from producer.cli_table import Col, fit_table
 from producer.cli_watch import register as register_watch
@@ -675,6 +676,7 @@ register_queue(app)
 register_limits(app)
 register_webhooks(app)
 register_watch(app)
+register_movie(app)
 
 
 def _plug_in(typer_app: typer.Typer) -> None:

@@ -118,6 +118,16 @@ def create_app(config: SimConfig | None = None) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse(sim.stats())
 
+    async def creates(request: Request) -> Response:
+        # What each ModelArk create received, oldest first: its prompt and images (role,
+        # URL or data: URI), for tests that check what a worker sent (a movie's frames).
+        return JSONResponse(
+            [
+                {"id": task.id, "prompt": task.spec.prompt, "images": [list(image) for image in task.spec.images]}
+                for task in sim.ark_tasks()
+            ]
+        )
+
     async def reset(request: Request) -> Response:
         sim.reset()
         return JSONResponse({})
@@ -149,6 +159,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/files/{task_id}.png", last_frame, methods=["GET"]),
         Route("/_sim/image.png", image, methods=["GET", "HEAD"]),
         Route("/_sim/stats", stats, methods=["GET"]),
+        Route("/_sim/creates", creates, methods=["GET"]),
         Route("/_sim/tasks/{task_id:path}", task_media, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/health", health, methods=["GET"]),

@@ -1,6 +1,7 @@
 """`make demo`: start a worker (and, without a BytePlus key, the simulator), enqueue three
 Seedance jobs through the producer API, show their progress, and print for each job its
-status, where its video is stored and what it cost.
+status, where its video is stored and what it cost; then a 3-scene movie (each scene from
+the last frame of the one before, joined into one MP4) next to the clips.
 
 The demo is a deployment of its own, namespace `demo` (VQ_DEMO_NAMESPACE to choose
 another), whatever VQ_NAMESPACE the shell or `.env` names: a real fleet on the same Redis
@@ -10,16 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.status import Status
 from rich.table import Table
 
 from producer import JobRecord, Settings, VideoQueue, VideoRequest
+from producer.movie import Movie
 from simulator.stack import ManagedProcess, free_port, start_simulator, start_worker
 from videoqueue import namespace
+from videoqueue.movies import MovieRecord, MovieState
 
 RUN_DIR = Path(".run")
 DEMO_NAMESPACE = "demo"
@@ -28,6 +33,16 @@ DEMO_REQUESTS = [
     VideoRequest(prompt="Product shot: a glass perfume bottle turning on a marble plinth", duration=4, ratio="1:1"),
     VideoRequest(prompt="Storyboard: a paper boat sailing down a rainy city gutter", duration=6, audio=False),
 ]
+
+DEMO_MOVIE = Movie(
+    name="paper boat",
+    tags=("demo",),
+    scenes=[
+        VideoRequest(prompt="A paper boat is set down in a rainy city gutter", duration=4),
+        VideoRequest(prompt="The paper boat rushes past parked bicycles in the stream", duration=4),
+        VideoRequest(prompt="The paper boat drifts out into a calm harbour at sunset", duration=5),
+    ],
+)
 
 console = Console()
 
@@ -83,10 +98,14 @@ def main() -> int:
         vq = VideoQueue(settings)
         jobs = vq.submit_many(DEMO_REQUESTS)
         console.print(f"Enqueued {len(jobs)} jobs; estimated total ${sum(j.cost_estimate_usd for j in jobs):.4f}.")
+        movie = vq.submit_movie(DEMO_MOVIE)
+        console.print(f"Enqueued movie {movie.id[:8]} ({len(movie.scenes)} scenes, one after another).")
         with Live(_table(jobs), console=console, refresh_per_second=4) as live:
             done = vq.wait(
                 [j.id for j in jobs], timeout=settings.job_deadline_s + 60, on_update=lambda r: live.update(_table(r))
             )
+        with console.status("Rendering the movie's scenes one after another, then joining them...") as status:
+            movie = _wait_movie(vq, movie.id, settings.job_deadline_s * len(movie.scenes) + 60, status)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -98,12 +117,31 @@ def main() -> int:
         print(f"{job.id}  {job.status.value:<10} {cost:>9}  {where}")
     total = sum((j.cost_usd or Decimal(0) for j in done), Decimal(0))
     print(f"Total cost: ${total:.4f}")
+    print()
+    where = movie.output_uri or movie.error or movie.state.value
+    movie_cost = f"${movie.total_cost_usd:.4f}" if movie.total_cost_usd is not None else "-"
+    print(f"Movie {movie.id}  {movie.state.value:<10} {movie_cost:>9}  {where}")
+    if movie.manifest_uri:
+        print(f"  manifest: {movie.manifest_uri}")
     # The demo's jobs live in its own namespace: a shell on another one would not find them.
     print(
         f"Look them up with: VQ_NAMESPACE={demo_namespace} videoqueue status {' '.join(j.id[:8] for j in done)}"
         " (`make stack` keeps a local fleet running)"
     )
-    return 0 if all(j.status.value == "succeeded" for j in done) else 1
+    ok = all(j.status.value == "succeeded" for j in done) and movie.state is MovieState.SUCCEEDED
+    return 0 if ok else 1
+
+
+def _wait_movie(vq: VideoQueue, movie_id: str, timeout: float, status: Status) -> MovieRecord:
+    """The movie once it has ended (or as it is at `timeout` seconds), its progress shown."""
+    give_up = time.monotonic() + timeout
+    while True:
+        movie = vq.movie(movie_id)
+        if movie.state.is_final or time.monotonic() >= give_up:
+            return movie
+        done = sum(1 for j in vq.get_many([s.job_id for s in movie.scenes]) if j.status.value == "succeeded")
+        status.update(f"Movie {movie_id[:8]}: {done} of {len(movie.scenes)} scenes rendered...")
+        time.sleep(1)
 
 
 if __name__ == "__main__":

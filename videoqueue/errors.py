@@ -13,6 +13,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
             StoreRetryRefusedError (ValueError)      producer.api
             InputStorageUnavailableError (ValueError) videoqueue.inputs
             UnknownDeliveryError (LookupError)       videoqueue.webhooks
+            UnknownMovieError (LookupError)          videoqueue.movies
         BudgetError
             BudgetExceededError (ValueError)
             BudgetInputError (ValueError)            producer.cli_budget
@@ -28,6 +29,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
                 VideoDecodeError                     worker.storage.base
             FetchError                               worker.storage.fetch
             MediaError                               worker.media
+            VideoGoneError                           worker.steps.movie
         InvalidSettingsError (ValueError)
             AllowListError                           videoqueue.urlguard
         EnqueueError (RuntimeError)                  producer.api

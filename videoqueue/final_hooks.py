@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from videoqueue import inputs, keys, ledger_days, retention, room, stats, webhooks
+from videoqueue import inputs, keys, ledger_days, movies, retention, room, stats, webhooks
 from videoqueue.budget import settle
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.keys import ledger_entry_key
@@ -122,6 +122,15 @@ def notifications(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | No
     return lambda multi: webhooks.queue_owed(multi, deliveries, final=True)
 
 
+def movie_advance(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
+    """A scene's end owes its movie an advance (videoqueue.movies): written to the movies'
+    outbox with the move; the worker sends it after the move, the sweep if it does not."""
+    if after.movie_id is None:
+        return None
+    movie_id = after.movie_id
+    return lambda multi: movies.owe_advance(multi, movie_id)
+
+
 def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     """Let the record, its ledger row and its legacy input keys expire JOB_RETENTION_S from
     now (videoqueue.retention); a second end renews it. The task claim and the client job id
@@ -147,6 +156,7 @@ FINAL_HOOKS: tuple[FinalHook, ...] = (
     counters,
     inputs_release,
     notifications,
+    movie_advance,
     retention_expiry,
 )
 """Every side effect of a final move, in the order they are queued."""

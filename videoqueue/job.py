@@ -65,6 +65,7 @@ TASK_CANCEL = "videoqueue.cancel"
 TASK_ADMIT = "videoqueue.admit"
 TASK_UNPARK = "videoqueue.unpark"
 TASK_DELIVER = "videoqueue.deliver_webhook"
+TASK_MOVIE_ADVANCE = "videoqueue.movie_advance"
 
 # The queues of the namespace this process serves (videoqueue.namespace): read them as
 # `contract.QUEUE_SUBMIT` when used, or call namespace.queue("submit").
@@ -175,6 +176,16 @@ class JobRecord(BaseModel):
     # `videoqueue retry`: the job this one resubmits, and the jobs that resubmitted this one.
     retry_of: str | None = None
     retried_by: list[str] = Field(default_factory=list)
+    # A scene of a movie (videoqueue.movies): the movie's id and the scene's place (0 first).
+    movie_id: str | None = None
+    scene: int | None = None
+    # With continuity, the job of the scene before: while set, the job is stored and its
+    # budget reserved but its submit waits (the submit step does nothing) until the movie's
+    # advance gives it the first frame and clears this.
+    after_job: str | None = None
+    # The provider's URL of the video's last frame (a PNG), when it gives one (ModelArk, for
+    # a task created with `return_last_frame`): the next scene's first frame.
+    last_frame_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod

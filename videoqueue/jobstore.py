@@ -133,7 +133,8 @@ def _write_indexes(pipe: Any, before: JobRecord | None, after: JobRecord) -> Non
         score = after.created_at.timestamp()
         pipe.zadd(status_index(after.status), {job_id: score})
         stats.on_create(pipe, after)
-        pipe.zadd(keys.DUE_INDEX, {job_id: score})
+        if after.after_job is None:  # a movie's scene waiting for the one before is due when let go
+            pipe.zadd(keys.DUE_INDEX, {job_id: score})
         return
     if after.status.is_final and not before.status.is_final:
         pipe.zrem(keys.DUE_INDEX, job_id)
@@ -278,6 +279,8 @@ def create(
     budget: BudgetPolicy | None,
     existing: dict[str, JobRecord],
     events_maxlen: int = events.DEFAULT_MAXLEN,
+    *,
+    also: Callable[[Any], None] | None = None,
 ) -> None:
     """The body of `create_many`'s transaction, on a pipeline WATCHing `create_watch_keys`
     (or a `snapshot.Snapshot` of it: producer/aiostore.py): read, decide, issue MULTI and
@@ -300,6 +303,8 @@ def create(
         pipe.xadd(keys.EVENTS_STREAM, events.encode(None, record), maxlen=events_maxlen, approximate=True)
         if record.request.client_job_id:
             pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
+    if also is not None:
+        also(pipe)
 
 
 def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobRecord]:
@@ -368,6 +373,7 @@ class JobStore:
         self,
         records: Sequence[JobRecord],
         budget: BudgetPolicy | None = None,
+        also: Callable[[Any], None] | None = None,
     ) -> dict[str, JobRecord]:
         """Store several new records and their budget reservations in one transaction: all
         or none (input images are in object storage, the records refer to them:
@@ -381,11 +387,13 @@ class JobStore:
         differs, DuplicateClientJobIdError names every such id and nothing is stored. The
         check runs inside the transaction that maps the ids, so producers racing with one
         client job id store one job. A retry (a record with `retry_of`) takes its client job
-        id over from whichever job of its line holds it."""
+        id over from whichever job of its line holds it. `also` queues more writes in the
+        same MULTI, after the records' (a movie's record: videoqueue.movies)."""
         existing: dict[str, JobRecord] = {}
         if records:
             self.redis.transaction(
-                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen), *create_watch_keys(records)
+                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen, also=also),
+                *create_watch_keys(records),
             )
             fresh = [r.id for r in records if r.id not in existing]
             if fresh:

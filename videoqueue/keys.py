@@ -308,6 +308,21 @@ end of an attempt's lease, or a retry's time beyond COUNTDOWN_HORIZON_S. No TTL:
 leaves it when delivered or given up."""
 
 
+# --- Movies (videoqueue.movies) ----------------------------------------------------------
+
+
+def movie_key(movie_id: str) -> str:
+    """String: one movie's record as JSON (videoqueue.movies.MovieRecord: its scenes' job
+    ids, state, output, total cost). TTL: JOB_RETENTION_S from the movie's end."""
+    return f"{PREFIX}movie:{movie_id}"
+
+
+MOVIES_DUE = namespace.keep(globals(), "MOVIES_DUE", lambda: _key("movies:due"))
+"""Sorted set: the ids of movies whose advance (`videoqueue.movie_advance`) is owed, scored
+by when (epoch s) the sweep sends it (again): written by a scene's final move, a little
+after it (the worker sends the task at once); the advance takes it out when done."""
+
+
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 
 

@@ -10,7 +10,16 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from videoqueue import namespace
-from videoqueue.job import TASK_ADMIT, TASK_CANCEL, TASK_DELIVER, TASK_POLL, TASK_STORE, TASK_SUBMIT, TASK_UNPARK
+from videoqueue.job import (
+    TASK_ADMIT,
+    TASK_CANCEL,
+    TASK_DELIVER,
+    TASK_MOVIE_ADVANCE,
+    TASK_POLL,
+    TASK_STORE,
+    TASK_SUBMIT,
+    TASK_UNPARK,
+)
 from videoqueue.settings import Settings
 
 
@@ -62,6 +71,7 @@ _STEP_OF_TASK = {
     TASK_UNPARK: "poll",
     TASK_STORE: "store",
     TASK_DELIVER: WEBHOOKS,
+    TASK_MOVIE_ADVANCE: "store",
 }
 
 

@@ -214,6 +214,10 @@ RECORD_NAMES: dict[str, str] = {
     "history": "h",
     "retry_of": "ro",
     "retried_by": "rb",
+    "movie_id": "mv",
+    "scene": "sn",
+    "after_job": "aj",
+    "last_frame_url": "lu",
 }
 """A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
 

@@ -13,8 +13,8 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import LockError, RedisError
 
-from videoqueue import inputs, keys, ledger_days, retention
-from videoqueue.job import TASK_ADMIT, TASK_DELIVER, TASK_SUBMIT, TASK_UNPARK
+from videoqueue import inputs, keys, ledger_days, movies, retention
+from videoqueue.job import TASK_ADMIT, TASK_DELIVER, TASK_MOVIE_ADVANCE, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.jobstore import JobStore
 from videoqueue.ledger import read_entries
 from videoqueue.limits import ProviderLimits
@@ -48,6 +48,7 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         released = release_inputs(store, settings)
         trimmed = trim_expired(store, settings)
         delivered = deliver.send_due(store.redis, app.send_task, time.time())
+        advanced = movies.send_due(store.redis, lambda m: app.send_task(TASK_MOVIE_ADVANCE, args=[m]), time.time())
     finally:
         # Let the next sweep (ours or another worker's) run on time. A sweep that outlived
         # the lock no longer owns it: the holder now is another worker, whose lock stays.
@@ -62,6 +63,8 @@ def sweep_once(app: Celery, store: JobStore, settings: Settings) -> int:
         log.info("admitted waiting jobs", extra={"count": admitted})
     if delivered:
         log.info("sent deliveries due", extra={"count": len(delivered), "ids": ",".join(delivered[:20])})
+    if advanced:
+        log.info("sent movie advances due", extra={"count": len(advanced), "ids": ",".join(advanced[:20])})
     if released:
         log.info("deleted the input images of ended jobs", extra={"count": released})
     if trimmed.trimmed or trimmed.expiring:

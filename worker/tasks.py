@@ -9,6 +9,7 @@ Flower shows that task as FAILURE with the job's error."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -22,10 +23,12 @@ from videoqueue.job import (
     TASK_ADMIT,
     TASK_CANCEL,
     TASK_DELIVER,
+    TASK_MOVIE_ADVANCE,
     TASK_POLL,
     TASK_STORE,
     TASK_SUBMIT,
     TASK_UNPARK,
+    JobRecord,
     utcnow,
 )
 from videoqueue.jobstore import JobStore
@@ -97,7 +100,7 @@ def pipeline() -> Pipeline:
     settings = get_settings()
     store = JobStore.from_settings(settings)
     store.on_deliveries = send_deliveries
-    return Pipeline(
+    steps = Pipeline(
         settings=settings,
         store=store,
         catalog=load_catalog(settings.pricing_file),
@@ -114,6 +117,21 @@ def pipeline() -> Pipeline:
             min_samples=settings.poll_history_min,
         ),
     )
+    steps.store.on_final = _and_advance_movie(steps.store.on_final)
+    return steps
+
+
+def _and_advance_movie(on_final: Callable[[JobRecord], object] | None) -> Callable[[JobRecord], None]:
+    """The job store's `on_final`, then, for a movie's scene, the movie's advance (owed by
+    the move: videoqueue.movies; the sweep sends it if this does not)."""
+
+    def after(record: JobRecord) -> None:
+        if on_final is not None:
+            on_final(record)
+        if record.movie_id is not None:
+            movie_advance.apply_async((record.movie_id,))
+
+    return after
 
 
 @worker_process_init.connect
@@ -254,3 +272,10 @@ def deliver_webhook(self: Task[Any, Any], delivery_id: str) -> dict[str, Any]:
     completion task sent; the next attempt scheduled when one is due."""
     outcome = deliver.attempt(pipeline().store.redis, delivery_id, get_settings(), app.send_task)
     return {"delivery_id": delivery_id, "state": outcome.state, "code": outcome.code, "error": outcome.error}
+
+
+@app.task(name=TASK_MOVIE_ADVANCE, bind=True, **_STORE_RETRY)
+def movie_advance(self: Task[Any, Any], movie_id: str) -> dict[str, Any]:
+    """Move a movie on after one of its scenes ended (worker.steps.movie): let the next scene
+    go, retry a failed one, fail the movie, or join its scenes."""
+    return {"movie_id": movie_id, "action": pipeline().movie_advance(movie_id)}

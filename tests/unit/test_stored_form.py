@@ -155,6 +155,10 @@ def every_field_set() -> JobRecord:
         ],
         retry_of="older-job",
         retried_by=["newer-job"],
+        movie_id="c2d7a0c4-9b1e-4a55-8d0e-3f6a2b1c9e77",
+        scene=2,
+        after_job="previous-scene-job",
+        last_frame_url="https://ark.example/last.png",
     )
 
 

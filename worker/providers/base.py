@@ -62,6 +62,9 @@ class TaskState:
     status: TaskStatus
     provider_status: str
     video_url: str | None = None
+    # The last frame of the video as a PNG URL: ModelArk's, for a task created with
+    # `return_last_frame` (a movie's scene); None otherwise.
+    last_frame_url: str | None = None
     billed_units: int | None = None
     error_code: ErrorCode | None = None
     error_message: str | None = None

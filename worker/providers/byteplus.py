@@ -174,11 +174,12 @@ def task_state(task: Any) -> TaskState:
     status = _STATUSES.get(raw_status)
     if status is None:
         raise ProviderError(ErrorCode.UPSTREAM, f"ModelArk returned unknown status {raw_status!r}")
-    video_url = None
+    video_url = last_frame_url = None
     billed = None
     if status is TaskStatus.SUCCEEDED:
         content = getattr(task, "content", None)
         video_url = getattr(content, "video_url", None)
+        last_frame_url = getattr(content, "last_frame_url", None)
         usage = getattr(task, "usage", None)
         billed = getattr(usage, "completion_tokens", None)
         if not video_url or not isinstance(billed, int):
@@ -199,6 +200,7 @@ def task_state(task: Any) -> TaskState:
         status=status,
         provider_status=raw_status,
         video_url=video_url,
+        last_frame_url=last_frame_url if isinstance(last_frame_url, str) else None,
         billed_units=billed,
         error_code=error_code,
         error_message=error_message,
@@ -264,6 +266,8 @@ class BytePlusProvider:
                 execution_expires_after=expires_after_tag(job.id),
                 # ModelArk POSTs the task there when its status changes (None: not sent).
                 callback_url=callback_url(self._settings, job.id),
+                # A movie's scene: the next scene starts from its last frame (videoqueue.movies).
+                return_last_frame=True if job.movie_id is not None else None,
             )
         except ArkAPIError as exc:
             raise map_ark_error(exc, creating=True) from exc

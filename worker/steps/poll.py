@@ -190,6 +190,7 @@ class PollStep(StepBase):
             {JobStatus.RUNNING},
             JobStatus.DOWNLOADING,
             video_url=state.video_url,
+            **({"last_frame_url": state.last_frame_url} if state.last_frame_url else {}),
             billed_units=billed,
             cost_usd=cost,
             provider_status=state.provider_status,

@@ -41,6 +41,8 @@ class SubmitStep(PollStep):
         if job.cancel_requested and job.status is JobStatus.QUEUED:
             self.store.transition(job.id, {JobStatus.QUEUED}, JobStatus.CANCELLED)
             return
+        if job.after_job is not None and job.status is JobStatus.QUEUED:
+            return  # a movie's scene waiting for the scene before: the movie's advance lets it go
         if job.status is JobStatus.SUBMITTING and job.submit_lease_until and job.submit_lease_until > now:
             # Another worker is in the middle of the create call. Look again when its
             # lease ends, in case it died.
