@@ -15,8 +15,9 @@ from typing import Any
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import events as stream
-from videoqueue import inputs, namespace, webhooks
+from videoqueue import batches, inputs, keys, namespace, webhooks
 from videoqueue.archive import ArchivedJob, read_archived
+from videoqueue.batches import Batch
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.events import JobEvent
@@ -58,6 +59,18 @@ class WaitTimeoutError(VideoqueueError, TimeoutError):
         self.jobs = jobs
         pending = [j.id for j in jobs if not j.status.is_final]
         super().__init__(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
+
+
+class UnknownBatchError(RequestError, KeyError):
+    """No batch has this id (or prefix) in this deployment, or several share the prefix."""
+
+    def __init__(self, ref: str, candidates: Sequence[str] = ()) -> None:
+        self.ref, self.candidates = ref, list(candidates)
+        more = f": matches {', '.join(sorted(candidates))}; give more characters" if candidates else ""
+        super().__init__(f"unknown batch id {ref!r}{more} (in namespace {namespace.current()!r})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class EnqueueError(VideoqueueError, RuntimeError):
@@ -238,16 +251,124 @@ class VideoQueue:
             raise InvalidRequestError(problems)
         return jobs
 
-    def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
+    def submit_batch(
+        self,
+        requests: Iterable[VideoRequest | Mapping[str, Any]],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """Submit `requests` as one batch (videoqueue.batches): validated as `submit_many`,
+        then the jobs and the batch record stored in one transaction (all or nothing) and
+        enqueued. Its `on_complete` task and its webhook (`batch.completed`, signed as a
+        job's) are sent once its last job ended. Returns the batch as stored. Raises
+        InvalidRequestError (a bad item, a webhook that cannot be sent, no requests)."""
+        jobs = self.prepare_many(requests)
+        problems: dict[str, str] = {}
+        if not jobs:
+            problems["requests"] = "a batch needs at least one request"
+        unknown = sorted(set(webhook_events) - set(batches.WEBHOOK_EVENTS))
+        if unknown:
+            problems["webhook_events"] = f"unknown batch events {unknown}: only {list(batches.WEBHOOK_EVENTS)}"
+        if webhook_url is not None:
+            if self.settings.webhook_secret is None:
+                problems["webhook_url"] = "WEBHOOK_SECRET is not set: deliveries could not be signed"
+            elif why := webhooks.check_url(webhook_url, self.settings):
+                problems["webhook_url"] = why
+        if problems:
+            raise InvalidRequestError(problems)
+        batch_id = batches.new_id()
+        for job in jobs:
+            job.record.batch_id = batch_id
+        batch = batches.now_batch(
+            batch_id,
+            name,
+            tags,
+            [job.record for job in jobs],
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url if "completed" in webhook_events else None,
+        )
+        self.enqueue(jobs, batch)
+        return self.batch(batch_id)
+
+    def batch(self, batch_id: str) -> Batch:
+        """The batch `batch_id` (a whole id or a unique prefix) as it stands now: counts by
+        status, cost so far. Raises UnknownBatchError."""
+        found = batches.read(self.store.redis, self.resolve_batch_id(batch_id))
+        if found is None:
+            raise UnknownBatchError(batch_id)
+        return found
+
+    def resolve_batch_id(self, ref: str) -> str:
+        """The whole id of the batch `ref` (a whole id, or a unique prefix) names; raises
+        UnknownBatchError (none, or several)."""
+        ref = ref.lower()
+        if self.store.redis.exists(keys.batch_key(ref)):
+            return ref
+        matches = batches.ids_starting_with(self.store.redis, ref)
+        if len(matches) != 1:
+            raise UnknownBatchError(ref, matches)
+        return matches[0]
+
+    def batches(self, limit: int = 20) -> builtins.list[Batch]:
+        """The newest batches, newest first (those whose record expired left out)."""
+        client = self.store.redis
+        found = [batches.read(client, batch_id) for batch_id in batches.newest_ids(client, limit)]
+        return [b for b in found if b is not None]
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = None, *, on_update: Callable[[Batch], None] | None = None
+    ) -> Batch:
+        """Block until the batch's last job ended and return it; `on_update` is called with
+        the batch on the first read and again after each event of its jobs (the event
+        stream, videoqueue.events: the batch is read again only when one of its jobs moved,
+        and at least every events.MAX_BLOCK_MS). Raises UnknownBatchError, or
+        WaitTimeoutError (with the jobs' records) when `timeout` seconds pass first."""
+        client = self.store.redis
+        since = stream.newest_id(client)  # before the first read: no change falls between
+        batch = self.batch(batch_id)
+        wanted = set(batch.job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if on_update:
+                on_update(batch)
+            if batch.done:
+                return batch
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeoutError(self.get_many(batch.job_ids))
+            block = stream.MAX_BLOCK_MS if left is None else max(1, min(stream.MAX_BLOCK_MS, int(left * 1000)))
+            found = stream.read_events(client, since, block_ms=block)
+            if found:
+                since = found[-1].id
+            moved = not found or any(e.job_id in wanted or getattr(e, "batch_id", "") == batch.id for e in found)
+            if moved:
+                batch = self.batch(batch.id)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel every job of the batch still cancellable (`cancel`, each): those ended
+        stay as they are. Returns the batch as it stands after. Raises UnknownBatchError."""
+        batch = self.batch(batch_id)
+        for job in self.store.get_many(batch.job_ids):
+            if job is not None and not job.status.is_final and not job.cancel_requested:
+                self.cancel(job.id)
+        return self.batch(batch.id)
+
+    def enqueue(self, jobs: builtins.list[PreparedJob], batch: Batch | None = None) -> builtins.list[JobRecord]:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
         message each. Returns their records, in order; where a client job id already named
         a job with the same request, that job's stored record (its id differs from the
         prepared one) and no message. Raises DuplicateClientJobIdError when it named a
-        different request."""
+        different request. `batch`: their batch record, stored with them."""
         check_batch(jobs)
         records = self._upload([(job.record, job.images) for job in jobs])
         try:
-            existing = self.store.create_many(records, self.budget)
+            existing = self.store.create_many(records, self.budget, batch)
         except BaseException:
             self._discard_inputs(records)
             raise

@@ -175,6 +175,8 @@ class JobRecord(BaseModel):
     # `videoqueue retry`: the job this one resubmits, and the jobs that resubmitted this one.
     retry_of: str | None = None
     retried_by: list[str] = Field(default_factory=list)
+    # The batch the job was submitted in (videoqueue.batches), whose counts its moves keep.
+    batch_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod

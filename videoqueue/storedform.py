@@ -214,6 +214,7 @@ RECORD_NAMES: dict[str, str] = {
     "history": "h",
     "retry_of": "ro",
     "retried_by": "rb",
+    "batch_id": "bt",
 }
 """A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
 
