@@ -14,10 +14,10 @@ from typing import Any
 
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
-from videoqueue import events as stream
 from videoqueue import batches, inputs, keys, namespace, webhooks
+from videoqueue import events as stream
 from videoqueue.archive import ArchivedJob, read_archived
-from videoqueue.batches import Batch
+from videoqueue.batches import Batch, UnknownBatchError
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.events import JobEvent
@@ -59,18 +59,6 @@ class WaitTimeoutError(VideoqueueError, TimeoutError):
         self.jobs = jobs
         pending = [j.id for j in jobs if not j.status.is_final]
         super().__init__(f"{len(pending)} job(s) not finished: {', '.join(pending)}")
-
-
-class UnknownBatchError(RequestError, KeyError):
-    """No batch has this id (or prefix) in this deployment, or several share the prefix."""
-
-    def __init__(self, ref: str, candidates: Sequence[str] = ()) -> None:
-        self.ref, self.candidates = ref, list(candidates)
-        more = f": matches {', '.join(sorted(candidates))}; give more characters" if candidates else ""
-        super().__init__(f"unknown batch id {ref!r}{more} (in namespace {namespace.current()!r})")
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class EnqueueError(VideoqueueError, RuntimeError):
@@ -142,6 +130,8 @@ class VideoQueue:
         """The deliveries of a job (its webhooks, its completion task), oldest first: state,
         attempts, last status code, last error. Raises UnknownJobError when the job is
         unknown; empty when it asked for none, or none is owed yet."""
+        if batches.is_batch_id(job_id):  # a batch's (its webhook, its completion task)
+            return webhooks.deliveries(self.store.redis, self.batch(job_id).id)
         job = self.get(job_id)
         return webhooks.deliveries(self.store.redis, job.id)
 
@@ -149,8 +139,8 @@ class VideoQueue:
         """Deliver the webhook of a job's end again, with the same `webhook-id` (attempts
         reset), and return it. Raises UnknownJobError, or UnknownDeliveryError when the
         job has no such webhook (none asked for, not ended, expired)."""
-        job = self.get(job_id)
-        delivery = webhooks.replay(self.store.redis, job.id)
+        owner = self.batch(job_id).id if batches.is_batch_id(job_id) else self.get(job_id).id
+        delivery = webhooks.replay(self.store.redis, owner)
         self.send_deliveries([delivery.id])
         return delivery
 
@@ -267,7 +257,28 @@ class VideoQueue:
         enqueued. Its `on_complete` task and its webhook (`batch.completed`, signed as a
         job's) are sent once its last job ended. Returns the batch as stored. Raises
         InvalidRequestError (a bad item, a webhook that cannot be sent, no requests)."""
-        jobs = self.prepare_many(requests)
+        return self.enqueue_batch(
+            self.prepare_many(requests),
+            name=name,
+            tags=tags,
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+        )
+
+    def enqueue_batch(
+        self,
+        jobs: builtins.list[PreparedJob],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """`submit_batch` of jobs made by `prepare` (`prepare_many`)."""
         problems: dict[str, str] = {}
         if not jobs:
             problems["requests"] = "a batch needs at least one request"

@@ -31,8 +31,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from videoqueue import keys, retention, webhooks
+from videoqueue import keys, namespace, retention, webhooks
 from videoqueue.budget import from_micro, to_micro
+from videoqueue.errors import JobStoreError
 from videoqueue.job import JobRecord, JobStatus, utcnow
 from videoqueue.movescript import Writes
 
@@ -44,6 +45,19 @@ EVENT_TYPE = "batch.completed"
 
 WEBHOOK_EVENTS = ("completed",)
 """The events a batch's webhook may ask for."""
+
+
+class UnknownBatchError(JobStoreError, KeyError):
+    """No batch has this id (or prefix) in this deployment, or several share the prefix
+    (`candidates`)."""
+
+    def __init__(self, ref: str, candidates: Sequence[str] = ()) -> None:
+        self.ref, self.candidates = ref, list(candidates)
+        more = f": matches {', '.join(sorted(candidates))}; give more characters" if candidates else ""
+        super().__init__(f"unknown batch id {ref!r}{more} (in namespace {namespace.current()!r})")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def new_id() -> str:
@@ -106,7 +120,11 @@ def _meta(batch: Batch) -> str:
 
 def _extras(batch: Batch) -> str:
     return json.dumps(
-        {"on_complete": batch.on_complete, "on_complete_queue": batch.on_complete_queue, "webhook_url": batch.webhook_url}
+        {
+            "on_complete": batch.on_complete,
+            "on_complete_queue": batch.on_complete_queue,
+            "webhook_url": batch.webhook_url,
+        }
     )
 
 

@@ -15,7 +15,8 @@ An entry's fields, short since the stream holds a million of them (all strings):
 entered; `t` when, in epoch seconds (ms precision); and for a final status, where known:
 `c` the actual cost in USD (a decimal), `o` the output URI, `ec`/`em` the error code and
 message (cut to ERROR_MESSAGE_MAX characters: the record has it whole). `encode` and
-`decode` do no I/O (a batch's end, fields `b`, `s` and `t`, decodes as a `BatchEvent`): the sync and the asyncio producers share them, and an asyncio reader
+`decode` do no I/O (a batch's end, fields `b`, `s` and `t`, decodes as a `BatchEvent`):
+the sync and the asyncio producers share them, and an asyncio reader
 sends the same XREAD / XREVRANGE and reads the replies with `entries`, `decode_all` and
 `last_id` (what `read_events` and `newest_id` do on a sync client).
 """
@@ -138,7 +139,9 @@ def decode(entry_id: str | bytes, fields: dict[Any, Any]) -> JobEvent:
             at = datetime.fromtimestamp(float(data["t"]), UTC)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"event {_text(entry_id)}: unreadable ({exc!r})") from exc
-        return BatchEvent(id=_text(entry_id), job_id="", old_status=None, status=JobStatus.SUCCEEDED, at=at, batch_id=data["b"])
+        return BatchEvent(
+            id=_text(entry_id), job_id="", old_status=None, status=JobStatus.SUCCEEDED, at=at, batch_id=data["b"]
+        )
     try:
         old = data.get("f")
         cost = data.get("c")

@@ -279,6 +279,7 @@ def create(
     budget: BudgetPolicy | None,
     existing: dict[str, JobRecord],
     events_maxlen: int = events.DEFAULT_MAXLEN,
+    *,
     batch: batches.Batch | None = None,
 ) -> None:
     """The body of `create_many`'s transaction, on a pipeline WATCHing `create_watch_keys`
@@ -393,7 +394,7 @@ class JobStore:
         existing: dict[str, JobRecord] = {}
         if records:
             self.redis.transaction(
-                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen, batch),
+                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen, batch=batch),
                 *create_watch_keys(records),
             )
             fresh = [r.id for r in records if r.id not in existing]

@@ -308,7 +308,6 @@ end of an attempt's lease, or a retry's time beyond COUNTDOWN_HORIZON_S. No TTL:
 leaves it when delivered or given up."""
 
 
-
 # --- Batches (videoqueue.batches) ---------------------------------------------------------
 
 

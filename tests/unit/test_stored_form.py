@@ -155,6 +155,7 @@ def every_field_set() -> JobRecord:
         ],
         retry_of="older-job",
         retried_by=["newer-job"],
+        batch_id="batch-0b0c",
     )
 
 
