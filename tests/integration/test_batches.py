@@ -61,7 +61,7 @@ def test_a_batch_of_50_keeps_its_counts_and_cost_while_it_runs_and_ends_once(
     requests = [{"prompt": f"scene {i}" + (" [sim:fail]" if i % 7 == 3 else "")} for i in range(50)]
     since = events.newest_id(local_stack.redis)
     batch = vq.submit_batch(requests, name="fifty", tags=["t19"], webhook_url=receiver.url)
-    assert batch.size == 50 and batch.counts["queued"] == 50
+    assert batch.size == 50 and sum(batch.counts.values()) == 50  # the worker may have moved some
 
     reads = 0
     seen_running = False
