@@ -24,6 +24,7 @@ import redis
 import redis.asyncio
 
 from videoqueue import events, lifecycle
+from videoqueue.batches import Batch
 from videoqueue.budget import BudgetPolicy
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import (
@@ -103,11 +104,11 @@ class AsyncJobStore:
         return replies
 
     async def create_many(
-        self, records: Sequence[JobRecord], budget: BudgetPolicy | None = None
+        self, records: Sequence[JobRecord], budget: BudgetPolicy | None = None, batch: Batch | None = None
     ) -> dict[str, JobRecord]:
         """`JobStore.create_many`: the same transaction (WATCH, the reads `jobstore.create`
         makes, MULTI with its writes, EXEC; again when a watched key changed meanwhile),
-        the same result and errors."""
+        the same result and errors; `batch` stored with the records (`jobstore.create`)."""
         existing: dict[str, JobRecord] = {}
         if not records:
             return existing
@@ -116,7 +117,7 @@ class AsyncJobStore:
                 try:
                     await pipe.watch(*create_watch_keys(records))
                     _, snapshot = await settle(
-                        lambda s: create(s, records, budget, existing, self.events_maxlen), self._fetch
+                        lambda s: create(s, records, budget, existing, self.events_maxlen, batch=batch), self._fetch
                     )
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for command in commands(snapshot):

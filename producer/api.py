@@ -279,6 +279,31 @@ class VideoQueue:
         webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
     ) -> Batch:
         """`submit_batch` of jobs made by `prepare` (`prepare_many`)."""
+        batch = self.new_batch(
+            jobs,
+            name=name,
+            tags=tags,
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+        )
+        self.enqueue(jobs, batch)
+        return self.batch(batch.id)
+
+    def new_batch(
+        self,
+        jobs: builtins.list[PreparedJob],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """The batch record of prepared `jobs` (each given its `batch_id`), checked as
+        `submit_batch` says, not stored: `enqueue(jobs, batch)` stores it with them."""
         problems: dict[str, str] = {}
         if not jobs:
             problems["requests"] = "a batch needs at least one request"
@@ -295,7 +320,7 @@ class VideoQueue:
         batch_id = batches.new_id()
         for job in jobs:
             job.record.batch_id = batch_id
-        batch = batches.now_batch(
+        return batches.now_batch(
             batch_id,
             name,
             tags,
@@ -304,8 +329,6 @@ class VideoQueue:
             on_complete_queue=on_complete_queue,
             webhook_url=webhook_url if "completed" in webhook_events else None,
         )
-        self.enqueue(jobs, batch)
-        return self.batch(batch_id)
 
     def batch(self, batch_id: str) -> Batch:
         """The batch `batch_id` (a whole id or a unique prefix) as it stands now: counts by

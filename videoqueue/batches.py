@@ -211,28 +211,29 @@ def parse(raw: dict[str, str]) -> Batch | None:
     )
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A reply's value as text (str or bytes clients)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read(client: Any, batch_id: str) -> Batch | None:
     """The batch `batch_id` as stored now, or None (sync client)."""
     raw = client.hgetall(keys.batch_key(batch_id))
-    return parse({_text(k): _text(v) for k, v in raw.items()})
+    return parse({text(k): text(v) for k, v in raw.items()})
 
 
 def newest_ids(client: Any, limit: int) -> list[str]:
     """The ids of the `limit` newest batches, newest first (sync client)."""
-    return [_text(b) for b in client.zrevrange(keys.BATCH_INDEX, 0, max(limit, 1) - 1)]
+    return [text(b) for b in client.zrevrange(keys.BATCH_INDEX, 0, max(limit, 1) - 1)]
 
 
 def ids_starting_with(client: Any, prefix: str, limit: int = 6) -> list[str]:
     """Up to `limit` batch ids starting with `prefix` (a ZSCAN of the batch index)."""
     found: list[str] = []
     for member, _score in client.zscan_iter(keys.BATCH_INDEX, match=prefix.replace("*", r"\*") + "*", count=1000):
-        text = _text(member)
-        if text not in found:
-            found.append(text)
+        batch_id = text(member)
+        if batch_id not in found:
+            found.append(batch_id)
         if len(found) >= limit:
             break
     return found
@@ -245,7 +246,7 @@ def finished_deliveries(client: Any, batch_id: str) -> list[str]:
     finished, extras = client.hmget(keys.batch_key(batch_id), ["finished_at", "extras"])
     if not finished or not extras:
         return []
-    asked = json.loads(_text(extras))
+    asked = json.loads(text(extras))
     ids = delivery_ids(batch_id)
     return [ids[0]] * bool(asked.get("webhook_url")) + [ids[1]] * bool(asked.get("on_complete"))
 

@@ -14,6 +14,7 @@ import pytest
 
 from producer import BudgetExceededError, Settings, VideoQueue
 from tests.unit.helpers import walk_to
+from tests.unit.test_aio import _queues
 from videoqueue import batches, events, keys
 from videoqueue.job import JobStatus
 from videoqueue.jobstore import JobStore
@@ -137,3 +138,13 @@ def test_hincrby_then_runs_the_guarded_writes_only_at_zero(client: Any) -> None:
         writes.set("after", "always")
         script(keys=["job"], args=["r", "r", "", "job", 1, 0, *writes.args])
         assert (client.get("flag"), client.get("after")) == (expected, "always")
+
+
+@pytest.mark.asyncio
+async def test_the_asyncio_producer_stores_a_batch_as_the_sync_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    vq, aq, _client, sent = _queues(monkeypatch)
+    batch = await aq.submit_batch(_requests(2), name="async", tags=["a"])
+    assert (batch.name, batch.size, batch.counts["queued"], sent) == ("async", 2, 2, batch.job_ids)
+    assert vq.batch(batch.id) == batch
+    assert {j.batch_id for j in vq.get_many(batch.job_ids)} == {batch.id}
+    await aq.aclose()
