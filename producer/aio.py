@@ -120,7 +120,7 @@ class AsyncVideoQueue:
 
     async def batch(self, batch_id: str) -> Batch:
         """`VideoQueue.batch`: the batch (a whole id) as it stands now; UnknownBatchError."""
-        raw = await self.store.redis.hgetall(keys.batch_key(batch_id.lower()))
+        raw: dict[Any, Any] = await self.store.redis.hgetall(keys.batch_key(batch_id.lower()))  # type: ignore[misc]
         found = batches.parse({batches.text(k): batches.text(v) for k, v in raw.items()})
         if found is None:
             raise UnknownBatchError(batch_id)

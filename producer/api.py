@@ -350,9 +350,14 @@ class VideoQueue:
         return matches[0]
 
     def batches(self, limit: int = 20) -> builtins.list[Batch]:
-        """The newest batches, newest first (those whose record expired left out)."""
+        """The newest batches, newest first; those whose record expired (JOB_RETENTION_S
+        after their end) are left out, and out of the batch index."""
         client = self.store.redis
-        found = [batches.read(client, batch_id) for batch_id in batches.newest_ids(client, limit)]
+        ids = batches.newest_ids(client, limit)
+        found = [batches.read(client, batch_id) for batch_id in ids]
+        gone = [batch_id for batch_id, batch in zip(ids, found, strict=True) if batch is None]
+        if gone:
+            client.zrem(keys.BATCH_INDEX, *gone)
         return [b for b in found if b is not None]
 
     def wait_batch(
