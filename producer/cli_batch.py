@@ -61,11 +61,11 @@ def status(
 
 def wait(
     batch_id: Annotated[str, typer.Argument(help=BATCH_ID_HELP)],
-    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds (exit code 1).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds (exit code 3).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch as JSON at the end.")] = False,
 ) -> None:
     """Wait for the batch's last job to end, with one progress bar (on a terminal) moved by
-    the event stream; print the batch. Exit code 1 on timeout."""
+    the event stream; print the batch. Exit code 3 on timeout, as `videoqueue wait`."""
     vq = VideoQueue()
     first = _lookup(vq, batch_id)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -90,7 +90,7 @@ def wait(
 
             done = vq.wait_batch(first.id, timeout, on_update=report_plain)
     except WaitTimeoutError:
-        raise _fail(f"{first.id}: timed out before its last job ended", code=1) from None
+        raise _fail(f"{first.id}: timed out before its last job ended", code=3) from None
     if as_json:
         sys.stdout.write(json.dumps(done.public_dict(), indent=2) + "\n")
     else:
