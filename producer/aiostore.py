@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from videoqueue import events, lifecycle
+from videoqueue import batches, events, keys, lifecycle
 from videoqueue.batches import Batch
 from videoqueue.budget import BudgetPolicy
 from videoqueue.job import JobRecord, JobStatus
@@ -161,9 +161,14 @@ class AsyncJobStore:
             durable = durable_write(current, changed)
             if durable is not None:
                 await self._replica_wait(durable, changed.id)
-            if move.deliveries and self.on_deliveries is not None:
+            deliveries = list(move.deliveries)
+            if move.ends and changed.batch_id and self.on_deliveries is not None:
+                # `JobStore.update`: the batch's deliveries, if this move ended it.
+                finished, extras = await self.redis.hmget(keys.batch_key(changed.batch_id), ["finished_at", "extras"])
+                deliveries += batches.owed_when_finished(changed.batch_id, finished, extras)
+            if deliveries and self.on_deliveries is not None:
                 try:
-                    await asyncio.to_thread(self.on_deliveries, list(move.deliveries))
+                    await asyncio.to_thread(self.on_deliveries, deliveries)
                 except Exception:
                     log.exception("sending deliveries after a move", extra={"job_id": job_id})
             return changed  # type: ignore[no-any-return]

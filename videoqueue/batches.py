@@ -167,8 +167,9 @@ def on_move(before: JobRecord, after: JobRecord, events_maxlen: int) -> Callable
         multi.hincrby(name, f"n:{after.status.value}", 1)
         if charged:
             multi.hincrby(name, "actual", to_micro(charged))
-        if reopens:
+        if reopens:  # `store retry`: the batch is open again until this job ends again
             multi.hincrby(name, "open", 1)
+            multi.hset(name, "finished_at", "")
         if ends:
             multi.hincrby_then(name, "open", -1, end_writes(batch_id, after.updated_at, events_maxlen))
 
@@ -244,6 +245,12 @@ def finished_deliveries(client: Any, batch_id: str) -> list[str]:
     if the batch has ended (one HMGET), else none. Several workers may find it ended: a
     delivery's claim makes one attempt of it (worker.deliver)."""
     finished, extras = client.hmget(keys.batch_key(batch_id), ["finished_at", "extras"])
+    return owed_when_finished(batch_id, finished, extras)
+
+
+def owed_when_finished(batch_id: str, finished: Any, extras: Any) -> list[str]:
+    """`finished_deliveries` from the batch's `finished_at` and `extras` fields as read
+    (an asyncio reader reads them itself)."""
     if not finished or not extras:
         return []
     asked = json.loads(text(extras))

@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 
 from producer import BudgetExceededError, Settings, VideoQueue
+from producer.cli_watch import line
 from tests.unit.helpers import walk_to
 from tests.unit.test_aio import _queues
 from videoqueue import batches, events, keys
@@ -148,3 +149,27 @@ async def test_the_asyncio_producer_stores_a_batch_as_the_sync_one(monkeypatch: 
     assert vq.batch(batch.id) == batch
     assert {j.batch_id for j in vq.get_many(batch.job_ids)} == {batch.id}
     await aq.aclose()
+
+
+def test_a_job_stored_again_reopens_its_batch_until_it_ends_again(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    vq, _ = _queue(client, monkeypatch)
+    batch = vq.submit_batch(_requests(1))
+    [job] = batch.job_ids
+    walk_to(vq.store, job, JobStatus.FAILED, cost_usd=Decimal("0.2"))
+    assert vq.batch(batch.id).done
+    # As `store retry` (producer.api.reopen_for_store): failed back to downloading.
+    vq.store.update(job, lambda r: r.model_copy(update={"status": JobStatus.DOWNLOADING, "finished_at": None}))
+    again = vq.batch(batch.id)
+    assert not again.done and again.counts["downloading"] == 1 and again.counts["failed"] == 0
+    vq.store.transition(job, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED, output_uri="file:///v/x.mp4")
+    done = vq.batch(batch.id)
+    assert done.done and done.counts["succeeded"] == 1 and done.cost_usd == Decimal("0.2")  # settled once
+
+
+def test_a_batch_entry_reads_as_a_batch_event_that_job_readers_pass(client: Any) -> None:
+    fields = {"b": "batch-1", "s": "batch.completed", "t": "1700000000.250"}
+    event = events.decode("5-0", fields)
+    assert isinstance(event, events.BatchEvent) and event.final and event.job_id == ""
+    assert line(event).endswith("batch-1 batch.completed")
+    follow = events.Follower("0", ["job-a"], None, now=0)
+    assert follow.take([event], 0) == [] and follow.since == "5-0"  # skipped, and moved past
