@@ -164,7 +164,8 @@ class AsyncJobStore:
             deliveries = list(move.deliveries)
             if move.ends and changed.batch_id and self.on_deliveries is not None:
                 # `JobStore.update`: the batch's deliveries, if this move ended it.
-                finished, extras = await self.redis.hmget(keys.batch_key(changed.batch_id), ["finished_at", "extras"])
+                read = self.redis.hmget(keys.batch_key(changed.batch_id), ["finished_at", "extras"])
+                finished, extras = await read  # type: ignore[misc]
                 deliveries += batches.owed_when_finished(changed.batch_id, finished, extras)
             if deliveries and self.on_deliveries is not None:
                 try:
