@@ -24,7 +24,15 @@ from typing import Any
 import redis.asyncio
 
 from producer.aiostore import AsyncJobStore
-from producer.api import PreparedJob, VideoQueue, WaitTimeoutError, cancel_queued, check_batch, request_cancel
+from producer.api import (
+    EnqueueError,
+    PreparedJob,
+    VideoQueue,
+    WaitTimeoutError,
+    cancel_queued,
+    check_batch,
+    request_cancel,
+)
 from producer.celery_client import producer_app_for
 from producer.request import VideoRequest
 from videoqueue import batches, inputs, keys, redisconn
@@ -144,7 +152,12 @@ class AsyncVideoQueue:
         fresh = [r for r in records if r.id not in existing]
         if fresh:
             # On a refusal it withdraws the jobs it could not send (sync store, same thread).
-            await asyncio.to_thread(self.sync._send, fresh)
+            try:
+                await asyncio.to_thread(self.sync._send, fresh)
+            except EnqueueError:
+                if batch is not None and not any(await self.store.get_many(batch.job_ids)):
+                    await asyncio.to_thread(batches.drop, self.sync.store.redis, batch.id)
+                raise
         return [existing.get(r.id, r) for r in records]
 
     async def _discard_inputs(self, records: builtins.list[JobRecord]) -> None:

@@ -413,7 +413,14 @@ class VideoQueue:
             raise
         # A client job id that already names the same request keeps that job's images.
         self._discard_inputs([r for r in records if r.id in existing])
-        self._send([r for r in records if r.id not in existing])
+        try:
+            self._send([r for r in records if r.id not in existing])
+        except EnqueueError:
+            # The jobs not sent were withdrawn (and counted out of their batch): a batch
+            # left with none goes too.
+            if batch is not None and not any(self.store.get_many(batch.job_ids)):
+                batches.drop(self.store.redis, batch.id)
+            raise
         return [existing.get(r.id, r) for r in records]
 
     def _upload(self, jobs: builtins.list[tuple[JobRecord, dict[str, ImageFile]]]) -> builtins.list[JobRecord]:

@@ -176,6 +176,22 @@ def on_move(before: JobRecord, after: JobRecord, events_maxlen: int) -> Callable
     return write
 
 
+def withdraw(pipe: Any, record: JobRecord) -> None:
+    """Queue the counting out of its batch of an active job withdrawn (`JobStore.delete`:
+    its message could not be sent). A batch left with no job is `drop`ped by the caller."""
+    name = keys.batch_key(str(record.batch_id))
+    pipe.hincrby(name, f"n:{record.status.value}", -1)
+    pipe.hincrby(name, "open", -1)
+
+
+def drop(client: Any, batch_id: str) -> None:
+    """Delete a batch none of whose jobs was enqueued (its record, index entry, deliveries)."""
+    pipe = client.pipeline()
+    pipe.delete(keys.batch_key(batch_id), keys.deliveries_key(batch_id))
+    pipe.zrem(keys.BATCH_INDEX, batch_id)
+    pipe.execute()
+
+
 def end_writes(batch_id: str, at: datetime, events_maxlen: int) -> Writes:
     """The writes of a batch's end, made by the move of its last job (`on_move`)."""
     name = keys.batch_key(batch_id)

@@ -424,6 +424,8 @@ class JobStore:
                 pipe.set(client_key(record.request.client_job_id), record.retry_of, ex=CLIENT_ID_TTL_S)
             elif record.request.client_job_id:
                 pipe.delete(client_key(record.request.client_job_id))
+            if record.batch_id:
+                batches.withdraw(pipe, record)
         if record is not None:
             room.leave(pipe, record)
             pipe.zrem(slot_key(record.provider, record.model), job_id)

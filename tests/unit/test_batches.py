@@ -6,13 +6,14 @@ and makes its deliveries due, and only that move does (fake Redis, the real MOVE
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from decimal import Decimal
 from typing import Any
 
 import fakeredis
 import pytest
 
-from producer import BudgetExceededError, Settings, VideoQueue
+from producer import BudgetExceededError, EnqueueError, Settings, VideoQueue
 from producer.cli_watch import line
 from tests.unit.helpers import walk_to
 from tests.unit.test_aio import _queues
@@ -173,3 +174,22 @@ def test_a_batch_entry_reads_as_a_batch_event_that_job_readers_pass(client: Any)
     assert line(event).endswith("batch-1 batch.completed")
     follow = events.Follower("0", ["job-a"], None, now=0)
     assert follow.take([event], 0) == [] and follow.since == "5-0"  # skipped, and moved past
+
+
+def test_a_batch_the_broker_refused_is_withdrawn_with_its_jobs(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    vq = VideoQueue(Settings(_env_file=None), store=JobStore(client))
+    monkeypatch.setattr("producer.api.producer_app_for", lambda settings: _RefusingApp())
+    with pytest.raises(EnqueueError):
+        vq.submit_batch(_requests(2))
+    assert client.keys(keys.batch_key("*")) == [] and client.zcard(keys.BATCH_INDEX) == 0
+    assert client.keys(keys.job_key("*")) == []
+
+
+class _RefusingApp:
+    """A Celery app whose broker refuses every message."""
+
+    def producer_or_acquire(self) -> Any:
+        return nullcontext(None)
+
+    def send_task(self, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
