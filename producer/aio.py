@@ -24,11 +24,20 @@ from typing import Any
 import redis.asyncio
 
 from producer.aiostore import AsyncJobStore
-from producer.api import PreparedJob, VideoQueue, WaitTimeoutError, cancel_queued, check_batch, request_cancel
+from producer.api import (
+    EnqueueError,
+    PreparedJob,
+    VideoQueue,
+    WaitTimeoutError,
+    cancel_queued,
+    check_batch,
+    request_cancel,
+)
 from producer.celery_client import producer_app_for
 from producer.request import VideoRequest
+from videoqueue import batches, inputs, keys, redisconn
 from videoqueue import events as stream
-from videoqueue import inputs, keys, redisconn
+from videoqueue.batches import Batch, UnknownBatchError
 from videoqueue.events import JobEvent
 from videoqueue.eventwait import WaitPlan
 from videoqueue.job import TASK_CANCEL, JobRecord, JobStatus, utcnow
@@ -89,16 +98,52 @@ class AsyncVideoQueue:
         jobs = await asyncio.to_thread(self.sync.prepare_many, builtins.list(requests))
         return await self.enqueue(jobs)
 
-    async def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
-        """`VideoQueue.enqueue`: store the prepared jobs in one transaction, then send one
-        message each; the records in order (a client job id that named the same request:
-        that job's record, no message)."""
+    async def submit_batch(
+        self,
+        requests: Iterable[Request],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """`VideoQueue.submit_batch`: the jobs and their batch record stored in one
+        transaction, then sent; the batch as stored."""
+        jobs = await asyncio.to_thread(self.sync.prepare_many, builtins.list(requests))
+        batch = await asyncio.to_thread(
+            lambda: self.sync.new_batch(
+                jobs,
+                name=name,
+                tags=tags,
+                on_complete=on_complete,
+                on_complete_queue=on_complete_queue,
+                webhook_url=webhook_url,
+                webhook_events=webhook_events,
+            )
+        )
+        await self.enqueue(jobs, batch)
+        return await self.batch(batch.id)
+
+    async def batch(self, batch_id: str) -> Batch:
+        """`VideoQueue.batch`: the batch (a whole id) as it stands now; UnknownBatchError."""
+        raw: dict[Any, Any] = await self.store.redis.hgetall(keys.batch_key(batch_id.lower()))  # type: ignore[misc]
+        found = batches.parse({batches.text(k): batches.text(v) for k, v in raw.items()})
+        if found is None:
+            raise UnknownBatchError(batch_id)
+        return found
+
+    async def enqueue(self, jobs: builtins.list[PreparedJob], batch: Batch | None = None) -> builtins.list[JobRecord]:
+        """`VideoQueue.enqueue`: store the prepared jobs (and their `batch`) in one
+        transaction, then send one message each; the records in order (a client job id
+        that named the same request: that job's record, no message)."""
         check_batch(jobs)
         records = [job.record for job in jobs]
         if any(job.images for job in jobs):
             records = await asyncio.to_thread(self.sync._upload, [(job.record, job.images) for job in jobs])
         try:
-            existing = await self.store.create_many(records, self.sync.budget)
+            existing = await self.store.create_many(records, self.sync.budget, batch)
         except BaseException:
             await self._discard_inputs(records)
             raise
@@ -107,7 +152,12 @@ class AsyncVideoQueue:
         fresh = [r for r in records if r.id not in existing]
         if fresh:
             # On a refusal it withdraws the jobs it could not send (sync store, same thread).
-            await asyncio.to_thread(self.sync._send, fresh)
+            try:
+                await asyncio.to_thread(self.sync._send, fresh)
+            except EnqueueError:
+                if batch is not None and not any(await self.store.get_many(batch.job_ids)):
+                    await asyncio.to_thread(batches.drop, self.sync.store.redis, batch.id)
+                raise
         return [existing.get(r.id, r) for r in records]
 
     async def _discard_inputs(self, records: builtins.list[JobRecord]) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from videoqueue import events, lifecycle
+from videoqueue import batches, events, keys, lifecycle
+from videoqueue.batches import Batch
 from videoqueue.budget import BudgetPolicy
 from videoqueue.job import JobRecord, JobStatus
 from videoqueue.jobstore import (
@@ -103,11 +104,11 @@ class AsyncJobStore:
         return replies
 
     async def create_many(
-        self, records: Sequence[JobRecord], budget: BudgetPolicy | None = None
+        self, records: Sequence[JobRecord], budget: BudgetPolicy | None = None, batch: Batch | None = None
     ) -> dict[str, JobRecord]:
         """`JobStore.create_many`: the same transaction (WATCH, the reads `jobstore.create`
         makes, MULTI with its writes, EXEC; again when a watched key changed meanwhile),
-        the same result and errors."""
+        the same result and errors; `batch` stored with the records (`jobstore.create`)."""
         existing: dict[str, JobRecord] = {}
         if not records:
             return existing
@@ -116,7 +117,7 @@ class AsyncJobStore:
                 try:
                     await pipe.watch(*create_watch_keys(records))
                     _, snapshot = await settle(
-                        lambda s: create(s, records, budget, existing, self.events_maxlen), self._fetch
+                        lambda s: create(s, records, budget, existing, self.events_maxlen, batch=batch), self._fetch
                     )
                     pipe.multi()  # type: ignore[no-untyped-call]
                     for command in commands(snapshot):
@@ -160,9 +161,15 @@ class AsyncJobStore:
             durable = durable_write(current, changed)
             if durable is not None:
                 await self._replica_wait(durable, changed.id)
-            if move.deliveries and self.on_deliveries is not None:
+            deliveries = list(move.deliveries)
+            if move.ends and changed.batch_id and self.on_deliveries is not None:
+                # `JobStore.update`: the batch's deliveries, if this move ended it.
+                read = self.redis.hmget(keys.batch_key(changed.batch_id), ["finished_at", "extras"])
+                finished, extras = await read  # type: ignore[misc]
+                deliveries += batches.owed_when_finished(changed.batch_id, finished, extras)
+            if deliveries and self.on_deliveries is not None:
                 try:
-                    await asyncio.to_thread(self.on_deliveries, list(move.deliveries))
+                    await asyncio.to_thread(self.on_deliveries, deliveries)
                 except Exception:
                     log.exception("sending deliveries after a move", extra={"job_id": job_id})
             return changed  # type: ignore[no-any-return]

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
+from videoqueue import batches, inputs, keys, namespace, webhooks
 from videoqueue import events as stream
-from videoqueue import inputs, namespace, webhooks
 from videoqueue.archive import ArchivedJob, read_archived
+from videoqueue.batches import Batch, UnknownBatchError
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.events import JobEvent
@@ -133,6 +134,8 @@ class VideoQueue:
         """The deliveries of a job (its webhooks, its completion task), oldest first: state,
         attempts, last status code, last error. Raises UnknownJobError when the job is
         unknown; empty when it asked for none, or none is owed yet."""
+        if batches.is_batch_id(job_id):  # a batch's (its webhook, its completion task)
+            return webhooks.deliveries(self.store.redis, self.batch(job_id).id)
         job = self.get(job_id)
         return webhooks.deliveries(self.store.redis, job.id)
 
@@ -140,8 +143,8 @@ class VideoQueue:
         """Deliver the webhook of a job's end again, with the same `webhook-id` (attempts
         reset), and return it. Raises UnknownJobError, or UnknownDeliveryError when the
         job has no such webhook (none asked for, not ended, expired)."""
-        job = self.get(job_id)
-        delivery = webhooks.replay(self.store.redis, job.id)
+        owner = self.batch(job_id).id if batches.is_batch_id(job_id) else self.get(job_id).id
+        delivery = webhooks.replay(self.store.redis, owner)
         self.send_deliveries([delivery.id])
         return delivery
 
@@ -242,22 +245,186 @@ class VideoQueue:
             raise InvalidRequestError(problems)
         return jobs
 
-    def enqueue(self, jobs: builtins.list[PreparedJob]) -> builtins.list[JobRecord]:
+    def submit_batch(
+        self,
+        requests: Iterable[VideoRequest | Mapping[str, Any]],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """Submit `requests` as one batch (videoqueue.batches): validated as `submit_many`,
+        then the jobs and the batch record stored in one transaction (all or nothing) and
+        enqueued. Its `on_complete` task and its webhook (`batch.completed`, signed as a
+        job's) are sent once its last job ended. Returns the batch as stored. Raises
+        InvalidRequestError (a bad item, a webhook that cannot be sent, no requests)."""
+        return self.enqueue_batch(
+            self.prepare_many(requests),
+            name=name,
+            tags=tags,
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+        )
+
+    def enqueue_batch(
+        self,
+        jobs: builtins.list[PreparedJob],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """`submit_batch` of jobs made by `prepare` (`prepare_many`)."""
+        batch = self.new_batch(
+            jobs,
+            name=name,
+            tags=tags,
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url,
+            webhook_events=webhook_events,
+        )
+        self.enqueue(jobs, batch)
+        return self.batch(batch.id)
+
+    def new_batch(
+        self,
+        jobs: builtins.list[PreparedJob],
+        *,
+        name: str = "",
+        tags: Sequence[str] = (),
+        on_complete: str | None = None,
+        on_complete_queue: str | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
+    ) -> Batch:
+        """The batch record of prepared `jobs` (each given its `batch_id`), checked as
+        `submit_batch` says, not stored: `enqueue(jobs, batch)` stores it with them."""
+        problems: dict[str, str] = {}
+        if not jobs:
+            problems["requests"] = "a batch needs at least one request"
+        unknown = sorted(set(webhook_events) - set(batches.WEBHOOK_EVENTS))
+        if unknown:
+            problems["webhook_events"] = f"unknown batch events {unknown}: only {list(batches.WEBHOOK_EVENTS)}"
+        if webhook_url is not None:
+            if self.settings.webhook_secret is None:
+                problems["webhook_url"] = "WEBHOOK_SECRET is not set: deliveries could not be signed"
+            elif why := webhooks.check_url(webhook_url, self.settings):
+                problems["webhook_url"] = why
+        if problems:
+            raise InvalidRequestError(problems)
+        batch_id = batches.new_id()
+        for job in jobs:
+            job.record.batch_id = batch_id
+        return batches.now_batch(
+            batch_id,
+            name,
+            tags,
+            [job.record for job in jobs],
+            on_complete=on_complete,
+            on_complete_queue=on_complete_queue,
+            webhook_url=webhook_url if "completed" in webhook_events else None,
+        )
+
+    def batch(self, batch_id: str) -> Batch:
+        """The batch `batch_id` (a whole id or a unique prefix) as it stands now: counts by
+        status, cost so far. Raises UnknownBatchError."""
+        found = batches.read(self.store.redis, self.resolve_batch_id(batch_id))
+        if found is None:
+            raise UnknownBatchError(batch_id)
+        return found
+
+    def resolve_batch_id(self, ref: str) -> str:
+        """The whole id of the batch `ref` (a whole id, or a unique prefix) names; raises
+        UnknownBatchError (none, or several)."""
+        ref = ref.lower()
+        if self.store.redis.exists(keys.batch_key(ref)):
+            return ref
+        matches = batches.ids_starting_with(self.store.redis, ref)
+        if len(matches) != 1:
+            raise UnknownBatchError(ref, matches)
+        return matches[0]
+
+    def batches(self, limit: int = 20) -> builtins.list[Batch]:
+        """The newest batches, newest first; those whose record expired (JOB_RETENTION_S
+        after their end) are left out, and out of the batch index."""
+        client = self.store.redis
+        ids = batches.newest_ids(client, limit)
+        found = [batches.read(client, batch_id) for batch_id in ids]
+        gone = [batch_id for batch_id, batch in zip(ids, found, strict=True) if batch is None]
+        if gone:
+            client.zrem(keys.BATCH_INDEX, *gone)
+        return [b for b in found if b is not None]
+
+    def wait_batch(
+        self, batch_id: str, timeout: float | None = None, *, on_update: Callable[[Batch], None] | None = None
+    ) -> Batch:
+        """Block until the batch's last job ended and return it; `on_update` is called with
+        the batch on the first read and again after each event of its jobs (the event
+        stream, videoqueue.events: the batch is read again only when one of its jobs moved,
+        and at least every events.MAX_BLOCK_MS). Raises UnknownBatchError, or
+        WaitTimeoutError (with the jobs' records) when `timeout` seconds pass first."""
+        client = self.store.redis
+        since = stream.newest_id(client)  # before the first read: no change falls between
+        batch = self.batch(batch_id)
+        wanted = set(batch.job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if on_update:
+                on_update(batch)
+            if batch.done:
+                return batch
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeoutError(self.get_many(batch.job_ids))
+            block = stream.MAX_BLOCK_MS if left is None else max(1, min(stream.MAX_BLOCK_MS, int(left * 1000)))
+            found = stream.read_events(client, since, block_ms=block)
+            if found:
+                since = found[-1].id
+            moved = not found or any(e.job_id in wanted or getattr(e, "batch_id", "") == batch.id for e in found)
+            if moved:
+                batch = self.batch(batch.id)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Cancel every job of the batch still cancellable (`cancel`, each): those ended
+        stay as they are. Returns the batch as it stands after. Raises UnknownBatchError."""
+        batch = self.batch(batch_id)
+        for job in self.store.get_many(batch.job_ids):
+            if job is not None and not job.status.is_final and not job.cancel_requested:
+                self.cancel(job.id)
+        return self.batch(batch.id)
+
+    def enqueue(self, jobs: builtins.list[PreparedJob], batch: Batch | None = None) -> builtins.list[JobRecord]:
         """Store and send jobs made by `prepare`: all stored in one transaction, then one
         message each. Returns their records, in order; where a client job id already named
         a job with the same request, that job's stored record (its id differs from the
         prepared one) and no message. Raises DuplicateClientJobIdError when it named a
-        different request."""
+        different request. `batch`: their batch record, stored with them."""
         check_batch(jobs)
         records = self._upload([(job.record, job.images) for job in jobs])
         try:
-            existing = self.store.create_many(records, self.budget)
+            existing = self.store.create_many(records, self.budget, batch=batch)
         except BaseException:
             self._discard_inputs(records)
             raise
         # A client job id that already names the same request keeps that job's images.
         self._discard_inputs([r for r in records if r.id in existing])
-        self._send([r for r in records if r.id not in existing])
+        try:
+            self._send([r for r in records if r.id not in existing])
+        except EnqueueError:
+            # The jobs not sent were withdrawn (and counted out of their batch): a batch
+            # left with none goes too.
+            if batch is not None and not any(self.store.get_many(batch.job_ids)):
+                batches.drop(self.store.redis, batch.id)
+            raise
         return [existing.get(r.id, r) for r in records]
 
     def _upload(self, jobs: builtins.list[tuple[JobRecord, dict[str, ImageFile]]]) -> builtins.list[JobRecord]:

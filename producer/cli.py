@@ -32,6 +32,7 @@ from producer.api import (
 from producer.celery_client import producer_app_for
 from producer.cli_archive import expired_lines
 from producer.cli_archive import register as register_archive
+from producer.cli_batch import register as register_batch
 from producer.cli_budget import register as register_budget
 from producer.cli_errors import explain, redact
 from producer.cli_jobs import note_existing
@@ -302,8 +303,13 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     ] = None,
     file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", metavar="NAME", help="Submit the jobs as one batch of this name; print its id."),
+    ] = None,
 ) -> None:
-    """Enqueue one job (PROMPT) or one job per line of --file; print the job ids."""
+    """Enqueue one job (PROMPT) or one job per line of --file; print the job ids (with
+    --batch, the batch's id: `videoqueue batch status|wait|cancel`)."""
     vq = VideoQueue()
     try:
         if file is not None:
@@ -343,7 +349,11 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
             requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
             problems = {}
         prepared = _prepare_all(vq, requests, problems)
-        records = vq.enqueue(prepared)
+        if batch is not None:
+            made = vq.enqueue_batch(prepared, name=batch, tags=tag or ())
+            records = vq.get_many(made.job_ids)
+        else:
+            records = vq.enqueue(prepared)
     except InvalidRequestError as exc:
         if len(exc.problems) == 1:
             ((field, message),) = exc.problems.items()
@@ -358,6 +368,9 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         if exc.__cause__ is not None and not explain(exc.__cause__).message.startswith("unexpected"):
             raise exc.__cause__ from None
         raise _fail(str(exc), code=1) from None
+    if batch is not None:
+        sys.stdout.write((json.dumps(made.public_dict()) if as_json else made.id) + "\n")
+        return
     note_existing(prepared, records)
     if as_json:
         _print_json([r.public_dict() for r in records])
@@ -677,6 +690,7 @@ register_limits(app)
 register_webhooks(app)
 register_watch(app)
 register_movie(app)
+register_batch(app)
 
 
 def _plug_in(typer_app: typer.Typer) -> None:

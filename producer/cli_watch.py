@@ -21,8 +21,11 @@ from videoqueue.jobids import records
 
 def line(event: JobEvent) -> str:
     """One event for people: `TIME JOB_ID OLD -> NEW`, `new` as OLD for a created job, then
-    for a final one its cost, output and error where it has them."""
+    for a final one its cost, output and error where it has them; `TIME BATCH_ID
+    batch.completed` for a batch's end."""
     at = event.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(event, events.BatchEvent):
+        return f"{at} {event.batch_id} batch.completed"
     old = "new" if event.old_status is None else event.old_status.value
     parts = [at, event.job_id, old, "->", event.status.value]
     if event.cost_usd is not None:

@@ -14,13 +14,14 @@ from typing import Annotated
 import typer
 
 from producer.api import VideoQueue
+from videoqueue.batches import UnknownBatchError, is_batch_id
 from videoqueue.commands import fail as _fail
 from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 from videoqueue.webhooks import Delivery, UnknownDeliveryError
 
 webhooks_app = typer.Typer(help="Webhooks and completion tasks of jobs: what was delivered, and deliver again.")
 
-JOB_ID_HELP = "Job id, or a unique prefix of at least 4 characters."
+JOB_ID_HELP = "Job id, or a unique prefix of at least 4 characters (or a batch id: batch-...)."
 
 
 def _when(epoch: float | None) -> str:
@@ -53,8 +54,8 @@ def status(
     status code and last error."""
     vq = VideoQueue()
     try:
-        found = vq.webhook_status(vq.resolve_id(job_id))
-    except (UnknownJobError, AmbiguousJobIdError) as exc:
+        found = vq.webhook_status(job_id if is_batch_id(job_id) else vq.resolve_id(job_id))
+    except (UnknownJobError, AmbiguousJobIdError, UnknownBatchError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         sys.stdout.write(json.dumps([d.model_dump(mode="json") for d in found], indent=2) + "\n")
@@ -70,8 +71,8 @@ def replay(job_id: Annotated[str, typer.Argument(help=JOB_ID_HELP)]) -> None:
     it drop it), attempts from zero, the retry schedule anew. Exit code 2 if there is none."""
     vq = VideoQueue()
     try:
-        delivery = vq.webhook_replay(vq.resolve_id(job_id))
-    except (UnknownJobError, AmbiguousJobIdError, UnknownDeliveryError) as exc:
+        delivery = vq.webhook_replay(job_id if is_batch_id(job_id) else vq.resolve_id(job_id))
+    except (UnknownJobError, AmbiguousJobIdError, UnknownBatchError, UnknownDeliveryError) as exc:
         raise _fail(str(exc)) from None
     sys.stdout.write(f"{delivery.id} {delivery.type} sent again to {delivery.target}\n")
 

@@ -23,6 +23,7 @@ The tree (a built-in base in brackets is kept for callers that catch it, such as
             IllegalTransitionError (RuntimeError)
             UnknownJobError (KeyError)               videoqueue.jobids
             AmbiguousJobIdError (ValueError)         videoqueue.jobids
+            UnknownBatchError (KeyError)             videoqueue.batches
         ProviderError
         StorageError
             VideoCheckError                          worker.storage.base

@@ -15,7 +15,8 @@ An entry's fields, short since the stream holds a million of them (all strings):
 entered; `t` when, in epoch seconds (ms precision); and for a final status, where known:
 `c` the actual cost in USD (a decimal), `o` the output URI, `ec`/`em` the error code and
 message (cut to ERROR_MESSAGE_MAX characters: the record has it whole). `encode` and
-`decode` do no I/O: the sync and the asyncio producers share them, and an asyncio reader
+`decode` do no I/O (a batch's end, fields `b`, `s` and `t`, decodes as a `BatchEvent`):
+the sync and the asyncio producers share them, and an asyncio reader
 sends the same XREAD / XREVRANGE and reads the replies with `entries`, `decode_all` and
 `last_id` (what `read_events` and `newest_id` do on a sync client).
 """
@@ -105,6 +106,21 @@ class JobEvent:
         }
 
 
+@dataclass(frozen=True)
+class BatchEvent(JobEvent):
+    """The end of a batch (videoqueue.batches): its last job ended. Read as a JobEvent so
+    every reader moves past it, with `job_id` "" (no job's: readers of some jobs leave it
+    out), `status` succeeded and `final` True whatever its jobs' outcomes (the batch record
+    has them), and `batch_id`. Stream fields: `b` the batch id, `s` "batch.completed",
+    `t` when."""
+
+    batch_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain JSON values (`type` "batch.completed")."""
+        return {"id": self.id, "type": "batch.completed", "batch_id": self.batch_id, "at": self.at.isoformat()}
+
+
 def encode(before: JobRecord | None, after: JobRecord) -> dict[str, str]:
     """The stream fields of the change from `before` (None: `after` is new) to `after`, the
     record as it is stored (its `updated_at` is the event's time)."""
@@ -132,6 +148,14 @@ def decode(entry_id: str | bytes, fields: dict[Any, Any]) -> JobEvent:
     """The event of a stream entry (its id and fields, as str or bytes). Raises ValueError
     for an entry this version cannot read (a status or error code it does not know)."""
     data = {_text(k): _text(v) for k, v in fields.items()}
+    if "b" in data and "j" not in data:
+        try:
+            at = datetime.fromtimestamp(float(data["t"]), UTC)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"event {_text(entry_id)}: unreadable ({exc!r})") from exc
+        return BatchEvent(
+            id=_text(entry_id), job_id="", old_status=None, status=JobStatus.SUCCEEDED, at=at, batch_id=data["b"]
+        )
     try:
         old = data.get("f")
         cost = data.get("c")

@@ -186,6 +186,8 @@ class JobRecord(BaseModel):
     # The provider's URL of the video's last frame (a PNG), when it gives one (ModelArk, for
     # a task created with `return_last_frame`): the next scene's first frame.
     last_frame_url: str | None = None
+    # The batch the job was submitted in (videoqueue.batches), whose counts its moves keep.
+    batch_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod

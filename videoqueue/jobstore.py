@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from videoqueue import events, final_hooks, keys, lifecycle, redisconn, room, stats, webhooks
+from videoqueue import batches, events, final_hooks, keys, lifecycle, redisconn, room, stats, webhooks
 from videoqueue.budget import BudgetPolicy, check_and_reserve, settle
 from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdError  # noqa: PLC0414 - re-export
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
@@ -222,6 +222,7 @@ class _Move:
         reads = Reads(client)
         hook_writes = [hook(reads, current, changed) for hook in final_hooks.FINAL_HOOKS] if ends else []
         hook_writes.append(webhooks.on_status_change(current, changed))  # started, progress
+        hook_writes.append(batches.on_move(current, changed, events_maxlen))  # its batch's counts
         writes = Writes()
         _write_indexes(writes, current, changed)
         freed = frees_slot(current, changed)
@@ -281,12 +282,15 @@ def create(
     events_maxlen: int = events.DEFAULT_MAXLEN,
     *,
     also: Callable[[Any], None] | None = None,
+    batch: batches.Batch | None = None,
 ) -> None:
     """The body of `create_many`'s transaction, on a pipeline WATCHing `create_watch_keys`
     (or a `snapshot.Snapshot` of it: producer/aiostore.py): read, decide, issue MULTI and
     queue the writes. Fills `existing` (cleared first) with the stored jobs that client job
     ids already name; raises as `create_many` says. Each new job's `queued` event goes with
-    it (the stream capped at about `events_maxlen` entries)."""
+    it (the stream capped at about `events_maxlen` entries). With `batch`, the batch record
+    of the jobs stored new (videoqueue.batches) goes with them: a job whose client job id
+    already named a stored job is returned, not counted in the batch."""
     existing.clear()
     taken = [r.id for r in records if pipe.exists(job_key(r.id))]
     if taken:
@@ -305,6 +309,8 @@ def create(
             pipe.set(client_key(record.request.client_job_id), record.id, ex=CLIENT_ID_TTL_S)
     if also is not None:
         also(pipe)
+    if batch is not None:
+        batches.create(pipe, batch.model_copy(update={"job_ids": [r.id for r in fresh]}), fresh)
 
 
 def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobRecord]:
@@ -373,7 +379,9 @@ class JobStore:
         self,
         records: Sequence[JobRecord],
         budget: BudgetPolicy | None = None,
+        *,
         also: Callable[[Any], None] | None = None,
+        batch: batches.Batch | None = None,
     ) -> dict[str, JobRecord]:
         """Store several new records and their budget reservations in one transaction: all
         or none (input images are in object storage, the records refer to them:
@@ -388,11 +396,12 @@ class JobStore:
         check runs inside the transaction that maps the ids, so producers racing with one
         client job id store one job. A retry (a record with `retry_of`) takes its client job
         id over from whichever job of its line holds it. `also` queues more writes in the
-        same MULTI, after the records' (a movie's record: videoqueue.movies)."""
+        same MULTI, after the records' (a movie's record: videoqueue.movies). `batch`: the
+        batch record of these jobs, stored with them (`create`)."""
         existing: dict[str, JobRecord] = {}
         if records:
             self.redis.transaction(
-                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen, also=also),
+                lambda pipe: create(pipe, records, budget, existing, self.events_maxlen, also=also, batch=batch),
                 *create_watch_keys(records),
             )
             fresh = [r.id for r in records if r.id not in existing]
@@ -422,6 +431,8 @@ class JobStore:
                 pipe.set(client_key(record.request.client_job_id), record.retry_of, ex=CLIENT_ID_TTL_S)
             elif record.request.client_job_id:
                 pipe.delete(client_key(record.request.client_job_id))
+            if record.batch_id:
+                batches.withdraw(pipe, record)
         if record is not None:
             room.leave(pipe, record)
             pipe.zrem(slot_key(record.provider, record.model), job_id)
@@ -600,9 +611,13 @@ class JobStore:
                 return None
             self._saw(changed, move.stored_raw)
             self._after_update(changed, freed=move.freed, durable=durable_write(current, changed), ended=move.ends)
-            if move.deliveries and self.on_deliveries is not None:
+            deliveries = list(move.deliveries)
+            if move.ends and changed.batch_id and self.on_deliveries is not None:
+                # The last job's move made its batch's deliveries due: send them now.
+                deliveries += batches.finished_deliveries(self.redis, changed.batch_id)
+            if deliveries and self.on_deliveries is not None:
                 try:
-                    self.on_deliveries(list(move.deliveries))
+                    self.on_deliveries(deliveries)
                 except Exception:
                     log.exception("sending deliveries after a move", extra={"job_id": job_id})
             return changed

@@ -322,6 +322,20 @@ MOVIES_DUE = namespace.keep(globals(), "MOVIES_DUE", lambda: _key("movies:due"))
 by when (epoch s) the sweep sends it (again): written by a scene's final move, a little
 after it (the worker sends the task at once); the advance takes it out when done."""
 
+# --- Batches (videoqueue.batches) ---------------------------------------------------------
+
+
+def batch_key(batch_id: str) -> str:
+    """Hash: one batch: `meta` (its name, tags, job ids, estimate, created_at as JSON), `n:<status>`
+    how many of its jobs are in each status, `open` how many are not final, `actual` the
+    micro-dollars charged for its ended jobs, `finished_at` (epoch s) once the last ended.
+    Counts and money move in each job's move script. TTL: JOB_RETENTION_S from its end."""
+    return f"{PREFIX}batch:{batch_id}"
+
+
+BATCH_INDEX = namespace.keep(globals(), "BATCH_INDEX", lambda: _key("batches"))
+"""Sorted set: batch ids scored by creation time (epoch s), for `batch list`; an id whose
+record expired is dropped when read."""
 
 # --- Celery's broker (kombu's Redis transport) -----------------------------------------
 

@@ -20,7 +20,9 @@ from typing import Any
 # [2] the new record, [3] the task claim key or "", [4] the job id, [5] the claim's TTL (s),
 # [6] the number G of other keys the move's hooks read, then G triples (key, "1" if it held
 # a value else "0", the value), then the queued writes, each as: command, argument count,
-# arguments.
+# arguments. One pseudo-command is the script's own: `VQ.HINCRBY-THEN key field amount k`
+# runs HINCRBY and then the k writes that follow it only when the field reached 0, else
+# skips them (`Writes.hincrby_then`: a batch's last job stamps its end, videoqueue.batches).
 # Replies: {0} record gone; {1, current record} the record, or a key a hook read, changed
 # meanwhile; {2, owner} the task is claimed by another job; {3} stored. The checks come
 # before any write: a refused move writes nothing.
@@ -44,8 +46,17 @@ redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5]) end
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
-  redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
-  i = i + 2 + n
+  if ARGV[i] == 'VQ.HINCRBY-THEN' then
+    local left = redis.call('HINCRBY', ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
+    local guarded = tonumber(ARGV[i + 5])
+    i = i + 2 + n
+    if left ~= 0 then
+      for _ = 1, guarded do i = i + 2 + tonumber(ARGV[i + 1]) end
+    end
+  else
+    redis.call(ARGV[i], unpack(ARGV, i + 2, i + 1 + n))
+    i = i + 2 + n
+  end
 end
 return {3}
 """
@@ -190,6 +201,13 @@ class Writes:
     def hincrbyfloat(self, name: str, key: str, amount: float = 1.0) -> None:
         """HINCRBYFLOAT name field amount."""
         self._add("HINCRBYFLOAT", name, key, float(amount))
+
+    def hincrby_then(self, name: str, key: str, amount: int, then: Writes) -> None:
+        """HINCRBY name field amount, then the writes recorded on `then` only if the field
+        is 0 after it (the script's `VQ.HINCRBY-THEN`: a write conditional on a count,
+        without a second round trip)."""
+        self._add("VQ.HINCRBY-THEN", name, key, int(amount), len(then))
+        self.args.extend(then.args)
 
     def hsetnx(self, name: str, key: str, value: Arg) -> None:
         """HSETNX name field value."""

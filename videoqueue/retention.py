@@ -1,6 +1,8 @@
 """Retention: a final job record, its ledger row and its legacy input keys expire
 JOB_RETENTION_S after the job's final move (0: kept for ever), and the recovery sweep trims
-the index entries of the records gone.
+the index entries of the records gone. A batch's record (videoqueue.batches) and its
+deliveries expire JOB_RETENTION_S after its last job ended, set by that job's move
+(`batches.end_writes`); `VideoQueue.batches` drops the batch index's entries of those gone.
 
 **Expiry.** The final move sets the TTLs in its own transaction (`expire_final`, run by the
 final hook `final_hooks.retention`); a job that ends a second time (`videoqueue store

@@ -218,6 +218,7 @@ RECORD_NAMES: dict[str, str] = {
     "scene": "sn",
     "after_job": "aj",
     "last_frame_url": "lu",
+    "batch_id": "bt",
 }
 """A job record's field -> its name in the stored JSON (`id` and `v` stay as they are)."""
 

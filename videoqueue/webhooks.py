@@ -39,6 +39,7 @@ from videoqueue.job import JobRecord, JobStatus
 from videoqueue.urlguard import AllowList, ForbiddenURLError, URLFetchError, resolve
 
 if TYPE_CHECKING:
+    from videoqueue.batches import Batch
     from videoqueue.resolved import ResolvedRequest
     from videoqueue.settings import Settings
 
@@ -279,6 +280,38 @@ def on_status_change(before: JobRecord, after: JobRecord) -> Callable[[Any], Non
     return lambda multi: queue_owed(multi, deliveries, final=False)
 
 
+def batch_deliveries(batch: Batch) -> list[Delivery]:
+    """The deliveries a batch asks for (`batch.completed` webhook, completion task), written
+    with the batch and made due by its last job's move (videoqueue.batches); their bodies
+    are made when sent (`batches.delivery_body`)."""
+    now = time.time()
+    out: list[Delivery] = []
+    if batch.webhook_url is not None:
+        out.append(
+            Delivery(
+                id=f"{batch.id}:completed",
+                job_id=batch.id,
+                kind="webhook",
+                type="batch.completed",
+                target=batch.webhook_url,
+                created_at=now,
+            )
+        )
+    if batch.on_complete is not None:
+        out.append(
+            Delivery(
+                id=f"{batch.id}:{TASK_SUFFIX}",
+                job_id=batch.id,
+                kind="task",
+                type=batch.on_complete,
+                target=batch.on_complete,
+                queue=batch.on_complete_queue,
+                created_at=now,
+            )
+        )
+    return out
+
+
 def job_of(delivery_id: str) -> str:
     """The job id a delivery id starts with."""
     return delivery_id.partition(":")[0]
@@ -302,7 +335,8 @@ def replay(client: Any, job_id: str) -> Delivery:
     ends = [
         d
         for d in deliveries(client, job_id)
-        if d.kind == "webhook" and d.type.removeprefix("job.") in {s.value for s in JobStatus if s.is_final}
+        if d.kind == "webhook"
+        and (d.type == "batch.completed" or d.type.removeprefix("job.") in {s.value for s in JobStatus if s.is_final})
     ]
     if not ends:
         raise UnknownDeliveryError(f"job {job_id} has no webhook of its end to replay (none was asked for, or expired)")

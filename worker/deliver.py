@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from videoqueue import keys, webhooks
+from videoqueue import batches, keys, webhooks
 from videoqueue.job import TASK_DELIVER
 from videoqueue.settings import Settings
 from videoqueue.urlguard import FetchLimits, ForbiddenURLError, URLFetchError, URLStatusError, open_url
@@ -74,6 +74,11 @@ def claim(client: redis.Redis, delivery_id: str, lease_s: float, now: float) -> 
                     pipe.execute()
                     return None
                 delivery = Delivery.model_validate_json(raw)
+                if body == "":  # a batch's: made when sent, once the batch has ended
+                    body = batches.delivery_body(client, delivery.kind, delivery.job_id)
+                    if body is None:
+                        pipe.unwatch()
+                        return None
                 busy = delivery.lease_until is not None and delivery.lease_until > now
                 early = delivery.next_at is not None and delivery.next_at > now + 1.0
                 if delivery.state != "pending" or busy or early:

@@ -4,6 +4,7 @@ stream from async code, as a FastAPI or aiohttp handler would."""
 
 from __future__ import annotations
 
+import asyncio
 from itertools import pairwise
 from pathlib import Path
 
@@ -74,3 +75,14 @@ async def test_events_are_resumable_from_an_event_id(local_stack: Stack) -> None
         first = await anext(aiter(follow))
         await follow.aclose()
         assert first.job_id == later.id
+
+
+async def test_a_batch_from_async_code_ends_as_a_sync_one(local_stack: Stack) -> None:
+    local_stack.start_worker()
+    sync = local_stack.queue()
+    async with AsyncVideoQueue(queue=sync) as vq:
+        batch = await vq.submit_batch([{"prompt": f"async scene {i}"} for i in range(3)], name="aio")
+        assert (batch.name, batch.size) == ("aio", 3)
+        done = await asyncio.to_thread(sync.wait_batch, batch.id, 90)
+        assert done.done and done.counts["succeeded"] == 3
+        assert (await vq.batch(batch.id)) == done

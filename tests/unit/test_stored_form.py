@@ -159,6 +159,7 @@ def every_field_set() -> JobRecord:
         scene=2,
         after_job="previous-scene-job",
         last_frame_url="https://ark.example/last.png",
+        batch_id="batch-0b0c",
     )
 
 
