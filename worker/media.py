@@ -326,14 +326,17 @@ def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> 
                     image.pts, image.time_base = pts, 1 / fps
                     dst.mux(vout.encode(image))
                     next_pts = pts + 1
+            # A scene's sound stops at its end: an AAC track's last frame runs past the
+            # video (it is padded to 1024 samples), and that would add up scene by scene.
+            scene_end = round((offset + info.duration_s) * AUDIO_RATE)
             if info.has_audio:
                 with _open(scene) as src:
                     for audio in src.decode(src.streams.audio[0]):
                         audio.pts = None
                         for chunk in resampler.resample(audio):
-                            samples = _mux_audio(dst, aout, chunk, samples)
+                            samples = _mux_audio(dst, aout, chunk, samples, scene_end)
                     for chunk in resampler.resample(None):
-                        samples = _mux_audio(dst, aout, chunk, samples)
+                        samples = _mux_audio(dst, aout, chunk, samples, scene_end)
                 resampler = AudioResampler(format="fltp", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
             offset += info.duration_s
             # Silence up to the scene's end keeps the next scene's sound in sync.
@@ -342,7 +345,13 @@ def _reencode(scenes: Sequence[Path], infos: Sequence[MediaInfo], out: Path) -> 
         dst.mux(aout.encode(None))
 
 
-def _mux_audio(dst: OutputContainer, aout: AudioStream, chunk: AudioFrame, samples: int) -> int:
+def _mux_audio(
+    dst: OutputContainer, aout: AudioStream, chunk: AudioFrame, samples: int, until: int | None = None
+) -> int:
+    """Encode `chunk` after `samples` samples; returns the count after it. A chunk that would
+    run past `until` is left out (at most one frame, under 25 ms: silence pads up to `until`)."""
+    if until is not None and samples + chunk.samples > until:
+        return samples
     chunk.pts, chunk.time_base = samples, Fraction(1, AUDIO_RATE)
     dst.mux(aout.encode(chunk))
     return samples + chunk.samples

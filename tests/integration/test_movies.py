@@ -128,9 +128,6 @@ def test_a_four_scene_movie_with_continuity_into_s3(s3_stack: tuple[Stack, S3Ser
     assert json.loads(read(movie.manifest_uri or "").read_bytes())["stream_copy"] is True
 
 
-@pytest.mark.xfail(
-    reason="worker/media.py's re-encode makes the film 0.136 s longer than its scenes (19.136 s for 19 s)", strict=False
-)
 def test_scenes_of_different_sizes_are_re_encoded_into_one_film(local_stack: Stack) -> None:
     local_stack.start_worker(concurrency=2)
     vq = local_stack.queue()

@@ -104,6 +104,18 @@ def test_join_of_different_clips_re_encodes(tmp_path: Path) -> None:
     assert distance(pixels, wide_last) > 20
 
 
+def test_a_re_encoded_film_lasts_its_scenes_however_many(tmp_path: Path) -> None:
+    # Each AAC track's last frame runs past its video: kept, it would add up scene by scene
+    # (19.136 s for four scenes of 19 s before the join cut it).
+    shapes = [WIDE, TALL, WIDE, TALL, WIDE, TALL]
+    scenes = [write(tmp_path / f"s{n}.mp4", clip(shape, n)) for n, shape in enumerate(shapes)]
+    result = media.join(scenes, tmp_path / "movie.mp4")
+    assert not result.copied
+    expected = sum(shape.duration_s for shape in shapes)
+    assert abs(result.duration_s - expected) <= 0.05
+    assert abs(media.probe(tmp_path / "movie.mp4").duration_s - expected) <= 0.05
+
+
 @pytest.mark.parametrize("data", [b"", b"not a video at all", NOT_A_VIDEO])
 def test_undecodable_input_raises_media_error(tmp_path: Path, data: bytes) -> None:
     bad = write(tmp_path / "bad.mp4", data)
