@@ -37,7 +37,7 @@ from producer.celery_client import producer_app_for
 from producer.request import VideoRequest
 from videoqueue import batches, inputs, keys, redisconn
 from videoqueue import events as stream
-from videoqueue.batches import Batch, UnknownBatchError
+from videoqueue.batches import Batch, BatchOptions, UnknownBatchError
 from videoqueue.events import JobEvent
 from videoqueue.eventwait import WaitPlan
 from videoqueue.job import TASK_CANCEL, JobRecord, JobStatus, utcnow
@@ -111,18 +111,9 @@ class AsyncVideoQueue:
     ) -> Batch:
         """`VideoQueue.submit_batch`: the jobs and their batch record stored in one
         transaction, then sent; the batch as stored."""
+        options = BatchOptions(name, tags, on_complete, on_complete_queue, webhook_url, webhook_events)
         jobs = await asyncio.to_thread(self.sync.prepare_many, builtins.list(requests))
-        batch = await asyncio.to_thread(
-            lambda: self.sync.new_batch(
-                jobs,
-                name=name,
-                tags=tags,
-                on_complete=on_complete,
-                on_complete_queue=on_complete_queue,
-                webhook_url=webhook_url,
-                webhook_events=webhook_events,
-            )
-        )
+        batch = await asyncio.to_thread(self.sync.new_batch, jobs, options)
         await self.enqueue(jobs, batch)
         return await self.batch(batch.id)
 

@@ -17,7 +17,7 @@ from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, re
 from videoqueue import batches, inputs, keys, namespace, webhooks
 from videoqueue import events as stream
 from videoqueue.archive import ArchivedJob, read_archived
-from videoqueue.batches import Batch, UnknownBatchError
+from videoqueue.batches import Batch, BatchOptions, UnknownBatchError
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
 from videoqueue.events import JobEvent
@@ -261,63 +261,28 @@ class VideoQueue:
         enqueued. Its `on_complete` task and its webhook (`batch.completed`, signed as a
         job's) are sent once its last job ended. Returns the batch as stored. Raises
         InvalidRequestError (a bad item, a webhook that cannot be sent, no requests)."""
-        return self.enqueue_batch(
-            self.prepare_many(requests),
-            name=name,
-            tags=tags,
-            on_complete=on_complete,
-            on_complete_queue=on_complete_queue,
-            webhook_url=webhook_url,
-            webhook_events=webhook_events,
-        )
+        options = BatchOptions(name, tags, on_complete, on_complete_queue, webhook_url, webhook_events)
+        return self.enqueue_batch(self.prepare_many(requests), options)
 
-    def enqueue_batch(
-        self,
-        jobs: builtins.list[PreparedJob],
-        *,
-        name: str = "",
-        tags: Sequence[str] = (),
-        on_complete: str | None = None,
-        on_complete_queue: str | None = None,
-        webhook_url: str | None = None,
-        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
-    ) -> Batch:
+    def enqueue_batch(self, jobs: builtins.list[PreparedJob], options: BatchOptions) -> Batch:
         """`submit_batch` of jobs made by `prepare` (`prepare_many`)."""
-        batch = self.new_batch(
-            jobs,
-            name=name,
-            tags=tags,
-            on_complete=on_complete,
-            on_complete_queue=on_complete_queue,
-            webhook_url=webhook_url,
-            webhook_events=webhook_events,
-        )
+        batch = self.new_batch(jobs, options)
         self.enqueue(jobs, batch)
         return self.batch(batch.id)
 
-    def new_batch(
-        self,
-        jobs: builtins.list[PreparedJob],
-        *,
-        name: str = "",
-        tags: Sequence[str] = (),
-        on_complete: str | None = None,
-        on_complete_queue: str | None = None,
-        webhook_url: str | None = None,
-        webhook_events: Sequence[str] = batches.WEBHOOK_EVENTS,
-    ) -> Batch:
+    def new_batch(self, jobs: builtins.list[PreparedJob], options: BatchOptions) -> Batch:
         """The batch record of prepared `jobs` (each given its `batch_id`), checked as
         `submit_batch` says, not stored: `enqueue(jobs, batch)` stores it with them."""
         problems: dict[str, str] = {}
         if not jobs:
             problems["requests"] = "a batch needs at least one request"
-        unknown = sorted(set(webhook_events) - set(batches.WEBHOOK_EVENTS))
+        unknown = sorted(set(options.webhook_events) - set(batches.WEBHOOK_EVENTS))
         if unknown:
             problems["webhook_events"] = f"unknown batch events {unknown}: only {list(batches.WEBHOOK_EVENTS)}"
-        if webhook_url is not None:
+        if options.webhook_url is not None:
             if self.settings.webhook_secret is None:
                 problems["webhook_url"] = "WEBHOOK_SECRET is not set: deliveries could not be signed"
-            elif why := webhooks.check_url(webhook_url, self.settings):
+            elif why := webhooks.check_url(options.webhook_url, self.settings):
                 problems["webhook_url"] = why
         if problems:
             raise InvalidRequestError(problems)
@@ -326,12 +291,12 @@ class VideoQueue:
             job.record.batch_id = batch_id
         return batches.now_batch(
             batch_id,
-            name,
-            tags,
+            options.name,
+            options.tags,
             [job.record for job in jobs],
-            on_complete=on_complete,
-            on_complete_queue=on_complete_queue,
-            webhook_url=webhook_url if "completed" in webhook_events else None,
+            on_complete=options.on_complete,
+            on_complete_queue=options.on_complete_queue,
+            webhook_url=options.webhook_url if "completed" in options.webhook_events else None,
         )
 
     def batch(self, batch_id: str) -> Batch:

@@ -45,6 +45,7 @@ from producer.cli_watch import register as register_watch
 from producer.cli_webhooks import register as register_webhooks
 from producer.request import VideoRequest, repeated_client_ids
 from producer.workercheck import no_worker_warning
+from videoqueue.batches import BatchOptions
 from videoqueue.budget import BudgetExceededError
 from videoqueue.catalog import ModelSpec, load_catalog
 from videoqueue.commands import ENTRY_POINT_GROUP, USAGE_ERROR, WORKER_EXTRA, error_line, needs_worker_extra
@@ -350,7 +351,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
             problems = {}
         prepared = _prepare_all(vq, requests, problems)
         if batch is not None:
-            made = vq.enqueue_batch(prepared, name=batch, tags=tag or ())
+            made = vq.enqueue_batch(prepared, BatchOptions(name=batch, tags=tag or ()))
             records = vq.get_many(made.job_ids)
         else:
             records = vq.enqueue(prepared)

@@ -25,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,6 +46,20 @@ EVENT_TYPE = "batch.completed"
 
 WEBHOOK_EVENTS = ("completed",)
 """The events a batch's webhook may ask for."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What `submit_batch` takes besides the requests: a name and tags for people, the
+    batch's completion task (`on_complete`, on `on_complete_queue`) and webhook
+    (`webhook_url`, for `webhook_events` among WEBHOOK_EVENTS), as a job's request takes."""
+
+    name: str = ""
+    tags: Sequence[str] = ()
+    on_complete: str | None = None
+    on_complete_queue: str | None = None
+    webhook_url: str | None = None
+    webhook_events: Sequence[str] = WEBHOOK_EVENTS
 
 
 class UnknownBatchError(JobStoreError, KeyError):

@@ -216,18 +216,15 @@ def planned(before: JobRecord, after: JobRecord) -> list[Delivery]:
             )
         )
     if request.on_complete is not None and after.status.is_final:
-        out.append(
-            Delivery(
-                id=f"{after.id}:{TASK_SUFFIX}",
-                job_id=after.id,
-                kind="task",
-                type=request.on_complete,
-                target=request.on_complete,
-                queue=request.on_complete_queue,
-                created_at=now,
-            )
-        )
+        out.append(completion_task(after.id, request.on_complete, request.on_complete_queue, now))
     return out
+
+
+def completion_task(owner: str, task: str, queue: str | None, now: float) -> Delivery:
+    """The delivery of the completion task `task` (on `queue`) of a job or a batch (`owner`, its id)."""
+    return Delivery(
+        id=f"{owner}:{TASK_SUFFIX}", job_id=owner, kind="task", type=task, target=task, queue=queue, created_at=now
+    )
 
 
 def owed(before: JobRecord, after: JobRecord) -> list[tuple[Delivery, str]]:
@@ -298,17 +295,7 @@ def batch_deliveries(batch: Batch) -> list[Delivery]:
             )
         )
     if batch.on_complete is not None:
-        out.append(
-            Delivery(
-                id=f"{batch.id}:{TASK_SUFFIX}",
-                job_id=batch.id,
-                kind="task",
-                type=batch.on_complete,
-                target=batch.on_complete,
-                queue=batch.on_complete_queue,
-                created_at=now,
-            )
-        )
+        out.append(completion_task(batch.id, batch.on_complete, batch.on_complete_queue, now))
     return out
 
 
