@@ -4,6 +4,8 @@ check built on it (worker/storage/base.py `MediaCheck`)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +199,13 @@ def test_a_scene_without_sound_is_joined_with_silence(tmp_path: Path) -> None:
     assert not result.copied
     info = media.probe(tmp_path / "movie.mp4")
     assert info.has_audio and abs(info.duration_s - 2 * WIDE.duration_s) <= 0.1
+
+
+def test_the_storage_backends_load_without_pyav() -> None:
+    # Producers of the light install (no worker extra, no PyAV) put image files through
+    # these backends (videoqueue.inputs); only the store step's check needs PyAV.
+    code = (
+        "import sys; from worker.inputs import open_inputs; import worker.storage.local, worker.storage.s3_ranged; "
+        "sys.exit('av' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0

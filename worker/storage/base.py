@@ -7,11 +7,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from videoqueue.errors import StorageError as StorageError  # noqa: PLC0414 - re-export
-from worker import media
 from worker.probe import Probe, Status
+
+if TYPE_CHECKING:
+    from worker import media
 
 MP4_BOX_TYPES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide"}
 
@@ -39,6 +41,10 @@ class MediaCheck:
     def verify(self, video: media.Source, where: str) -> media.MediaInfo:
         """Check `video` (a path, or a seekable binary file object); `where` names it in
         errors. VideoDecodeError if it fails."""
+        # PyAV only here: a producer puts image files through these backends
+        # (videoqueue.inputs) with the light install, which has no PyAV.
+        from worker import media
+
         try:
             info = media.verify(video)
         except media.MediaError as exc:
