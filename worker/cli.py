@@ -26,6 +26,8 @@ from videoqueue.settings import InvalidSettingsError, Settings, get_settings
 
 DEFAULT_URL_EXPIRES_S = 3600
 
+MAX_PORT = 65535
+
 
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -163,7 +165,7 @@ def costs_rebuild(
 
 
 def callbacks(
-    port: Annotated[int, typer.Option(help="Port to receive callbacks on.", min=1, max=65535)] = 9809,
+    port: Annotated[int, typer.Option(help="Port to receive callbacks on (1-65535).")] = 9809,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Receive ModelArk's task callbacks and send each job's poll at once.
@@ -171,6 +173,8 @@ def callbacks(
     Serves POST /callbacks/byteplus/<job id>/<token> (the callback_url creates carry when
     CALLBACK_BASE_URL is set) and GET /healthz. Needs CALLBACK_SECRET, the workers' key of
     the tokens. A callback only hastens the poll: the status call decides."""
+    if not 1 <= port <= MAX_PORT:
+        raise fail(f"--port {port} is not a port: give 1-{MAX_PORT}")
     require_worker_extra("callbacks")
     try:
         settings = get_settings()
