@@ -103,9 +103,17 @@ def _run(stack: Stack, vq: VideoQueue, tmp_path: Path, exists: Callable[[str], b
     done, failed = vq.wait([job.id, failing.id], timeout=90)
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert failed.status is JobStatus.FAILED
-    # A success's inputs go with its final move.
-    wait_for(lambda: not exists(first_uri) and not exists(last_uri), 10, "the inputs deleted")
-    assert stack.redis.zscore(keys.INPUTS_RELEASE_INDEX, job.id) is None
+    # A success's inputs go with its final move (after it: `wait`, told by the event
+    # stream, returns at the move, so this waits for both the objects and the index entry).
+    wait_for(
+        lambda: (
+            not exists(first_uri)
+            and not exists(last_uri)
+            and stack.redis.zscore(keys.INPUTS_RELEASE_INDEX, job.id) is None
+        ),
+        10,
+        "the inputs deleted",
+    )
     # A failed job's are kept a day, for a retry, which gets its own copy.
     failed_uri = str(_uploaded(failed, "first_frame").uri)
     assert exists(failed_uri)
