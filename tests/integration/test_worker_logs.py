@@ -38,6 +38,7 @@ def test_json_logs_carry_the_job_id_on_every_line_about_the_job(local_stack: Sta
         namespace.queue("submit"),
         namespace.queue("poll"),
         namespace.queue("store"),
+        namespace.queue("webhooks"),
     }
     about_job = [e for e in entries if job.id in e["message"] or e.get("job_id") == job.id]
     for entry in about_job:
