@@ -3,6 +3,7 @@ names, and the job record both sides read and write."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -230,16 +231,20 @@ class JobRecord(BaseModel):
             data.pop("budget_keys", None)
         else:
             data["budget_keys"] = list(self.budget_keys)
-        if self.manifest_uri and self.output_uri:
-            data["manifest_uri"] = storedform.relative_uri(self.manifest_uri, self.output_uri)
+        _imply_repeated(data)
+        if data.get("manifest_uri") and self.output_uri:
+            data["manifest_uri"] = storedform.relative_uri(data["manifest_uri"], self.output_uri)
+        for name in _URI_FIELDS:
+            if name in data:
+                data[name] = storedform.split_id(data[name], self.id)
         if self.history and storedform.in_utc(self.created_at):
-            data["history"] = storedform.encode_history(
+            data["history"] = storedform.encode_moves(
                 data["history"], self.created_at, self.status.value, self.updated_at
             )
         storedform.encode_times(data, self.__dict__, "created_at", _TIME_FIELDS)
         data["request"] = storedform.rename(data["request"], storedform.REQUEST_NAMES)
         data = storedform.rename(data, storedform.RECORD_NAMES)
-        return pydantic_core.to_json({"v": storedform.VERSION, **data}).decode()
+        return pydantic_core.to_json({"v": storedform.RECORD_VERSION, **data}).decode()
 
     @classmethod
     def from_store_json(cls, raw: str | bytes) -> JobRecord:
@@ -316,18 +321,59 @@ _LONG_RECORD_NAMES = storedform.long_names(storedform.RECORD_NAMES)
 _LONG_REQUEST_NAMES = storedform.long_names(storedform.REQUEST_NAMES)
 
 
+_URI_FIELDS = ("output_uri", "manifest_uri", "video_url")
+"""Fields whose job id, if they hold it, is stored as the parts around it (version 3)."""
+
+
+def _implied(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What version 3 leaves out of a record's JSON-mode dump (long names; the URIs whole),
+    field -> the value its absence reads back as (see videoqueue.storedform)."""
+    status, output = data.get("status"), data.get("output_uri")
+    return {
+        "cost_usd": data.get("cost_estimate_usd") if status == JobStatus.SUCCEEDED.value else None,
+        "settled_at": data.get("finished_at"),
+        "provider_status": status if status in _FINAL_VALUES else None,
+        "manifest_uri": storedform.absolute_uri(".json", output) if isinstance(output, str) and "." in output else None,
+    }
+
+
+_FINAL_VALUES = frozenset(s.value for s in FINAL_STATUSES)
+
+
+def _imply_repeated(data: dict[str, Any]) -> None:
+    """Leave out of `data` (a record's JSON-mode dump) the fields version 3 implies."""
+    for name, implied in _implied(data).items():
+        storedform.imply(data, name, implied)
+
+
 def _from_stored(data: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a record from its compact stored form (`JobRecord.to_store_json`)."""
+    """The fields of a record from its compact stored form (`JobRecord.to_store_json`):
+    version 3, or version 2 (without what `_implied` and `storedform.encode_moves` add)."""
+    version = data.get("v")
     data = storedform.rename({name: value for name, value in data.items() if name != "v"}, _LONG_RECORD_NAMES)
+    if version == storedform.RECORD_VERSION:
+        job_id = data.get("id")
+        for name in _URI_FIELDS:
+            if name in data and isinstance(job_id, str):
+                data[name] = storedform.join_id(data[name], job_id)
+        manifest = data.get("manifest_uri")
+        if isinstance(manifest, str) and isinstance(data.get("output_uri"), str):
+            data["manifest_uri"] = storedform.absolute_uri(manifest, data["output_uri"])
+        for name, implied in _implied(data).items():
+            storedform.restore(data, name, implied)
     origin = storedform.decode_times(data, "created_at", _TIME_FIELDS)
     request = data["request"] = storedform.rename(dict(data.get("request") or {}), _LONG_REQUEST_NAMES)
     request.setdefault("provider", data.get("provider"))
     request.setdefault("model", data.get("model"))
     if "budget_keys" not in data and isinstance(data.get("created_at"), datetime):
         data["budget_keys"] = derived_budget_keys(data["created_at"], tuple(request.get("tags") or ()))
+    history = data.get("history")
+    if version == storedform.RECORD_VERSION:
+        if isinstance(history, list) and origin is not None:
+            data["history"] = storedform.decode_moves(history, origin, data["status"], data["updated_at"])
+        return data
     if data.get("manifest_uri") and data.get("output_uri"):
         data["manifest_uri"] = storedform.absolute_uri(data["manifest_uri"], data["output_uri"])
-    history = data.get("history")
     if history and origin is not None:
         data["history"] = storedform.decode_history(history, origin, data["status"], data["updated_at"])
     return data

@@ -1,6 +1,7 @@
 """The compact stored form of job records and ledger rows in Redis (issue 18: a smaller job).
 
-What Redis holds is JSON with `"v": 2`; the models' own JSON (`model_dump_json`, manifests,
+What Redis holds is JSON with `"v": 3` (records) or `"v": 2` (ledger rows, and records written
+before version 3); the models' own JSON (`model_dump_json`, manifests,
 `videoqueue status --json`) is unchanged. The stored form leaves out what can be worked
 out again, and reads back into a model equal to the one written:
 
@@ -14,6 +15,21 @@ out again, and reads back into a model equal to the one written:
 - a record's field names, and its request's, are one to three letters (`RECORD_NAMES`,
   `REQUEST_NAMES`: a fixed table, never changed, only added to); a name not in the table is
   written as it is, and the long names still read (records written before the table).
+
+Since version 3 (records only, issue 18: a finished record under 512 B) the record also
+leaves out what it repeats (`RECORD_VERSION`; `"v": 2` records read as they were written):
+
+- a field equal to what its absence means is left out (`imply`, `restore`): `cost_usd` when
+  a succeeded record's is its `cost_estimate_usd`; `settled_at` when it is `finished_at`;
+  `provider_status` when a final record's is its `status`; `manifest_uri` when it is the
+  video's with `.json` for its extension. Where absence means such a value, a field that
+  is None is written as `null`;
+- the job id inside a URI (`output_uri`, `manifest_uri`, `video_url`) is left out: the URI
+  is stored as the list of its parts around the id (`split_id`, `join_id`);
+- history moves along the usual path (queued, submitting, running, downloading,
+  succeeded: `CHAIN`) are their `at` alone; other moves name statuses by short codes
+  (`STATUS_CODES`); the last move, to the record's status at its `updated_at`, is left out
+  altogether, and a history that does not end with such a move ends with `null`.
 
 Each shortening is checked as it is made (the value it reads back as must be the value
 written) and a value that would not read back the same is stored as it is: a time not in
@@ -29,7 +45,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 VERSION = 2
-"""The `v` of the compact form; JSON without `v` is the models' own form."""
+"""The `v` of the compact form of ledger rows (and of records written before version 3);
+JSON without `v` is the models' own form."""
+
+RECORD_VERSION = 3
+"""The `v` of a job record's compact form: version 2 and what version 3 leaves out."""
+
+COMPACT_VERSIONS = frozenset({VERSION, RECORD_VERSION})
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -38,8 +60,8 @@ _FIRST_STATUS = "queued"
 
 
 def is_compact(data: object) -> bool:
-    """Whether `data` (a parsed JSON object) is in the compact stored form."""
-    return isinstance(data, dict) and data.get("v") == VERSION
+    """Whether `data` (a parsed JSON object) is in a compact stored form (`"v"`: 2 or 3)."""
+    return isinstance(data, dict) and data.get("v") in COMPACT_VERSIONS
 
 
 def in_utc(value: object) -> bool:
@@ -150,6 +172,133 @@ def decode_history(stored: list[Any], origin: datetime, status: str, updated_at:
         history.append({"at": at, "from": source, "to": target})
         previous = target
     return history
+
+
+CHAIN: dict[str, str] = {
+    "queued": "submitting",
+    "submitting": "running",
+    "running": "downloading",
+    "downloading": "succeeded",
+}
+"""The usual next status after each (version 3: a move along it is stored as its `at`)."""
+
+STATUS_CODES: dict[str, str] = {
+    "queued": "q",
+    "submitting": "sb",
+    "running": "r",
+    "downloading": "d",
+    "succeeded": "ok",
+    "failed": "f",
+    "cancelled": "c",
+    "expired": "x",
+}
+"""A status -> its code in a version 3 history move (a fixed table, only added to)."""
+
+_STATUSES = {code: status for status, code in STATUS_CODES.items()}
+
+
+def encode_moves(
+    history: list[dict[str, Any]], origin: datetime, status: str, updated_at: datetime
+) -> list[Any] | None:
+    """The version 3 form of a record's history (see the module docstring), or None when
+    the list is empty. `origin` is the record's `created_at`, in UTC."""
+    if not history:
+        return None
+    out: list[Any] = []
+    previous = _FIRST_STATUS
+    for entry in history:
+        source, target = entry.get("from"), entry.get("to")
+        canonical = len(entry) == 3 and source in STATUS_CODES and target in STATUS_CODES
+        at = _move_at(entry.get("at"), origin) if canonical else None
+        if at is None:
+            out.append(dict(entry))  # stored as it is
+            previous = target if isinstance(target, str) else ""
+            continue
+        assert isinstance(source, str) and isinstance(target, str)
+        if source == previous and CHAIN.get(previous) == target:
+            out.append(at)
+        else:
+            move: list[Any] = [at, STATUS_CODES[target]]
+            if source != previous:
+                move.append(STATUS_CODES[source])
+            out.append(move)
+        previous = target
+    last, stored = history[-1], out[-1]
+    implied = (
+        not isinstance(stored, dict)
+        and last.get("from") == _previous_of(history[:-1])
+        and last.get("to") == status
+        and in_utc(updated_at)
+        and last.get("at") == updated_at.astimezone(UTC).isoformat()
+    )
+    if implied:
+        out.pop()
+    else:
+        out.append(None)
+    return out
+
+
+def _previous_of(moves: list[dict[str, Any]]) -> str:
+    """The status a move after `moves` comes from when its `from` is implied."""
+    if not moves:
+        return _FIRST_STATUS
+    target = moves[-1].get("to")
+    return target if isinstance(target, str) else ""
+
+
+def decode_moves(stored: list[Any], origin: datetime, status: str, updated_at: datetime) -> list[dict[str, Any]]:
+    """Undo `encode_moves`: the moves as `{"at": ISO text, "from", "to"}`."""
+    history: list[dict[str, Any]] = []
+    previous = _FIRST_STATUS
+    for move in stored:
+        if move is None:  # only ever last: no move to the record's status is implied
+            return history
+        if isinstance(move, dict):
+            history.append(move)
+            target = move.get("to")
+            previous = target if isinstance(target, str) else ""
+            continue
+        if isinstance(move, int):
+            at, target, source = move, CHAIN[previous], previous
+        else:
+            at, target = move[0], _STATUSES[move[1]]
+            source = _STATUSES[move[2]] if len(move) > 2 else previous
+        history.append({"at": int_to_time(at, origin).isoformat(), "from": source, "to": target})
+        previous = target
+    history.append({"at": updated_at.astimezone(UTC).isoformat(), "from": previous, "to": str(status)})
+    return history
+
+
+def imply(data: dict[str, Any], name: str, implied: Any) -> None:
+    """Leave `name` out of `data` (a JSON-mode dump without defaults, whose default for
+    `name` is None) when its value is `implied`, what its absence reads back as; a None
+    that absence would not mean is written as `null`."""
+    value = data.get(name)
+    if value == implied and type(value) is type(implied):
+        data.pop(name, None)
+    elif value is None:
+        data[name] = None
+
+
+def restore(data: dict[str, Any], name: str, implied: Any) -> None:
+    """Undo `imply`: an absent `name` is `implied`."""
+    if name not in data:
+        data[name] = implied
+
+
+def split_id(value: Any, job_id: str) -> Any:
+    """A text holding `job_id` as the list of its parts around it (`join_id` undoes it);
+    anything else as it is."""
+    if isinstance(value, str) and job_id and job_id in value:
+        return value.split(job_id)
+    return value
+
+
+def join_id(value: Any, job_id: str) -> Any:
+    """Undo `split_id`."""
+    if isinstance(value, list) and all(isinstance(part, str) for part in value):
+        return job_id.join(value)
+    return value
 
 
 def relative_uri(uri: str, base: str) -> str:

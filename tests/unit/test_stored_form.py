@@ -19,7 +19,7 @@ from videoqueue.jobstore import JobStore, clear_final
 from videoqueue.keys import job_key, ledger_entry_key
 from videoqueue.ledger import Ledger, LedgerEntry, write_entry
 from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
-from videoqueue.storedform import RECORD_NAMES, REQUEST_NAMES, with_long_names
+from videoqueue.storedform import RECORD_NAMES, RECORD_VERSION, REQUEST_NAMES, with_long_names
 
 T0 = datetime(2026, 12, 6, 7, 25, 22, 165574, tzinfo=UTC)
 
@@ -73,6 +73,18 @@ OLD_LEDGER_ROW = (
     '"status":"succeeded","tags":["campaign-winter-sale","team-social"],"settled_at":"2026-12-06T07:25:34.466161Z",'
     '"estimate_usd":0.249163,"actual_usd":0.249163,"billed_units":103818,"unit":"token","uncertain_usd":0.0,'
     '"submitted_at":"2026-12-06T07:25:22.174908Z"}'
+)
+
+# A finished record of the overhead bench's request in the compact form of version 2 (a `python
+# -m bench memory` run, `bench/results/memory.json`): 657 B, 523 B in version 3.
+V2_FINISHED = (
+    '{"v":2,"id":"5d2dd213-8d8e-4bcb-88d5-b6a3995add2b","s":"succeeded","p":"byteplus","m":'
+    '"seedance-1-5-pro-251215","r":{"p":"overhead 1170","d":5,"rs":"720p","ra":"16:9","au":true,"sd":1336531462,'
+    '"st":"default"},"t":"cgt-20261206085220-b53b3c0e","ps":"succeeded","pe":"127.0.0.1:49755","pf":"fa7825b3ff0c",'
+    '"a":1,"ce":0.249163,"c":0.249163,"bu":103818,"o":"file:///tmp/vq-bench-memory-7oyvql1t/out/'
+    '5d2dd213-8d8e-4bcb-88d5-b6a3995add2b.mp4","mu":".json","pq":1,"sa":1,"rc":1,"ct":1796547058689401,'
+    '"ut":87928354,"sb":81862941,"pd":82894210,"fa":87911195,"xa":87911195,"dl":7200000000,'
+    '"h":[[81850910,"submitting"],[81862958,"running"],[82894615,"downloading"],[]]}'
 )
 
 
@@ -176,6 +188,8 @@ def finished_record(**changes: Any) -> JobRecord:
         "created_at": T0,
         "updated_at": at(10.5),
         "finished_at": at(10.4),
+        "settled_at": at(10.4),
+        "provider_status": "succeeded",
         "deadline_at": at(7200),
         "history": moves(
             (9, "queued", "submitting"),
@@ -230,25 +244,81 @@ def test_a_record_reads_back_equal_and_shows_the_same(make: Any) -> None:
 def test_the_stored_form_leaves_out_defaults_and_what_the_record_repeats() -> None:
     record = finished_record()
     stored = with_long_names(json.loads(record.to_store_json()))
-    assert stored["v"] == 2
-    assert None not in stored.values() and 0 not in stored.values() and [] not in stored.values()
+    assert stored["v"] == 3
+    assert 0 not in stored.values() and [] not in stored.values()
     assert "provider" not in stored["request"] and "model" not in stored["request"]
     assert "budget_keys" not in stored  # worked out from created_at and the tags
     assert isinstance(stored["created_at"], int) and stored["updated_at"] == 10_500_000
-    # The last move is the record's status at its updated_at; the others say only where to.
-    assert stored["history"] == [[9_000_000, "submitting"], [9_100_000, "running"], [10_000_000, "downloading"], []]
+    # Moves along the usual path are their time alone; the last, to the record's status at
+    # its updated_at, is left out.
+    assert stored["history"] == [9_000_000, 9_100_000, 10_000_000]
+    # The cost is the estimate, settled when finished, the provider says what the status
+    # says: left out. Where absence means such a value, a None is `null`.
+    assert "cost_usd" not in stored and "settled_at" not in stored and "provider_status" not in stored
+    unknown = with_long_names(json.loads(finished_record(provider_status=None, settled_at=None).to_store_json()))
+    assert unknown["provider_status"] is None and unknown["settled_at"] is None
     assert len(record.to_store_json()) < len(record.model_dump_json()) / 2
 
 
-def test_a_manifest_beside_its_video_is_stored_as_its_extension() -> None:
+def test_what_a_finished_record_repeats_is_left_out_and_reads_back() -> None:
+    job_id = "90cd4315-27c3-4fc1-b680-b86c9e19676f"
+    video = f"file:///out/{job_id}/{job_id}.mp4"
+    record = finished_record(
+        output_uri=video,
+        manifest_uri=f"file:///out/{job_id}/{job_id}.json",
+        video_url=f"https://cdn.example.com/{job_id}.mp4",
+    )
+    raw = record.to_store_json()
+    assert job_id not in raw.replace(f'"id":"{job_id}"', "")
+    stored = with_long_names(json.loads(raw))
+    for name in ("provider_status", "cost_usd", "settled_at", "manifest_uri"):
+        assert name not in stored, name
+    assert stored["output_uri"] == ["file:///out/", "/", ".mp4"]
+    assert stored["video_url"] == ["https://cdn.example.com/", ".mp4"]
+    assert read_back(record) == record and read_back(record).public_dict() == record.public_dict()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"provider_status": None, "cost_usd": None, "finished_at": at(10.4), "settled_at": None},
+        {"provider_status": "failed", "cost_usd": Decimal("0.1"), "settled_at": at(10.45)},
+        {"status": JobStatus.FAILED, "provider_status": "failed", "cost_usd": Decimal("0.249163")},
+        {"status": JobStatus.RUNNING, "provider_status": "running", "finished_at": None},
+        {"settled_at": at(10.4).astimezone(timezone(timedelta(hours=2)))},
+        {"cost_usd": Decimal("0.2491630")},
+        {"output_uri": "file:///out/v.mp4", "manifest_uri": None},
+        {"output_uri": "file:///out/video", "manifest_uri": "file:///out/video.json"},
+        {"output_uri": "file:///out.d/video", "manifest_uri": "file:///out.json"},
+        {"output_uri": "s3://b/x.mp4", "manifest_uri": "s3://elsewhere/x.json"},
+        {"id": "x", "output_uri": "s3://x/x.x.mp4", "video_url": "xx"},
+        {"id": "", "output_uri": "s3://b/x.mp4"},
+        {"notes": ["90cd4315-27c3-4fc1-b680-b86c9e19676f"], "retry_of": "90cd4315-27c3-4fc1-b680-b86c9e19676f"},
+    ],
+)
+def test_a_field_unlike_what_its_absence_means_is_kept(changes: dict[str, Any]) -> None:
+    record = finished_record(**changes)
+    back = read_back(record)
+    assert back == record
+    assert back.model_dump_json() == record.model_dump_json()
+    assert back.to_store_json() == record.to_store_json()
+
+
+def test_a_manifest_beside_its_video_is_left_out() -> None:
     video = "s3://bucket/videos/2026-12-06/90cd4315.mp4"
     record = finished_record(output_uri=video, manifest_uri="s3://bucket/videos/2026-12-06/90cd4315.json")
-    assert with_long_names(json.loads(record.to_store_json()))["manifest_uri"] == ".json"
+    assert "manifest_uri" not in with_long_names(json.loads(record.to_store_json()))
     assert read_back(record) == record
     for elsewhere in ("s3://other/90cd4315.json", "s3://bucket/videos/2026-12-06/90cd4315.mp4/x.json"):
         moved = finished_record(output_uri=video, manifest_uri=elsewhere)
         assert with_long_names(json.loads(moved.to_store_json()))["manifest_uri"] == elsewhere
         assert read_back(moved) == moved
+    beside = finished_record(output_uri=video, manifest_uri="s3://bucket/videos/2026-12-06/90cd4315.txt")
+    assert with_long_names(json.loads(beside.to_store_json()))["manifest_uri"] == ".txt"
+    assert read_back(beside) == beside
+    none = finished_record(output_uri=video)
+    assert with_long_names(json.loads(none.to_store_json()))["manifest_uri"] is None
+    assert read_back(none) == none
     no_dot = finished_record(output_uri="file:///out/video", manifest_uri="file:///out/video.json")
     assert read_back(no_dot) == no_dot
 
@@ -262,15 +332,18 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
         {"at": at(4).isoformat(), "from": "failed", "to": "downloading"},  # a store retry
         {"at": "2026-12-06T07:25:27.000000+00:00", "from": "downloading", "to": "failed"},  # not as isoformat
         {"at": "2026-W49-7T07:25:27+00:00", "from": "failed", "to": "downloading"},  # a week date
+        {"at": at(5).isoformat(), "from": "downloading", "to": "paused"},  # not a status
+        {"at": at(6).isoformat(), "from": "running", "to": "downloading"},  # along the chain, from elsewhere
     ]
     # The last move is not the record's status, and the updated_at is later than it.
     record = finished_record(status=JobStatus.FAILED, history=history, updated_at=at(9))
     stored = with_long_names(json.loads(record.to_store_json()))["history"]
-    assert stored[0] == [1_000_000, "queued", "submitting"]
+    assert stored[0] == [1_000_000, "q", "sb"]
     assert stored[1] == history[1] and stored[2] == history[2]
-    assert stored[3] == [3_000_000, "failed", "downloading"]
-    assert stored[4] == [4_000_000, "downloading"]
-    assert stored[5:] == history[5:]
+    assert stored[3] == [3_000_000, "f", "d"]
+    assert stored[4] == [4_000_000, "d"]
+    assert stored[5:8] == history[5:8]
+    assert stored[8:] == [[6_000_000, "d", "r"], None]  # and no move to `failed` is implied
     assert read_back(record) == record
     # Moves at whole seconds, and a last move at another time than updated_at.
     whole = finished_record(
@@ -278,8 +351,16 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
         updated_at=datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC),
         history=[{"at": "2026-01-01T00:00:05+00:00", "from": "downloading", "to": "succeeded"}],
     )
-    assert with_long_names(json.loads(whole.to_store_json()))["history"] == [[5_000_000, "succeeded", "downloading"]]
+    assert with_long_names(json.loads(whole.to_store_json()))["history"] == [[5_000_000, "ok", "d"], None]
     assert read_back(whole) == whole
+    # The only move is the implied one: an empty list, not left out.
+    one = finished_record(status=JobStatus.SUBMITTING, history=moves((10.5, "queued", "submitting")))
+    assert with_long_names(json.loads(one.to_store_json()))["history"] == []
+    assert read_back(one) == one
+    # A chain move last, at updated_at but to another status than the record's.
+    other = finished_record(status=JobStatus.FAILED, history=moves((10.5, "queued", "submitting")))
+    assert with_long_names(json.loads(other.to_store_json()))["history"] == [10_500_000, None]
+    assert read_back(other) == other
 
 
 def test_times_not_in_utc_are_kept_as_text() -> None:
@@ -340,7 +421,9 @@ def test_records_stored_before_still_read_and_move_on(old: str) -> None:
     assert store.get_many([record.id]) == [record]
     changed = store.update(record.id, lambda r: r.model_copy(update={"notes": ["upgraded"]}))
     assert changed is not None
-    assert stored_json(client, job_key(record.id))["v"] == 2  # rewritten in the compact form at its next change
+    assert (
+        stored_json(client, job_key(record.id))["v"] == RECORD_VERSION
+    )  # rewritten in the compact form at its next change
     after = store.get(record.id)
     assert after == changed
     expected = record.model_copy(deep=True)
@@ -356,10 +439,40 @@ def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
         status=JobStatus.QUEUED, history=[], updated_at=T0, finished_at=None, cost_usd=None, created_at=T0
     )
     store.create_many([record])
-    assert stored_json(client, job_key(record.id))["v"] == 2
+    assert stored_json(client, job_key(record.id))["v"] == RECORD_VERSION
     moved = store.transition(record.id, {JobStatus.QUEUED}, JobStatus.SUBMITTING)
     assert moved is not None and store.get(record.id) == moved
     assert [(h["from"], h["to"]) for h in moved.history] == [("queued", "submitting")]
+
+
+def test_records_in_the_compact_form_of_version_2_still_read() -> None:
+    record = JobRecord.from_store_json(V2_FINISHED)
+    assert record.id == "5d2dd213-8d8e-4bcb-88d5-b6a3995add2b"
+    assert record.provider_status == "succeeded" and record.cost_usd == record.cost_estimate_usd
+    assert record.settled_at == record.finished_at is not None
+    assert record.output_uri == "file:///tmp/vq-bench-memory-7oyvql1t/out/5d2dd213-8d8e-4bcb-88d5-b6a3995add2b.mp4"
+    assert record.manifest_uri == "file:///tmp/vq-bench-memory-7oyvql1t/out/5d2dd213-8d8e-4bcb-88d5-b6a3995add2b.json"
+    assert [(h["from"], h["to"]) for h in record.history] == [
+        ("queued", "submitting"),
+        ("submitting", "running"),
+        ("running", "downloading"),
+        ("downloading", "succeeded"),
+    ]
+    assert record.history[-1]["at"] == record.updated_at.isoformat()
+    # Version 2 implied none of what version 3 leaves out: absent there is None.
+    v2 = json.loads(V2_FINISHED)
+    for name in ("ps", "c", "xa", "mu"):
+        del v2[name]
+    older = JobRecord.from_store_json(json.dumps(v2))
+    assert (older.provider_status, older.cost_usd, older.settled_at, older.manifest_uri) == (None, None, None, None)
+    # Written again, they are version 3 and read back equal.
+    for each in (record, older):
+        raw = each.to_store_json()
+        assert json.loads(raw)["v"] == RECORD_VERSION and JobRecord.from_store_json(raw) == each
+    assert len(record.to_store_json()) == 523
+    # The compact form of version 3 with the long names reads the same too.
+    long_form = json.dumps(with_long_names(json.loads(record.to_store_json())))
+    assert JobRecord.from_store_json(long_form) == record
 
 
 def every_field_row() -> LedgerEntry:
