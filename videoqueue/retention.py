@@ -59,22 +59,46 @@ def expire_final(pipe: Any, job_id: str, seconds: int) -> None:
         pipe.expire(input_key(job_id, role), seconds, lt=True)
 
 
+# What a claim outlives the job's lookup window by, besides FOLLOW_PAST_DEADLINE_S: a submit
+# lease (the create sent just before the deadline), ModelArk's lookup slack for clock skew
+# (2 min) and the step's own latency, rounded up.
+CLAIM_MARGIN_S = 600
+
+
+def claim_after_end_s(record: JobRecord) -> int:
+    """Seconds a final job's task claim is kept from its final move: the longest lookup
+    window of another job that may list the task, which is that job's deadline span
+    (JOB_DEADLINE_S: this job's own span, or this process's setting if longer) plus
+    FOLLOW_PAST_DEADLINE_S (a job whose create answer was lost waits that long past its
+    deadline for a worker of its endpoint, which then makes a last lookup) plus
+    CLAIM_MARGIN_S."""
+    from videoqueue.settings import get_settings
+
+    settings = get_settings()
+    span = max((record.deadline_at - record.created_at).total_seconds(), settings.job_deadline_s)
+    return int(span + settings.follow_past_deadline_s) + CLAIM_MARGIN_S
+
+
 def expire_links(pipe: Any, record: JobRecord, seconds: int, first_end: bool) -> None:
     """Queue, on the final move's pipeline, the expiry of the keys that name the job: so
     that nothing of a job outlives its record by long.
 
-    - Its provider task's claim (7 days from the create): `seconds` from now, but no less
-      than the job's deadline span (deadline - creation), and only ever shortened (LT). A
-      lookup of another job (an interrupted create) looks at the tasks made since its own
-      create intent, until its deadline: a task made before now is seen at most a deadline
-      span from now, and while seen it must stay claimed, or that job would adopt it.
+    - Its provider task's claim (7 days from the create): `claim_after_end_s` from now,
+      whatever the retention, and only ever shortened (LT). Only another job's lookup (an
+      interrupted create, worker/steps/submit.py `_find_own_task`) reads a claim once the
+      job is final: it lists the tasks made since its own create intent (less a slack),
+      until its deadline, or until a worker of its endpoint makes its last lookup, at most
+      FOLLOW_PAST_DEADLINE_S later. A task made before now is seen at most that long from
+      now, and while seen it must stay claimed, or that job would adopt it. (A lookup run
+      later still, by a fleet down for longer, is not covered, as a claim older than its 7
+      days was not.)
     - Its client job id (90 days from the submit): `seconds` from now (LT), at the first end
       only. Until then the key names this job (a retry, which re-points it, is made only of
       an ended job); at a second end (`store retry`) it may name the retry, kept as it is.
       Once the record is gone the id is free anyway (`_client_id_owners`)."""
     if record.provider_task_id:
-        span = int((record.deadline_at - record.created_at).total_seconds()) + 1
-        pipe.expire(task_claim_key(record.provider, record.provider_task_id), max(seconds, span), lt=True)
+        claim = task_claim_key(record.provider, record.provider_task_id)
+        pipe.expire(claim, claim_after_end_s(record), lt=True)
     if first_end and record.request.client_job_id:
         pipe.expire(client_key(record.request.client_job_id), seconds, lt=True)
 

@@ -15,7 +15,7 @@ from producer import JobStatus, VideoRequest
 from tests.integration.conftest import Stack
 from tests.integration.helpers import wait_for
 from tests.integration.test_cli import run
-from videoqueue import keys
+from videoqueue import keys, retention
 from videoqueue.budget import usage
 from videoqueue.keys import budget_counter_key, input_key, job_key, ledger_entry_key, status_index
 from videoqueue.settings import get_settings
@@ -94,6 +94,12 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     ids = [cancelled.id, *(j.id for j in paid)]
     assert 0 < _ttl(stack, job_key(paid[0].id)) <= int(RETENTION_S)
     assert 0 < _ttl(stack, input_key(paid[0].id, "first_frame")) <= int(RETENTION_S)
+    # The task claim outlives the record: until no other job's lookup may see the task
+    # (JOB_DEADLINE_S and FOLLOW_PAST_DEADLINE_S at their defaults here), not 7 days.
+    claims = [keys.task_claim_key(j.provider, str(j.provider_task_id)) for j in done]
+    kept = retention.claim_after_end_s(done[0])
+    assert kept == 7200 + 172800 + retention.CLAIM_MARGIN_S
+    assert all(kept - 60 <= _ttl(stack, claim) <= kept for claim in claims)
     before = _costs(stack)
     assert before[("--by", "day")][-1]["jobs"] == 3
     assert [r["group"] for r in before[("--by", "tag")]] == ["(untagged)", "ads", "q4", "total"]
@@ -105,6 +111,7 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
 
     assert _costs(stack) == before
     assert stack.redis.zcard(keys.LEDGER_DAYS) == 1  # what stays: one day's aggregates
+    assert all(_ttl(stack, claim) > 0 for claim in claims)  # and, for a while, the task claims
 
     # `costs rebuild` reads the three manifests: their rows expired, their amounts are in the
     # day's aggregates, so nothing is added again.

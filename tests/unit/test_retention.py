@@ -257,9 +257,47 @@ def test_nothing_of_a_job_outlives_a_short_retention_but_what_a_lookup_still_nee
     _charged(vq.store, job.id, JobStatus.SUCCEEDED)
     assert 590 <= redis_client.ttl(job_key(job.id)) <= 600
     assert 590 <= redis_client.ttl(client) <= 600  # the client job id: with the record
-    # The task claim: until no other job's lookup can see the task (its own deadline span).
-    span = (job.deadline_at - job.created_at).total_seconds()
-    assert span - 10 <= redis_client.ttl(claim) <= span + 1
+    # The task claim: until no other job's lookup can see the task (a deadline span, then
+    # FOLLOW_PAST_DEADLINE_S for a last lookup by a worker of that job's endpoint).
+    kept = retention.claim_after_end_s(job)
+    assert kept == 7200 + 172800 + retention.CLAIM_MARGIN_S
+    assert kept - 10 <= redis_client.ttl(claim) <= kept
+
+
+@pytest.mark.parametrize(
+    ("env", "deadline_s", "expected"),
+    [
+        ({}, 7200, 7200 + 172800),  # the defaults: JOB_RETENTION_S 30 days
+        ({"JOB_DEADLINE_S": "600", "FOLLOW_PAST_DEADLINE_S": "3600"}, 600, 600 + 3600),
+        # This process's JOB_DEADLINE_S is longer than the job's own span: another job's
+        # lookup may last that long.
+        ({"JOB_DEADLINE_S": "9000", "FOLLOW_PAST_DEADLINE_S": "3600"}, 600, 9000 + 3600),
+        # The job's own span is longer (a movie's scene, released late): its own.
+        ({"JOB_DEADLINE_S": "600", "FOLLOW_PAST_DEADLINE_S": "3600"}, 5000, 5000 + 3600),
+    ],
+)
+def test_a_task_claim_is_kept_after_the_end_as_long_as_a_lookup_may_see_it_whatever_the_retention(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], deadline_s: float, expected: int
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    vq = _queue(redis_client, job_deadline_s=deadline_s)
+    job = _stored(vq, VideoRequest(prompt="fox"))
+    walk_to(vq.store, job.id, JobStatus.RUNNING, provider_task_id="task-9")
+    claim = keys.task_claim_key(job.provider, "task-9")
+    assert redis_client.ttl(claim) > 6 * DAY_S  # while the job runs: 7 days from the create
+    _charged(vq.store, job.id, JobStatus.DOWNLOADING)
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.FAILED)
+    kept = expected + retention.CLAIM_MARGIN_S
+    assert retention.claim_after_end_s(job) == kept
+    assert kept - 10 <= redis_client.ttl(claim) <= kept
+    assert redis_client.ttl(job_key(job.id)) > kept  # the record stays for its retention
+    # A second end (`store retry`) never lengthens it.
+    redis_client.expire(claim, 100)
+    vq.store.transition(job.id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    vq.store.transition(job.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert 90 <= redis_client.ttl(claim) <= 100
 
 
 def test_a_retry_keeps_its_client_job_id_when_the_job_it_retries_ends_again(redis_client: Any) -> None:
