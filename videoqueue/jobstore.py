@@ -502,17 +502,6 @@ class JobStore:
         score: float | None = self.redis.zscore(keys.DUE_INDEX, job_id)  # type: ignore[assignment]
         return score
 
-    def mark_due(self, job_id: str, when: float) -> None:
-        """Record in the due index that the job's next step was sent, due at `when`.
-
-        One command instead of a compare-and-set of the record: this runs after every
-        message a step sends. XX: a job that went final meanwhile (and left the index in
-        its final transaction) is not put back."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.DUE_INDEX, {job_id: when}, xx=True)
-        pipe.zrem(keys.PARKED_INDEX, job_id)  # a message is on its way: nothing is parked
-        pipe.execute()
-
     def park(self, job_id: str, when: float) -> None:
         """Record that the job's next step is due at `when` but was not sent (the wait is
         longer than a countdown may be): the sweep sends it then (`unpark_due`). The
@@ -526,11 +515,6 @@ class JobStore:
         """When the job's parked step is due, or None if nothing is parked."""
         score: float | None = self.redis.zscore(keys.PARKED_INDEX, job_id)  # type: ignore[assignment]
         return score
-
-    def next_parked_at(self) -> float | None:
-        """When the earliest parked step is due, or None if nothing is parked."""
-        first: list[tuple[str, float]] = self.redis.zrange(keys.PARKED_INDEX, 0, 0, withscores=True)  # type: ignore[assignment]
-        return first[0][1] if first else None
 
     def unpark_due(self, when: float, limit: int = 1000) -> builtins.list[str]:
         """Take the jobs whose parked step is due by `when` out of the parked index and
