@@ -110,7 +110,8 @@ CLIENT_ID_TTL_S = 90 * 86400
 
 
 # A claim must outlast every lookup that could see its task: lookups search from a job's
-# first create intent, which is at most its deadline old.
+# first create intent, which is at most its deadline old. The job's final move shortens it
+# to what is left of that (retention.claim_after_end_s).
 TASK_CLAIM_TTL_S = 7 * 86400
 
 

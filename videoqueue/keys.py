@@ -58,7 +58,8 @@ def client_key(client_job_id: str) -> str:
 
 def task_claim_key(provider: str, task_id: str) -> str:
     """String: the one job id a provider's task belongs to. TTL: jobstore.TASK_CLAIM_TTL_S
-    (7 days)."""
+    (7 days), shortened at the job's final move to `retention.claim_after_end_s` (about
+    50 h at the defaults)."""
     return f"{PREFIX}task:{provider}:{task_id}"
 
 

@@ -147,7 +147,7 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     assert overhead["counts"]["succeeded"] == 100
     assert "vq@bench:client:{client}" not in {row["kind"] for row in overhead["queued"]["kinds"]}
     # What Redis holds is the compact stored form.
-    assert json.loads(document["finished"]["sample"]["record"])["v"] == 2
+    assert json.loads(document["finished"]["sample"]["record"])["v"] == 3
     assert json.loads(document["finished"]["sample"]["ledger_row"])["v"] == 2
 
 
