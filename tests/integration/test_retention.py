@@ -1,6 +1,7 @@
-"""Retention against real Redis, real workers and the simulator: final records, their
-inputs, ledger rows and index entries go JOB_RETENTION_S after the jobs end, the cost
-reports stay the same, and the archive in storage answers for the expired jobs."""
+"""Retention against real Redis, real workers and the simulator: final records (which hold
+their ledger entries), their inputs and index entries go JOB_RETENTION_S after the jobs
+end, the cost reports stay the same, and the archive in storage answers for the expired
+jobs."""
 
 from __future__ import annotations
 
@@ -94,9 +95,17 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     ids = [cancelled.id, *(j.id for j in paid)]
     assert 0 < _ttl(stack, job_key(paid[0].id)) <= int(RETENTION_S)
     assert 0 < _ttl(stack, input_key(paid[0].id, "first_frame")) <= int(RETENTION_S)
+    # No per-job ledger row nor index member: the records hold the entries (issue 18).
+    assert stack.keys(f"{keys.LEDGER_PREFIX}entry:*") == [] and stack.redis.zcard(keys.LEDGER_INDEX) == 0
     before = _costs(stack)
     assert before[("--by", "day")][-1]["jobs"] == 3
     assert [r["group"] for r in before[("--by", "tag")]] == ["(untagged)", "ads", "q4", "total"]
+    # `costs rebuild` while the records live: the manifests say what the records say.
+    for _ in range(2):
+        rebuilt = run(stack, "costs", "rebuild")
+        assert "added 0, changed 0, unchanged 3" in rebuilt.stdout, rebuilt.stdout
+        assert _costs(stack) == before
+    assert stack.redis.zcard(keys.LEDGER_INDEX) == 0
 
     def gone() -> bool:
         return not _per_job_keys(stack, ids) and not _index_entries(stack, ids)
