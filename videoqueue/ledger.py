@@ -140,7 +140,9 @@ _ROW_TIMES = ("settled_at", "submitted_at")
 
 
 def write_entry(pipe: Any, entry: LedgerEntry) -> None:
-    """Queue the writes of an entry on a MULTI pipeline (idempotent: NX, same score)."""
+    """Queue the writes of an entry's row on a MULTI pipeline (idempotent: NX, same score):
+    what versions before issue 18's item 2 wrote at the final move; a row of theirs still
+    reads and counts once (`ledger_days.ensure`, the sweep's walk)."""
     pipe.set(ledger_entry_key(entry.job_id), entry.to_store_json(), nx=True)
     pipe.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
 

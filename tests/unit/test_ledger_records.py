@@ -263,3 +263,26 @@ def test_a_row_a_rebuild_writes_for_a_live_record_outlives_it(redis_client: Any)
     assert redis_client.ttl(ledger_entry_key(job_id)) >= redis_client.ttl(job_key(job_id)) > RETENTION - 10
     assert Ledger(redis_client).entries() == [earlier]
     assert _report(redis_client, "day") == _expected([earlier], "day")
+
+
+def test_a_rebuild_runs_again_when_a_job_it_writes_for_moves_meanwhile(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vq = _queue(redis_client)
+    job_id = _ended(vq, "fox", ("ads",), JobStatus.FAILED)
+    vq.store.transition(job_id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    read = ledger._job_states
+    calls: list[int] = []
+
+    def moving(client: Any, ids: list[str]) -> list[ledger.JobState]:
+        calls.append(len(ids))
+        if len(calls) == 3:  # after the merge read the ledger, before it checks what it read
+            vq.store.transition(job_id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)  # the second end
+        return read(client, ids)
+
+    monkeypatch.setattr(ledger, "_job_states", moving)
+    diff = Ledger(redis_client).merge([], prune=True)  # its manifest not seen: pruned
+    assert len(calls) > 3  # ran again
+    assert [e.status for e in diff.missing] == ["succeeded"]  # what it removed: the entry after the move
+    assert _report(redis_client, "status") == [("total", 0, Decimal(0))]
+    assert Ledger(redis_client).entries() == []
