@@ -16,6 +16,7 @@ import pytest
 
 from producer import Settings, VideoQueue, VideoRequest
 from tests.unit.helpers import walk_to
+from tests.unit.test_stored_form import OLD_FAILED_IN_STORAGE
 from videoqueue import keys, ledger, ledger_days
 from videoqueue.budget_rebuild import rebuild_counters
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus
@@ -286,3 +287,25 @@ def test_a_rebuild_runs_again_when_a_job_it_writes_for_moves_meanwhile(
     assert [e.status for e in diff.missing] == ["succeeded"]  # what it removed: the entry after the move
     assert _report(redis_client, "status") == [("total", 0, Decimal(0))]
     assert Ledger(redis_client).entries() == []
+
+
+def test_a_record_and_row_an_earlier_version_wrote_still_work(redis_client: Any) -> None:
+    record = JobRecord.model_validate_json(OLD_FAILED_IN_STORAGE)
+    entry = LedgerEntry.of_record(record)
+    assert entry is not None and entry == LedgerEntry.for_job(record)
+    # As the version before wrote them: the record, its index, its row and its aggregate.
+    redis_client.set(job_key(record.id), OLD_FAILED_IN_STORAGE)
+    redis_client.zadd(keys.status_index("failed"), {record.id: record.created_at.timestamp()})
+    pipe = redis_client.pipeline()
+    write_entry(pipe, entry)
+    ledger_days.add(pipe, entry)
+    ledger_days.expire_row(pipe, entry, RETENTION)
+    pipe.set(keys.LEDGER_DAYS_VERSION, ledger_days.VERSION)
+    pipe.execute()
+    assert Ledger(redis_client).entries() == [entry]
+    assert Ledger(redis_client).merge([entry]).unchanged == 1
+    store = JobStore(redis_client)
+    store.transition(record.id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    store.transition(record.id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert [(e.status, e.settled_at) for e in Ledger(redis_client).entries()] == [("succeeded", entry.settled_at)]
+    assert _report(redis_client, "status") == [("succeeded", 1, COST), ("total", 1, COST)]
