@@ -286,7 +286,7 @@ def measure(stack: BenchStack, quick: bool, name: str) -> dict[str, Any]:
         },
         "notes": [
             f"record JSON {queued.get('record_json_bytes')} B queued, {finished.get('record_json_bytes')} B "
-            f"finished; ledger row JSON {finished.get('ledger_row_json_bytes')} B",
+            f"finished; ledger row JSON {finished.get('ledger_row_json_bytes', '(none: no per-job row)')} B",
             f"per queued job {queued['store_bytes_per_job']} B (target {TARGET_QUEUED_B}: "
             f"{'met' if met_q else 'not met'}), per finished job {finished['store_bytes_per_job']} B "
             f"(target {TARGET_FINISHED_B}: {'met' if met_f else 'not met'}); jobs by status {counts}",

@@ -5,8 +5,10 @@ For counters kept before every job counted (only budgets with a cap were counted
 after Redis lost them, or after `videoqueue costs rebuild` changed the ledger. Active jobs
 are also given every counter key, so that their end settles what the rebuild reserved.
 
-Per-job ledger rows expire JOB_RETENTION_S after their job settled (videoqueue.retention),
-so spent is never lowered below what the ledger still knows:
+A job's ledger entry is kept per job only while its record (or a per-job row) lives
+(`ledger.read_ledger`): JOB_RETENTION_S after its end (videoqueue.retention).
+"Rows" below are these per-job entries. So spent is never lowered below what the ledger
+still knows:
 
 - **Tag counters** (all time): spent from the ledger's day aggregates (videoqueue.ledger_days,
   part `g`, metric `act`, every day, provider, model and status), which outlive the rows; or
@@ -48,8 +50,8 @@ from videoqueue.budget import (
 )
 from videoqueue.job import JobRecord, utcnow
 from videoqueue.jobstore import active_index_keys
-from videoqueue.keys import budget_counter_key, job_key, ledger_day_key, ledger_entry_key
-from videoqueue.ledger import LedgerEntry
+from videoqueue.keys import budget_counter_key, job_key, ledger_day_key
+from videoqueue.ledger import LedgerEntry, read_ledger
 
 # Slack on the recount cut-off: clocks of hosts and Redis apart, a TTL set a moment after
 # the settlement time it is counted from.
@@ -220,10 +222,7 @@ def rebuild_counters(
         # First, so that the WATCH on the day hashes also covers a row changed in place
         # (`costs rebuild` restates its day's aggregates with it) while the rows are read.
         tag_spent, jobs_per_day = _aggregates(pipe)
-        entry_ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
-        entries = [
-            LedgerEntry.model_validate_json(r) for r in _read_all(pipe, [ledger_entry_key(i) for i in entry_ids]) if r
-        ]
+        entries = list(read_ledger(pipe).values())
 
         # Entries written before they recorded their submission: the job's record, if kept.
         undated = [e.job_id for e in entries if e.submitted_at is None]

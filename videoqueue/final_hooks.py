@@ -25,9 +25,9 @@ from typing import Any
 
 from videoqueue import inputs, keys, ledger_days, movies, retention, room, stats, webhooks
 from videoqueue.budget import settle
-from videoqueue.job import JobRecord, JobStatus
+from videoqueue.job import JobRecord
 from videoqueue.keys import ledger_entry_key
-from videoqueue.ledger import LedgerEntry, write_entry
+from videoqueue.ledger import REMOVED, LedgerEntry
 
 Writes = Callable[[Any], None]
 """Commands a hook queues on the recorder of the final move (`movescript.Writes`)."""
@@ -42,15 +42,13 @@ def first_end(before: JobRecord) -> bool:
 
 
 def ledger_entry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
-    """The ledger entry of a job the provider charged (videoqueue.ledger). A second end
-    keeps the entry's amount and day and restates only the status the job ended in."""
+    """The job's ledger entry (videoqueue.ledger) is its record's (`LedgerEntry.of_record`):
+    a first end writes no row. A second end restates the status it ends in in a per-job
+    row that a `costs rebuild` or an earlier version wrote, if the job has one."""
     if first_end(before):
-        entry = LedgerEntry.for_job(after)
-        if entry is None:
-            return None
-        return lambda multi: write_entry(multi, entry)
+        return None
     earlier: str | None = pipe.get(ledger_entry_key(after.id))
-    if not earlier:
+    if not earlier:  # none, or REMOVED
         return None
     restated = LedgerEntry.model_validate_json(earlier).model_copy(update={"status": after.status.value})
     return lambda multi: multi.set(ledger_entry_key(after.id), restated.to_store_json())
@@ -88,26 +86,24 @@ def inputs_release(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | N
 
 
 def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
-    """Add the job's cost to the ledger's day aggregates (videoqueue.ledger_days), with its
-    ledger entry; a second end moves them to the status it ends in now. An entry a rebuild
-    (`costs rebuild`, from the manifest written before this move) already stored was counted
-    then: not again."""
-    row = ledger_entry_key(after.id)
-    earlier: str | None = pipe.get(row)  # checked by the move: a rebuild writing it now makes it run again
+    """Add the job's cost to the ledger's day aggregates (videoqueue.ledger_days); a second
+    end moves them to the status it ends in now. A first end reads nothing: `costs rebuild`
+    counts no job whose record lives unsettled (`Ledger.merge`), so no one counted this
+    one before. A second end restates the entry counted: the job's row if it has one (a
+    rebuild's or an earlier version's, read and checked by the move; `REMOVED`: none),
+    else the one its record gave before the move (`LedgerEntry.of_record`: its first end,
+    `failed`)."""
     if first_end(before):
         entry = LedgerEntry.for_job(after)
-        if entry is None or earlier:
+        if entry is None:
             return None
         return lambda multi: ledger_days.add(multi, entry)
-    if earlier:
-        old = LedgerEntry.model_validate_json(earlier)
-    else:
-        # The row expired while the job was reopened: a second end follows a `failed` one,
-        # settled at the first end (ledger_entry keeps the day and amounts).
-        first = LedgerEntry.for_job(after)
-        if first is None or before.settled_at is None:
-            return None
-        old = first.model_copy(update={"status": JobStatus.FAILED.value, "settled_at": before.settled_at})
+    earlier: str | None = pipe.get(ledger_entry_key(after.id))
+    if earlier == REMOVED:
+        return None
+    old = LedgerEntry.model_validate_json(earlier) if earlier else LedgerEntry.of_record(before)
+    if old is None:
+        return None
     new = old.model_copy(update={"status": after.status.value})
     return lambda multi: ledger_days.restate(multi, old, new)
 
@@ -132,10 +128,10 @@ def movie_advance(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | No
 
 
 def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
-    """Let the record, its ledger row and its legacy input keys expire JOB_RETENTION_S from
-    now (videoqueue.retention); a second end renews it. The task claim and the client job id
-    key are shortened to it (`retention.expire_links`). Last: the writes before it (the
-    record, a restated ledger row) clear a TTL."""
+    """Let the record, its ledger row if it has one and its legacy input keys expire
+    JOB_RETENTION_S from now (videoqueue.retention); a second end renews it. The task claim
+    and the client job id key are shortened to it (`retention.expire_links`). Last: the
+    writes before it (the record, a restated ledger row) clear a TTL."""
     seconds = retention.retention_s()
     if seconds <= 0:
         return None

@@ -1,11 +1,16 @@
-"""The cost ledger: one entry per job that cost money, written in the same transaction
+"""The cost ledger: one entry per job that cost money, counted in the same transaction
 that moves the job to its final status (so never twice, whatever the redelivery), and
 the reports built from it: what we spent by day, month, provider, model, tag or status.
 
-Each entry is also in the job's manifest in storage, so `videoqueue costs rebuild` can
-bring the ledger back after Redis loses it. The per-job rows follow the job records'
-retention (JOB_RETENTION_S); reports read the per-day aggregates, which stay
-(videoqueue.ledger_days).
+Reports read the per-day aggregates (videoqueue.ledger_days), which the final move adds
+to and which stay. A job's own entry is not stored beside its record (issue 18: no fact
+stored twice): while the record lives (JOB_RETENTION_S after its end) the entry is derived
+from it (`LedgerEntry.of_record`). A per-job row `ledger:entry:<id>` (listed in
+`ledger:index`) exists only where the record cannot give it: written by a version before
+this one, or by `videoqueue costs rebuild` (an entry the manifest states otherwise than
+the record, a job whose record is gone, a pruned job's marker `REMOVED`); a row wins over
+the record and follows the same retention. Each entry is also in the job's manifest in
+storage, so `videoqueue costs rebuild` can bring the ledger back after Redis loses it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from videoqueue import keys, ledger_days, retention, stats, storedform
 from videoqueue.budget import to_micro
-from videoqueue.job import JobRecord, Usd
-from videoqueue.keys import ledger_entry_key
+from videoqueue.job import JobRecord, JobStatus, Usd
+from videoqueue.keys import job_key, ledger_entry_key
+
+REMOVED = ""
+"""The value of a per-job row that says the job counts in no ledger (a `costs rebuild
+--prune` removed it while its record lives): the record's entry is not derived."""
 
 UNTAGGED = "(untagged)"
 TOTAL = "total"
@@ -105,6 +114,18 @@ class LedgerEntry(BaseModel):
             submitted_at=record.created_at,
         )
 
+    @classmethod
+    def of_record(cls, record: JobRecord) -> LedgerEntry | None:
+        """The entry the ledger holds for a job while its record lives, derived from it:
+        the one its first end counted (`for_job`, settled at `settled_at`), in the status it
+        ended in; `failed` while `videoqueue store retry` has reopened it (only a failed job
+        is). None for a job not settled (running, or ended before records kept
+        `settled_at`: those have a row) or that the provider charged nothing."""
+        if record.settled_at is None:
+            return None
+        status = record.status if record.status.is_final else JobStatus.FAILED
+        return cls.for_job(record.model_copy(update={"status": status, "finished_at": record.settled_at}))
+
 
 # What the compact stored form leaves out: a field absent there reads as this value.
 _ROW_DEFAULTS: dict[str, Any] = {
@@ -119,7 +140,9 @@ _ROW_TIMES = ("settled_at", "submitted_at")
 
 
 def write_entry(pipe: Any, entry: LedgerEntry) -> None:
-    """Queue the writes of an entry on a MULTI pipeline (idempotent: NX, same score)."""
+    """Queue the writes of an entry's row on a MULTI pipeline (idempotent: NX, same score):
+    what versions before issue 18's item 2 wrote at the final move; a row of theirs still
+    reads and counts once (`ledger_days.ensure`, the sweep's walk)."""
     pipe.set(ledger_entry_key(entry.job_id), entry.to_store_json(), nx=True)
     pipe.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
 
@@ -141,18 +164,11 @@ class Ledger:
         self.redis = client
 
     def entries(self, since: date | None = None, until: date | None = None) -> list[LedgerEntry]:
-        """Entries settled from `since` through `until` (UTC days, both inclusive) whose
-        per-job rows are still stored (they expire with their jobs: JOB_RETENTION_S)."""
-        low = str(datetime.combine(since, time.min, UTC).timestamp()) if since else "-inf"
-        # "(" makes the bound exclusive: up to, not including, the day after `until`.
-        high = f"({datetime.combine(until + timedelta(days=1), time.min, UTC).timestamp()}" if until else "+inf"
-        ids: list[str] = self.redis.zrangebyscore(keys.LEDGER_INDEX, low, high)  # type: ignore[assignment]
-        entries: list[LedgerEntry] = []
-        for start in range(0, len(ids), 500):
-            batch = ids[start : start + 500]
-            raws: list[str | None] = self.redis.mget([ledger_entry_key(i) for i in batch])  # type: ignore[assignment]
-            entries.extend(LedgerEntry.model_validate_json(r) for r in raws if r)
-        return entries
+        """Entries settled from `since` through `until` (UTC days, both inclusive) that are
+        still stored: derived from the job records (until they expire: JOB_RETENTION_S) or
+        read from per-job rows (`read_ledger`); by settlement time, then job id."""
+        found = read_ledger(self.redis, since, until).values()
+        return sorted(found, key=lambda e: (e.settled_at, e.job_id))
 
     def report(
         self,
@@ -170,7 +186,7 @@ class Ledger:
         Raises ValueError for an unknown `by`."""
         if by not in GROUPS:
             raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(GROUPS)}")
-        ledger_days.ensure(self.redis, read_entries, retention.retention_s())
+        ensure_days(self.redis, retention.retention_s())
         rows = ledger_days.report_rows(self.redis, since, until, provider=provider, model=model, tag=tag, status=status)
         return [
             CostRow(group=group, jobs=jobs, estimate_usd=est, actual_usd=act, difference_usd=act - est)
@@ -189,37 +205,52 @@ class Ledger:
         replace those that differ; keep every entry not found, unless `prune` removes them.
         With `dry_run` nothing is written. Returns what differed (or was changed).
 
-        The day aggregates (videoqueue.ledger_days) change with every row added, changed or
-        pruned. An entry without a row that was settled longer than `retention_s` ago
-        (default JOB_RETENTION_S) and whose day has aggregates is counted there already (its
-        row expired): it is `unchanged`, not added again (`ledger_days.counted_without_row`).
-        A row added back expires when it would have; one past that is not written, its
-        amounts go to the aggregates only."""
+        The ledger's entries are those `read_ledger` gives (records, rows). The day
+        aggregates (videoqueue.ledger_days) change with every entry added, changed or
+        pruned, each counted once:
+
+        - a job whose record lives but is not settled yet (its manifest is written before
+          its final move) is `pending`: its final move counts it, not the merge;
+        - an entry whose job has neither record nor row, settled longer than `retention_s`
+          ago (default JOB_RETENTION_S), whose day has aggregates, is counted there
+          already (its record expired): `unchanged` (`ledger_days.counted_without_row`);
+        - an entry added or changed gets a row (the record, if it lives, would say
+          otherwise); it expires when the job's would have, and never before the job's
+          record (else the record's entry would show again); one past that is not written,
+          its amounts go to the aggregates only;
+        - a pruned entry whose record lives is marked `REMOVED` in its row.
+
+        One transaction: WATCHing the ledger index and the days, and the records of the
+        jobs it writes for (a move of one of them meanwhile makes it run again)."""
         by_id = {entry.job_id: entry for entry in found}
         keep_s = retention_s if retention_s is not None else retention.retention_s()
-        ledger_days.ensure(self.redis, read_entries, keep_s)
+        ensure_days(self.redis, keep_s)
 
         result: list[LedgerDiff] = []
 
         def write(pipe: Any) -> None:
             result.clear()
             now = time_now()
-            ids: list[str] = pipe.zrange(keys.LEDGER_INDEX, 0, -1)
-            current = {e.job_id: e for e in read_entries(pipe, ids)}
-            # Rows expired with their jobs still count in the day aggregates: not added again.
-            counted = ledger_days.counted_without_row(
-                pipe, [e for i, e in by_id.items() if i not in current], keep_s, now
-            )
+            current, seen = _read_ledger(pipe, None, None)
+            fresh = [i for i in by_id if i not in current]
+            for job_id, state in zip(fresh, _job_states(pipe, fresh), strict=True):
+                seen[job_id] = state
+            pending = [by_id[i] for i in fresh if _unsettled(seen[i][1])]
+            gone = [by_id[i] for i in fresh if seen[i][1] is None]
+            # Records expired with their jobs still count in the day aggregates: not added again.
+            counted = ledger_days.counted_without_row(pipe, gone, keep_s, now)
+            waiting = {e.job_id for e in pending}
             missing = [e for i, e in current.items() if i not in by_id]
-            after = {**current, **by_id}
+            after = {**current, **{i: e for i, e in by_id.items() if i not in waiting}}
             if prune:
                 for entry in missing:
                     del after[entry.job_id]
             diff = LedgerDiff(
-                added=[e for i, e in by_id.items() if i not in current and i not in counted],
+                added=[by_id[i] for i in fresh if i not in counted and i not in waiting],
                 changed=[(current[i], e) for i, e in by_id.items() if i in current and current[i] != e],
                 unchanged=sum(1 for i, e in by_id.items() if current.get(i) == e or i in counted),
                 missing=missing,
+                pending=pending,
                 pruned=prune and not dry_run,
                 before_jobs=len(current),
                 before_usd=sum((e.actual_usd for e in current.values()), Decimal(0)),
@@ -229,28 +260,36 @@ class Ledger:
             result.append(diff)
             if dry_run:
                 return
+            touched = [e.job_id for e in diff.added] + [new.job_id for _old, new in diff.changed]
+            touched += [e.job_id for e in diff.missing] if diff.pruned else []
+            if touched:
+                # Read before the WATCH: read again after it, so a move in between is seen too.
+                pipe.watch(*(job_key(i) for i in touched))
+                if _job_states(pipe, touched) != [seen[i] for i in touched]:
+                    raise redis.WatchError("a job of the merge moved meanwhile")
+            lives = {i for i in touched if seen[i][1] is not None}
             pipe.multi()
             for entry in diff.added:
-                # A row past its retention is not written back: its amounts go to the aggregates only.
-                if ledger_days.row_alive(entry, keep_s, now):
-                    write_entry(pipe, entry)
-                    ledger_days.expire_row(pipe, entry, keep_s)
+                if entry.job_id in lives or ledger_days.row_alive(entry, keep_s, now):
+                    _write_row(
+                        pipe, entry, entry.to_store_json(), retention_s=keep_s, now=now, lives=entry.job_id in lives
+                    )
                 ledger_days.add(pipe, entry)
                 stats.add_cost(
                     pipe, entry.provider, entry.model, to_micro(entry.estimate_usd), to_micro(entry.actual_usd)
                 )
             for old, new in diff.changed:
                 _unindex(pipe, old)
-                pipe.set(ledger_entry_key(new.job_id), new.to_store_json())
-                pipe.zadd(keys.LEDGER_INDEX, {new.job_id: new.settled_at.timestamp()})
-                ledger_days.expire_row(pipe, new, keep_s)
+                _write_row(pipe, new, new.to_store_json(), retention_s=keep_s, now=now, lives=new.job_id in lives)
                 ledger_days.add(pipe, new)
                 stats.add_cost(pipe, new.provider, new.model, to_micro(new.estimate_usd), to_micro(new.actual_usd))
             if diff.pruned:
                 for entry in diff.missing:
                     _unindex(pipe, entry)
+                    if entry.job_id in lives:
+                        _write_row(pipe, entry, REMOVED, retention_s=keep_s, now=now, lives=True)
 
-        self.redis.transaction(write, keys.LEDGER_INDEX)
+        self.redis.transaction(write, keys.LEDGER_INDEX, keys.LEDGER_DAYS)
         return result[0]
 
 
@@ -261,6 +300,7 @@ class LedgerDiff(BaseModel):
     changed: list[tuple[LedgerEntry, LedgerEntry]]  # (ledger's, storage's)
     unchanged: int
     missing: list[LedgerEntry]  # in the ledger only: their manifests were not seen
+    pending: list[LedgerEntry] = []  # of jobs not ended yet: their final move counts them
     pruned: bool  # whether the missing entries were removed
 
     # The ledger before, and after (as written, or as it would be without dry run).
@@ -271,7 +311,8 @@ class LedgerDiff(BaseModel):
 
 
 def read_entries(client: Any, ids: list[str]) -> list[LedgerEntry]:
-    """The rows of `ids` still stored (a client, or a pipeline before MULTI), in batches."""
+    """The per-job rows of `ids` still stored (a client, or a pipeline before MULTI), in
+    batches; `REMOVED` markers are skipped. Rows only: see `read_ledger` for the ledger."""
     entries: list[LedgerEntry] = []
     for start in range(0, len(ids), 500):
         raws: list[str | None] = client.mget([ledger_entry_key(i) for i in ids[start : start + 500]])
@@ -279,9 +320,85 @@ def read_entries(client: Any, ids: list[str]) -> list[LedgerEntry]:
     return entries
 
 
+def read_ledger(client: Any, since: date | None = None, until: date | None = None) -> dict[str, LedgerEntry]:
+    """Job id -> the ledger entry of every job settled from `since` through `until` (UTC
+    days, both inclusive; None: unbounded) still stored, read with `client` (a client, or
+    a pipeline before MULTI): each job's row if it has one (`REMOVED`: none), else the one
+    its record gives (`LedgerEntry.of_record`). Reads the ledger index and every job index
+    (records of jobs created up to `until`), the rows and the records, in batches."""
+    return _read_ledger(client, since, until)[0]
+
+
+def ensure_days(client: redis.Redis, retention_s: int) -> bool:
+    """`ledger_days.ensure` with this ledger's readers: the rows, and (retention 0: the
+    aggregates recounted) every entry (`read_ledger`). True when it wrote."""
+    return ledger_days.ensure(client, read_entries, retention_s, lambda pipe: read_ledger(pipe).values())
+
+
 def time_now() -> float:
     """Epoch seconds now (a function, so tests can move the clock)."""
     return datetime.now(UTC).timestamp()
+
+
+JobState = tuple[str | None, str | None]
+"""A job as the ledger reads it: (its row, its record), raw; None where there is none."""
+
+
+def _job_states(client: Any, ids: list[str]) -> list[JobState]:
+    """The row and record of each of `ids`, in order, in batches."""
+    states: list[JobState] = []
+    for start in range(0, len(ids), 250):
+        batch = ids[start : start + 250]
+        raws: list[str | None] = client.mget([k for i in batch for k in (ledger_entry_key(i), job_key(i))])
+        states.extend(zip(raws[0::2], raws[1::2], strict=True))
+    return states
+
+
+def _entry_of(state: JobState) -> LedgerEntry | None:
+    row, record = state
+    if row is not None:
+        return LedgerEntry.model_validate_json(row) if row != REMOVED else None
+    return LedgerEntry.of_record(JobRecord.from_store_json(record)) if record else None
+
+
+def _unsettled(record: str | None) -> bool:
+    """Whether a stored record is of a job not settled yet (its final move will count it)."""
+    return record is not None and JobRecord.from_store_json(record).settled_at is None
+
+
+def _read_ledger(
+    client: Any, since: date | None, until: date | None
+) -> tuple[dict[str, LedgerEntry], dict[str, JobState]]:
+    """`read_ledger`, and the state read of every job looked at."""
+    low = datetime.combine(since, time.min, UTC).timestamp() if since else float("-inf")
+    high = datetime.combine(until + timedelta(days=1), time.min, UTC).timestamp() if until else float("inf")
+    # Settled after it was created: a job settled by `high` was created before it.
+    bound = f"({high}" if until else "+inf"
+    ids: dict[str, None] = dict.fromkeys(client.zrangebyscore(keys.LEDGER_INDEX, f"{low}" if since else "-inf", bound))
+    for status in JobStatus:
+        ids.update(dict.fromkeys(client.zrangebyscore(keys.status_index(status.value), "-inf", bound)))
+    order = list(ids)
+    states = dict(zip(order, _job_states(client, order), strict=True))
+    entries: dict[str, LedgerEntry] = {}
+    for job_id, state in states.items():
+        entry = _entry_of(state)
+        if entry is not None and low <= entry.settled_at.timestamp() < high:
+            entries[job_id] = entry
+    return entries, states
+
+
+def _write_row(pipe: Any, entry: LedgerEntry, value: str, *, retention_s: int, now: float, lives: bool) -> None:
+    """Queue a per-job row written by a rebuild (`value`: the entry, or `REMOVED`), indexed
+    by its settlement: it expires as the job's would have (`ledger_days.expire_row`), and
+    not before the job's record if that lives (which expires at most `retention_s` from
+    now: its last move's TTL, or the sweep's from its end); nothing expires with retention 0."""
+    pipe.set(ledger_entry_key(entry.job_id), value)
+    pipe.zadd(keys.LEDGER_INDEX, {entry.job_id: entry.settled_at.timestamp()})
+    if lives and retention_s > 0:
+        until = max(entry.settled_at.timestamp(), now) + retention_s
+        pipe.expireat(ledger_entry_key(entry.job_id), int(until) + 1)
+    else:
+        ledger_days.expire_row(pipe, entry, retention_s)
 
 
 def _unindex(pipe: Any, entry: LedgerEntry) -> None:

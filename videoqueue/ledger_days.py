@@ -9,8 +9,9 @@ One hash per day (`keys.ledger_day_key`), three parts:
 - `u`: the untagged jobs (the `(untagged)` row of `--by tag`).
 
 Each with `jobs` and the estimate, actual and uncertain amounts in integer micro-dollars.
-They are written in the transaction that writes (or changes) the per-job row: the final
-move's hook (`add` / `restate`), `Ledger.merge` (`costs rebuild`). A deployment upgraded
+They are written in the transaction that settles (or changes) the job's entry: the final
+move's hook (`add` / `restate`; the entry is the record's, no per-job row is written),
+`Ledger.merge` (`costs rebuild`, with the per-job row it writes). A deployment upgraded
 with rows but no aggregates gets them once from its rows (`ensure`: idempotent, marked by
 `keys.LEDGER_DAYS_VERSION` in the same transaction).
 
@@ -80,11 +81,13 @@ def restate(pipe: Any, old: Any, new: Any) -> None:
     add(pipe, new)
 
 
-def ensure(client: redis.Redis, load: Any, retention_s: int) -> bool:
+def ensure(client: redis.Redis, load: Any, retention_s: int, load_all: Any = None) -> bool:
     """Backfill the aggregates from the per-job rows once (a deployment upgraded with rows and
-    no aggregates); True when it wrote. `load(pipe, ids)` reads the LedgerEntry of each id
-    (`ledger.read_entries`). One transaction, WATCHing the ledger index, sets the version
-    marker with what it writes, so it runs once.
+    no aggregates); True when it wrote. `load(pipe, ids)` reads the LedgerEntry of each id's
+    row (`ledger.read_entries`), `load_all(pipe)` every entry of the ledger, rows and those
+    the records give (`ledger.read_ledger`; None: the rows of the index). One transaction,
+    WATCHing the ledger index and days, sets the version marker with what it writes, so it
+    runs once.
 
     Which rows it counts: with a retention (`retention_s` > 0) a row counts in the
     aggregates exactly when it has a TTL: the final hook, `costs rebuild` and this backfill
@@ -92,8 +95,9 @@ def ensure(client: redis.Redis, load: Any, retention_s: int) -> bool:
     adds the rows without a TTL and gives each its TTL (settlement + retention; a row past
     that goes now, its amounts stay), whatever final moves counted meanwhile; rows an old
     worker writes later (a rolling upgrade) are counted the same way by the sweep
-    (videoqueue.retention). With retention 0 no row ever expires: the aggregates are
-    recomputed from all rows."""
+    (videoqueue.retention); a job ended by this version has no row, its move counted it.
+    With retention 0 nothing ever expires: the aggregates are recomputed from every entry
+    (`load_all`)."""
     if client.get(keys.LEDGER_DAYS_VERSION) == VERSION:
         return False
 
@@ -112,7 +116,7 @@ def ensure(client: redis.Redis, load: Any, retention_s: int) -> bool:
             ids = [i for i, ttl in zip(ids, ttls, strict=True) if ttl == -1]
         elif days:
             pipe.watch(*(ledger_day_key(d) for d in days))
-        entries = load(pipe, ids)
+        entries = list(load_all(pipe)) if retention_s <= 0 and load_all is not None else load(pipe, ids)
         pipe.multi()
         if retention_s <= 0:
             for day in days:
@@ -123,17 +127,19 @@ def ensure(client: redis.Redis, load: Any, retention_s: int) -> bool:
         pipe.set(keys.LEDGER_DAYS_VERSION, VERSION)
         return True
 
-    wrote: bool = client.transaction(write, keys.LEDGER_INDEX, keys.LEDGER_DAYS_VERSION, value_from_callable=True)  # type: ignore[arg-type, assignment]
+    watched = (keys.LEDGER_INDEX, keys.LEDGER_DAYS, keys.LEDGER_DAYS_VERSION)
+    wrote: bool = client.transaction(write, *watched, value_from_callable=True)  # type: ignore[arg-type, assignment]
     return wrote
 
 
 def counted_without_row(pipe: Any, entries: Iterable[Any], retention_s: int, now: float) -> set[str]:
     """Inside a WATCHed transaction, before MULTI: the job ids of `entries` (found in storage,
-    without a per-job row) that the aggregates already count. The rule: a row expires
-    JOB_RETENTION_S after the job's end, so an entry settled longer ago than that whose day
-    has aggregates was counted when it ended (its row expired, its amounts stayed); a more
-    recent one without a row was never counted (Redis lost it) and is added. A day with no
-    aggregates at all (Redis lost them too) is added whole."""
+    with neither a per-job row nor a job record) that the aggregates already count. The rule:
+    a record (and a row) expires JOB_RETENTION_S after the job's end, so an entry settled
+    longer ago than that whose day has aggregates was counted when it ended (its record
+    expired, its amounts stayed); a more recent one without either was never counted (Redis
+    lost it) and is added. A day with no aggregates at all (Redis lost them too) is added
+    whole."""
     if retention_s <= 0:
         return set()
     old = [e for e in entries if e.settled_at.timestamp() + retention_s <= now]

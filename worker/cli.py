@@ -147,6 +147,8 @@ def costs_rebuild(
         f"added {len(diff.added)}, changed {len(diff.changed)}, unchanged {diff.unchanged}, "
         f"missing from storage {len(diff.missing)} ({kept})\n"
     )
+    if diff.pending:
+        sys.stdout.write(f"pending {len(diff.pending)}: jobs not ended yet, their final move counts them\n")
     for entry in diff.added:
         sys.stdout.write(f"  added     {entry.job_id} ${entry.actual_usd:.4f} {entry.status}\n")
     for old, new in diff.changed:

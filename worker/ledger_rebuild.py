@@ -1,7 +1,9 @@
 """Rebuild the cost ledger from the manifests in storage, after Redis lost (some of) it.
 
 A merge: entries whose manifests are found are added (or, if they differ, replaced by the
-manifest's); entries whose manifests are not found stay, unless the caller prunes them.
+manifest's); entries whose manifests are not found stay, unless the caller prunes them; a
+job still running whose manifest is already written is left to its final move
+(videoqueue.ledger, `Ledger.merge`).
 The storage read is the one STORAGE_URL names in the caller's settings, which may not be
 the one the workers write to: the result says which it was. Several deployments
 (namespaces) may write to one storage (the default `./videos` folder above all): only the

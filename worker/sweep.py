@@ -13,10 +13,10 @@ from typing import Any
 from celery import Celery
 from redis.exceptions import LockError, RedisError
 
-from videoqueue import inputs, keys, ledger_days, movies, retention
+from videoqueue import inputs, keys, movies, retention
 from videoqueue.job import TASK_ADMIT, TASK_DELIVER, TASK_MOVIE_ADVANCE, TASK_SUBMIT, TASK_UNPARK
 from videoqueue.jobstore import JobStore
-from videoqueue.ledger import read_entries
+from videoqueue.ledger import ensure_days
 from videoqueue.limits import ProviderLimits
 from videoqueue.parking import Parking
 from videoqueue.queues import broker_timing
@@ -111,7 +111,7 @@ def trim_expired(store: JobStore, settings: Settings) -> retention.TrimReport:
     RETENTION_SWEEP_BATCH a tick (videoqueue.retention); drop the stale index of all jobs an
     earlier version kept."""
     retention.drop_legacy_all_index(store.redis)
-    ledger_days.ensure(store.redis, read_entries, settings.job_retention_s)
+    ensure_days(store.redis, settings.job_retention_s)
     return retention.trim(store.redis, settings.job_retention_s, time.time(), settings.retention_sweep_batch)
 
 

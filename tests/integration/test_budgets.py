@@ -121,11 +121,11 @@ def test_costs_rebuild_merges_and_never_drops_what_the_storage_it_reads_lacks(
     partial.mkdir()
     for job_id in ids[:3]:
         shutil.copy(workers_storage / f"{job_id}.json", partial / f"{job_id}.json")
-    # Redis lost one that storage has, with the day totals written in the same transaction
-    # (left in them, the merge would count it twice there, and `budget rebuild` reads them).
+    # Redis lost one that storage has: its record (which holds its ledger entry), with the
+    # day totals written in the same transaction (left in them, the merge would count it
+    # twice there, and `budget rebuild` reads them).
     lost = local_stack.redis.pipeline(transaction=True)
-    lost.delete(keys.ledger_entry_key(ids[0]))
-    lost.zrem(keys.LEDGER_INDEX, ids[0])
+    lost.delete(keys.job_key(ids[0]))
     ledger_days.add(lost, next(e for e in before if e.job_id == ids[0]), -1)
     lost.execute()
     shell = {"STORAGE_URL": f"file://{partial}"}

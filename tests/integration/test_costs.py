@@ -190,7 +190,8 @@ def test_costs_rebuild_from_storage_reproduces_the_ledger_exactly(backend: str, 
     assert len(before) == 6  # 5 succeeded + 1 cancelled after the provider charged; the failed one cost nothing
     assert {e.status for e in before} == {"succeeded", "cancelled"}
 
-    for key in stack.keys(f"{keys.LEDGER_PREFIX}*"):
+    # Redis lost the ledger and the job records (which hold their jobs' entries).
+    for key in stack.keys(f"{keys.LEDGER_PREFIX}*") + [keys.job_key(e.job_id) for e in before]:
         stack.redis.delete(key)
     assert ledger.entries() == []
     rebuilt = run(stack, "costs", "rebuild")

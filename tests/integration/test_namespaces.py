@@ -53,7 +53,7 @@ def test_every_key_of_a_deployment_carries_its_namespace(local_stack: Stack) -> 
     jobs = vq.submit_many([VideoRequest(prompt=f"keyed {i}", tags=("ns",)) for i in range(2)])
     assert all(r.status is JobStatus.SUCCEEDED for r in vq.wait([j.id for j in jobs], timeout=60))
     names: list[str] = local_stack.redis.keys("*")  # type: ignore[assignment]
-    assert {keys.status_index("succeeded"), keys.STATS_JOBS, keys.LEDGER_INDEX} <= {
+    assert {keys.status_index("succeeded"), keys.STATS_JOBS, keys.LEDGER_DAYS} <= {
         k for k in names if k.startswith(keys.PREFIX)
     }
     assert [k for k in names if k.startswith(("vq:", "vq."))] == []  # the `default` deployment's names

@@ -1,6 +1,7 @@
-"""Retention against real Redis, real workers and the simulator: final records, their
-inputs, ledger rows and index entries go JOB_RETENTION_S after the jobs end, the cost
-reports stay the same, and the archive in storage answers for the expired jobs."""
+"""Retention against real Redis, real workers and the simulator: final records (which hold
+their ledger entries), their inputs and index entries go JOB_RETENTION_S after the jobs
+end, the cost reports stay the same, and the archive in storage answers for the expired
+jobs."""
 
 from __future__ import annotations
 
@@ -100,9 +101,17 @@ def test_final_records_expire_and_the_ledger_and_archive_remain(short_retention:
     kept = retention.claim_after_end_s(done[0])
     assert kept == 7200 + 172800 + retention.CLAIM_MARGIN_S
     assert all(kept - 60 <= _ttl(stack, claim) <= kept for claim in claims)
+    # No per-job ledger row nor index member: the records hold the entries (issue 18).
+    assert stack.keys(f"{keys.LEDGER_PREFIX}entry:*") == [] and stack.redis.zcard(keys.LEDGER_INDEX) == 0
     before = _costs(stack)
     assert before[("--by", "day")][-1]["jobs"] == 3
     assert [r["group"] for r in before[("--by", "tag")]] == ["(untagged)", "ads", "q4", "total"]
+    # `costs rebuild` while the records live: the manifests say what the records say.
+    for _ in range(2):
+        rebuilt = run(stack, "costs", "rebuild")
+        assert "added 0, changed 0, unchanged 3" in rebuilt.stdout, rebuilt.stdout
+        assert _costs(stack) == before
+    assert stack.redis.zcard(keys.LEDGER_INDEX) == 0
 
     def gone() -> bool:
         return not _per_job_keys(stack, ids) and not _index_entries(stack, ids)

@@ -54,7 +54,7 @@ def finish(store: JobStore, job_id: str, status: JobStatus, cost: Decimal | None
     return walk_to(store, job_id, status, cost_usd=cost, billed_units=103818 if cost else None)
 
 
-def test_a_final_move_writes_one_ledger_entry_whatever_the_redelivery(redis_client: Any) -> None:
+def test_a_final_move_counts_one_ledger_entry_whatever_the_redelivery(redis_client: Any) -> None:
     vq = queue(redis_client)
     (job,) = stored(vq, VideoRequest(prompt="fox", tags=("ads", "q4")))
     assert finish(vq.store, job.id, JobStatus.SUCCEEDED, EST) is not None
@@ -62,7 +62,9 @@ def test_a_final_move_writes_one_ledger_entry_whatever_the_redelivery(redis_clie
     vq.store.update(job.id, lambda r: r)  # any later write of the record
     ledger = Ledger(redis_client)
     entries = ledger.entries()
-    assert len(entries) == 1 and redis_client.zcard(keys.LEDGER_INDEX) == 1
+    assert len(entries) == 1 and [r.jobs for r in ledger.report("status")] == [1, 1]
+    # The entry is the record's: no per-job row, no index member (issue 18).
+    assert redis_client.keys("*ledger:entry:*") == [] and redis_client.zcard(keys.LEDGER_INDEX) == 0
     entry = entries[0]
     assert (entry.job_id, entry.status, entry.tags, entry.actual_usd, entry.unit) == (
         job.id,
@@ -71,7 +73,7 @@ def test_a_final_move_writes_one_ledger_entry_whatever_the_redelivery(redis_clie
         EST,
         "token",
     )
-    assert entry == LedgerEntry.for_job(vq.get(job.id))
+    assert entry == LedgerEntry.for_job(vq.get(job.id)) == LedgerEntry.of_record(vq.get(job.id))
 
 
 def test_a_job_that_cost_nothing_has_no_entry(redis_client: Any) -> None:

@@ -127,7 +127,8 @@ def test_final_hooks_run_once_and_their_writes_are_stored_with_the_move(
     assert seen == ["a"]
     assert client.get("test:end") == "succeeded" and client.ttl("test:end") > 0
     assert 0 < client.ttl(job_key("a")) <= 600
-    assert client.get(keys.ledger_entry_key("a")) is not None
+    assert client.get(keys.ledger_entry_key("a")) is None  # the record holds the ledger entry
+    assert client.zcard(keys.LEDGER_DAYS) == 1  # counted in its day's aggregates
 
 
 def _calls(target: Any) -> None:

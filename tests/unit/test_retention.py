@@ -220,13 +220,14 @@ def _charged(store: JobStore, job_id: str, status: JobStatus) -> JobRecord | Non
     return walk_to(store, job_id, status, cost_usd=Decimal("0.249163"), billed_units=103818)
 
 
-def test_a_final_move_sets_the_retention_on_the_record_and_its_ledger_row(redis_client: Any) -> None:
+def test_a_final_move_sets_the_retention_on_the_record_which_holds_its_ledger_entry(redis_client: Any) -> None:
     vq = _queue(redis_client)
     job = _stored(vq, VideoRequest(prompt="fox", tags=("ads",)))
     assert redis_client.ttl(job_key(job.id)) == -1  # active: kept
     _charged(vq.store, job.id, JobStatus.SUCCEEDED)
     assert RETENTION - 5 <= redis_client.ttl(job_key(job.id)) <= RETENTION
-    assert RETENTION - 5 <= redis_client.ttl(ledger_entry_key(job.id)) <= RETENTION
+    assert redis_client.exists(ledger_entry_key(job.id)) == 0  # no row: the record gives the entry
+    assert [e.job_id for e in Ledger(redis_client).entries()] == [job.id]
     assert [r.jobs for r in Ledger(redis_client).report("tag")] == [1, 1]
 
 
@@ -341,6 +342,14 @@ def _ended_jobs(vq: VideoQueue, count: int) -> list[JobRecord]:
 def test_the_sweep_trims_expired_records_in_bounded_batches(redis_client: Any) -> None:
     vq = _queue(redis_client)
     jobs = _ended_jobs(vq, 12)
+    # Rows and index members as the version before issue 18's item 2 wrote them with the move.
+    pipe = redis_client.pipeline()
+    for job in jobs:
+        entry = LedgerEntry.of_record(vq.store.get(job.id))  # type: ignore[arg-type]
+        assert entry is not None
+        write_entry(pipe, entry)
+        ledger_days.expire_row(pipe, entry, RETENTION)
+    pipe.execute()
     for job in jobs:  # expired
         redis_client.delete(job_key(job.id), ledger_entry_key(job.id))
     later = time.time() + RETENTION + 10
@@ -362,12 +371,15 @@ def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_o
     vq = _queue(redis_client)
     kept, forever = _ended_jobs(vq, 2)
     redis_client.persist(job_key(forever.id))  # as before retention, or after a retry's claim
-    redis_client.persist(ledger_entry_key(forever.id))
+    old = _entry("old", 0, "succeeded", (), "0.50")
+    _old_rows(redis_client, [old])  # a row an old worker wrote, not in the aggregates yet
     active = _stored(vq, VideoRequest(prompt="still running"))
     report = retention.trim(redis_client, 3600, time.time() + 7200, 100)
-    assert report.trimmed == 0 and report.expiring == 2  # the record and its ledger row
+    assert report.trimmed == 0 and report.expiring == 2  # the record and the old row
     assert 0 < redis_client.ttl(job_key(forever.id)) <= 3601  # whole seconds, rounded up
-    assert 0 < redis_client.ttl(ledger_entry_key(forever.id)) <= 3601
+    assert 0 < redis_client.ttl(ledger_entry_key("old")) <= 3601
+    assert Ledger(redis_client).report("status")[-1].jobs == 3  # the old row counted once
+    assert retention.trim(redis_client, 3600, time.time() + 7200, 100).expiring == 0
     assert redis_client.ttl(job_key(kept.id)) > 3600  # its own TTL
     assert redis_client.ttl(job_key(active.id)) == -1
     assert redis_client.zscore(status_index(JobStatus.QUEUED), active.id) is not None
