@@ -70,14 +70,14 @@ class AsyncJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         """The record of `job_id`, or None."""
         raw: str | None = await self.redis.get(job_key(job_id))
-        return JobRecord.from_store_json(raw) if raw else None
+        return JobRecord.from_store_json(raw, job_id) if raw else None
 
     async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records in the order of `job_ids`; None where unknown."""
         if not job_ids:
             return []
         raws: list[str | None] = await self.redis.mget([job_key(j) for j in job_ids])
-        return [JobRecord.from_store_json(r) if r else None for r in raws]
+        return [JobRecord.from_store_json(r, j) if r else None for j, r in zip(job_ids, raws, strict=True)]
 
     async def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
         """Newest first, optionally only those in `status`: `JobStore.list`."""
@@ -140,7 +140,7 @@ class AsyncJobStore:
         key = job_key(job_id)
         raw: str | None = await self.redis.get(key)
         while raw:
-            current = JobRecord.from_store_json(raw)
+            current = JobRecord.from_store_json(raw, job_id)
             proposed = mutate(current.model_copy(deep=True))
             if proposed is None:
                 return None

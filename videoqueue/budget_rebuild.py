@@ -218,7 +218,8 @@ def rebuild_counters(
         active_ids = sorted({i for index in active_index_keys() for i in pipe.zrange(index, 0, -1)})
         if active_ids:
             pipe.watch(*[job_key(i) for i in active_ids])  # rewritten below with their keys
-        records = [JobRecord.from_store_json(r) for r in _read_all(pipe, [job_key(i) for i in active_ids]) if r]
+        raws = _read_all(pipe, [job_key(i) for i in active_ids])
+        records = [JobRecord.from_store_json(r, i) for i, r in zip(active_ids, raws, strict=True) if r]
         # First, so that the WATCH on the day hashes also covers a row changed in place
         # (`costs rebuild` restates its day's aggregates with it) while the rows are read.
         tag_spent, jobs_per_day = _aggregates(pipe)
@@ -229,7 +230,7 @@ def rebuild_counters(
         created: dict[str, datetime] = {}
         for job_id, raw in zip(undated, _read_all(pipe, [job_key(i) for i in undated]), strict=True):
             if raw:
-                created[job_id] = JobRecord.from_store_json(raw).created_at
+                created[job_id] = JobRecord.from_store_json(raw, job_id).created_at
         target, from_settlement = _spent_from_rows(entries, created)
         for tag, spent in tag_spent.items():
             counter = target.setdefault(budget_counter_key(f"tag:{tag}"), [0, 0])

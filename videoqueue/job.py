@@ -215,8 +215,8 @@ class JobRecord(BaseModel):
 
     def to_store_json(self) -> str:
         """The record as the job store holds it: compact JSON (videoqueue.storedform) that
-        `model_validate_json` (or `from_store_json`) reads back into a record equal to this
-        one. Not for people or manifests: those get `model_dump_json` / `public_dict`."""
+        `from_store_json`, given the job's id (the key's, left out here), reads back into a
+        record equal to this one. Not for people or manifests: those get `model_dump_json` / `public_dict`."""
         data = self.model_dump(mode="json", exclude_defaults=True)  # the request's too
         request = data["request"]
         for name in ("provider", "model"):
@@ -242,15 +242,21 @@ class JobRecord(BaseModel):
                 data["history"], self.created_at, self.status.value, self.updated_at
             )
         storedform.encode_times(data, self.__dict__, "created_at", _TIME_FIELDS)
+        del data["id"]  # the key's: `from_store_json` is given it
         data["request"] = storedform.rename(data["request"], storedform.REQUEST_NAMES)
         data = storedform.rename(data, storedform.RECORD_NAMES)
         return pydantic_core.to_json({"v": storedform.RECORD_VERSION, **data}).decode()
 
     @classmethod
-    def from_store_json(cls, raw: str | bytes) -> JobRecord:
-        """A record from what the job store holds: the compact form of `to_store_json`, or
-        the full JSON that versions before it wrote."""
-        return cls.model_validate_json(raw)
+    def from_store_json(cls, raw: str | bytes, job_id: str) -> JobRecord:
+        """A record from what the job store holds under `keys.job_key(job_id)`: the compact
+        form of `to_store_json`, which leaves the id to the key, or the JSON that versions
+        before it wrote (which hold their id). Raises pydantic.ValidationError when `raw` is
+        not a record."""
+        data = pydantic_core.from_json(raw)
+        if isinstance(data, dict) and "id" not in data:
+            data["id"] = job_id
+        return cls.model_validate(data)
 
     @property
     def cancel_requested(self) -> bool:

@@ -330,7 +330,7 @@ def _client_id_owners(pipe: Any, records: Sequence[JobRecord]) -> dict[str, JobR
         raw = pipe.get(job_key(owner_id))
         if not raw:
             continue  # the job it named is gone (an enqueue undone): the id is free
-        owner = JobRecord.from_store_json(raw)
+        owner = JobRecord.from_store_json(raw, owner_id)
         differences = request_differences(owner.request, record.request)
         if differences:
             conflicts.append(ClientIdConflict(client_id, owner_id, differences))
@@ -449,7 +449,7 @@ class JobStore:
         raw: str | None = self.redis.get(job_key(job_id))  # type: ignore[assignment]
         if not raw:
             return None
-        record = JobRecord.from_store_json(raw)
+        record = JobRecord.from_store_json(raw, job_id)
         self._saw(record, raw)
         return record
 
@@ -458,7 +458,7 @@ class JobStore:
         if not job_ids:
             return []
         raws: list[str | None] = self.redis.mget([job_key(j) for j in job_ids])  # type: ignore[assignment]
-        return [JobRecord.from_store_json(r) if r else None for r in raws]
+        return [JobRecord.from_store_json(r, j) if r else None for j, r in zip(job_ids, raws, strict=True)]
 
     def list(self, status: JobStatus | None = None, limit: int = 50) -> list[JobRecord]:
         """Newest first (by creation time), optionally only those in `status`.
@@ -569,7 +569,7 @@ class JobStore:
         if raw is None:
             raw = self.redis.get(key)  # type: ignore[assignment]
         while raw:
-            current = JobRecord.from_store_json(raw)
+            current = JobRecord.from_store_json(raw, job_id)
             changed = mutate(current.model_copy(deep=True))
             moves = changed is not None and changed.status is not current.status
             if changed is None or (moves and not lifecycle.allowed(current.status, changed.status)):

@@ -235,7 +235,7 @@ class Ledger:
             fresh = [i for i in by_id if i not in current]
             for job_id, state in zip(fresh, _job_states(pipe, fresh), strict=True):
                 seen[job_id] = state
-            pending = [by_id[i] for i in fresh if _unsettled(seen[i][1])]
+            pending = [by_id[i] for i in fresh if _unsettled(seen[i])]
             gone = [by_id[i] for i in fresh if seen[i][1] is None]
             # Records expired with their jobs still count in the day aggregates: not added again.
             counted = ledger_days.counted_without_row(pipe, gone, keep_s, now)
@@ -340,8 +340,9 @@ def time_now() -> float:
     return datetime.now(UTC).timestamp()
 
 
-JobState = tuple[str | None, str | None]
-"""A job as the ledger reads it: (its row, its record), raw; None where there is none."""
+JobState = tuple[str | None, str | None, str]
+"""A job as the ledger reads it: (its row, its record), raw, None where there is none, and
+its id (a stored record leaves it to its key)."""
 
 
 def _job_states(client: Any, ids: list[str]) -> list[JobState]:
@@ -350,20 +351,21 @@ def _job_states(client: Any, ids: list[str]) -> list[JobState]:
     for start in range(0, len(ids), 250):
         batch = ids[start : start + 250]
         raws: list[str | None] = client.mget([k for i in batch for k in (ledger_entry_key(i), job_key(i))])
-        states.extend(zip(raws[0::2], raws[1::2], strict=True))
+        states.extend(zip(raws[0::2], raws[1::2], batch, strict=True))
     return states
 
 
 def _entry_of(state: JobState) -> LedgerEntry | None:
-    row, record = state
+    row, record, job_id = state
     if row is not None:
         return LedgerEntry.model_validate_json(row) if row != REMOVED else None
-    return LedgerEntry.of_record(JobRecord.from_store_json(record)) if record else None
+    return LedgerEntry.of_record(JobRecord.from_store_json(record, job_id)) if record else None
 
 
-def _unsettled(record: str | None) -> bool:
-    """Whether a stored record is of a job not settled yet (its final move will count it)."""
-    return record is not None and JobRecord.from_store_json(record).settled_at is None
+def _unsettled(state: JobState) -> bool:
+    """Whether the job has a stored record not settled yet (its final move will count it)."""
+    _, record, job_id = state
+    return record is not None and JobRecord.from_store_json(record, job_id).settled_at is None
 
 
 def _read_ledger(

@@ -218,7 +218,7 @@ def _expire_stored_forever(client: redis.Redis, job_ids: list[str], seconds: int
     reopened meanwhile by `store retry` is active again and keeps no TTL). Returns how many."""
 
     def expire(pipe: Any, job_id: str, raw: str) -> bool:
-        record = JobRecord.model_validate_json(raw)
+        record = JobRecord.from_store_json(raw, job_id)
         if not record.status.is_final:
             return False
         until = int((record.finished_at or record.updated_at).timestamp() + seconds) + 1

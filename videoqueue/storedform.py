@@ -24,8 +24,9 @@ leaves out what it repeats (`RECORD_VERSION`; `"v": 2` records read as they were
   `provider_status` when a final record's is its `status`; `manifest_uri` when it is the
   video's with `.json` for its extension. Where absence means such a value, a field that
   is None is written as `null`;
-- the job id inside a URI (`output_uri`, `manifest_uri`, `video_url`) is left out: the URI
-  is stored as the list of its parts around the id (`split_id`, `join_id`);
+- the job id is left out: it is the key's (`keys.job_key`), and `JobRecord.from_store_json`
+  is given it; inside a URI (`output_uri`, `manifest_uri`, `video_url`) the URI is stored
+  as the list of its parts around the id (`split_id`, `join_id`);
 - history moves along the usual path (queued, submitting, running, downloading,
   succeeded: `CHAIN`) are their `at` alone; other moves name statuses by short codes
   (`STATUS_CODES`); the last move, to the record's status at its `updated_at`, is left out

@@ -41,7 +41,7 @@ def _snapshot(stack: Stack, batch_id: str, job_ids: list[str]) -> tuple[batches.
     raw, jobs = pipe.execute()
     batch = batches.parse(raw)
     assert batch is not None
-    return batch, [JobRecord.from_store_json(j) for j in jobs]
+    return batch, [JobRecord.from_store_json(j, i) for i, j in zip(job_ids, jobs, strict=True)]
 
 
 def _check(batch: batches.Batch, jobs: list[JobRecord]) -> None:

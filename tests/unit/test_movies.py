@@ -140,7 +140,7 @@ def test_scene_fields_round_trip_the_stored_form_and_are_left_out_at_their_defau
     scene = job("b", movie_id="m", scene=2, after_job="a")
     raw = scene.to_store_json()
     assert '"mv":"m"' in raw and '"aj":"a"' in raw
-    assert JobRecord.from_store_json(raw) == scene
+    assert JobRecord.from_store_json(raw, scene.id) == scene
 
 
 def test_the_outbox_sends_owed_advances_and_forgets_done_ones() -> None:

@@ -210,7 +210,7 @@ def stored_json(client: Any, key: str) -> dict[str, Any]:
 
 
 def read_back(record: JobRecord) -> JobRecord:
-    return JobRecord.from_store_json(record.to_store_json())
+    return JobRecord.from_store_json(record.to_store_json(), record.id)
 
 
 def as_before(record: JobRecord) -> JobRecord:
@@ -387,7 +387,7 @@ def test_field_names_are_short_in_redis_and_the_long_ones_still_read() -> None:
     assert with_long_names(stored)["status"] == "succeeded" and "prompt" in with_long_names(stored)["request"]
     # The compact form of before the table (long names, `"v": 2`) reads the same.
     long_form = json.dumps(with_long_names(stored), separators=(",", ":"))
-    assert JobRecord.from_store_json(long_form) == record == read_back(record)
+    assert JobRecord.from_store_json(long_form, record.id) == record == read_back(record)
     assert len(record.to_store_json()) < len(long_form) - 100
 
 
@@ -446,7 +446,7 @@ def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
 
 
 def test_records_in_the_compact_form_of_version_2_still_read() -> None:
-    record = JobRecord.from_store_json(V2_FINISHED)
+    record = JobRecord.from_store_json(V2_FINISHED, "5d2dd213-8d8e-4bcb-88d5-b6a3995add2b")
     assert record.id == "5d2dd213-8d8e-4bcb-88d5-b6a3995add2b"
     assert record.provider_status == "succeeded" and record.cost_usd == record.cost_estimate_usd
     assert record.settled_at == record.finished_at is not None
@@ -463,16 +463,17 @@ def test_records_in_the_compact_form_of_version_2_still_read() -> None:
     v2 = json.loads(V2_FINISHED)
     for name in ("ps", "c", "xa", "mu"):
         del v2[name]
-    older = JobRecord.from_store_json(json.dumps(v2))
+    older = JobRecord.from_store_json(json.dumps(v2), record.id)
     assert (older.provider_status, older.cost_usd, older.settled_at, older.manifest_uri) == (None, None, None, None)
     # Written again, they are version 3 and read back equal.
     for each in (record, older):
         raw = each.to_store_json()
-        assert json.loads(raw)["v"] == RECORD_VERSION and JobRecord.from_store_json(raw) == each
-    assert len(record.to_store_json()) == 523
+        assert json.loads(raw)["v"] == RECORD_VERSION and JobRecord.from_store_json(raw, each.id) == each
+    # The id is the key's: 523 B with it.
+    assert "id" not in json.loads(record.to_store_json()) and len(record.to_store_json()) == 523 - 44
     # The compact form of version 3 with the long names reads the same too.
     long_form = json.dumps(with_long_names(json.loads(record.to_store_json())))
-    assert JobRecord.from_store_json(long_form) == record
+    assert JobRecord.from_store_json(long_form, record.id) == record
 
 
 def every_field_row() -> LedgerEntry:

@@ -108,7 +108,7 @@ def test_request_fields_resolve_and_are_left_out_of_the_stored_record_at_their_d
     for request in (resolved, plain):
         record = _record(request)
         stored = json.loads(record.to_store_json())["r"]
-        assert JobRecord.from_store_json(record.to_store_json()) == record
+        assert JobRecord.from_store_json(record.to_store_json(), record.id) == record
         assert ("wu" in stored) == (request is resolved)
     assert {"wu", "we", "oc", "oq"} <= set(json.loads(_record(resolved).to_store_json())["r"])
 
