@@ -186,15 +186,61 @@ def memory_stats(url: str) -> dict[str, float]:
     }
 
 
+def drop_streams(url: str) -> dict[str, Any]:
+    """DEL the event stream(s) of the job store at `url` (issue 16: `keys.EVENTS_STREAM`,
+    capped at EVENTS_MAXLEN entries, so a fixed ceiling, not a cost per job) and return
+    their entries and what deleting them freed (MEMORY STATS data + key tables, bytes):
+    exact, where MEMORY USAGE of a stream is not. The next phase's stream starts empty."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    streams = list(client.scan_iter(_type="stream", count=1000))
+    entries = sum(int(client.xlen(name)) for name in streams)  # type: ignore[arg-type, misc]
+    # Twice each: the first call also frees what the commands before it left (the slow
+    # log, a client's buffers), which would count as the stream's otherwise.
+    memory_stats(url)
+    before = memory_stats(url)
+    if streams:
+        client.delete(*streams)
+    memory_stats(url)
+    after = memory_stats(url)
+    freed = before["dataset"] + before["key_tables"] - after["dataset"] - after["key_tables"]
+    per_entry = round(freed / entries, 1) if entries else None
+    return {"entries": entries, "bytes": round(freed), "bytes_per_entry": per_entry}
+
+
+SHORT_LIVED = ("*:task:*", "*:limits:creates:*")
+"""Keys of a finished job that expire long before it does: its provider task's claim
+(`retention.claim_after_end_s`: about 50 h at the defaults) and the create window of the last
+minute (120 s)."""
+
+
+def drop_short_lived(url: str) -> dict[str, int]:
+    """DEL the keys of `SHORT_LIVED` at `url`, as their TTLs will, so that what is left is
+    what a finished job holds for the rest of its retention; returns how many of each."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    dropped: dict[str, int] = {}
+    for pattern in SHORT_LIVED:
+        names = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(names), 500):
+            client.delete(*names[start : start + 500])
+        dropped[pattern] = len(names)
+    return dropped
+
+
 def _phase(stack: BenchStack, jobs: int, base: dict[str, float], label: str) -> dict[str, Any]:
     now = memory_stats(stack.store_url)
     delta = {name: (now[name] - base[name]) / jobs for name in now}
     kinds = key_kinds(stack.store_url, jobs)
+    # Taken out here so that the next phase's figure does not count this one's entries.
+    stream = drop_streams(stack.store_url)
+    with_stream = delta["dataset"] + delta["key_tables"]
     return {
         "phase": label,
         # Everything Redis holds for the jobs: their data plus the key tables' entries and
-        # buckets; the connections' buffers (not per job) are left out, and given apart.
-        "store_bytes_per_job": round(delta["dataset"] + delta["key_tables"]),
+        # buckets, but the event stream, a capped key whose size does not grow with the jobs
+        # kept (given apart); the connections' buffers (not per job) are left out too.
+        "store_bytes_per_job": round(with_stream - stream["bytes"] / jobs),
+        "store_bytes_per_job_with_stream": round(with_stream),
+        "events_stream": stream,
         "store_bytes_per_job_used_memory": round(delta["used_memory"]),
         "store_bytes_per_job_dataset": round(delta["dataset"]),
         "store_bytes_per_job_key_tables": round(delta["key_tables"]),
@@ -243,6 +289,11 @@ def measure(stack: BenchStack, quick: bool, name: str) -> dict[str, Any]:
     stack.stop_workers()
     counts = stack.counts()
     finished = _phase(stack, jobs, store0, "finished")
+    finished["short_lived"] = drop_short_lived(stack.store_url)
+    after = memory_stats(stack.store_url)
+    finished["store_bytes_per_job_for_its_retention"] = round(
+        (after["dataset"] + after["key_tables"] - store0["dataset"] - store0["key_tables"]) / jobs
+    )
     broker_per_message = round((broker_q["used_memory"] - broker0["used_memory"]) / jobs)
 
     rows: list[dict[str, Any]] = []
@@ -263,10 +314,24 @@ def measure(stack: BenchStack, quick: bool, name: str) -> dict[str, Any]:
     )
     for label, field in (
         ("key tables (main and expiry dicts): delta / N", "store_bytes_per_job_key_tables"),
-        ("total: dataset + key tables delta / N (the target's figure)", "store_bytes_per_job"),
+        ("total: dataset + key tables delta / N, the event stream apart (the target's figure)", "store_bytes_per_job"),
+        ("the same with this phase's event stream entries", "store_bytes_per_job_with_stream"),
         ("used_memory delta / N (with connection buffers)", "store_bytes_per_job_used_memory"),
     ):
         rows.append({"key kind": label, "queued B/job": queued[field], "finished B/job": finished[field]})
+    rows.append(
+        {
+            "key kind": "finished, once its task claim and create window expired (the rest of its retention)",
+            "finished B/job": finished["store_bytes_per_job_for_its_retention"],
+        }
+    )
+    rows.append(
+        {
+            "key kind": "event stream (capped at EVENTS_MAXLEN entries: not per job), B per entry",
+            "queued B/job": queued["events_stream"]["bytes_per_entry"],
+            "finished B/job": finished["events_stream"]["bytes_per_entry"],
+        }
+    )
     rows.append({"key kind": "broker: used_memory delta / N, queued", "queued B/job": broker_per_message})
     met_q = queued["store_bytes_per_job"] <= TARGET_QUEUED_B
     met_f = finished["store_bytes_per_job"] <= TARGET_FINISHED_B

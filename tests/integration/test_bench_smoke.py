@@ -140,6 +140,15 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     for phase in (document["queued"], document["finished"]):
         assert phase["store_bytes_per_job"] > phase["store_bytes_per_job_sum_of_keys"] / 2 > 0
     assert document["broker_bytes_per_queued_message"] > 0
+    # The event stream (capped, not per job) is measured apart: one entry a job queued, four
+    # more by its end; then the task claims and the create window, dropped as their TTLs will.
+    queued_events, finished_events = document["queued"]["events_stream"], document["finished"]["events_stream"]
+    assert (queued_events["entries"], finished_events["entries"]) == (100, 400)
+    assert queued_events["bytes"] > 0 and finished_events["bytes"] > 0
+    finished_phase = document["finished"]
+    assert finished_phase["store_bytes_per_job_with_stream"] > finished_phase["store_bytes_per_job"]
+    assert finished_phase["short_lived"]["*:task:*"] == 100
+    assert 0 < finished_phase["store_bytes_per_job_for_its_retention"] < finished_phase["store_bytes_per_job"]
     # Both requests measured in the one run: the typical one on top, the overhead bench's beside.
     assert set(document["by_request"]) == {"typical", "overhead"}
     assert document["request"]["name"] == "typical"
