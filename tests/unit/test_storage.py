@@ -205,6 +205,22 @@ def test_local_write_does_not_list_the_folder(tmp_path: Path, monkeypatch: pytes
     assert files_under(tmp_path) == ["job.json", "job.mp4"]
 
 
+def test_local_write_is_durable_file_then_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file's bytes, then (after the rename) the directory entry: only then may a job
+    # be recorded as stored.
+    synced: list[tuple[str, bool]] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, (tmp_path / "job.mp4").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    LocalStorage(tmp_path).put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    assert synced == [(str(tmp_path / ".job.mp4.part"), False), (str(tmp_path), True)]
+
+
 def test_local_write_beside_a_live_write_of_the_same_key(tmp_path: Path) -> None:
     # Another writer holds the partial file (a duplicate store attempt in progress): this
     # write goes under a name of its own, lands, and clears the other's temp file, whose

@@ -127,6 +127,9 @@ class LocalStorage:
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
+        # The rename is durable only once the directory is: without this a crash could
+        # lose a video whose job is already recorded as stored.
+        _disk(_fsync_dir, target.parent)
         if claimed is None:
             # Temp files of other writes of the key are leftovers of a worker killed
             # mid-write, or of the duplicate we wrote beside, whose rename will now fail
@@ -149,6 +152,14 @@ class LocalStorage:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
         return self._write_atomic(key, iter([data]))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _CLAIM_TRIES = 5
