@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -236,6 +237,21 @@ def test_local_write_beside_a_live_write_of_the_same_key(tmp_path: Path) -> None
         assert files_under(tmp_path) == ["job.mp4"]
     finally:
         os.close(fd)
+
+
+def test_local_write_without_file_locks_goes_under_a_random_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A filesystem that refuses locks (ENOLCK): the write still lands, and leaves nothing.
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    storage = LocalStorage(tmp_path)
+    storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    storage.put_json("job.json", {"x": 1})
+    assert (tmp_path / "job.mp4").read_bytes() == VIDEO
+    assert files_under(tmp_path) == ["job.json", "job.mp4"]
 
 
 def test_local_write_never_truncates_a_file_renamed_into_place(tmp_path: Path) -> None:

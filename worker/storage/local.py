@@ -175,13 +175,15 @@ def _claim_partial(target: Path) -> tuple[int, str] | None:
     listing of the whole folder would find. The lock tells a leftover (no holder: the
     kernel released a dead writer's lock) from a write in progress; the inode check after
     locking, that the file opened is still the one at that name and not one a writer
-    renamed into place meanwhile."""
+    renamed into place meanwhile. None too where the filesystem refuses locks."""
     partial = target.with_name(f".{target.name}.part")
     for _ in range(_CLAIM_TRIES):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:
+            # Held by a live writer; or a filesystem without locks (ENOLCK): then every
+            # write goes under a random name, as before partial files.
             os.close(fd)
             return None
         except BaseException:
