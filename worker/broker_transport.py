@@ -1,5 +1,6 @@
 """kombu's Redis transports (redis://, rediss://, sentinel://) with a fix that keeps a worker
-alive through a Redis restart; `register()` makes our broker URLs use them.
+alive through a Redis restart, and one redis-py client per connection pool instead of one
+per command (`_ReusesClient`); `register()` makes our broker URLs use them.
 
 The failure, in kombu 5.7 / Celery 5.7 (it hit about one Redis restart in three): on a lost
 broker, `Consumer.on_connection_error_after_connected` calls `Connection.collect()`, which
