@@ -1,6 +1,7 @@
 """Celery tasks the benchmarks compare videoqueue with, run by real `celery worker`
-processes (`celery -A bench.apps worker`) on the same broker and the same Celery
-settings (videoqueue/celeryconfig.py) as videoqueue's workers:
+processes (`celery -A bench.apps worker`) on the same broker, the same Celery settings
+(videoqueue/celeryconfig.py) and the same broker transport (worker/broker_transport.py)
+as videoqueue's workers:
 
 - `bench.noop`: does nothing but count itself; its rate is the engine's own limit.
 - `bench.blocking_job`: the thread-per-job baseline. One task holds its worker slot for
@@ -19,8 +20,13 @@ import redis
 from byteplussdkarkruntime import Ark
 from celery import Celery
 
+from worker import broker_transport
+
 DONE_KEY = "bench:done"
 
+# The broker transport videoqueue's workers use (worker/broker_transport.py: one redis-py
+# client per pool), so that the no-op rate is the same engine's as the jobs'.
+broker_transport.register()
 app = Celery("bench")
 app.config_from_object("videoqueue.celeryconfig")
 # Both tasks go to one queue of their own; the worker is started with -Q bench.

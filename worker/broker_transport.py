@@ -1,5 +1,6 @@
 """kombu's Redis transports (redis://, rediss://, sentinel://) with a fix that keeps a worker
-alive through a Redis restart; `register()` makes our broker URLs use them.
+alive through a Redis restart, and one redis-py client per connection pool instead of one
+per command (`_ReusesClient`); `register()` makes our broker URLs use them.
 
 The failure, in kombu 5.7 / Celery 5.7 (it hit about one Redis restart in three): on a lost
 broker, `Consumer.on_connection_error_after_connected` calls `Connection.collect()`, which
@@ -83,12 +84,35 @@ class _ClosesAfterLostConnection(kombu_redis.Channel):
         return super()._connparams(asynchronous)  # type: ignore[misc]
 
 
-class Channel(_ClosesAfterLostConnection):
-    """kombu's Redis channel, closing cleanly after the connection broke."""
+class _ReusesClient(kombu_redis.Channel):
+    """One redis-py client per connection pool, where kombu builds a new one for each
+    command it sends outside the event loop (`conn_or_acquire`: every publish, ack, QoS
+    update; about ten per task). A client is a thin object over the pool, safe to share
+    between threads, but building one copies redis-py's table of response callbacks:
+    15 % of a worker main process's samples and 2 % of a pool process's under load
+    (docs/benchmarks.md section 2b). A new pool (after a fork, or once kombu dropped a
+    broken one) gets a new client."""
+
+    _shared_client: tuple[Any, Any] | None = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        pool = self.pool
+        shared = self._shared_client
+        if shared is None or shared[0] is not pool:
+            shared = (pool, super()._create_client())  # type: ignore[misc]
+            self._shared_client = shared
+        return shared[1]
 
 
-class SentinelChannel(_ClosesAfterLostConnection, kombu_redis.SentinelChannel):
-    """kombu's Redis Sentinel channel, with the same fix as `Channel`."""
+class Channel(_ClosesAfterLostConnection, _ReusesClient):
+    """kombu's Redis channel, closing cleanly after the connection broke, with one client
+    per connection pool."""
+
+
+class SentinelChannel(_ClosesAfterLostConnection, _ReusesClient, kombu_redis.SentinelChannel):
+    """kombu's Redis Sentinel channel, with the same changes as `Channel`."""
 
 
 class Transport(kombu_redis.Transport):

@@ -173,6 +173,10 @@ def verify(video: Source) -> MediaInfo:
     MediaError if it is not a video or its first frame does not decode."""
     with _open(video) as container:
         info = _info(container, video)
+        # One frame is decoded: FFmpeg's decoder threads (as many as CPUs, started for each
+        # file opened) cost more than they save; without them the check takes about half
+        # the CPU (docs/benchmarks.md section 2b).
+        _video_stream(container, video).thread_type = "NONE"
         _first_frame(container, video)
         return info
 

@@ -145,3 +145,28 @@ def test_register_routes_our_broker_urls_to_our_transports() -> None:
     assert sentinel.Channel is broker_transport.SentinelChannel
     # The worker's log and Flower still name the URL's scheme, not a class path.
     assert kombu.Connection("redis://127.0.0.1:1/0").as_uri().startswith("redis://")
+
+
+@pytest.mark.parametrize("kind", ["redis", "sentinel"])
+def test_our_channel_reuses_one_client_per_pool_and_still_delivers(
+    kind: str, redis_server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    broker = broker_for(kind, redis_server, request)
+    conn = kombu.Connection(broker.url, transport=OURS[kind], transport_options=broker.transport_options)
+    try:
+        channel: Any = conn.default_channel
+        first = channel._create_client()
+        assert channel._create_client() is first  # publish, ack, QoS: one client, not one each
+        assert first.connection_pool is channel.pool
+        assert channel._create_client(asynchronous=True) is not first  # the event loop's own
+        queue = kombu.Queue("vq-reuse", routing_key="vq-reuse")
+        kombu.Producer(channel, serializer="json").publish({"n": 1}, routing_key=queue.name, declare=[queue])
+        message = channel.basic_get(queue.name, no_ack=False)
+        assert message is not None and message.decode() == {"n": 1}
+        message.ack()
+        assert redis.Redis(port=redis_server.port).hlen("unacked") == 0
+        channel._disconnect_pools()  # what kombu does in a forked pool child
+        fresh = channel._create_client()
+        assert fresh is not first and fresh.connection_pool is channel.pool
+    finally:
+        conn.release()

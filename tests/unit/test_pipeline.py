@@ -257,6 +257,38 @@ def env(tmp_path: Path) -> Env:
 # -------------------------------------------------------------------------- submit
 
 
+def test_a_fresh_submit_counts_its_attempt_in_the_claim(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Claim (with the attempt counted), then the task recorded: two moves, not three.
+    moves: list[str] = []
+    update = env.store.update
+
+    def counting(job_id: str, mutate: Any, **kwargs: Any) -> Any:
+        moves.append(job_id)
+        return update(job_id, mutate, **kwargs)
+
+    monkeypatch.setattr(env.store, "update", counting)
+    job_id = env.new_job()
+    env.pipeline.submit(job_id)
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.attempts == 1
+    assert len(moves) == 2
+
+
+def test_a_resubmit_after_an_uncertain_create_counts_its_new_attempt(env: Env) -> None:
+    # The claim of an uncertain job does not count: the lookup comes first, and only a
+    # create called after it counts.
+    job_id = env.new_job()
+    env.provider.create_results.append(error(ErrorCode.TIMEOUT, "read timed out", request_sent=True))
+    env.pipeline.submit(job_id)
+    uncertain = env.job(job_id)
+    assert uncertain.status is JobStatus.SUBMITTING and uncertain.submit_intent_at is not None
+    assert uncertain.attempts == 1
+    env.pipeline.submit(job_id)  # the lookup finds nothing, for certain: create again
+    assert env.provider.names() == ["create", "find_created", "create"]
+    job = env.job(job_id)
+    assert job.status is JobStatus.RUNNING and job.attempts == 2
+
+
 def test_submit_creates_once_and_schedules_the_first_poll(env: Env) -> None:
     job_id = env.new_job()
     env.pipeline.submit(job_id)
@@ -1398,6 +1430,7 @@ def test_an_uploaded_image_that_is_gone_fails_the_job_clearly(
     # Where it was looked for, and the likely cause: a producer that put it on its own disk.
     assert failed.error.message.startswith(f"the uploaded first_frame image is not at {uri}: deleted since, or put")
     assert "producers and workers must share STORAGE_URL's storage" in failed.error.message
+    assert failed.attempts == 0  # its images were never read whole: no create attempt counted
 
 
 def test_one_ledger_entry_per_job_when_store_runs_twice_and_it_matches_the_manifest(env: Env) -> None:

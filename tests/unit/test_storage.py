@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -173,6 +175,98 @@ def test_local_failed_put_leaves_an_existing_good_file_untouched(tmp_path: Path)
         storage.put_video("job.mp4", failing_after(VIDEO, 50, 100), len(VIDEO))
     assert (tmp_path / "job.mp4").read_bytes() == VIDEO
     assert files_under(tmp_path) == ["job.mp4"]
+
+
+def test_local_write_takes_over_the_partial_file_a_killed_write_left(tmp_path: Path) -> None:
+    # A write killed half way leaves `.job.mp4.part` with no lock on it: the next write of
+    # the key takes it over (emptied), and nothing is left beside the video.
+    (tmp_path / ".job.mp4.part").write_bytes(b"half of an earlier attempt" * 100)
+    storage = LocalStorage(tmp_path)
+    storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    assert (tmp_path / "job.mp4").read_bytes() == VIDEO
+    assert files_under(tmp_path) == ["job.mp4"]
+
+
+def test_local_write_does_not_list_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listing per write costs as much as the folder holds files (thousands of videos):
+    # the usual write, leftover or not, finds what it needs by name.
+    (tmp_path / ".job.mp4.part").write_bytes(b"leftover")
+    storage = LocalStorage(tmp_path)
+
+    def no_listing(*_: object) -> None:
+        raise AssertionError("the folder was listed")
+
+    monkeypatch.setattr(Path, "glob", no_listing)
+    monkeypatch.setattr(Path, "iterdir", no_listing)
+    monkeypatch.setattr(os, "scandir", no_listing)
+    monkeypatch.setattr(os, "listdir", no_listing)
+    storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    storage.put_json("job.json", {"x": 1})
+    monkeypatch.undo()
+    assert files_under(tmp_path) == ["job.json", "job.mp4"]
+
+
+def test_local_write_is_durable_file_then_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file's bytes, then (after the rename) the directory entry: only then may a job
+    # be recorded as stored.
+    synced: list[tuple[str, bool]] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((path, (tmp_path / "job.mp4").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    LocalStorage(tmp_path).put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    assert synced == [(str(tmp_path / ".job.mp4.part"), False), (str(tmp_path), True)]
+
+
+def test_local_write_beside_a_live_write_of_the_same_key(tmp_path: Path) -> None:
+    # Another writer holds the partial file (a duplicate store attempt in progress): this
+    # write goes under a name of its own, lands, and clears the other's temp file, whose
+    # rename then fails (that attempt retries into a job already done).
+    storage = LocalStorage(tmp_path)
+    partial = tmp_path / ".job.mp4.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"the other writer's bytes")
+        storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+        assert (tmp_path / "job.mp4").read_bytes() == VIDEO
+        assert files_under(tmp_path) == ["job.mp4"]
+    finally:
+        os.close(fd)
+
+
+def test_local_write_without_file_locks_goes_under_a_random_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A filesystem that refuses locks (ENOLCK): the write still lands, and leaves nothing.
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    storage = LocalStorage(tmp_path)
+    storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+    storage.put_json("job.json", {"x": 1})
+    assert (tmp_path / "job.mp4").read_bytes() == VIDEO
+    assert files_under(tmp_path) == ["job.json", "job.mp4"]
+
+
+def test_local_write_never_truncates_a_file_renamed_into_place(tmp_path: Path) -> None:
+    # Two writes of one key in turn: the second opens the name anew, never the inode the
+    # first renamed to `job.mp4`.
+    storage = LocalStorage(tmp_path)
+    first = MP4_HEAD + b"first"
+    storage.put_video("job.mp4", iter([first]), len(first))
+    kept = os.open(tmp_path / "job.mp4", os.O_RDONLY)
+    try:
+        storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+        assert os.pread(kept, 100, 0) == first  # the first file, intact under its old name
+    finally:
+        os.close(kept)
+    assert (tmp_path / "job.mp4").read_bytes() == VIDEO
 
 
 def test_local_put_json_and_size(tmp_path: Path) -> None:

@@ -64,10 +64,15 @@ class SubmitStep(PollStep):
 
         uncertain_since = job.submit_intent_at if job.status is JobStatus.SUBMITTING else None
         lease_until = now + timedelta(seconds=self.settings.submit_lease_s)
-        claimed = self.store.update(job.id, _claim(now, lease_until, self.endpoint(job.provider)))
+        # A fresh job whose images are all URLs goes from the claim straight to its create
+        # call: the claim counts the attempt too (one move instead of two).
+        count = uncertain_since is None and not _has_uploads(job)
+        counted: dict[str, bool] = {}
+        claim = _claim(now, lease_until, self.endpoint(job.provider), count_attempt=counted if count else None)
+        claimed = self.store.update(job.id, claim)
         if claimed is None:
             return
-        recorded = self._create_once(claimed, uncertain_since, lease_until)
+        recorded = self._create_once(claimed, uncertain_since, lease_until, counted=counted.get("attempt", False))
         if recorded is not None:
             self._start_polling(recorded)
 
@@ -189,9 +194,12 @@ class SubmitStep(PollStep):
 
         return self.store.update(job_id, record_task)
 
-    def _create_once(self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime) -> JobRecord | None:
+    def _create_once(
+        self, job: JobRecord, uncertain_since: datetime | None, lease_until: datetime, *, counted: bool = False
+    ) -> JobRecord | None:
         """Create (or, after an interrupted attempt, find) the provider task and record its
-        id. Returns the running record, or None when there is nothing more to do now."""
+        id. Returns the running record, or None when there is nothing more to do now.
+        `counted`: the claim already counted this create attempt (`attempts`)."""
         task_id: str | None = None
         try:
             provider = self.providers(job.provider)
@@ -227,7 +235,8 @@ class SubmitStep(PollStep):
             return None
         if task_id is None:
             try:
-                self.store.update(job.id, _count_attempt)
+                if not counted:
+                    self.store.update(job.id, _count_attempt)
                 if self.limits is not None:
                     self.limits.stamp_create(job.provider, job.model, job.id)
                 task_id = provider.create(job, images)
@@ -364,11 +373,19 @@ class SubmitStep(PollStep):
             raise ProviderError(ErrorCode.UPSTREAM, f"cannot read the uploaded {role} image: {exc}") from exc
 
 
-def _claim(now: datetime, lease_until: datetime, endpoint: Endpoint) -> Callable[[JobRecord], JobRecord | None]:
+def _claim(
+    now: datetime, lease_until: datetime, endpoint: Endpoint, *, count_attempt: dict[str, bool] | None = None
+) -> Callable[[JobRecord], JobRecord | None]:
     """A mutation that takes a job for one create attempt, unless someone else holds it.
-    A fresh attempt records `endpoint` (this worker's): the task is created there."""
+    A fresh attempt records `endpoint` (this worker's): the task is created there.
+
+    With `count_attempt`, a claim of a `queued` job (no earlier intent: nothing to look up
+    first) also counts the create attempt, and says so in `count_attempt["attempt"]` (set
+    on each run of the mutation, so the one that was stored decides)."""
 
     def claim(record: JobRecord) -> JobRecord | None:
+        if count_attempt is not None:
+            count_attempt["attempt"] = False
         if record.status not in SUBMIT_STATUSES or record.provider_task_id:
             return None
         if record.status is JobStatus.SUBMITTING and record.submit_lease_until and record.submit_lease_until > now:
@@ -382,6 +399,9 @@ def _claim(now: datetime, lease_until: datetime, endpoint: Endpoint) -> Callable
         elif record.provider_fingerprint != endpoint.fingerprint:
             return None  # an uncertain create is looked up only where it was sent
         # else: keep the earliest unresolved intent, so the lookup window covers it.
+        if count_attempt is not None and record.status is JobStatus.QUEUED:
+            record.attempts += 1
+            count_attempt["attempt"] = True
         record.status = JobStatus.SUBMITTING
         record.submit_lease_until = lease_until
         record.next_due_at = lease_until
@@ -400,6 +420,12 @@ def _release_uncertain(lease_until: datetime) -> Callable[[JobRecord], JobRecord
         return record
 
     return release
+
+
+def _has_uploads(job: JobRecord) -> bool:
+    """True when an input image of the job is an uploaded file (read from storage before
+    the create, a read that can fail): its attempt is counted only once the images are read."""
+    return any(not isinstance(source, ImageUrl) for source in job.request.images.values())
 
 
 def _count_attempt(record: JobRecord) -> JobRecord:

@@ -1,9 +1,11 @@
-"""Storage in a local folder. Writes go to a temporary file beside the target and are
-renamed into place, so a reader never sees half a video."""
+"""Storage in a local folder. Writes go to a temporary file beside the target (its partial
+file, `.<name>.part`) and are renamed into place, so a reader never sees half a video."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -92,31 +94,50 @@ class LocalStorage:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            claimed = _claim_partial(target)
+            if claimed is None:
+                # Another live write of this key holds its partial file (a duplicate store
+                # attempt): write beside it under a name of our own.
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            else:
+                fd, tmp_name = claimed
         except OSError as exc:
             raise StorageError(f"cannot write under {target.parent}: {exc}") from exc
         size = 0
         try:
             # mkstemp makes the file owner-only; stored videos are meant to be shared.
             os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as out:
+            out = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        # Closing the file releases the partial file's lock: the rename, or the removal
+        # after a failure, happens before, so a writer waiting for the name finds it gone.
+        with out:
+            try:
                 for chunk in chunks:
                     _disk(out.write, chunk)
                     size += len(chunk)
                 _disk(out.flush)
                 _disk(os.fsync, out.fileno())
-            if check is not None:
-                check(Path(tmp_name))  # the whole file, before it is at `key`
-            _disk(os.replace, tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        # The key now holds a whole file. Temp files of other writes of it are leftovers of
-        # a worker killed mid-write (SIGKILL, OOM), or of a duplicate whose rename will now
-        # fail and retry into a job already done: either way not needed.
-        for leftover in target.parent.glob(f".{target.name}.*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+                if check is not None:
+                    check(Path(tmp_name))  # the whole file, before it is at `key`
+                _disk(os.replace, tmp_name, target)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+        # The rename is durable only once the directory is: without this a crash could
+        # lose a video whose job is already recorded as stored.
+        _disk(_fsync_dir, target.parent)
+        if claimed is None:
+            # Temp files of other writes of the key are leftovers of a worker killed
+            # mid-write, or of the duplicate we wrote beside, whose rename will now fail
+            # and retry into a job already done: either way not needed. Only on this rare
+            # path: the listing costs as much as the folder holds files.
+            for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         return StoredObject(uri=target.as_uri(), size=size)
 
     def put_video(
@@ -131,3 +152,59 @@ class LocalStorage:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
         return self._write_atomic(key, iter([data]))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_CLAIM_TRIES = 5
+
+
+def _claim_partial(target: Path) -> tuple[int, str] | None:
+    """The partial file of `target` (`.<name>.part` beside it), opened for writing, emptied
+    and locked (flock) for as long as the descriptor is open; None when another live
+    writer holds it.
+
+    One name per key, so that a write killed half way (SIGKILL, OOM) leaves its partial
+    file where the next write of the key takes it over, instead of a leftover that only a
+    listing of the whole folder would find. The lock tells a leftover (no holder: the
+    kernel released a dead writer's lock) from a write in progress; the inode check after
+    locking, that the file opened is still the one at that name and not one a writer
+    renamed into place meanwhile. None too where the filesystem refuses locks."""
+    partial = target.with_name(f".{target.name}.part")
+    for _ in range(_CLAIM_TRIES):
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            # Held by a live writer; or a filesystem without locks (ENOLCK): then every
+            # write goes under a random name, as before partial files.
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            held = os.fstat(fd)
+            at_name = os.stat(partial)
+        except FileNotFoundError:
+            os.close(fd)
+            continue  # renamed into place after we opened it: open the name again
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_dev, held.st_ino) != (at_name.st_dev, at_name.st_ino):
+            os.close(fd)
+            continue
+        try:
+            os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, str(partial)
+    return None
