@@ -144,7 +144,9 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     # more by its end; then the task claims and the create window, dropped as their TTLs will.
     queued_events, finished_events = document["queued"]["events_stream"], document["finished"]["events_stream"]
     assert (queued_events["entries"], finished_events["entries"]) == (100, 400)
-    assert queued_events["bytes"] > 0 and finished_events["bytes"] > 0
+    # (Their bytes, what deleting the stream freed, move by about 16 KB from run to run: a
+    # figure at 2,000 jobs, noise at 100.)
+    assert finished_events["bytes"] > 0
     finished_phase = document["finished"]
     assert finished_phase["store_bytes_per_job_with_stream"] > finished_phase["store_bytes_per_job"]
     assert finished_phase["short_lived"]["*:task:*"] == 100
