@@ -129,8 +129,9 @@ def movie_advance(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | No
 
 def retention_expiry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | None:
     """Let the record, its ledger row if it has one and its legacy input keys expire
-    JOB_RETENTION_S from now (videoqueue.retention); a second end renews it. The task claim
-    and the client job id key are shortened to it (`retention.expire_links`). Last: the
+    JOB_RETENTION_S from now (videoqueue.retention); a second end renews it. The client job
+    id key is shortened to it, the task claim to what another job's lookup may still need
+    (`retention.expire_links`, `retention.claim_after_end_s`). Last: the
     writes before it (the record, a restated ledger row) clear a TTL."""
     seconds = retention.retention_s()
     if seconds <= 0:
