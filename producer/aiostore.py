@@ -26,7 +26,7 @@ import redis.asyncio
 from videoqueue import batches, events, keys, lifecycle
 from videoqueue.batches import Batch
 from videoqueue.budget import BudgetPolicy
-from videoqueue.job import JobRecord, JobStatus
+from videoqueue.job import JobRecord, JobStatus, working_copy
 from videoqueue.jobstore import (
     Move,
     Mutation,
@@ -141,14 +141,14 @@ class AsyncJobStore:
         raw: str | None = await self.redis.get(key)
         while raw:
             current = JobRecord.from_store_json(raw, job_id)
-            proposed = mutate(current.model_copy(deep=True))
+            proposed = mutate(working_copy(current))
             if proposed is None:
                 return None
             lifecycle.check(current.status, proposed.status)
 
             def prepare(reads: Snapshot, proposed: JobRecord = proposed, current: JobRecord = current) -> Any:
                 # Move.of completes the record in place: each run on a copy of its own.
-                changed = proposed.model_copy(deep=True)
+                changed = working_copy(proposed)
                 return Move.of(reads, current, changed, self.events_maxlen), changed
 
             (move, changed), _ = await settle(prepare, self._fetch)

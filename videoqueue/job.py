@@ -3,10 +3,11 @@ names, and the job record both sides read and write."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Annotated, Any
 
 import pydantic_core
@@ -305,6 +306,36 @@ class JobRecord(BaseModel):
             None if self.estimated_start_at is None else self.estimated_start_at.isoformat().replace("+00:00", "Z")
         )
         return data
+
+
+# Values a record shares with its copies: nothing changes them in place. A frozen request
+# holds only tuples and frozen models.
+_IMMUTABLE = (str, int, float, Decimal, datetime, Enum, ResolvedRequest, type(None))
+_IMMUTABLE_TYPES = frozenset({str, int, bool, float, Decimal, datetime, JobStatus, ResolvedRequest, type(None)})
+
+
+def working_copy(record: JobRecord) -> JobRecord:
+    """A copy of `record` that a change may edit in place (`notes.append`, `history` as
+    `_Move.of` completes it) without touching `record`: equal to it, as `model_copy(deep=True)`,
+    at a fraction of the CPU (issue 18: a deep copy of a finished record took 65 us, more
+    than reading it from JSON). Immutable values are shared; lists of them and of flat
+    dicts of them (`history`) are copied one level down, anything else deeply."""
+    copied = record.model_copy()
+    values = copied.__dict__
+    for name, value in values.items():
+        if type(value) in _IMMUTABLE_TYPES or isinstance(value, _IMMUTABLE):
+            continue
+        if type(value) is list and all(isinstance(item, _IMMUTABLE) for item in value):
+            values[name] = list(value)
+        elif type(value) is list and all(_flat_dict(item) for item in value):
+            values[name] = [dict(item) for item in value]
+        else:
+            values[name] = copy.deepcopy(value)
+    return copied
+
+
+def _flat_dict(value: object) -> bool:
+    return type(value) is dict and all(isinstance(item, _IMMUTABLE) for item in value.values())
 
 
 def derived_budget_keys(created_at: datetime, tags: tuple[str, ...]) -> list[str]:

@@ -27,7 +27,7 @@ from videoqueue.errors import DuplicateClientJobIdError as DuplicateClientJobIdE
 from videoqueue.errors import JobExistsError as JobExistsError  # noqa: PLC0414 - re-export
 from videoqueue.errors import TaskClaimedError as TaskClaimedError  # noqa: PLC0414 - re-export
 from videoqueue.images import ImageFile
-from videoqueue.job import JobRecord, JobStatus, utcnow
+from videoqueue.job import JobRecord, JobStatus, utcnow, working_copy
 from videoqueue.keys import client_key, input_key, job_key, slot_key, status_index, task_claim_key
 from videoqueue.movescript import CHANGED, CLAIMED, MOVE, STORED, Arg, Reads, Writes, reply_code
 from videoqueue.replicawait import DEFAULT_TIMEOUT_MS, ReplicaWait
@@ -450,7 +450,7 @@ class JobStore:
         if not raw:
             return None
         record = JobRecord.from_store_json(raw, job_id)
-        self._saw(record, raw)
+        self._saw(working_copy(record), raw)  # `record` is the caller's to edit
         return record
 
     def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
@@ -564,13 +564,15 @@ class JobStore:
         key = job_key(job_id)
         # Start from the record this thread just read or stored, if any (a step reads its
         # job, then moves it): the script's compare-and-set tells if it is still current.
-        raw = self._seen_raw(job_id)
+        # It is kept parsed beside its JSON, so that it is not read from JSON again.
+        seen = self._records_seen().get(job_id)
+        raw = seen[1] if seen else None
         verified = raw is None
         if raw is None:
             raw = self.redis.get(key)  # type: ignore[assignment]
         while raw:
-            current = JobRecord.from_store_json(raw, job_id)
-            changed = mutate(current.model_copy(deep=True))
+            current = seen[0] if seen is not None and raw == seen[1] else JobRecord.from_store_json(raw, job_id)
+            changed = mutate(working_copy(current))
             moves = changed is not None and changed.status is not current.status
             if changed is None or (moves and not lifecycle.allowed(current.status, changed.status)):
                 if not verified:
@@ -594,7 +596,7 @@ class JobStore:
             if code != STORED:
                 self._forget(job_id)
                 return None
-            self._saw(changed, move.stored_raw)
+            self._saw(working_copy(changed), move.stored_raw)  # `changed` is the caller's to edit
             self._after_update(changed, freed=move.freed, durable=durable_write(current, changed), ended=move.ends)
             deliveries = list(move.deliveries)
             if move.ends and changed.batch_id and self.on_deliveries is not None:
@@ -617,12 +619,9 @@ class JobStore:
 
     def _saw(self, record: JobRecord, raw: str) -> None:
         """Remember the last record this thread read or stored of a job (and its JSON as
-        stored), for `last_seen` and as where the next `update` starts."""
+        stored), for `last_seen` and as where the next `update` starts: `record` must be
+        what `raw` reads back as (`JobRecord.from_store_json`) and nobody else's to edit."""
         self._records_seen()[record.id] = (record, raw)
-
-    def _seen_raw(self, job_id: str) -> str | None:
-        entry = self._records_seen().get(job_id)
-        return entry[1] if entry else None
 
     def _forget(self, job_id: str) -> None:
         self._records_seen().pop(job_id, None)

@@ -282,3 +282,25 @@ def test_a_move_starts_from_the_record_the_thread_last_saw_and_a_stale_one_costs
     assert store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING) is None
     record = store.get("a")
     assert record is not None and record.status is JobStatus.DOWNLOADING
+
+
+def test_a_move_starts_from_the_record_as_stored_whatever_the_caller_did_to_the_one_it_was_given(
+    store: JobStore, client: Any
+) -> None:
+    read = store.get("a")
+    assert read is not None
+    read.notes.append("edited by the caller, never stored")
+    read.attempts = 99
+    moved = store.transition("a", {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+    assert moved is not None and moved.notes == [] and moved.attempts == 0
+    moved.notes.append("edited again")
+    moved.history.clear()
+
+    def add_note(record: JobRecord) -> JobRecord:
+        record.notes.append("stored")
+        return record
+
+    again = store.update("a", add_note)
+    stored = JobRecord.from_store_json(client.get(job_key("a")), "a")
+    assert again == stored and stored.notes == ["stored"] and len(stored.history) == 1
+    assert store.last_seen("a") == stored

@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.helpers import seedance_request
 from videoqueue import budget, keys
-from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, derived_budget_keys
+from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, derived_budget_keys, working_copy
 from videoqueue.jobstore import JobStore, clear_final
 from videoqueue.keys import job_key, ledger_entry_key
 from videoqueue.ledger import Ledger, LedgerEntry, write_entry
@@ -533,3 +533,18 @@ def test_ledger_rows_stored_before_still_read() -> None:
     pipe.execute()
     assert sorted(Ledger(client).entries(), key=lambda e: e.job_id) == [entry, new]
     assert stored_json(client, ledger_entry_key(new.job_id))["v"] == 2
+
+
+@pytest.mark.parametrize("make", [every_field_set, finished_record], ids=["every field set", "finished"])
+def test_a_working_copy_is_equal_and_edits_of_it_leave_the_record_alone(make: Any) -> None:
+    record = make()
+    copy = working_copy(record)
+    assert copy == record and copy.model_fields_set == record.model_fields_set
+    copy.notes.append("new")
+    copy.history[0]["at"] = "edited"
+    copy.history.append({"at": "x", "from": "queued", "to": "failed"})
+    copy.budget_keys.append("k")
+    copy.retried_by.append("r")
+    if copy.error is not None:
+        copy.error.message = "edited"
+    assert record == make()
