@@ -224,17 +224,24 @@ def test_local_write_is_durable_file_then_directory(tmp_path: Path, monkeypatch:
 
 def test_local_write_beside_a_live_write_of_the_same_key(tmp_path: Path) -> None:
     # Another writer holds the partial file (a duplicate store attempt in progress): this
-    # write goes under a name of its own, lands, and clears the other's temp file, whose
-    # rename then fails (that attempt retries into a job already done).
+    # write goes under a name of its own, lands, and clears leftovers under random names,
+    # but not the partial file: its holder renames it by name, and a third write would
+    # otherwise make a new one that the holder renames into place half written.
     storage = LocalStorage(tmp_path)
     partial = tmp_path / ".job.mp4.part"
+    (tmp_path / ".job.mp4.x1y2z3").write_bytes(b"a killed write's leftover")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, b"the other writer's bytes")
+        held = os.fstat(fd).st_ino
         storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
         assert (tmp_path / "job.mp4").read_bytes() == VIDEO
-        assert files_under(tmp_path) == ["job.mp4"]
+        assert files_under(tmp_path) == [".job.mp4.part", "job.mp4"]
+        assert os.stat(partial).st_ino == held and partial.read_bytes() == b"the other writer's bytes"
+        # A third write meanwhile also goes beside it, and leaves it to its holder.
+        storage.put_video("job.mp4", iter([VIDEO]), len(VIDEO))
+        assert os.stat(partial).st_ino == held
     finally:
         os.close(fd)
 

@@ -4,6 +4,7 @@ file, `.<name>.part`) and are renamed into place, so a reader never sees half a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -131,11 +132,18 @@ class LocalStorage:
         # lose a video whose job is already recorded as stored.
         _disk(_fsync_dir, target.parent)
         if claimed is None:
-            # Temp files of other writes of the key are leftovers of a worker killed
-            # mid-write, or of the duplicate we wrote beside, whose rename will now fail
-            # and retry into a job already done: either way not needed. Only on this rare
-            # path: the listing costs as much as the folder holds files.
+            # Temp files of other writes of the key under random names are leftovers of a
+            # worker killed mid-write, or of a duplicate writing beside us, whose rename
+            # will now fail and retry into a job already done: either way not needed. Only
+            # on this rare path: the listing costs as much as the folder holds files. The
+            # partial file stays: its holder renames it by name, so once gone a new one
+            # made by a third write would be the file it renames into place, half written.
+            # Its holder's whole file replaces ours when it lands, a copy of the same video.
+            partial = _partial_of(target)
             for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+                if leftover == partial:
+                    _unlink_unless_held(partial)
+                    continue
                 with contextlib.suppress(OSError):
                     leftover.unlink()
         return StoredObject(uri=target.as_uri(), size=size)
@@ -165,6 +173,31 @@ def _fsync_dir(path: Path) -> None:
 _CLAIM_TRIES = 5
 
 
+def _unlink_unless_held(partial: Path) -> None:
+    """Remove a partial file no live writer holds (an empty one `_claim_partial` opened on
+    a filesystem without locks, or a dead writer's); leave one that is held."""
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno != errno.ENOLCK:
+                return  # held by a live writer, who renames it or removes it
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(partial).st_ino:
+                partial.unlink()
+    finally:
+        os.close(fd)
+
+
+def _partial_of(target: Path) -> Path:
+    """The partial file of `target`: `.<name>.part` beside it."""
+    return target.with_name(f".{target.name}.part")
+
+
 def _claim_partial(target: Path) -> tuple[int, str] | None:
     """The partial file of `target` (`.<name>.part` beside it), opened for writing, emptied
     and locked (flock) for as long as the descriptor is open; None when another live
@@ -176,7 +209,7 @@ def _claim_partial(target: Path) -> tuple[int, str] | None:
     kernel released a dead writer's lock) from a write in progress; the inode check after
     locking, that the file opened is still the one at that name and not one a writer
     renamed into place meanwhile. None too where the filesystem refuses locks."""
-    partial = target.with_name(f".{target.name}.part")
+    partial = _partial_of(target)
     for _ in range(_CLAIM_TRIES):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
