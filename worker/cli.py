@@ -131,7 +131,9 @@ def costs_rebuild(
     """Merge the cost entries of the manifests in storage (STORAGE_URL) into the ledger.
 
     For when Redis lost some of it: adds missing entries, replaces those that differ, and
-    keeps those whose manifests it cannot see unless --prune. Needs the worker extra."""
+    keeps those whose manifests it cannot see unless --prune. Run it with the workers'
+    VQ_NAMESPACE and JOB_RETENTION_S: a job whose record expired counts as already in the
+    day totals by the retention. Needs the worker extra."""
     require_worker_extra("costs rebuild")
     try:
         from worker.ledger_rebuild import rebuild_ledger
