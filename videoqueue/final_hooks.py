@@ -48,7 +48,11 @@ def ledger_entry(pipe: Any, before: JobRecord, after: JobRecord) -> Writes | Non
     if first_end(before):
         return None
     earlier: str | None = pipe.get(ledger_entry_key(after.id))
-    if not earlier:  # none, or REMOVED
+    if earlier == REMOVED:
+        # Pruned by a rebuild that saw no manifest (a job that failed in storage has none);
+        # ended again, it is counted again (`ledger_aggregates`), from its record.
+        return lambda multi: multi.delete(ledger_entry_key(after.id))
+    if not earlier:
         return None
     restated = LedgerEntry.model_validate_json(earlier).model_copy(update={"status": after.status.value})
     return lambda multi: multi.set(ledger_entry_key(after.id), restated.to_store_json())
@@ -90,9 +94,9 @@ def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes 
     end moves them to the status it ends in now. A first end reads nothing: `costs rebuild`
     counts no job whose record lives unsettled (`Ledger.merge`), so no one counted this
     one before. A second end restates the entry counted: the job's row if it has one (a
-    rebuild's or an earlier version's, read and checked by the move; `REMOVED`: none),
-    else the one its record gave before the move (`LedgerEntry.of_record`: its first end,
-    `failed`)."""
+    rebuild's or an earlier version's, read and checked by the move), else the one its
+    record gave before the move (`LedgerEntry.of_record`: its first end, `failed`). A job a
+    rebuild pruned (`REMOVED`) is counted again, as it ends now."""
     if first_end(before):
         entry = LedgerEntry.for_job(after)
         if entry is None:
@@ -100,7 +104,10 @@ def ledger_aggregates(pipe: Any, before: JobRecord, after: JobRecord) -> Writes 
         return lambda multi: ledger_days.add(multi, entry)
     earlier: str | None = pipe.get(ledger_entry_key(after.id))
     if earlier == REMOVED:
-        return None
+        # Its entry was pruned out of the totals (`ledger_entry` drops the marker): this end,
+        # which the provider's charge is still behind, puts it back, once.
+        again = LedgerEntry.of_record(after)
+        return None if again is None else lambda multi: ledger_days.add(multi, again)
     old = LedgerEntry.model_validate_json(earlier) if earlier else LedgerEntry.of_record(before)
     if old is None:
         return None

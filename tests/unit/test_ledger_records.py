@@ -201,6 +201,22 @@ def test_a_prune_removes_a_live_jobs_entry_once(redis_client: Any) -> None:
     assert _report(redis_client, "status") == _expected([*kept, back], "status")
 
 
+def test_a_pruned_job_that_ends_again_is_counted_again_once(redis_client: Any) -> None:
+    # A job that failed in storage has no manifest, so a prune removes its charge; `store
+    # retry` then stores it: its second end puts the charge back (new-user trial, issue 18).
+    vq = _queue(redis_client)
+    job_id = _ended(vq, "fox", ("ads",), JobStatus.FAILED)
+    Ledger(redis_client).merge([], prune=True)
+    assert Ledger(redis_client).entries() == [] and _report(redis_client, "status") == [("total", 0, Decimal(0))]
+    vq.store.transition(job_id, {JobStatus.FAILED}, JobStatus.DOWNLOADING, error=None, finished_at=None)
+    vq.store.transition(job_id, {JobStatus.DOWNLOADING}, JobStatus.SUCCEEDED)
+    assert redis_client.get(ledger_entry_key(job_id)) is None
+    manifest = _manifest(vq, job_id)
+    assert _report(redis_client, "status") == [("succeeded", 1, COST), ("total", 1, COST)]
+    assert [e.job_id for e in Ledger(redis_client).entries()] == [job_id]
+    assert Ledger(redis_client).merge([manifest]).added == []  # its manifest: not again
+
+
 def test_a_dry_run_writes_nothing(redis_client: Any) -> None:
     vq = _queue(redis_client)
     ids = _three(vq)
