@@ -125,39 +125,9 @@ def _move_at(at: object, origin: datetime) -> int | None:
         return None
 
 
-def encode_history(
-    history: list[dict[str, Any]], origin: datetime, status: str, updated_at: datetime
-) -> list[Any] | None:
-    """The compact form of a record's history (see the module docstring), or None when the
-    list is empty. `origin` is the record's `created_at`, in UTC."""
-    if not history:
-        return None
-    out: list[Any] = []
-    previous = _FIRST_STATUS
-    for entry in history:
-        source, target = entry.get("from"), entry.get("to")
-        at = (
-            _move_at(entry.get("at"), origin) if len(entry) == 3 and source is not None and target is not None else None
-        )
-        if at is None or not isinstance(source, str) or not isinstance(target, str):
-            out.append(dict(entry))  # stored as it is
-            previous = target if isinstance(target, str) else ""
-            continue
-        move: list[Any] = [at, str(target)]
-        if str(source) != previous:
-            move.append(str(source))
-        out.append(move)
-        previous = str(target)
-    last = out[-1]
-    if isinstance(last, list) and len(last) == 2 and last[1] == str(status):
-        last.pop()
-        if in_utc(updated_at) and history[-1]["at"] == updated_at.astimezone(UTC).isoformat():
-            last.pop()
-    return out
-
-
 def decode_history(stored: list[Any], origin: datetime, status: str, updated_at: datetime) -> list[dict[str, Any]]:
-    """Undo `encode_history`: the moves as `{"at": ISO text, "from", "to"}`."""
+    """A version 2 history (written before version 3: `[at, to]` moves, `from` implied by the
+    move before, `[]` for the last move) as the moves `{"at": ISO text, "from", "to"}`."""
     history: list[dict[str, Any]] = []
     previous = _FIRST_STATUS
     for move in stored:
