@@ -14,8 +14,11 @@ progress, S3 becomes unreachable, in one of two ways:
   the abort), then lets them through again. S3 keeps its state, so every job's
   objects are checked, and an upload cut off half way would still be there.
 
-Workers retry a failed transfer up to STORE_MAX_ATTEMPTS=12 times, 1 s to 4 s apart
-(RETRY_BASE_S=1, RETRY_MAX_S=4), which outlasts either outage. Then:
+Workers retry a failed transfer up to STORE_MAX_ATTEMPTS=20 times, 1 s to 4 s apart
+(RETRY_BASE_S=1, RETRY_MAX_S=4: attempt n waits between half and all of min(4, 2^(n-1))
+s), which outlasts either outage even if every wait is the shortest (35.5 s; with 12
+attempts that was 19.5 s, and a job whose attempts were quick to fail ran out of them in a
+25 s cut). Then:
 
 - every job is final and succeeded, and some transfers were retried through the outage;
 - every stored video has exactly the served size (HEAD), and its manifest names its job;
@@ -64,9 +67,9 @@ CUT_S = 25.0
 OUTAGE_WHEN_SUCCEEDED = 6
 PREFIX = "renders"
 FINISH_TIMEOUT_S = 240.0
-# Transfers retried 12 times 1-4 s apart (defaults 8 times, 2-300 s apart): enough to
+# Transfers retried 20 times 1-4 s apart (defaults 8 times, 2-300 s apart): enough to
 # outlast either outage, without minutes of back-off after it.
-WORKER_ENV = {"STORE_MAX_ATTEMPTS": "12", "RETRY_BASE_S": "1", "RETRY_MAX_S": "4"}
+WORKER_ENV = {"STORE_MAX_ATTEMPTS": "20", "RETRY_BASE_S": "1", "RETRY_MAX_S": "4"}
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret", "AWS_REGION": "us-east-1"}
 
 
