@@ -361,10 +361,39 @@ def test_the_sweep_trims_expired_records_in_bounded_batches(redis_client: Any) -
         assert report.looked_at <= batch
         looked.append(report.trimmed)
         assert len(looked) < 20
-    assert looked[:4] == [6, 6, 6, 6]  # 3 from the succeeded index, 3 from the ledger index
+    # A whole batch a tick while there is a backlog: the three empty indexes' shares go to
+    # the succeeded and ledger indexes (12 members each).
+    assert looked == [15, 9]
     assert redis_client.zcard(status_index(JobStatus.SUCCEEDED)) == 0
     # The totals stayed.
     assert Ledger(redis_client).report("day")[-1].jobs == 12
+
+
+def test_one_busy_index_gets_the_batch_the_others_leave(redis_client: Any) -> None:
+    # Most jobs end succeeded: an even share (batch / 5 indexes a tick) trimmed that index
+    # slower than a busy host's jobs ended, and it grew for ever (bench day).
+    vq = _queue(redis_client)
+    jobs = _ended_jobs(vq, 40)
+    failed = _stored(vq, VideoRequest(prompt="fails"))
+    _charged(vq.store, failed.id, JobStatus.FAILED)
+    for job in [*jobs, failed]:
+        redis_client.delete(job_key(job.id))
+    alive = _ended_jobs(vq, 1)[0]  # ended too, its record not yet expired
+    report = retention.trim(redis_client, RETENTION, time.time() + RETENTION + 10, 50)
+    assert report.trimmed == 41 and report.looked_at == 42
+    assert report.by_index[status_index(JobStatus.SUCCEEDED)] == 40
+    assert report.by_index[status_index(JobStatus.FAILED)] == 1
+    assert list(redis_client.zrange(status_index(JobStatus.SUCCEEDED), 0, -1)) == [alive.id]
+    # Bounded all the same: a batch smaller than the backlog is never exceeded, and the
+    # next tick goes on from where this one stopped.
+    more = _ended_jobs(vq, 30)
+    for job in more:
+        redis_client.delete(job_key(job.id))
+    first = retention.trim(redis_client, RETENTION, time.time() + RETENTION + 10, 20)
+    assert first.looked_at == 20 and first.trimmed == 19  # the live record looked at, kept
+    second = retention.trim(redis_client, RETENTION, time.time() + RETENTION + 10, 20)
+    assert second.trimmed == 11
+    assert list(redis_client.zrange(status_index(JobStatus.SUCCEEDED), 0, -1)) == [alive.id]
 
 
 def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_one(redis_client: Any) -> None:
