@@ -262,8 +262,10 @@ def worker_key(node: str) -> str:
 
 
 RETENTION_CURSOR = namespace.keep(globals(), "RETENTION_CURSOR", lambda: _key("retention:cursor"))
-"""Hash: index key to the score (epoch s) up to which the sweep's retention walk has looked
-at that index (videoqueue.retention); a walk that reaches the cut-off starts again. No TTL."""
+"""Hash: index key to where the sweep's retention walk of that index stopped: `score skip member`
+(the last member looked at, its score in epoch s, and how many members of that score up to it
+are still in the index; videoqueue.retention._Cursor); a walk that reaches the cut-off
+starts again from the oldest. No TTL."""
 
 
 SWEEP_LOCK = namespace.keep(globals(), "SWEEP_LOCK", lambda: _key("sweep:lock"))

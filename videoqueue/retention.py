@@ -166,19 +166,45 @@ class _Walk:
     reached_cutoff: bool
 
 
+@dataclass(frozen=True)
+class _Cursor:
+    """Where a walk of an index stopped: its last member and that member's score, and how
+    many members with that score, up to and including it, it left in the index (those a
+    walk from the score looks at again). Members of equal score are in member order, so
+    the walk goes on after them and misses none: many jobs can settle in one millisecond."""
+
+    score: float
+    member: str
+    skip: int
+
+    def encode(self) -> str:
+        return f"{self.score!r} {self.skip} {self.member}"
+
+    @classmethod
+    def decode(cls, raw: str | None) -> _Cursor | None:
+        """The cursor `encode` wrote; a bare score (written before: the walk went on above
+        it) reads as one after every member of that score; None for none."""
+        if not raw:
+            return None
+        score, _, rest = raw.partition(" ")
+        if not rest:
+            return cls(float(score), "\U0010ffff", 0)
+        skip, _, member = rest.partition(" ")
+        return cls(float(score), member, int(skip))
+
+
 def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds: int, report: TrimReport) -> _Walk:
-    cursor: str | None = client.hget(keys.RETENTION_CURSOR, index)  # type: ignore[assignment]
-    low = f"({cursor}" if cursor else "-inf"
-    members: list[tuple[str, float]] = client.zrangebyscore(  # type: ignore[assignment]
-        index, low, cutoff, start=0, num=limit, withscores=True
+    after = _Cursor.decode(client.hget(keys.RETENTION_CURSOR, index))  # type: ignore[arg-type]
+    skip = after.skip if after is not None else 0
+    fetched: list[tuple[str, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        index, after.score if after is not None else "-inf", cutoff, start=0, num=limit + skip, withscores=True
     )
+    newer = [(m, s) for m, s in fetched if after is None or s > after.score or m > after.member]
+    members = newer[:limit]
     report.looked_at += len(members)
-    reached = len(members) < limit
-    if reached:
-        client.hdel(keys.RETENTION_CURSOR, index)  # the cut-off reached: next round from the oldest
-    else:
-        client.hset(keys.RETENTION_CURSOR, index, repr(members[-1][1]))
+    reached = len(fetched) < limit + skip and len(newer) <= limit
     if not members:
+        _move_cursor(client, index, None if reached else after, fetched, set())
         return _Walk(0, 0, reached)
     ledger = index == keys.LEDGER_INDEX
     key_of = ledger_entry_key if ledger else job_key
@@ -194,11 +220,28 @@ def _walk(client: redis.Redis, index: str, *, cutoff: float, limit: int, seconds
         if not ledger:
             write.zrem(keys.INPUTS_RELEASE_INDEX, *gone)
     write.execute()
+    if reached:
+        _move_cursor(client, index, None, fetched, set())
+    else:
+        last, score = members[-1]
+        _move_cursor(client, index, _Cursor(score, last, 0), fetched, set(gone))
     if ledger:
         report.expiring += _count_rows_stored_forever(client, [m for m, _s in forever], seconds)
     else:
         report.expiring += _expire_stored_forever(client, [m for m, _s in forever], seconds)
     return _Walk(len(members), len(gone), reached)
+
+
+def _move_cursor(
+    client: redis.Redis, index: str, to: _Cursor | None, fetched: list[tuple[str, float]], removed: set[str]
+) -> None:
+    """Keep where the walk of `index` stopped (`to`, its skip counted here from `fetched`
+    less `removed`), or start the next walk from the oldest (None: the cut-off was reached)."""
+    if to is None:
+        client.hdel(keys.RETENTION_CURSOR, index)
+        return
+    kept = sum(1 for m, s in fetched if s == to.score and m <= to.member and m not in removed)
+    client.hset(keys.RETENTION_CURSOR, index, _Cursor(to.score, to.member, kept).encode())
 
 
 def _each_stored_forever(

@@ -396,6 +396,40 @@ def test_one_busy_index_gets_the_batch_the_others_leave(redis_client: Any) -> No
     assert list(redis_client.zrange(status_index(JobStatus.SUCCEEDED), 0, -1)) == [alive.id]
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5, 7, 60])
+def test_members_of_one_score_are_all_walked_whatever_the_batch(redis_client: Any, batch: int) -> None:
+    # Ledger rows are indexed by their settle time, to the millisecond: many jobs settle in
+    # one. A walk that stops inside such a group goes on after it next tick, skipping none
+    # (a cursor of the score alone skipped the rest of the group until the next round).
+    index = keys.LEDGER_INDEX
+    ids = [f"job-{i:02d}" for i in range(25)]
+    alive = {"job-03", "job-04", "job-11", "job-24"}  # rows still stored: looked at, kept
+    scores = {job: 1_000.0 + (0 if i < 12 else 0.001 if i < 20 else 0.002) for i, job in enumerate(ids)}
+    redis_client.zadd(index, scores)
+    for job in alive:
+        redis_client.set(ledger_entry_key(job), "{}", ex=3600)
+    gone: list[str] = []
+    seen = 0
+    for _tick in range(40):
+        before = set(redis_client.zrange(index, 0, -1))
+        report = retention.trim(redis_client, 60, 1_000.0 + 60 + 1, batch)
+        gone += sorted(before - set(redis_client.zrange(index, 0, -1)))
+        seen += report.looked_at
+        if not redis_client.hexists(keys.RETENTION_CURSOR, index):
+            break  # the cut-off reached: one whole round
+    assert sorted(gone) == sorted(set(ids) - alive)
+    assert seen == len(ids)  # each member looked at once in the round
+    assert set(redis_client.zrange(index, 0, -1)) == alive
+
+
+def test_a_cursor_written_before_reads_as_after_its_score(redis_client: Any) -> None:
+    index = keys.LEDGER_INDEX
+    redis_client.zadd(index, {"a": 1_000.0, "b": 1_000.0, "c": 1_001.0})
+    redis_client.hset(keys.RETENTION_CURSOR, index, repr(1_000.0))
+    report = retention.trim(redis_client, 60, 2_000.0, 10)
+    assert report.looked_at == 1 and list(redis_client.zrange(index, 0, -1)) == ["a", "b"]
+
+
 def test_the_sweep_leaves_live_records_and_gives_a_ttl_to_those_stored_without_one(redis_client: Any) -> None:
     vq = _queue(redis_client)
     kept, forever = _ended_jobs(vq, 2)
