@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
@@ -37,7 +37,7 @@ from videoqueue.queues import broker_timing
 from videoqueue.recovery import run_park_timer
 from videoqueue.room import WaitingRoom
 from videoqueue.settings import get_settings
-from worker import deliver, logs, registry
+from worker import deliver, logs, malloc, registry
 from worker.app import app
 from worker.open_uploads import RedisOpenUploads
 from worker.outcome import JobFailed, ended_by_step, summary
@@ -134,8 +134,15 @@ def _and_advance_movie(on_final: Callable[[JobRecord], object] | None) -> Callab
     return after
 
 
+@worker_init.connect
+def _returnable_memory(**_: Any) -> None:
+    # Before the pool starts: its children (forked) and threads share the setting.
+    malloc.fix_mmap_threshold()
+
+
 @worker_process_init.connect
 def _fresh_clients(**_: Any) -> None:
+    malloc.fix_mmap_threshold()  # a child not forked from the worker's main process
     # Connections must not be shared across the fork of a prefork pool child.
     pipeline.cache_clear()
     _storage.cache_clear()
