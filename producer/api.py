@@ -31,6 +31,7 @@ from videoqueue.job import (
     TASK_SUBMIT,
     JobRecord,
     JobStatus,
+    created_now,
     utcnow,
 )
 from videoqueue.jobids import records, resolve_ids
@@ -166,7 +167,7 @@ class VideoQueue:
         budget keys; `fields` set more of it (`retry_of`)."""
         spec = self.catalog.models[request.model]
         _, estimate = spec.estimate(request)
-        now = utcnow()
+        now = created_now()
         record = JobRecord(
             id=str(uuid.uuid4()),
             status=JobStatus.QUEUED,

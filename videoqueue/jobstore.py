@@ -194,10 +194,11 @@ class _Move:
     def of(
         cls, client: Any, current: JobRecord, changed: JobRecord, events_maxlen: int = events.DEFAULT_MAXLEN
     ) -> _Move:
-        """Complete `changed` (updated_at, finished_at, history, settled_at: it is edited in
-        place) and gather its writes: indexes and counts, the slot it frees, the final
-        hooks' writes, and its event when the status changes (videoqueue.events, the
-        stream capped at about `events_maxlen` entries). The hooks read with `client`,
+        """Complete `changed` (updated_at, finished_at, history, settled_at, and submitted_at
+        when it records a provider task: it is edited in place) and gather its writes:
+        indexes and counts, the slot it frees, the final hooks' writes, and its event when
+        the status changes (videoqueue.events, the stream capped at about `events_maxlen`
+        entries). The hooks read with `client`,
         before the script, through `Reads`: the script stores the move only if every key
         they read (a job's ledger row, which a `costs rebuild` may write meanwhile) still
         holds what they read."""
@@ -209,6 +210,10 @@ class _Move:
         settles = ends and current.settled_at is None
         now = utcnow()
         changed.updated_at = now
+        if new_task:
+            # The create's answer is recorded now, with the move to `running`: one time
+            # for both, so a stored record leaves it out once (storedform, version 4).
+            changed.submitted_at = now
         if changed.status.is_final and changed.finished_at is None:
             changed.finished_at = now
         if changed.status != current.status:

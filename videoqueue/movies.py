@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from videoqueue import keys, retention
 from videoqueue.errors import RequestError
-from videoqueue.job import JobRecord, JobStatus, Usd, utcnow
+from videoqueue.job import JobRecord, JobStatus, Usd, created_now, utcnow
 
 ADVANCE_GRACE_S = 30.0
 """How long after a scene's final move the sweep sends the movie's advance itself, if it is
@@ -300,7 +300,7 @@ def retry_record(old: JobRecord, new_id: str, seed: int, budget_keys: Callable[[
     """A scene's next attempt: the old job's request with a new `seed`, a fresh queued
     record (the same estimate and time allowed), `retry_of` the old job. Its images are the
     old job's references: the caller copies uploaded ones under the new id."""
-    now = utcnow()
+    now = created_now()
     record = JobRecord(
         id=new_id,
         status=JobStatus.QUEUED,

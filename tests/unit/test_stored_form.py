@@ -14,14 +14,25 @@ import pytest
 
 from tests.unit.helpers import seedance_request
 from videoqueue import budget, keys
-from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus, derived_budget_keys, working_copy
+from videoqueue.job import (
+    ErrorCode,
+    JobFailure,
+    JobRecord,
+    JobStatus,
+    created_now,
+    derived_budget_keys,
+    utcnow,
+    working_copy,
+)
 from videoqueue.jobstore import JobStore, clear_final
 from videoqueue.keys import job_key, ledger_entry_key
 from videoqueue.ledger import Ledger, LedgerEntry, write_entry
 from videoqueue.resolved import ImageUpload, ImageUrl, ResolvedRequest
 from videoqueue.storedform import RECORD_NAMES, RECORD_VERSION, REQUEST_NAMES, with_long_names
 
-T0 = datetime(2026, 12, 6, 7, 25, 22, 165574, tzinfo=UTC)
+# A whole millisecond, as `utcnow` makes the times of a job's moves (`created_now` keeps its
+# microseconds: test_a_time_with_a_fraction_of_a_millisecond_keeps_it).
+T0 = datetime(2026, 12, 6, 7, 25, 22, 165000, tzinfo=UTC)
 
 # Records and a ledger row as the code before the compact form stored them (taken from a
 # `python -m bench memory` run, namespace `default`): they must still read.
@@ -244,14 +255,15 @@ def test_a_record_reads_back_equal_and_shows_the_same(make: Any) -> None:
 def test_the_stored_form_leaves_out_defaults_and_what_the_record_repeats() -> None:
     record = finished_record()
     stored = with_long_names(json.loads(record.to_store_json()))
-    assert stored["v"] == 3
+    assert stored["v"] == RECORD_VERSION == 4
     assert 0 not in stored.values() and [] not in stored.values()
     assert "provider" not in stored["request"] and "model" not in stored["request"]
     assert "budget_keys" not in stored  # worked out from created_at and the tags
-    assert isinstance(stored["created_at"], int) and stored["updated_at"] == 10_500_000
+    # Times in milliseconds: created_at from the epoch, the others from created_at.
+    assert stored["created_at"] == 1_796_541_922_165 and stored["updated_at"] == 10_500
     # Moves along the usual path are their time alone; the last, to the record's status at
     # its updated_at, is left out.
-    assert stored["history"] == [9_000_000, 9_100_000, 10_000_000]
+    assert stored["history"] == [9_000, 9_100, 10_000]
     # The cost is the estimate, settled when finished, the provider says what the status
     # says: left out. Where absence means such a value, a None is `null`.
     assert "cost_usd" not in stored and "settled_at" not in stored and "provider_status" not in stored
@@ -338,12 +350,12 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
     # The last move is not the record's status, and the updated_at is later than it.
     record = finished_record(status=JobStatus.FAILED, history=history, updated_at=at(9))
     stored = with_long_names(json.loads(record.to_store_json()))["history"]
-    assert stored[0] == [1_000_000, "q", "sb"]
+    assert stored[0] == [1_000, "q", "sb"]
     assert stored[1] == history[1] and stored[2] == history[2]
-    assert stored[3] == [3_000_000, "f", "d"]
-    assert stored[4] == [4_000_000, "d"]
+    assert stored[3] == [3_000, "f", "d"]
+    assert stored[4] == [4_000, "d"]
     assert stored[5:8] == history[5:8]
-    assert stored[8:] == [[6_000_000, "d", "r"], None]  # and no move to `failed` is implied
+    assert stored[8:] == [[6_000, "d", "r"], None]  # and no move to `failed` is implied
     assert read_back(record) == record
     # Moves at whole seconds, and a last move at another time than updated_at.
     whole = finished_record(
@@ -351,7 +363,7 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
         updated_at=datetime(2026, 1, 1, 0, 0, 9, tzinfo=UTC),
         history=[{"at": "2026-01-01T00:00:05+00:00", "from": "downloading", "to": "succeeded"}],
     )
-    assert with_long_names(json.loads(whole.to_store_json()))["history"] == [[5_000_000, "ok", "d"], None]
+    assert with_long_names(json.loads(whole.to_store_json()))["history"] == [[5_000, "ok", "d"], None]
     assert read_back(whole) == whole
     # The only move is the implied one: an empty list, not left out.
     one = finished_record(status=JobStatus.SUBMITTING, history=moves((10.5, "queued", "submitting")))
@@ -359,14 +371,14 @@ def test_history_that_does_not_follow_the_chain_keeps_what_it_needs() -> None:
     assert read_back(one) == one
     # A chain move last, at updated_at but to another status than the record's.
     other = finished_record(status=JobStatus.FAILED, history=moves((10.5, "queued", "submitting")))
-    assert with_long_names(json.loads(other.to_store_json()))["history"] == [10_500_000, None]
+    assert with_long_names(json.loads(other.to_store_json()))["history"] == [10_500, None]
     assert read_back(other) == other
 
 
 def test_times_not_in_utc_are_kept_as_text() -> None:
     plus_two = timezone(timedelta(hours=2))
     record = finished_record(deadline_at=at(7200).astimezone(plus_two))
-    assert with_long_names(json.loads(record.to_store_json()))["deadline_at"] == "2026-12-06T11:25:22.165574+02:00"
+    assert with_long_names(json.loads(record.to_store_json()))["deadline_at"] == "2026-12-06T11:25:22.165000+02:00"
     assert read_back(record).public_dict() == record.public_dict()
     # A creation time not in UTC: nothing is counted from it, and the budget keys are kept.
     local = finished_record(created_at=T0.astimezone(plus_two))
@@ -445,6 +457,30 @@ def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
     assert [(h["from"], h["to"]) for h in moved.history] == [("queued", "submitting")]
 
 
+def test_the_store_records_a_task_and_its_submit_time_with_the_move_to_running() -> None:
+    client = fakeredis.FakeRedis(decode_responses=True)
+    store = JobStore(client)
+    record = finished_record(
+        status=JobStatus.QUEUED, history=[], updated_at=T0, finished_at=None, cost_usd=None, created_at=T0
+    )
+    store.create_many([record])
+    store.transition(record.id, {JobStatus.QUEUED}, JobStatus.SUBMITTING)
+
+    def record_task(job: JobRecord) -> JobRecord:
+        job.status, job.provider_task_id, job.attempts = JobStatus.RUNNING, "cgt-1", 1
+        return job
+
+    running = store.update(record.id, record_task)
+    assert running is not None and running.submitted_at == running.updated_at
+    assert running.history[-1]["at"] == running.submitted_at.isoformat()
+    stored = with_long_names(stored_json(client, job_key(record.id)))
+    assert "submitted_at" not in stored and "attempts" not in stored
+    assert store.get(record.id) == running
+    # A later move keeps it.
+    later = store.update(record.id, lambda job: job.model_copy(update={"poll_seq": 2}))
+    assert later is not None and later.submitted_at == running.submitted_at
+
+
 def test_records_in_the_compact_form_of_version_2_still_read() -> None:
     record = JobRecord.from_store_json(V2_FINISHED, "5d2dd213-8d8e-4bcb-88d5-b6a3995add2b")
     assert record.id == "5d2dd213-8d8e-4bcb-88d5-b6a3995add2b"
@@ -465,15 +501,145 @@ def test_records_in_the_compact_form_of_version_2_still_read() -> None:
         del v2[name]
     older = JobRecord.from_store_json(json.dumps(v2), record.id)
     assert (older.provider_status, older.cost_usd, older.settled_at, older.manifest_uri) == (None, None, None, None)
-    # Written again, they are version 3 and read back equal.
+    # Written again, they are version 4 and read back equal.
     for each in (record, older):
         raw = each.to_store_json()
         assert json.loads(raw)["v"] == RECORD_VERSION and JobRecord.from_store_json(raw, each.id) == each
     # The id is the key's: 523 B with it.
-    assert "id" not in json.loads(record.to_store_json()) and len(record.to_store_json()) == 523 - 44
+    # The id is the key's: 523 B with it in version 3. Its times keep their microseconds in
+    # version 4 (written with a fraction of a millisecond): a decimal point each, 9 more; its
+    # one create and one store attempt are implied, 13 fewer.
+    assert "id" not in json.loads(record.to_store_json()) and len(record.to_store_json()) == 523 - 44 + 9 - 13
     # The compact form of version 3 with the long names reads the same too.
     long_form = json.dumps(with_long_names(json.loads(record.to_store_json())))
     assert JobRecord.from_store_json(long_form, record.id) == record
+
+
+# A finished record as version 3 wrote it (times in microseconds; `python -m bench day`).
+V3_FINISHED = (
+    '{"v":3,"s":"succeeded","p":"byteplus","m":"seedance-1-5-pro-251215","r":{"p":"day 1757","d":5,"rs":"720p",'
+    '"ra":"16:9","au":true,"sd":1479562930,"st":"default"},"t":"cgt-20261206214037-9f728c16","pe":"127.0.0.1:49263",'
+    '"pf":"f8e2e1df3ec5","a":1,"ce":0.249163,"bu":103818,"o":["file:///tmp/vq-bench-day-lofhyyhl/out/",".mp4"],'
+    '"pq":1,"sa":1,"ct":1796593233392540,"ut":6571973,"sb":4241248,"pd":6480034,"fa":6559264,"dl":600000000,'
+    '"h":[4029650,4241343,6480545]}'
+)
+
+
+def test_records_in_the_compact_form_of_version_3_still_read_and_are_written_in_milliseconds() -> None:
+    job_id = "bdf60052-d1b9-4037-8731-802e4dfcdc48"
+    record = JobRecord.from_store_json(V3_FINISHED, job_id)
+    assert record.created_at == datetime(2026, 12, 6, 21, 40, 33, 392540, tzinfo=UTC)
+    assert record.finished_at == record.created_at + timedelta(microseconds=6559264)
+    assert record.output_uri == f"file:///tmp/vq-bench-day-lofhyyhl/out/{job_id}.mp4"
+    assert record.history[1] == {
+        "at": (record.created_at + timedelta(microseconds=4241343)).isoformat(),
+        "from": "submitting",
+        "to": "running",
+    }
+    assert record.history[-1]["to"] == "succeeded" and record.history[-1]["at"] == record.updated_at.isoformat()
+    raw = record.to_store_json()
+    assert json.loads(raw)["v"] == RECORD_VERSION and JobRecord.from_store_json(raw, job_id) == record
+    # Its times, to the microsecond, as milliseconds with a fraction.
+    assert '"ct":1796593233392.54,' in raw and '"fa":6559.804,' in raw
+
+
+def test_one_create_one_store_and_the_submit_time_of_the_running_move_are_left_out() -> None:
+    record = finished_record(
+        provider_task_id="cgt-1",
+        attempts=1,
+        store_attempts=1,
+        output_uri="file:///out/v.mp4",
+        submitted_at=at(9.1),  # the move to running's time
+    )
+    stored = with_long_names(json.loads(record.to_store_json()))
+    for name in ("attempts", "store_attempts", "submitted_at"):
+        assert name not in stored, name
+    assert read_back(record) == record
+    # Unlike what absence means: written, a 0 and a None too.
+    for changes in (
+        {"attempts": 0},
+        {"attempts": 2},
+        {"store_attempts": 0},
+        {"store_attempts": 3},
+        {"submitted_at": None},
+        {"submitted_at": at(9.2)},
+        {"submitted_at": at(9.1).astimezone(timezone(timedelta(hours=2)))},
+        {"history": record.history[:1], "updated_at": at(9)},  # no move to running
+        {"provider_task_id": None, "attempts": 1},
+        {"output_uri": None, "store_attempts": 1},
+    ):
+        other = record.model_copy(update=changes)
+        stored = with_long_names(json.loads(other.to_store_json()))
+        name = (
+            next(n for n in ("attempts", "store_attempts", "submitted_at") if n in changes)
+            if "history" not in changes
+            else "submitted_at"
+        )
+        assert name in stored and read_back(other) == other, changes
+        assert read_back(other).model_dump_json() == other.model_dump_json()
+
+
+def test_version_3_implied_no_create_store_or_submit_time() -> None:
+    stored = json.loads(V3_FINISHED)
+    for name in ("a", "sa", "sb"):
+        del stored[name]
+    record = JobRecord.from_store_json(json.dumps(stored), "bdf60052-d1b9-4037-8731-802e4dfcdc48")
+    assert (record.attempts, record.store_attempts, record.submitted_at) == (0, 0, None)
+    assert read_back(record) == record
+
+
+def test_utcnow_is_to_the_millisecond_and_a_new_jobs_creation_to_the_microsecond() -> None:
+    assert all(utcnow().microsecond % 1000 == 0 for _ in range(50))
+    created = [created_now() for _ in range(1000)]
+    assert any(when.microsecond % 1000 for when in created)
+
+
+def test_a_time_with_a_fraction_of_a_millisecond_keeps_it() -> None:
+    # A job's created_at keeps its microseconds (it orders the waiting room); the moves'
+    # times are whole milliseconds, counted from created_at's whole millisecond.
+    created = T0 + timedelta(microseconds=392)
+    record = finished_record(created_at=created, deadline_at=created + timedelta(seconds=7200))
+    raw = record.to_store_json()
+    stored = with_long_names(json.loads(raw))
+    assert stored["created_at"] == 1_796_541_922_165.392
+    assert stored["updated_at"] == 10_500 and stored["history"] == [9_000, 9_100, 10_000]
+    assert stored["deadline_at"] == 7_200_000.392
+    assert JobRecord.from_store_json(raw, record.id) == record
+    # Any time finer than a millisecond, and a move's too, reads back to its microsecond.
+    finer = record.model_copy(
+        update={
+            "next_due_at": at(20) + timedelta(microseconds=1),
+            "history": [
+                {**record.history[0], "at": (at(9) + timedelta(microseconds=999)).isoformat()},
+                *record.history[1:],
+            ],
+        }
+    )
+    raw = finer.to_store_json()
+    assert with_long_names(json.loads(raw))["history"][0] == 9_000.999
+    assert with_long_names(json.loads(raw))["next_due_at"] == 20_000.001
+    assert JobRecord.from_store_json(raw, record.id) == finer
+    # Times far from the origin, both ways, and in the far future.
+    for offset in (timedelta(days=-400, microseconds=7), timedelta(days=3650, microseconds=1), timedelta(0)):
+        far = record.model_copy(update={"result_expires_at": created + offset})
+        assert JobRecord.from_store_json(far.to_store_json(), record.id) == far
+
+
+def test_milliseconds_are_shorter_by_three_digits_a_time() -> None:
+    record = finished_record()
+    # The same record a microsecond later throughout: every time has a fraction.
+    step = timedelta(microseconds=1)
+    later = record.model_copy(
+        update={
+            **{name: value + step for name, value in record.__dict__.items() if isinstance(value, datetime)},
+            "history": [
+                {**move, "at": (datetime.fromisoformat(move["at"]) + step).isoformat()} for move in record.history
+            ],
+        }
+    )
+    assert JobRecord.from_store_json(later.to_store_json(), record.id) == later
+    # created_at, updated_at, finished_at, deadline_at and the three stored moves: ".001", 4 B each.
+    assert len(later.to_store_json()) - len(record.to_store_json()) == 4 * 7
 
 
 def every_field_row() -> LedgerEntry:

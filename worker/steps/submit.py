@@ -182,8 +182,7 @@ class SubmitStep(PollStep):
                 return None
             record.status = JobStatus.RUNNING
             record.provider_task_id = task_id
-            record.provider_status = "queued"
-            record.submitted_at = utcnow()
+            record.provider_status = "queued"  # submitted_at: set by the store, at the move
             record.submit_lease_until = None
             record.submit_intent_at = None
             record.poll_seq = 1
