@@ -13,7 +13,7 @@ import pytest
 
 from worker import malloc
 
-# After one large block was freed, blocks of a decoder's frame buffer size, each followed by
+# After one large block was freed, blocks of 1.3 MB, each followed by
 # a block that lives on, then all of them freed: from the heap, the space they leave stays
 # in the process.
 _CHURN = """
