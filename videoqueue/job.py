@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import Annotated, Any
@@ -81,11 +81,13 @@ Usd = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="js
 
 
 def utcnow() -> datetime:
-    """Timezone-aware now, to the millisecond: the clock of a job's moves. Its times are
-    stored in milliseconds (storedform.RECORD_VERSION): finer would cost 3 bytes a time in
-    every record and tell nobody anything."""
+    """Timezone-aware now, rounded up to the millisecond: the clock of a job's moves. Its
+    times are stored in milliseconds (storedform.RECORD_VERSION): finer would cost 3 bytes
+    a time in every record and tell nobody anything. Up, so that no move is dated before
+    the job's creation (`created_now`, to the microsecond)."""
     now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
+    past = now.microsecond % 1000
+    return now + timedelta(microseconds=1000 - past) if past else now
 
 
 def created_now() -> datetime:

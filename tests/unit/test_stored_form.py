@@ -588,10 +588,14 @@ def test_version_3_implied_no_create_store_or_submit_time() -> None:
     assert read_back(record) == record
 
 
-def test_utcnow_is_to_the_millisecond_and_a_new_jobs_creation_to_the_microsecond() -> None:
+def test_utcnow_is_to_the_millisecond_up_and_a_new_jobs_creation_to_the_microsecond() -> None:
     assert all(utcnow().microsecond % 1000 == 0 for _ in range(50))
     created = [created_now() for _ in range(1000)]
     assert any(when.microsecond % 1000 for when in created)
+    # Rounded up: a move right after a job's creation is never dated before it.
+    for _ in range(1000):
+        enqueued = created_now()
+        assert utcnow() >= enqueued
 
 
 def test_a_time_with_a_fraction_of_a_millisecond_keeps_it() -> None:
