@@ -444,13 +444,19 @@ def test_records_stored_before_still_read_and_move_on(old: str) -> None:
     assert after.model_copy(update={"notes": [], "updated_at": record.updated_at}) == expected
 
 
-def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
+def queued_in_store() -> tuple[Any, JobStore, JobRecord]:
+    """A fake Redis, its job store, and a queued record created in it."""
     client = fakeredis.FakeRedis(decode_responses=True)
     store = JobStore(client)
     record = finished_record(
         status=JobStatus.QUEUED, history=[], updated_at=T0, finished_at=None, cost_usd=None, created_at=T0
     )
     store.create_many([record])
+    return client, store, record
+
+
+def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
+    client, store, record = queued_in_store()
     assert stored_json(client, job_key(record.id))["v"] == RECORD_VERSION
     moved = store.transition(record.id, {JobStatus.QUEUED}, JobStatus.SUBMITTING)
     assert moved is not None and store.get(record.id) == moved
@@ -458,12 +464,7 @@ def test_a_job_moved_through_the_store_reads_back_as_it_was_written() -> None:
 
 
 def test_the_store_records_a_task_and_its_submit_time_with_the_move_to_running() -> None:
-    client = fakeredis.FakeRedis(decode_responses=True)
-    store = JobStore(client)
-    record = finished_record(
-        status=JobStatus.QUEUED, history=[], updated_at=T0, finished_at=None, cost_usd=None, created_at=T0
-    )
-    store.create_many([record])
+    client, store, record = queued_in_store()
     store.transition(record.id, {JobStatus.QUEUED}, JobStatus.SUBMITTING)
 
     def record_task(job: JobRecord) -> JobRecord:
