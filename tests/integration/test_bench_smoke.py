@@ -16,6 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
+from videoqueue.storedform import RECORD_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -158,8 +160,8 @@ def test_quick_memory_run_counts_every_key_of_a_job(tmp_path: Path) -> None:
     assert overhead["request"] == {"name": "overhead", "prompt_chars": 10, "tags": [], "client_job_id": None}
     assert overhead["counts"]["succeeded"] == 100
     assert "vq@bench:client:{client}" not in {row["kind"] for row in overhead["queued"]["kinds"]}
-    # What Redis holds is the compact stored form.
-    assert json.loads(document["finished"]["sample"]["record"])["v"] == 3
+    # What Redis holds is the compact stored form, its times in milliseconds.
+    assert json.loads(document["finished"]["sample"]["record"])["v"] == RECORD_VERSION == 4
     assert "ledger_row" not in document["finished"]["sample"]  # no per-job ledger row
 
 

@@ -87,7 +87,7 @@ OLD_LEDGER_ROW = (
 )
 
 # A finished record of the overhead bench's request in the compact form of version 2 (a `python
-# -m bench memory` run, `bench/results/memory.json`): 657 B, 523 B in version 3.
+# -m bench memory` run of the time): 657 B, 523 B in version 3.
 V2_FINISHED = (
     '{"v":2,"id":"5d2dd213-8d8e-4bcb-88d5-b6a3995add2b","s":"succeeded","p":"byteplus","m":'
     '"seedance-1-5-pro-251215","r":{"p":"overhead 1170","d":5,"rs":"720p","ra":"16:9","au":true,"sd":1336531462,'
