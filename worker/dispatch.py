@@ -6,8 +6,8 @@ store when each job's next step is due, which is what the recovery sweep reads.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Protocol
 
 from videoqueue.job import utcnow
@@ -59,8 +59,10 @@ class DueTracking:
         self.send_unpark = send_unpark
 
     def _send(self, job_id: str, countdown: float, send: Callable[[float], None]) -> None:
-        due = (utcnow() + timedelta(seconds=countdown)).timestamp()
-        placed = self.parking.place(job_id, due)
+        # The parking's clock, not utcnow (up to 1 ms ahead): a countdown of exactly the
+        # horizon is sent, not parked.
+        now = time.time()
+        placed = self.parking.place(job_id, now + countdown, now)
         if placed.send:
             send(countdown)
             return
