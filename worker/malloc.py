@@ -12,6 +12,11 @@ not: a `malloc_trim` gave it back, so it was freed memory kept, not a leak. With
 threshold set (`mallopt`, which also stops glibc adjusting it) the same run kept every pool
 child within a few MB.
 
+The threshold does not cover small blocks: a heap whose top is held by one small block that
+lives on keeps everything freed below it. `trim_if_due`, called after each task, gives that
+back with `malloc_trim` at most once per `TRIM_INTERVAL_S` a process, which bounds what a
+process keeps to what one interval's tasks left (benchmarks section 9).
+
 Other C libraries (musl, macOS) are left as they are.
 """
 
@@ -20,6 +25,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +39,75 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 kept from then on."""
 
 
+TRIM_INTERVAL_S = 30.0
+"""Seconds between two `malloc_trim` calls of one process: each costs a walk of the heap
+(about a millisecond for a worker's), so once in 30 s is nothing beside the tasks between."""
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has a mallopt that does nothing
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+class _Trimmer:
+    """`malloc_trim(0)` for this process, at most once per interval, whichever thread asks."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._trim: Callable[[int], int] | None = None
+        self._looked = False
+
+    def _function(self) -> Callable[[int], int] | None:
+        if not self._looked:
+            self._looked = True
+            libc = _glibc()
+            if libc is not None:
+                trim = libc.malloc_trim
+                trim.argtypes = [ctypes.c_size_t]
+                trim.restype = ctypes.c_int
+                self._trim = trim
+        return self._trim
+
+    def __call__(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False  # another thread of this process is trimming
+        try:
+            if self._last is not None and now - self._last < self.interval_s:
+                return False
+            self._last = now
+            trim = self._function()
+            if trim is None:
+                return False
+            trim(0)
+            return True
+        finally:
+            self._lock.release()
+
+
+trim_if_due = _Trimmer(TRIM_INTERVAL_S)
+"""Give the heap's free memory back to the system (`malloc_trim(0)`) unless this process did
+within `TRIM_INTERVAL_S`. Returns True when it trimmed; False when not due, when another
+thread is at it, or off glibc. Never raises."""
+
+
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Set glibc's mmap threshold to `threshold` bytes for this process (and the processes
     it forks), which stops glibc from raising it. Returns False where the C library is not
     glibc or refused the setting (nothing is changed then)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has a mallopt that does nothing
-    except (OSError, AttributeError, TypeError):
+    libc = _glibc()
+    if libc is None:
         return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     done = int(mallopt(M_MMAP_THRESHOLD, threshold)) == 1

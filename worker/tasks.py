@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready, worker_shutdown
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
@@ -138,6 +138,12 @@ def _and_advance_movie(on_final: Callable[[JobRecord], object] | None) -> Callab
 def _returnable_memory(**_: Any) -> None:
     # Before the pool starts: its children (forked) and threads share the setting.
     malloc.fix_mmap_threshold()
+
+
+@task_postrun.connect
+def _return_freed_memory(**_: Any) -> None:
+    # Small blocks freed under one that lives on stay in the heap (worker/malloc.py).
+    malloc.trim_if_due()
 
 
 @worker_process_init.connect

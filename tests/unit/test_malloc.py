@@ -66,3 +66,62 @@ def test_freed_large_blocks_go_back_to_the_system_with_the_threshold_fixed() -> 
 @glibc
 def test_the_setting_is_taken() -> None:
     assert malloc.fix_mmap_threshold() is True
+
+
+# Many small blocks, then one that lives on at the top of the heap, then the small ones
+# freed: the heap cannot shrink past the live one, so glibc keeps the space below it until
+# a trim hands the free pages inside the heap back.
+_SMALL = """
+import ctypes, sys
+from worker import malloc
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+
+assert malloc.fix_mmap_threshold()
+before = rss_kib()
+blocks = []
+for _ in range(200_000):
+    block = libc.malloc(500)
+    ctypes.memset(block, 1, 500)
+    blocks.append(block)
+libc.malloc(500)  # lives on, at the top
+for block in blocks:
+    libc.free(block)
+kept = rss_kib() - before
+trimmed = malloc.trim_if_due()
+print(kept, rss_kib() - before, trimmed, malloc.trim_if_due())
+"""
+
+
+@glibc
+def test_a_trim_gives_back_small_blocks_freed_below_one_that_lives_on() -> None:
+    done = subprocess.run([sys.executable, "-c", _SMALL], capture_output=True, text=True, check=True)
+    kept, after, trimmed, again = done.stdout.split()
+    # 200,000 blocks of 500 B: about 100 MB kept in the heap, given back by the trim.
+    assert int(kept) > 80_000, kept
+    assert int(after) < 10_000, after
+    assert trimmed == "True"
+    assert again == "False"  # not again within the interval
+
+
+def test_a_trim_is_done_at_most_once_an_interval() -> None:
+    now = [1000.0]
+    trimmer = malloc._Trimmer(30.0, clock=lambda: now[0])
+    assert trimmer() is (malloc._glibc() is not None)
+    now[0] += 29.9
+    assert trimmer() is False
+    now[0] += 0.2
+    assert trimmer() is (malloc._glibc() is not None)
+
+
+def test_a_trim_is_not_done_while_another_thread_is_at_it() -> None:
+    trimmer = malloc._Trimmer(30.0)
+    with trimmer._lock:
+        assert trimmer() is False
+    assert trimmer._last is None  # it did not count as done
