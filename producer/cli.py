@@ -30,7 +30,7 @@ from producer.api import (
     WaitTimeoutError,
 )
 from producer.celery_client import producer_app_for
-from producer.cli_archive import expired_lines
+from producer.cli_archive import PREFIX_NOTE, expired_lines, prefixes
 from producer.cli_archive import register as register_archive
 from producer.cli_batch import register as register_batch
 from producer.cli_budget import register as register_budget
@@ -395,6 +395,8 @@ def status(
         records = vq.get_many(vq.resolve_ids(job_ids))
     except UnknownJobError as exc:
         lines, unknown = expired_lines(vq, [j.lower() for j in exc.job_ids])
+        if prefixes(unknown):
+            err.print(f"note: {PREFIX_NOTE}", highlight=False, soft_wrap=True)
         if not lines:
             raise
         known = [j for j in job_ids if j not in exc.job_ids]

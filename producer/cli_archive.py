@@ -17,6 +17,8 @@ from producer.api import VideoQueue
 from videoqueue.commands import fail as _fail
 from videoqueue.errors import StorageError
 from videoqueue.inputs import InputStorageUnavailableError
+from videoqueue.job import JobRecord
+from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
 
 archive_app = typer.Typer(help="Jobs whose records expired from Redis, read back from their manifests in storage.")
 
@@ -26,6 +28,20 @@ def _retention(vq: VideoQueue) -> str:
     days = seconds / 86400
     shown = f"{days:g} days" if seconds >= 86400 else f"{seconds} s"
     return f"JOB_RETENTION_S={seconds} ({shown})"
+
+
+WHOLE_ID_CHARS = 36
+"""A job id as videoqueue makes it (a UUID); anything shorter may be a prefix."""
+
+PREFIX_NOTE = (
+    "an expired job is found by its whole id only: its record is gone from Redis, and its manifest "
+    "in storage is named <whole id>.json"
+)
+
+
+def prefixes(refs: list[str]) -> list[str]:
+    """Those of `refs` that may be id prefixes, which cannot name an expired job."""
+    return [ref for ref in refs if len(ref.strip()) < WHOLE_ID_CHARS]
 
 
 def expired_lines(vq: VideoQueue, job_ids: list[str]) -> tuple[list[str], list[str]]:
@@ -59,8 +75,11 @@ def get(
     vq = VideoQueue()
     found = vq.archived(job_id.strip().lower())
     if found is None:
-        current = vq.store.get(job_id)
-        hint = f" (its record is still in Redis: videoqueue status {job_id})" if current else ""
+        current = vq.store.get(job_id) or _by_prefix(vq, job_id)
+        if current is not None:
+            hint = f" (its record is still in Redis: videoqueue status {current.id})"
+        else:
+            hint = f" ({PREFIX_NOTE})" if prefixes([job_id]) else ""
         raise _fail(f"no manifest of job {job_id} in {vq.settings.storage_url}{hint}", code=1)
     if as_json:
         sys.stdout.write(json.dumps({"manifest_uri": found.uri, **found.record}, indent=2, default=str) + "\n")
@@ -83,6 +102,15 @@ def get(
     for name, value in rows:
         if value is not None:
             sys.stdout.write(f"{name:9} {value}\n")
+
+
+def _by_prefix(vq: VideoQueue, ref: str) -> JobRecord | None:
+    if not prefixes([ref]):
+        return None
+    try:
+        return vq.get(vq.resolve_id(ref))
+    except (UnknownJobError, AmbiguousJobIdError):
+        return None
 
 
 def register(app: typer.Typer) -> None:
