@@ -265,12 +265,7 @@ class JobRecord(BaseModel):
         """Leave out of `data` (this record's JSON-mode dump) what version 4 implies
         (`_implied_v4`); a value unlike what its absence means is written, 0 and None too."""
         for name, implied in _implied_v4(self.provider_task_id, self.output_uri, self.history).items():
-            value = getattr(self, name)
-            if value == implied and (value is None or isinstance(value, int) or storedform.in_utc(value)):
-                data.pop(name, None)
-            else:
-                # A default that absence would not mean is written (a time is already there).
-                data[name] = value if value is None or isinstance(value, int) else data[name]
+            storedform.imply(data, name, implied, getattr(self, name))
 
     @classmethod
     def from_store_json(cls, raw: str | bytes, job_id: str) -> JobRecord:

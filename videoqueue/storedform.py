@@ -54,7 +54,7 @@ rows without `"v"` (written before) read as they always did.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
@@ -157,23 +157,19 @@ def encode_times(
     if not (ms_origin(origin) if in_ms else in_utc(origin)):
         return
     assert origin is not None
-    if not in_ms:
-        data[origin_field] = time_to_int(origin)
-        for name in names:
-            value = values.get(name)
-            if name != origin_field and name in data and in_utc(value):
-                assert value is not None
-                data[name] = time_to_int(value, origin)
-        return
-    data[origin_field] = time_to_ms(origin)
-    base = whole_ms(origin)
+    convert: Callable[[datetime, datetime], Millis | None]
+    if in_ms:
+        base, convert = whole_ms(origin), time_to_ms
+    else:
+        base, convert = origin, time_to_int
+    data[origin_field] = convert(origin, _EPOCH)
     for name in names:
         value = values.get(name)
         if name != origin_field and name in data and in_utc(value):
             assert value is not None
-            millis = time_to_ms(value, base)
-            if millis is not None:
-                data[name] = millis
+            number = convert(value, base)
+            if number is not None:
+                data[name] = number
 
 
 def decode_times(
@@ -181,24 +177,21 @@ def decode_times(
 ) -> datetime | None:
     """Undo `encode_times` in place; returns the origin time (None if it was kept as text)."""
     raw = data.get(origin_field)
-    if in_ms:
-        if not is_ms(raw):
-            return None
-        origin = data[origin_field] = ms_to_time(raw)
-        base = whole_ms(origin)
-        for name in names:
-            value = data.get(name)
-            if name != origin_field and is_ms(value):
-                data[name] = ms_to_time(value, base)
-        return origin
-    if not isinstance(raw, int):
+    stored: Callable[[object], bool] = is_ms if in_ms else _is_int
+    if not stored(raw):
         return None
-    origin = data[origin_field] = int_to_time(raw)
+    convert: Callable[[Any, datetime], datetime] = ms_to_time if in_ms else int_to_time
+    origin = data[origin_field] = convert(raw, _EPOCH)
+    base = whole_ms(origin) if in_ms else origin
     for name in names:
         value = data.get(name)
-        if name != origin_field and isinstance(value, int) and not isinstance(value, bool):
-            data[name] = int_to_time(value, origin)
+        if name != origin_field and stored(value):
+            data[name] = convert(value, base)
     return origin
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # What `datetime.isoformat()` writes for a UTC time (the `at` of a move): only a text of
@@ -337,15 +330,21 @@ def decode_moves(
     return history
 
 
-def imply(data: dict[str, Any], name: str, implied: Any) -> None:
+_FROM_DATA: Any = object()
+
+
+def imply(data: dict[str, Any], name: str, implied: Any, value: Any = _FROM_DATA) -> None:
     """Leave `name` out of `data` (a JSON-mode dump without defaults, whose default for
     `name` is None) when its value is `implied`, what its absence reads back as; a None
-    that absence would not mean is written as `null`."""
-    value = data.get(name)
-    if value == implied and type(value) is type(implied):
+    that absence would not mean is written as `null`. `value`: the field's value in Python
+    (default: what `data` holds), for a field `data` holds as text (a time, kept as dumped
+    unless left out) or left out as a default (an int, written)."""
+    if value is _FROM_DATA:
+        value = data.get(name)
+    if value == implied and type(value) is type(implied) and (not isinstance(value, datetime) or in_utc(value)):
         data.pop(name, None)
-    elif value is None:
-        data[name] = None
+    elif not isinstance(value, datetime):
+        data[name] = value
 
 
 def restore(data: dict[str, Any], name: str, implied: Any) -> None:
