@@ -85,6 +85,10 @@ worker_prefetch_multiplier = 1
 # above that bound with a margin, so no worker ever reaches it.
 worker_eta_task_limit = _eta_task_limit(_settings.held_messages_max)
 
+# A prefork child's heap keeps growing with fragmentation (worker/malloc.py): replaced by a
+# fresh child after the task that took it past the bound (KiB; None: never).
+worker_max_memory_per_child = _settings.worker_max_memory_per_child or None
+
 # The longest a task may run: a store of a large video. The soft limit raises inside the
 # task (the store step counts a failed attempt); the hard one kills the pool child (the
 # attempt was counted when it started). Both from videoqueue.queues.broker_timing, which

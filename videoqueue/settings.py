@@ -320,6 +320,19 @@ class Settings(BaseSettings):
         ),
     )
 
+    worker_max_memory_per_child: int = Field(
+        default=524288,
+        ge=0,
+        description=(
+            "Celery's worker_max_memory_per_child, in KiB: a prefork pool child whose resident "
+            "memory reached it is replaced by a fresh one after the task it runs (which finishes "
+            "first). A child starts at about 130 MiB and the heap of a busy store child keeps "
+            "growing by about 1 KB a job from fragmentation (docs/benchmarks.md section 9); the "
+            "default, 512 MiB, replaces it every few hundred thousand jobs. 0: never. The "
+            "threads pool has no children and does not grow so."
+        ),
+    )
+
     follow_past_deadline_s: float = Field(
         default=172800.0,
         gt=0,

@@ -9,12 +9,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from producer import ErrorCode, InvalidRequestError, JobStatus, VideoRequest
 from producer.celery_client import producer_app
 from tests.integration.conftest import REDIS_URL, S3Server, Stack
-from tests.integration.helpers import assert_mp4, local_path, read_manifest, served_size, wait_status
+from tests.integration.helpers import assert_mp4, local_path, read_manifest, served_size, wait_for, wait_status
 from videoqueue import namespace
 from videoqueue.catalog import load_catalog
 from videoqueue.job import TASK_SUBMIT
@@ -251,3 +252,25 @@ def test_seedance_image_to_video_from_a_url_and_a_local_file(local_stack: Stack,
     with pytest.raises(InvalidRequestError) as info:
         vq.submit(VideoRequest(prompt="typo", image_url=f"{local_stack.simulator.url}/_sim/imagee.png"))
     assert "answers HTTP 404" in info.value.problems["image_url"]
+
+
+def test_a_prefork_child_past_its_memory_cap_is_replaced_and_its_jobs_end_once(local_stack: Stack) -> None:
+    # WORKER_MAX_MEMORY_PER_CHILD (KiB) is below any child's size here, so each child is
+    # replaced after its first task: the cap that bounds a store child's heap (default
+    # 512 MiB) must not lose or repeat a step.
+    worker = local_stack.start_worker(concurrency=1, pool="prefork", WORKER_MAX_MEMORY_PER_CHILD="1")
+    main = psutil.Process(worker.proc.pid)
+    children: set[int] = set()
+    vq = local_stack.queue()
+    jobs = vq.submit_many([VideoRequest(prompt=f"replaced child {i}") for i in range(3)])
+
+    def all_final() -> bool:
+        children.update(c.pid for c in main.children())
+        return all(r.status.is_final for r in vq.get_many([j.id for j in jobs]))
+
+    wait_for(all_final, 120, "jobs final")
+    done = vq.get_many([j.id for j in jobs])
+    assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 3, [j.error for j in done]
+    assert len(children) >= 4, children  # 3 jobs of 3 tasks each, a fresh child after each
+    assert local_stack.simulator.stats()["creates_total"] == 3
+    assert all([h["to"] for h in j.history] == ["submitting", "running", "downloading", "succeeded"] for j in done)

@@ -5,6 +5,7 @@ leave (the store pool child's growth of the compressed day, docs/benchmarks.md s
 from __future__ import annotations
 
 import ctypes.util
+import importlib
 import platform
 import subprocess
 import sys
@@ -125,3 +126,18 @@ def test_a_trim_is_not_done_while_another_thread_is_at_it() -> None:
     with trimmer._lock:
         assert trimmer() is False
     assert trimmer._last is None  # it did not count as done
+
+
+def test_a_prefork_child_is_capped_by_default_and_the_cap_can_be_lifted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from videoqueue import celeryconfig
+    from videoqueue.settings import get_settings
+
+    monkeypatch.delenv("WORKER_MAX_MEMORY_PER_CHILD", raising=False)
+    get_settings.cache_clear()
+    assert importlib.reload(celeryconfig).worker_max_memory_per_child == 512 * 1024  # KiB, as Celery counts
+    monkeypatch.setenv("WORKER_MAX_MEMORY_PER_CHILD", "0")
+    get_settings.cache_clear()
+    assert importlib.reload(celeryconfig).worker_max_memory_per_child is None  # Celery's "never"
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    importlib.reload(celeryconfig)
