@@ -17,11 +17,10 @@ from worker import malloc
 # After one large block was freed, blocks of 1.3 MB, each followed by
 # a block that lives on, then all of them freed: from the heap, the space they leave stays
 # in the process.
-_CHURN = """
+# What both scripts below start with: C's malloc and free, and the process's RSS in KiB.
+_PRELUDE = """
 import ctypes, sys
 from worker import malloc
-if sys.argv[1] == "fixed":
-    assert malloc.fix_mmap_threshold()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -31,19 +30,32 @@ def rss_kib():
     with open("/proc/self/status") as f:
         return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
 
+def allocate_then_free(count, size, after_each=0, at_top=0):
+    blocks = []
+    for _ in range(count):
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        blocks.append(block)
+        if after_each:
+            libc.malloc(after_each)  # lives on, after it
+    if at_top:
+        libc.malloc(at_top)  # lives on, at the top
+    for block in blocks:
+        libc.free(block)
+"""
+
+_CHURN = (
+    _PRELUDE
+    + """
+if sys.argv[1] == "fixed":
+    assert malloc.fix_mmap_threshold()
 first = libc.malloc(8_000_000)
 libc.free(first)  # glibc's threshold rises to its size, unless fixed
 before = rss_kib()
-frames = []
-for _ in range(50):
-    frame = libc.malloc(1_300_000)
-    ctypes.memset(frame, 1, 1_300_000)
-    frames.append(frame)
-    libc.malloc(100_000)  # lives on, after it
-for frame in frames:
-    libc.free(frame)
+allocate_then_free(50, 1_300_000, after_each=100_000)
 print(rss_kib() - before)
 """
+)
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the threshold is glibc's"
@@ -72,32 +84,17 @@ def test_the_setting_is_taken() -> None:
 # Many small blocks, then one that lives on at the top of the heap, then the small ones
 # freed: the heap cannot shrink past the live one, so glibc keeps the space below it until
 # a trim hands the free pages inside the heap back.
-_SMALL = """
-import ctypes, sys
-from worker import malloc
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-
-def rss_kib():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
-
+_SMALL = (
+    _PRELUDE
+    + """
 assert malloc.fix_mmap_threshold()
 before = rss_kib()
-blocks = []
-for _ in range(200_000):
-    block = libc.malloc(500)
-    ctypes.memset(block, 1, 500)
-    blocks.append(block)
-libc.malloc(500)  # lives on, at the top
-for block in blocks:
-    libc.free(block)
+allocate_then_free(200_000, 500, at_top=500)
 kept = rss_kib() - before
 trimmed = malloc.trim_if_due()
 print(kept, rss_kib() - before, trimmed, malloc.trim_if_due())
 """
+)
 
 
 @glibc
