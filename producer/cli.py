@@ -211,9 +211,12 @@ def _job_table(records: list[JobRecord], width: int, stalled: dict[str, float] |
     return fit_table(JOB_COLUMNS, rows, width)
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[int, VideoRequest]], dict[str, str]]:
+def read_jsonl(
+    path: Path, defaults: dict[str, Any] | None = None
+) -> tuple[list[tuple[int, VideoRequest]], dict[str, str]]:
     """Requests from a JSON-lines file with their line numbers, and the problems of the
-    lines that are not requests. Blank lines are skipped."""
+    lines that are not requests. Blank lines are skipped. `defaults` (request fields, as a
+    line spells them) fill in what a line leaves out: a line's own field wins."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -232,7 +235,7 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, VideoRequest]], dict[str, st
             problems[f"line {number}"] = "must be a JSON object"
             continue
         try:
-            requests.append((number, VideoRequest.parse(data)))
+            requests.append((number, VideoRequest.parse({**(defaults or {}), **data})))
         except InvalidRequestError as exc:
             for field, message in exc.problems.items():
                 problems[f"line {number}: {field}"] = message
@@ -302,7 +305,12 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         list[str] | None,
         typer.Option(metavar="EVENT", help="final (default), started, progress, or one end; repeatable."),
     ] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="JSON-lines file, one request per line.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="JSON-lines file, one request per line; the options above fill in what a line leaves out."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job records as a JSON list.")] = False,
     batch: Annotated[
         str | None,
@@ -312,42 +320,44 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
     """Enqueue one job (PROMPT) or one job per line of --file; print the job ids (with
     --batch, the batch's id: `videoqueue batch status|wait|cancel`)."""
     vq = VideoQueue()
+    options: dict[str, Any] = {
+        "provider": provider,
+        "model": model,
+        "duration": duration,
+        "resolution": resolution,
+        "ratio": ratio,
+        "audio": audio,
+        "seed": seed,
+        "service_tier": service_tier,
+        "image_url": image_url,
+        "image_file": image_file,
+        "last_frame_url": last_frame_url,
+        "last_frame_file": last_frame_file,
+        "negative_prompt": negative_prompt,
+        "person_generation": person_generation,
+        "client_job_id": client_job_id,
+        "priority": priority,
+        "tenant": tenant,
+        "on_complete": on_complete,
+        "on_complete_queue": on_complete_queue,
+        "webhook_url": webhook_url,
+        "tags": tuple(tag) if tag else None,
+        "webhook_events": tuple(webhook_event) if webhook_event else None,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
     try:
         if file is not None:
             if prompt is not None:
                 raise _fail("give a PROMPT or --file, not both")
-            requests, problems = read_jsonl(file)
+            if "client_job_id" in given:
+                raise _fail("--client-job-id names one job: give it per line of --file")
+            # The options are every line's defaults: ignored, they would buy renders of
+            # another model, length or size than the command line asked for.
+            requests, problems = read_jsonl(file, given)
         elif prompt is None:
             raise _fail("give a PROMPT or --file")
         else:
-            fields: dict[str, Any] = {
-                "prompt": prompt,
-                "provider": provider,
-                "model": model,
-                "duration": duration,
-                "resolution": resolution,
-                "ratio": ratio,
-                "audio": audio,
-                "seed": seed,
-                "service_tier": service_tier,
-                "image_url": image_url,
-                "image_file": image_file,
-                "last_frame_url": last_frame_url,
-                "last_frame_file": last_frame_file,
-                "negative_prompt": negative_prompt,
-                "person_generation": person_generation,
-                "client_job_id": client_job_id,
-                "priority": priority,
-                "tenant": tenant,
-                "on_complete": on_complete,
-                "on_complete_queue": on_complete_queue,
-                "webhook_url": webhook_url,
-            }
-            if tag:
-                fields["tags"] = tuple(tag)
-            if webhook_event:
-                fields["webhook_events"] = tuple(webhook_event)
-            requests = [(0, VideoRequest.parse({k: v for k, v in fields.items() if v is not None}))]
+            requests = [(0, VideoRequest.parse({"prompt": prompt, **given}))]
             problems = {}
         prepared = _prepare_all(vq, requests, problems)
         if batch is not None:

@@ -306,6 +306,34 @@ def test_file_lines_with_a_bad_priority_or_tenant_are_named_by_line(
     assert sent == [] and vq.store.redis.keys("*") == []
 
 
+def test_options_beside_file_fill_in_what_each_line_leaves_out(
+    tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]
+) -> None:
+    # Dropped, they would have bought renders of another length and size than asked for.
+    vq, sent = cli_queue
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "plain"}\n{"prompt": "its own", "duration": 4, "tags": ["mine"], "priority": 2}\n')
+    args = ["submit", "--file", str(jobs), "--duration", "8", "--resolution", "1080p", "--tag", "q4"]
+    result = CliRunner().invoke(cli.app, [*args, "--priority", "9"])
+    assert result.exit_code == 0, result.output
+    plain, own = (vq.get(job_id).request for job_id in sent)
+    assert (plain.duration, plain.resolution, plain.tags, plain.priority) == (8, "1080p", ("q4",), 9)
+    assert (own.duration, own.resolution, own.tags, own.priority) == (4, "1080p", ("mine",), 2)
+
+
+def test_an_option_that_names_one_job_is_refused_beside_file(
+    tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]
+) -> None:
+    vq, sent = cli_queue
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs), "--client-job-id", "x1"])
+    assert result.exit_code == 2 and "give it per line of --file" in result.stderr, result.output
+    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs), "--duration", "99"])
+    assert result.exit_code == 2 and "line 1: duration" in result.stderr, result.output
+    assert sent == [] and vq.store.redis.keys("*") == []
+
+
 # ------------------------------------------------------------------------------- the worker
 
 
