@@ -16,7 +16,7 @@ from producer.celery_client import producer_app_for
 from producer.request import IMAGE_FIELDS, VideoRequest, repeated_client_ids, resolve
 from videoqueue import batches, inputs, keys, namespace, webhooks
 from videoqueue import events as stream
-from videoqueue.archive import ArchivedJob, read_archived
+from videoqueue.archive import ArchivedJob, archived_ids, read_archived
 from videoqueue.batches import Batch, BatchOptions, UnknownBatchError
 from videoqueue.catalog import Catalog, load_catalog
 from videoqueue.errors import InvalidRequestError, RequestError, VideoqueueError
@@ -453,6 +453,14 @@ class VideoQueue:
         Raises InputStorageUnavailableError when this install cannot read STORAGE_URL (s3://
         without the worker extra), StorageError when storage refuses."""
         return read_archived(self.input_storage(), self.settings.storage_url, job_id)
+
+    def archived_ids(self, prefix: str) -> builtins.list[str]:
+        """The ids of the jobs whose manifests are in storage and start with `prefix` (an
+        id as `jobs` shows it), sorted: an expired job named by a prefix
+        (videoqueue.archive). Lists the storage folder of STORAGE_URL. Raises
+        InputStorageUnavailableError as `archived`, StorageError when storage cannot be
+        listed (S3 without s3:ListBucket)."""
+        return archived_ids(self.input_storage(), self.settings.storage_url, prefix)
 
     def get(self, job_id: str) -> JobRecord:
         """The current record of a job; UnknownJobError if there is none."""

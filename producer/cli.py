@@ -30,7 +30,7 @@ from producer.api import (
     WaitTimeoutError,
 )
 from producer.celery_client import producer_app_for
-from producer.cli_archive import PREFIX_NOTE, expired_lines, prefixes
+from producer.cli_archive import expired_lines
 from producer.cli_archive import register as register_archive
 from producer.cli_batch import register as register_batch
 from producer.cli_budget import register as register_budget
@@ -317,7 +317,7 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         typer.Option("--batch", metavar="NAME", help="Submit the jobs as one batch of this name; print its id."),
     ] = None,
 ) -> None:
-    """Enqueue one job (PROMPT) or one job per line of --file; print the job ids (with
+    """Enqueue one job (PROMPT) or one job per JSON line of --file; print the job ids (with
     --batch, the batch's id: `videoqueue batch status|wait|cancel`)."""
     vq = VideoQueue()
     options: dict[str, Any] = {
@@ -401,22 +401,15 @@ def status(
     """Show the current record of each job. A job whose record expired (JOB_RETENTION_S after
     it ended) is named with its manifest in storage (`videoqueue archive get`); exit code 1."""
     vq = VideoQueue()
-    try:
-        records = vq.get_many(vq.resolve_ids(job_ids))
-    except UnknownJobError as exc:
-        lines, unknown = expired_lines(vq, [j.lower() for j in exc.job_ids])
-        if prefixes(unknown):
-            err.print(f"note: {PREFIX_NOTE}", highlight=False, soft_wrap=True)
+    records, missing = _current(vq, job_ids)
+    lines: list[str] = []
+    unknown: list[str] = []
+    if missing:
+        lines, unknown, notes = expired_lines(vq, missing)
+        for note in notes:
+            err.print(f"note {escape(note)}", highlight=False, soft_wrap=True)
         if not lines:
-            raise
-        known = [j for j in job_ids if j not in exc.job_ids]
-        if known:
-            status(known, as_json=as_json)
-        for line in lines:
-            err.print(f"expired {escape(line)}", highlight=False, soft_wrap=True)
-        if unknown:
-            raise UnknownJobError(unknown) from None
-        raise typer.Exit(1) from None
+            raise UnknownJobError(unknown)
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
@@ -428,6 +421,29 @@ def status(
             notes = [*record.notes, *([record.waiting_for_endpoint] if record.waiting_for_endpoint else [])]
             for note in notes:
                 err.print(f"note {record.id}: {escape(note)}", highlight=False, soft_wrap=True)
+    for line in lines:
+        err.print(f"expired {escape(line)}", highlight=False, soft_wrap=True)
+    if unknown:
+        raise UnknownJobError(unknown)
+    if lines:
+        raise typer.Exit(1)
+
+
+def _current(vq: VideoQueue, refs: list[str]) -> tuple[list[JobRecord], list[str]]:
+    """(the current records `refs` name, in order; the refs, or the whole ids they
+    resolved to, that have none). A prefix still in an index whose record just expired
+    resolves to its whole id, which is then looked for in the archive. Raises
+    AmbiguousJobIdError as `resolve_id`."""
+    resolved: list[str] = []
+    missing: list[str] = []
+    for ref in refs:
+        try:
+            resolved.append(vq.resolve_id(ref))
+        except UnknownJobError:
+            missing.append(ref.strip().lower())
+    found = vq.store.get_many(resolved)
+    missing += [job_id for job_id, record in zip(resolved, found, strict=True) if record is None]
+    return vq.with_standing([r for r in found if r is not None]), missing
 
 
 @app.command()

@@ -14,11 +14,12 @@ from typing import Annotated, Any
 import typer
 
 from producer.api import VideoQueue
+from videoqueue.archive import ArchivedJob
 from videoqueue.commands import fail as _fail
 from videoqueue.errors import StorageError
 from videoqueue.inputs import InputStorageUnavailableError
 from videoqueue.job import JobRecord
-from videoqueue.jobids import AmbiguousJobIdError, UnknownJobError
+from videoqueue.jobids import AMBIGUOUS_SHOWN, MIN_PREFIX_CHARS, AmbiguousJobIdError, UnknownJobError
 
 archive_app = typer.Typer(help="Jobs whose records expired from Redis, read back from their manifests in storage.")
 
@@ -33,53 +34,68 @@ def _retention(vq: VideoQueue) -> str:
 WHOLE_ID_CHARS = 36
 """A job id as videoqueue makes it (a UUID); anything shorter may be a prefix."""
 
-PREFIX_NOTE = (
-    "an expired job is found by its whole id only: its record is gone from Redis, and its manifest "
-    "in storage is named <whole id>.json"
-)
+
+def is_prefix(ref: str) -> bool:
+    """Whether `ref` may be an id prefix (as `jobs` shows ids, 8 characters)."""
+    return MIN_PREFIX_CHARS <= len(ref) < WHOLE_ID_CHARS
 
 
-def prefixes(refs: list[str]) -> list[str]:
-    """Those of `refs` that may be id prefixes, which cannot name an expired job."""
-    return [ref for ref in refs if len(ref.strip()) < WHOLE_ID_CHARS]
+def lookup(vq: VideoQueue, ref: str) -> tuple[ArchivedJob | None, str | None]:
+    """(the archived job `ref` names, or None; why none was found when that is worth
+    saying). `ref` is a whole id or a unique prefix of one; a prefix lists the storage
+    folder (`VideoQueue.archived_ids`). A storage this install cannot read archives nothing."""
+    try:
+        found = vq.archived(ref)
+        if found is not None or not is_prefix(ref):
+            return found, None
+        ids = vq.archived_ids(ref)
+    except InputStorageUnavailableError:
+        return None, None  # a storage this shell cannot read: the id stays unknown, as before
+    except StorageError as exc:
+        return None, f"{ref}: storage cannot be searched for an id prefix here ({exc}): give the whole id"
+    if len(ids) > 1:
+        shown = ", ".join(ids[:AMBIGUOUS_SHOWN]) + (" and more" if len(ids) > AMBIGUOUS_SHOWN else "")
+        return None, f"{ref}: prefix of several archived jobs ({shown}): give more characters"
+    return (vq.archived(ids[0]) if ids else None), None
 
 
-def expired_lines(vq: VideoQueue, job_ids: list[str]) -> tuple[list[str], list[str]]:
-    """For ids no current record has: (lines for those archived, the ids still unknown). An
-    archived job's line says its record expired after the retention and names its manifest.
-    A storage this install cannot read (s3:// without the worker extra) archives nothing."""
+def expired_lines(vq: VideoQueue, job_ids: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """For ids (or prefixes) no current record has: (lines for those archived, the refs
+    still unknown, notes on why some were not found). An archived job's line says its
+    record expired after the retention and names its manifest."""
     lines: list[str] = []
     unknown: list[str] = []
-    for job_id in job_ids:
-        try:
-            found = vq.archived(job_id)
-        except (InputStorageUnavailableError, StorageError):
-            found = None  # a storage this shell cannot read: the id stays unknown, as before
+    notes: list[str] = []
+    for ref in job_ids:
+        found, note = lookup(vq, ref)
+        if note:
+            notes.append(note)
         if found is None:
-            unknown.append(job_id)
+            unknown.append(ref)
             continue
         ended = found.record.get("status", "?")
         lines.append(
-            f"{job_id}: {ended}; its record expired after the retention ({_retention(vq)}); "
-            f"archived in {found.uri} (videoqueue archive get {job_id})"
+            f"{found.job_id}: {ended}; its record expired after the retention ({_retention(vq)}); "
+            f"archived in {found.uri} (videoqueue archive get {found.job_id})"
         )
-    return lines, unknown
+    return lines, unknown, notes
 
 
 def get(
-    job_id: Annotated[str, typer.Argument(help="A whole job id (an expired job has no prefix to match).")],
+    job_id: Annotated[str, typer.Argument(help="Job id, or a unique prefix of at least 4 characters.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the archived record as JSON.")] = False,
 ) -> None:
     """Print the record of a job as its manifest in storage keeps it (the job's end, its
     cost, its video). Exit code 1 when storage has no manifest of it."""
     vq = VideoQueue()
-    found = vq.archived(job_id.strip().lower())
+    ref = job_id.strip().lower()
+    found, note = lookup(vq, ref)
     if found is None:
-        current = vq.store.get(job_id) or _by_prefix(vq, job_id)
+        current = vq.store.get(ref) or _by_prefix(vq, ref)
         if current is not None:
             hint = f" (its record is still in Redis: videoqueue status {current.id})"
         else:
-            hint = f" ({PREFIX_NOTE})" if prefixes([job_id]) else ""
+            hint = f" ({note})" if note else ""
         raise _fail(f"no manifest of job {job_id} in {vq.settings.storage_url}{hint}", code=1)
     if as_json:
         sys.stdout.write(json.dumps({"manifest_uri": found.uri, **found.record}, indent=2, default=str) + "\n")
@@ -88,7 +104,7 @@ def get(
     cost = found.manifest.get("cost") or {}
     video = found.manifest.get("video") or {}
     rows = [
-        ("job", job_id),
+        ("job", found.job_id),
         ("status", record.get("status")),
         ("provider", f"{record.get('provider')} / {record.get('model')}"),
         ("created", record.get("created_at")),
@@ -105,7 +121,7 @@ def get(
 
 
 def _by_prefix(vq: VideoQueue, ref: str) -> JobRecord | None:
-    if not prefixes([ref]):
+    if not is_prefix(ref):
         return None
     try:
         return vq.get(vq.resolve_id(ref))

@@ -25,13 +25,33 @@ from videoqueue.inputs import InputStorage
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
+LOOKUP_LIMIT = 1000
+"""The most objects an id prefix's lookup lists (one S3 listing page): a job has two, its
+video and its manifest."""
+
+
 def manifest_uri(storage_url: str, job_id: str) -> str | None:
     """Where the workers of STORAGE_URL `storage_url` write the manifest of `job_id`
     (`file:///abs/folder/<id>.json` or `s3://bucket/prefix/<id>.json`, as `manifest_uri` in
     a record), or None for an id that cannot be a job's."""
     if not _JOB_ID.match(job_id):
         return None
-    name = f"{job_id}.json"
+    return _object_uri(storage_url, f"{job_id}.json")
+
+
+def archived_ids(storage: InputStorage, storage_url: str, prefix: str) -> list[str]:
+    """The ids of the jobs whose manifests are in storage and whose ids start with `prefix`
+    (an id as `jobs` shows it, 8 characters), sorted; [] for a prefix that cannot start an
+    id. Lists the storage folder: StorageError when it cannot be listed (an S3 user without
+    s3:ListBucket)."""
+    if not _JOB_ID.match(prefix):
+        return []
+    found = storage.uris_starting_with(_object_uri(storage_url, prefix), LOOKUP_LIMIT)
+    names = (uri.rsplit("/", 1)[-1] for uri in found)
+    return sorted({n.removesuffix(".json") for n in names if n.endswith(".json") and _JOB_ID.match(n[:-5])})
+
+
+def _object_uri(storage_url: str, name: str) -> str:
     if storage_url.startswith("file://"):
         return (Path(storage_url.removeprefix("file://") or ".").resolve() / name).as_uri()
     parts = urlsplit(storage_url)

@@ -87,6 +87,12 @@ class InputStorage(Protocol):
         backend refuses."""
         ...
 
+    def uris_starting_with(self, uri: str, limit: int) -> list[str]:
+        """The URIs of the objects in the folder of `uri` whose names start with its last
+        part, sorted, at most `limit` (the archive's lookup of an id prefix). StorageError
+        when the backend cannot be listed."""
+        ...
+
 
 def input_object_key(job_id: str, role: str, mime_type: str) -> str:
     """The storage key of a job's input image: `inputs/<job id>/<role>.<ext>`."""

@@ -51,6 +51,10 @@ class StorageInputs:
         backend, key = self._at(uri)
         return backend.read(key)
 
+    def uris_starting_with(self, uri: str, limit: int) -> list[str]:
+        backend, key = self._at(uri)
+        return [backend.uri(found) for found in backend.keys_starting_with(key, limit)]
+
     def delete(self, uri: str) -> None:
         backend, key = self._at(uri)
         backend.delete(key)

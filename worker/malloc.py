@@ -6,16 +6,18 @@ mapping of its own, which `free` unmaps; but each such `free` raises the thresho
 size of that block (up to 32 MiB), and from then on blocks of that size come from the heap,
 where the space they leave, with small blocks that live on allocated around it, is neither
 reused whole nor given back. In the compressed day (`python -m bench day`, docs/benchmarks.md
-section 9) the workers of one host grew from 544 to 2,178 MiB over 200,000 jobs, most of it
-in a store pool child whose heap grew by 100 MB in 5 minutes while its Python objects did
-not: a `malloc_trim` gave it back, so it was freed memory kept, not a leak. With the
-threshold set (`mallopt`, which also stops glibc adjusting it) the same run kept every pool
+section 9) the workers of one host grew from 544 to 2,178 MiB over 200,000 jobs. In shorter
+runs of it one store pool child's heap grew by 100 MB in 5 minutes while its Python objects
+did not, and a `malloc_trim` gave it back: freed memory kept, not a leak. With the threshold
+set (`mallopt`, which also stops glibc adjusting it) the same 20,000-job run kept every pool
 child within a few MB.
 
 The threshold does not cover small blocks: a heap whose top is held by one small block that
-lives on keeps everything freed below it. `trim_if_due`, called after each task, gives that
-back with `malloc_trim` at most once per `TRIM_INTERVAL_S` a process, which bounds what a
-process keeps to what one interval's tasks left (benchmarks section 9).
+lives on keeps everything freed below it. `trim_if_due`, called after each task, gives the
+heap's free pages back with `malloc_trim` at most once per `TRIM_INTERVAL_S` a process. What
+neither can give back is fragmentation: free chunks too small for what comes next, about
+0.8 KB a job in a busy store child (benchmarks section 9); Celery's
+`worker_max_memory_per_child` (WORKER_MAX_MEMORY_PER_CHILD) bounds that by replacing the child.
 
 Other C libraries (musl, macOS) are left as they are.
 """

@@ -81,3 +81,18 @@ def test_storage_at_reads_an_object_by_its_uri(storage: S3Storage, s3_server: S3
     backend, key = found
     assert key == "renders/j1.json"
     assert json.loads(backend.read(key) or b"") == {"video": {"bytes": 42}}
+
+
+def test_keys_starting_with_lists_one_folder_level_by_name(storage: S3Storage, s3_server: S3Server) -> None:
+    for key in ("0c1c0196-aa.json", "0c1c0196-aa.mp4", "0c1c0196-bb.json", "0c1d.json", "0c1c0196/nested.json"):
+        storage.put_json(key, {})
+    assert storage.keys_starting_with("0c1c0196", 10) == ["0c1c0196-aa.json", "0c1c0196-aa.mp4", "0c1c0196-bb.json"]
+    assert storage.keys_starting_with("0c1c0196", 2) == ["0c1c0196-aa.json", "0c1c0196-aa.mp4"]
+    assert storage.keys_starting_with("ffff", 10) == []
+    # As the archive's lookup reaches it: the whole bucket, the folder in the key.
+    found = storage_at(storage.uri("0c1c0196-bb"), settings_for(s3_server.endpoint))
+    assert found is not None
+    assert found[0].keys_starting_with(found[1], 10) == ["renders/0c1c0196-bb.json"]
+    missing = S3Storage("vq-no-such-bucket", "", settings_for(s3_server.endpoint))
+    with pytest.raises(StorageError, match=r"S3 listing of s3://vq-no-such-bucket/0c1c\*"):
+        missing.keys_starting_with("0c1c", 10)

@@ -115,6 +115,9 @@ class RefusingStorage:
     def delete(self, uri: str) -> None:
         self.inner.delete(uri)
 
+    def uris_starting_with(self, uri: str, limit: int) -> list[str]:
+        return self.inner.uris_starting_with(uri, limit)
+
 
 def test_an_upload_that_fails_is_a_clear_error_and_nothing_is_stored_enqueued_or_left(
     redis_client: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -954,6 +954,9 @@ class BrokenStorage:
     def iter_json(self) -> Iterator[tuple[str, dict[str, Any]]]:
         return self.inner.iter_json()
 
+    def keys_starting_with(self, start: str, limit: int) -> list[str]:
+        return self.inner.keys_starting_with(start, limit)
+
     def probe(self) -> Probe:
         return self.inner.probe()
 

@@ -13,8 +13,9 @@ from typing import Any
 import fakeredis
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
-from producer import Settings, VideoQueue, VideoRequest
+from producer import Settings, VideoQueue, VideoRequest, cli, cli_archive
 from tests.unit.helpers import walk_to
 from videoqueue import archive, keys, ledger_days, namespace, retention
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus
@@ -22,6 +23,7 @@ from videoqueue.jobstore import JobStore
 from videoqueue.keys import job_key, ledger_entry_key, status_index
 from videoqueue.ledger import GROUPS, Ledger, LedgerEntry, read_entries, summarize, write_entry
 from videoqueue.settings import get_settings
+from worker.inputs import StorageInputs
 
 DAY_S = 86400
 RETENTION = 30 * DAY_S
@@ -455,6 +457,54 @@ def test_a_retry_of_a_job_whose_record_expired_is_unknown_and_its_client_id_is_f
     redis_client.delete(job_key(job.id))  # expired; client:order-1 still names it (90 days)
     again = _stored(vq, VideoRequest(prompt="another fox", client_job_id="order-1"))
     assert vq.store.get(again.id) is not None
+
+
+def test_an_id_prefix_finds_the_archived_jobs_it_starts(tmp_path: Path) -> None:
+    for name in ("0c1c0196-aaaa.json", "0c1c0196-aaaa.mp4", "0c1c0196-bbbb.json", "0c1d0000-cccc.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "0c1c0196-dddd.json").mkdir()  # not a manifest: a folder
+    (tmp_path / "0c1c0196-eeee").mkdir()
+    (tmp_path / "0c1c0196-eeee" / "0c1c0196-ffff.json").write_text("{}")  # not at the root
+    inputs = StorageInputs(Settings(_env_file=None, storage_url=f"file://{tmp_path}"))
+    url = f"file://{tmp_path}"
+    assert archive.archived_ids(inputs, url, "0c1c0196") == ["0c1c0196-aaaa", "0c1c0196-bbbb"]
+    assert archive.archived_ids(inputs, url, "0c1c0196-b") == ["0c1c0196-bbbb"]
+    assert archive.archived_ids(inputs, url, "0c1e") == []
+    assert archive.archived_ids(inputs, url, "../0c1c") == []  # not an id's start: nothing listed
+    assert archive.archived_ids(inputs, f"file://{tmp_path / 'gone'}", "0c1c") == []
+
+
+def test_archive_get_of_a_job_not_ended_names_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None, storage_url=f"file://{tmp_path}")
+    vq = VideoQueue(settings, store=JobStore(fakeredis.FakeRedis(decode_responses=True)))
+    monkeypatch.setattr(vq, "_send", lambda records: None)
+    monkeypatch.setattr(cli_archive, "VideoQueue", lambda: vq)
+    job = vq.submit(VideoRequest(prompt="still queued"))
+    for ref in (job.id, job.id[:8]):
+        shown = CliRunner().invoke(cli.app, ["archive", "get", ref])
+        assert shown.exit_code == 1, shown.output
+        assert f"still in Redis: videoqueue status {job.id}" in shown.stderr, shown.stderr
+
+
+def test_status_of_a_prefix_whose_record_just_expired_names_its_manifest_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The record expired but the sweep has not yet trimmed it from the indexes: the prefix
+    # still resolves to the whole id, whose record is gone (the trial: `status` called
+    # itself with the same prefix until the sweep came, then said "unknown").
+    settings = Settings(_env_file=None, storage_url=f"file://{tmp_path}")
+    vq = VideoQueue(settings, store=JobStore(fakeredis.FakeRedis(decode_responses=True)))
+    monkeypatch.setattr(vq, "_send", lambda records: None)
+    monkeypatch.setattr(cli_archive, "VideoQueue", lambda: vq)
+    monkeypatch.setattr(cli, "VideoQueue", lambda: vq)
+    gone, live = vq.submit(VideoRequest(prompt="expired")), vq.submit(VideoRequest(prompt="live"))
+    document = {"job_id": gone.id, "namespace": namespace.DEFAULT, "job": {"status": "succeeded"}}
+    (tmp_path / f"{gone.id}.json").write_text(__import__("json").dumps(document))
+    vq.store.redis.delete(job_key(gone.id))
+    shown = CliRunner().invoke(cli.app, ["status", gone.id[:8], live.id[:8]])
+    assert shown.exit_code == 1, shown.output
+    assert live.id[:8] in shown.stdout and "queued" in shown.stdout
+    assert f"expired {gone.id}: succeeded; its record expired" in shown.stderr, shown.stderr
 
 
 def test_an_expired_job_is_read_back_from_its_manifest(tmp_path: Path) -> None:

@@ -105,6 +105,12 @@ class Storage(Protocol):
         """Every `*.json` document under this backend's root, with its key."""
         ...
 
+    def keys_starting_with(self, start: str, limit: int) -> list[str]:
+        """Keys of the objects whose key starts with `start` and has no `/` after it, sorted;
+        at most `limit` of them (S3: one listing page). StorageError if the backend cannot
+        be listed."""
+        ...
+
     def probe(self) -> Probe:
         """Can videos be stored here? (`videoqueue doctor`; the detail names no secret.)"""
         ...

@@ -89,6 +89,18 @@ class LocalStorage:
             except (OSError, ValueError) as exc:
                 raise StorageError(f"cannot read {path}: {exc}") from exc
 
+    def keys_starting_with(self, start: str, limit: int) -> list[str]:
+        head, _, name = start.rpartition("/")
+        folder = self._path(head) if head else self.root
+        try:
+            with os.scandir(folder) as entries:
+                found = sorted(e.name for e in entries if e.name.startswith(name) and e.is_file())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {folder}: {exc}") from exc
+        return [f"{head}/{n}" if head else n for n in found[:limit]]
+
     def _write_atomic(
         self, key: str, chunks: Iterator[bytes], check: Callable[[Path], object] | None = None
     ) -> StoredObject:

@@ -249,6 +249,16 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise storage_error(f"S3 listing of {self.uri('')}", exc, self.checksums) from exc
 
+    def keys_starting_with(self, start: str, limit: int) -> list[str]:
+        try:
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._key(start), Delimiter="/", MaxKeys=limit
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise storage_error(f"S3 listing of {self.uri(start)}*", exc, self.checksums) from exc
+        cut = len(self._key(""))
+        return sorted(item["Key"][cut:] for item in page.get("Contents", []))
+
     def _opened(self, parsed: dict[str, Any] | None = None, **_: Any) -> None:
         """botocore's after-call hook of CreateMultipartUpload (in the transfer's threads):
         the new upload's id is recorded before any part is sent."""
