@@ -14,8 +14,17 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from billiard.compat import mem_rss
+from billiard.pool import EX_RECYCLE
 from celery import Task
-from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from redis.exceptions import RedisError
 
 from videoqueue.catalog import load_catalog
@@ -144,6 +153,19 @@ def _returnable_memory(**_: Any) -> None:
 def _return_freed_memory(**_: Any) -> None:
     # Small blocks freed under one that lives on stay in the heap (worker/malloc.py).
     malloc.trim_if_due()
+
+
+@worker_process_shutdown.connect
+def _say_why_a_child_goes(pid: int | None = None, exitcode: int | None = None, **_: Any) -> None:
+    # Billiard's own line about it goes to a logger nobody configures.
+    if exitcode == EX_RECYCLE:
+        limit = get_settings().worker_max_memory_per_child
+        log.info(
+            "pool child replaced after a task: past WORKER_MAX_MEMORY_PER_CHILD"
+            if limit and mem_rss() > limit
+            else "pool child replaced after a task",
+            extra={"pid": pid, "rss_kib": mem_rss(), "limit_kib": limit},
+        )
 
 
 @worker_process_init.connect
