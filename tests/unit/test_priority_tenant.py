@@ -10,7 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from producer import InvalidRequestError, Settings, VideoQueue, VideoRequest, cli
 from producer.request import resolve
@@ -306,15 +306,19 @@ def test_file_lines_with_a_bad_priority_or_tenant_are_named_by_line(
     assert sent == [] and vq.store.redis.keys("*") == []
 
 
+def _submit_file(tmp_path: Path, lines: str, *options: str) -> Result:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(lines)
+    return CliRunner().invoke(cli.app, ["submit", "--file", str(jobs), *options])
+
+
 def test_options_beside_file_fill_in_what_each_line_leaves_out(
     tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]
 ) -> None:
     # Dropped, they would have bought renders of another length and size than asked for.
     vq, sent = cli_queue
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text('{"prompt": "plain"}\n{"prompt": "its own", "duration": 4, "tags": ["mine"], "priority": 2}\n')
-    args = ["submit", "--file", str(jobs), "--duration", "8", "--resolution", "1080p", "--tag", "q4"]
-    result = CliRunner().invoke(cli.app, [*args, "--priority", "9"])
+    lines = '{"prompt": "plain"}\n{"prompt": "its own", "duration": 4, "tags": ["mine"], "priority": 2}\n'
+    result = _submit_file(tmp_path, lines, "--duration", "8", "--resolution", "1080p", "--tag", "q4", "--priority", "9")
     assert result.exit_code == 0, result.output
     plain, own = (vq.get(job_id).request for job_id in sent)
     assert (plain.duration, plain.resolution, plain.tags, plain.priority) == (8, "1080p", ("q4",), 9)
@@ -325,11 +329,10 @@ def test_an_option_that_names_one_job_is_refused_beside_file(
     tmp_path: Path, cli_queue: tuple[VideoQueue, list[str]]
 ) -> None:
     vq, sent = cli_queue
-    jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
-    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs), "--client-job-id", "x1"])
+    lines = '{"prompt": "one"}\n{"prompt": "two"}\n'
+    result = _submit_file(tmp_path, lines, "--client-job-id", "x1")
     assert result.exit_code == 2 and "give it per line of --file" in result.stderr, result.output
-    result = CliRunner().invoke(cli.app, ["submit", "--file", str(jobs), "--duration", "99"])
+    result = _submit_file(tmp_path, lines, "--duration", "99")
     assert result.exit_code == 2 and "line 1: duration" in result.stderr, result.output
     assert sent == [] and vq.store.redis.keys("*") == []
 
