@@ -366,6 +366,10 @@ def submit(  # noqa: PLR0917 - typer maps each parameter to an option
         else:
             records = vq.enqueue(prepared)
     except InvalidRequestError as exc:
+        if file is not None and given:
+            flags = {"tags": "tag", "webhook_events": "webhook_event"}
+            shown = ", ".join("--" + flags.get(name, name).replace("_", "-") for name in given)
+            err.print(f"note: each line below was read with the options {shown} filling in what it leaves out")
         if len(exc.problems) == 1:
             ((field, message),) = exc.problems.items()
             raise _fail(f"invalid {field}: {message}; nothing was enqueued") from None
@@ -413,7 +417,7 @@ def status(
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
-    else:
+    elif records:  # every one expired: stdout stays empty, as for unknown ids
         _show(records, stalled)
         # What a status alone does not say (followed past its deadline, charged for a lost
         # create, ...): on stderr, so the lines on stdout keep their shape for scripts.
@@ -471,7 +475,7 @@ def wait(
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
-    else:
+    elif records:  # every one expired: stdout stays empty, as for unknown ids
         _show(records, stalled)
     if timed_out:
         raise typer.Exit(WAIT_TIMED_OUT)
@@ -536,7 +540,7 @@ def jobs(
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
-    else:
+    elif records:  # every one expired: stdout stays empty, as for unknown ids
         _show(records, stalled)
 
 

@@ -46,11 +46,14 @@ def lookup(vq: VideoQueue, ref: str) -> tuple[ArchivedJob | None, str | None]:
     folder (`VideoQueue.archived_ids`). A storage this install cannot read archives nothing."""
     try:
         found = vq.archived(ref)
-        if found is not None or not is_prefix(ref):
-            return found, None
-        ids = vq.archived_ids(ref)
     except InputStorageUnavailableError:
         return None, None  # a storage this shell cannot read: the id stays unknown, as before
+    except StorageError as exc:
+        return None, f"{ref}: storage cannot be read here ({exc})"
+    if found is not None or not is_prefix(ref):
+        return found, None
+    try:
+        ids = vq.archived_ids(ref)
     except StorageError as exc:
         return None, f"{ref}: storage cannot be searched for an id prefix here ({exc}): give the whole id"
     if len(ids) > 1:

@@ -40,15 +40,25 @@ def manifest_uri(storage_url: str, job_id: str) -> str | None:
 
 
 def archived_ids(storage: InputStorage, storage_url: str, prefix: str) -> list[str]:
-    """The ids of the jobs whose manifests are in storage and whose ids start with `prefix`
-    (an id as `jobs` shows it, 8 characters), sorted; [] for a prefix that cannot start an
-    id. Lists the storage folder: StorageError when it cannot be listed (an S3 user without
-    s3:ListBucket)."""
+    """The ids of this deployment's archived jobs (namespace) whose ids start with `prefix`
+    (an id as `jobs` shows it, 8 characters; any case), sorted; [] for a prefix that cannot
+    start an id. Lists the storage folder, then reads each candidate manifest (at most
+    LOOKUP_READS): another deployment's job or a movie's manifest is not one. StorageError
+    when storage cannot be listed (an S3 user without s3:ListBucket) or read."""
+    prefix = prefix.lower()
     if not _JOB_ID.match(prefix):
         return []
     found = storage.uris_starting_with(_object_uri(storage_url, prefix), LOOKUP_LIMIT)
     names = (uri.rsplit("/", 1)[-1] for uri in found)
-    return sorted({n.removesuffix(".json") for n in names if n.endswith(".json") and _JOB_ID.match(n[:-5])})
+    candidates = sorted({n[:-5] for n in names if n.endswith(".json") and _JOB_ID.match(n[:-5])})
+    if len(candidates) > LOOKUP_READS:
+        return candidates  # a prefix this short names no one job, whoever's they are
+    return [job_id for job_id in candidates if read_archived(storage, storage_url, job_id)]
+
+
+LOOKUP_READS = 20
+"""The most manifests an id prefix's lookup reads to tell this deployment's jobs from the
+rest; past that the prefix is too short to name one job anyway."""
 
 
 def _object_uri(storage_url: str, name: str) -> str:

@@ -334,6 +334,7 @@ def test_an_option_that_names_one_job_is_refused_beside_file(
     assert result.exit_code == 2 and "give it per line of --file" in result.stderr, result.output
     result = _submit_file(tmp_path, lines, "--duration", "99")
     assert result.exit_code == 2 and "line 1: duration" in result.stderr, result.output
+    assert "read with the options --duration filling in" in result.stderr, result.output
     assert sent == [] and vq.store.redis.keys("*") == []
 
 

@@ -4,6 +4,7 @@ sweep's bounded trim, and `costs rebuild` (Ledger.merge) with rows that expired.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,9 @@ from typer.testing import CliRunner
 from producer import Settings, VideoQueue, VideoRequest, cli, cli_archive
 from tests.unit.helpers import walk_to
 from videoqueue import archive, keys, ledger_days, namespace, retention
+from videoqueue.errors import StorageError
 from videoqueue.job import ErrorCode, JobFailure, JobRecord, JobStatus
+from videoqueue.jobids import UnknownJobError
 from videoqueue.jobstore import JobStore
 from videoqueue.keys import job_key, ledger_entry_key, status_index
 from videoqueue.ledger import GROUPS, Ledger, LedgerEntry, read_entries, summarize, write_entry
@@ -460,18 +463,28 @@ def test_a_retry_of_a_job_whose_record_expired_is_unknown_and_its_client_id_is_f
 
 
 def test_an_id_prefix_finds_the_archived_jobs_it_starts(tmp_path: Path) -> None:
-    for name in ("0c1c0196-aaaa.json", "0c1c0196-aaaa.mp4", "0c1c0196-bbbb.json", "0c1d0000-cccc.json"):
-        (tmp_path / name).write_text("{}")
+    def manifest(job_id: str, space: str = namespace.DEFAULT) -> str:
+        return json.dumps({"job_id": job_id, "namespace": space, "job": {"status": "succeeded"}})
+
+    for job_id in ("0c1c0196-aaaa", "0c1c0196-bbbb", "0c1d0000-cccc"):
+        (tmp_path / f"{job_id}.json").write_text(manifest(job_id))
+    (tmp_path / "0c1c0196-aaaa.mp4").write_text("video")
+    (tmp_path / "0c1c0196-1111.json").write_text(manifest("0c1c0196-1111", "another-deployment"))
+    (tmp_path / "0c1c0196-2222.json").write_text('{"movie_id": "0c1c0196-2222"}')  # a movie's manifest
     (tmp_path / "0c1c0196-dddd.json").mkdir()  # not a manifest: a folder
     (tmp_path / "0c1c0196-eeee").mkdir()
-    (tmp_path / "0c1c0196-eeee" / "0c1c0196-ffff.json").write_text("{}")  # not at the root
+    (tmp_path / "0c1c0196-eeee" / "0c1c0196-ffff.json").write_text(manifest("0c1c0196-ffff"))  # not at the root
     inputs = StorageInputs(Settings(_env_file=None, storage_url=f"file://{tmp_path}"))
     url = f"file://{tmp_path}"
     assert archive.archived_ids(inputs, url, "0c1c0196") == ["0c1c0196-aaaa", "0c1c0196-bbbb"]
-    assert archive.archived_ids(inputs, url, "0c1c0196-b") == ["0c1c0196-bbbb"]
+    assert archive.archived_ids(inputs, url, "0C1C0196-B") == ["0c1c0196-bbbb"]
+    assert archive.archived_ids(inputs, url, "0c1c0196-1") == []  # another deployment's job
     assert archive.archived_ids(inputs, url, "0c1e") == []
     assert archive.archived_ids(inputs, url, "../0c1c") == []  # not an id's start: nothing listed
     assert archive.archived_ids(inputs, f"file://{tmp_path / 'gone'}", "0c1c") == []
+    for n in range(archive.LOOKUP_READS):  # past what a lookup reads: too short to name one
+        (tmp_path / f"0c1c0196-9{n:03}.json").write_text("{}")
+    assert len(archive.archived_ids(inputs, url, "0c1c")) > archive.LOOKUP_READS
 
 
 def test_archive_get_of_a_job_not_ended_names_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -499,12 +512,19 @@ def test_status_of_a_prefix_whose_record_just_expired_names_its_manifest_once(
     monkeypatch.setattr(cli, "VideoQueue", lambda: vq)
     gone, live = vq.submit(VideoRequest(prompt="expired")), vq.submit(VideoRequest(prompt="live"))
     document = {"job_id": gone.id, "namespace": namespace.DEFAULT, "job": {"status": "succeeded"}}
-    (tmp_path / f"{gone.id}.json").write_text(__import__("json").dumps(document))
+    (tmp_path / f"{gone.id}.json").write_text(json.dumps(document))
     vq.store.redis.delete(job_key(gone.id))
     shown = CliRunner().invoke(cli.app, ["status", gone.id[:8], live.id[:8]])
     assert shown.exit_code == 1, shown.output
     assert live.id[:8] in shown.stdout and "queued" in shown.stdout
     assert f"expired {gone.id}: succeeded; its record expired" in shown.stderr, shown.stderr
+    alone = CliRunner().invoke(cli.app, ["status", gone.id])
+    assert alone.exit_code == 1 and alone.stdout == "", alone.output  # no empty table
+    # A storage that cannot be read is said to be that, not a listing refused.
+    monkeypatch.setattr(vq, "archived", lambda job_id: (_ for _ in ()).throw(StorageError("S3 read refused")))
+    refused = CliRunner().invoke(cli.app, ["status", gone.id])
+    assert isinstance(refused.exception, UnknownJobError)
+    assert "storage cannot be read here (S3 read refused)" in refused.stderr, refused.output
 
 
 def test_an_expired_job_is_read_back_from_its_manifest(tmp_path: Path) -> None:
@@ -514,7 +534,7 @@ def test_an_expired_job_is_read_back_from_its_manifest(tmp_path: Path) -> None:
         "namespace": namespace.DEFAULT,
         "job": {"status": "succeeded"},
     }
-    (tmp_path / "0c1c0196-aaaa.json").write_text(__import__("json").dumps(document))
+    (tmp_path / "0c1c0196-aaaa.json").write_text(json.dumps(document))
 
     class Folder:
         def read(self, uri: str) -> bytes | None:
