@@ -102,6 +102,23 @@ within `TRIM_INTERVAL_S`. Returns True when it trimmed; False when not due, when
 thread is at it, or off glibc. Never raises."""
 
 
+SMALLEST_SENSIBLE_CHILD_CAP_KIB = 256 * 1024
+"""Below this a prefork child's cap is under what a fresh child holds (about 130 MiB) plus a
+store's working set: every task or nearly would get a new child, each a wait of seconds."""
+
+
+def child_cap_warning(cap_kib: int) -> str | None:
+    """What to warn of a WORKER_MAX_MEMORY_PER_CHILD of `cap_kib` KiB (0: no cap), or None."""
+    if 0 < cap_kib < SMALLEST_SENSIBLE_CHILD_CAP_KIB:
+        return (
+            f"WORKER_MAX_MEMORY_PER_CHILD={cap_kib} KiB is below a working pool child's size "
+            f"(about 130 MiB, more during a store): prefork children will be replaced after nearly "
+            f"every task, each replacement a wait of seconds; {SMALLEST_SENSIBLE_CHILD_CAP_KIB} KiB or "
+            "more is sensible, 0 turns the cap off"
+        )
+    return None
+
+
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Set glibc's mmap threshold to `threshold` bytes for this process (and the processes
     it forks), which stops glibc from raising it. Returns False where the C library is not

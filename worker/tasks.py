@@ -147,6 +147,9 @@ def _and_advance_movie(on_final: Callable[[JobRecord], object] | None) -> Callab
 def _returnable_memory(**_: Any) -> None:
     # Before the pool starts: its children (forked) and threads share the setting.
     malloc.fix_mmap_threshold()
+    warning = malloc.child_cap_warning(get_settings().worker_max_memory_per_child)
+    if warning:
+        log.warning(warning)
 
 
 @task_postrun.connect

@@ -272,6 +272,7 @@ def test_a_prefork_child_past_its_memory_cap_is_replaced_and_its_jobs_end_once(l
     done = vq.get_many([j.id for j in jobs])
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 3, [j.error for j in done]
     assert len(children) >= 4, children  # 3 jobs of 3 tasks each, a fresh child after each
+    assert "WORKER_MAX_MEMORY_PER_CHILD=1 KiB is below a working pool child's size" in worker.log_text()
     # Said in the worker's log, with the child's size: Celery's own line is not.
     assert worker.log_text().count("pool child replaced after a task: past WORKER_MAX_MEMORY_PER_CHILD") >= 3
     assert local_stack.simulator.stats()["creates_total"] == 3

@@ -138,3 +138,10 @@ def test_a_prefork_child_is_capped_by_default_and_the_cap_can_be_lifted(monkeypa
     monkeypatch.undo()
     get_settings.cache_clear()
     importlib.reload(celeryconfig)
+
+
+def test_a_cap_below_a_working_child_is_warned_of() -> None:
+    warning = malloc.child_cap_warning(1000)
+    assert warning is not None and "WORKER_MAX_MEMORY_PER_CHILD=1000 KiB is below" in warning
+    assert malloc.child_cap_warning(0) is None  # no cap
+    assert malloc.child_cap_warning(512 * 1024) is None  # the default
