@@ -475,7 +475,7 @@ def wait(
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
-    elif records:  # every one expired: stdout stays empty, as for unknown ids
+    else:
         _show(records, stalled)
     if timed_out:
         raise typer.Exit(WAIT_TIMED_OUT)
@@ -540,7 +540,7 @@ def jobs(
     stalled = _stalls(vq, records)
     if as_json:
         _print_json([{**r.public_dict(), "stalled_s": stalled.get(r.id)} for r in records])
-    elif records:  # every one expired: stdout stays empty, as for unknown ids
+    else:
         _show(records, stalled)
 
 
