@@ -30,6 +30,11 @@ LOOKUP_LIMIT = 1000
 video and its manifest."""
 
 
+LOOKUP_READS = 20
+"""The most manifests an id prefix's lookup reads to tell this deployment's jobs from the
+rest; past that the prefix is too short to name one job anyway."""
+
+
 def manifest_uri(storage_url: str, job_id: str) -> str | None:
     """Where the workers of STORAGE_URL `storage_url` write the manifest of `job_id`
     (`file:///abs/folder/<id>.json` or `s3://bucket/prefix/<id>.json`, as `manifest_uri` in
@@ -54,11 +59,6 @@ def archived_ids(storage: InputStorage, storage_url: str, prefix: str) -> list[s
     if len(candidates) > LOOKUP_READS:
         return candidates  # a prefix this short names no one job, whoever's they are
     return [job_id for job_id in candidates if read_archived(storage, storage_url, job_id)]
-
-
-LOOKUP_READS = 20
-"""The most manifests an id prefix's lookup reads to tell this deployment's jobs from the
-rest; past that the prefix is too short to name one job anyway."""
 
 
 def _object_uri(storage_url: str, name: str) -> str:

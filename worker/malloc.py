@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 import time
@@ -46,7 +47,9 @@ TRIM_INTERVAL_S = 30.0
 (about a millisecond for a worker's), so once in 30 s is nothing beside the tasks between."""
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    # Once a process (and inherited by forks): find_library runs `ldconfig -p`.
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         libc.gnu_get_libc_version  # noqa: B018 - glibc only: musl has a mallopt that does nothing
@@ -63,19 +66,6 @@ class _Trimmer:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: float | None = None
-        self._trim: Callable[[int], int] | None = None
-        self._looked = False
-
-    def _function(self) -> Callable[[int], int] | None:
-        if not self._looked:
-            self._looked = True
-            libc = _glibc()
-            if libc is not None:
-                trim = libc.malloc_trim
-                trim.argtypes = [ctypes.c_size_t]
-                trim.restype = ctypes.c_int
-                self._trim = trim
-        return self._trim
 
     def __call__(self) -> bool:
         now = self._clock()
@@ -87,10 +77,10 @@ class _Trimmer:
             if self._last is not None and now - self._last < self.interval_s:
                 return False
             self._last = now
-            trim = self._function()
-            if trim is None:
+            libc = _glibc()
+            if libc is None:
                 return False
-            trim(0)
+            libc.malloc_trim(ctypes.c_size_t(0))
             return True
         finally:
             self._lock.release()

@@ -162,12 +162,12 @@ def _return_freed_memory(**_: Any) -> None:
 def _say_why_a_child_goes(pid: int | None = None, exitcode: int | None = None, **_: Any) -> None:
     # Billiard's own line about it goes to a logger nobody configures.
     if exitcode == EX_RECYCLE:
-        limit = get_settings().worker_max_memory_per_child
+        limit, rss_kib = get_settings().worker_max_memory_per_child, mem_rss()
         log.info(
             "pool child replaced after a task: past WORKER_MAX_MEMORY_PER_CHILD"
-            if limit and mem_rss() > limit
+            if limit and rss_kib > limit
             else "pool child replaced after a task",
-            extra={"pid": pid, "rss_kib": mem_rss(), "limit_kib": limit},
+            extra={"pid": pid, "rss_kib": rss_kib, "limit_kib": limit},
         )
 
 
